@@ -1,0 +1,29 @@
+"""lis_jax: Linking in Style in JAX/Flax."""
+import setuptools
+
+setuptools.setup(
+    name="lis_jax",
+    version="0.1.0",
+    description="JAX/Flax reimplementation of Linking in Style (Wehrheim et al., 2024)",
+    packages=setuptools.find_packages(include=["lis_jax", "lis_jax.*", "converters", "converters.*"]),
+    package_data={"lis_jax": ["assets/**/*", "assets/*"]},
+    include_package_data=True,
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.4.30",
+        "flax>=0.8",
+        "optax",
+        "orbax-checkpoint",
+        "numpy",
+        "absl-py",
+        "ml-collections",
+        "pillow",
+        "tqdm",
+    ],
+    extras_require={
+        # torch is only needed by converters/ and their tests. Pinned: a bare
+        # `torch` requirement pulls several GB of CUDA wheels on a CPU machine.
+        "convert": ["torch==2.13.0"],
+        "test": ["torch==2.13.0", "pytest", "scikit-learn", "chex"],
+    },
+)
