@@ -1,0 +1,1 @@
+"""Torch-side readers that turn foreign checkpoints into lis_jax params."""

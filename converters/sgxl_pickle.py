@@ -1,0 +1,606 @@
+"""Safe reader for StyleGAN-XL snapshot pickles: parses, never executes.
+
+A StyleGAN-XL snapshot (`network-snapshot-*.pkl`, `imagenet256.pkl`) is a `dill`
+pickle of a dict `{G, D, G_ema, augment_pipe, training_set_kwargs, progress}`. Every
+network is a "persistent" object: the pickle calls
+`torch_utils.persistence._reconstruct_persistent_obj(meta)`, and the reference loader
+then *executes* `meta['module_src']` (arbitrary Python) to rebuild the class. A pickle
+is untrusted input, so this module never does that: it unpickles with a restricted
+unpickler and returns plain, inert `Node` trees of numpy arrays.
+
+Safety model (two independent layers):
+  1. A static pre-scan (`scan_globals`) walks the opcodes without unpickling, tracks
+     which global each call (REDUCE / INST / OBJ) uses, and refuses the file if any
+     call targets a global outside `ALLOWED_CALLABLES`, or if the pickle uses opcodes a
+     snapshot never needs (persistent ids, the copyreg extension registry). Nothing
+     from the file has run at that point.
+  2. The unpickler's `find_class` never imports anything named by the pickle. Names in
+     `ALLOWED_CALLABLES` resolve to small functions defined here (which decode tensors
+     with `torch.load(..., map_location='cpu', weights_only=True)`, rebuild numpy arrays
+     and wrap persistent objects as records; `module_src` is kept as text only). Every
+     other name resolves to an inert placeholder class created here: it can be
+     instantiated by NEWOBJ + BUILD (that is how `torch.nn.modules.*` objects such as
+     the class `Embedding` are pickled; no code of the named class runs, the state is
+     just stored), but calling it raises `SnapshotError` naming the global. The same
+     holds for non-torch classes a real `D` pickles by reference (timm feature
+     networks, `pg_modules.*`): they become inert Nodes whose `source` is their
+     module path, so the generator can be read without those packages.
+
+Allowed callables (exactly what FIXTURES.md lists, checked with pickletools on both
+fixture pickles; numpy under both its 1.x and 2.x module names):
+  torch._utils._rebuild_tensor_v2, torch._utils._rebuild_parameter,
+  torch.storage._load_from_bytes, torch_utils.persistence._reconstruct_persistent_obj,
+  dill._dill._create_array, numpy{.core,._core}.multiarray._reconstruct / .scalar,
+  numpy.dtype, numpy.ndarray (only as `_reconstruct`'s subtype),
+  collections.OrderedDict.
+
+Usage:
+  snap = load_snapshot('imagenet256.pkl')   # {'G': Node, 'D': Node, 'G_ema': Node, ...}
+  G = snap['G_ema']
+  G.class_name                              # 'SuperresGenerator'
+  G['mapping']['embed'].params['weight']    # np.ndarray float32 [1000, 320]
+  G['synthesis'].attrs['layer_names']       # ['L0_36_1024', ...]
+  for path, node in G.walk(): ...           # ('', G), ('mapping', ...), ...
+  G.state_dict()                            # {'mapping.embed.weight': ..., ...}
+
+Every failure is a `SnapshotError` (a ValueError) with a one-line message: missing
+file, truncated or corrupt pickle, not a StyleGAN-XL snapshot, forbidden global.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import io
+import os
+import pickle
+import pickletools
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+# Persistent-object format version written by torch_utils.persistence (StyleGAN2-ADA,
+# StyleGAN3, StyleGAN-XL all write 6).
+PERSISTENCE_VERSION = 6
+# Network entries of a snapshot dict that hold modules.
+NETWORK_KEYS = ("G", "D", "G_ema", "augment_pipe")
+# torch.nn.Module bookkeeping in an object's __dict__ that is neither a parameter,
+# a buffer, a child nor a meaningful attribute.
+_TORCH_INTERNAL_ATTRS = frozenset({
+    "training", "_parameters", "_buffers", "_modules", "_non_persistent_buffers_set",
+    "_backward_pre_hooks", "_backward_hooks", "_is_full_backward_hook",
+    "_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+    "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_state_dict_hooks",
+    "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
+    "_compiled_call_impl",
+})
+
+
+class SnapshotError(ValueError):
+  """A snapshot pickle is missing, corrupt, not a StyleGAN-XL snapshot, or unsafe."""
+
+
+# ----------------------------------------------------------------------------- node tree
+
+
+@dataclasses.dataclass(eq=False, repr=False)
+class Node:
+  """One network object of a snapshot (a torch.nn.Module in the original), inert.
+
+  Attributes:
+    class_name: the original class name, e.g. 'SuperresGenerator', 'SynthesisLayer',
+      'Embedding'.
+    source: where the class came from: 'persistent' (a torch_utils.persistence object;
+      its class lives in `module_src`), or the dotted module of a pickled class such as
+      'torch.nn.modules.sparse'.
+    params: parameter name -> np.ndarray (floating tensors as float32). Parameters
+      registered as None (e.g. a Conv2d without bias) are left out.
+    buffers: buffer name -> np.ndarray, or None where the module registered a None
+      buffer (e.g. an identity `up_filter`).
+    children: child module name -> Node, in registration order (`_modules`); None
+      children are left out.
+    attrs: every other attribute of the object's __dict__ (ints, floats, strings,
+      lists, numpy arrays, nested Nodes), torch hook bookkeeping removed.
+    version: persistence format version (None unless source == 'persistent').
+    module_src: the Python source the reference loader would execute; kept as text
+      only, never executed (None unless source == 'persistent').
+  """
+  class_name: str
+  source: str
+  params: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  buffers: dict[str, np.ndarray | None] = dataclasses.field(default_factory=dict)
+  children: dict[str, "Node"] = dataclasses.field(default_factory=dict)
+  attrs: dict[str, Any] = dataclasses.field(default_factory=dict)
+  version: int | None = None
+  module_src: str | None = None
+
+  def __getitem__(self, name: str) -> "Node":
+    """The child `name`; a dotted path ('synthesis.L0_36_1024') walks down."""
+    node = self
+    for part in name.split("."):
+      if part not in node.children:
+        raise KeyError(f"{node.class_name} has no child {part!r} "
+                       f"(children: {', '.join(node.children) or 'none'})")
+      node = node.children[part]
+    return node
+
+  def __contains__(self, name: str) -> bool:
+    return name in self.children
+
+  def __repr__(self) -> str:
+    return (f"Node({self.class_name}, params={list(self.params)}, "
+            f"buffers={list(self.buffers)}, children={list(self.children)})")
+
+  def walk(self, prefix: str = "") -> Iterator[tuple[str, "Node"]]:
+    """Yields (dotted path, node) for this node and all descendants, pre-order.
+
+    The root's path is `prefix` ('' by default); children follow registration order.
+    """
+    yield prefix, self
+    for name, child in self.children.items():
+      yield from child.walk(f"{prefix}.{name}" if prefix else name)
+
+  def state_dict(self) -> dict[str, np.ndarray]:
+    """Dotted name -> array for every parameter and non-None buffer below this node,
+    named like torch's `module.state_dict()`."""
+    out = {}
+    for path, node in self.walk():
+      for name, value in list(node.params.items()) + list(node.buffers.items()):
+        if value is not None:
+          out[f"{path}.{name}" if path else name] = value
+    return out
+
+
+# ----------------------------------------------------------------------------- inert records
+
+
+@dataclasses.dataclass(eq=False)
+class _Storage:
+  """A decoded tensor storage: a flat typed CPU tensor."""
+  flat: torch.Tensor  # [numel]
+
+
+class _PersistentRecord:
+  """What `_reconstruct_persistent_obj(meta)` returns here: the meta, unexecuted."""
+
+  def __init__(self, meta: dict):
+    self.meta = meta
+
+
+class _PlaceholderMeta(type):
+  """Metaclass of inert placeholders: calling the class (REDUCE) is refused."""
+
+  def __call__(cls, *args, **kwargs):
+    raise SnapshotError(f"forbidden global {cls._global_name} (the pickle tries to call it)")
+
+
+class _Placeholder(metaclass=_PlaceholderMeta):
+  """Base of the inert stand-in classes for globals that are not allowed callables.
+
+  NEWOBJ creates an instance through __new__ (nothing of the named class runs) and
+  BUILD hands the pickled state to __setstate__, which only stores it.
+  """
+  _global_name = "?"
+
+  def __new__(cls, *args, **kwargs):
+    del args, kwargs  # constructor arguments of the original class are irrelevant
+    obj = object.__new__(cls)
+    obj._state = {}
+    return obj
+
+  def __setstate__(self, state):
+    self._state = state
+
+  def __reduce__(self):
+    raise TypeError("placeholders are not picklable")
+
+
+def _placeholder(module: str, name: str) -> type:
+  return _PlaceholderMeta(name, (_Placeholder,), {"_global_name": f"{module}.{name}",
+                                                   "_module": module})
+
+
+# ----------------------------------------------------------------------------- allowed callables
+
+
+def _load_from_bytes(data):
+  """torch.storage._load_from_bytes: storage bytes in torch's legacy format -> _Storage.
+
+  Decoded with torch's weights-only unpickler on the CPU (snapshots written on a GPU
+  tag their storages 'cuda:0').
+  """
+  if not isinstance(data, (bytes, bytearray)):
+    raise SnapshotError(f"corrupt tensor storage: expected bytes, got {type(data).__name__}")
+  try:
+    storage = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
+  except Exception as e:  # torch raises many types for bad bytes; report them uniformly
+    raise SnapshotError(f"corrupt tensor storage ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+  if isinstance(storage, torch.UntypedStorage):
+    flat = torch.empty(0, dtype=torch.uint8).set_(storage)
+  elif isinstance(storage, torch.TypedStorage):
+    flat = torch.empty(0, dtype=storage.dtype).set_(storage._untyped_storage)
+    flat = flat[:storage.size()]
+  else:
+    raise SnapshotError(f"corrupt tensor storage: decoded to {type(storage).__name__}")
+  return _Storage(flat)
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+  """A tensor as a fresh numpy array; floating types become float32."""
+  if t.is_floating_point():
+    t = t.to(torch.float32)
+  return t.detach().clone().numpy()
+
+
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
+                       backward_hooks=None, metadata=None):
+  """torch._utils._rebuild_tensor_v2 -> np.ndarray (no hooks, no metadata kept)."""
+  del requires_grad, backward_hooks, metadata  # training-time state, irrelevant here
+  if not isinstance(storage, _Storage):
+    raise SnapshotError(f"corrupt tensor: storage is {type(storage).__name__}")
+  if not (isinstance(storage_offset, int) and isinstance(size, tuple) and isinstance(stride, tuple)
+          and all(isinstance(v, int) and v >= 0 for v in size + stride)):
+    raise SnapshotError("corrupt tensor: bad offset / size / stride")
+  try:
+    t = torch.as_strided(storage.flat, size, stride, storage_offset)
+    return _to_numpy(t)
+  except RuntimeError as e:
+    raise SnapshotError(f"corrupt tensor ({str(e).splitlines()[0]})") from None
+
+
+def _rebuild_parameter(data, requires_grad=True, backward_hooks=None):
+  """torch._utils._rebuild_parameter -> the array itself."""
+  del requires_grad, backward_hooks
+  if not isinstance(data, np.ndarray):
+    raise SnapshotError(f"corrupt parameter: data is {type(data).__name__}")
+  return data
+
+
+def _reconstruct_persistent_obj(meta):
+  """torch_utils.persistence._reconstruct_persistent_obj -> an inert record of `meta`."""
+  if not isinstance(meta, dict):
+    raise SnapshotError(f"corrupt persistent object: meta is {type(meta).__name__}")
+  missing = {"type", "version", "module_src", "class_name", "state"} - set(meta)
+  if missing:
+    raise SnapshotError(f"corrupt persistent object: meta lacks {sorted(missing)}")
+  if meta["type"] != "class" or not isinstance(meta["class_name"], str):
+    raise SnapshotError(f"unsupported persistent object type {meta['type']!r}")
+  if meta["version"] != PERSISTENCE_VERSION:
+    raise SnapshotError(f"unsupported persistence version {meta['version']!r} "
+                        f"(expected {PERSISTENCE_VERSION})")
+  if not isinstance(meta["module_src"], str) or not isinstance(meta["state"], dict):
+    raise SnapshotError(f"corrupt persistent object {meta['class_name']}")
+  return _PersistentRecord(meta)
+
+
+class _NdarraySubtype:
+  """Stands for numpy.ndarray where the pickle names it (only `_reconstruct` uses it)."""
+
+
+def _np_reconstruct(subtype, shape, typecode):
+  """numpy.core.multiarray._reconstruct: an empty ndarray that BUILD then fills."""
+  del shape, typecode  # __setstate__ sets the real shape and dtype
+  if subtype is not _NdarraySubtype:
+    raise SnapshotError(f"forbidden ndarray subtype {getattr(subtype, '_global_name', subtype)}")
+  return np.empty((0,), np.uint8)
+
+
+def _np_scalar(dtype, data=None):
+  """numpy.core.multiarray.scalar: a numpy scalar from its raw bytes."""
+  if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes) \
+      or len(data) != dtype.itemsize:
+    raise SnapshotError("corrupt numpy scalar")
+  return np.frombuffer(data, dtype=dtype, count=1)[0]
+
+
+def _np_dtype(spec, align=False, copy=False):
+  """numpy.dtype, for the string specs numpy pickles ('f4', 'i8', ...)."""
+  if not isinstance(spec, str):
+    raise SnapshotError(f"corrupt numpy dtype spec {type(spec).__name__}")
+  return np.dtype(spec, align=bool(align), copy=bool(copy))
+
+
+def _dill_create_array(f, args, state, npdict=None):
+  """dill._dill._create_array: f(*args) then __setstate__(state)."""
+  if f is not _np_reconstruct or not isinstance(args, tuple):
+    raise SnapshotError("dill array built by something other than numpy's _reconstruct")
+  if npdict:
+    raise SnapshotError("dill array with an ndarray-subclass __dict__ is not supported")
+  array = f(*args)
+  array.__setstate__(state)
+  return array
+
+
+def _ordered_dict(*args):
+  """collections.OrderedDict, with at most an iterable of pairs."""
+  return collections.OrderedDict(*args)
+
+
+ALLOWED_CALLABLES = {
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch.storage", "_load_from_bytes"): _load_from_bytes,
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
+    ("dill._dill", "_create_array"): _dill_create_array,
+    ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
+    ("numpy.core.multiarray", "scalar"): _np_scalar,
+    ("numpy._core.multiarray", "scalar"): _np_scalar,
+    ("numpy", "dtype"): _np_dtype,
+    ("collections", "OrderedDict"): _ordered_dict,
+}
+# Globals resolved to a value that is never called.
+_ALLOWED_VALUES = {("numpy", "ndarray"): _NdarraySubtype}
+
+
+def _name(module: str, name: str) -> str:
+  return f"{module}.{name}"
+
+
+# ----------------------------------------------------------------------------- static pre-scan
+
+_STR_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE",
+                      "STRING", "BINSTRING", "SHORT_BINSTRING"})
+_GET_OPS = frozenset({"GET", "BINGET", "LONG_BINGET"})
+_PUT_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+_REFUSED_OPS = {
+    "PERSID": "persistent ids", "BINPERSID": "persistent ids",
+    "EXT1": "the copyreg extension registry", "EXT2": "the copyreg extension registry",
+    "EXT4": "the copyreg extension registry",
+}
+_MARK = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Str:
+  value: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _Global:
+  module: str
+  name: str
+
+
+def scan_globals(f) -> collections.Counter:
+  """Checks a pickle stream's opcodes without unpickling anything.
+
+  Simulates the unpickler's stack symbolically to learn which global every call
+  (REDUCE, INST, OBJ) targets. Raises SnapshotError naming the first forbidden global
+  that would be called, or the first opcode a snapshot never uses; raises
+  SnapshotError for a truncated or malformed stream.
+
+  Args:
+    f: binary file object positioned at the start of the pickle.
+  Returns:
+    Counter of (module, name) -> number of GLOBAL / STACK_GLOBAL uses.
+  """
+  stack: list[Any] = []
+  memo: dict[int, Any] = {}
+  seen: collections.Counter = collections.Counter()
+
+  def pop():
+    if not stack or stack[-1] is _MARK:
+      raise SnapshotError("corrupt pickle: stack underflow")
+    return stack.pop()
+
+  def pop_mark():
+    items = []
+    while stack and stack[-1] is not _MARK:
+      items.append(stack.pop())
+    if not stack:
+      raise SnapshotError("corrupt pickle: missing MARK")
+    stack.pop()
+    return items[::-1]
+
+  def check_call(target, op):
+    if isinstance(target, _Global):
+      if (target.module, target.name) not in ALLOWED_CALLABLES:
+        raise SnapshotError(f"forbidden global {_name(target.module, target.name)} "
+                            f"(the pickle tries to call it)")
+    else:
+      raise SnapshotError(f"forbidden {op}: the pickle calls a computed object")
+
+  try:
+    for op, arg, _ in pickletools.genops(f):
+      name = op.name
+      if name in _REFUSED_OPS:
+        raise SnapshotError(f"forbidden opcode {name}: snapshots never use {_REFUSED_OPS[name]}")
+      if name in _STR_OPS:
+        stack.append(_Str(arg))
+      elif name == "GLOBAL":
+        module, gname = arg.split(" ", 1)
+        seen[(module, gname)] += 1
+        stack.append(_Global(module, gname))
+      elif name == "STACK_GLOBAL":
+        gname, module = pop(), pop()
+        if not (isinstance(module, _Str) and isinstance(gname, _Str)):
+          raise SnapshotError("forbidden STACK_GLOBAL with a computed name")
+        seen[(module.value, gname.value)] += 1
+        stack.append(_Global(module.value, gname.value))
+      elif name == "MEMOIZE":
+        memo[len(memo)] = stack[-1] if stack else None
+      elif name in _PUT_OPS:
+        memo[arg] = stack[-1] if stack else None
+      elif name in _GET_OPS:
+        if arg not in memo:
+          raise SnapshotError(f"corrupt pickle: memo key {arg} missing")
+        stack.append(memo[arg])
+      elif name == "REDUCE":
+        pop()
+        check_call(pop(), name)
+        stack.append(None)
+      elif name == "INST":
+        module, gname = arg.split(" ", 1)
+        seen[(module, gname)] += 1
+        pop_mark()
+        check_call(_Global(module, gname), name)
+        stack.append(None)
+      elif name == "OBJ":
+        items = pop_mark()
+        check_call(items[0] if items else None, name)
+        stack.append(None)
+      elif name == "MARK":
+        stack.append(_MARK)
+      elif name == "POP_MARK":
+        pop_mark()
+      elif name == "DUP":
+        stack.append(stack[-1] if stack else None)
+      elif name == "STOP":
+        break
+      else:
+        # Generic: pop what the opcode consumes (up to a MARK for stack slices), push
+        # opaque results. NEWOBJ / BUILD / containers land here: they call no global.
+        before = list(op.stack_before)
+        if pickletools.stackslice in before:
+          pop_mark()
+          before = before[:before.index(pickletools.markobject)]
+        for _ in before:
+          pop()
+        stack.extend([None] * len(op.stack_after))
+  except (ValueError, EOFError) as e:
+    if isinstance(e, SnapshotError):
+      raise
+    raise SnapshotError(f"truncated or corrupt pickle ({e})") from None
+  return seen
+
+
+# ----------------------------------------------------------------------------- unpickling
+
+
+class _SafeUnpickler(pickle.Unpickler):
+  """Unpickler whose globals are the allowed callables here or inert placeholders."""
+
+  def __init__(self, f):
+    super().__init__(f)
+    self._placeholders: dict[tuple[str, str], type] = {}
+
+  def find_class(self, module, name):
+    key = (module, name)
+    if key in ALLOWED_CALLABLES:
+      return ALLOWED_CALLABLES[key]
+    if key in _ALLOWED_VALUES:
+      return _ALLOWED_VALUES[key]
+    if key not in self._placeholders:
+      self._placeholders[key] = _placeholder(module, name)
+    return self._placeholders[key]
+
+  def persistent_load(self, pid):
+    raise SnapshotError("forbidden persistent id: snapshots never use them")
+
+
+class _Converter:
+  """Turns unpickled records into Nodes and plain values, once per object."""
+
+  def __init__(self):
+    self._done: dict[int, Any] = {}
+
+  def node(self, obj) -> Node:
+    if id(obj) in self._done:
+      return self._done[id(obj)]
+    if isinstance(obj, _PersistentRecord):
+      meta = obj.meta
+      node = Node(meta["class_name"], "persistent", version=meta["version"],
+                  module_src=meta["module_src"])
+      state = meta["state"]
+    else:
+      node = Node(type(obj).__name__, type(obj)._module)
+      state = obj._state
+    self._done[id(obj)] = node
+    if not isinstance(state, dict):
+      node.attrs["__state__"] = self.value(state)  # not a module: keep what it pickled
+      return node
+    for pname, value in (state.get("_parameters") or {}).items():
+      if value is not None:
+        node.params[pname] = self._array(value, f"{node.class_name} parameter {pname}")
+    for bname, value in (state.get("_buffers") or {}).items():
+      node.buffers[bname] = None if value is None else \
+          self._array(value, f"{node.class_name} buffer {bname}")
+    for cname, value in (state.get("_modules") or {}).items():
+      if value is not None:
+        if not self._is_object(value):
+          raise SnapshotError(f"corrupt child {cname} of {node.class_name}: "
+                              f"{type(value).__name__}")
+        node.children[cname] = self.node(value)
+    for key, value in state.items():
+      if key not in _TORCH_INTERNAL_ATTRS:
+        node.attrs[key] = self.value(value)
+    return node
+
+  @staticmethod
+  def _is_object(value) -> bool:
+    return isinstance(value, (_PersistentRecord, _Placeholder))
+
+  @staticmethod
+  def _array(value, what) -> np.ndarray:
+    if not isinstance(value, np.ndarray):
+      raise SnapshotError(f"corrupt {what}: {type(value).__name__} instead of a tensor")
+    return value
+
+  def value(self, v):
+    """A plain copy of an attribute value with every object turned into a Node."""
+    if self._is_object(v):
+      return self.node(v)
+    if isinstance(v, _PlaceholderMeta):
+      return v._global_name  # a class referenced by name: keep only the name
+    if isinstance(v, dict):
+      return type(v)((k, self.value(x)) for k, x in v.items()) if isinstance(v, collections.OrderedDict) \
+          else {k: self.value(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+      return type(v)(self.value(x) for x in v)
+    if isinstance(v, (set, frozenset)):
+      return type(v)(self.value(x) for x in v)
+    return v
+
+
+def load_pickle(path: str) -> Any:
+  """Safely unpickles `path`: returns its top-level value with objects as Nodes.
+
+  Raises:
+    SnapshotError: missing file, truncated or corrupt pickle, forbidden global.
+  """
+  if not os.path.exists(path):
+    raise SnapshotError(f"snapshot not found: {path}")
+  if not os.path.isfile(path):
+    raise SnapshotError(f"snapshot is not a file: {path}")
+  with open(path, "rb") as f:
+    try:
+      scan_globals(f)
+      f.seek(0)
+      raw = _SafeUnpickler(f).load()
+      return _Converter().value(raw)
+    except SnapshotError as e:
+      raise SnapshotError(f"{path}: {e}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+            IndexError, KeyError, MemoryError, RecursionError) as e:
+      raise SnapshotError(f"{path}: truncated or corrupt pickle ({type(e).__name__}: {e})") from None
+
+
+def load_snapshot(path: str) -> dict[str, Any]:
+  """Safely loads a StyleGAN-XL training snapshot.
+
+  Args:
+    path: a snapshot pickle (`network-snapshot-*.pkl`, `imagenet256.pkl`, ...).
+  Returns:
+    The snapshot dict: 'G', 'D', 'G_ema' (and 'augment_pipe' if a module) as `Node`
+    trees, 'training_set_kwargs' and 'progress' as plain values; keys that the file
+    lacks are absent. At least one of 'G_ema' / 'G' is present and has children
+    'mapping' and 'synthesis'.
+  Raises:
+    SnapshotError: missing file, truncated or corrupt pickle, forbidden global, or a
+      pickle that is not a StyleGAN-XL snapshot.
+  """
+  snap = load_pickle(path)
+  if not isinstance(snap, dict):
+    raise SnapshotError(f"{path}: not a StyleGAN-XL snapshot (holds a "
+                        f"{type(snap).__name__}, not a snapshot dict)")
+  generators = [k for k in ("G_ema", "G") if isinstance(snap.get(k), Node)]
+  if not generators:
+    raise SnapshotError(f"{path}: not a StyleGAN-XL snapshot (no generator G_ema or G; "
+                        f"keys: {', '.join(map(str, snap)) or 'none'})")
+  for key in generators:
+    missing = [c for c in ("mapping", "synthesis") if c not in snap[key].children]
+    if missing:
+      raise SnapshotError(f"{path}: not a StyleGAN-XL snapshot ({key} "
+                          f"({snap[key].class_name}) lacks {' and '.join(missing)})")
+  return snap
