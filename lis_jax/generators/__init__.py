@@ -17,7 +17,9 @@ from typing import Any
 from lis_jax import io
 
 # Built-in generators: name -> "module:function" returning a generator (no file needed).
-BUILTINS: dict[str, str] = {}
+BUILTINS: dict[str, str] = {
+    "shapes": "lis_jax.generators.shapes:load_shapes",  # the built-in demo world
+}
 
 # Checkpoint kinds (meta.json "kind") -> "module:function(ckpt_dir) -> generator".
 LOADERS: dict[str, str] = {}
