@@ -214,3 +214,56 @@ def require(path: str, produced_by: str) -> str:
 
 def as_tuple(x: Any) -> Sequence:
   return tuple(x) if isinstance(x, (list, tuple)) else (x,)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def load_models(config: ml_collections.ConfigDict, workdir: str):
+  """Loads `(G, clf)` named by `config.generator` / `config.classifier`.
+
+  Each is a built-in name, a converted checkpoint directory (relative paths are taken
+  inside `workdir`), or "module:function" returning the object (custom models, tests).
+
+  Raises:
+    PipelineError: a checkpoint directory is missing (names the converter command from
+      `config.checkpoint_hints`), or G and clf disagree on the number of classes.
+  """
+  from lis_jax import classifiers, generators  # Local: keeps `import lis_jax.pipeline` light.
+
+  hints = config.get("checkpoint_hints", {}) or {}
+  out = []
+  for what, registry in (("generator", generators), ("classifier", classifiers)):
+    spec = config[what]
+    if ":" in spec and not os.path.exists(spec):
+      out.append(resolve(spec)())
+      continue
+    path = resolve_path(workdir, spec)
+    if path not in registry.BUILTINS and not os.path.exists(path):
+      hint = hints.get(what)
+      how = f"; convert it first: {hint.format(path=path)}" if hint else ""
+      raise PipelineError(f"{what} checkpoint not found: {path}{how}")
+    out.append(registry.load(path))
+  G, clf = out
+  if G.num_classes != clf.num_classes:
+    raise PipelineError(f"generator has {G.num_classes} classes but classifier has "
+                        f"{clf.num_classes}: they must share the label space")
+  return G, clf
+
+
+def broadcast_ws(w: Any, num_ws: int) -> Any:
+  """w [..., w_dim] -> ws [..., num_ws, w_dim] (the same w for every synthesis layer)."""
+  import jax.numpy as jnp
+  return jnp.broadcast_to(w[..., None, :], (*w.shape[:-1], num_ws, w.shape[-1]))
+
+
+def maybe_interrupt(stage: str, done: int) -> None:
+  """Test hook: SIGKILLs this process when LIS_JAX_TEST_KILL_AFTER="stage:n" and done == n.
+
+  Stages call it right after writing a unit of output and before recording it as done,
+  the worst moment to die; tests use it to prove resumption loses and duplicates nothing.
+  """
+  spec = os.environ.get("LIS_JAX_TEST_KILL_AFTER")
+  if spec and spec == f"{stage}:{done}":
+    import signal
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,353 @@
+"""The linking network w = link(r) and stage `fit_link`.
+
+Linear links (`ols`, `ridge`, `elasticnet`) fit w = r A + b with an unpenalised intercept,
+with the objectives of scikit-learn's LinearRegression, Ridge and ElasticNet:
+  ols:        ||Y - X A - b||^2
+  ridge:      ||Y - X A - b||^2 + alpha ||A||^2
+  elasticnet: 1/(2n) ||Y - X A - b||^2 + alpha l1_ratio |A|_1 + alpha (1 - l1_ratio)/2 ||A||^2
+(all outputs at once; they decouple). `mlp` is an MLP trained with optax (Adam, MSE).
+
+Outputs: WORKSPACE.md, section `link/`.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from lis_jax import io
+from lis_jax import pipeline
+
+LINEAR_KINDS = ("ols", "ridge", "elasticnet")
+KINDS = LINEAR_KINDS + ("mlp",)
+
+
+class Link(flax.struct.PyTreeNode):
+  """A fitted link r -> w; a pytree (params are leaves), so jit/grad see through it.
+
+  params: linear kinds {'A': [D, w_dim], 'b': [w_dim]}; mlp {'layers': [{'w', 'b'}, ...]}.
+  kind: one of KINDS.
+  """
+  params: Any
+  kind: str = flax.struct.field(pytree_node=False, default="ols")
+
+  def __call__(self, r: jax.Array) -> jax.Array:
+    """r [..., D] -> w [..., w_dim]."""
+    if self.kind in LINEAR_KINDS:
+      return r @ self.params["A"] + self.params["b"]
+    return mlp_apply(self.params, r)
+
+
+# ----------------------------------------------------------------------------- linear fits
+
+
+def _x64(enabled: bool):
+  return jax.enable_x64(True) if enabled else contextlib.nullcontext()
+
+
+def fit_linear(r: np.ndarray, w: np.ndarray, kind: str = "ols", alpha: float = 1.0,
+               l1_ratio: float = 0.5, float64: bool = False, solver: str = "lstsq",
+               jitter: float = 1e-6, max_iter: int = 5000, tol: float = 1e-7) -> dict[str, np.ndarray]:
+  """Fits w = r A + b.
+
+  Args:
+    r: [N, D] inputs (classifier representations).
+    w: [N, w_dim] targets.
+    kind: 'ols', 'ridge' or 'elasticnet' (objectives in the module docstring).
+    alpha: penalty strength (ridge, elasticnet); ignored by ols.
+    l1_ratio: elasticnet's share of the L1 penalty in [0, 1].
+    float64: solve in float64 (inside a `jax.enable_x64` context; the global flag is
+      left alone). False: float32.
+    solver: ols only: 'lstsq' (SVD, stable for rank-deficient r) or 'cholesky' (normal
+      equations with a relative `jitter` on the diagonal; fast for N >> D).
+    jitter: cholesky only: added diagonal, relative to the mean eigenvalue of r^T r.
+    max_iter, tol: elasticnet only: FISTA iterations cap, and the stopping threshold on
+      the largest coefficient change relative to the largest coefficient.
+  Returns:
+    {'A': [D, w_dim], 'b': [w_dim]} numpy, float64 if `float64` else float32.
+  """
+  if kind not in LINEAR_KINDS:
+    raise pipeline.PipelineError(f"link kind {kind!r} is not linear ({', '.join(LINEAR_KINDS)})")
+  if r.ndim != 2 or w.ndim != 2 or r.shape[0] != w.shape[0]:
+    raise pipeline.PipelineError(f"fit_linear: r {r.shape} and w {w.shape} must be [N, D] and [N, w_dim]")
+  dtype = np.float64 if float64 else np.float32
+  with _x64(float64):
+    x = jnp.asarray(np.asarray(r, dtype))
+    y = jnp.asarray(np.asarray(w, dtype))
+    if kind == "ols" and solver == "lstsq":
+      A, b = _ols_lstsq(x, y)
+    elif kind in ("ols", "ridge"):
+      if solver not in ("lstsq", "cholesky"):
+        raise pipeline.PipelineError(f"unknown solver {solver!r} (lstsq, cholesky)")
+      A, b = _ridge_cholesky(x, y, alpha if kind == "ridge" else 0.0, jitter if kind == "ols" else 0.0)
+    else:
+      A, b = _elasticnet_fista(x, y, alpha, l1_ratio, max_iter, tol)
+    return {"A": np.asarray(A, dtype), "b": np.asarray(b, dtype)}
+
+
+@jax.jit
+def _ols_lstsq(x, y):
+  xm, ym = x.mean(0), y.mean(0)
+  A = jnp.linalg.lstsq(x - xm, y - ym)[0]                  # [D, w_dim]
+  return A, ym - xm @ A
+
+
+@jax.jit
+def _ridge_cholesky(x, y, alpha, jitter):
+  xm, ym = x.mean(0), y.mean(0)
+  xc = x - xm
+  gram = xc.T @ xc                                         # [D, D]
+  d = gram.shape[0]
+  reg = alpha + jitter * jnp.trace(gram) / d
+  chol = jax.scipy.linalg.cho_factor(gram + reg * jnp.eye(d, dtype=x.dtype))
+  A = jax.scipy.linalg.cho_solve(chol, xc.T @ (y - ym))    # [D, w_dim]
+  return A, ym - xm @ A
+
+
+@jax.jit
+def _elasticnet_fista(x, y, alpha, l1_ratio, max_iter, tol):
+  """FISTA with gradient-based adaptive restart on the centred problem (Gram form)."""
+  n = x.shape[0]
+  xm, ym = x.mean(0), y.mean(0)
+  xc, yc = x - xm, y - ym
+  gram = xc.T @ xc / n                                     # [D, D]
+  cross = xc.T @ yc / n                                    # [D, w_dim]
+  l2 = alpha * (1.0 - l1_ratio)
+  step = 1.0 / (jnp.linalg.eigvalsh(gram)[-1] + l2)
+  thresh = step * alpha * l1_ratio
+
+  def prox_step(v):
+    g = gram @ v - cross + l2 * v
+    u = v - step * g
+    return jnp.sign(u) * jnp.maximum(jnp.abs(u) - thresh, 0.0)
+
+  def body(state):
+    a, v, t, it, _ = state
+    a_new = prox_step(v)
+    restart = jnp.sum((v - a_new) * (a_new - a)) > 0       # momentum points uphill: reset it
+    t = jnp.where(restart, 1.0, t)
+    t_new = (1 + jnp.sqrt(1 + 4 * t * t)) / 2
+    v_new = a_new + ((t - 1) / t_new) * (a_new - a)
+    change = jnp.max(jnp.abs(a_new - a)) / jnp.maximum(jnp.max(jnp.abs(a_new)), 1e-30)
+    return a_new, v_new, t_new, it + 1, change
+
+  def cond(state):
+    return (state[3] < max_iter) & (state[4] > tol)
+
+  a0 = jnp.zeros_like(cross)
+  one = jnp.ones((), x.dtype)
+  init = (a0, a0, one, jnp.zeros((), jnp.int32), jnp.asarray(jnp.inf, x.dtype))
+  A = jax.lax.while_loop(cond, body, init)[0]
+  return A, ym - xm @ A
+
+
+def elasticnet_objective(r, w, A, b, alpha, l1_ratio) -> float:
+  """scikit-learn's ElasticNet objective summed over outputs (float64, numpy)."""
+  r, w, A, b = (np.asarray(v, np.float64) for v in (r, w, A, b))
+  res = w - r @ A - b
+  return float((res ** 2).sum() / (2 * r.shape[0]) + alpha * l1_ratio * np.abs(A).sum()
+               + 0.5 * alpha * (1 - l1_ratio) * (A ** 2).sum())
+
+
+# ----------------------------------------------------------------------------- MLP
+
+
+def mlp_init(key: jax.Array, sizes: Sequence[int]) -> dict:
+  """Params of an MLP with layer sizes `sizes` (input, hidden..., output), LeCun-normal."""
+  layers = []
+  for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    k = jax.random.fold_in(key, i)
+    layers.append({"w": jax.random.normal(k, (a, b)) / np.sqrt(a), "b": jnp.zeros((b,))})
+  return {"layers": layers}
+
+
+def mlp_apply(params: dict, r: jax.Array) -> jax.Array:
+  """r [..., D] -> [..., w_dim]; ReLU between layers, linear output."""
+  h = r
+  for i, layer in enumerate(params["layers"]):
+    h = h @ layer["w"] + layer["b"]
+    if i < len(params["layers"]) - 1:
+      h = jax.nn.relu(h)
+  return h
+
+
+def fit_mlp(r: np.ndarray, w: np.ndarray, key: jax.Array, hidden: Sequence[int] = (512,),
+            epochs: int = 20, batch_size: int = 256, learning_rate: float = 1e-3) -> dict:
+  """Trains an MLP link with Adam on the MSE.
+
+  Args:
+    r: [N, D] inputs. w: [N, w_dim] targets.
+    key: PRNG key for initialisation and minibatch order.
+    hidden: hidden layer widths. epochs, batch_size, learning_rate: Adam schedule.
+  Returns:
+    the MLP params (see `mlp_init`).
+  """
+  r = jnp.asarray(r, jnp.float32)
+  w = jnp.asarray(w, jnp.float32)
+  params = mlp_init(jax.random.fold_in(key, 0), [r.shape[1], *hidden, w.shape[1]])
+  opt = optax.adam(learning_rate)
+  opt_state = opt.init(params)
+  batch_size = min(batch_size, r.shape[0])
+  steps = r.shape[0] // batch_size
+
+  @jax.jit
+  def epoch(params, opt_state, perm):
+    def step(carry, idx):
+      params, opt_state = carry
+      loss, g = jax.value_and_grad(lambda p: jnp.mean((mlp_apply(p, r[idx]) - w[idx]) ** 2))(params)
+      updates, opt_state = opt.update(g, opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), loss
+    idx = perm[: steps * batch_size].reshape(steps, batch_size)
+    (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), idx)
+    return params, opt_state, losses.mean()
+
+  for e in range(epochs):
+    perm = jax.random.permutation(jax.random.fold_in(key, e + 1), r.shape[0])
+    params, opt_state, _ = epoch(params, opt_state, perm)
+  return jax.tree_util.tree_map(np.asarray, params)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def regression_metrics(w_true: np.ndarray, w_pred: np.ndarray) -> dict[str, Any]:
+  """MSE and R^2 overall and per output dimension.
+
+  Returns:
+    mse (mean over all entries), mse_per_dim [w_dim], r2_per_dim [w_dim]
+    (1 - SS_res / SS_tot per dim), r2 (their mean: scikit-learn's 'uniform_average'),
+    r2_variance_weighted (1 - sum SS_res / sum SS_tot).
+  """
+  t = np.asarray(w_true, np.float64)
+  p = np.asarray(w_pred, np.float64)
+  ss_res = ((t - p) ** 2).sum(0)
+  ss_tot = ((t - t.mean(0)) ** 2).sum(0)
+  r2 = 1.0 - ss_res / np.maximum(ss_tot, 1e-300)
+  return {"mse": float(((t - p) ** 2).mean()), "mse_per_dim": ((t - p) ** 2).mean(0).tolist(),
+          "r2": float(r2.mean()), "r2_per_dim": r2.tolist(),
+          "r2_variance_weighted": float(1.0 - ss_res.sum() / ss_tot.sum())}
+
+
+def cycle(G: Any, clf: Any, link: Link, r: jax.Array) -> jax.Array:
+  """r [N, D] -> w = link(r) -> image -> r' [N, D] (the classifier's view of it)."""
+  ws = pipeline.broadcast_ws(link(r), G.num_ws)
+  return clf.features(clf.preprocess(G.synthesis(ws)))
+
+
+def cycle_metrics(r: np.ndarray, r_cycled: np.ndarray) -> dict[str, float]:
+  """Correlation of r and r' = cycle(r).
+
+  Returns:
+    corr_per_sample_mean: mean over samples of the Pearson correlation across units;
+    corr_per_unit_mean: mean over units (with variance) of the correlation across samples;
+    mse: mean squared difference.
+  """
+  a = np.asarray(r, np.float64)
+  b = np.asarray(r_cycled, np.float64)
+
+  def corr(x, y, axis):
+    x = x - x.mean(axis, keepdims=True)
+    y = y - y.mean(axis, keepdims=True)
+    den = np.sqrt((x ** 2).sum(axis) * (y ** 2).sum(axis))
+    ok = den > 0
+    return (x * y).sum(axis)[ok] / den[ok]
+
+  per_unit = corr(a, b, 0)
+  return {"corr_per_sample_mean": float(corr(a, b, 1).mean()),
+          "corr_per_unit_mean": float(per_unit.mean()) if per_unit.size else float("nan"),
+          "mse": float(((a - b) ** 2).mean())}
+
+
+# ----------------------------------------------------------------------------- save / load
+
+
+def save(out_dir: str, link: Link, meta: dict | None = None) -> None:
+  """Writes `link` as a checkpoint (params Orbax + meta.json with kind 'link')."""
+  io.save_checkpoint(out_dir, link.params, {"kind": "link", "link": link.kind, **(meta or {})})
+
+
+def load(ckpt_dir: str) -> Link:
+  """Reads a link saved by `save` (float32 params)."""
+  params, meta = io.load_checkpoint(ckpt_dir)
+  if meta.get("kind") != "link":
+    raise io.CheckpointError(f"{ckpt_dir} is not a link checkpoint (kind {meta.get('kind')!r})")
+  if meta["link"] == "mlp":
+    params = {"layers": [params["layers"][k] for k in sorted(params["layers"], key=int)]} \
+        if isinstance(params["layers"], dict) else params
+  params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
+  return Link(params=params, kind=meta["link"])
+
+
+# ----------------------------------------------------------------------------- stage
+
+
+def fingerprint(config: ml_collections.ConfigDict) -> dict:
+  """Config values the link depends on (paired data's and its own)."""
+  from lis_jax import paired_data
+  return {"paired_data": paired_data._fingerprint(config), "link": config.link.to_dict()}
+
+
+def fit(config: ml_collections.ConfigDict, r: np.ndarray, w: np.ndarray, key: jax.Array) -> Link:
+  """Fits the link named by `config.link.kind` on (r [N, D], w [N, w_dim])."""
+  c = config.link
+  if c.kind not in KINDS:
+    raise pipeline.PipelineError(f"config.link.kind={c.kind!r}; known: {', '.join(KINDS)}")
+  if c.kind == "mlp":
+    params = fit_mlp(r, w, key, hidden=tuple(c.hidden), epochs=c.epochs,
+                     batch_size=c.batch_size, learning_rate=c.learning_rate)
+  else:
+    params = fit_linear(r, w, c.kind, alpha=c.alpha, l1_ratio=c.l1_ratio, float64=c.float64,
+                        solver=c.solver, jitter=c.jitter, max_iter=c.max_iter, tol=c.tol)
+  for name, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    if not np.all(np.isfinite(leaf)):
+      raise pipeline.PipelineError(
+          f"the {c.kind} link fit produced NaN/inf ({jax.tree_util.keystr(name)}); check the "
+          f"paired data, try link.float64=True or a ridge link with alpha > 0")
+  params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
+  return Link(params=params, kind=c.kind)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Stage entry: fits the link on a train split of the paired data, writes `workdir/link/`."""
+  from lis_jax import paired_data
+  out_dir = pipeline.stage_dir(workdir, "link")
+  data = paired_data.load(workdir)
+  pipeline.check_stage_config(out_dir, fingerprint(config))
+  metrics_path = os.path.join(out_dir, "metrics.json")
+  if os.path.exists(metrics_path):
+    print(f"[fit_link] {out_dir} is complete; nothing to do")
+    return
+  for k in ("r", "w"):
+    pipeline.check_finite(f"paired data {k}", data[k])
+  n = data["r"].shape[0]
+  rng = np.random.default_rng(config.seed)
+  perm = rng.permutation(n)
+  n_test = int(round(n * config.link.holdout_fraction))
+  if n - n_test < 2 or n_test < 1:
+    raise pipeline.PipelineError(f"{n} paired samples cannot be split with holdout_fraction="
+                                 f"{config.link.holdout_fraction}")
+  test, train = np.sort(perm[:n_test]), np.sort(perm[n_test:])
+  key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
+  link = fit(config, data["r"][train], data["w"][train], key)
+  predict = jax.jit(lambda link, r: link(r))
+  metrics = {"kind": link.kind, "n_train": int(train.size), "n_test": int(test.size),
+             "test": regression_metrics(data["w"][test], predict(link, data["r"][test])),
+             "train": regression_metrics(data["w"][train], predict(link, data["r"][train]))}
+  if config.link.cycle_samples > 0:
+    G, clf = pipeline.load_models(config, workdir)
+    rows = test[: config.link.cycle_samples]
+    r_cyc = jax.jit(cycle)(G, clf, link, data["r"][rows])
+    metrics["cycle"] = {"n": int(rows.size), **cycle_metrics(data["r"][rows], r_cyc)}
+  io.savez(os.path.join(out_dir, "split.npz"), train=train, test=test)
+  save(os.path.join(out_dir, "model"), link, {"n_train": int(train.size)})
+  io.write_json(metrics_path, metrics)
+  t = metrics["test"]
+  print(f"[fit_link] {link.kind}: held-out MSE {t['mse']:.4g}, R^2 {t['r2']:.4f}"
+        + (f", cycle corr {metrics['cycle']['corr_per_sample_mean']:.3f}" if "cycle" in metrics else ""))
