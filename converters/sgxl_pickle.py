@@ -54,6 +54,7 @@ import io
 import os
 import pickle
 import pickletools
+import warnings
 from typing import Any, Iterator
 
 import numpy as np
@@ -211,17 +212,20 @@ def _load_from_bytes(data):
   """
   if not isinstance(data, (bytes, bytearray)):
     raise SnapshotError(f"corrupt tensor storage: expected bytes, got {type(data).__name__}")
-  try:
-    storage = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
-  except Exception as e:  # torch raises many types for bad bytes; report them uniformly
-    raise SnapshotError(f"corrupt tensor storage ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-  if isinstance(storage, torch.UntypedStorage):
-    flat = torch.empty(0, dtype=torch.uint8).set_(storage)
-  elif isinstance(storage, torch.TypedStorage):
-    flat = torch.empty(0, dtype=storage.dtype).set_(storage._untyped_storage)
-    flat = flat[:storage.size()]
-  else:
-    raise SnapshotError(f"corrupt tensor storage: decoded to {type(storage).__name__}")
+  with warnings.catch_warnings():  # TypedStorage is deprecated, but it is what was saved
+    warnings.simplefilter("ignore", UserWarning)
+    try:
+      storage = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for bad bytes; report them uniformly
+      raise SnapshotError(f"corrupt tensor storage ({type(e).__name__}: "
+                          f"{(str(e).splitlines() or [''])[0]})") from None
+    if isinstance(storage, torch.UntypedStorage):
+      flat = torch.empty(0, dtype=torch.uint8).set_(storage)
+    elif isinstance(storage, torch.TypedStorage):
+      flat = torch.empty(0, dtype=storage.dtype).set_(storage._untyped_storage)
+      flat = flat[:storage.size()]
+    else:
+      raise SnapshotError(f"corrupt tensor storage: decoded to {type(storage).__name__}")
   return _Storage(flat)
 
 
@@ -245,7 +249,7 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
     t = torch.as_strided(storage.flat, size, stride, storage_offset)
     return _to_numpy(t)
   except RuntimeError as e:
-    raise SnapshotError(f"corrupt tensor ({str(e).splitlines()[0]})") from None
+    raise SnapshotError(f"corrupt tensor ({(str(e).splitlines() or [''])[0]})") from None
 
 
 def _rebuild_parameter(data, requires_grad=True, backward_hooks=None):
