@@ -10,6 +10,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from lis_jax import io
@@ -23,6 +24,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO.
   try:
     pipeline.run(_CONFIG.value, _WORKDIR.value)
   except (pipeline.PipelineError, io.CheckpointError) as e:

@@ -1,0 +1,33 @@
+"""A seconds-long run of every pipeline stage on random-weight tiny models (tests, smoke).
+
+  python -m lis_jax.main --config=configs/tiny.py --workdir=/tmp/lis_tiny
+
+A random classifier is never right, so every generated sample is kept.
+"""
+from configs import linear
+
+
+def get_config():
+  config = linear.get_config()
+  config.generator = "sgxl-tiny"
+  config.classifier = "tiny-resnet-random"
+  config.classes = "1,2,3"
+
+  config.paired_data.n_per_class = 24
+  config.paired_data.keep_only_correct = False
+  config.paired_data.batch_size = 8
+  config.paired_data.shard_size = 8
+
+  config.link.cycle_samples = 8
+
+  config.sweep.units = "0:6"
+  config.sweep.samples_per_class = 2
+  config.sweep.units_per_block = 2
+  config.sweep.batch_size = 8
+
+  config.counterfactual.samples_per_pair = 2
+  config.counterfactual.max_steps = 20
+  config.counterfactual.check_every = 5
+  config.counterfactual.batch_size = 8
+  config.counterfactual.top_units = 4
+  return config
