@@ -371,7 +371,8 @@ def scan_globals(f) -> collections.Counter:
 
   Simulates the unpickler's stack symbolically to learn which global every call
   (REDUCE, INST, OBJ) targets. Raises SnapshotError naming the first forbidden global
-  that would be called, or the first opcode a snapshot never uses; raises
+  that would be called, a BUILD that would set attributes of a global itself (e.g. the
+  defaults of an allowed function), or the first opcode a snapshot never uses; raises
   SnapshotError for a truncated or malformed stream.
 
   Args:
@@ -444,6 +445,12 @@ def scan_globals(f) -> collections.Counter:
         items = pop_mark()
         check_call(items[0] if items else None, name)
         stack.append(None)
+      elif name == "BUILD":
+        pop()  # the state
+        if stack and isinstance(stack[-1], _Global):
+          target = stack[-1]
+          raise SnapshotError(f"forbidden BUILD on global {_name(target.module, target.name)} "
+                              f"(the pickle tries to set its attributes)")
       elif name == "MARK":
         stack.append(_MARK)
       elif name == "POP_MARK":

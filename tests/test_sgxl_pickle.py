@@ -349,16 +349,33 @@ def test_module_src_is_never_executed(tmp_path, fake_persistence):
   assert not marker.exists()
 
 
-def test_dotted_global_name_refused(tmp_path):
-  # STACK_GLOBAL('torch._utils', '_rebuild_tensor_v2.__globals__') then a call: an
-  # attribute walk to reach unlisted objects through an allowed one.
-  def unicode(s):
-    return b"\x8c" + bytes([len(s)]) + s.encode()
-  blob = (b"\x80\x04" + unicode("torch._utils") + unicode("_rebuild_tensor_v2.__globals__")
-          + b"\x93" + b")" + b"R" + b".")
-  path = tmp_path / "dotted.pkl"
-  path.write_bytes(blob)
-  with pytest.raises(SnapshotError, match=r"forbidden global torch\._utils\._rebuild_tensor_v2\.__globals__"):
+def _unicode(s):
+  """SHORT_BINUNICODE opcode pushing `s`."""
+  return b"\x8c" + bytes([len(s)]) + s.encode()
+
+
+# Hand-assembled protocol-4 pickles that reach for more than an allowed global offers.
+CRAFTED = {
+    # STACK_GLOBAL('torch._utils', '_rebuild_tensor_v2.__globals__')(): an attribute
+    # walk from an allowed name to unlisted objects.
+    "dotted name": (_unicode("torch._utils") + _unicode("_rebuild_tensor_v2.__globals__")
+                    + b"\x93)R.", r"forbidden global torch\._utils\._rebuild_tensor_v2\.__globals__"),
+    # BUILD on an allowed function itself: would rewrite its attributes (__defaults__).
+    "BUILD on a global": (_unicode("torch._utils") + _unicode("_rebuild_parameter")
+                          + b"\x93N}" + _unicode("__defaults__") + b")s\x86b.",
+                          r"forbidden BUILD on global torch\._utils\._rebuild_parameter"),
+    # Persistent ids and the copyreg extension registry are never in snapshots.
+    "persistent id": (_unicode("x") + b"Q.", "forbidden opcode BINPERSID"),
+    "extension code": (b"\x82\x01.", "forbidden opcode EXT1"),
+}
+
+
+@pytest.mark.parametrize("case", CRAFTED)
+def test_crafted_opcodes_refused(tmp_path, case):
+  body, message = CRAFTED[case]
+  path = tmp_path / "crafted.pkl"
+  path.write_bytes(b"\x80\x04" + body)
+  with pytest.raises(SnapshotError, match=message):
     load_pickle(str(path))
 
 
