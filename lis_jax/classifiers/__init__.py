@@ -28,6 +28,7 @@ from lis_jax.classifiers.preprocess import IMAGENET_MEAN, IMAGENET_STD, InputSpe
 # Built-in classifiers: name -> "module:function" returning a classifier (no file needed).
 BUILTINS: dict[str, str] = {
     "tiny-resnet-random": "lis_jax.classifiers.resnet:tiny_resnet_random",
+    "shapes-resnet": "lis_jax.classifiers.shapes_resnet:load_shapes_resnet",  # trained on 'shapes'
 }
 
 # Checkpoint kinds (meta.json "kind") -> "module:function(ckpt_dir) -> classifier".

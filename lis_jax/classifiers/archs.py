@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import flax.linen as nn
 
-from lis_jax.classifiers import resnet
+from lis_jax.classifiers import densenet, resnet, vgg
 
 ARCHS = {
     **resnet.ARCHS,
+    **vgg.ARCHS,
+    **densenet.ARCHS,
 }
 
 

@@ -116,6 +116,21 @@ class ResNet(nn.Module):
   def feature_dim(self) -> int:
     return self.widths[-1] * self.expansion
 
+  def block_plan(self) -> list[tuple[str, int, int, bool]]:
+    """(name, planes, stride, has downsample) of every block, in order: `layer{stage}_{index}`.
+
+    The first block of each stage but the first strides by 2; a block gets a 1x1 conv +
+    BN shortcut (`downsample_0`, `downsample_1`) where stride or width change.
+    """
+    plan, in_width = [], self.stem_width
+    for i, (n_blocks, planes) in enumerate(zip(self.stage_sizes, self.widths)):
+      for j in range(n_blocks):
+        stride = 2 if (i > 0 and j == 0) else 1
+        downsample = stride != 1 or in_width != planes * self.expansion
+        plan.append((f"layer{i + 1}_{j}", planes, stride, downsample))
+        in_width = planes * self.expansion
+    return plan
+
   @nn.compact
   def features(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     """[N, H, W, 3] normalised image -> [N, feature_dim] (global mean after the last stage)."""
@@ -126,17 +141,11 @@ class ResNet(nn.Module):
     else:
       x = layers.conv(self.stem_width, 3, 1, 1, name="conv1")(x)       # [N, H, W, C]
       x = nn.relu(layers.batch_norm(train, name="bn1")(x))
-    in_width = self.stem_width
-    for i, (n_blocks, planes) in enumerate(zip(self.stage_sizes, self.widths)):
-      for j in range(n_blocks):
-        stride = 2 if (i > 0 and j == 0) else 1
-        downsample = j == 0 and (stride != 1 or in_width != planes * self.expansion)
-        if self.block == "basic":
-          blk = BasicBlock(planes, stride, downsample, name=f"layer{i + 1}_{j}")
-        else:
-          blk = Bottleneck(planes, stride, downsample, self.base_width, name=f"layer{i + 1}_{j}")
-        x = blk(x, train)
-        in_width = planes * self.expansion
+    for name, planes, stride, downsample in self.block_plan():
+      if self.block == "basic":
+        x = BasicBlock(planes, stride, downsample, name=name)(x, train)
+      else:
+        x = Bottleneck(planes, stride, downsample, self.base_width, name=name)(x, train)
     return jnp.mean(x, axis=(1, 2))                                     # [N, feature_dim]
 
   def head(self, r: jnp.ndarray) -> jnp.ndarray:

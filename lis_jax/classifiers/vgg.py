@@ -1,0 +1,133 @@
+"""VGG and AlexNet with torchvision's semantics and parameter names, NHWC.
+
+Both are `features` (a conv stack, names `features_<index in torchvision's Sequential>`),
+an adaptive average pool (7x7 for VGG, 6x6 for AlexNet: for other input sizes the pool
+averages overlapping bins or repeats pixels exactly as torch.nn.AdaptiveAvgPool2d does),
+a flatten in torch's (C, H, W) order, and `classifier` (three Linear layers,
+`classifier_<index>`). The penultimate representation is the input of the last Linear
+layer (4096-d), taken in eval mode (dropout is the identity).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Sequence, Union
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from lis_jax.classifiers import layers
+
+# torchvision's VGG configurations: conv widths, "M" = 2x2/2 max pool.
+VGG_CFGS = {
+    "A": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "B": (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "D": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+    "E": (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+          512, 512, 512, 512, "M"),
+}
+
+
+class VGG(nn.Module):
+  """torchvision VGG.
+
+  Attributes:
+    cfg: conv widths and "M" (max pool) markers, torchvision's `cfgs` entry.
+    batch_norm: a BatchNorm after every conv (the `_bn` variants).
+    hidden: width of the two hidden Linear layers (4096).
+    pool_size: output side of the adaptive average pool (7).
+    num_classes: outputs of the last Linear layer `classifier_6`.
+  """
+  cfg: Sequence[Union[int, str]] = VGG_CFGS["D"]
+  batch_norm: bool = False
+  hidden: int = 4096
+  pool_size: int = 7
+  num_classes: int = 1000
+
+  def setup(self):
+    self.classifier_6 = nn.Dense(self.num_classes)
+
+  @property
+  def feature_dim(self) -> int:
+    return self.hidden
+
+  @nn.compact
+  def features(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    """[N, H, W, 3] normalised image -> [N, hidden]: the input of `classifier_6`."""
+    i = 0   # index in torchvision's `features` Sequential (conv, [bn], relu, pool).
+    for v in self.cfg:
+      if v == "M":
+        x = layers.max_pool(x, 2, 2)
+        i += 1
+        continue
+      x = layers.conv(v, 3, 1, 1, bias=True, name=f"features_{i}")(x)
+      i += 1
+      if self.batch_norm:
+        x = layers.batch_norm(train, name=f"features_{i}")(x)
+        i += 1
+      x = nn.relu(x)
+      i += 1
+    x = layers.adaptive_avg_pool(x, self.pool_size)                    # [N, 7, 7, 512]
+    x = layers.flatten_chw(x)                                          # [N, 512 * 7 * 7]
+    x = nn.relu(nn.Dense(self.hidden, name="classifier_0")(x))
+    x = nn.relu(nn.Dense(self.hidden, name="classifier_3")(x))         # [N, hidden]
+    return x
+
+  def head(self, r: jnp.ndarray) -> jnp.ndarray:
+    """[N, hidden] -> [N, num_classes]: torchvision's `classifier[6]`."""
+    return self.classifier_6(r)
+
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    return self.head(self.features(x, train))
+
+
+class AlexNet(nn.Module):
+  """torchvision AlexNet (the one-GPU variant: 64-192-384-256-256 convs).
+
+  Attributes:
+    hidden: width of the two hidden Linear layers (4096).
+    pool_size: output side of the adaptive average pool (6).
+    num_classes: outputs of the last Linear layer `classifier_6`.
+  """
+  hidden: int = 4096
+  pool_size: int = 6
+  num_classes: int = 1000
+
+  def setup(self):
+    self.classifier_6 = nn.Dense(self.num_classes)
+
+  @property
+  def feature_dim(self) -> int:
+    return self.hidden
+
+  @nn.compact
+  def features(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    """[N, H, W, 3] normalised image (at least 63 px) -> [N, hidden]: the input of `classifier_6`."""
+    del train  # No BatchNorm; dropout is the identity in eval mode.
+    x = nn.relu(layers.conv(64, 11, 4, 2, bias=True, name="features_0")(x))
+    x = layers.max_pool(x, 3, 2)
+    x = nn.relu(layers.conv(192, 5, 1, 2, bias=True, name="features_3")(x))
+    x = layers.max_pool(x, 3, 2)
+    x = nn.relu(layers.conv(384, 3, 1, 1, bias=True, name="features_6")(x))
+    x = nn.relu(layers.conv(256, 3, 1, 1, bias=True, name="features_8")(x))
+    x = nn.relu(layers.conv(256, 3, 1, 1, bias=True, name="features_10")(x))
+    x = layers.max_pool(x, 3, 2)                                       # [N, 6, 6, 256] at 224 px
+    x = layers.adaptive_avg_pool(x, self.pool_size)                    # [N, 6, 6, 256]
+    x = layers.flatten_chw(x)                                          # [N, 256 * 6 * 6]
+    x = nn.relu(nn.Dense(self.hidden, name="classifier_1")(x))
+    x = nn.relu(nn.Dense(self.hidden, name="classifier_4")(x))         # [N, hidden]
+    return x
+
+  def head(self, r: jnp.ndarray) -> jnp.ndarray:
+    """[N, hidden] -> [N, num_classes]: torchvision's `classifier[6]`."""
+    return self.classifier_6(r)
+
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    return self.head(self.features(x, train))
+
+
+ARCHS = {
+    "alexnet": AlexNet,
+    **{f"vgg{depth}{'_bn' if bn else ''}": functools.partial(VGG, cfg=VGG_CFGS[c], batch_norm=bn)
+       for depth, c in (("11", "A"), ("13", "B"), ("16", "D"), ("19", "E"))
+       for bn in (False, True)},
+}
