@@ -19,10 +19,13 @@ from lis_jax import io
 # Built-in generators: name -> "module:function" returning a generator (no file needed).
 BUILTINS: dict[str, str] = {
     "shapes": "lis_jax.generators.shapes:load_shapes",  # the built-in demo world
+    "sgxl-tiny": "lis_jax.generators.stylegan_xl:tiny",  # seeded random 16->32 px StyleGAN-XL
 }
 
 # Checkpoint kinds (meta.json "kind") -> "module:function(ckpt_dir) -> generator".
-LOADERS: dict[str, str] = {}
+LOADERS: dict[str, str] = {
+    "stylegan_xl": "lis_jax.generators.stylegan_xl:load",
+}
 
 
 def _resolve(spec: str):
