@@ -352,7 +352,6 @@ _REFUSED_OPS = {
     "EXT1": "the copyreg extension registry", "EXT2": "the copyreg extension registry",
     "EXT4": "the copyreg extension registry",
 }
-_MARK = object()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -380,23 +379,32 @@ def scan_globals(f) -> collections.Counter:
   Returns:
     Counter of (module, name) -> number of GLOBAL / STACK_GLOBAL uses.
   """
+  # Like the C unpickler: objects on one stack, MARKs as a separate list of heights.
   stack: list[Any] = []
+  marks: list[int] = []
   memo: dict[int, Any] = {}
   seen: collections.Counter = collections.Counter()
 
-  def pop():
-    if not stack or stack[-1] is _MARK:
+  def fence():
+    return marks[-1] if marks else 0
+
+  def top():
+    if len(stack) <= fence():
       raise SnapshotError("corrupt pickle: stack underflow")
-    return stack.pop()
+    return stack[-1]
+
+  def pop():
+    value = top()
+    stack.pop()
+    return value
 
   def pop_mark():
-    items = []
-    while stack and stack[-1] is not _MARK:
-      items.append(stack.pop())
-    if not stack:
+    if not marks:
       raise SnapshotError("corrupt pickle: missing MARK")
-    stack.pop()
-    return items[::-1]
+    height = marks.pop()
+    items = stack[height:]
+    del stack[height:]
+    return items
 
   def check_call(target, op):
     if isinstance(target, _Global):
@@ -424,9 +432,9 @@ def scan_globals(f) -> collections.Counter:
         seen[(module.value, gname.value)] += 1
         stack.append(_Global(module.value, gname.value))
       elif name == "MEMOIZE":
-        memo[len(memo)] = stack[-1] if stack else None
+        memo[len(memo)] = top()
       elif name in _PUT_OPS:
-        memo[arg] = stack[-1] if stack else None
+        memo[arg] = top()
       elif name in _GET_OPS:
         if arg not in memo:
           raise SnapshotError(f"corrupt pickle: memo key {arg} missing")
@@ -447,21 +455,28 @@ def scan_globals(f) -> collections.Counter:
         stack.append(None)
       elif name == "BUILD":
         pop()  # the state
-        if stack and isinstance(stack[-1], _Global):
-          target = stack[-1]
+        if isinstance(top(), _Global):
+          target = top()
           raise SnapshotError(f"forbidden BUILD on global {_name(target.module, target.name)} "
                               f"(the pickle tries to set its attributes)")
       elif name == "MARK":
-        stack.append(_MARK)
+        marks.append(len(stack))
       elif name == "POP_MARK":
         pop_mark()
+      elif name == "POP":
+        if len(stack) > fence():
+          stack.pop()
+        elif marks:
+          marks.pop()
+        else:
+          raise SnapshotError("corrupt pickle: stack underflow")
       elif name == "DUP":
-        stack.append(stack[-1] if stack else None)
+        stack.append(top())
       elif name == "STOP":
         break
       else:
         # Generic: pop what the opcode consumes (up to a MARK for stack slices), push
-        # opaque results. NEWOBJ / BUILD / containers land here: they call no global.
+        # opaque results. NEWOBJ and container opcodes land here: they call no global.
         before = list(op.stack_before)
         if pickletools.stackslice in before:
           pop_mark()
