@@ -25,6 +25,6 @@ setuptools.setup(
         # torch is only needed by converters/ and their tests. Pinned: a bare
         # `torch` requirement pulls several GB of CUDA wheels on a CPU machine.
         "convert": ["torch==2.13.0"],
-        "test": ["torch==2.13.0", "pytest", "scikit-learn", "chex"],
+        "test": ["torch==2.13.0", "pytest", "scikit-learn", "chex", "scipy", "scikit-image"],
     },
 )

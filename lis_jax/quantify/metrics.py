@@ -1,0 +1,352 @@
+"""Per-image, per-part measurements of generated images, in JAX.
+
+The reference analysis (kaschube-lab/LinkingInStyle@ce65809,
+`src/feature_analysis_piepeline.py`) measures every segmented part of every sweep
+image: its area, mean luminance, local texture entropy and, per connected component,
+an ellipse fit. Here the same quantities are computed from masks on device, batched:
+
+  area         number of mask pixels (sum of the mask for soft masks).
+  luminance    mean of (0.299 R + 0.587 G + 0.114 B) / 3 over the part, on the
+               0..255 scale of the 8-bit image (the reference's formula: 85 is the
+               largest possible value, and its notebook divides changes by 85).
+  entropy_*    mean / std / min / max over the part of the local Shannon entropy
+               (bits) of the grey image in a disk of radius 5: for every pixel, the
+               histogram of the 8-bit grey levels inside the disk (pixels outside the
+               image are not counted), H = -sum p log2 p. This is the definition of
+               `skimage.filters.rank.entropy(img_as_ubyte(rgb2gray(img)), disk(5))`,
+               which the reference calls; grey = 0.2125 R + 0.7154 G + 0.0721 B,
+               rounded to 8 bits as `img_as_ubyte` does.
+  colour       mean R, G, B of the part in [0, 1].
+  centre_x/y   centre of mass of the whole part (all its components), in pixels
+               (x = column, y = row, pixel centres at integers).
+  ell_*        an ellipse per connected component, from image moments: centre x/y,
+               width (minor axis) and height (major axis) as full lengths
+               4 sqrt(eigenvalue) of the pixel-coordinate covariance (the filled
+               ellipse with the same second moments, as skimage.measure.regionprops
+               defines axis lengths), angle in degrees in [0, 180) in OpenCV's
+               RotatedRect convention that the reference's cv2.fitEllipse uses (the
+               major axis points along (-sin a, cos a) in (x, y) image coordinates,
+               y down: 0 = vertical, 90 = horizontal), eccentricity
+               sqrt(1 - width^2 / height^2). The reference fits cv2.fitEllipse to each
+               component's outer contour; a moment fit is the same ellipse for a filled
+               ellipse and is stable for ragged segmentations.
+
+Connected components are labelled in JAX (`label_components`): every foreground pixel
+starts with its own flat index as label; a `lax.while_loop` alternates a minimum over
+the 8 (or 4) neighbours with pointer jumping (label <- label of the pixel the label
+names) until nothing changes, so every component ends labelled by its smallest pixel
+index. The components' moments are then `segment_sum`s over those labels and the
+`max_components` largest are kept, sorted by area. Everything is jittable and vmapped
+over images; no host round trip.
+
+Undefined values (a part absent from an image, a component slot with no component)
+are NaN; `area` is then 0.
+
+Images are the generator's [-1, 1] float images; they are first quantised to the 8-bit
+levels a saved PNG has (StyleGAN's `x * 127.5 + 128`, clipped, truncated), because the
+reference measures saved PNGs.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Dict
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Rec. 601 luma weights of the reference's luminance, divided by LUMA_DIVISOR there.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+LUMA_DIVISOR = 3.0
+# Largest possible luminance on the reference's scale (255 / 3); its notebook divides
+# luminance changes by this.
+MAX_LUMINANCE = 255.0 / LUMA_DIVISOR
+# skimage.color.rgb2gray weights (ITU-R BT.709), in 1/10000 so grey can be rounded in
+# exact integer arithmetic.
+GREY_WEIGHTS_1E4 = (2125, 7154, 721)
+# Radius of the disk footprint of the reference's local entropy (skimage disk(5)).
+ENTROPY_RADIUS = 5
+# Sentinel grey level for pixels outside the image in the entropy windows (> 255).
+_OUTSIDE = 256
+
+# Names of the per-part scalar metrics, [N, P] each.
+SCALAR_METRICS = ("area", "luminance", "entropy_mean", "entropy_std", "entropy_min",
+                  "entropy_max", "colour_r", "colour_g", "colour_b", "centre_x", "centre_y")
+# Names of the per-component ellipse fields, [N, P, K] each.
+ELLIPSE_FIELDS = ("centre_x", "centre_y", "width", "height", "angle", "eccentricity", "area")
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def to_levels(img: jax.Array) -> jax.Array:
+  """[-1, 1] float image -> its 8-bit levels as saved to PNG (float32 integers 0..255).
+
+  Args:
+    img: [..., 3] generator output, nominal range [-1, 1].
+  Returns:
+    [..., 3] float32 with integer values in [0, 255] (StyleGAN's `x*127.5+128`, clipped,
+    truncated).
+  """
+  return jnp.floor(jnp.clip(img * 127.5 + 128.0, 0.0, 255.0))
+
+
+def grey_levels(levels: jax.Array) -> jax.Array:
+  """8-bit RGB levels -> 8-bit grey levels, as img_as_ubyte(rgb2gray(uint8 image)).
+
+  Args:
+    levels: [..., 3] integer-valued float or int array in [0, 255].
+  Returns:
+    [...] int32 in [0, 255]: rint(0.2125 R + 0.7154 G + 0.0721 B), ties to even (as
+    numpy's rint), computed exactly in integers.
+  """
+  q = levels.astype(jnp.int32) @ jnp.asarray(GREY_WEIGHTS_1E4, jnp.int32)  # grey * 1e4
+  base, rem = q // 10000, q % 10000
+  round_up = (rem > 5000) | ((rem == 5000) & (base % 2 == 1))
+  return jnp.clip(base + round_up.astype(jnp.int32), 0, 255)
+
+
+def luminance_image(levels: jax.Array) -> jax.Array:
+  """8-bit RGB levels [..., 3] -> the reference's luminance [...] in [0, 85]."""
+  return levels @ jnp.asarray(LUMA_WEIGHTS, levels.dtype) / LUMA_DIVISOR
+
+
+@functools.lru_cache(maxsize=None)
+def disk_offsets(radius: int) -> np.ndarray:
+  """Offsets (dy, dx) of skimage.morphology.disk(radius): dy^2 + dx^2 <= radius^2."""
+  r = np.arange(-radius, radius + 1)
+  dy, dx = np.meshgrid(r, r, indexing="ij")
+  inside = dy ** 2 + dx ** 2 <= radius ** 2
+  return np.stack([dy[inside], dx[inside]], axis=-1)  # [K, 2]
+
+
+@functools.lru_cache(maxsize=None)
+def _window_index(h: int, w: int, radius: int) -> np.ndarray:
+  """Flat indices into the (radius-)padded image of every pixel's disk window: [H, W, K]."""
+  offsets = disk_offsets(radius)  # [K, 2]
+  rows = np.arange(h)[:, None, None] + radius + offsets[:, 0]
+  cols = np.arange(w)[None, :, None] + radius + offsets[:, 1]
+  return (rows * (w + 2 * radius) + cols).astype(np.int32)
+
+
+def local_entropy(grey: jax.Array, radius: int = ENTROPY_RADIUS) -> jax.Array:
+  """Local Shannon entropy (bits) of an 8-bit grey image in a disk footprint.
+
+  Same definition as skimage.filters.rank.entropy(grey.astype(uint8), disk(radius)):
+  per pixel, the histogram of grey levels over the footprint pixels that lie inside
+  the image, H = -sum_v p_v log2 p_v. Computed by sorting each window and summing
+  c log2 c over runs of equal values: H = log2 n - (1/n) sum_runs c log2 c.
+
+  Args:
+    grey: [H, W] integer grey levels in [0, 255] (any int or integer-valued dtype).
+    radius: disk radius in pixels.
+  Returns:
+    [H, W] float32 entropy in bits.
+  """
+  h, w = grey.shape
+  padded = jnp.pad(grey.astype(jnp.int32), radius, constant_values=_OUTSIDE)
+  windows = padded.reshape(-1)[_window_index(h, w, radius)]  # [H, W, K]
+  s = jnp.sort(windows, axis=-1)
+  k = jnp.arange(s.shape[-1])
+  inside = s < _OUTSIDE
+  pop = jnp.sum(inside, axis=-1).astype(jnp.float32)  # [H, W]
+  prev_differs = jnp.concatenate([jnp.ones_like(s[..., :1], bool), s[..., 1:] != s[..., :-1]], -1)
+  next_differs = jnp.concatenate([s[..., 1:] != s[..., :-1], jnp.ones_like(s[..., :1], bool)], -1)
+  run_start = jax.lax.cummax(jnp.where(prev_differs, k, 0), axis=s.ndim - 1)
+  run_len = (k - run_start + 1).astype(jnp.float32)
+  c_log_c = jnp.where(next_differs & inside, run_len * jnp.log2(run_len), 0.0)
+  return jnp.log2(pop) - jnp.sum(c_log_c, axis=-1) / pop
+
+
+# ----------------------------------------------------------------------------- components
+
+
+def label_components(mask: jax.Array, connectivity: int = 8) -> jax.Array:
+  """Labels the connected components of a binary image, in JAX.
+
+  Args:
+    mask: [H, W] bool foreground.
+    connectivity: 8 (default; as contours are traced) or 4.
+  Returns:
+    [H, W] int32: for foreground pixels, the smallest flat index (row * W + col) of
+    the pixel's component; for background pixels, H * W.
+  """
+  if connectivity not in (4, 8):
+    raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
+  h, w = mask.shape
+  background = h * w
+  shifts = [(-1, 0), (1, 0), (0, -1), (0, 1)]
+  if connectivity == 8:
+    shifts += [(-1, -1), (-1, 1), (1, -1), (1, 1)]
+  init = jnp.where(mask, jnp.arange(h * w, dtype=jnp.int32).reshape(h, w), background)
+
+  def sweep(lab):
+    padded = jnp.pad(lab, 1, constant_values=background)
+    for dy, dx in shifts:
+      lab = jnp.minimum(lab, padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w])
+    lab = jnp.where(mask, lab, background)
+    for _ in range(2):  # pointer jumping: a label names a pixel of the same component
+      flat = jnp.append(lab.reshape(-1), background)
+      lab = jnp.where(mask, flat[lab], background)
+    return lab
+
+  def cond(state):
+    lab, prev = state
+    return jnp.any(lab != prev)
+
+  def body(state):
+    lab, _ = state
+    return sweep(lab), lab
+
+  lab, _ = jax.lax.while_loop(cond, body, (sweep(init), init))
+  return lab
+
+
+def _ellipse_from_moments(m00, sx, sy, sxx, syy, sxy, x0, y0):
+  """Ellipse fields from raw moment sums (coordinates relative to (x0, y0))."""
+  safe = jnp.where(m00 > 0, m00, 1.0)
+  mx, my = sx / safe, sy / safe
+  cxx = jnp.maximum(sxx / safe - mx * mx, 0.0)
+  cyy = jnp.maximum(syy / safe - my * my, 0.0)
+  cxy = sxy / safe - mx * my
+  half_tr = 0.5 * (cxx + cyy)
+  root = jnp.sqrt(0.25 * (cxx - cyy) ** 2 + cxy ** 2)
+  lam_major = half_tr + root
+  lam_minor = jnp.maximum(half_tr - root, 0.0)
+  height = 4.0 * jnp.sqrt(lam_major)
+  width = 4.0 * jnp.sqrt(lam_minor)
+  phi = 0.5 * jnp.degrees(jnp.arctan2(2.0 * cxy, cxx - cyy))  # major axis from +x, toward +y
+  angle = jnp.mod(phi + 90.0, 180.0)
+  ecc = jnp.sqrt(jnp.clip(1.0 - (width / jnp.where(height > 0, height, 1.0)) ** 2, 0.0, 1.0))
+  ecc = jnp.where(height > 0, ecc, 0.0)
+  nan = jnp.nan
+  ok = m00 > 0
+  return {
+      "centre_x": jnp.where(ok, mx + x0, nan),
+      "centre_y": jnp.where(ok, my + y0, nan),
+      "width": jnp.where(ok, width, nan),
+      "height": jnp.where(ok, height, nan),
+      "angle": jnp.where(ok, angle, nan),
+      "eccentricity": jnp.where(ok, ecc, nan),
+      "area": m00,
+  }
+
+
+def _coords(h, w):
+  """Pixel coordinates relative to the image centre (smaller sums in float32)."""
+  y0, x0 = (h - 1) / 2.0, (w - 1) / 2.0
+  yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) - y0,
+                        jnp.arange(w, dtype=jnp.float32) - x0, indexing="ij")
+  return xx, yy, x0, y0
+
+
+def component_ellipses(mask: jax.Array, max_components: int, connectivity: int = 8):
+  """Moment ellipses of the `max_components` largest connected components of a mask.
+
+  Args:
+    mask: [H, W] bool.
+    max_components: K, how many components to keep (largest area first).
+    connectivity: 8 or 4.
+  Returns:
+    dict of ELLIPSE_FIELDS -> [K]; slots without a component have area 0 and NaN fields.
+  """
+  h, w = mask.shape
+  lab = label_components(mask, connectivity).reshape(-1)
+  xx, yy, x0, y0 = _coords(h, w)
+  xx, yy = xx.reshape(-1), yy.reshape(-1)
+  one = mask.reshape(-1).astype(jnp.float32)
+  sums = jax.ops.segment_sum(
+      jnp.stack([one, one * xx, one * yy, one * xx * xx, one * yy * yy, one * xx * yy], -1),
+      lab, num_segments=h * w + 1)[:h * w]  # [H*W, 6]; row = component's smallest index
+  area, order = jax.lax.top_k(sums[:, 0], max_components)
+  top = sums[order]  # [K, 6]
+  return _ellipse_from_moments(*(top[:, i] for i in range(6)), x0, y0)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def image_part_metrics(img: jax.Array, masks: jax.Array, *, max_components: int = 3,
+                       threshold: float = 0.5, connectivity: int = 8,
+                       entropy_radius: int = ENTROPY_RADIUS) -> Dict[str, jax.Array]:
+  """All part metrics of one image (see the module docstring for definitions).
+
+  Args:
+    img: [H, W, 3] float image in [-1, 1].
+    masks: [H, W, P] part masks, binary or soft in [0, 1]. Soft masks weight area,
+      luminance, entropy mean/std, colour and centre; min/max entropy and connected
+      components use mask > threshold.
+    max_components: K ellipse slots per part (largest components first).
+    threshold: binarisation threshold for components and entropy min/max.
+    connectivity: 8 or 4 for components.
+    entropy_radius: disk radius of the local entropy.
+  Returns:
+    dict: SCALAR_METRICS -> [P]; 'ell_<field>' for ELLIPSE_FIELDS -> [P, K].
+  """
+  h, w, _ = img.shape
+  levels = to_levels(img.astype(jnp.float32))  # [H, W, 3]
+  lum = luminance_image(levels)  # [H, W]
+  ent = local_entropy(grey_levels(levels), entropy_radius)  # [H, W]
+  m = masks.astype(jnp.float32)  # [H, W, P]
+  binary = m > threshold
+
+  area = jnp.sum(m, axis=(0, 1))  # [P]
+  ok = area > 0
+  safe = jnp.where(ok, area, 1.0)
+
+  def wmean(x):  # x [H, W] -> [P]
+    return jnp.where(ok, jnp.einsum("hw,hwp->p", x, m) / safe, jnp.nan)
+
+  ent_mean = wmean(ent)
+  ent_var = jnp.maximum(wmean(ent * ent) - ent_mean ** 2, 0.0)
+  any_bin = jnp.any(binary, axis=(0, 1))
+  ent_min = jnp.where(any_bin, jnp.min(jnp.where(binary, ent[..., None], jnp.inf), (0, 1)), jnp.nan)
+  ent_max = jnp.where(any_bin, jnp.max(jnp.where(binary, ent[..., None], -jnp.inf), (0, 1)), jnp.nan)
+  xx, yy, x0, y0 = _coords(h, w)
+  out = {
+      "area": area,
+      "luminance": wmean(lum),
+      "entropy_mean": ent_mean,
+      "entropy_std": jnp.sqrt(ent_var),
+      "entropy_min": ent_min,
+      "entropy_max": ent_max,
+      "colour_r": wmean(levels[..., 0] / 255.0),
+      "colour_g": wmean(levels[..., 1] / 255.0),
+      "colour_b": wmean(levels[..., 2] / 255.0),
+      "centre_x": wmean(xx) + x0,
+      "centre_y": wmean(yy) + y0,
+  }
+  ell = jax.vmap(lambda b: component_ellipses(b, max_components, connectivity),
+                 in_axes=-1)(binary)  # fields [P, K]
+  out.update({f"ell_{k}": v for k, v in ell.items()})
+  return out
+
+
+@functools.partial(jax.jit, static_argnames=("max_components", "threshold", "connectivity",
+                                             "entropy_radius"))
+def part_metrics(imgs: jax.Array, masks: jax.Array, *, max_components: int = 3,
+                 threshold: float = 0.5, connectivity: int = 8,
+                 entropy_radius: int = ENTROPY_RADIUS) -> Dict[str, jax.Array]:
+  """`image_part_metrics` vmapped over a batch and jitted.
+
+  Args:
+    imgs: [N, H, W, 3] float images in [-1, 1].
+    masks: [N, H, W, P] part masks (binary or soft in [0, 1]).
+    (other arguments as in image_part_metrics)
+  Returns:
+    dict: SCALAR_METRICS -> [N, P]; 'ell_<field>' -> [N, P, K].
+  """
+  if imgs.ndim != 4 or imgs.shape[-1] != 3 or masks.ndim != 4 or masks.shape[:3] != imgs.shape[:3]:
+    raise ValueError(f"expected imgs [N, H, W, 3] and masks [N, H, W, P], got {imgs.shape} "
+                     f"and {masks.shape}")
+  fn = functools.partial(image_part_metrics, max_components=max_components, threshold=threshold,
+                         connectivity=connectivity, entropy_radius=entropy_radius)
+  return jax.vmap(fn)(imgs, masks)
+
+
+def labels_to_masks(labels: jax.Array, num_parts: int) -> jax.Array:
+  """Integer label maps [..., H, W] (0 = background) -> one-hot part masks [..., H, W, P].
+
+  Part p (0-based) of the masks is label p + 1; the background is dropped.
+  """
+  return jax.nn.one_hot(labels - 1, num_parts, dtype=jnp.float32)

@@ -1,0 +1,194 @@
+"""Part metrics against closed forms, scikit-image and scipy."""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.ndimage
+from skimage.color import rgb2gray
+from skimage.filters.rank import entropy as sk_entropy
+from skimage.measure import regionprops
+from skimage.morphology import disk
+from skimage.util import img_as_ubyte
+
+from lis_jax.quantify import metrics
+
+# float32 log2 sums over <= 81 terms vs skimage's float64.
+ENTROPY_ATOL = 1e-5
+# A disk of radius 5 holds 81 pixels, split 37 / 44 on a checkerboard: 1 - h2(37/81) = 5.4e-3.
+CHECKER_BITS_TOL = 6e-3
+# Moment centre of a pixelised ellipse vs its true centre (boundary pixels are in or out).
+CENTRE_TOL_PX = 0.1
+# Full axis lengths of a pixelised ellipse vs 2a, 2b.
+AXIS_TOL_PX = 0.5
+# Orientation of a pixelised ellipse with axes 50 x 20 px.
+ANGLE_TOL_DEG = 0.5
+# Same moment definition as regionprops, float32 vs float64.
+REGIONPROPS_RTOL = 1e-4
+# Luminance / colour of a flat patch: float32 weighted sums over the image's pixels.
+FLAT_RTOL = 1e-4
+
+SIZE = 96
+
+
+def _ellipse(cx, cy, a, b, phi_deg, size=SIZE):
+  """Pixel-centre mask of an ellipse: semi-axes a (major) along phi from +x toward +y."""
+  yy, xx = np.mgrid[:size, :size]
+  p = np.radians(phi_deg)
+  u = (xx - cx) * np.cos(p) + (yy - cy) * np.sin(p)
+  v = -(xx - cx) * np.sin(p) + (yy - cy) * np.cos(p)
+  return (u / a) ** 2 + (v / b) ** 2 <= 1.0
+
+
+def _levels_to_img(levels):
+  """8-bit levels -> a [-1, 1] image that to_levels maps back to exactly these levels."""
+  return (np.asarray(levels, np.float32) + 0.5 - 128.0) / 127.5
+
+
+def _angle_diff(a, b):
+  return np.abs((np.asarray(a) - np.asarray(b) + 90.0) % 180.0 - 90.0)
+
+
+def test_to_levels_round_trip():
+  levels = np.arange(256, dtype=np.float32)[:, None].repeat(3, 1)
+  np.testing.assert_array_equal(metrics.to_levels(jnp.asarray(_levels_to_img(levels))), levels)
+
+
+def test_grey_levels_match_skimage():
+  rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3)).astype(np.uint8)
+  np.testing.assert_array_equal(metrics.grey_levels(jnp.asarray(rgb)), img_as_ubyte(rgb2gray(rgb)))
+
+
+def _grey_images():
+  rng = np.random.default_rng(1)
+  ramp = (np.outer(np.linspace(0, 1, 48), np.linspace(0, 1, 40)) * 255).astype(np.uint8)
+  return {
+      "uniform_noise": rng.integers(0, 256, (48, 40)).astype(np.uint8),
+      "ramp": ramp,
+      "five_levels": (rng.integers(0, 5, (48, 40)) * 60).astype(np.uint8),
+      "blobs": (scipy.ndimage.gaussian_filter(rng.normal(size=(48, 40)), 3) > 0).astype(np.uint8) * 200,
+  }
+
+
+@pytest.mark.parametrize("name", sorted(_grey_images()))
+def test_local_entropy_matches_skimage(name):
+  grey = _grey_images()[name]
+  want = sk_entropy(grey, disk(metrics.ENTROPY_RADIUS))
+  got = np.asarray(metrics.local_entropy(jnp.asarray(grey)))
+  np.testing.assert_allclose(got, want, atol=ENTROPY_ATOL)
+
+
+def test_checkerboard_entropy_is_one_bit_and_flat_is_zero():
+  yy, xx = np.mgrid[:40, :40]
+  checker = np.where((yy + xx) % 2 == 0, 30, 220)
+  ent = np.asarray(metrics.local_entropy(jnp.asarray(checker)))
+  r = metrics.ENTROPY_RADIUS
+  # Two equally likely levels would be exactly 1 bit; a disk holds k of the centre's parity
+  # out of n, so the exact value is the binary entropy h2(k / n).
+  footprint = disk(r).astype(bool)
+  dy, dx = np.nonzero(footprint)
+  n, k = footprint.sum(), np.sum((dy + dx) % 2 == 0)
+  h2 = -(k / n) * np.log2(k / n) - (1 - k / n) * np.log2(1 - k / n)
+  np.testing.assert_allclose(ent[r:-r, r:-r], h2, atol=ENTROPY_ATOL)
+  np.testing.assert_allclose(ent[r:-r, r:-r], 1.0, atol=CHECKER_BITS_TOL)
+  flat = np.asarray(metrics.local_entropy(jnp.full((40, 40), 77)))
+  np.testing.assert_allclose(flat, 0.0, atol=ENTROPY_ATOL)
+
+
+@pytest.mark.parametrize("phi", [0.0, 30.0, 90.0, 135.0, 172.0])
+def test_ellipse_fit_recovers_drawn_ellipse(phi):
+  cx, cy, a, b = 47.3, 50.6, 25.0, 10.0
+  mask = _ellipse(cx, cy, a, b, phi)
+  ell = metrics.component_ellipses(jnp.asarray(mask), max_components=2)
+  ell = {k: np.asarray(v) for k, v in ell.items()}
+  assert abs(ell["centre_x"][0] - cx) < CENTRE_TOL_PX
+  assert abs(ell["centre_y"][0] - cy) < CENTRE_TOL_PX
+  assert abs(ell["height"][0] - 2 * a) < AXIS_TOL_PX
+  assert abs(ell["width"][0] - 2 * b) < AXIS_TOL_PX
+  # OpenCV RotatedRect convention: 0 = major axis vertical, 90 = horizontal.
+  assert _angle_diff(ell["angle"][0], (phi + 90.0) % 180.0) < ANGLE_TOL_DEG
+  ecc = np.sqrt(1 - (ell["width"][0] / ell["height"][0]) ** 2)
+  np.testing.assert_allclose(ell["eccentricity"][0], ecc, rtol=1e-5)
+  assert abs(ell["eccentricity"][0] - np.sqrt(1 - b ** 2 / a ** 2)) < 0.01
+  # The second slot is empty: one component only.
+  assert ell["area"][1] == 0 and np.isnan(ell["centre_x"][1])
+
+  props = regionprops(mask.astype(int))[0]
+  np.testing.assert_allclose(ell["area"][0], props.area, rtol=REGIONPROPS_RTOL)
+  np.testing.assert_allclose([ell["centre_y"][0], ell["centre_x"][0]], props.centroid,
+                             rtol=REGIONPROPS_RTOL)
+  np.testing.assert_allclose(ell["height"][0], props.axis_major_length, rtol=REGIONPROPS_RTOL)
+  np.testing.assert_allclose(ell["width"][0], props.axis_minor_length, rtol=REGIONPROPS_RTOL)
+  # regionprops' orientation is the major axis from the row axis: angle = 180 - it (mod 180).
+  assert _angle_diff(ell["angle"][0], (180.0 - np.degrees(props.orientation)) % 180.0) < 1e-2
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_components_match_scipy_label(connectivity):
+  rng = np.random.default_rng(2)
+  mask = scipy.ndimage.gaussian_filter(rng.normal(size=(50, 60)), 1.5) > 0.3
+  structure = scipy.ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
+  want, n = scipy.ndimage.label(mask, structure)
+  got = np.asarray(metrics.label_components(jnp.asarray(mask), connectivity))
+  assert n > 3
+  assert np.all((got == mask.size) == ~mask)
+  # Same partition: a bijection between scipy's labels and ours on the foreground.
+  pairs = set(zip(want[mask].tolist(), got[mask].tolist()))
+  assert len(pairs) == n == len(np.unique(got[mask]))
+  # The largest components' areas, in order.
+  ell = metrics.component_ellipses(jnp.asarray(mask), max_components=3, connectivity=connectivity)
+  areas = np.sort(np.bincount(want[mask]))[::-1][:3]
+  np.testing.assert_array_equal(np.asarray(ell["area"]), areas)
+
+
+def test_two_discs_are_two_components_largest_first():
+  mask = _ellipse(20, 20, 8, 8, 0) | _ellipse(65, 70, 15, 12, 40)
+  ell = metrics.component_ellipses(jnp.asarray(mask), max_components=3)
+  np.testing.assert_allclose(np.asarray(ell["centre_x"][:2]), [65, 20], atol=CENTRE_TOL_PX)
+  np.testing.assert_allclose(np.asarray(ell["centre_y"][:2]), [70, 20], atol=CENTRE_TOL_PX)
+  assert float(ell["area"][2]) == 0
+
+
+def test_flat_patch_luminance_colour_and_empty_part():
+  rgb = np.array([200.0, 120.0, 40.0])
+  levels = np.zeros((32, 32, 3)) + np.array([10.0, 30.0, 250.0])
+  patch = np.zeros((32, 32), bool)
+  patch[4:20, 10:30] = True
+  levels[patch] = rgb
+  masks = np.stack([patch, np.zeros_like(patch)], -1).astype(np.float32)
+  out = metrics.part_metrics(jnp.asarray(_levels_to_img(levels))[None], jnp.asarray(masks)[None])
+  out = {k: np.asarray(v)[0] for k, v in out.items()}
+  want_lum = rgb @ np.array(metrics.LUMA_WEIGHTS) / 3.0
+  np.testing.assert_allclose(out["luminance"][0], want_lum, rtol=FLAT_RTOL)
+  np.testing.assert_allclose([out["colour_r"][0], out["colour_g"][0], out["colour_b"][0]],
+                             rgb / 255.0, rtol=FLAT_RTOL)
+  assert out["area"][0] == patch.sum()
+  np.testing.assert_allclose([out["centre_x"][0], out["centre_y"][0]], [19.5, 11.5], rtol=FLAT_RTOL)
+  # Two levels in the image: entropy 0 inside the patch, at most 1 bit anywhere.
+  assert out["entropy_min"][0] < ENTROPY_ATOL and out["entropy_max"][0] <= 1.0 + ENTROPY_ATOL
+  # The empty part: area 0, everything else undefined.
+  assert out["area"][1] == 0
+  for k in ("luminance", "entropy_mean", "entropy_max", "centre_x", "ell_centre_x"):
+    assert np.all(np.isnan(out[k][1])), k
+
+
+def test_soft_masks_weight_the_measures():
+  rng = np.random.default_rng(3)
+  levels = rng.integers(0, 256, (32, 32, 3)).astype(np.float32)
+  soft = rng.uniform(size=(32, 32)).astype(np.float32)
+  masks = np.stack([soft, 1 - soft], -1)
+  out = metrics.part_metrics(jnp.asarray(_levels_to_img(levels))[None], jnp.asarray(masks)[None])
+  lum = levels @ np.array(metrics.LUMA_WEIGHTS) / 3.0
+  np.testing.assert_allclose(float(out["area"][0, 0]), soft.sum(), rtol=1e-5)
+  np.testing.assert_allclose(float(out["luminance"][0, 0]), (lum * soft).sum() / soft.sum(), rtol=1e-5)
+
+
+def test_part_metrics_batch_equals_single_and_rejects_bad_shapes():
+  rng = np.random.default_rng(4)
+  imgs = rng.uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32)
+  masks = (scipy.ndimage.gaussian_filter(rng.normal(size=(3, 32, 32, 2)), (0, 2, 2, 0)) > 0)
+  masks = masks.astype(np.float32)
+  batch = metrics.part_metrics(jnp.asarray(imgs), jnp.asarray(masks))
+  one = metrics.part_metrics(jnp.asarray(imgs[1:2]), jnp.asarray(masks[1:2]))
+  for k in batch:
+    np.testing.assert_allclose(np.asarray(batch[k][1]), np.asarray(one[k][0]), rtol=1e-6, err_msg=k)
+  with pytest.raises(ValueError, match="masks"):
+    metrics.part_metrics(jnp.asarray(imgs), jnp.asarray(masks[:, :16]))
