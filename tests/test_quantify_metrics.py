@@ -40,7 +40,7 @@ def _ellipse(cx, cy, a, b, phi_deg, size=SIZE):
 
 def _levels_to_img(levels):
   """8-bit levels -> a [-1, 1] image that to_levels maps back to exactly these levels."""
-  return (np.asarray(levels, np.float32) + 0.5 - 128.0) / 127.5
+  return (np.asarray(levels, np.float32) + 0.5) / 127.5 - 1.0
 
 
 def _angle_diff(a, b):

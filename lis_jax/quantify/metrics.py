@@ -43,8 +43,8 @@ Undefined values (a part absent from an image, a component slot with no componen
 are NaN; `area` is then 0.
 
 Images are the generator's [-1, 1] float images; they are first quantised to the 8-bit
-levels a saved PNG has (StyleGAN's `x * 127.5 + 128`, clipped, truncated), because the
-reference measures saved PNGs.
+levels a saved PNG has (the reference's `(x + 1) * 255 / 2`, clipped, truncated, as
+`lis_jax.sweeps.to_uint8`), because the reference measures saved PNGs.
 """
 from __future__ import annotations
 
@@ -85,10 +85,10 @@ def to_levels(img: jax.Array) -> jax.Array:
   Args:
     img: [..., 3] generator output, nominal range [-1, 1].
   Returns:
-    [..., 3] float32 with integer values in [0, 255] (StyleGAN's `x*127.5+128`, clipped,
-    truncated).
+    [..., 3] float32 with integer values in [0, 255] (`(x + 1) * 255/2`, clipped,
+    truncated, as the reference's tune_units.py saves images).
   """
-  return jnp.floor(jnp.clip(img * 127.5 + 128.0, 0.0, 255.0))
+  return jnp.floor(jnp.clip((img + 1.0) * (255.0 / 2.0), 0.0, 255.0))
 
 
 def grey_levels(levels: jax.Array) -> jax.Array:
