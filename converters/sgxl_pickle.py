@@ -63,8 +63,6 @@ import torch
 # Persistent-object format version written by torch_utils.persistence (StyleGAN2-ADA,
 # StyleGAN3, StyleGAN-XL all write 6).
 PERSISTENCE_VERSION = 6
-# Network entries of a snapshot dict that hold modules.
-NETWORK_KEYS = ("G", "D", "G_ema", "augment_pipe")
 # torch.nn.Module bookkeeping in an object's __dict__ that is neither a parameter,
 # a buffer, a child nor a meaningful attribute.
 _TORCH_INTERNAL_ATTRS = frozenset({
@@ -179,7 +177,9 @@ class _Placeholder(metaclass=_PlaceholderMeta):
   """Base of the inert stand-in classes for globals that are not allowed callables.
 
   NEWOBJ creates an instance through __new__ (nothing of the named class runs) and
-  BUILD hands the pickled state to __setstate__, which only stores it.
+  BUILD hands the pickled state to __setstate__, which only stores it. Items that the
+  pickle adds to an instance of a dict, list or set subclass (e.g. dnnlib.EasyDict in
+  `_init_kwargs`) are stored the same way.
   """
   _global_name = "?"
 
@@ -187,10 +187,24 @@ class _Placeholder(metaclass=_PlaceholderMeta):
     del args, kwargs  # constructor arguments of the original class are irrelevant
     obj = object.__new__(cls)
     obj._state = {}
+    obj._items = {}  # SETITEM(S) on a dict subclass
+    obj._elements = []  # APPEND(S) / ADDITEMS on a list or set subclass
     return obj
 
   def __setstate__(self, state):
     self._state = state
+
+  def __setitem__(self, key, value):
+    self._items[key] = value
+
+  def append(self, value):
+    self._elements.append(value)
+
+  def extend(self, values):
+    self._elements.extend(values)
+
+  def add(self, value):
+    self._elements.append(value)
 
   def __reduce__(self):
     raise TypeError("placeholders are not picklable")
@@ -564,7 +578,16 @@ class _Converter:
     return value
 
   def value(self, v):
-    """A plain copy of an attribute value with every object turned into a Node."""
+    """A plain copy of an attribute value with every object turned into a Node.
+
+    Instances of unknown dict / list / set subclasses that carry only items (such as
+    dnnlib.EasyDict) become a plain dict / list.
+    """
+    if isinstance(v, _Placeholder) and not v._state and (v._items or v._elements):
+      if v._items and v._elements:
+        raise SnapshotError(f"corrupt {v._global_name}: both dict items and list elements")
+      return {k: self.value(x) for k, x in v._items.items()} if v._items \
+          else [self.value(x) for x in v._elements]
     if self._is_object(v):
       return self.node(v)
     if isinstance(v, _PlaceholderMeta):

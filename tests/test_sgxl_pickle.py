@@ -336,6 +336,24 @@ def test_refused_before_any_allowed_callable_runs(tmp_path, monkeypatch):
   assert calls == [] and not marker.exists()
 
 
+class EasyDict(dict):
+  """Like dnnlib.EasyDict: a dict subclass that real snapshots keep in `_init_kwargs`."""
+
+
+class ItemList(list):
+  """A list subclass: pickled as NEWOBJ + APPENDS."""
+
+
+def test_unknown_dict_and_list_subclasses_become_plain(tmp_path, fake_persistence):
+  kwargs = EasyDict(mapping_kwargs=EasyDict(num_layers=2), head_layers=ItemList([7, 7]))
+  payload = {"G_ema": _generator(fake_persistence, _init_kwargs=kwargs)}
+  path = tmp_path / "easydict.pkl"
+  path.write_bytes(pickle.dumps(payload, protocol=4))
+  init_kwargs = load_snapshot(str(path))["G_ema"].attrs["_init_kwargs"]
+  assert init_kwargs == {"mapping_kwargs": {"num_layers": 2}, "head_layers": [7, 7]}
+  assert type(init_kwargs) is dict and type(init_kwargs["head_layers"]) is list
+
+
 def test_module_src_is_never_executed(tmp_path, fake_persistence):
   marker = tmp_path / "pwned"
   src = f"import os\nos.system({_marker_command(marker)!r})\n"
