@@ -19,6 +19,7 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from lis_jax import io
 from lis_jax.classifiers.archs import ARCHS, module_for
@@ -89,4 +90,5 @@ def load_torchvision(ckpt_dir: str) -> Classifier:
         f"got arch={arch!r} num_classes={num_classes!r}")
   module = module_for(arch, num_classes)
   variables, _ = io.load_checkpoint(ckpt_dir, expected=variable_shapes(module))
+  variables = jax.tree_util.tree_map(jnp.asarray, variables)    # Device arrays, once.
   return Classifier.create(module, variables, arch=arch)
