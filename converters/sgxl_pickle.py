@@ -243,11 +243,18 @@ def _load_from_bytes(data):
   return _Storage(flat)
 
 
-def _to_numpy(t: torch.Tensor) -> np.ndarray:
-  """A tensor as a fresh numpy array; floating types become float32."""
-  if t.is_floating_point():
-    t = t.to(torch.float32)
-  return t.detach().clone().numpy()
+def _to_numpy(t: torch.Tensor, whole_storage: bool) -> np.ndarray:
+  """A tensor as a numpy array; floating types become float32.
+
+  A contiguous float32 tensor that spans its whole storage shares the storage's memory
+  (the usual case: a real snapshot is not held twice while it loads); any other tensor
+  is copied, so views of one storage never alias each other.
+  """
+  if t.is_floating_point() and t.dtype != torch.float32:
+    return t.to(torch.float32).numpy()  # .to() makes a fresh tensor
+  if whole_storage and t.is_contiguous():
+    return t.numpy()
+  return t.clone().numpy()
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
@@ -261,7 +268,7 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
     raise SnapshotError("corrupt tensor: bad offset / size / stride")
   try:
     t = torch.as_strided(storage.flat, size, stride, storage_offset)
-    return _to_numpy(t)
+    return _to_numpy(t, storage_offset == 0 and t.numel() == storage.flat.numel())
   except RuntimeError as e:
     raise SnapshotError(f"corrupt tensor ({(str(e).splitlines() or [''])[0]})") from None
 
