@@ -319,6 +319,17 @@ class FullyConnected(nn.Module):
                                self.lr_multiplier, self.activation)
 
 
+class Embedding(nn.Module):
+  """`torch.nn.Embedding`: weight [num, dim]; rows looked up by class index."""
+  num_embeddings: int
+  embedding_dim: int
+
+  @nn.compact
+  def __call__(self, idx):
+    w = self.param("weight", _normal(1.0), (self.num_embeddings, self.embedding_dim))
+    return w[idx]
+
+
 def _normalize_2nd_moment(x, eps=1e-8):
   return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=1, keepdims=True) + eps)
 
@@ -330,10 +341,9 @@ class MappingNetwork(nn.Module):
   @nn.compact
   def __call__(self, z, classes):
     s = self.spec
-    embed = self.param("embed_weight", _normal(1.0), (s.c_dim, s.embed_dim))
     x = _normalize_2nd_moment(z.astype(jnp.float32))
-    y = FullyConnected(s.embed_dim, s.z_dim, activation="lrelu", name="embed_proj")(
-        embed[classes])
+    y = Embedding(s.c_dim, s.embed_dim, name="embed")(classes)
+    y = FullyConnected(s.embed_dim, s.z_dim, activation="lrelu", name="embed_proj")(y)
     y = _normalize_2nd_moment(y)
     x = jnp.concatenate([x, y], axis=1)
     dims = [2 * s.z_dim] + [s.w_dim] * s.num_layers
