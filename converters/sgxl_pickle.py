@@ -11,9 +11,10 @@ unpickler and returns plain, inert `Node` trees of numpy arrays.
 Safety model (two independent layers):
   1. A static pre-scan (`scan_globals`) walks the opcodes without unpickling, tracks
      which global each call (REDUCE / INST / OBJ) uses, and refuses the file if any
-     call targets a global outside `ALLOWED_CALLABLES`, or if the pickle uses opcodes a
-     snapshot never needs (persistent ids, the copyreg extension registry). Nothing
-     from the file has run at that point.
+     call targets a global outside `ALLOWED_CALLABLES`, if a BUILD would set the
+     attributes of a global itself (e.g. rewrite an allowed function's defaults), or
+     if the pickle uses opcodes a snapshot never needs (persistent ids, the copyreg
+     extension registry). Nothing from the file has run at that point.
   2. The unpickler's `find_class` never imports anything named by the pickle. Names in
      `ALLOWED_CALLABLES` resolve to small functions defined here (which decode tensors
      with `torch.load(..., map_location='cpu', weights_only=True)`, rebuild numpy arrays
@@ -24,7 +25,8 @@ Safety model (two independent layers):
      just stored), but calling it raises `SnapshotError` naming the global. The same
      holds for non-torch classes a real `D` pickles by reference (timm feature
      networks, `pg_modules.*`): they become inert Nodes whose `source` is their
-     module path, so the generator can be read without those packages.
+     module path, so the generator can be read without those packages. Instances of
+     unknown dict / list subclasses (dnnlib.EasyDict) read back as plain dicts / lists.
 
 Allowed callables (exactly what FIXTURES.md lists, checked with pickletools on both
 fixture pickles; numpy under both its 1.x and 2.x module names):
