@@ -6,11 +6,13 @@ sizes are static), a few thousand parameters, so every stage runs in seconds.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class TinyGenerator(flax.struct.PyTreeNode):
@@ -75,7 +77,7 @@ class TinyClassifier(flax.struct.PyTreeNode):
       x = jax.lax.conv_general_dilated(x, p[f"conv{i}"], (2, 2), "SAME",
                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
       x = jax.nn.relu(x + p[f"bias{i}"])
-    return x.mean(axis=(1, 2))
+    return 10.0 * x.mean(axis=(1, 2))   # ResNet-like scale: r of order 1
 
   def head(self, r):
     """r [N, feature_dim] -> logits [N, num_classes]."""
@@ -85,46 +87,64 @@ class TinyClassifier(flax.struct.PyTreeNode):
     return self.head(self.features(x))
 
 
-def tiny_generator(key: jax.Array, num_classes: int = 5) -> TinyGenerator:
-  """A random TinyGenerator; `key` seeds every weight."""
+def tiny_generator(seed: int, num_classes: int = 5) -> TinyGenerator:
+  """A random TinyGenerator; `seed` (numpy, cheap: no per-shape compilation) seeds every weight."""
   z_dim, w_dim = 8, 6
-  k = jax.random.split(key, 8)
-  n = jax.random.normal
+  rng = np.random.default_rng(seed)
+  n = lambda *shape: rng.normal(size=shape).astype(np.float32)
   params = {
-      "map0": n(k[0], (z_dim, 16)) / jnp.sqrt(z_dim),
-      "embed": n(k[1], (num_classes, 16)),
-      "map1": n(k[2], (16, w_dim)) / 4.0,
-      "w_avg": 0.3 * n(k[3], (num_classes, w_dim)),
-      "const": n(k[4], (w_dim, 4 * 4 * 8)) / jnp.sqrt(w_dim),
-      "style0": 0.3 * n(k[5], (w_dim, 8)),
-      "style1": 0.3 * n(k[6], (w_dim, 8)),
-      "conv0": n(k[7], (3, 3, 8, 8)) / jnp.sqrt(72.0),
-      "conv1": n(jax.random.fold_in(k[7], 1), (3, 3, 8, 8)) / jnp.sqrt(72.0),
-      "torgb": n(jax.random.fold_in(k[7], 2), (8, 3)) / jnp.sqrt(8.0),
+      "map0": n(z_dim, 16) / np.sqrt(z_dim),
+      "embed": n(num_classes, 16),
+      "map1": n(16, w_dim) / 4.0,
+      "w_avg": 0.3 * n(num_classes, w_dim),
+      "const": n(w_dim, 4 * 4 * 8) / np.sqrt(w_dim),
+      "style0": 0.3 * n(w_dim, 8),
+      "style1": 0.3 * n(w_dim, 8),
+      "conv0": n(3, 3, 8, 8) / np.sqrt(72.0),
+      "conv1": n(3, 3, 8, 8) / np.sqrt(72.0),
+      "torgb": n(8, 3) / np.sqrt(8.0),
   }
   return TinyGenerator(params=params, z_dim=z_dim, w_dim=w_dim, num_classes=num_classes)
 
 
-def tiny_classifier(key: jax.Array, num_classes: int = 5, feature_dim: int = 12) -> TinyClassifier:
-  """A random TinyClassifier; `key` seeds every weight."""
-  k = jax.random.split(key, 4)
-  n = jax.random.normal
+def tiny_classifier(seed: int, num_classes: int = 5, feature_dim: int = 12) -> TinyClassifier:
+  """A random TinyClassifier; `seed` (numpy) seeds every weight."""
+  rng = np.random.default_rng(seed)
+  n = lambda *shape: rng.normal(size=shape).astype(np.float32)
   params = {
-      "conv0": n(k[0], (3, 3, 3, 8)) / jnp.sqrt(27.0),
-      "bias0": jnp.full((8,), 0.1),
-      "conv1": n(k[1], (3, 3, 8, feature_dim)) / jnp.sqrt(72.0),
-      "bias1": jnp.full((feature_dim,), 0.1),
-      "fc_w": n(k[2], (feature_dim, num_classes)) * 3.0,
-      "fc_b": jnp.zeros((num_classes,)),
+      "conv0": n(3, 3, 3, 8) / np.sqrt(27.0),
+      "bias0": np.full((8,), 0.1, np.float32),
+      "conv1": n(3, 3, 8, feature_dim) / np.sqrt(72.0),
+      "bias1": np.full((feature_dim,), 0.1, np.float32),
+      "fc_w": n(feature_dim, num_classes) * 3.0,
+      "fc_b": np.zeros((num_classes,), np.float32),
   }
   return TinyClassifier(params=params, num_classes=num_classes, feature_dim=feature_dim)
 
 
+@functools.lru_cache(maxsize=None)
 def generator() -> TinyGenerator:
   """Zero-argument form for configs: `config.generator = 'tests.tiny_models:generator'`."""
-  return tiny_generator(jax.random.PRNGKey(0))
+  return tiny_generator(0)
 
 
+@functools.lru_cache(maxsize=None)
 def classifier() -> TinyClassifier:
-  """Zero-argument form for configs: `config.classifier = 'tests.tiny_models:classifier'`."""
-  return tiny_classifier(jax.random.PRNGKey(1))
+  """Zero-argument form for configs: `config.classifier = 'tests.tiny_models:classifier'`.
+
+  Its head is a nearest-class-mean rule (diagonal Gaussian) on the features of images
+  from `generator()`, so it is right often but not always, like a real classifier.
+  """
+  clf = tiny_classifier(1)
+  G = generator()
+  n = 32
+  cls = np.repeat(np.arange(G.num_classes), n)
+  z = np.random.default_rng(2).normal(size=(cls.size, G.z_dim)).astype(np.float32)
+  r = jax.jit(lambda G, clf, z, c: clf.features(clf.preprocess(G.synthesis(G.mapping(z, c, psi=0.7)))))(
+      G, clf, z, cls)
+  r = np.asarray(r, np.float64).reshape(G.num_classes, n, -1)
+  mu = r.mean(1)                                                    # [C, D]
+  var = r.var(1).mean(0) + 1e-8                                     # [D] pooled
+  params = dict(clf.params, fc_w=(mu / var).T.astype(np.float32),
+                fc_b=(-0.5 * (mu ** 2 / var).sum(1)).astype(np.float32))
+  return clf.replace(params=params)
