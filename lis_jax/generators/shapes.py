@@ -206,6 +206,8 @@ class ShapesWorld(struct.PyTreeNode):
   c_dim = len(CLASS_NAMES)  # Conditioning is a class id (one-hot of c_dim internally).
   part_names = PART_NAMES
   factor_names = FACTOR_NAMES
+  factor_ranges = {name: (lo, hi) for name, lo, hi in FACTORS}
+  circular_factors = tuple(n for n in FACTOR_NAMES if n.endswith("_hue"))  # hue wraps at 1
   class_names = CLASS_NAMES
 
   @property
@@ -247,7 +249,7 @@ class ShapesWorld(struct.PyTreeNode):
 
   def decode_factors(self, ws):
     """ws [N, num_ws, w_dim] -> ({name: [N]} factors, class weights [N, num_classes]); no rendering."""
-    f, cw = _decode(self.params, ws)
+    f, cw = jax.jit(_decode)(self.params, ws)
     return dict(zip(FACTOR_NAMES, jnp.moveaxis(f, -1, 0))), cw
 
 
