@@ -34,19 +34,21 @@ def _synthesize(G, ws):
   return G.synthesis(ws)  # [N, H, W, 3]
 
 
-def _time(synth, G, ws, warmup: int, iters: int) -> tuple[float, list[float], jax.Array]:
-  """(seconds of the first call incl. compile, timed seconds per call, last output)."""
+def _time(synth, G, ws, warmup: int, iters: int):
+  """(seconds of the first call incl. compile, wall and CPU seconds per timed call,
+  last output)."""
   start = time.perf_counter()
   img = synth(G, ws).block_until_ready()
   first = time.perf_counter() - start
   for _ in range(warmup):
     img = synth(G, ws).block_until_ready()
-  seconds = []
+  seconds, cpu_seconds = [], []
   for _ in range(iters):
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     img = synth(G, ws).block_until_ready()
     seconds.append(time.perf_counter() - start)
-  return first, seconds, img
+    cpu_seconds.append(time.process_time() - cpu_start)
+  return first, seconds, cpu_seconds, img
 
 
 def main():
@@ -72,15 +74,17 @@ def main():
 
   synth = jax.jit(_synthesize)
   G_run = G.astype(args.dtype)
-  first, seconds, img = _time(synth, G_run, ws, args.warmup, args.iters)
+  first, seconds, cpu_seconds, img = _time(synth, G_run, ws, args.warmup, args.iters)
   assert img.shape == (args.batch, G.resolution, G.resolution, 3), img.shape
   rates = [args.batch / s for s in seconds]
-  for i, s in enumerate(seconds):
-    print(f"  iter {i}: {s:.3f} s, {args.batch / s:.3f} images/s")
+  for i, (s, c) in enumerate(zip(seconds, cpu_seconds)):
+    print(f"  iter {i}: {s:.3f} s (cpu {c:.3f} s), {args.batch / s:.3f} images/s")
   print(f"compile + first call: {first:.1f} s")
   if rates:
     print(f"lis_jax synthesis ({args.dtype}): best {max(rates):.3f} images/s, "
           f"median {statistics.median(rates):.3f} images/s over {len(rates)} timed iterations")
+    # Less sensitive to other processes on a shared machine than wall-clock time.
+    print(f"images per CPU-second: median {statistics.median(args.batch / c for c in cpu_seconds):.3f}")
 
   if args.dtype != "float32":
     reference = np.asarray(synth(G, ws))  # float32 images, same weights and ws
