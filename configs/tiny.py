@@ -13,10 +13,10 @@ def get_config():
   config.classifier = "tiny-resnet-random"
   config.classes = "1,2,3"
 
-  config.paired_data.n_per_class = 24
+  config.paired_data.n_per_class = 48  # 144 pairs: more than the 65 OLS unknowns per w dim
   config.paired_data.keep_only_correct = False
-  config.paired_data.batch_size = 8
-  config.paired_data.shard_size = 8
+  config.paired_data.batch_size = 16
+  config.paired_data.shard_size = 16
 
   config.link.cycle_samples = 8
 

@@ -1,0 +1,63 @@
+"""Sharded over 4 (simulated CPU) devices equals one device, for every batched stage function."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# Same float32 programs partitioned differently: only per-device summation order may differ.
+RTOL, ATOL = 1e-5, 1e-5
+
+_SCRIPT = r"""
+import json
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh
+from lis_jax import counterfactuals, distribute, linking, paired_data, sweeps
+from tests import tiny_models
+
+assert len(jax.devices()) == 4, jax.devices()
+G, clf = tiny_models.generator(), tiny_models.classifier()
+key = jax.random.PRNGKey(0)
+out = {}
+meshes = {1: Mesh(np.asarray(jax.devices()[:1]), ("data",)), 4: Mesh(np.asarray(jax.devices()), ("data",))}
+res = {}
+for n, mesh in meshes.items():
+  G_r, clf_r = distribute.replicate((G, clf), mesh)
+  pd = paired_data._chunk(G_r, clf_r, key, 2, 0, 20, 8, 0.7, mesh)
+  link = linking.Link(params=linking.fit_linear(pd["r"], pd["w"], "ridge"), kind="ridge")
+  link_r, r0, cls0 = distribute.replicate((link, pd["r"][:3], pd["cls"][:3]), mesh)
+  units, values = np.array([0, 3, 7, 11], np.int32), np.linspace(0, 2, 12, dtype=np.float32).reshape(4, 3)
+  sw = sweeps._sweep_block(G_r, clf_r, link_r, r0, units, values, cls0, batch_size=8, reclassify=True, mesh=mesh)
+  m = 8
+  ins = distribute.shard_batch((pd["r"][:m], pd["cls"][:m], (pd["cls"][:m] + 1) % 5,
+                                counterfactuals.initial_shift(key, jnp.arange(m), clf.feature_dim),
+                                np.ones(m, bool)), mesh)
+  cf = counterfactuals._search(G_r, clf_r, link_r, *ins, lr=0.01, max_steps=30, check_every=3,
+                               w_origin=0.6, w_cos=10.0, mode="reference")
+  res[n] = dict(pd_r=pd["r"], pd_w=pd["w"], sw_w=sw["w"], sw_img=sw["img"], sw_rp=sw["r_prime"],
+                cf_shift=cf["shift"], cf_steps=cf["steps"], cf_success=cf["success"])
+  out[f"devices_{n}"] = {"sweep_img": len(sw["img"].sharding.device_set),
+                         "cf_shift": len(cf["shift"].sharding.device_set)}
+out["max_abs_diff"] = {k: float(np.max(np.abs(np.asarray(res[1][k], np.float64) - np.asarray(res[4][k], np.float64))))
+                       for k in res[1]}
+out["max_abs"] = {k: float(np.max(np.abs(np.asarray(res[1][k], np.float64)))) for k in res[1]}
+print("RESULT", json.dumps(out))
+"""
+
+
+def test_sharded_equals_single_device():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  out = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  res = json.loads(out.stdout.split("RESULT", 1)[1])
+  assert res["devices_4"] == {"sweep_img": 4, "cf_shift": 4}, res   # really spread over 4 devices
+  for k, diff in res["max_abs_diff"].items():
+    if k in ("cf_steps", "cf_success"):
+      assert diff == 0, (k, diff)        # discrete outcomes must agree exactly
+    elif k == "sw_img":
+      assert diff <= 1, (k, diff)        # uint8: float noise may truncate to a neighbour
+    else:
+      assert diff <= ATOL + RTOL * res["max_abs"][k], (k, diff)
