@@ -26,14 +26,14 @@ def get_config():
   config.link.cycle_samples = 128
 
   config.sweep.units = "all"  # all 128 units
-  config.sweep.samples_per_class = 2  # 16 start samples
+  config.sweep.samples_per_class = 4  # 32 start samples
   config.sweep.n_steps = 5
   config.sweep.units_per_block = 16
   config.sweep.batch_size = 128
 
-  config.counterfactual.samples_per_pair = 1  # 56 ordered class pairs -> 56 searches
+  config.counterfactual.samples_per_pair = 2  # 56 ordered class pairs -> 112 searches
   config.counterfactual.max_steps = 1000
-  config.counterfactual.check_every = 10  # image-domain stopping check every 10 SGD steps
+  config.counterfactual.check_every = 1  # image-domain stopping check every step (the reference)
   config.counterfactual.batch_size = 56
 
   config.report = report.default_config()

@@ -10,7 +10,8 @@ Writes `DIR/report/`:
   unit_factors.csv    per swept unit: image change over its sweep and, when the
                       generator knows its own truth (the built-in 'shapes' world), the
                       ground-truth factor its sweep moves most
-  sweeps.png, counterfactuals.png   the figures of the page, also as files
+  sweeps.png, counterfactuals.png   the figures of the page, also as files;
+  overview.png        both side by side (the README's picture)
 
 The page is a list of sections. A section is a function `(config, workdir) -> html or
 None` (None: nothing to show, e.g. its stage did not run), registered in `SECTIONS` by
@@ -41,6 +42,7 @@ SECTIONS: dict[str, str] = {
     "link": "lis_jax.report:link_section",
     "sweeps": "lis_jax.report:sweep_section",
     "unit_factors": "lis_jax.report:unit_factor_section",
+    "factor_readout": "lis_jax.report:factor_readout_section",
     "counterfactuals": "lis_jax.report:counterfactual_section",
 }
 
@@ -93,7 +95,27 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   with io.atomic_file(os.path.join(out_dir, "index.html"), "w") as f:
     f.write(page)
   io.write_json(os.path.join(out_dir, "summary.json"), summary(config, workdir))
+  _write_overview(out_dir)
   print(f"[report] wrote {os.path.join(out_dir, 'index.html')}")
+
+
+def _write_overview(out_dir: str) -> None:
+  """overview.png: the sweep strips and the counterfactual pairs side by side (for READMEs)."""
+  figs = [(title, os.path.join(out_dir, name)) for title, name in
+          (("unit sweeps (most / least effective)", "sweeps.png"),
+           ("counterfactuals: before | after", "counterfactuals.png"))]
+  figs = [(t, np.asarray(Image.open(p).convert("RGB"))) for t, p in figs if os.path.exists(p)]
+  if not figs:
+    return
+  head, gap = 18, 16
+  h = max(im.shape[0] for _, im in figs) + head
+  canvas = Image.new("RGB", (sum(im.shape[1] for _, im in figs) + gap * (len(figs) - 1), h), "white")
+  x = 0
+  for title, im in figs:
+    canvas.paste(Image.fromarray(im), (x, head))
+    ImageDraw.Draw(canvas).text((x + 4, 3), title, fill="black")
+    x += im.shape[1] + gap
+  _save_png(os.path.join(out_dir, "overview.png"), np.asarray(canvas, np.float32) / 255)
 
 
 def summary(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -112,6 +134,9 @@ def summary(config: ml_collections.ConfigDict, workdir: str) -> dict:
   table = unit_table(config, workdir)
   if table:
     out["units"] = table
+  readout = factor_readout(config, workdir)
+  if readout:
+    out["factor_readout_r2"] = readout
   return out
 
 
@@ -333,6 +358,44 @@ def unit_factor_section(config, workdir) -> str | None:
           "template) moves (total variation, 0..1). <i>r' follows</i>: change of the unit's own "
           "activation when the generated images are re-classified, per unit of set value.</p>"
           + shown + fold + "<h3>Per factor</h3>" + per_factor)
+
+
+def factor_readout(config, workdir) -> dict[str, float] | None:
+  """Held-out R^2 of a linear read-out of each true factor from r (the link's split).
+
+  Says which factors the classifier's representation carries at all: those it does not
+  carry cannot be reached by the link either. None without paired data, a link split
+  or a generator that knows its factors.
+  """
+  split = os.path.join(workdir, "link", "split.npz")
+  if not os.path.exists(split):
+    return None
+  G, _ = pipeline.load_models(config, workdir)
+  if not hasattr(G, "decode_factors"):
+    return None
+  from lis_jax import paired_data
+  data = paired_data.load(workdir)
+  with np.load(split) as f:
+    train, test = f["train"], f["test"]
+  factors, _ = _decode(G, pipeline.broadcast_ws(jnp.asarray(data["w"]), G.num_ws))
+  y = np.stack([np.asarray(v, np.float64) for v in factors.values()], -1)  # [N, F]
+  x = np.concatenate([data["r"].astype(np.float64), np.ones((len(y), 1))], -1)
+  coef = np.linalg.lstsq(x[train], y[train], rcond=None)[0]
+  res = ((y[test] - x[test] @ coef) ** 2).sum(0)
+  tot = ((y[test] - y[test].mean(0)) ** 2).sum(0)
+  return {n: float(1 - res[i] / max(tot[i], 1e-12)) for i, n in enumerate(factors)}
+
+
+def factor_readout_section(config, workdir) -> str | None:
+  """Which true factors the representation r carries (linear read-out, held-out R^2)."""
+  r2 = factor_readout(config, workdir)
+  if r2 is None:
+    return None
+  rows = [(n, f"{v:.3f}") for n, v in sorted(r2.items(), key=lambda kv: -kv[1])]
+  return ("<h2>What r carries</h2><p>Held-out R^2 of a linear read-out of each true factor "
+          "from the classifier's representation r (least squares on the link's train pairs, "
+          "scored on its held-out pairs). Factors that r does not carry cannot be "
+          "reached through the link, which bounds its R^2.</p>" + _table(["factor", "R^2"], rows))
 
 
 def counterfactual_section(config, workdir) -> str | None:

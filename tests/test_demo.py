@@ -26,7 +26,9 @@ def reduced_config():
   config.sweep.n_steps = 3
   config.sweep.units_per_block = 4
   config.sweep.batch_size = 32
-  config.counterfactual.max_steps = 100  # 56 searches (all ordered pairs of the 8 classes)
+  config.counterfactual.samples_per_pair = 1  # 56 searches (all ordered pairs of the 8 classes)
+  config.counterfactual.max_steps = 100
+  config.counterfactual.check_every = 10
   config.report.n_top = 2
   config.report.n_bottom = 1
   return config
