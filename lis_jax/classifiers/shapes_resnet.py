@@ -6,7 +6,8 @@
 Architecture: torchvision-style ResNet (lis_jax.classifiers.resnet.ResNet), basic
 blocks, one per stage, ImageNet stem (7x7/2 conv + 3x3/2 max pool) of width 16, stage
 widths 32-64-128: feature_dim 128 units, 8 classes (`generators.shapes.CLASS_NAMES`).
-Input: the 64 px generator image, ImageNet-normalised, no resize or crop.
+Input: the 64 px generator image, ImageNet-normalised, no crop (other resolutions of
+the world are resized to 64 px).
 
 The weights ship in lis_jax/assets/shapes_resnet/ and are reproduced by
 `python scripts/train_shapes_classifier.py` (seeded; see that script). This module also
@@ -31,7 +32,9 @@ ASSET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
                          "assets", "shapes_resnet")
 MODULE_FIELDS = dict(block="basic", stage_sizes=(1, 1, 1), widths=(32, 64, 128),
                      stem="imagenet", stem_width=16)
-INPUT_SPEC = InputSpec(resize=None, crop=None)  # The world's 64 px image, ImageNet-normalised.
+# The world's 64 px image, ImageNet-normalised; other resolutions of the world are
+# resized to the 64 px it was trained on (a 64 px image is passed through untouched).
+INPUT_SPEC = InputSpec(resize=64, crop=None)
 IMAGE_SIZE = 64
 # Truncation of the training and evaluation images: half at psi 1 (the full
 # distribution), half uniform in [PSI_LOW, 1] (the pipeline's default 0.7 included).
