@@ -64,6 +64,9 @@ def make_train_step(G, mod, tx, batch):
 
 
 def train(args) -> dict:
+  for name in ("steps", "batch", "eval_n"):
+    if getattr(args, name) < 1:
+      raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
   G = generators.load("shapes", seed=args.world_seed)
   mod = shapes_resnet.module(G.num_classes)
   key = jax.random.PRNGKey(args.seed)
