@@ -69,8 +69,9 @@ PART_ROLES = {  # What the part slots body, top, extra are for each class.
 
 # Continuous factors: (name, low, high). Units: positions in image half-widths
 # (the image spans [-1, 1]), rotation in radians, hue in turns, luminance in [0, 1],
-# width/height as multipliers of the class template, stripe frequency in cycles per
-# object half-width.
+# width/height as multipliers of the class template; the body's stripes are
+# 1 + contrast * sin(pi * stripe_freq * x) along the object's x axis (object
+# coordinates: the object spans about [-1, 1]).
 FACTORS = (
     ("pos_x", -0.25, 0.25),
     ("pos_y", -0.2, 0.2),
