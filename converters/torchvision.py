@@ -27,6 +27,7 @@ import re
 import sys
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
+import jax
 import numpy as np
 
 from lis_jax import io
@@ -186,7 +187,7 @@ def _set_leaf(tree: dict, collection: str, path: tuple[str, ...], leaf: str, val
 # Old torchvision DenseNet files (the hosted ImageNet weights among them) name the dense
 # layers' children 'norm.1', 'conv.2', ...; torchvision renames them when loading.
 _LEGACY_DENSENET = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
 def _normalise_keys(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -324,6 +325,8 @@ def save(out_dir: str, variables: dict, meta: dict) -> None:
   """Writes a checkpoint dir that `lis_jax.classifiers.load` reads (atomically)."""
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):
     raise ConversionError(f"--out {out_dir} exists and is not a directory")
+  # Materialise the transposed views: Orbax writes C-contiguous arrays ~2x faster.
+  variables = jax.tree_util.tree_map(np.ascontiguousarray, variables)
   io.save_checkpoint(out_dir, variables, meta)
 
 

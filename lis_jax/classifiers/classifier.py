@@ -6,11 +6,13 @@ attributes `num_classes` and `feature_dim` (all modules in this package do).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from lis_jax.classifiers.preprocess import InputSpec, preprocess
@@ -48,12 +50,12 @@ class Classifier(struct.PyTreeNode):
   def features(self, x: jnp.ndarray) -> jnp.ndarray:
     """[N, H, W, 3] preprocessed input -> [N, feature_dim] penultimate representation."""
     assert x.ndim == 4 and x.shape[-1] == 3, f"expected [N, H, W, 3], got {x.shape}"
-    return self.module.apply(self.variables, x, method="features")
+    return _apply(self.module, "features", self.variables, x)
 
   def head(self, r: jnp.ndarray) -> jnp.ndarray:
     """[N, feature_dim] -> [N, num_classes] logits (the last Linear layer)."""
     assert r.ndim == 2 and r.shape[-1] == self.feature_dim, f"expected [N, {self.feature_dim}], got {r.shape}"
-    return self.module.apply(self.variables, r, method="head")
+    return _apply(self.module, "head", self.variables, r)
 
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     """[N, H, W, 3] preprocessed input -> [N, num_classes] logits."""
@@ -65,11 +67,55 @@ class Classifier(struct.PyTreeNode):
     return preprocess(img, resize=s.resize, crop=s.crop, mean=s.mean, std=s.std)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _apply(module: nn.Module, method: str, variables: Any, x: jnp.ndarray) -> jnp.ndarray:
+  # Jitted so that eager calls compile once per shape instead of op by op; inside an
+  # outer jit this is inlined. The module is hashable, hence static.
+  return module.apply(variables, x, method=method)
+
+
 def init_variables(module: nn.Module, key: jax.Array, size: int = 224) -> Any:
-  """Random variables of `module` (Flax default / torchvision-like init) for a size x size input."""
-  return module.init(key, jnp.zeros((1, size, size, 3), jnp.float32))
+  """Random variables of `module` with torchvision's initialisation, drawn from `key`.
+
+  Conv kernels: kaiming normal (fan_out, ReLU gain), as torchvision's models do; Linear
+  kernels: uniform(+-1/sqrt(fan_in)) (torch's default); biases 0; BatchNorm scale 1,
+  bias 0, running mean 0, var 1. Drawn with numpy from a seed made of the key's data:
+  compiling per-layer jax.random ops (what `module.init` does) takes tens of seconds
+  on a busy CPU, this takes milliseconds. Same key, same variables.
+
+  Args:
+    module: a classifier module (hashable: sequence fields must be tuples).
+    key: PRNG key (typed `jax.random.key` or raw uint32 `PRNGKey`).
+    size: input side used to trace the variable shapes (only matters for models whose
+      parameter shapes depend on the input size; none here do).
+  """
+  data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+  rng = np.random.default_rng(np.asarray(data, np.uint32).ravel().tolist())
+
+  def init(path, leaf):
+    collection, name = path[0].key, path[-1].key
+    shape = leaf.shape
+    if collection == "batch_stats":
+      return np.ones(shape, np.float32) if name == "var" else np.zeros(shape, np.float32)
+    if name == "scale":
+      return np.ones(shape, np.float32)
+    if name == "bias":
+      return np.zeros(shape, np.float32)
+    if len(shape) == 4:                                          # HWIO conv kernel
+      fan_out = shape[0] * shape[1] * shape[3]
+      return rng.standard_normal(shape, np.float32) * np.float32(np.sqrt(2.0 / fan_out))
+    bound = 1.0 / np.sqrt(shape[0])                              # [in, out] Linear kernel
+    return rng.uniform(-bound, bound, shape).astype(np.float32)
+
+  shapes = variable_shapes(module, size)
+  return jax.tree_util.tree_map(jnp.asarray, jax.tree_util.tree_map_with_path(init, shapes))
 
 
+@functools.lru_cache(maxsize=32)
 def variable_shapes(module: nn.Module, size: int = 224) -> Any:
-  """The variables pytree of `module` as jax.ShapeDtypeStruct leaves, computed without FLOPs."""
-  return jax.eval_shape(lambda: init_variables(module, jax.random.key(0), size))
+  """The variables pytree of `module` as jax.ShapeDtypeStruct leaves, computed without FLOPs.
+
+  Cached per (module, size): tracing a DenseNet takes seconds. Do not mutate the result.
+  """
+  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  return jax.eval_shape(module.init, jax.random.key(0), x)

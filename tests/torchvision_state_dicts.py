@@ -1,0 +1,38 @@
+"""torchvision state_dicts for tests, made without torchvision: the fixtures' recipe, zeros."""
+import json
+
+import numpy as np
+import torch
+
+from converters import torchvision as tvc
+
+
+def fixture_state_dict(fixtures_dir, arch):
+  """(spec, state_dict) of the fixture `tv_<arch>.json`, rebuilt with FIXTURES.md's recipe."""
+  spec = json.loads((fixtures_dir / f"tv_{arch}.json").read_text())
+  rng = np.random.default_rng(spec["seed"])
+  sd = {}
+  for key, shape in spec["keys_shapes"]:
+    shape = tuple(shape)
+    if key.endswith("num_batches_tracked"):
+      sd[key] = torch.from_numpy(np.array(0, np.int64))
+      continue
+    if key.endswith("running_var"):
+      a = rng.uniform(0.5, 1.5, shape)
+    elif key.endswith("running_mean"):
+      a = rng.normal(0.0, 0.1, shape)
+    elif len(shape) == 1 and key.endswith("weight"):
+      a = rng.uniform(0.5, 1.5, shape)
+    elif len(shape) == 1:
+      a = rng.normal(0.0, 0.1, shape)
+    else:
+      a = rng.normal(0.0, 1.0, shape)
+      a *= np.sqrt(1.0 / np.prod(shape[1:]))
+    sd[key] = torch.from_numpy(a.astype(np.float32))
+  return spec, sd
+
+
+def zeros_state_dict(arch, num_classes=1000):
+  """A state_dict with `arch`'s keys and shapes (zeros), from the converter's name table."""
+  return {k: torch.zeros(s, dtype=torch.int64 if k.endswith("num_batches_tracked") else torch.float32)
+          for k, s in tvc.source_shapes(arch, num_classes).items()}
