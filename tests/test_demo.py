@@ -10,6 +10,7 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from configs import demo
 from lis_jax import generators, io, pipeline, report
@@ -79,3 +80,19 @@ def test_unit_table_names_the_factor_a_sweep_moves(tmp_path):
   got = {r["unit"]: r["top_factor"] for r in rows}
   assert got == dict(enumerate(picked))
   assert all(r["class_change"] < 1e-3 for r in rows)  # the class never moved
+
+
+def test_report_shows_only_what_ran_and_checks_section_names(tmp_path):
+  workdir = str(tmp_path)
+  metrics = {"kind": "ols", "n_train": 9, "n_test": 1,
+             "test": {"r2": 0.5, "mse": 0.25, "r2_per_dim": [0.4, 0.6]},
+             "train": {"r2": 0.75, "mse": 0.125}}
+  io.write_json(os.path.join(workdir, "link", "metrics.json"), metrics)
+  config = demo.get_config()
+  report.run(config, workdir)
+  page = open(os.path.join(workdir, "report", "index.html")).read()
+  assert "held-out R^2" in page and "0.5000" in page
+  assert "Counterfactuals" not in page and "Unit sweeps" not in page
+  config.report.sections = "link,no_such_section"
+  with pytest.raises(pipeline.PipelineError, match="no_such_section"):
+    report.run(config, workdir)
