@@ -61,6 +61,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.table_rows = 20  # unit rows shown before the "all units" fold
   c.image_scale = 2  # nearest-neighbour upscaling of the small images on the page
   c.batch_size = 256  # images per synthesis call when rendering
+  c.change_samples = 8  # start samples per unit rendered to measure its image change
   return c
 
 
@@ -149,8 +150,8 @@ def unit_table(config: ml_collections.ConfigDict, workdir: str) -> list[dict] | 
   Computed once from the sweep blocks and cached in `report/unit_factors.csv` (redone
   when the sweep's index.csv is newer). Rows sorted by `image_change`, largest first.
 
-  Each row: unit; image_change (mean |last - first step| over pixels and start
-  samples, image in [0, 1]); r_follow (mean change of the unit's own re-classified
+  Each row: unit; image_change (mean |last - first step| over pixels and up to
+  `report.change_samples` start samples, image in [0, 1]); r_follow (mean change of the unit's own re-classified
   activation per unit of set value: 1 = the image carries the unit's change fully);
   and when the generator has `decode_factors` (the built-in world): top_factor,
   top_delta (its mean signed change first -> last step, as a fraction of the factor's
@@ -191,8 +192,9 @@ def _analyse_units(config, workdir) -> list[dict]:
   for blk in sweeps.iter_blocks(workdir):
     w = blk["w"]  # [U, S, T, w_dim]
     u_n, s_n, t_n, _ = w.shape
-    ends = w[:, :, [0, -1]].reshape(-1, w.shape[-1])  # [U * S * 2, w_dim]
-    img = render(G, ends, c.batch_size).reshape(u_n, s_n, 2, -1)
+    some = _spread(blk["cls"], c.change_samples)  # rendering all start samples can be costly
+    ends = w[:, some][:, :, [0, -1]].reshape(-1, w.shape[-1])  # [U * S' * 2, w_dim]
+    img = render(G, ends, c.batch_size).reshape(u_n, some.size, 2, -1)
     change = np.abs(img[:, :, 1] - img[:, :, 0]).mean((1, 2)) / 2  # [U], image in [0, 1]
     dv = blk["values"][:, -1] - blk["values"][:, 0]  # [U]
     r_follow = ((blk["r_prime_unit"][:, :, -1] - blk["r_prime_unit"][:, :, 0]).mean(1)
