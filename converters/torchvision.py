@@ -15,9 +15,11 @@ Conventions converted (not only names): conv weights OIHW -> HWIO, Linear weight
 source tensor consumed, else ConversionError lists missing / unexpected keys and shape
 mismatches. The number of classes is read from the last Linear layer.
 
-From Python: `convert_file(arch, path)`, `convert_state_dict(arch, state_dict)` (tensors
-or numpy arrays) and `convert_module(arch, torch_module)` return `(variables, meta)`;
-`save(out_dir, variables, meta)` writes them.
+From Python: `convert(arch, source)` with a .pth path, a live torch.nn.Module or a
+state_dict (torch tensors or numpy arrays) returns `(variables, meta)`;
+`save(out_dir, variables, meta)` writes them, and
+`lis_jax.classifiers.Classifier.create(module_for(arch, meta['num_classes']), variables, arch)`
+uses them directly.
 """
 from __future__ import annotations
 
@@ -319,6 +321,18 @@ def convert_module(arch: str, module) -> tuple[dict, dict]:
   variables, meta = convert_state_dict(arch, module.state_dict(), what=type(module).__name__)
   meta.update(source=f"torch.nn.Module {type(module).__name__}", sha256=None)
   return variables, meta
+
+
+def convert(arch: str, source: Any) -> tuple[dict, dict]:
+  """Converts `source`: a .pth path, a live torch.nn.Module, or a state_dict mapping.
+
+  Returns (variables, meta) as `convert_state_dict`; raises ConversionError on bad input.
+  """
+  if isinstance(source, (str, os.PathLike)):
+    return convert_file(arch, os.fspath(source))
+  if hasattr(source, "state_dict") and callable(source.state_dict):
+    return convert_module(arch, source)
+  return convert_state_dict(arch, source)
 
 
 def save(out_dir: str, variables: dict, meta: dict) -> None:

@@ -77,7 +77,7 @@ def test_live_module_matches_torch(fixtures_dir):
   model.load_state_dict(fixture_state_dict(fixtures_dir, "alexnet")[1], strict=True)
   model.eval()
   ref = np.load(fixtures_dir / "tv_alexnet.npz")
-  variables, meta = tvc.convert_module("alexnet", model)
+  variables, meta = tvc.convert("alexnet", model)
   clf = classifiers.Classifier.create(classifiers.module_for("alexnet"), variables, "alexnet")
   x = ref["x_160"]
   with torch.no_grad():

@@ -1,4 +1,5 @@
-"""The `Classifier` pytree: a Flax classifier module bound to its variables.
+"""The `Classifier` pytree (a Flax classifier module bound to its variables) and
+`ClassifierModule`, the base of the modules it wraps.
 
 Any Flax module can be wrapped if it has the methods `features(x, train=False)` ->
 [N, D] (the input of the last Linear layer) and `head(r)` -> [N, num_classes], and the
@@ -7,7 +8,7 @@ attributes `num_classes` and `feature_dim` (all modules in this package do).
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -16,6 +17,27 @@ import numpy as np
 from flax import struct
 
 from lis_jax.classifiers.preprocess import InputSpec, preprocess
+
+
+class ClassifierModule(nn.Module):
+  """Base of the classifier modules: a `features` stack and a last Linear layer, the head.
+
+  Subclasses define the fields `num_classes`, the property `feature_dim`, the method
+  `features(x, train=False)` -> [N, feature_dim] (usually `@nn.compact`) and the class
+  constant `HEAD`, the torchvision name of the last Linear layer ('fc', 'classifier_6').
+  """
+  HEAD: ClassVar[str] = "fc"
+
+  def setup(self):
+    setattr(self, self.HEAD, nn.Dense(self.num_classes))
+
+  def head(self, r: jnp.ndarray) -> jnp.ndarray:
+    """[N, feature_dim] -> [N, num_classes]: the last Linear layer."""
+    return getattr(self, self.HEAD)(r)
+
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    """[N, H, W, 3] normalised image -> [N, num_classes] logits."""
+    return self.head(self.features(x, train))
 
 
 class Classifier(struct.PyTreeNode):

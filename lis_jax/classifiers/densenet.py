@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from lis_jax.classifiers import layers
+from lis_jax.classifiers.classifier import ClassifierModule
 
 
 class DenseLayer(nn.Module):
@@ -40,7 +41,7 @@ class Transition(nn.Module):
     return layers.avg_pool(x, 2, 2)
 
 
-class DenseNet(nn.Module):
+class DenseNet(ClassifierModule):
   """torchvision DenseNet-BC.
 
   Attributes:
@@ -56,8 +57,7 @@ class DenseNet(nn.Module):
   bn_size: int = 4
   num_classes: int = 1000
 
-  def setup(self):
-    self.classifier = nn.Dense(self.num_classes)
+  HEAD = "classifier"
 
   @property
   def feature_dim(self) -> int:
@@ -86,13 +86,6 @@ class DenseNet(nn.Module):
         x = Transition(c, name=f"transition{i + 1}")(x, train)
     x = nn.relu(layers.batch_norm(train, name="norm5")(x))
     return jnp.mean(x, axis=(1, 2))                                      # [N, feature_dim]
-
-  def head(self, r: jnp.ndarray) -> jnp.ndarray:
-    """[N, feature_dim] -> [N, num_classes]: torchvision's `classifier`."""
-    return self.classifier(r)
-
-  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    return self.head(self.features(x, train))
 
 
 ARCHS = {

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from lis_jax.classifiers import layers
-from lis_jax.classifiers.classifier import Classifier, init_variables
+from lis_jax.classifiers.classifier import Classifier, ClassifierModule, init_variables
 from lis_jax.classifiers.preprocess import InputSpec
 
 
@@ -82,7 +82,7 @@ def _shortcut(block: nn.Module, x: jnp.ndarray, train: bool) -> jnp.ndarray:
   return layers.batch_norm(train, name="downsample_1")(s)
 
 
-class ResNet(nn.Module):
+class ResNet(ClassifierModule):
   """A torchvision ResNet on NHWC images.
 
   Attributes:
@@ -106,7 +106,7 @@ class ResNet(nn.Module):
     assert len(self.stage_sizes) == len(self.widths), (self.stage_sizes, self.widths)
     assert self.block in ("basic", "bottleneck"), self.block
     assert self.stem in ("imagenet", "cifar"), self.stem
-    self.fc = nn.Dense(self.num_classes, name="fc")
+    super().setup()                                             # the head, `fc`
 
   @property
   def expansion(self) -> int:
@@ -147,13 +147,6 @@ class ResNet(nn.Module):
       else:
         x = Bottleneck(planes, stride, downsample, self.base_width, name=name)(x, train)
     return jnp.mean(x, axis=(1, 2))                                     # [N, feature_dim]
-
-  def head(self, r: jnp.ndarray) -> jnp.ndarray:
-    """[N, feature_dim] -> [N, num_classes]: torchvision's `fc`."""
-    return self.fc(r)
-
-  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    return self.head(self.features(x, train))
 
 
 # torchvision's ImageNet ResNets: arch name -> module constructor (num_classes is free).

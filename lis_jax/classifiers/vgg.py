@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from lis_jax.classifiers import layers
+from lis_jax.classifiers.classifier import ClassifierModule
 
 # torchvision's VGG configurations: conv widths, "M" = 2x2/2 max pool.
 VGG_CFGS = {
@@ -27,7 +28,7 @@ VGG_CFGS = {
 }
 
 
-class VGG(nn.Module):
+class VGG(ClassifierModule):
   """torchvision VGG.
 
   Attributes:
@@ -43,8 +44,7 @@ class VGG(nn.Module):
   pool_size: int = 7
   num_classes: int = 1000
 
-  def setup(self):
-    self.classifier_6 = nn.Dense(self.num_classes)
+  HEAD = "classifier_6"
 
   @property
   def feature_dim(self) -> int:
@@ -72,15 +72,8 @@ class VGG(nn.Module):
     x = nn.relu(nn.Dense(self.hidden, name="classifier_3")(x))         # [N, hidden]
     return x
 
-  def head(self, r: jnp.ndarray) -> jnp.ndarray:
-    """[N, hidden] -> [N, num_classes]: torchvision's `classifier[6]`."""
-    return self.classifier_6(r)
 
-  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    return self.head(self.features(x, train))
-
-
-class AlexNet(nn.Module):
+class AlexNet(ClassifierModule):
   """torchvision AlexNet (the one-GPU variant: 64-192-384-256-256 convs).
 
   Attributes:
@@ -92,8 +85,7 @@ class AlexNet(nn.Module):
   pool_size: int = 6
   num_classes: int = 1000
 
-  def setup(self):
-    self.classifier_6 = nn.Dense(self.num_classes)
+  HEAD = "classifier_6"
 
   @property
   def feature_dim(self) -> int:
@@ -116,13 +108,6 @@ class AlexNet(nn.Module):
     x = nn.relu(nn.Dense(self.hidden, name="classifier_1")(x))
     x = nn.relu(nn.Dense(self.hidden, name="classifier_4")(x))         # [N, hidden]
     return x
-
-  def head(self, r: jnp.ndarray) -> jnp.ndarray:
-    """[N, hidden] -> [N, num_classes]: torchvision's `classifier[6]`."""
-    return self.classifier_6(r)
-
-  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    return self.head(self.features(x, train))
 
 
 ARCHS = {
