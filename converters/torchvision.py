@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import re
 import sys
+import zipfile
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import jax
@@ -297,8 +299,18 @@ def read_state_dict(path: str) -> dict[str, Any]:
 
   if not os.path.isfile(path):
     raise ConversionError(f"weights file not found: {path}")
+  with open(path, "rb") as f:
+    legacy = f.read(1) == b"\x80"                    # torch < 1.6 files: a bare pickle
+  if not (zipfile.is_zipfile(path) or legacy):
+    raise ConversionError(f"cannot read {path}: not a torch.save file (truncated, or another "
+                          "format?)")
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
+  except pickle.UnpicklingError as e:
+    if "weights only" not in str(e).lower():
+      raise ConversionError(f"cannot read {path} as a torch weights file: {e}") from e
+    raise ConversionError(f"refusing {path}: it pickles objects other than tensors and dicts "
+                          "(torch.load weights_only=True); save model.state_dict() instead") from e
   except Exception as e:  # torch raises many types (zip, pickle, EOF); the user needs one line.
     first = str(e).strip().splitlines()[0] if str(e).strip() else ""
     raise ConversionError(f"cannot read {path} as a torch weights file "

@@ -1,6 +1,7 @@
 """converters.torchvision: name tables of every architecture (against the fixtures' keys and
 torchvision's documented parameter counts), live torch modules, clean failures on bad input.
 Parity of converted models with torchvision's outputs is in test_classifiers.py."""
+import datetime
 import hashlib
 import json
 import subprocess
@@ -165,6 +166,8 @@ BAD_INPUTS = {
     "pickled-list": (_save([torch.zeros(3)]), "resnet18", "not a state_dict (it holds a list"),
     "pickled-tensor": (_save(torch.zeros(3)), "resnet18", "not a state_dict (it holds a Tensor"),
     "dict-of-ints": (_save({"fc.weight": 1}), "resnet18", "not a state_dict of tensors"),
+    "pickled-object": (_save({"fc.weight": datetime.date(2024, 1, 1)}), "resnet18",
+                       "refusing"),                    # weights_only: no arbitrary unpickling
     "truncated": (_truncated, "resnet18", "cannot read"),
     "not-torch": (_text, "resnet18", "cannot read"),
     "unknown-arch": (_save(lambda: zeros_state_dict("resnet18")), "resnet19", "unknown --arch 'resnet19'"),
@@ -191,6 +194,14 @@ def test_bad_input_fails_cleanly(case, tmp_path, capsys):
   assert message in err, err
   assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]             # DIR untouched
   assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp left
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, capsys):
+  torch.save(zeros_state_dict("resnet18", num_classes=3), tmp_path / "w.pth")
+  (tmp_path / "out").write_text("a file")
+  rc = tvc.main(["--arch", "resnet18", "--weights", str(tmp_path / "w.pth"), "--out", str(tmp_path / "out")])
+  assert rc == 1 and "exists and is not a directory" in capsys.readouterr().err
+  assert (tmp_path / "out").read_text() == "a file"
 
 
 def test_command_line_error_is_one_line(tmp_path):

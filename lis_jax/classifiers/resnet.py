@@ -174,7 +174,8 @@ def tiny_resnet_random(num_classes: int = 1000, seed: int = TINY_SEED):
   Basic blocks, one per stage, widths 8-16-32-64, CIFAR stem (feature_dim 64). Its
   preprocess resizes any generator image (e.g. 16-64 px) to 32 px (shorter side) with
   ImageNet normalisation and no crop, so it is cheap at every generator resolution.
-  Not trained: its predictions are arbitrary but deterministic.
+  Not trained: its outputs are arbitrary but deterministic (and nearly input-independent
+  in their argmax: one class wins for most images, as in any random ReLU net).
 
   Args:
     num_classes: number of logits (default 1000, like the ImageNet models).
