@@ -413,15 +413,20 @@ def counterfactual_section(config, workdir) -> str | None:
     res = {k: f[k] for k in f.files}
   ok = res["success"].astype(bool)
   n_fail = min(int((~ok).sum()), max(c.n_counterfactuals // 4, 1)) if ok.any() else c.n_counterfactuals
-  show = np.concatenate([_round_robin(np.flatnonzero(ok), res["origin"])[:c.n_counterfactuals - n_fail],
-                         _round_robin(np.flatnonzero(~ok), res["origin"])[:n_fail]])
+  # One search per origin class in turn, each origin's nearest-numbered target first, so
+  # the pairs shown cover many origins and targets.
+  offset = (res["target"] - res["origin"]) % (int(res["target"].max()) + 1)
+  by_offset = np.lexsort((res["origin"], offset))
+  pick = lambda mask: _round_robin(by_offset[mask[by_offset]], res["origin"])
+  show = np.concatenate([pick(ok)[:c.n_counterfactuals - n_fail], pick(~ok)[:n_fail]])
   before = render(G, res["w_before"][show], c.batch_size)
   after = render(G, res["w_after"][show], c.batch_size)
   rows, fig = [], []
   for j, i in enumerate(show):
     o, t = int(res["origin"][i]), int(res["target"][i])
     pair = np.concatenate([before[j], after[j]], 1)
-    fig.append((f"{names[o] if names else o} > {names[t] if names else t}", pair))
+    fig.append((f"{names[o] if names else o} > {names[t] if names else t}"
+                + ("" if ok[i] else "\n(failed)"), pair))
     rows.append((f"<img src='{_png_uri(pair, c.image_scale)}'>", html.escape(name(o)),
                  html.escape(name(t)), f"{res['probs_before'][i, o]:.3f}",
                  f"{res['probs_after'][i, t]:.3f}", int(res["steps"][i]),
@@ -446,7 +451,7 @@ def _spread(cls: np.ndarray, n: int) -> np.ndarray:
 
 
 def _round_robin(idx: np.ndarray, key: np.ndarray) -> np.ndarray:
-  """idx reordered so that consecutive entries cycle through the values of key[idx]."""
+  """idx reordered so that consecutive entries cycle through the values of key[idx] (order kept within a value)."""
   groups = [list(idx[key[idx] == k]) for k in np.unique(key[idx])]
   out = []
   while any(groups):
