@@ -1,0 +1,234 @@
+"""What each unit changes: per-unit metric changes, bootstrap intervals, a random-direction
+null, and a ranking of units per concept.
+
+A *concept* is a (part, metric) pair, e.g. (cap, area). For unit u and start sample s,
+the change of a concept over the sweep is its value at the last step minus its value at
+the first step, normalised as the reference's notebook does (kaschube-lab/LinkingInStyle
+notebooks/LinkingInStyle.ipynb, `get_feat_change_single_unit`):
+
+  area          relative: (last - first) / first, with first = 0 replaced by 1
+  luminance     divided by the largest luminance (85 on the reference's scale)
+  angle         wrapped into [-90, 90) degrees (orientations are mod 180; the reference
+                takes the raw difference)
+  motion        distance the part's centre of mass moved, in pixels (>= 0)
+  all others    raw difference (entropy in bits, colour in [0, 1], centre / width /
+                height in pixels, eccentricity)
+
+Per unit and concept, the changes over the start samples give
+  mean, ci_low, ci_high   the mean change and its percentile bootstrap interval
+                          (resampling start samples)
+  null_rms                root mean square of the same change along random directions in
+                          w of the same length as the unit's sweep, from the same start
+                          samples (the null: "this unit is no different from a random
+                          direction")
+  effect                  mean / null_rms (the ranking score)
+  p_null                  two-sided bootstrap p-value of the mean under the null: how
+                          often a mean of S changes drawn from the unit's null changes is
+                          at least as far from zero as the observed mean
+  selective               p_null < alpha and the interval excludes 0
+  rank                    rank of |effect| among all units for this concept (1 = strongest)
+
+Undefined changes (a part absent at the first or last step) are left out of that
+concept's statistics (`n` says how many samples remained).
+"""
+from __future__ import annotations
+
+import csv
+import warnings
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from lis_jax.quantify import metrics
+
+# Concepts measured per part: name -> source in the metrics dict (ellipse fields are
+# those of the part's largest connected component).
+CONCEPT_SOURCES = {
+    "area": "area",
+    "luminance": "luminance",
+    "entropy": "entropy_mean",
+    "colour_r": "colour_r",
+    "colour_g": "colour_g",
+    "colour_b": "colour_b",
+    "centre_x": "centre_x",
+    "centre_y": "centre_y",
+    "eccentricity": "ell_eccentricity",
+    "angle": "ell_angle",
+    "width": "ell_width",
+    "height": "ell_height",
+}
+CONCEPT_METRICS = tuple(CONCEPT_SOURCES) + ("motion",)
+TABLE_COLUMNS = ("unit", "part", "metric", "mean", "ci_low", "ci_high", "n", "null_rms", "effect",
+                 "p_null", "selective", "rank")
+
+
+def concept_values(m: Mapping[str, np.ndarray]) -> np.ndarray:
+  """Metrics dict (from metrics.part_metrics, any leading shape) -> [..., P, M'] values.
+
+  M' = len(CONCEPT_SOURCES) (motion is derived from two steps in `sweep_changes`).
+  """
+  cols = []
+  for src in CONCEPT_SOURCES.values():
+    x = np.asarray(m[src], np.float64)
+    cols.append(x[..., 0] if src.startswith("ell_") else x)  # largest component
+  return np.stack(cols, -1)
+
+
+def sweep_changes(first: np.ndarray, last: np.ndarray) -> np.ndarray:
+  """Normalised change of every concept between two steps.
+
+  Args:
+    first, last: [..., P, M'] from `concept_values` at the sweep's first and last step.
+  Returns:
+    [..., P, M] changes, metrics in CONCEPT_METRICS order (NaN where undefined).
+  """
+  names = list(CONCEPT_SOURCES)
+  d = last - first
+  a = names.index("area")
+  d[..., a] = d[..., a] / np.where(first[..., a] == 0, 1.0, first[..., a])
+  d[..., names.index("luminance")] /= metrics.MAX_LUMINANCE
+  g = names.index("angle")
+  d[..., g] = (d[..., g] + 90.0) % 180.0 - 90.0
+  motion = np.hypot(d[..., names.index("centre_x")], d[..., names.index("centre_y")])
+  return np.concatenate([d, motion[..., None]], -1)
+
+
+def _resample_counts(rng: np.random.Generator, n_boot: int, n_pool: int, n_draw: int) -> np.ndarray:
+  """[n_boot, n_pool] how often each pooled item is drawn in each of n_boot resamples of n_draw."""
+  idx = rng.integers(0, n_pool, size=(n_boot, n_draw))
+  counts = np.zeros((n_boot, n_pool))
+  np.add.at(counts, (np.arange(n_boot)[:, None], idx), 1.0)
+  return counts
+
+
+def _resampled_means(counts: np.ndarray, x: np.ndarray) -> np.ndarray:
+  """counts [B, S], x [S, F] (NaN = missing) -> [B, F] means of the resamples (NaN if none valid)."""
+  valid = ~np.isnan(x)
+  num = counts @ np.where(valid, x, 0.0)
+  den = counts @ valid.astype(np.float64)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(den > 0, num / np.maximum(den, 1e-300), np.nan)
+
+
+def bootstrap_ci(x: np.ndarray, *, rng: np.random.Generator, n_boot: int = 1000,
+                 level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Mean over axis 0 and its percentile bootstrap interval (NaN-aware).
+
+  Args:
+    x: [S, ...] samples (NaN = missing).
+    rng: numpy Generator (the caller seeds it).
+    n_boot: bootstrap resamples.
+    level: interval coverage.
+  Returns:
+    mean, low, high: each [...].
+  """
+  s = x.shape[0]
+  flat = x.reshape(s, -1).astype(np.float64)
+  boots = _resampled_means(_resample_counts(rng, n_boot, s, s), flat)  # [B, F]
+  q = 100 * (1 - level) / 2
+  with warnings.catch_warnings():  # All-NaN columns (a part never present) give NaN quietly.
+    warnings.simplefilter("ignore", RuntimeWarning)
+    mean = np.nanmean(flat, 0)
+    low, high = np.nanpercentile(boots, [q, 100 - q], axis=0)
+  shape = x.shape[1:]
+  return mean.reshape(shape), low.reshape(shape), high.reshape(shape)
+
+
+def null_pvalue(mean: np.ndarray, null: np.ndarray, n_draw: int, *, rng: np.random.Generator,
+                n_boot: int = 1000) -> np.ndarray:
+  """Two-sided bootstrap p-value of `mean` under the null changes.
+
+  Args:
+    mean: [...] observed mean change.
+    null: [R, ...] pooled null changes (NaN = missing).
+    n_draw: how many changes the observed mean averaged (the number of start samples).
+    rng: numpy Generator.
+    n_boot: resampled null means.
+  Returns:
+    [...] p = (1 + #{|null mean| >= |mean|}) / (1 + n_boot); NaN where `mean` is NaN.
+  """
+  r = null.shape[0]
+  flat = null.reshape(r, -1).astype(np.float64)
+  boots = _resampled_means(_resample_counts(rng, n_boot, r, n_draw), flat)  # [B, F]
+  m = np.abs(mean.reshape(-1))
+  with np.errstate(invalid="ignore"):
+    hits = np.sum(np.abs(boots) >= m[None], axis=0)
+  p = (1.0 + hits) / (1.0 + n_boot)
+  return np.where(np.isnan(m), np.nan, p).reshape(mean.shape)
+
+
+def unit_statistics(deltas: np.ndarray, null_deltas: np.ndarray, *, seed: int, n_boot: int = 1000,
+                    level: float = 0.95, alpha: float = 0.05) -> dict[str, np.ndarray]:
+  """Statistics of every (unit, concept) pair.
+
+  Args:
+    deltas: [U, S, P, M] changes over the sweep for U units and S start samples.
+    null_deltas: [U, R, P, M] changes along random directions of each unit's sweep length
+      (R = S x draws per sample).
+    seed: seeds the bootstrap.
+    n_boot, level, alpha: bootstrap resamples, interval coverage, significance level.
+  Returns:
+    dict of [U, P, M] arrays: mean, ci_low, ci_high, n, null_rms, effect, p_null,
+    selective (bool), rank (int, 1 = largest |effect| among units; NaN effects last).
+  """
+  u_count, s = deltas.shape[:2]
+  rng = np.random.default_rng(seed)
+  out = {k: [] for k in ("mean", "ci_low", "ci_high", "p_null")}
+  for u in range(u_count):
+    mean, lo, hi = bootstrap_ci(deltas[u], rng=rng, n_boot=n_boot, level=level)
+    out["mean"].append(mean)
+    out["ci_low"].append(lo)
+    out["ci_high"].append(hi)
+    out["p_null"].append(null_pvalue(mean, null_deltas[u], s, rng=rng, n_boot=n_boot))
+  res = {k: np.stack(v) for k, v in out.items()}
+  res["n"] = np.sum(~np.isnan(deltas), axis=1)
+  with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+    warnings.simplefilter("ignore", RuntimeWarning)
+    res["null_rms"] = np.sqrt(np.nanmean(null_deltas ** 2, axis=1))
+    res["effect"] = np.where(res["null_rms"] > 0, res["mean"] / res["null_rms"],
+                             np.where(res["mean"] == 0, 0.0, np.inf * np.sign(res["mean"])))
+    excludes_zero = (res["ci_low"] > 0) | (res["ci_high"] < 0)
+    res["selective"] = (res["p_null"] < alpha) & excludes_zero
+  score = np.where(np.isnan(res["effect"]), -np.inf, np.abs(res["effect"]))
+  order = np.argsort(-score, axis=0, kind="stable")
+  rank = np.empty_like(order)
+  np.put_along_axis(rank, order, np.arange(1, u_count + 1)[:, None, None] * np.ones_like(order), 0)
+  res["rank"] = rank
+  return res
+
+
+def table_rows(stats: Mapping[str, np.ndarray], units: Sequence[int],
+               part_names: Sequence[str]) -> list[dict]:
+  """Tidy rows (one per unit x part x metric) from `unit_statistics` output."""
+  rows = []
+  for i, u in enumerate(units):
+    for p, part in enumerate(part_names):
+      for k, metric in enumerate(CONCEPT_METRICS):
+        row = {"unit": int(u), "part": part, "metric": metric}
+        for c in TABLE_COLUMNS[3:]:
+          v = stats[c][i, p, k]
+          row[c] = bool(v) if c == "selective" else int(v) if c in ("n", "rank") else float(v)
+        rows.append(row)
+  return rows
+
+
+def top_units(rows: Sequence[Mapping], k: int, selective_only: bool = True) -> dict[tuple, list]:
+  """{(part, metric): up to k rows by rank} (only selective units unless told otherwise)."""
+  out: dict[tuple, list] = {}
+  for r in sorted(rows, key=lambda r: r["rank"]):
+    if selective_only and not r["selective"]:
+      continue
+    lst = out.setdefault((r["part"], r["metric"]), [])
+    if len(lst) < k:
+      lst.append(r)
+  return out
+
+
+def write_csv(path: str, rows: Sequence[Mapping], columns: Sequence[str]) -> None:
+  """Writes rows atomically as CSV with the given columns."""
+  from lis_jax import io
+  with io.atomic_file(path, "w") as f:
+    wr = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+    wr.writeheader()
+    for r in rows:
+      wr.writerow({c: (repr(v) if isinstance(v, float) else v) for c, v in r.items()})
