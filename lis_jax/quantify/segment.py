@@ -1,0 +1,371 @@
+"""Few-shot part segmentation on the generator's own synthesis features.
+
+As the reference (kaschube-lab/LinkingInStyle: src/extract_feats_segmentation.py,
+src/train_segmentation.py and the FewShotCNN of src/repurpose_gan/model.py): the
+features of a chosen subset of synthesis layers (`G.synthesis_features(ws)`) are
+upsampled (nearest) to the image size and concatenated; a small fully convolutional
+head of dilated 3x3 convolutions with LeakyReLU(0.2) maps them to per-pixel part
+logits; it is trained with Adam (lr 1e-3, L2 weight decay 1e-3 as torch's Adam adds
+it, learning rate x0.1 every 50 epochs) and cross entropy on a handful of labelled
+masks, one image per step.
+
+Two additions: the features are standardised per channel with the mean / std of the
+training features (stored with the head), which makes one learning rate fit layers of
+very different scales; and training can use minibatches of several images.
+
+Labelled masks come from
+  * a directory (config `quantify.labels`) laid out as the reference's data/seg/train:
+      <dir>/w/<name>.npy        ws [num_ws, w_dim] or w [w_dim] (broadcast over num_ws)
+      <dir>/labels/<name>.npy   [H, W] int part label per pixel (0 = background)
+      <dir>/part_names.json     ["background", "<part 1>", ...]  (index = label value)
+  * or, on a generator with ground truth (the built-in world), `G.ground_truth(ws)`
+    masks (argmax over parts) of seeded samples (`labels == 'ground_truth'`).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lis_jax import io
+
+CHECKPOINT_KIND = "part_segmenter"
+
+# Dilations and hidden widths of the reference's FewShotCNN sizes; 'XS' is a smaller
+# head for the built-in world and CPU demos.
+HEAD_DILATIONS = {
+    "XS": (1, 2, 4, 1),
+    "S": (1, 2, 1, 2, 1),
+    "M": (1, 2, 4, 1, 2, 4, 1),
+    "L": (1, 2, 4, 8, 1, 2, 4, 8, 1),
+}
+HEAD_CHANNELS = {
+    "XS": (64, 32, 32),
+    "S": (128, 64, 64, 32),
+    "M": (128, 64, 64, 64, 64, 32),
+    "L": (128, 64, 64, 64, 64, 64, 64, 32),
+}
+
+
+class SegmentationError(ValueError):
+  """Labelled masks or a segmenter checkpoint are missing or do not fit the generator."""
+
+
+class FewShotHead(nn.Module):
+  """Dilated 3x3 conv stack: features [N, H, W, C] -> part logits [N, H, W, num_parts].
+
+  Attributes:
+    num_parts: output classes (background included).
+    size: 'XS', 'S', 'M' or 'L' (see HEAD_DILATIONS / HEAD_CHANNELS).
+  """
+  num_parts: int
+  size: str = "S"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dilations = HEAD_DILATIONS[self.size]
+    widths = HEAD_CHANNELS[self.size] + (self.num_parts,)
+    for i, (d, c) in enumerate(zip(dilations, widths)):
+      x = nn.Conv(c, (3, 3), kernel_dilation=(d, d), padding=[(d, d), (d, d)], name=f"conv{i}")(x)
+      if i < len(widths) - 1:
+        x = nn.leaky_relu(x, 0.2)
+    return x
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def select_layers(names: Sequence[str], spec: Any) -> tuple[str, ...]:
+  """Which synthesis-feature layers to use.
+
+  Args:
+    names: the layers `G.synthesis_features` returns, in its order.
+    spec: 'all'; 'every_other' (the reference's `[::2]` over all synthesis layers); or
+      a comma string / sequence of layer names.
+  Raises:
+    SegmentationError: a named layer does not exist.
+  """
+  names = tuple(names)
+  if spec == "all":
+    return names
+  if spec == "every_other":
+    return names[::2]
+  wanted = tuple(s.strip() for s in spec.split(",")) if isinstance(spec, str) else tuple(spec)
+  missing = [n for n in wanted if n not in names]
+  if missing or not wanted:
+    raise SegmentationError(f"feature layers {missing or wanted} not among the generator's "
+                            f"synthesis features ({', '.join(names)})")
+  return wanted
+
+
+def feature_stack(G: Any, ws: jax.Array, layers: Sequence[str], size: int) -> jax.Array:
+  """Synthesis features of `layers`, nearest-upsampled to size x size and concatenated.
+
+  Args:
+    G: generator.
+    ws: [N, num_ws, w_dim].
+    layers: names of `G.synthesis_features(ws)` entries.
+    size: output side (the image resolution).
+  Returns:
+    [N, size, size, sum of the layers' channels] float32.
+  """
+  feats = G.synthesis_features(ws)
+  out = []
+  for name in layers:
+    f = feats[name].astype(jnp.float32)  # [N, h, w, C]
+    out.append(jax.image.resize(f, (f.shape[0], size, size, f.shape[-1]), "nearest"))
+  return jnp.concatenate(out, axis=-1)
+
+
+def apply_head(params: Mapping[str, Any], feats: jax.Array, num_parts: int, size: str) -> jax.Array:
+  """Standardises features with the stored statistics and applies the head -> logits."""
+  x = (feats - params["feat_mean"]) / params["feat_std"]
+  return FewShotHead(num_parts, size).apply({"params": params["head"]}, x)
+
+
+# ----------------------------------------------------------------------------- segmenter
+
+
+class Segmenter:
+  """A trained head plus what it needs to run: the layers, sizes and part names.
+
+  `segmenter(G, ws)` -> part probabilities [N, H, W, P] for images `G.synthesis(ws)`.
+  """
+
+  def __init__(self, params: Mapping[str, Any], meta: Mapping[str, Any]):
+    self.params = jax.tree_util.tree_map(jnp.asarray, params)
+    self.meta = dict(meta)
+    self.layers = tuple(meta["layers"])
+    self.size = str(meta["size"])
+    self.resolution = int(meta["resolution"])
+    self.part_names = tuple(meta["part_names"])
+
+  @property
+  def num_parts(self) -> int:
+    return len(self.part_names)
+
+  def logits(self, G: Any, ws: jax.Array) -> jax.Array:
+    """ws [N, num_ws, w_dim] -> part logits [N, H, W, P] (call under jit)."""
+    feats = feature_stack(G, ws, self.layers, self.resolution)
+    return apply_head(self.params, feats, self.num_parts, self.size)
+
+  def __call__(self, G: Any, ws: jax.Array) -> jax.Array:
+    return jax.nn.softmax(self.logits(G, ws), axis=-1)
+
+  def save(self, out_dir: str) -> None:
+    io.save_checkpoint(out_dir, self.params, {**self.meta, "kind": CHECKPOINT_KIND})
+
+
+def load(ckpt_dir: str) -> Segmenter:
+  """Loads a segmenter saved by `Segmenter.save` (checks its parameter shapes)."""
+  meta = io.load_meta(ckpt_dir)
+  if meta.get("kind") != CHECKPOINT_KIND:
+    raise io.CheckpointError(f"{ckpt_dir}: kind {meta.get('kind')!r} is not a {CHECKPOINT_KIND}")
+  c = int(meta["in_channels"])
+  head = jax.eval_shape(lambda: FewShotHead(len(meta["part_names"]), meta["size"]).init(
+      jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, c)))["params"])
+  expected = {"head": head, "feat_mean": jax.ShapeDtypeStruct((c,), jnp.float32),
+              "feat_std": jax.ShapeDtypeStruct((c,), jnp.float32)}
+  params, meta = io.load_checkpoint(ckpt_dir, expected)
+  return Segmenter(params, meta)
+
+
+def train(feats: np.ndarray, labels: np.ndarray, *, num_parts: int, size: str, key: jax.Array,
+          epochs: int = 100, batch_size: int = 1, lr: float = 1e-3, weight_decay: float = 1e-3,
+          lr_step_epochs: int = 50, lr_gamma: float = 0.1) -> tuple[dict, np.ndarray]:
+  """Trains a FewShotHead on features and label maps (the reference's recipe by default).
+
+  Args:
+    feats: [M, H, W, C] feature stacks of the labelled images.
+    labels: [M, H, W] int labels in [0, num_parts).
+    num_parts: P, output classes.
+    size: head size ('XS', 'S', 'M', 'L').
+    key: PRNG key (initialisation and the per-epoch shuffles).
+    epochs: passes over the M images.
+    batch_size: images per step (1 = the reference).
+    lr, weight_decay: Adam learning rate and L2 penalty (added to the gradient, as torch).
+    lr_step_epochs, lr_gamma: learning rate times lr_gamma every lr_step_epochs epochs.
+  Returns:
+    params {'head', 'feat_mean' [C], 'feat_std' [C]} (numpy leaves), and the mean
+    training loss of each epoch [epochs].
+  """
+  feats = np.asarray(feats, np.float32)
+  labels = np.asarray(labels, np.int32)
+  m = feats.shape[0]
+  if labels.shape != feats.shape[:3]:
+    raise SegmentationError(f"labels {labels.shape} do not match features {feats.shape[:3]}")
+  if labels.min() < 0 or labels.max() >= num_parts:
+    raise SegmentationError(f"labels must lie in [0, {num_parts}), got [{labels.min()}, {labels.max()}]")
+  batch_size = max(1, min(batch_size, m))
+  mean = feats.mean((0, 1, 2))
+  std = feats.std((0, 1, 2)) + 1e-6
+  x_all = jnp.asarray((feats - mean) / std)
+  y_all = jnp.asarray(labels)
+  steps_per_epoch = m // batch_size
+  model = FewShotHead(num_parts, size)
+  init_key, shuffle_key = jax.random.split(key)
+  head = model.init(init_key, x_all[:1])["params"]
+  schedule = optax.exponential_decay(lr, transition_steps=lr_step_epochs * steps_per_epoch,
+                                     decay_rate=lr_gamma, staircase=True)
+  tx = optax.chain(optax.add_decayed_weights(weight_decay), optax.scale_by_adam(),
+                   optax.scale_by_learning_rate(schedule))
+  opt_state = tx.init(head)
+
+  def loss_fn(p, x, y):
+    logits = model.apply({"params": p}, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  # A Python loop over jitted steps: on XLA:CPU, convolutions inside lax.scan run ~30x
+  # slower than the same step called from Python.
+  @jax.jit
+  def step(p, s, idx, x_all, y_all):  # Data as arguments: never baked in as constants.
+    loss, g = jax.value_and_grad(loss_fn)(p, x_all[idx], y_all[idx])
+    upd, s = tx.update(g, s, p)
+    return optax.apply_updates(p, upd), s, loss
+
+  p, s, history = head, opt_state, []
+  for e in range(epochs):
+    order = jax.random.permutation(jax.random.fold_in(shuffle_key, e), m)
+    losses = []
+    for i in range(steps_per_epoch):
+      p, s, loss = step(p, s, order[i * batch_size:(i + 1) * batch_size], x_all, y_all)
+      losses.append(loss)
+    history.append(jnp.mean(jnp.stack(losses)))
+  carry = (p, s)
+  params = {"head": carry[0], "feat_mean": mean, "feat_std": std.astype(np.float32)}
+  return jax.tree_util.tree_map(np.asarray, params), np.asarray(jnp.stack(history))
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def confusion(pred: np.ndarray, truth: np.ndarray, num_parts: int) -> np.ndarray:
+  """[P, P] counts of (truth, prediction) label pairs over all pixels."""
+  idx = np.asarray(truth, np.int64).reshape(-1) * num_parts + np.asarray(pred, np.int64).reshape(-1)
+  return np.bincount(idx, minlength=num_parts * num_parts).reshape(num_parts, num_parts)
+
+
+def iou_from_confusion(conf: np.ndarray) -> np.ndarray:
+  """Per-part intersection over union [P] over a whole set of images (NaN if a part never occurs)."""
+  inter = np.diag(conf).astype(np.float64)
+  union = conf.sum(0) + conf.sum(1) - inter
+  return np.where(union > 0, inter / np.maximum(union, 1), np.nan)
+
+
+# ----------------------------------------------------------------------------- labelled data
+
+
+def load_label_dir(path: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+  """Reads a labelled-mask directory (layout in the module docstring).
+
+  Returns:
+    ws-or-w list as an array [M, ...] (either [M, w_dim] or [M, num_ws, w_dim]),
+    labels [M, H, W] int32, part names.
+  Raises:
+    SegmentationError: missing files, unpaired names, bad shapes or label values.
+  """
+  w_dir, l_dir = os.path.join(path, "w"), os.path.join(path, "labels")
+  names_file = os.path.join(path, "part_names.json")
+  for p in (w_dir, l_dir, names_file):
+    if not os.path.exists(p):
+      raise SegmentationError(f"labelled masks: {p} not found (expected {path}/w/*.npy, "
+                              f"{path}/labels/*.npy and {path}/part_names.json)")
+  with open(names_file) as f:
+    part_names = tuple(json.load(f))
+  names = sorted(n for n in os.listdir(l_dir) if n.endswith(".npy"))
+  if not names:
+    raise SegmentationError(f"labelled masks: no .npy files in {l_dir}")
+  unpaired = [n for n in names if not os.path.exists(os.path.join(w_dir, n))]
+  if unpaired:
+    raise SegmentationError(f"labelled masks: no w for {unpaired[:5]} in {w_dir}")
+  ws = [np.load(os.path.join(w_dir, n)) for n in names]
+  labels = [np.load(os.path.join(l_dir, n)) for n in names]
+  shapes = {np.shape(w) for w in ws}
+  lshapes = {np.shape(l) for l in labels}
+  if len(shapes) != 1 or len(lshapes) != 1 or len(next(iter(lshapes))) != 2:
+    raise SegmentationError(f"labelled masks: inconsistent shapes (w {sorted(shapes)}, labels "
+                            f"{sorted(lshapes)}); labels must be [H, W] int maps")
+  labels = np.stack(labels).astype(np.int32)
+  if labels.min() < 0 or labels.max() >= len(part_names):
+    raise SegmentationError(f"labelled masks: label values must lie in [0, {len(part_names)}) "
+                            f"(part_names.json), got [{labels.min()}, {labels.max()}]")
+  return np.stack(ws).astype(np.float32), labels, part_names
+
+
+def as_ws(w: np.ndarray, num_ws: int) -> jax.Array:
+  """[M, w_dim] or [M, num_ws, w_dim] -> [M, num_ws, w_dim]."""
+  w = jnp.asarray(w, jnp.float32)
+  if w.ndim == 2:
+    return jnp.broadcast_to(w[:, None], (w.shape[0], num_ws, w.shape[1]))
+  if w.ndim == 3 and w.shape[1] == num_ws:
+    return w
+  raise SegmentationError(f"w of shape {tuple(w.shape)} is neither [M, w_dim] nor [M, {num_ws}, w_dim]")
+
+
+def ground_truth_labels(G: Any, ws: jax.Array) -> tuple[np.ndarray, tuple[str, ...]]:
+  """Label maps [M, H, W] (argmax of the true part coverage) and part names of G's world."""
+  if not hasattr(G, "ground_truth"):
+    raise SegmentationError("quantify.labels='ground_truth' needs a generator with ground truth "
+                            "(the built-in world); point quantify.labels at a labelled-mask directory")
+  truth = G.ground_truth(ws)
+  return np.asarray(jnp.argmax(truth["masks"], -1)).astype(np.int32), tuple(truth["part_names"])
+
+
+def sample_ws(G: Any, classes: np.ndarray, n: int, psi: float, key: jax.Array) -> jax.Array:
+  """n seeded ws, classes cycling through `classes`: [n, num_ws, w_dim]."""
+  cls = jnp.asarray(np.resize(np.asarray(classes), n), jnp.int32)
+  z = jax.random.normal(key, (n, G.z_dim))
+  return G.mapping(z, cls, psi=psi)
+
+
+def fit(G: Any, ws_train: jax.Array, labels_train: np.ndarray, part_names: Sequence[str], *,
+        layers: Any, size: str, key: jax.Array, epochs: int, batch_size: int, lr: float,
+        weight_decay: float, lr_step_epochs: int, lr_gamma: float) -> Segmenter:
+  """Features of the labelled ws, a trained head, wrapped as a Segmenter."""
+  names = list(jax.eval_shape(G.synthesis_features, ws_train[:1]).keys())
+  layers = select_layers(names, layers)
+  res = int(labels_train.shape[-1])
+  feats = np.asarray(_features_jit(G, ws_train, layers, res))
+  params, _ = train(feats, labels_train, num_parts=len(part_names), size=size, key=key, epochs=epochs,
+                 batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                 lr_step_epochs=lr_step_epochs, lr_gamma=lr_gamma)
+  meta = {"layers": list(layers), "size": size, "resolution": res, "part_names": list(part_names),
+          "in_channels": int(feats.shape[-1]), "n_labelled": int(feats.shape[0]),
+          "epochs": epochs, "batch_size": batch_size}
+  return Segmenter(params, meta)
+
+
+@functools.partial(jax.jit, static_argnames=("layers", "size"))
+def _features_jit(G, ws, layers, size):
+  return feature_stack(G, ws, layers, size)
+
+
+@functools.partial(jax.jit, static_argnames=("layers", "size", "num_parts", "head_size"))
+def _predict(G, params, ws, layers, size, num_parts, head_size):
+  feats = feature_stack(G, ws, layers, size)
+  return jnp.argmax(apply_head(params, feats, num_parts, head_size), -1).astype(jnp.int32)
+
+
+def predict_labels(seg: Segmenter, G: Any, ws: jax.Array, batch_size: int = 32) -> np.ndarray:
+  """Argmax part labels [N, H, W] int32 for `G.synthesis(ws)`, in batches."""
+  out = []
+  for i in range(0, ws.shape[0], batch_size):
+    out.append(np.asarray(_predict(G, seg.params, ws[i:i + batch_size], seg.layers,
+                                   seg.resolution, seg.num_parts, seg.size)))
+  return np.concatenate(out)
+
+
+def evaluate(seg: Segmenter, G: Any, ws: jax.Array, labels: np.ndarray) -> dict:
+  """Per-part IoU over held-out images: {'iou': {part: x}, 'mean_iou': x, 'n_images': n}."""
+  pred = predict_labels(seg, G, ws)
+  iou = iou_from_confusion(confusion(pred, labels, seg.num_parts))
+  return {"iou": {p: float(v) for p, v in zip(seg.part_names, iou)},
+          "mean_iou": float(np.nanmean(iou)), "n_images": int(labels.shape[0]),
+          "pixel_accuracy": float(np.mean(pred == labels))}
