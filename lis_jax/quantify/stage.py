@@ -1,0 +1,351 @@
+"""Stage `quantify`: segment the sweep images into parts, measure them, rank the units.
+
+For every sweep block (WORKSPACE.md, `sweep/`), the images at the first and last step of
+each unit's sweep are regenerated from the stored w, segmented by the few-shot part
+segmenter and measured (`metrics.part_metrics`); so are the end points of sweeps along
+random directions of the same length (the null). The changes give, per unit and concept
+(part x metric), a mean with a bootstrap interval, a null p-value and a rank
+(`selectivity`). On a generator that knows its factors (the built-in world), the units
+found selective for a concept are compared with the units that truly move the matching
+factor (precision@k).
+
+Outputs (`workdir/quantify/`, all written atomically):
+  config.json            the config values the outputs depend on (pipeline.check_stage_config)
+  segmenter/             the trained head (io.save_checkpoint; meta: layers, size, parts)
+  segmenter_eval.json    held-out per-part IoU, mean IoU, training time
+  block_<b:05d>.npz      per sweep block b: units [U], samples [S'] (paired-data rows),
+                         first / last / null metrics (keys 'first.<metric>',
+                         'last.<metric>' [U, S', P(, K)], 'null.<metric>' [U, S', R, P(, K)])
+                         and, with ground truth, truth_delta [U, F]; existence = block done
+  manifest.json          blocks done, parts, null draws (informational; files are the truth)
+  selectivity.csv        one row per unit x part x metric (selectivity.TABLE_COLUMNS)
+  top_units.csv          the top `quantify.top_k` selective units per concept
+  truth_check.json       built-in world only: precision@k per factor and its chance level
+"""
+from __future__ import annotations
+
+import functools
+import html
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from lis_jax import io, pipeline
+from lis_jax.quantify import metrics, segment, selectivity
+
+STAGE = "quantify"
+# Tag folded into config.seed for this stage's keys (labelled samples, init, null directions).
+_KEY_TAG = 6
+# On the built-in world: factor -> the (part, metric) concept that shows it in the image.
+FACTOR_CONCEPTS = {
+    "pos_x": ("body", "centre_x"),
+    "pos_y": ("body", "centre_y"),
+    "scale": ("body", "area"),
+    "rotation": ("body", "angle"),
+    "body_lum": ("body", "luminance"),
+    "top_lum": ("top", "luminance"),
+    "extra_lum": ("extra", "luminance"),
+    "stripe_contrast": ("body", "entropy"),
+}
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The quantify stage's settings (configs set `config.quantify` from this)."""
+  c = ml_collections.ConfigDict()
+  c.labels = "ground_truth"  # labelled-mask dir (segment.py docstring) or 'ground_truth' (built-in world)
+  c.n_labelled = 16  # labelled images the head is trained on (the reference: 10-30)
+  c.n_heldout = 64  # held-out images for the IoU (ground truth; a label dir uses what is left)
+  c.layers = "all"  # synthesis-feature layers: 'all', 'every_other' (the reference) or names
+  c.head = "XS"  # head size: XS, S (the reference), M, L
+  c.epochs = 40  # passes over the labelled images
+  c.train_batch = 1  # images per step (1: the reference)
+  c.lr = 3e-3  # Adam learning rate (the reference: 1e-3 for 100 epochs)
+  c.weight_decay = 1e-3  # L2 added to the gradient (torch Adam's weight_decay)
+  c.lr_step_epochs = 30  # lr x lr_gamma every this many epochs
+  c.lr_gamma = 0.1
+  c.samples_per_unit = 8  # start samples per unit measured (of the sweep's), spread over classes
+  c.null_draws = 1  # random directions per (unit, start sample)
+  c.max_components = 3  # ellipse slots per part (largest components)
+  c.batch_size = 64  # images per segment-and-measure call
+  c.n_boot = 1000  # bootstrap resamples
+  c.level = 0.95  # bootstrap interval coverage
+  c.alpha = 0.05  # null p-value threshold for 'selective'
+  c.top_k = 5  # units listed per concept; also k of precision@k
+  c.cards = 6  # unit cards in the report
+  return c
+
+
+def _cfg(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  c = default_config()
+  if "quantify" in config:
+    c.update(config.quantify)
+  return c
+
+
+def fingerprint(config: ml_collections.ConfigDict) -> dict:
+  from lis_jax import sweeps
+  q = {k: v for k, v in _cfg(config).to_dict().items() if k not in ("batch_size", "cards")}
+  return {**sweeps.fingerprint(config), "quantify": q}
+
+
+def _key(config) -> jax.Array:
+  return jax.random.fold_in(jax.random.PRNGKey(config.seed), _KEY_TAG)
+
+
+# ----------------------------------------------------------------------------- segmenter
+
+
+def _labelled(config, c, G, workdir, key):
+  """(ws_train, labels_train, ws_test, labels_test, part_names) from the configured source."""
+  if c.labels == "ground_truth":
+    classes = pipeline.parse_classes(config.classes, G.num_classes)
+    ws = segment.sample_ws(G, classes, c.n_labelled + c.n_heldout, config.psi, key)
+    labels, names = segment.ground_truth_labels(G, ws)
+    n = c.n_labelled
+    return ws[:n], labels[:n], ws[n:], labels[n:], names
+  path = pipeline.resolve_path(workdir, c.labels)
+  w, labels, names = segment.load_label_dir(path)
+  ws = segment.as_ws(w, G.num_ws)
+  if labels.shape[1:] != (G.resolution, G.resolution):
+    raise segment.SegmentationError(f"labelled masks are {labels.shape[1:]} but the generator "
+                                    f"makes {G.resolution} x {G.resolution} images")
+  n = min(c.n_labelled, labels.shape[0])
+  return ws[:n], labels[:n], ws[n:], labels[n:], names
+
+
+def segmenter(config, workdir: str, G=None) -> segment.Segmenter:
+  """The stage's segmenter: loaded if trained already, else trained, evaluated and saved."""
+  c = _cfg(config)
+  out_dir = pipeline.stage_dir(workdir, STAGE)
+  ckpt = os.path.join(out_dir, "segmenter")
+  if os.path.exists(os.path.join(ckpt, io.META_FILE)):
+    return segment.load(ckpt)
+  if G is None:
+    G, _ = pipeline.load_models(config, workdir)
+  key = _key(config)
+  ws_tr, y_tr, ws_te, y_te, names = _labelled(config, c, G, workdir, jax.random.fold_in(key, 0))
+  t0 = time.time()
+  seg = segment.fit(G, ws_tr, y_tr, names, layers=c.layers, size=c.head, key=jax.random.fold_in(key, 1),
+                    epochs=c.epochs, batch_size=c.train_batch, lr=c.lr, weight_decay=c.weight_decay,
+                    lr_step_epochs=c.lr_step_epochs, lr_gamma=c.lr_gamma)
+  train_s = time.time() - t0
+  ev = segment.evaluate(seg, G, ws_te, y_te) if y_te.shape[0] else {"iou": {}, "mean_iou": None,
+                                                                     "n_images": 0}
+  ev.update(train_seconds=train_s, n_labelled=int(y_tr.shape[0]), labels=c.labels)
+  seg.save(ckpt)
+  io.write_json(os.path.join(out_dir, "segmenter_eval.json"), ev)
+  miou = ev["mean_iou"]
+  print(f"[quantify] segmenter: {y_tr.shape[0]} labelled images, {train_s:.0f} s, held-out mean IoU "
+        f"{'n/a' if miou is None else f'{miou:.3f}'}", flush=True)
+  return seg
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+@functools.partial(jax.jit, static_argnames=("layers", "resolution", "num_parts", "head_size",
+                                             "max_components"))
+def _measure(G, seg_params, w, *, layers, resolution, num_parts, head_size, max_components):
+  """w [B, w_dim] -> part metrics of G's image (parts: the segmenter's, background dropped)."""
+  ws = pipeline.broadcast_ws(w, G.num_ws)
+  img = G.synthesis(ws)  # [B, H, W, 3]
+  logits = segment.apply_head(seg_params, segment.feature_stack(G, ws, layers, resolution),
+                              num_parts, head_size)
+  masks = jax.nn.one_hot(jnp.argmax(logits, -1), num_parts)[..., 1:]  # [B, H, W, P - 1]
+  return metrics.part_metrics(img, masks, max_components=max_components)
+
+
+def measure(G, seg: segment.Segmenter, w: np.ndarray, batch_size: int, max_components: int) -> dict:
+  """Part metrics of the images of w [N, w_dim], in fixed-size batches (one compile)."""
+  out = []
+  n = w.shape[0]
+  for s in range(0, n, batch_size):
+    chunk = w[s:s + batch_size]
+    pad = batch_size - chunk.shape[0]
+    res = _measure(G, seg.params, jnp.asarray(np.pad(chunk, ((0, pad), (0, 0)), mode="edge")),
+                   layers=seg.layers, resolution=seg.resolution, num_parts=seg.num_parts,
+                   head_size=seg.size, max_components=max_components)
+    out.append({k: np.asarray(v)[:chunk.shape[0]] for k, v in res.items()})
+  return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
+
+
+def null_ends(w_first: np.ndarray, w_last: np.ndarray, units: np.ndarray, rows: np.ndarray,
+              draws: int, key: jax.Array) -> np.ndarray:
+  """End points of random-direction sweeps of the same length from the same starts.
+
+  Args:
+    w_first, w_last: [U, S, w_dim] the sweep's first and last w.
+    units: [U] unit ids; rows: [S] paired-data rows (with `key`, they seed each direction,
+      so a resumed run draws the same ones).
+    draws: R directions per (unit, sample).
+    key: PRNG key.
+  Returns:
+    [U, S, R, w_dim]: w_first + |w_last - w_first| * d / |d|, d ~ N(0, I).
+  """
+  def one(u, r):
+    k = jax.random.fold_in(jax.random.fold_in(key, u), r)
+    d = jax.random.normal(k, (draws, w_first.shape[-1]))
+    return d / jnp.linalg.norm(d, axis=-1, keepdims=True)
+
+  d = jax.vmap(lambda u: jax.vmap(lambda r: one(u, r))(jnp.asarray(rows)))(jnp.asarray(units))
+  length = np.linalg.norm(w_last - w_first, axis=-1)[..., None, None]  # [U, S, 1, 1]
+  return w_first[:, :, None] + length * np.asarray(d)
+
+
+def pick_samples(cls: np.ndarray, n: int) -> np.ndarray:
+  """Indices of n start samples spread over the classes (round robin, first ones first)."""
+  rank = np.zeros(cls.size, int)
+  for c in np.unique(cls):
+    idx = np.flatnonzero(cls == c)
+    rank[idx] = np.arange(idx.size)
+  order = np.lexsort((np.arange(cls.size), rank))
+  return np.sort(order[:min(n, cls.size)])
+
+
+def _block_path(out_dir: str, b: int) -> str:
+  return os.path.join(out_dir, f"block_{b:05d}.npz")
+
+
+def _quantify_block(config, c, G, seg, blk, key) -> dict:
+  w = blk["w"]  # [U, S, T, w_dim]
+  units = blk["units"]
+  pick = pick_samples(blk["cls"], c.samples_per_unit)
+  rows = blk["samples"][pick]
+  w = w[:, pick]  # [U, S', T, w_dim]
+  u_n, s_n, _, d = w.shape
+  ends = w[:, :, [0, -1]]  # [U, S', 2, w_dim]
+  nul = null_ends(ends[:, :, 0], ends[:, :, 1], units, rows, c.null_draws, key)  # [U, S', R, w_dim]
+  allw = np.concatenate([ends.reshape(-1, d), nul.reshape(-1, d)])
+  m = measure(G, seg, allw, c.batch_size, c.max_components)
+  n_ends = u_n * s_n * 2
+  out = {"units": units, "samples": rows}
+  for k, v in m.items():
+    out[f"first.{k}"] = v[:n_ends].reshape(u_n, s_n, 2, *v.shape[1:])[:, :, 0]
+    out[f"last.{k}"] = v[:n_ends].reshape(u_n, s_n, 2, *v.shape[1:])[:, :, 1]
+    out[f"null.{k}"] = v[n_ends:].reshape(u_n, s_n, c.null_draws, *v.shape[1:])
+  if hasattr(G, "decode_factors"):
+    from lis_jax import report
+    delta, names, _ = report._factor_deltas(G, w)  # [U, F] mean change / factor range
+    out["truth_delta"] = delta
+    out["truth_factors"] = np.asarray(names)
+  return out
+
+
+def load_blocks(workdir: str) -> list[dict]:
+  """The quantify blocks written so far, in order."""
+  out_dir = pipeline.stage_dir(workdir, STAGE)
+  blocks, b = [], 0
+  while os.path.exists(_block_path(out_dir, b)):
+    with np.load(_block_path(out_dir, b)) as f:
+      blocks.append({k: f[k] for k in f.files})
+    b += 1
+  return blocks
+
+
+def _metric_dict(blocks, prefix):
+  keys = [k[len(prefix) + 1:] for k in blocks[0] if k.startswith(prefix + ".")]
+  return {k: np.concatenate([b[f"{prefix}.{k}"] for b in blocks]) for k in keys}
+
+
+def deltas_from_blocks(blocks: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(units [U], deltas [U, S', P, M], null deltas [U, S' * R, P, M]) over all blocks."""
+  units = np.concatenate([b["units"] for b in blocks])
+  first = selectivity.concept_values(_metric_dict(blocks, "first"))  # [U, S', P, M']
+  last = selectivity.concept_values(_metric_dict(blocks, "last"))
+  null = selectivity.concept_values(_metric_dict(blocks, "null"))  # [U, S', R, P, M']
+  deltas = selectivity.sweep_changes(first, last)
+  null_d = selectivity.sweep_changes(np.broadcast_to(first[:, :, None], null.shape).copy(), null)
+  return units, deltas, null_d.reshape(null_d.shape[0], -1, *null_d.shape[3:])
+
+
+def precision_at_k(stats_rows: list[dict], blocks: list[dict], k: int) -> dict | None:
+  """Built-in world: per factor of FACTOR_CONCEPTS, |top-k selective units for its concept
+  intersected with the top-k units by true factor change| / (number found, <= k)."""
+  if "truth_delta" not in blocks[0]:
+    return None
+  units = np.concatenate([b["units"] for b in blocks])
+  truth = np.concatenate([b["truth_delta"] for b in blocks])  # [U, F]
+  names = [str(n) for n in blocks[0]["truth_factors"]]
+  top = selectivity.top_units(stats_rows, k)
+  k_eff = min(k, units.size)
+  out = {}
+  for factor, concept in FACTOR_CONCEPTS.items():
+    if factor not in names:
+      continue
+    moved = units[np.argsort(-np.abs(truth[:, names.index(factor)]), kind="stable")[:k_eff]]
+    found = [r["unit"] for r in top.get(concept, [])]
+    hits = len(set(found) & set(moved.tolist()))
+    out[factor] = {"part": concept[0], "metric": concept[1], "found": found,
+                   "true_top": moved.tolist(),
+                   "precision": hits / len(found) if found else None}
+  vals = [v["precision"] for v in out.values() if v["precision"] is not None]
+  return {"k": k_eff, "chance": k_eff / units.size, "per_factor": out,
+          "mean_precision": float(np.mean(vals)) if vals else None}
+
+
+# ----------------------------------------------------------------------------- stage
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Stage entry: quantifies every sweep block into `workdir/quantify/` (resumable)."""
+  from lis_jax import sweeps
+  c = _cfg(config)
+  if c.samples_per_unit < 2 or c.null_draws < 1 or c.batch_size < 1 or c.n_labelled < 1:
+    raise pipeline.PipelineError("quantify: samples_per_unit must be >= 2, null_draws, batch_size "
+                                 "and n_labelled >= 1")
+  out_dir = pipeline.stage_dir(workdir, STAGE)
+  sweep_dir = pipeline.stage_dir(workdir, "sweep")
+  pipeline.require(os.path.join(sweep_dir, "index.csv"), "sweep")
+  pipeline.check_stage_config(out_dir, fingerprint(config))
+  G, _ = pipeline.load_models(config, workdir)
+  try:
+    seg = segmenter(config, workdir, G)
+  except segment.SegmentationError as e:
+    raise pipeline.PipelineError(str(e)) from None
+  key = jax.random.fold_in(_key(config), 2)
+  blocks = list(sweeps.iter_blocks(workdir))
+  done = [b for b in range(len(blocks)) if os.path.exists(_block_path(out_dir, b))]
+  with tqdm(total=len(blocks), initial=len(done), unit="block", desc="quantify") as bar:
+    for blk in blocks:
+      b = blk["block"]
+      if b in done:
+        continue
+      out = _quantify_block(config, c, G, seg, blk, key)
+      pipeline.check_finite(f"quantify block {b} areas", out["first.area"])
+      pipeline.maybe_interrupt(STAGE, b + 1)
+      io.savez(_block_path(out_dir, b), **out)
+      done.append(b)
+      io.write_json(os.path.join(out_dir, "manifest.json"),
+                    {"blocks_done": sorted(done), "n_blocks": len(blocks),
+                     "parts": list(seg.part_names[1:]), "null_draws": c.null_draws,
+                     "samples_per_unit": c.samples_per_unit})
+      bar.update(1)
+  summarise(config, workdir, seg)
+
+
+def summarise(config, workdir: str, seg: segment.Segmenter) -> None:
+  """selectivity.csv, top_units.csv and truth_check.json from all quantify blocks."""
+  c = _cfg(config)
+  out_dir = pipeline.stage_dir(workdir, STAGE)
+  blocks = load_blocks(workdir)
+  units, deltas, null_d = deltas_from_blocks(blocks)
+  stats = selectivity.unit_statistics(deltas, null_d, seed=int(config.seed), n_boot=c.n_boot,
+                                      level=c.level, alpha=c.alpha)
+  parts = seg.part_names[1:]
+  rows = selectivity.table_rows(stats, units, parts)
+  selectivity.write_csv(os.path.join(out_dir, "selectivity.csv"), rows, selectivity.TABLE_COLUMNS)
+  top = selectivity.top_units(rows, c.top_k)
+  selectivity.write_csv(os.path.join(out_dir, "top_units.csv"),
+                        [r for concept in sorted(top) for r in top[concept]], selectivity.TABLE_COLUMNS)
+  check = precision_at_k(rows, blocks, c.top_k)
+  if check is not None:
+    io.write_json(os.path.join(out_dir, "truth_check.json"), check)
+    mp = check["mean_precision"]
+    print(f"[quantify] precision@{check['k']} vs ground truth: "
+          f"{'n/a' if mp is None else f'{mp:.2f}'} (chance {check['chance']:.2f})", flush=True)
