@@ -29,6 +29,7 @@ STAGES: dict[str, str] = {
     "fit_link": "lis_jax.linking:run",
     "sweep": "lis_jax.sweeps:run",
     "counterfactual": "lis_jax.counterfactuals:run",
+    "quantify": "lis_jax.quantify.stage:run",  # part segmentation, metrics, unit selectivity
     "report": "lis_jax.report:run",  # HTML page of the results (lis_jax/report.py)
 }
 
