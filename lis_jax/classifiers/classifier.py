@@ -47,6 +47,11 @@ class Classifier(struct.PyTreeNode):
   module, names and input settings are static. So `jax.jit(lambda clf, x: clf(x))`
   traces the weights as arguments and does not recompile for new weights.
 
+  Precision: on CPU float32 convolutions are exact float32 (torchvision parity ~1e-6
+  relative). On GPU/TPU XLA's default float32 matmul/conv precision is reduced (TF32 /
+  bf16 passes); for parity-level agreement set
+  `jax.config.update('jax_default_matmul_precision', 'highest')`.
+
   Attributes:
     variables: {'params': ..., 'batch_stats': ...} (batch_stats only for BN models).
     module: the Flax module (hashable, static).

@@ -12,7 +12,7 @@ fewer/narrower stages and, optionally, a CIFAR-style stem that keeps the resolut
     from lis_jax.classifiers.resnet import ResNet
     module = ResNet(block="basic", stage_sizes=(1, 1, 1, 1), widths=(16, 32, 64, 128),
                     stem="cifar", num_classes=10)     # feature_dim = 128
-    variables = module.init(key, jnp.zeros((1, 64, 64, 3)))          # random init
+    variables = classifiers.init_variables(module, key, 64)    # torchvision-style random init
     clf = classifiers.Classifier.create(module, variables, arch="toy-resnet",
                                         input_spec=classifiers.InputSpec(resize=None, crop=None))
 
