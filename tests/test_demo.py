@@ -6,14 +6,18 @@ world moves, the unit -> factor table must name that factor.
 """
 import os
 import re
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import demo
-from lis_jax import generators, io, pipeline, report
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT))  # configs/ is not an installed package.
+from configs import demo  # noqa: E402
+from lis_jax import generators, io, pipeline, report  # noqa: E402
 from lis_jax.generators import shapes
 
 
