@@ -48,6 +48,7 @@ SECTIONS: dict[str, str] = {
 
 REPORT_DIR = "report"
 UNIT_TABLE = "unit_factors.csv"
+FIGURES = ("sweeps.png", "counterfactuals.png", "overview.png")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -84,6 +85,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     raise pipeline.PipelineError(f"report.sections: unknown {unknown}; known: {', '.join(SECTIONS)}")
   out_dir = pipeline.stage_dir(workdir, REPORT_DIR)
   os.makedirs(out_dir, exist_ok=True)
+  for name in FIGURES:  # Sections rewrite theirs; none may survive from an earlier run.
+    if os.path.exists(os.path.join(out_dir, name)):
+      os.remove(os.path.join(out_dir, name))
   parts = []
   for name in tqdm(names, unit="section", desc="report"):
     part = pipeline.resolve(SECTIONS[name])(config, workdir)
