@@ -114,7 +114,7 @@ def test_gradients_flow_through_preprocess_and_features(tiny):
 def test_small_resnet_variant_for_toy_worlds():
   module = classifiers.resnet.ResNet(block="basic", stage_sizes=(1, 1, 1), widths=(8, 16, 32),
                                      stem="cifar", stem_width=8, num_classes=5)
-  variables = classifiers.init_variables(module, jax.random.key(0), 64)
+  variables = classifiers.random_variables(module, jax.random.key(0), 64)
   clf = classifiers.Classifier.create(module, variables, "toy",
                                       classifiers.InputSpec(resize=None, crop=None))
   x = clf.preprocess(jnp.zeros((3, 64, 64, 3)))

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 
 from lis_jax import io
 from lis_jax.classifiers.archs import ARCHS, module_for
-from lis_jax.classifiers.classifier import Classifier, init_variables, variable_shapes
+from lis_jax.classifiers.classifier import (Classifier, init_variables, random_variables,
+                                           variable_shapes)
 from lis_jax.classifiers.preprocess import IMAGENET_MEAN, IMAGENET_STD, InputSpec, preprocess
 
 # Built-in classifiers: name -> "module:function" returning a classifier (no file needed).
@@ -53,7 +54,7 @@ def build(arch: str, num_classes: int = 1000, *, key: jax.Array, **overrides: An
     **overrides: module fields to change, e.g. `widths=(16, 32, 64, 128)` for a ResNet.
   """
   module = module_for(arch, num_classes, **overrides)
-  return Classifier.create(module, init_variables(module, key), arch=arch)
+  return Classifier.create(module, random_variables(module, key), arch=arch)
 
 
 def load(path_or_name: str, **kwargs: Any) -> Classifier:

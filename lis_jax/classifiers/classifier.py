@@ -102,13 +102,29 @@ def _apply(module: nn.Module, method: str, variables: Any, x: jnp.ndarray) -> jn
 
 
 def init_variables(module: nn.Module, key: jax.Array, size: int = 224) -> Any:
-  """Random variables of `module` with torchvision's initialisation, drawn from `key`.
+  """Variables of `module` from Flax's `module.init` (the modules' own initialisers).
+
+  Slow for deep models (every layer's random op is compiled); `random_variables` is the
+  fast torchvision-style alternative. Kept as is: scripts/train_shapes_classifier.py
+  seeds its training from it.
+
+  Args:
+    module: a classifier module.
+    key: PRNG key of the initialisers.
+    size: side of the dummy [1, size, size, 3] input used to trace the model.
+  """
+  return module.init(key, jnp.zeros((1, size, size, 3), jnp.float32))
+
+
+def random_variables(module: nn.Module, key: jax.Array, size: int = 224) -> Any:
+  """Random variables of `module` with torchvision's initialisation, drawn fast from `key`.
 
   Conv kernels: kaiming normal (fan_out, ReLU gain), as torchvision's models do; Linear
   kernels: uniform(+-1/sqrt(fan_in)) (torch's default); biases 0; BatchNorm scale 1,
   bias 0, running mean 0, var 1. Drawn with numpy from a seed made of the key's data:
-  compiling per-layer jax.random ops (what `module.init` does) takes tens of seconds
-  on a busy CPU, this takes milliseconds. Same key, same variables.
+  compiling per-layer jax.random ops (what `init_variables` does) takes tens of seconds
+  on a busy CPU, this takes milliseconds. Same key, same variables. Used by `build` and
+  the built-in random classifiers.
 
   Args:
     module: a classifier module (hashable: sequence fields must be tuples).

@@ -12,7 +12,7 @@ fewer/narrower stages and, optionally, a CIFAR-style stem that keeps the resolut
     from lis_jax.classifiers.resnet import ResNet
     module = ResNet(block="basic", stage_sizes=(1, 1, 1, 1), widths=(16, 32, 64, 128),
                     stem="cifar", num_classes=10)     # feature_dim = 128
-    variables = classifiers.init_variables(module, key, 64)    # torchvision-style random init
+    variables = classifiers.random_variables(module, key, 64)  # torchvision-style random init
     clf = classifiers.Classifier.create(module, variables, arch="toy-resnet",
                                         input_spec=classifiers.InputSpec(resize=None, crop=None))
 
@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from lis_jax.classifiers import layers
-from lis_jax.classifiers.classifier import Classifier, ClassifierModule, init_variables
+from lis_jax.classifiers.classifier import Classifier, ClassifierModule, random_variables
 from lis_jax.classifiers.preprocess import InputSpec
 
 
@@ -183,6 +183,6 @@ def tiny_resnet_random(num_classes: int = 1000, seed: int = TINY_SEED):
   """
   module = ResNet(block="basic", stage_sizes=(1, 1, 1, 1), widths=TINY_WIDTHS, stem="cifar",
                   stem_width=TINY_WIDTHS[0], num_classes=num_classes)
-  variables = init_variables(module, jax.random.key(seed), TINY_INPUT_SIZE)
+  variables = random_variables(module, jax.random.key(seed), TINY_INPUT_SIZE)
   return Classifier.create(module, variables, arch="tiny-resnet-random",
                            input_spec=InputSpec(resize=TINY_INPUT_SIZE, crop=None))
