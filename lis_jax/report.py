@@ -44,6 +44,7 @@ SECTIONS: dict[str, str] = {
     "unit_factors": "lis_jax.report:unit_factor_section",
     "factor_readout": "lis_jax.report:factor_readout_section",
     "counterfactuals": "lis_jax.report:counterfactual_section",
+    "quantify": "lis_jax.quantify.stage:report_section",  # part measures, unit cards, precision@k
 }
 
 REPORT_DIR = "report"
