@@ -349,3 +349,112 @@ def summarise(config, workdir: str, seg: segment.Segmenter) -> None:
     mp = check["mean_precision"]
     print(f"[quantify] precision@{check['k']} vs ground truth: "
           f"{'n/a' if mp is None else f'{mp:.2f}'} (chance {check['chance']:.2f})", flush=True)
+
+
+# ----------------------------------------------------------------------------- report section
+
+# Overlay colours of parts 1.. (background stays unpainted): saturated, unlike the objects.
+_PART_COLOURS = np.array([[0.95, 0.10, 0.10], [0.10, 0.30, 0.95], [1.00, 0.90, 0.00],
+                          [0.00, 0.80, 0.30], [0.80, 0.00, 0.80], [0.00, 0.85, 0.85],
+                          [1.00, 0.50, 0.00], [0.50, 0.50, 0.50]])
+
+
+def overlay(img: np.ndarray, labels: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+  """Images [N, H, W, 3] in [0, 1] with parts (labels > 0) tinted in their colour."""
+  colours = _PART_COLOURS[(np.maximum(labels, 1) - 1) % len(_PART_COLOURS)]
+  tint = np.where((labels > 0)[..., None], alpha, 0.0)
+  return img * (1 - tint) + colours * tint
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+  return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}g}"
+
+
+def _card_units(rows: list[dict], n: int) -> list[int]:
+  """Units with the most selective concepts (ties: the largest |effect|)."""
+  score: dict[int, list] = {}
+  for r in rows:
+    s = score.setdefault(r["unit"], [0, 0.0])
+    if r["selective"]:
+      s[0] += 1
+      s[1] = max(s[1], abs(r["effect"]) if np.isfinite(r["effect"]) else 0.0)
+  return [u for u, _ in sorted(score.items(), key=lambda kv: (-kv[1][0], -kv[1][1]))[:n]]
+
+
+def report_section(config, workdir: str) -> str | None:
+  """HTML: segmenter IoU, precision@k on the built-in world, top units, one card per unit."""
+  import csv as _csv
+
+  from lis_jax import report, sweeps
+  out_dir = pipeline.stage_dir(workdir, STAGE)
+  table = os.path.join(out_dir, "selectivity.csv")
+  if not os.path.exists(table):
+    return None
+  c = _cfg(config)
+  rc = report._cfg(config)
+  with open(table) as f:
+    rows = [{**r, "unit": int(r["unit"]), "effect": float(r["effect"]), "mean": float(r["mean"]),
+             "ci_low": float(r["ci_low"]), "ci_high": float(r["ci_high"]), "p_null": float(r["p_null"]),
+             "rank": int(r["rank"]), "selective": r["selective"] == "True"} for r in _csv.DictReader(f)]
+  parts = ["<h2>What the units encode: parts and their measures</h2>"]
+  ev_path = os.path.join(out_dir, "segmenter_eval.json")
+  if os.path.exists(ev_path):
+    ev = io.read_json(ev_path)
+    parts.append(f"<p>Few-shot part segmenter on the generator's synthesis features, trained on "
+                 f"{ev['n_labelled']} labelled images ({html.escape(str(ev['labels']))}) in "
+                 f"{ev['train_seconds']:.0f} s. Held-out IoU on {ev['n_images']} images: "
+                 f"<b>mean IoU {_fmt(ev['mean_iou'])}</b></p>")
+    parts.append(report._table(["part", "IoU"], [[p, _fmt(v)] for p, v in ev["iou"].items()]))
+  check_path = os.path.join(out_dir, "truth_check.json")
+  if os.path.exists(check_path):
+    ch = io.read_json(check_path)
+    parts.append(f"<h3>Check against the ground truth: precision@{ch['k']}</h3><p>For each factor of "
+                 f"the built-in world, the top-{ch['k']} units found selective for the concept that "
+                 f"shows it, against the {ch['k']} units whose sweeps truly move that factor most. "
+                 f"<b>Mean precision@{ch['k']}: {_fmt(ch['mean_precision'])}</b> (chance "
+                 f"{ch['chance']:.2f}).</p>")
+    parts.append(report._table(
+        ["factor", "concept", "units found", "units that move it", f"precision@{ch['k']}"],
+        [[f, f"{v['part']} {v['metric']}", ", ".join(map(str, v["found"])) or "none",
+          ", ".join(map(str, v["true_top"])), _fmt(v["precision"])] for f, v in ch["per_factor"].items()]))
+  n_sel = sum(r["selective"] for r in rows)
+  parts.append(f"<p>{n_sel} of {len(rows)} unit x concept pairs are selective (null p &lt; {c.alpha} "
+               f"and the {int(c.level * 100)}% bootstrap interval excludes 0). Full table: "
+               f"<code>quantify/selectivity.csv</code>.</p>")
+  top = selectivity.top_units(rows, 3)
+  parts.append(report._table(["part", "metric", "top selective units (effect)"],
+                             [[p, m, ", ".join(f"{r['unit']} ({r['effect']:+.2f})" for r in lst)]
+                              for (p, m), lst in sorted(top.items())]))
+
+  card_units = _card_units(rows, c.cards)
+  if not card_units:
+    return "\n".join(parts)
+  G, _ = pipeline.load_models(config, workdir)
+  seg = segment.load(os.path.join(out_dir, "segmenter"))
+  where = {}
+  for blk in sweeps.iter_blocks(workdir):
+    for i, u in enumerate(blk["units"]):
+      if int(u) in card_units:
+        where[int(u)] = (blk["w"][i, 0], blk["values"][i])  # first start sample: [T, w_dim], [T]
+  parts.append("<h3>Unit cards</h3>")
+  for u in card_units:
+    if u not in where:
+      continue
+    w, values = where[u]
+    img = report.render(G, w, rc.batch_size)  # [T, H, W, 3] in [0, 1]
+    lab = segment.predict_labels(seg, G, pipeline.broadcast_ws(jnp.asarray(w), G.num_ws))
+    strip = np.concatenate([np.concatenate(list(img), 1), np.concatenate(list(overlay(img, lab)), 1)], 0)
+    mine = sorted((r for r in rows if r["unit"] == u), key=lambda r: -abs(r["effect"])
+                  if np.isfinite(r["effect"]) else 0.0)
+    sel = [f"{r['part']} {r['metric']}" for r in mine if r["selective"]]
+    cells = [[r["part"], r["metric"], f"{r['mean']:+.3g}", f"[{r['ci_low']:+.3g}, {r['ci_high']:+.3g}]",
+              f"{r['effect']:+.2f}", _fmt(r["p_null"], 2), "yes" if r["selective"] else ""]
+             for r in mine[:6]]
+    parts.append(
+        f'<div class="card"><h4>Unit {u}</h4><figure><img src="{report._png_uri(strip, rc.image_scale)}">'
+        f"<figcaption>Sweep of unit {u} from {values[0]:.3g} to {values[-1]:.3g} (top) and its part "
+        f"segmentation (bottom).</figcaption></figure>"
+        f"<p>Selective for: {html.escape(', '.join(sel)) or 'nothing'}</p>"
+        + report._table(["part", "metric", "mean change", f"{int(c.level * 100)}% interval", "effect",
+                         "null p", "selective"], cells) + "</div>")
+  return "\n".join(parts)
