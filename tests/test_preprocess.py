@@ -84,6 +84,23 @@ def test_matches_pil_uint8_path(name):
   assert err.mean() <= UINT8_MEAN_ERR, err.mean() * 255
 
 
+@pytest.mark.parametrize("hw", [(256, 256), (512, 512), (300, 451)])
+def test_quantize_matches_reference_uint8_conversion(hw):
+  # The reference: ((img + 1) * 127.5).clamp(0, 255).to(torch.uint8) -> PIL -> Resize/Crop.
+  rng = np.random.default_rng(1)
+  img = rng.uniform(-1.1, 1.1, (1, *hw, 3)).astype(np.float32)        # a little out of range
+  u8 = np.clip((img[0] + 1) * 127.5, 0, 255).astype(np.uint8)          # astype truncates too
+  want = _pil_uint8(u8)
+  got = np.asarray(classifiers.preprocess(img, mean=(0, 0, 0), std=(1, 1, 1), quantize=True)[0])
+  assert np.abs(got - want).max() <= UINT8_MAX_ERR
+  if hw == (256, 256):                                                  # no resize: exact
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+  # Straight-through: the gradient is the one of the continuous path.
+  f = lambda q: lambda im: classifiers.preprocess(im, quantize=q).sum()
+  np.testing.assert_allclose(np.asarray(jax.grad(f(True))(img)), np.asarray(jax.grad(f(False))(img)),
+                             rtol=1e-6)
+
+
 @pytest.mark.parametrize("hw,expected", [((256, 256), (256, 256)), ((300, 451), (256, 384)),
                                           ((460, 300), (392, 256)), ((64, 64), (256, 256))])
 def test_resized_shape_follows_torchvision(hw, expected):

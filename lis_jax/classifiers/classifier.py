@@ -91,7 +91,8 @@ class Classifier(struct.PyTreeNode):
   def preprocess(self, img: jnp.ndarray) -> jnp.ndarray:
     """[N, H, W, 3] generator image in [-1, 1] -> this classifier's input (see `input_spec`)."""
     s = self.input_spec
-    return preprocess(img, resize=s.resize, crop=s.crop, mean=s.mean, std=s.std)
+    return preprocess(img, resize=s.resize, crop=s.crop, mean=s.mean, std=s.std,
+                      quantize=s.quantize)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

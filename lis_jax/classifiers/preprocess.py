@@ -17,6 +17,9 @@ the same comparison tests/test_preprocess.py asserts; errors in units of 1/255 o
     This is PIL's own 8-bit rounding after each of its two separable passes.
   - vs PIL's float32 resize (mode 'F', no rounding) of the same images: max 0.003,
     mean <= 0.0003: the filter itself is PIL's.
+The reference code first converts the generator output to uint8 (clip, truncate);
+`quantize=True` does the same (straight-through gradient), which makes the whole path
+match the reference's PIL path within PIL's own 8-bit rounding (max 1/255; exact at 256 px).
 """
 from __future__ import annotations
 
@@ -37,11 +40,14 @@ class InputSpec:
     resize: target length of the shorter image side; None keeps the size.
     crop: side of the centre square crop; None keeps the (resized) image whole.
     mean, std: per-channel normalisation of the [0, 1] image (RGB order).
+    quantize: first turn the image into 8-bit levels as the reference code does (see
+      `preprocess`); False keeps it continuous.
   """
   resize: int | None = 256
   crop: int | None = 224
   mean: tuple[float, float, float] = IMAGENET_MEAN
   std: tuple[float, float, float] = IMAGENET_STD
+  quantize: bool = False
 
 
 def resized_shape(h: int, w: int, size: int) -> tuple[int, int]:
@@ -62,21 +68,29 @@ def center_crop_offsets(h: int, w: int, crop: int) -> tuple[int, int]:
 
 
 def preprocess(img: jnp.ndarray, resize: int | None = 256, crop: int | None = 224,
-               mean=IMAGENET_MEAN, std=IMAGENET_STD) -> jnp.ndarray:
+               mean=IMAGENET_MEAN, std=IMAGENET_STD, quantize: bool = False) -> jnp.ndarray:
   """A [-1, 1] generator image -> a normalised classifier input, like torchvision's eval transform.
 
   Args:
-    img: [N, H, W, 3] float, nominal range [-1, 1] (values outside are not clipped, so
-      gradients flow everywhere; PIL would clip at the uint8 conversion).
+    img: [N, H, W, 3] float, nominal range [-1, 1] (values outside are not clipped
+      unless `quantize`, so gradients flow everywhere).
     resize: the shorter side is resized to this many pixels with an antialiased bilinear
       filter (PIL BILINEAR semantics); None: no resize.
     crop: side of the centre square crop after resizing; None: no crop.
     mean, std: RGB normalisation applied to the [0, 1] image.
+    quantize: mimic the reference code (kaschube-lab/LinkingInStyle), which hands the
+      classifier `((img + 1) * 127.5).clamp(0, 255).to(torch.uint8)` as a PIL image:
+      clip, scale and truncate to integer levels before resizing. The gradient passes
+      straight through (as if not quantised), so it stays usable under `jax.grad`.
+      False: the continuous image (differs from the reference by up to 1/255).
   Returns:
     [N, crop, crop, 3] float32 (or the resized size when crop is None).
   """
   assert img.ndim == 4 and img.shape[-1] == 3, f"expected [N, H, W, 3], got {img.shape}"
   x = (jnp.asarray(img, jnp.float32) + 1.0) * 0.5                    # [N, H, W, 3] in [0, 1]
+  if quantize:
+    levels = jnp.floor(jnp.clip(x * 255.0, 0.0, 255.0)) / 255.0     # torch .to(uint8) truncates
+    x = x + jax.lax.stop_gradient(levels - x)                         # straight-through gradient
   n, h, w, c = x.shape
   if resize is not None:
     rh, rw = resized_shape(h, w, resize)
