@@ -14,7 +14,7 @@ from lis_jax import report
 
 def get_config():
   config = linear.get_config()
-  config.stages = ("paired_data", "fit_link", "sweep", "counterfactual", "report")
+  config.stages = ("paired_data", "fit_link", "sweep", "counterfactual", "quantify", "report")
   config.generator = "shapes"
   config.classifier = "shapes-resnet"
   config.classes = "0,1,2,3,4,5,6,7"  # all 8 classes of the world
@@ -35,6 +35,20 @@ def get_config():
   config.counterfactual.max_steps = 1000
   config.counterfactual.check_every = 1  # image-domain stopping check every step (the reference)
   config.counterfactual.batch_size = 56
+
+  config.quantify.labels = "ground_truth"  # the world's own part masks
+  config.quantify.n_labelled = 16
+  config.quantify.n_heldout = 64  # held-out images for the segmenter's IoU
+  config.quantify.layers = "all"  # the world's 4 feature layers
+  config.quantify.head = "XS"  # a small head: 40 epochs in well under a minute on CPU
+  config.quantify.epochs = 40
+  config.quantify.lr = 3e-3
+  config.quantify.lr_step_epochs = 30
+  config.quantify.samples_per_unit = 6  # of the 32 start samples (2304 images measured)
+  config.quantify.null_draws = 1
+  config.quantify.batch_size = 64
+  config.quantify.top_k = 5
+  config.quantify.cards = 6
 
   config.report = report.default_config()
   return config

@@ -76,4 +76,27 @@ def get_config() -> ml_collections.ConfigDict:
   config.counterfactual.batch_size = 64  # searches per jitted while_loop
   config.counterfactual.top_units = 10  # units with the largest |shift| to record
   config.counterfactual.save_png = True  # before | after PNG per search
+
+  # Stage 'quantify' (add it to config.stages once the labelled masks exist).
+  config.quantify = ml_collections.ConfigDict()
+  config.quantify.labels = "seg_labels/dogs"  # in the workdir: w/*.npy, labels/*.npy, part_names.json
+  config.quantify.n_labelled = 20  # labelled images the segmentation head trains on
+  config.quantify.n_heldout = 0  # ground-truth worlds only; a label dir holds out what is left
+  config.quantify.layers = "every_other"  # the reference: every other synthesis layer
+  config.quantify.head = "S"  # the reference's FewShotCNN size
+  config.quantify.epochs = 100  # reference training: Adam, one image per step
+  config.quantify.train_batch = 1
+  config.quantify.lr = 1e-3
+  config.quantify.weight_decay = 1e-3
+  config.quantify.lr_step_epochs = 50  # lr x lr_gamma every 50 epochs (torch StepLR)
+  config.quantify.lr_gamma = 0.1
+  config.quantify.samples_per_unit = 10  # start samples measured per unit
+  config.quantify.null_draws = 2  # random directions per (unit, start sample)
+  config.quantify.max_components = 3  # ellipses per part (largest connected components)
+  config.quantify.batch_size = 32  # images per segment-and-measure call
+  config.quantify.n_boot = 1000  # bootstrap resamples of the start samples
+  config.quantify.level = 0.95  # interval coverage
+  config.quantify.alpha = 0.05  # null p-value threshold for 'selective'
+  config.quantify.top_k = 10  # units listed per (part, metric) concept
+  config.quantify.cards = 8  # unit cards in the report
   return config
