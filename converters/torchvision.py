@@ -208,8 +208,15 @@ def _normalise_keys(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def _to_numpy(v: Any) -> np.ndarray:
   if hasattr(v, "detach"):                                       # a torch.Tensor
     v = v.detach().cpu()
+    if v.is_floating_point() and v.dtype != _torch().float32:
+      v = v.float()                                              # half / bfloat16 files
     return v.numpy()
   return np.asarray(v)
+
+
+def _torch():
+  import torch  # Only converters import torch, and only when they meet a tensor or a file.
+  return torch
 
 
 def _check_state_dict(obj: Any, what: str) -> dict[str, Any]:
@@ -295,8 +302,7 @@ def _diff_message(what: str, arch: str, missing: list[str], unexpected: list[str
 
 def read_state_dict(path: str) -> dict[str, Any]:
   """Loads a .pth state_dict file safely (weights_only: no pickled code runs)."""
-  import torch  # Only converters import torch.
-
+  torch = _torch()
   if not os.path.isfile(path):
     raise ConversionError(f"weights file not found: {path}")
   with open(path, "rb") as f:

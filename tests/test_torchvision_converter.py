@@ -125,6 +125,17 @@ def test_every_architecture_converts(arch):
       assert leaf[(0,) * leaf.ndim] == sd[key][(0,) * leaf.ndim], key
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_other_float_dtypes_convert_to_float32(dtype):
+  sd = {k: v.normal_() if v.is_floating_point() else v
+        for k, v in zeros_state_dict("resnet18", num_classes=4).items()}
+  variables, _ = tvc.convert("resnet18", {k: v.to(dtype) if v.is_floating_point() else v
+                                          for k, v in sd.items()})
+  kernel = variables["params"]["fc"]["kernel"]
+  assert kernel.dtype == np.float32
+  np.testing.assert_array_equal(kernel, sd["fc.weight"].to(dtype).float().numpy().T)
+
+
 def test_legacy_densenet_keys_and_dataparallel_prefix():
   shapes = tvc.source_shapes("densenet121", num_classes=10)
   sd = {k: np.broadcast_to(np.float32(i), s) for i, (k, s) in enumerate(shapes.items())}
