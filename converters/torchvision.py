@@ -51,7 +51,6 @@ class Rule(NamedTuple):
   collection: str                # 'params' or 'batch_stats'
   leaf: str                      # Flax leaf name, e.g. 'kernel'
   perm: tuple[int, ...] | None   # axes permutation torch -> Flax; None: as is
-  optional: bool = False         # may be absent from the source
 
 
 _CONV = (Rule("weight", "params", "kernel", (2, 3, 1, 0)),)          # OIHW -> HWIO
@@ -158,7 +157,7 @@ def source_shapes(arch: str, num_classes: int = 1000) -> dict[str, tuple[int, ..
   shapes = {}
   for e in name_table(module):
     for r in KINDS[e.kind]:
-      shape = _leaf(expected, r.collection, e.flax, r.leaf).shape
+      shape = get_leaf(expected, r.collection, e.flax, r.leaf).shape
       shapes[f"{e.torch}.{r.suffix}"] = _torch_shape(shape, r.perm)
     if e.kind == "bn":
       shapes[f"{e.torch}.{_BN_COUNTER}"] = ()
@@ -172,7 +171,8 @@ def _torch_shape(flax_shape: Sequence[int], perm: tuple[int, ...] | None) -> tup
   return tuple(int(flax_shape[i]) for i in inverse)
 
 
-def _leaf(tree: Mapping, collection: str, path: tuple[str, ...], leaf: str):
+def get_leaf(tree: Mapping, collection: str, path: tuple[str, ...], leaf: str):
+  """tree[collection][path...][leaf]: the Flax leaf a table rule fills."""
   node = tree[collection]
   for p in path:
     node = node[p]
@@ -266,10 +266,9 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any],
       consumed.add(f"{e.torch}.{_BN_COUNTER}")
     for r in rules:
       key = f"{e.torch}.{r.suffix}"
-      want = _torch_shape(_leaf(expected, r.collection, e.flax, r.leaf).shape, r.perm)
+      want = _torch_shape(get_leaf(expected, r.collection, e.flax, r.leaf).shape, r.perm)
       if key not in sd:
-        if not r.optional:
-          missing.append(f"{key} {want}")
+        missing.append(f"{key} {want}")
         continue
       consumed.add(key)
       src = sd[key]

@@ -119,7 +119,7 @@ def test_every_architecture_converts(arch):
   for e in tvc.name_table(module):
     for r in tvc.KINDS[e.kind]:
       key = f"{e.torch}.{r.suffix}"
-      leaf = tvc._leaf(variables, r.collection, e.flax, r.leaf)
+      leaf = tvc.get_leaf(variables, r.collection, e.flax, r.leaf)
       want_shape = shapes[key] if r.perm is None else tuple(shapes[key][p] for p in r.perm)
       assert leaf.shape == want_shape, key
       assert leaf[(0,) * leaf.ndim] == sd[key][(0,) * leaf.ndim], key
