@@ -66,11 +66,7 @@ class VGG(ClassifierModule):
         i += 1
       x = nn.relu(x)
       i += 1
-    x = layers.adaptive_avg_pool(x, self.pool_size)                    # [N, 7, 7, 512]
-    x = layers.flatten_chw(x)                                          # [N, 512 * 7 * 7]
-    x = nn.relu(nn.Dense(self.hidden, name="classifier_0")(x))
-    x = nn.relu(nn.Dense(self.hidden, name="classifier_3")(x))         # [N, hidden]
-    return x
+    return _pool_and_hidden(x, self.pool_size, self.hidden, ("classifier_0", "classifier_3"))
 
 
 class AlexNet(ClassifierModule):
@@ -103,11 +99,20 @@ class AlexNet(ClassifierModule):
     x = nn.relu(layers.conv(256, 3, 1, 1, bias=True, name="features_8")(x))
     x = nn.relu(layers.conv(256, 3, 1, 1, bias=True, name="features_10")(x))
     x = layers.max_pool(x, 3, 2)                                       # [N, 6, 6, 256] at 224 px
-    x = layers.adaptive_avg_pool(x, self.pool_size)                    # [N, 6, 6, 256]
-    x = layers.flatten_chw(x)                                          # [N, 256 * 6 * 6]
-    x = nn.relu(nn.Dense(self.hidden, name="classifier_1")(x))
-    x = nn.relu(nn.Dense(self.hidden, name="classifier_4")(x))         # [N, hidden]
-    return x
+    return _pool_and_hidden(x, self.pool_size, self.hidden, ("classifier_1", "classifier_4"))
+
+
+def _pool_and_hidden(x: jnp.ndarray, pool_size: int, hidden: int,
+                     names: tuple[str, str]) -> jnp.ndarray:
+  """Shared tail: adaptive pool, torch-order flatten, two Linear+ReLU (dropout: eval identity).
+
+  Called inside a compact `features`, so the Dense layers belong to the caller as `names`.
+  [N, h, w, C] -> [N, pool_size, pool_size, C] -> [N, C * pool_size**2] -> [N, hidden].
+  """
+  x = layers.flatten_chw(layers.adaptive_avg_pool(x, pool_size))
+  for name in names:
+    x = nn.relu(nn.Dense(hidden, name=name)(x))
+  return x
 
 
 ARCHS = {
