@@ -16,6 +16,7 @@ architecture, not trained parameters, so XLA sees them as constants.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence
 
@@ -54,8 +55,42 @@ def _parse_padding(padding: int | Sequence[int]) -> tuple[int, int, int, int]:
 # ----------------------------------------------------------------------------- upfirdn
 
 
-def _upfirdn_1d(x: Array, taps: np.ndarray, up: int, down: int, pad0: int, pad1: int,
+def _upfirdn_1d(x: Array, taps: Sequence[float], up: int, down: int, pad0: int, pad1: int,
                 axis: int) -> Array:
+  """`_upfirdn_1d_impl` with its adjoint as gradient (see there for the arguments).
+
+  The adjoint of "zero-insert by up, pad, correlate, keep every down-th" is the same op
+  with the taps reversed, up and down swapped and the padding mirrored (as the
+  reference's CUDA op does in its backward). Using it keeps the backward pass as cheap
+  and as small to compile as the forward, instead of XLA's pad-and-add transposes of
+  every slice.
+  """
+  return _upfirdn_1d_vjp(x, tuple(float(t) for t in taps), up, down, pad0, pad1, axis)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4, 5, 6))
+def _upfirdn_1d_vjp(x, taps, up, down, pad0, pad1, axis):
+  return _upfirdn_1d_impl(x, taps, up, down, pad0, pad1, axis)
+
+
+def _upfirdn_1d_fwd(x, taps, up, down, pad0, pad1, axis):
+  return _upfirdn_1d_impl(x, taps, up, down, pad0, pad1, axis), x.shape[axis]
+
+
+def _upfirdn_1d_bwd(taps, up, down, pad0, pad1, axis, n, dy):
+  L, J = len(taps), dy.shape[axis]
+  dpad0 = L - 1 - pad0
+  dpad1 = (n - 1) * up + 1 - J * down + pad0
+  dx = _upfirdn_1d_vjp(dy, taps[::-1], down, up, dpad0, dpad1, axis)
+  assert dx.shape[axis] == n, (dx.shape, n)
+  return (dx,)
+
+
+_upfirdn_1d_vjp.defvjp(_upfirdn_1d_fwd, _upfirdn_1d_bwd)
+
+
+def _upfirdn_1d_impl(x: Array, taps: Sequence[float], up: int, down: int, pad0: int,
+                     pad1: int, axis: int) -> Array:
   """1-D upsample (zero insertion), pad/crop, correlate with `taps`, keep every `down`th.
 
   Polyphase evaluation: output j reads input sample i only through taps k with
@@ -95,32 +130,42 @@ def _upfirdn_1d(x: Array, taps: np.ndarray, up: int, down: int, pad0: int, pad1:
     cfg = [(0, 0)] * x.ndim
     cfg[axis] = (lo, hi)
     x = jnp.pad(x, cfg)
-  outs = []
+  # All classes read a common window of input samples c_min + S*q + t, t < T; class j0
+  # weights them with H[t, j0] (its own taps, shifted by c_j0 - c_min, zero elsewhere).
+  # One pass of T strided slices then yields [..., q_max, P, ...], interleaved by a
+  # reshape (a class with fewer outputs computes at most one extra, cut at the end).
+  live = [(Q, c, h) for Q, c, h in classes if Q > 0 and len(h)]
   q_max = classes[0][0]
-  for Q, c, h in classes:
-    if Q == 0:
-      continue
-    acc = None
-    for t, coef in enumerate(h):
-      start = c + t + lo
-      sl = lax.slice_in_dim(x, start, start + S * (Q - 1) + 1, stride=S, axis=axis)
-      term = sl * float(coef)
-      acc = term if acc is None else acc + term
-    if acc is None:  # A class with no taps (filter shorter than `up`): zeros.
-      shape = list(x.shape)
-      shape[axis] = Q
-      acc = jnp.zeros(shape, x.dtype)
-    if Q < q_max:
-      cfg = [(0, 0)] * x.ndim
-      cfg[axis] = (0, q_max - Q)
-      acc = jnp.pad(acc, cfg)
-    outs.append(acc)
-  if len(outs) == 1:
-    return outs[0]
-  y = jnp.stack(outs, axis=axis + 1)  # [..., q_max, P, ...]
+  if not live:
+    shape = list(x.shape)
+    shape[axis] = J
+    return jnp.zeros(shape, x.dtype)
+  c_min = min(c for _, c, _ in live)
+  T = max(c + len(h) for _, c, h in live) - c_min
+  H = np.zeros((T, P))
+  for j0, (Q, c, h) in enumerate(classes):
+    if Q > 0 and len(h):
+      H[c - c_min:c - c_min + len(h), j0] = h
+  need = c_min + lo + T - 1 + S * (q_max - 1) + 1 - x.shape[axis]
+  if need > 0:  # Classes with fewer outputs may read past the end: more zeros.
+    cfg = [(0, 0)] * x.ndim
+    cfg[axis] = (0, need)
+    x = jnp.pad(x, cfg)
+  bshape = [1] * (x.ndim + 1)
+  bshape[axis + 1] = P
+  acc = None
+  for t in range(T):
+    start = c_min + lo + t
+    sl = lax.slice_in_dim(x, start, start + S * (q_max - 1) + 1, stride=S, axis=axis)
+    if P == 1:
+      term = sl * float(H[t, 0])
+    else:
+      term = jnp.expand_dims(sl, axis + 1) * jnp.asarray(H[t].reshape(bshape), x.dtype)
+    acc = term if acc is None else acc + term
+  if P == 1:
+    return lax.slice_in_dim(acc, 0, J, axis=axis)
   shape = list(x.shape)
-  shape[axis] = q_max * len(outs)
-  y = y.reshape(shape[:axis] + [q_max * len(outs)] + shape[axis + 1:])
+  y = acc.reshape(shape[:axis] + [q_max * P] + shape[axis + 1:])
   return lax.slice_in_dim(y, 0, J, axis=axis)
 
 
@@ -206,7 +251,7 @@ def bias_act_lrelu(x: Array, b: Array | None = None, slope: float = 0.2,
 def filtered_lrelu(x: Array, fu: Filter = None, fd: Filter = None, b: Array | None = None,
                    up: int = 1, down: int = 1, padding: int | Sequence[int] = 0,
                    gain: float = math.sqrt(2), slope: float = 0.2,
-                   clamp: float | None = None) -> Array:
+                   clamp: float | None = None, channel_block: int | None = None) -> Array:
   """Filtered leaky ReLU, in the reference order (`_filtered_lrelu_ref`), NHWC.
 
   1. add bias `b`; 2. upsample by `up` with filter `fu` (gain up**2) and `padding`;
@@ -220,15 +265,41 @@ def filtered_lrelu(x: Array, fu: Filter = None, fd: Filter = None, b: Array | No
     up, down: integer factors.
     padding: as in `upfirdn2d`, relative to the upsampled image.
     gain, slope, clamp: as in `bias_act_lrelu` (clamp None = none).
+    channel_block: evaluate one (sample, block of this many channels) at a time, to keep
+      the upsampled intermediate in cache (same result); None = all at once.
   Returns:
     [N, H', W', C].
   """
   if b is not None:
     x = x + b.astype(x.dtype)
-  x = upfirdn2d(x, fu, up=up, padding=padding, gain=up ** 2)
-  x = bias_act_lrelu(x, None, slope=slope, gain=gain, clamp=clamp)
-  x = upfirdn2d(x, fd, down=down)
-  return x
+
+  def apply(x):
+    x = upfirdn2d(x, fu, up=up, padding=padding, gain=up ** 2)
+    x = bias_act_lrelu(x, None, slope=slope, gain=gain, clamp=clamp)
+    return upfirdn2d(x, fd, down=down)
+
+  if channel_block is None or (up == 1 and fu is None and fd is None):
+    return apply(x)
+  return _map_channel_blocks(apply, x, channel_block)
+
+
+def _map_channel_blocks(fn, x: Array, block: int) -> Array:
+  """fn (per-channel, spatially shaped) applied to one (sample, channel block) at a time.
+
+  The upsampled intermediate of a filtered leaky ReLU is up**2 times its input; on
+  CPUs the op is bound by memory traffic. Evaluating it on [1, H, W, block] slices in a
+  loop keeps that intermediate in cache (about 3x faster for 256 channels at 84 px).
+  Channels are zero-padded to a multiple of `block` and cut off afterwards.
+  """
+  N, H, W, C = x.shape
+  G = -(-C // block)
+  if G * block != C:
+    x = jnp.pad(x, [(0, 0)] * 3 + [(0, G * block - C)])
+  xs = x.reshape(N, H, W, G, block).transpose(0, 3, 1, 2, 4).reshape(N * G, 1, H, W, block)
+  ys = lax.map(fn, xs)  # [N*G, 1, H', W', block]
+  Ho, Wo = ys.shape[2:4]
+  y = ys.reshape(N, G, Ho, Wo, block).transpose(0, 2, 3, 1, 4).reshape(N, Ho, Wo, G * block)
+  return y[..., :C] if G * block != C else y
 
 
 # ----------------------------------------------------------------------------- layers

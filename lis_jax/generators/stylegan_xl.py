@@ -20,6 +20,7 @@ Entry points:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Mapping, Sequence
 
@@ -286,6 +287,11 @@ PRESETS: dict[str, dict] = {
 
 # ----------------------------------------------------------------------------- Flax modules
 
+# Filtered leaky ReLUs whose upsampled intermediate exceeds FILTER_BLOCK_MIN_SIZE values
+# per sample run on blocks of FILTER_CHANNEL_BLOCK channels (cache-resident; same result).
+FILTER_CHANNEL_BLOCK = 16
+FILTER_BLOCK_MIN_SIZE = 1 << 19
+
 
 def _normal(scale: float):
   def init(key, shape, dtype=jnp.float32):
@@ -401,10 +407,13 @@ class SynthesisLayer(nn.Module):
     x = ops.modulated_conv2d(x.astype(self.dtype), weight.astype(self.dtype), styles,
                              demodulate=not s.is_torgb, padding=k - 1,
                              input_gain=jax.lax.rsqrt(magnitude_ema.value))
+    # Per-sample size of the upsampled intermediate decides whether to work in blocks.
+    upsampled = (x.shape[1] * s.up_factor) * (x.shape[2] * s.up_factor) * s.out_channels
     x = ops.filtered_lrelu(
         x, fu=s.up_filter, fd=s.down_filter, b=bias, up=s.up_factor, down=s.down_factor,
         padding=s.padding, gain=1.0 if s.is_torgb else math.sqrt(2),
-        slope=1.0 if s.is_torgb else 0.2, clamp=s.conv_clamp)
+        slope=1.0 if s.is_torgb else 0.2, clamp=s.conv_clamp,
+        channel_block=FILTER_CHANNEL_BLOCK if upsampled > FILTER_BLOCK_MIN_SIZE else None)
     expected = (x.shape[0], s.out_size[1], s.out_size[0], s.out_channels)
     assert x.shape == expected, f"{s.name}: output {x.shape}, expected {expected}"
     return x
@@ -435,17 +444,41 @@ class SynthesisNetwork(nn.Module):
 # ----------------------------------------------------------------------------- public object
 
 
-def truncate(ws, w_avg, classes, psi):
-  """Truncation toward each sample's class centre: w_avg[c] + psi * (ws - w_avg[c]).
+@functools.partial(jax.jit, static_argnames=("spec", "truncate"))
+def map_latents(variables: dict, z: jax.Array, classes: jax.Array, psi: jax.Array, *,
+                spec: MappingSpec, truncate: bool = True) -> jax.Array:
+  """Mapping network + truncation, jitted.
 
   Args:
-    ws: [N, num_ws, w_dim]; w_avg: [c_dim, w_dim]; classes: [N] int.
-    psi: truncation (1 = none); a Python float or a traced scalar.
+    variables: {'params': mapping params, 'buffers': {'w_avg': [c_dim, w_dim]}}.
+    z: [N, z_dim] latents; classes: [N] int class indices.
+    psi: truncation toward the class's w_avg (scalar); ignored if not `truncate`.
+  Returns:
+    ws [N, num_ws, w_dim] float32.
   """
-  if isinstance(psi, (int, float)) and psi == 1:
+  w = MappingNetwork(spec).apply(variables, z, classes)  # [N, w_dim]
+  ws = jnp.broadcast_to(w[:, None, :], (w.shape[0], spec.num_ws, spec.w_dim))
+  if not truncate:
     return ws
-  centre = w_avg[classes][:, None, :]  # [N, 1, w_dim]
+  centre = variables["buffers"]["w_avg"][classes][:, None, :]  # [N, 1, w_dim]
   return centre + psi * (ws - centre)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "compute_dtype", "features"))
+def synthesize(variables: dict, ws: jax.Array, *, spec: SynthesisSpec,
+               compute_dtype: str = "float32", features: bool = False):
+  """Synthesis network, jitted.
+
+  Args:
+    variables: {'params': synthesis params, 'buffers': synthesis buffers}.
+    ws: [N, num_ws, w_dim].
+    compute_dtype: dtype of activations and convolutions ('float32' or 'bfloat16').
+    features: also return every layer's output.
+  Returns:
+    images [N, H, W, img_channels] float32, and with `features` a dict
+    {'input' / layer name: [N, h, w, C] float32}.
+  """
+  return SynthesisNetwork(spec, jnp.dtype(compute_dtype)).apply(variables, ws, features)
 
 
 class Generator(flax.struct.PyTreeNode):
@@ -476,22 +509,24 @@ class Generator(flax.struct.PyTreeNode):
     return out
 
   def mapping(self, z, classes, psi=0.7):
-    """z [N, z_dim], classes [N] int, truncation psi -> ws [N, num_ws, w_dim] float32."""
-    w = MappingNetwork(self.spec.mapping).apply(self._vars("mapping"), z, jnp.asarray(classes))
-    ws = jnp.broadcast_to(w[:, None, :], (w.shape[0], self.num_ws, self.w_dim))
-    w_avg = self.variables["buffers"]["mapping"]["w_avg"]
-    return truncate(ws, w_avg, jnp.asarray(classes), psi)
+    """z [N, z_dim], classes [N] int, truncation psi -> ws [N, num_ws, w_dim] float32.
 
-  def _synthesis_module(self) -> SynthesisNetwork:
-    return SynthesisNetwork(self.spec.synthesis, jnp.dtype(self.compute_dtype))
+    psi: a float (1 = no truncation) or a traced scalar.
+    """
+    no_trunc = isinstance(psi, (int, float)) and psi == 1
+    return map_latents(self._vars("mapping"), jnp.asarray(z), jnp.asarray(classes),
+                       jnp.asarray(psi, jnp.float32), spec=self.spec.mapping,
+                       truncate=not no_trunc)
 
   def synthesis(self, ws):
     """ws [N, num_ws, w_dim] -> images [N, H, W, 3] float32, nominal range [-1, 1]."""
-    return self._synthesis_module().apply(self._vars("synthesis"), ws)
+    return synthesize(self._vars("synthesis"), ws, spec=self.spec.synthesis,
+                      compute_dtype=self.compute_dtype)
 
   def synthesis_features(self, ws) -> dict:
     """ws -> {'input': [N, h, w, C], '<layer name>': [N, h, w, C], ...} float32."""
-    return self._synthesis_module().apply(self._vars("synthesis"), ws, True)[1]
+    return synthesize(self._vars("synthesis"), ws, spec=self.spec.synthesis,
+                      compute_dtype=self.compute_dtype, features=True)[1]
 
   def astype(self, compute_dtype: str) -> "Generator":
     return self.replace(compute_dtype=jnp.dtype(compute_dtype).name)

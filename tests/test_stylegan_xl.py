@@ -1,0 +1,216 @@
+"""StyleGAN-XL port: parity with the reference PyTorch outputs, converter CLI, pytree.
+
+Each fixture snapshot is converted through the command-line entry point into a temp
+dir, loaded with `generators.load`, and compared with the reference's mapping, image,
+every layer's feature map and the gradient of sum(image * grad_R) w.r.t. ws.
+"""
+import os
+import pickle
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from converters import stylegan_xl as convert_sgxl
+from lis_jax import generators
+from lis_jax.generators import stylegan_xl as sx
+
+# float32 through ~20 layers of convolutions and FIR filters, accumulated in a different
+# order than PyTorch's: a few ulps of the largest magnitude per value.
+VALUE_RTOL = 1e-4
+# Gradients add one more backward chain of the same ops: relative to the largest entry.
+GRAD_RTOL = 1e-3
+
+FIXTURES = ("sgxl_stem16", "sgxl_sr64")
+# The hyperparameters the fixture snapshots were trained with (a 16 px stem of 6 layers,
+# then for sr64 two x2 stages of 4 head layers), as read from their pickles.
+FIXTURE_HPARAMS = {
+    "sgxl_stem16": dict(z_dim=64, w_dim=64, channel_base=1024, channel_max=48,
+                        stem_layers=6, head_layers=()),
+    "sgxl_sr64": dict(z_dim=64, w_dim=64, channel_base=1024, channel_max=48,
+                      stem_layers=6, head_layers=(4, 4)),
+}
+
+
+def assert_close(got, ref, rtol, what):
+  got, ref = np.asarray(got), np.asarray(ref)
+  assert got.shape == ref.shape, f"{what}: shape {got.shape} != {ref.shape}"
+  err = float(np.max(np.abs(got - ref)))
+  bound = rtol * max(1.0, float(np.max(np.abs(ref))))
+  assert err <= bound, f"{what}: max |diff| {err:.3g} > {bound:.3g}"
+
+
+def nchw(x):
+  return np.transpose(np.asarray(x), (0, 3, 1, 2))
+
+
+@pytest.fixture(scope="module", params=FIXTURES)
+def case(request, fixtures_dir, tmp_path_factory):
+  name = request.param
+  out = tmp_path_factory.mktemp(name) / "ckpt"
+  rc = convert_sgxl.main(["--pkl", str(fixtures_dir / f"{name}.pkl"), "--out", str(out)])
+  assert rc == 0
+  ref = dict(np.load(fixtures_dir / f"{name}.npz"))
+  return name, generators.load(str(out)), ref
+
+
+def test_meta_and_attributes(case, fixtures_dir):
+  name, G, ref = case
+  assert isinstance(G, sx.Generator)
+  assert (G.z_dim, G.c_dim, G.num_classes) == (ref["z"].shape[1], 1000, 1000)
+  assert (G.num_ws, G.w_dim) == ref["ws"].shape[1:]
+  assert G.resolution == ref["img"].shape[-1]
+  assert list(G.layer_names) == list(ref["layer_names"][1:])
+
+
+@pytest.fixture(scope="module")
+def outputs(case):
+  """Everything the reference recorded, from one jitted program per fixture."""
+  _, G, ref = case
+  z, classes = jnp.asarray(ref["z"], jnp.float32), jnp.asarray(ref["classes"])
+  grad_r = jnp.asarray(np.transpose(ref["grad_R"], (0, 2, 3, 1)))  # NHWC
+
+  @jax.jit
+  def run(G, ws):
+    img, vjp = jax.vjp(G.synthesis, ws)
+    return img, G.synthesis_features(ws), vjp(grad_r)[0]
+
+  img, feats, grad = run(G, jnp.asarray(ref["ws"]))
+  return dict(ws_psi1=G.mapping(z, classes, psi=1.0),
+              ws=G.mapping(z, classes, psi=float(ref["psi"])), img=img, feats=feats,
+              grad_ws=grad)
+
+
+@pytest.mark.parametrize("key", ["ws_psi1", "ws"])
+def test_mapping_matches_reference(case, outputs, key):
+  assert_close(outputs[key], case[2][key], VALUE_RTOL, key)
+
+
+def test_image_matches_reference(case, outputs):
+  assert outputs["img"].dtype == jnp.float32
+  assert_close(nchw(outputs["img"]), case[2]["img"], VALUE_RTOL, "img")
+
+
+def test_every_feature_matches_reference(case, outputs):
+  ref, feats = case[2], outputs["feats"]
+  assert sorted(feats) == sorted(ref["layer_names"])
+  for layer in ref["layer_names"]:
+    assert_close(nchw(feats[layer]), ref[f"feat_{layer}"], VALUE_RTOL, f"feat_{layer}")
+
+
+def test_gradient_matches_reference(case, outputs):
+  assert_close(outputs["grad_ws"], case[2]["grad_ws"], GRAD_RTOL, "grad_ws")
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_spec_from_hyperparameters_reproduces_snapshot(name, fixtures_dir):
+  """build_spec (used for random presets) grows the network exactly as the trainer did."""
+  from converters import sgxl_pickle
+  snap = sgxl_pickle.load_snapshot(str(fixtures_dir / f"{name}.pkl"))
+  _, spec = convert_sgxl.convert_generator(snap["G_ema"])
+  assert sx.build_spec(**FIXTURE_HPARAMS[name]) == spec
+
+
+def test_synthesis_does_not_retrace_for_new_params():
+  G1 = generators.load("sgxl-tiny")
+  G2 = sx.tiny(seed=2)
+  ws = jnp.zeros((1, G1.num_ws, G1.w_dim))
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def synth(G, ws):
+    return G.synthesis(ws)
+
+  a, b = synth(G1, ws), synth(G2, ws)
+  assert not np.allclose(a, b)  # the params really were arguments
+
+
+# Loose bound for bfloat16 compute (8 mantissa bits through ~8 layers), relative to the
+# float32 image's largest magnitude.
+BF16_RTOL = 0.1
+
+
+def test_builtin_tiny_float32_and_bfloat16():
+  G = generators.load("sgxl-tiny")
+  assert (G.z_dim, G.c_dim, G.resolution) == (64, 1000, 32)
+  ws = G.mapping(jax.random.normal(jax.random.PRNGKey(0), (2, G.z_dim)), jnp.array([0, 999]))
+  img = G.synthesis(ws)
+  assert img.shape == (2, G.resolution, G.resolution, 3) and img.dtype == jnp.float32
+  assert np.isfinite(np.asarray(img)).all()
+  img_bf16 = G.astype("bfloat16").synthesis(ws)
+  assert img_bf16.dtype == jnp.float32
+  assert_close(img_bf16, img, BF16_RTOL, "bfloat16 image")
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _run_cli(pkl, out, capsys):
+  rc = convert_sgxl.main(["--pkl", str(pkl), "--out", str(out)])
+  err = capsys.readouterr().err
+  return rc, err
+
+
+def _patched_fixture(fixtures_dir, tmp_path, old: bytes, new: bytes):
+  """The stem fixture with a same-length byte substitution (the pickle stays valid)."""
+  assert len(old) == len(new)
+  data = (fixtures_dir / "sgxl_stem16.pkl").read_bytes()
+  assert old in data
+  path = tmp_path / "patched.pkl"
+  path.write_bytes(data.replace(old, new))
+  return path
+
+
+class _SystemCall:
+  def __init__(self, cmd):
+    self.cmd = cmd
+
+  def __reduce__(self):
+    return os.system, (self.cmd,)
+
+
+def test_cli_missing_file(tmp_path, capsys):
+  rc, err = _run_cli(tmp_path / "nope.pkl", tmp_path / "out", capsys)
+  assert rc == 1 and err.startswith("error: ") and "not found" in err
+  assert not (tmp_path / "out").exists()
+
+
+def test_cli_truncated_file(tmp_path, fixtures_dir, capsys):
+  pkl = tmp_path / "trunc.pkl"
+  pkl.write_bytes((fixtures_dir / "sgxl_stem16.pkl").read_bytes()[:100_000])
+  rc, err = _run_cli(pkl, tmp_path / "out", capsys)
+  assert rc == 1 and "truncated" in err and len(err.strip().splitlines()) == 1
+  assert not (tmp_path / "out").exists()
+
+
+def test_cli_not_a_snapshot(tmp_path, capsys):
+  pkl = tmp_path / "dict.pkl"
+  pkl.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+  rc, err = _run_cli(pkl, tmp_path / "out", capsys)
+  assert rc == 1 and "not a StyleGAN-XL snapshot" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("old,new,message", [
+    (b"layer_names", b"layer_nemes", "has no layer_names"),
+    (b"SynthesisLayer", b"SynthesisLayex", "not a SynthesisLayer"),
+])
+def test_cli_unsupported_architecture(tmp_path, fixtures_dir, capsys, old, new, message):
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "keep.txt").write_text("previous content")
+  rc, err = _run_cli(_patched_fixture(fixtures_dir, tmp_path, old, new), out, capsys)
+  assert rc == 1 and "unsupported architecture" in err and message in err
+  assert len(err.strip().splitlines()) == 1
+  assert (out / "keep.txt").read_text() == "previous content"  # untouched on failure
+
+
+def test_cli_refuses_os_system_and_runs_nothing(tmp_path, capsys):
+  marker = tmp_path / "pwned"
+  pkl = tmp_path / "evil.pkl"
+  pkl.write_bytes(pickle.dumps({"G_ema": _SystemCall(f"touch {marker}")}))
+  rc, err = _run_cli(pkl, tmp_path / "out", capsys)
+  assert rc == 1 and "forbidden global" in err and "system" in err
+  assert not marker.exists()
+  assert not (tmp_path / "out").exists()
