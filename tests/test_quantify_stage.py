@@ -1,0 +1,140 @@
+"""The quantify stage on a hand-made sweep of the built-in world: resumes after a crash,
+loses and duplicates nothing; precision@k and random-direction null ends have known answers."""
+import csv
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT))  # configs/ is not an installed package.
+from configs import demo  # noqa: E402
+from lis_jax import generators, io, pipeline  # noqa: E402
+from lis_jax.generators import shapes  # noqa: E402
+from lis_jax.quantify import selectivity, stage  # noqa: E402
+
+N_UNITS, N_SAMPLES, N_STEPS, PER_BLOCK = 4, 4, 3, 2
+
+
+def small_config():
+  config = demo.get_config()
+  config.stages = ("quantify",)
+  q = config.quantify
+  q.n_labelled, q.n_heldout, q.epochs = 4, 4, 2  # the segmenter's quality is tested elsewhere
+  q.samples_per_unit, q.null_draws, q.batch_size, q.n_boot, q.cards = 3, 2, 16, 100, 2
+  return config
+
+
+def fake_sweep(workdir, config):
+  """Sweep blocks as the sweep stage writes them (WORKSPACE.md), from mapped latents."""
+  G = generators.load(config.generator)
+  out = pipeline.stage_dir(workdir, "sweep")
+  os.makedirs(out)
+  key = jax.random.PRNGKey(3)
+  cls = np.arange(N_SAMPLES) % G.num_classes
+  start = np.asarray(G.mapping(jax.random.normal(key, (N_SAMPLES, G.z_dim)), cls))[:, 0]
+  for b in range(N_UNITS // PER_BLOCK):
+    units = np.arange(b * PER_BLOCK, (b + 1) * PER_BLOCK)
+    dirs = np.asarray(jax.random.normal(jax.random.fold_in(key, b), (PER_BLOCK, G.w_dim))) * 0.5
+    steps = np.linspace(0, 1, N_STEPS)
+    w = start[None, :, None] + dirs[:, None, None] * steps[None, None, :, None]  # [U, S, T, w_dim]
+    io.savez(os.path.join(out, f"block_{b:05d}.npz"), units=units, samples=np.arange(N_SAMPLES),
+             cls=cls, values=np.tile(steps, (PER_BLOCK, 1)), w=w.astype(np.float32))
+  open(os.path.join(out, "index.csv"), "w").write("block\n")
+
+
+def _read(path):
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def test_stage_resumes_after_a_crash_and_matches_a_clean_run(tmp_path, monkeypatch):
+  config = small_config()
+  clean, crashed = str(tmp_path / "clean"), str(tmp_path / "crashed")
+  for wd in (clean, crashed):
+    fake_sweep(wd, config)
+  pipeline.run(config, clean)
+
+  real_savez, calls = io.savez, []
+
+  def failing_savez(path, **arrays):
+    if os.path.basename(path).startswith("block_") and "quantify" in path:
+      calls.append(path)
+      if len(calls) == 2:
+        raise RuntimeError("simulated crash while writing the second block")
+    real_savez(path, **arrays)
+
+  monkeypatch.setattr(io, "savez", failing_savez)
+  with pytest.raises(RuntimeError, match="simulated crash"):
+    pipeline.run(config, crashed)
+  monkeypatch.setattr(io, "savez", real_savez)
+  qdir = pipeline.stage_dir(crashed, "quantify")
+  assert os.path.exists(os.path.join(qdir, "block_00000.npz"))
+  assert not os.path.exists(os.path.join(qdir, "block_00001.npz"))
+  assert not os.path.exists(os.path.join(qdir, "selectivity.csv"))
+  pipeline.run(config, crashed)  # resumes: block 0 kept, block 1 written
+
+  a = _read(os.path.join(pipeline.stage_dir(clean, "quantify"), "selectivity.csv"))
+  b = _read(os.path.join(qdir, "selectivity.csv"))
+  parts = len(shapes.PART_NAMES) - 1  # background is not measured (as the reference)
+  assert len(a) == len(b) == N_UNITS * parts * len(selectivity.CONCEPT_METRICS)
+  keys = [(r["unit"], r["part"], r["metric"]) for r in b]
+  assert len(set(keys)) == len(keys) and sorted({int(r["unit"]) for r in b}) == list(range(N_UNITS))
+  for ra, rb in zip(a, b):
+    assert (ra["unit"], ra["part"], ra["metric"]) == (rb["unit"], rb["part"], rb["metric"])
+    np.testing.assert_allclose(float(ra["mean"]), float(rb["mean"]), rtol=1e-6, equal_nan=True)
+  manifest = io.read_json(os.path.join(qdir, "manifest.json"))
+  assert manifest["blocks_done"] == [0, 1]
+  assert os.path.exists(os.path.join(qdir, "truth_check.json"))
+
+  # A different quantify config on the same workdir is refused, naming the field.
+  config.quantify.null_draws = 3
+  with pytest.raises(pipeline.PipelineError, match="null_draws"):
+    pipeline.run(config, crashed)
+
+  # The report section renders cards from these outputs.
+  html = stage.report_section(small_config(), clean)
+  assert "Unit cards" in html and "precision@" in html and "mean IoU" in html
+
+
+def test_null_ends_have_the_sweep_length_and_are_reproducible():
+  rng = np.random.default_rng(0)
+  first = rng.normal(size=(3, 4, 16)).astype(np.float32)
+  last = first + rng.normal(size=(3, 4, 16)).astype(np.float32)
+  key = jax.random.PRNGKey(0)
+  ends = stage.null_ends(first, last, np.arange(3), np.arange(4), 5, key)
+  assert ends.shape == (3, 4, 5, 16)
+  np.testing.assert_allclose(np.linalg.norm(ends - first[:, :, None], axis=-1),
+                             np.broadcast_to(np.linalg.norm(last - first, axis=-1)[..., None], (3, 4, 5)),
+                             rtol=1e-5)
+  # Same (unit, sample) -> same directions, whatever else is in the block.
+  again = stage.null_ends(first[1:2], last[1:2], np.array([1]), np.arange(4), 5, key)
+  np.testing.assert_allclose(again[0], ends[1], rtol=1e-6)
+
+
+def test_precision_at_k_with_a_planted_truth():
+  names = np.asarray(["pos_x", "body_lum"])
+  truth = np.zeros((6, 2))
+  truth[[4, 1], 0] = [0.9, 0.5]  # units 4 and 1 move pos_x most
+  truth[[0, 2], 1] = [0.7, 0.6]  # units 0 and 2 move body_lum most
+  blocks = [{"units": np.arange(6), "truth_delta": truth, "truth_factors": names}]
+  rows = [
+      {"unit": 4, "part": "body", "metric": "centre_x", "rank": 1, "selective": True},
+      {"unit": 3, "part": "body", "metric": "centre_x", "rank": 2, "selective": True},
+      {"unit": 0, "part": "body", "metric": "luminance", "rank": 1, "selective": True},
+      {"unit": 2, "part": "body", "metric": "luminance", "rank": 2, "selective": True},
+      {"unit": 5, "part": "body", "metric": "luminance", "rank": 3, "selective": False},
+  ]
+  check = stage.precision_at_k(rows, blocks, k=2)
+  assert check["per_factor"]["pos_x"]["precision"] == 0.5
+  assert check["per_factor"]["body_lum"]["precision"] == 1.0
+  assert check["mean_precision"] == 0.75 and check["chance"] == 2 / 6
+
+
+def test_pick_samples_spreads_over_classes():
+  cls = np.array([0, 0, 0, 1, 1, 2])
+  np.testing.assert_array_equal(stage.pick_samples(cls, 3), [0, 3, 5])
+  np.testing.assert_array_equal(stage.pick_samples(cls, 5), [0, 1, 3, 4, 5])
