@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from converters import stylegan_xl as convert_sgxl
-from lis_jax import generators
+from lis_jax import generators, io
 from lis_jax.generators import stylegan_xl as sx
 
 # float32 through ~20 layers of convolutions and FIR filters, accumulated in a different
@@ -135,6 +135,8 @@ BF16_RTOL = 0.1
 def test_builtin_tiny_float32_and_bfloat16():
   G = generators.load("sgxl-tiny")
   assert (G.z_dim, G.c_dim, G.resolution) == (64, 1000, 32)
+  # The numpy initialiser builds exactly the Flax modules' variable tree.
+  io.check_tree(G.variables, sx.expected_variables(G.spec))
   ws = G.mapping(jax.random.normal(jax.random.PRNGKey(0), (2, G.z_dim)), jnp.array([0, 999]))
   img = G.synthesis(ws)
   assert img.shape == (2, G.resolution, G.resolution, 3) and img.dtype == jnp.float32

@@ -532,24 +532,56 @@ class Generator(flax.struct.PyTreeNode):
     return self.replace(compute_dtype=jnp.dtype(compute_dtype).name)
 
 
-def init_variables(spec: GeneratorSpec, key: jax.Array) -> dict:
-  """Randomly initialised variables for `spec`, as the reference initialises them.
-
-  Only shapes are traced and the initialisers run jitted, so no activation is computed
-  and each array exists once.
-  """
+def _flax_variables(spec: GeneratorSpec, key: jax.Array) -> dict:
+  """`Module.init` of both networks (traces a batch-1 forward pass)."""
   k_map, k_syn = jax.random.split(key)
   m, s = spec.mapping, spec.synthesis
-
-  @jax.jit
-  def init(k_map, k_syn):
-    vm = MappingNetwork(m).init(k_map, jnp.zeros((1, m.z_dim)), jnp.zeros((1,), jnp.int32))
-    vs = SynthesisNetwork(s).init(k_syn, jnp.zeros((1, s.num_ws, s.w_dim)))
-    return vm, vs
-
-  vm, vs = init(k_map, k_syn)
+  vm = MappingNetwork(m).init(k_map, jnp.zeros((1, m.z_dim)), jnp.zeros((1,), jnp.int32))
+  vs = SynthesisNetwork(s).init(k_syn, jnp.zeros((1, s.num_ws, s.w_dim)))
   return {"params": {"mapping": vm["params"], "synthesis": vs["params"]},
           "buffers": {"mapping": vm["buffers"], "synthesis": vs["buffers"]}}
+
+
+def init_variables(spec: GeneratorSpec, key: jax.Array) -> dict:
+  """Randomly initialised variables for `spec`, drawn as the reference initialises them.
+
+  The same distributions as the modules' initialisers, drawn with numpy (seeded from
+  `key`) and moved to the device one array at a time: no XLA program to compile (a
+  jitted `Module.init` takes seconds to compile even for 'tiny') and no second copy of
+  the 233M-parameter 'full' preset.
+  """
+  rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+  put = lambda a: jax.device_put(np.asarray(a, np.float32))  # noqa: E731
+  normal = lambda *shape: put(rng.standard_normal(shape, np.float32))  # noqa: E731
+
+  def fc(in_f, out_f, lr=1.0, weight_init=1.0, bias_init=0.0):
+    w = rng.standard_normal((in_f, out_f), np.float32) * np.float32(weight_init / lr)
+    b = np.broadcast_to(np.asarray(bias_init, np.float32) / np.float32(lr), (out_f,))
+    return {"weight": put(w), "bias": put(b)}
+
+  m, s = spec.mapping, spec.synthesis
+  p_map = {"embed": {"weight": normal(m.c_dim, m.embed_dim)},
+           "embed_proj": fc(m.embed_dim, m.z_dim)}
+  dims = [2 * m.z_dim] + [m.w_dim] * m.num_layers
+  for i in range(m.num_layers):
+    p_map[f"fc{i}"] = fc(dims[i], dims[i + 1], lr=m.lr_multiplier)
+  C = s.input.channels
+  freqs = rng.standard_normal((C, 2), np.float32)
+  radii = np.sqrt(np.sum(np.square(freqs), axis=1, keepdims=True))
+  freqs = freqs / (radii * np.exp(np.square(radii)) ** 0.25) * s.input.bandwidth
+  p_syn = {"input": {"weight": normal(C, C),
+                     "affine": fc(s.w_dim, 4, weight_init=0.0, bias_init=(1, 0, 0, 0))}}
+  b_syn = {"input": {"freqs": put(freqs), "phases": put(rng.random(C, np.float32) - 0.5),
+                     "transform": put(np.eye(3))}}
+  for l in s.layers:
+    k = l.conv_kernel
+    p_syn[l.name] = {"weight": normal(k, k, l.in_channels, l.out_channels),
+                     "bias": put(np.zeros(l.out_channels)),
+                     "affine": fc(s.w_dim, l.in_channels, bias_init=1.0)}
+    b_syn[l.name] = {"magnitude_ema": put(np.ones(()))}
+  return {"params": {"mapping": p_map, "synthesis": p_syn},
+          "buffers": {"mapping": {"w_avg": put(np.zeros((m.c_dim, m.w_dim)))},
+                      "synthesis": b_syn}}
 
 
 def random_generator(preset: str | GeneratorSpec, key: jax.Array,
@@ -572,7 +604,7 @@ def tiny(seed: int = 0, dtype: str = "float32") -> Generator:
 
 def expected_variables(spec: GeneratorSpec) -> Any:
   """The variables' structure for `spec` as jax.ShapeDtypeStruct (nothing allocated)."""
-  return jax.eval_shape(lambda k: init_variables(spec, k), jax.random.PRNGKey(0))
+  return jax.eval_shape(lambda k: _flax_variables(spec, k), jax.random.PRNGKey(0))
 
 
 def load(ckpt_dir: str, dtype: str = "float32") -> Generator:
