@@ -185,9 +185,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     raise pipeline.PipelineError("counterfactual max_steps, check_every, batch_size and "
                                  "samples_per_pair must be >= 1")
   data = paired_data.load(workdir)
-  link_dir = pipeline.stage_dir(workdir, "link")
-  pipeline.require(os.path.join(link_dir, "metrics.json"), "fit_link")
-  link = linking.load(os.path.join(link_dir, "model"))
+  link = linking.load_fitted(workdir)
   G, clf = pipeline.load_models(config, workdir)
   classes = pipeline.parse_classes(config.classes, clf.num_classes)
   todo_plan = plan(data["cls"], parse_pairs(c.pairs, classes), c.samples_per_pair)

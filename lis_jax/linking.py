@@ -285,6 +285,13 @@ def load(ckpt_dir: str) -> Link:
   return Link(params=params, kind=meta["link"])
 
 
+def load_fitted(workdir: str) -> Link:
+  """The link the `fit_link` stage wrote into `workdir` (PipelineError if it has not run)."""
+  link_dir = pipeline.stage_dir(workdir, "link")
+  pipeline.require(os.path.join(link_dir, "metrics.json"), "fit_link")
+  return load(os.path.join(link_dir, "model"))
+
+
 # ----------------------------------------------------------------------------- stage
 
 

@@ -157,9 +157,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   c = config.sweep
   out_dir = pipeline.stage_dir(workdir, "sweep")
   data = paired_data.load(workdir)
-  link_dir = pipeline.stage_dir(workdir, "link")
-  pipeline.require(os.path.join(link_dir, "metrics.json"), "fit_link")
-  link = linking.load(os.path.join(link_dir, "model"))
+  link = linking.load_fitted(workdir)
   G, clf = pipeline.load_models(config, workdir)
   units = pipeline.parse_units(c.units, clf.feature_dim)
   if c.n_steps < 2 or c.units_per_block < 1 or c.batch_size < 1:
