@@ -26,7 +26,9 @@ Per unit and concept, the changes over the start samples give
                           often a mean of S changes drawn from the unit's null changes is
                           at least as far from zero as the observed mean
   selective               p_null < alpha and the interval excludes 0
-  rank                    rank of |effect| among all units for this concept (1 = strongest)
+  rank                    rank of |mean| among all units for this concept (1 = largest
+                          change, the reference's quantity; `selective` says whether it
+                          stands out from the null)
 
 Undefined changes (a part absent at the first or last step) are left out of that
 concept's statistics (`n` says how many samples remained).
@@ -169,7 +171,7 @@ def unit_statistics(deltas: np.ndarray, null_deltas: np.ndarray, *, seed: int, n
     n_boot, level, alpha: bootstrap resamples, interval coverage, significance level.
   Returns:
     dict of [U, P, M] arrays: mean, ci_low, ci_high, n, null_rms, effect, p_null,
-    selective (bool), rank (int, 1 = largest |effect| among units; NaN effects last).
+    selective (bool), rank (int, 1 = largest |mean| among units; NaN means last).
   """
   u_count, s = deltas.shape[:2]
   rng = np.random.default_rng(seed)
@@ -189,7 +191,7 @@ def unit_statistics(deltas: np.ndarray, null_deltas: np.ndarray, *, seed: int, n
                              np.where(res["mean"] == 0, 0.0, np.inf * np.sign(res["mean"])))
     excludes_zero = (res["ci_low"] > 0) | (res["ci_high"] < 0)
     res["selective"] = (res["p_null"] < alpha) & excludes_zero
-  score = np.where(np.isnan(res["effect"]), -np.inf, np.abs(res["effect"]))
+  score = np.where(np.isnan(res["mean"]), -np.inf, np.abs(res["mean"]))
   order = np.argsort(-score, axis=0, kind="stable")
   rank = np.empty_like(order)
   np.put_along_axis(rank, order, np.arange(1, u_count + 1)[:, None, None] * np.ones_like(order), 0)

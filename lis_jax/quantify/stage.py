@@ -265,8 +265,13 @@ def deltas_from_blocks(blocks: list[dict]) -> tuple[np.ndarray, np.ndarray, np.n
 
 
 def precision_at_k(stats_rows: list[dict], blocks: list[dict], k: int) -> dict | None:
-  """Built-in world: per factor of FACTOR_CONCEPTS, |top-k selective units for its concept
-  intersected with the top-k units by true factor change| / (number found, <= k)."""
+  """Built-in world: does the measured concept find the units that move the true factor?
+
+  Per factor of FACTOR_CONCEPTS: precision@k = |top-k selective units for its concept
+  (by |mean change|) intersected with the top-k units by |true factor change|| / (number
+  found, <= k); and the Spearman correlation over all units of |mean concept change| with
+  |true factor change| (robust where many units move a factor about equally).
+  """
   if "truth_delta" not in blocks[0]:
     return None
   units = np.concatenate([b["units"] for b in blocks])
@@ -281,12 +286,30 @@ def precision_at_k(stats_rows: list[dict], blocks: list[dict], k: int) -> dict |
     moved = units[np.argsort(-np.abs(truth[:, names.index(factor)]), kind="stable")[:k_eff]]
     found = [r["unit"] for r in top.get(concept, [])]
     hits = len(set(found) & set(moved.tolist()))
+    change = {r["unit"]: abs(r["mean"]) for r in stats_rows
+              if (r["part"], r["metric"]) == concept and "mean" in r}
+    measured = np.array([change.get(int(u), np.nan) for u in units])
     out[factor] = {"part": concept[0], "metric": concept[1], "found": found,
                    "true_top": moved.tolist(),
-                   "precision": hits / len(found) if found else None}
+                   "precision": hits / len(found) if found else None,
+                   "spearman": rank_correlation(measured, np.abs(truth[:, names.index(factor)]))}
   vals = [v["precision"] for v in out.values() if v["precision"] is not None]
+  rhos = [v["spearman"] for v in out.values() if v["spearman"] is not None]
   return {"k": k_eff, "chance": k_eff / units.size, "per_factor": out,
-          "mean_precision": float(np.mean(vals)) if vals else None}
+          "mean_precision": float(np.mean(vals)) if vals else None,
+          "mean_spearman": float(np.mean(rhos)) if rhos else None}
+
+
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> float | None:
+  """Spearman's rank correlation of a and b over the entries where both are finite."""
+  ok = np.isfinite(a) & np.isfinite(b)
+  if ok.sum() < 3:
+    return None
+  ra = np.argsort(np.argsort(a[ok])).astype(float)
+  rb = np.argsort(np.argsort(b[ok])).astype(float)
+  if ra.std() == 0 or rb.std() == 0:
+    return None
+  return float(np.corrcoef(ra, rb)[0, 1])
 
 
 # ----------------------------------------------------------------------------- stage
@@ -346,9 +369,9 @@ def summarise(config, workdir: str, seg: segment.Segmenter) -> None:
   check = precision_at_k(rows, blocks, c.top_k)
   if check is not None:
     io.write_json(os.path.join(out_dir, "truth_check.json"), check)
-    mp = check["mean_precision"]
-    print(f"[quantify] precision@{check['k']} vs ground truth: "
-          f"{'n/a' if mp is None else f'{mp:.2f}'} (chance {check['chance']:.2f})", flush=True)
+    mp, rho = check["mean_precision"], check["mean_spearman"]
+    print(f"[quantify] vs ground truth: precision@{check['k']} {'n/a' if mp is None else f'{mp:.2f}'} "
+          f"(chance {check['chance']:.2f}), Spearman {'n/a' if rho is None else f'{rho:.2f}'}", flush=True)
 
 
 # ----------------------------------------------------------------------------- report section
@@ -412,18 +435,20 @@ def report_section(config, workdir: str) -> str | None:
                  f"the built-in world, the top-{ch['k']} units found selective for the concept that "
                  f"shows it, against the {ch['k']} units whose sweeps truly move that factor most. "
                  f"<b>Mean precision@{ch['k']}: {_fmt(ch['mean_precision'])}</b> (chance "
-                 f"{ch['chance']:.2f}).</p>")
+                 f"{ch['chance']:.2f}); mean Spearman correlation over all units of measured and "
+                 f"true change: {_fmt(ch.get('mean_spearman'))}.</p>")
     parts.append(report._table(
-        ["factor", "concept", "units found", "units that move it", f"precision@{ch['k']}"],
+        ["factor", "concept", "units found", "units that move it", f"precision@{ch['k']}", "Spearman"],
         [[f, f"{v['part']} {v['metric']}", ", ".join(map(str, v["found"])) or "none",
-          ", ".join(map(str, v["true_top"])), _fmt(v["precision"])] for f, v in ch["per_factor"].items()]))
+          ", ".join(map(str, v["true_top"])), _fmt(v["precision"]), _fmt(v.get("spearman"), 2)]
+         for f, v in ch["per_factor"].items()]))
   n_sel = sum(r["selective"] for r in rows)
   parts.append(f"<p>{n_sel} of {len(rows)} unit x concept pairs are selective (null p &lt; {c.alpha} "
                f"and the {int(c.level * 100)}% bootstrap interval excludes 0). Full table: "
                f"<code>quantify/selectivity.csv</code>.</p>")
   top = selectivity.top_units(rows, 3)
-  parts.append(report._table(["part", "metric", "top selective units (effect)"],
-                             [[p, m, ", ".join(f"{r['unit']} ({r['effect']:+.2f})" for r in lst)]
+  parts.append(report._table(["part", "metric", "top selective units (mean change)"],
+                             [[p, m, ", ".join(f"{r['unit']} ({r['mean']:+.3g})" for r in lst)]
                               for (p, m), lst in sorted(top.items())]))
 
   card_units = _card_units(rows, c.cards)
