@@ -15,6 +15,7 @@ setuptools.setup(
         "optax",
         "orbax-checkpoint",
         "numpy",
+        "scipy",
         "scipy",  # StyleGAN-XL: Kaiser filter design for specs built from hyperparameters
         "absl-py",
         "ml-collections",
