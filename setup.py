@@ -15,7 +15,6 @@ setuptools.setup(
         "optax",
         "orbax-checkpoint",
         "numpy",
-        "scipy",
         "scipy",  # StyleGAN-XL: Kaiser filter design for specs built from hyperparameters
         "absl-py",
         "ml-collections",
