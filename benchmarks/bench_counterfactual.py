@@ -30,6 +30,7 @@ def main():
   p.add_argument("--check-every", type=int, default=1)
   p.add_argument("--lr", type=float, default=0.5)
   p.add_argument("--mode", choices=counterfactuals.MODES, default="reference")
+  p.add_argument("--compact-rows", type=int, default=0, help="batched only: counterfactual.compact_rows")
   args = p.parse_args()
 
   G = stylegan_xl.random_generator(args.arch, jax.random.PRNGKey(0))
@@ -49,7 +50,8 @@ def main():
         f"{args.n} searches, max_steps {args.max_steps}, check_every {args.check_every}, {args.mode}")
 
   def batched():
-    res = counterfactuals._search(G, clf, link, r, origin, target, shift0, np.ones(args.n, bool), **statics)
+    res = counterfactuals._search(G, clf, link, r, origin, target, shift0, np.ones(args.n, bool),
+                                  compact_rows=args.compact_rows, **statics)
     return jax.tree_util.tree_map(np.asarray, res)
 
   def one_at_a_time():

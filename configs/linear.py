@@ -74,6 +74,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.counterfactual.w_origin = 0.6  # weight of +logit_origin in the loss
   config.counterfactual.w_cos = 10.0  # weight of -cos(link(r), link(r - s))
   config.counterfactual.batch_size = 64  # searches per jitted while_loop
+  config.counterfactual.compact_rows = 0  # when <= this many searches still run, check only those (0: off)
   config.counterfactual.top_units = 10  # units with the largest |shift| to record
   config.counterfactual.save_png = True  # before | after PNG per search
 

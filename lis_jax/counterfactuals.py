@@ -60,9 +60,15 @@ def search_loss(G: Any, clf: Any, link: Any, r: jax.Array, shift: jax.Array, ori
   return -_pick(logits, target) + w_origin * _pick(logits, origin) - w_cos * cos
 
 
+def _on_rows(fn: Any, rows: jax.Array, n: int) -> jax.Array:
+  """fn(rows) [k, ...] scattered into zeros [n, ...] at `rows` [k]."""
+  out = fn(rows)
+  return jnp.zeros((n,) + out.shape[1:], out.dtype).at[rows].set(out)
+
+
 def search(G: Any, clf: Any, link: Any, r: jax.Array, origin: jax.Array, target: jax.Array,
            shift0: jax.Array, active: jax.Array, *, lr: float, max_steps: int, check_every: int,
-           w_origin: float, w_cos: float, mode: str) -> dict[str, jax.Array]:
+           w_origin: float, w_cos: float, mode: str, compact_rows: int = 0) -> dict[str, jax.Array]:
   """Runs B counterfactual searches at once (jit with the keyword-only args static).
 
   Args:
@@ -73,29 +79,49 @@ def search(G: Any, clf: Any, link: Any, r: jax.Array, origin: jax.Array, target:
     lr: SGD learning rate. max_steps: per-search step cap.
     check_every: run the image-domain stopping check every this many steps.
     w_origin, w_cos: loss weights. mode: 'reference' or 'image'.
+    compact_rows: once at most this many searches are still running, the expensive
+      parts (the image check; in 'image' mode also the gradient) run on those rows only
+      (a second compiled branch of that size). 0: always on all B rows. The results are
+      the same either way.
   Returns:
     shift [B, D] (final), steps [B] (SGD steps taken), success [B] bool.
   """
-  loss = functools.partial(search_loss, G, clf, link, r, origin=origin, target=target,
-                           w_origin=w_origin, w_cos=w_cos, mode=mode)
-  grad = jax.grad(lambda s: loss(s).sum())   # searches are independent: row b gets its own gradient
+  n = r.shape[0]
+  all_rows = jnp.arange(n)
+
+  def grad_rows(s, rows):   # searches are independent: row b gets its own gradient
+    loss = lambda sub: search_loss(G, clf, link, r[rows], sub, origin[rows], target[rows],
+                                   w_origin=w_origin, w_cos=w_cos, mode=mode).sum()
+    return jax.grad(loss)(s[rows])
+
+  def check_rows(s, rows):
+    return image_logits(G, clf, link, r[rows] - s[rows]).argmax(-1) == target[rows]
+
+  def on_running(fn, s, done, expensive):
+    """fn(s, rows) for all rows, or only the running ones when few are left."""
+    if not (compact_rows and expensive and compact_rows < n):
+      return fn(s, all_rows)
+    running = jnp.argsort(done, stable=True)[:compact_rows]   # running rows first
+    return jax.lax.cond((~done).sum() <= compact_rows,
+                        lambda: _on_rows(lambda rows: fn(s, rows), running, n),
+                        lambda: fn(s, all_rows))
 
   def sgd(j, carry):
     s, steps, done, it = carry
     move = ~done & (it + j < max_steps)
-    s = jnp.where(move[:, None], s - lr * grad(s), s)
+    g = on_running(grad_rows, s, done, expensive=mode == "image")
+    s = jnp.where(move[:, None], s - lr * g, s)
     return s, steps + move.astype(jnp.int32), done, it
 
   def body(state):
     s, steps, done, success, it = state
     s, steps, _, _ = jax.lax.fori_loop(0, check_every, sgd, (s, steps, done, it))
-    hit = ~done & (image_logits(G, clf, link, r - s).argmax(-1) == target)
+    hit = ~done & on_running(check_rows, s, done, expensive=True)
     return s, steps, done | hit, success | hit, it + check_every
 
   def cond(state):
     return (state[4] < max_steps) & ~jnp.all(state[2])
 
-  n = r.shape[0]
   init = (shift0, jnp.zeros((n,), jnp.int32), ~active, jnp.zeros((n,), bool), jnp.zeros((), jnp.int32))
   s, steps, _, success, _ = jax.lax.while_loop(cond, body, init)
   return {"shift": s, "steps": steps, "success": success}
@@ -124,7 +150,8 @@ def outcome(G: Any, clf: Any, link: Any, w_before: jax.Array, r: jax.Array, shif
   return out
 
 
-_search = jax.jit(search, static_argnames=("lr", "max_steps", "check_every", "w_origin", "w_cos", "mode"))
+_search = jax.jit(search, static_argnames=("lr", "max_steps", "check_every", "w_origin", "w_cos", "mode",
+                                          "compact_rows"))
 _outcome = jax.jit(outcome, static_argnames=("top_units",))
 
 
@@ -198,7 +225,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   n = todo_plan["sample"].size
   n_batches = -(-n // batch)
   statics = dict(lr=c.lr, max_steps=c.max_steps, check_every=c.check_every,
-                 w_origin=c.w_origin, w_cos=c.w_cos, mode=c.mode)
+                 w_origin=c.w_origin, w_cos=c.w_cos, mode=c.mode, compact_rows=c.compact_rows)
   for b in tqdm(range(n_batches), unit="batch", desc="counterfactual"):
     path = _batch_path(out_dir, b)
     if os.path.exists(path):

@@ -31,18 +31,23 @@ for n, mesh in meshes.items():
   units, values = np.array([0, 3, 7, 11], np.int32), np.linspace(0, 2, 12, dtype=np.float32).reshape(4, 3)
   sw = sweeps._sweep_block(G_r, clf_r, link_r, r0, units, values, cls0, batch_size=8, reclassify=True, mesh=mesh)
   m = 8
-  ins = distribute.shard_batch((pd["r"][:m], pd["cls"][:m], (pd["cls"][:m] + 1) % 5,
+  order = np.argsort(pd["logits"][:m], axis=-1)   # search from the predicted class to the runner-up
+  ins = distribute.shard_batch((pd["r"][:m], order[:, -1].astype(np.int32), order[:, -2].astype(np.int32),
                                 counterfactuals.initial_shift(key, jnp.arange(m), clf.feature_dim),
                                 np.ones(m, bool)), mesh)
   cf = counterfactuals._search(G_r, clf_r, link_r, *ins, lr=0.01, max_steps=30, check_every=3,
                                w_origin=0.6, w_cos=10.0, mode="reference")
+  cfc = counterfactuals._search(G_r, clf_r, link_r, *ins, lr=0.01, max_steps=30, check_every=3,
+                                w_origin=0.6, w_cos=10.0, mode="reference", compact_rows=4)
   res[n] = dict(pd_r=pd["r"], pd_w=pd["w"], sw_w=sw["w"], sw_img=sw["img"], sw_rp=sw["r_prime"],
-                cf_shift=cf["shift"], cf_steps=cf["steps"], cf_success=cf["success"])
+                cf_shift=cf["shift"], cf_steps=cf["steps"], cf_success=cf["success"],
+                cfc_shift=cfc["shift"], cfc_steps=cfc["steps"], cfc_success=cfc["success"])
   out[f"devices_{n}"] = {"sweep_img": len(sw["img"].sharding.device_set),
                          "cf_shift": len(cf["shift"].sharding.device_set)}
 out["max_abs_diff"] = {k: float(np.max(np.abs(np.asarray(res[1][k], np.float64) - np.asarray(res[4][k], np.float64))))
                        for k in res[1]}
 out["max_abs"] = {k: float(np.max(np.abs(np.asarray(res[1][k], np.float64)))) for k in res[1]}
+out["cf_successes"] = int(np.sum(res[1]["cf_success"]))
 print("RESULT", json.dumps(out))
 """
 
@@ -54,8 +59,9 @@ def test_sharded_equals_single_device():
   assert out.returncode == 0, out.stderr[-3000:]
   res = json.loads(out.stdout.split("RESULT", 1)[1])
   assert res["devices_4"] == {"sweep_img": 4, "cf_shift": 4}, res   # really spread over 4 devices
+  assert 4 <= res["cf_successes"] < 8, res   # both outcomes, and the compacted branch (<= 4 left) runs
   for k, diff in res["max_abs_diff"].items():
-    if k in ("cf_steps", "cf_success"):
+    if k in ("cf_steps", "cf_success", "cfc_steps", "cfc_success"):
       assert diff == 0, (k, diff)        # discrete outcomes must agree exactly
     elif k == "sw_img":
       assert diff <= 1, (k, diff)        # uint8: float noise may truncate to a neighbour
