@@ -197,7 +197,8 @@ def plan(cls: np.ndarray, pairs: list[tuple[int, int]], per_pair: int) -> dict[s
 
 def fingerprint(config: ml_collections.ConfigDict) -> dict:
   from lis_jax import linking
-  cf = {k: v for k, v in config.counterfactual.to_dict().items() if k != "save_png"}
+  same_results = ("save_png", "compact_rows")   # options that do not change any number
+  cf = {k: v for k, v in config.counterfactual.to_dict().items() if k not in same_results}
   return {**linking.fingerprint(config), "counterfactual": cf}
 
 
