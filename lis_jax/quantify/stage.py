@@ -110,6 +110,12 @@ def _labelled(config, c, G, workdir, key):
     n = c.n_labelled
     return ws[:n], labels[:n], ws[n:], labels[n:], names
   path = pipeline.resolve_path(workdir, c.labels)
+  if not os.path.isdir(path):
+    inside = os.path.join(workdir, c.labels)
+    raise segment.SegmentationError(
+        f"quantify.labels={c.labels!r}: no labelled-mask directory at {path}"
+        f"{'' if os.path.isabs(c.labels) else f' or {inside}'} (layout: WORKSPACE.md, quantify/); "
+        f"on the built-in world use quantify.labels='ground_truth'")
   w, labels, names = segment.load_label_dir(path)
   ws = segment.as_ws(w, G.num_ws)
   if labels.shape[1:] != (G.resolution, G.resolution):
