@@ -74,7 +74,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.counterfactual.w_origin = 0.6  # weight of +logit_origin in the loss
   config.counterfactual.w_cos = 10.0  # weight of -cos(link(r), link(r - s))
   config.counterfactual.batch_size = 64  # searches per jitted while_loop
-  config.counterfactual.compact_rows = 0  # when <= this many searches still run, check only those (0: off)
+  config.counterfactual.compact_rows = 0  # when <= this many searches still run, check only those (0: off; on CPU try batch_size / 4)
   config.counterfactual.top_units = 10  # units with the largest |shift| to record
   config.counterfactual.save_png = True  # before | after PNG per search
 
@@ -83,6 +83,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.quantify.labels = "seg_labels/dogs"  # in the workdir: w/*.npy, labels/*.npy, part_names.json
   config.quantify.n_labelled = 20  # labelled images the segmentation head trains on
   config.quantify.n_heldout = 0  # ground-truth worlds only; a label dir holds out what is left
+  config.quantify.resolution = 128  # images and masks are segmented and measured at 128 px
   config.quantify.layers = "every_other"  # the reference: every other synthesis layer
   config.quantify.head = "S"  # the reference's FewShotCNN size
   config.quantify.epochs = 100  # reference training: Adam, one image per step

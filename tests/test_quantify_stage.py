@@ -24,6 +24,7 @@ def small_config():
   config.stages = ("quantify",)
   q = config.quantify
   q.n_labelled, q.n_heldout, q.epochs = 4, 4, 2  # the segmenter's quality is tested elsewhere
+  q.resolution = 32  # segmented and measured at half the world's 64 px (exercises resampling)
   q.samples_per_unit, q.null_draws, q.batch_size, q.n_boot, q.cards = 3, 2, 16, 100, 2
   return config
 
@@ -86,6 +87,9 @@ def test_stage_resumes_after_a_crash_and_matches_a_clean_run(tmp_path, monkeypat
   for ra, rb in zip(a, b):
     assert (ra["unit"], ra["part"], ra["metric"]) == (rb["unit"], rb["part"], rb["metric"])
     np.testing.assert_allclose(float(ra["mean"]), float(rb["mean"]), rtol=1e-6, equal_nan=True)
+  with np.load(os.path.join(qdir, "block_00001.npz")) as f:
+    assert f["first.area"].shape == (PER_BLOCK, 3, parts) and f["first.area"].max() <= 32 * 32
+    assert f["null.ell_angle"].shape == (PER_BLOCK, 3, 2, parts, 3)
   manifest = io.read_json(os.path.join(qdir, "manifest.json"))
   assert manifest["blocks_done"] == [0, 1]
   assert os.path.exists(os.path.join(qdir, "truth_check.json"))

@@ -309,13 +309,25 @@ def as_ws(w: np.ndarray, num_ws: int) -> jax.Array:
   raise SegmentationError(f"w of shape {tuple(w.shape)} is neither [M, w_dim] nor [M, {num_ws}, w_dim]")
 
 
-def ground_truth_labels(G: Any, ws: jax.Array) -> tuple[np.ndarray, tuple[str, ...]]:
-  """Label maps [M, H, W] (argmax of the true part coverage) and part names of G's world."""
+def resize_images(img: jax.Array, size: int) -> jax.Array:
+  """[N, H, W, C] -> [N, size, size, C], antialiased linear resampling (identity if H == size)."""
+  if img.shape[1] == size and img.shape[2] == size:
+    return img
+  return jax.image.resize(img, (img.shape[0], size, size, img.shape[-1]), "linear", antialias=True)
+
+
+def ground_truth_labels(G: Any, ws: jax.Array, size: int | None = None
+                        ) -> tuple[np.ndarray, tuple[str, ...]]:
+  """Label maps [M, size, size] (argmax of the true part coverage) and part names of G's world.
+
+  size: label resolution (coverages are resampled first); None: G.resolution.
+  """
   if not hasattr(G, "ground_truth"):
     raise SegmentationError("quantify.labels='ground_truth' needs a generator with ground truth "
                             "(the built-in world); point quantify.labels at a labelled-mask directory")
   truth = G.ground_truth(ws)
-  return np.asarray(jnp.argmax(truth["masks"], -1)).astype(np.int32), tuple(truth["part_names"])
+  masks = resize_images(truth["masks"], size or G.resolution)
+  return np.asarray(jnp.argmax(masks, -1)).astype(np.int32), tuple(truth["part_names"])
 
 
 def sample_ws(G: Any, classes: np.ndarray, n: int, psi: float, key: jax.Array) -> jax.Array:

@@ -61,6 +61,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.labels = "ground_truth"  # labelled-mask dir (segment.py docstring) or 'ground_truth' (built-in world)
   c.n_labelled = 16  # labelled images the head is trained on (the reference: 10-30)
   c.n_heldout = 64  # held-out images for the IoU (ground truth; a label dir uses what is left)
+  c.resolution = 0  # side of the segmented, measured images (the reference: 128); 0: G's own
   c.layers = "all"  # synthesis-feature layers: 'all', 'every_other' (the reference) or names
   c.head = "XS"  # head size: XS, S (the reference), M, L
   c.epochs = 40  # passes over the labelled images
@@ -103,10 +104,11 @@ def _key(config) -> jax.Array:
 
 def _labelled(config, c, G, workdir, key):
   """(ws_train, labels_train, ws_test, labels_test, part_names) from the configured source."""
+  res = c.resolution or G.resolution
   if c.labels == "ground_truth":
     classes = pipeline.parse_classes(config.classes, G.num_classes)
     ws = segment.sample_ws(G, classes, c.n_labelled + c.n_heldout, config.psi, key)
-    labels, names = segment.ground_truth_labels(G, ws)
+    labels, names = segment.ground_truth_labels(G, ws, res)
     n = c.n_labelled
     return ws[:n], labels[:n], ws[n:], labels[n:], names
   path = pipeline.resolve_path(workdir, c.labels)
@@ -118,9 +120,10 @@ def _labelled(config, c, G, workdir, key):
         f"on the built-in world use quantify.labels='ground_truth'")
   w, labels, names = segment.load_label_dir(path)
   ws = segment.as_ws(w, G.num_ws)
-  if labels.shape[1:] != (G.resolution, G.resolution):
-    raise segment.SegmentationError(f"labelled masks are {labels.shape[1:]} but the generator "
-                                    f"makes {G.resolution} x {G.resolution} images")
+  if labels.shape[1:] != (res, res):
+    raise segment.SegmentationError(f"labelled masks are {labels.shape[1:]} but images are "
+                                    f"segmented at {res} x {res} (quantify.resolution, 0: the "
+                                    f"generator's {G.resolution})")
   n = min(c.n_labelled, labels.shape[0])
   return ws[:n], labels[:n], ws[n:], labels[n:], names
 
@@ -160,7 +163,7 @@ def segmenter(config, workdir: str, G=None) -> segment.Segmenter:
 def _measure(G, seg_params, w, *, layers, resolution, num_parts, head_size, max_components):
   """w [B, w_dim] -> part metrics of G's image (parts: the segmenter's, background dropped)."""
   ws = pipeline.broadcast_ws(w, G.num_ws)
-  img = G.synthesis(ws)  # [B, H, W, 3]
+  img = segment.resize_images(G.synthesis(ws), resolution)  # [B, R, R, 3]
   logits = segment.apply_head(seg_params, segment.feature_stack(G, ws, layers, resolution),
                               num_parts, head_size)
   masks = jax.nn.one_hot(jnp.argmax(logits, -1), num_parts)[..., 1:]  # [B, H, W, P - 1]
@@ -472,7 +475,8 @@ def report_section(config, workdir: str) -> str | None:
     if u not in where:
       continue
     w, values = where[u]
-    img = report.render(G, w, rc.batch_size)  # [T, H, W, 3] in [0, 1]
+    img = np.asarray(segment.resize_images(jnp.asarray(report.render(G, w, rc.batch_size)),
+                                           seg.resolution))  # [T, R, R, 3] in [0, 1]
     lab = segment.predict_labels(seg, G, pipeline.broadcast_ws(jnp.asarray(w), G.num_ws))
     strip = np.concatenate([np.concatenate(list(img), 1), np.concatenate(list(overlay(img, lab)), 1)], 0)
     mine = sorted((r for r in rows if r["unit"] == u), key=lambda r: -abs(r["effect"])
