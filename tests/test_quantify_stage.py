@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT))  # configs/ is not an installed package.
 from configs import demo  # noqa: E402
 from lis_jax import generators, io, pipeline  # noqa: E402
 from lis_jax.generators import shapes  # noqa: E402
-from lis_jax.quantify import selectivity, stage  # noqa: E402
+from lis_jax.quantify import segment, selectivity, stage  # noqa: E402
 
 N_UNITS, N_SAMPLES, N_STEPS, PER_BLOCK = 4, 4, 3, 2
 
@@ -142,3 +142,19 @@ def test_pick_samples_spreads_over_classes():
   cls = np.array([0, 0, 0, 1, 1, 2])
   np.testing.assert_array_equal(stage.pick_samples(cls, 3), [0, 3, 5])
   np.testing.assert_array_equal(stage.pick_samples(cls, 5), [0, 1, 3, 4, 5])
+
+
+def test_measure_compiles_once_for_any_number_of_images():
+  G = generators.load("shapes")
+  key = jax.random.PRNGKey(5)
+  ws = segment.sample_ws(G, np.arange(G.num_classes), 13, 0.7, key)
+  labels, names = segment.ground_truth_labels(G, ws[:2], 32)
+  seg = segment.fit(G, ws[:2], labels, names, layers="all", size="XS", key=key, epochs=1, batch_size=1,
+                    lr=1e-3, weight_decay=0.0, lr_step_epochs=1, lr_gamma=1.0)
+  w = np.asarray(ws[:, 0])
+  before = stage._measure._cache_size()
+  small = stage.measure(G, seg, w[:5], batch_size=8, max_components=2)
+  big = stage.measure(G, seg, w, batch_size=8, max_components=2)  # two batches, the last padded
+  assert stage._measure._cache_size() == before + 1
+  assert big["area"].shape == (13, len(names) - 1) and big["ell_width"].shape == (13, len(names) - 1, 2)
+  np.testing.assert_allclose(big["area"][:5], small["area"], rtol=1e-6)
