@@ -17,13 +17,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lis_jax import classifiers, counterfactuals, linking, paired_data
+from lis_jax import classifiers, counterfactuals, generators, linking, paired_data
 from lis_jax.generators import stylegan_xl
 
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--arch", choices=sorted(stylegan_xl.PRESETS), default="tiny")
+  p.add_argument("--generator", default=None,
+                 help="a built-in generator name (e.g. 'shapes') instead of a random --arch")
   p.add_argument("--classifier", default="tiny-resnet-random")
   p.add_argument("--n", type=int, default=64, help="number of searches")
   p.add_argument("--max-steps", type=int, default=40)
@@ -33,11 +35,12 @@ def main():
   p.add_argument("--compact-rows", type=int, default=0, help="batched only: counterfactual.compact_rows")
   args = p.parse_args()
 
-  G = stylegan_xl.random_generator(args.arch, jax.random.PRNGKey(0))
+  G = (generators.load(args.generator) if args.generator
+       else stylegan_xl.random_generator(args.arch, jax.random.PRNGKey(0)))
   clf = classifiers.load(args.classifier)
   key = jax.random.PRNGKey(0)
   n_fit = max(4 * clf.feature_dim, 256)
-  cls = jnp.asarray(np.arange(n_fit) % 8, jnp.int32)
+  cls = jnp.asarray(np.arange(n_fit) % min(8, G.num_classes), jnp.int32)
   ws, r, logits = paired_data._generate(G, clf, key, cls, jnp.arange(n_fit, dtype=jnp.int32), psi=0.7)
   link = linking.Link(params=linking.fit_linear(np.asarray(r), np.asarray(ws[:, 0])), kind="ols")
   r = np.asarray(r)[: args.n]
@@ -46,8 +49,9 @@ def main():
   shift0 = np.asarray(counterfactuals.initial_shift(key, jnp.arange(args.n), clf.feature_dim))
   statics = dict(lr=args.lr, max_steps=args.max_steps, check_every=args.check_every,
                  w_origin=0.6, w_cos=10.0, mode=args.mode)
-  print(f"devices: {jax.devices()}; G '{args.arch}' {G.resolution} px; {args.classifier}; "
-        f"{args.n} searches, max_steps {args.max_steps}, check_every {args.check_every}, {args.mode}")
+  print(f"devices: {jax.devices()}; G '{args.generator or args.arch}' {G.resolution} px; {args.classifier}; "
+        f"{args.n} searches, max_steps {args.max_steps}, check_every {args.check_every}, {args.mode}, "
+        f"compact_rows {args.compact_rows}")
 
   def batched():
     res = counterfactuals._search(G, clf, link, r, origin, target, shift0, np.ones(args.n, bool),
@@ -90,10 +94,11 @@ def main():
     res[name] = fn()
     wall[name], cpu[name] = time.perf_counter() - t, time.process_time() - c
   rb = res["batched (one while_loop)"]
-  same = all((rb["steps"] == o["steps"]).all() and (rb["success"] == o["success"]).all()
-             for o in res.values())
+  differ = {name: int(((rb["steps"] != o["steps"]) | (rb["success"] != o["success"])).sum())
+            for name, o in res.items()}
   print(f"success {int(rb['success'].sum())}/{args.n}, steps mean {rb['steps'].mean():.1f} "
-        f"max {rb['steps'].max()}; all variants agree on steps and success: {bool(same)}")
+        f"max {rb['steps'].max()}; searches whose steps/success differ from batched "
+        f"(float32 summation order near the decision boundary): {differ}")
   tb = wall["batched (one while_loop)"]
   for name in rows:
     print(f"{name}: wall {wall[name]:.2f} s (x{wall[name] / tb:.1f} of batched), CPU {cpu[name]:.2f} s")

@@ -80,9 +80,9 @@ def search(G: Any, clf: Any, link: Any, r: jax.Array, origin: jax.Array, target:
     check_every: run the image-domain stopping check every this many steps.
     w_origin, w_cos: loss weights. mode: 'reference' or 'image'.
     compact_rows: once at most this many searches are still running, the expensive
-      parts (the image check; in 'image' mode also the gradient) run on those rows only
-      (a second compiled branch of that size). 0: always on all B rows. The results are
-      the same either way.
+      parts (the image check; in 'image' mode also the gradient) run on those rows only,
+      in compiled branches of compact_rows, compact_rows / 4, ..., 1 rows (the smallest
+      that fits). 0: always on all B rows. The results are the same either way.
   Returns:
     shift [B, D] (final), steps [B] (SGD steps taken), success [B] bool.
   """
@@ -97,14 +97,18 @@ def search(G: Any, clf: Any, link: Any, r: jax.Array, origin: jax.Array, target:
   def check_rows(s, rows):
     return image_logits(G, clf, link, r[rows] - s[rows]).argmax(-1) == target[rows]
 
+  # Row counts the compacted branches run on: compact_rows, compact_rows / 4, ..., 1.
+  levels = sorted({max(1, compact_rows // 4 ** i) for i in range(16)}) if compact_rows else []
+
   def on_running(fn, s, done, expensive):
-    """fn(s, rows) for all rows, or only the running ones when few are left."""
-    if not (compact_rows and expensive and compact_rows < n):
+    """fn(s, rows) for all rows, or only for the running ones when few are left."""
+    if not (levels and expensive and levels[-1] < n):
       return fn(s, all_rows)
-    running = jnp.argsort(done, stable=True)[:compact_rows]   # running rows first
-    return jax.lax.cond((~done).sum() <= compact_rows,
-                        lambda: _on_rows(lambda rows: fn(s, rows), running, n),
-                        lambda: fn(s, all_rows))
+    running = jnp.argsort(done, stable=True)[:levels[-1]]      # running rows first
+    branches = [functools.partial(_on_rows, lambda rows: fn(s, rows), running[:k], n) for k in levels]
+    branches.append(lambda: fn(s, all_rows))
+    level = jnp.searchsorted(jnp.asarray(levels), (~done).sum())   # smallest level that fits
+    return jax.lax.switch(level, branches)
 
   def sgd(j, carry):
     s, steps, done, it = carry
