@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax

@@ -28,7 +28,6 @@ import functools
 import html
 import os
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
