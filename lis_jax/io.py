@@ -25,6 +25,12 @@ META_FILE = "meta.json"
 PARAMS_DIR = "params"
 
 
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 class CheckpointError(ValueError):
   """A checkpoint is missing, unreadable or does not match the expected structure."""
 
@@ -46,6 +52,7 @@ def atomic_dir(out_dir: str, overwrite: bool = True) -> Iterator[str]:
   if os.path.exists(out_dir) and not overwrite:
     raise FileExistsError(f"{out_dir} already exists")
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+  os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; outputs follow the user's umask.
   try:
     yield tmp
   except BaseException:
@@ -72,6 +79,7 @@ def atomic_file(path: str, mode: str = "wb") -> Iterator[Any]:
       yield f
       f.flush()
       os.fsync(f.fileno())
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs follow the user's umask.
     os.replace(tmp, path)
   except BaseException:
     with contextlib.suppress(FileNotFoundError):

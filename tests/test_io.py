@@ -38,3 +38,15 @@ def test_atomic_file_and_missing_checkpoint(tmp_path):
     io.load_meta(str(tmp_path / "nope"))
   with pytest.raises(io.CheckpointError, match="not a lis_jax checkpoint"):
     io.load_meta(str(tmp_path))
+
+
+def test_outputs_follow_umask(tmp_path):
+  old = os.umask(0o022)
+  try:
+    io.write_json(str(tmp_path / "m.json"), {})
+    with io.atomic_dir(str(tmp_path / "d")):
+      pass
+  finally:
+    os.umask(old)
+  assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o644
+  assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
