@@ -26,7 +26,15 @@ PARAMS_DIR = "params"
 
 
 def _umask() -> int:
-  mask = os.umask(0)
+  """The process umask, read without changing it where possible (os.umask is process-wide)."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except OSError:
+    pass
+  mask = os.umask(0o022)  # No /proc (macOS): set-and-restore.
   os.umask(mask)
   return mask
 
