@@ -85,6 +85,11 @@ def test_select_layers():
   names = ["input", "L0", "L1", "L2", "L3"]
   assert segment.select_layers(names, "all") == tuple(names)
   assert segment.select_layers(names, "every_other") == ("input", "L1", "L3")
+  # Keys as jit returns them (sorted as strings) are put back in synthesis order.
+  jitted = sorted(["input", "L0_36_1024", "L1_36_1024", "L2_52_1024", "L10_148_724", "L13_256_3"])
+  assert segment.synthesis_order(jitted) == ("input", "L0_36_1024", "L1_36_1024", "L2_52_1024",
+                                             "L10_148_724", "L13_256_3")
+  assert segment.select_layers(jitted, "every_other") == ("input", "L1_36_1024", "L10_148_724")
   assert segment.select_layers(names, "L1, L3") == ("L1", "L3")
   with pytest.raises(segment.SegmentationError, match="L9"):
     segment.select_layers(names, ["L9"])

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
@@ -82,17 +83,29 @@ class FewShotHead(nn.Module):
 # ----------------------------------------------------------------------------- features
 
 
+def synthesis_order(names: Sequence[str]) -> tuple[str, ...]:
+  """Layer names in synthesis order: 'input', then 'L<i>_...' by i, then the rest by name.
+
+  Feature dicts come back from jit with their keys sorted as strings ('L10' before 'L2',
+  'input' last); this restores the network's order, which 'every_other' counts in.
+  """
+  def key(name):
+    m = re.match(r"L(\d+)(?:_|$)", name)
+    return (0, 0, name) if name == "input" else (1, int(m.group(1)), name) if m else (2, 0, name)
+  return tuple(sorted(names, key=key))
+
+
 def select_layers(names: Sequence[str], spec: Any) -> tuple[str, ...]:
   """Which synthesis-feature layers to use.
 
   Args:
-    names: the layers `G.synthesis_features` returns, in its order.
-    spec: 'all'; 'every_other' (the reference's `[::2]` over all synthesis layers); or
-      a comma string / sequence of layer names.
+    names: the layers `G.synthesis_features` returns (any order; see synthesis_order).
+    spec: 'all'; 'every_other' (the reference's `[::2]` over all synthesis layers, in
+      synthesis order); or a comma string / sequence of layer names.
   Raises:
     SegmentationError: a named layer does not exist.
   """
-  names = tuple(names)
+  names = synthesis_order(names)
   if spec == "all":
     return names
   if spec == "every_other":
