@@ -164,15 +164,14 @@ def _reference_loop(models, r, origin, target, shift, max_steps, w_origin=0.6, w
   return shift, max_steps, False
 
 
-@pytest.mark.parametrize("compact_rows", [0, 4])
-def test_batched_search_equals_reference_loop(models, compact_rows):
+def test_batched_search_equals_reference_loop(models):
   G, clf, link, _ = models
   r, origin, target, shift0 = _searches(models)
   res = counterfactuals._search(G, clf, link, r, origin, target, shift0, np.ones(6, bool),
-                                max_steps=60, check_every=1, compact_rows=compact_rows, **SEARCH)
+                                max_steps=20, check_every=1, **SEARCH)
   assert 2 <= res["success"].sum() < 6, "the test needs both outcomes (and <= 4 left running)"
   for i in range(6):
-    s, steps, ok = _reference_loop(models, r[i], origin[i], target[i], shift0[i], 60)
+    s, steps, ok = _reference_loop(models, r[i], origin[i], target[i], shift0[i], 20)
     assert bool(res["success"][i]) == ok and int(res["steps"][i]) == steps
     np.testing.assert_allclose(res["shift"][i], s, **F32_TOL)
 
@@ -182,7 +181,7 @@ def test_compacted_search_equals_full(models, mode):
   G, clf, link, _ = models
   r, origin, target, shift0 = _searches(models)
   args = (G, clf, link, r, origin, target, shift0, np.ones(6, bool))
-  kw = dict(SEARCH, max_steps=40, check_every=2, mode=mode)
+  kw = dict(SEARCH, max_steps=12, check_every=2, mode=mode)
   full = counterfactuals._search(*args, compact_rows=0, **kw)
   comp = counterfactuals._search(*args, compact_rows=4, **kw)
   assert 0 < (~np.asarray(full["success"])).sum() <= 4, "the compacted branch must run"
