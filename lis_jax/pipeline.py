@@ -65,7 +65,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     PipelineError: an unknown stage name (checked before anything runs), or any
       user-fixable problem a stage reports.
   """
-  stages = list(config.stages)
+  stages = parse_stages(config.stages)
   unknown = [s for s in stages if s not in STAGES]
   if unknown:
     raise PipelineError(f"unknown stage(s) {unknown}; known: {', '.join(STAGES)}")
@@ -76,6 +76,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     print(f"[lis_jax] stage {name}: start", flush=True)
     resolve(STAGES[name])(config, workdir)
     print(f"[lis_jax] stage {name}: done in {time.time() - t0:.1f} s", flush=True)
+
+
+def parse_stages(stages: str | Sequence[str]) -> list[str]:
+  """`config.stages` as a list of names; each entry may itself be comma-separated.
+
+  A command-line override `--config.stages=sweep,report` arrives from ml_collections
+  as the one-element tuple ('sweep,report',).
+  """
+  if isinstance(stages, str):
+    stages = (stages,)
+  return [s.strip() for entry in stages for s in entry.split(",") if s.strip()]
 
 
 # ----------------------------------------------------------------------------- helpers for stages

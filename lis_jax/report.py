@@ -205,7 +205,7 @@ def _analyse_units(config, workdir) -> list[dict]:
     r_follow = ((blk["r_prime_unit"][:, :, -1] - blk["r_prime_unit"][:, :, 0]).mean(1)
                 / np.where(dv == 0, 1, dv)) if "r_prime_unit" in blk else np.full(u_n, np.nan)
     if truth:
-      deltas, names, class_tv = _factor_deltas(G, w)  # [U, F], F names, [U]
+      deltas, names, class_tv = factor_deltas(G, w)  # [U, F], F names, [U]
     for i, unit in enumerate(blk["units"]):
       row = {"unit": int(unit), "image_change": float(change[i]), "r_follow": float(r_follow[i])}
       if truth:
@@ -218,7 +218,7 @@ def _analyse_units(config, workdir) -> list[dict]:
   return rows
 
 
-def _factor_deltas(G, w: np.ndarray):
+def factor_deltas(G, w: np.ndarray):
   """Mean change of each true factor first -> last step, per unit, as a fraction of its range."""
   u_n, s_n, t_n, d = w.shape
   ends = jnp.asarray(w[:, :, [0, -1]].reshape(-1, d))

@@ -121,6 +121,9 @@ def test_incompatible_workdir_is_refused_and_untouched(tmp_path):
 @pytest.mark.parametrize("overrides,message", [
     (["--config=configs/linear.py"], "error: generator checkpoint not found: .*checkpoints/stylegan_xl_imagenet256; "
                                      "convert it first: python -m converters.stylegan_xl --pkl imagenet256.pkl --out "),
+    # A comma-separated override is split into stage names, checked before anything runs.
+    (["--config=configs/tiny.py", "--config.stages=paired_data,no_such_stage"],
+     r"error: unknown stage\(s\) \['no_such_stage'\]"),
 ])
 def test_main_bad_input_one_line_exit_1(tmp_path, overrides, message):
   cmd = [sys.executable, "-m", "lis_jax.main", f"--workdir={tmp_path}", *overrides]

@@ -239,7 +239,7 @@ def _quantify_block(config, c, G, seg, blk, key) -> dict:
     out[f"null.{k}"] = v[n_ends:].reshape(u_n, s_n, c.null_draws, *v.shape[1:])
   if hasattr(G, "decode_factors"):
     from lis_jax import report
-    delta, names, _ = report._factor_deltas(G, w)  # [U, F] mean change / factor range
+    delta, names, _ = report.factor_deltas(G, w)  # [U, F] mean change / factor range
     out["truth_delta"] = delta
     out["truth_factors"] = np.asarray(names)
   return out
