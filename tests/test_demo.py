@@ -36,6 +36,11 @@ def reduced_config():
   config.counterfactual.check_every = 10
   config.report.n_top = 2
   config.report.n_bottom = 1
+  config.quantify.epochs = 5  # the segmenter's quality is tested in test_quantify_segment.py
+  config.quantify.n_labelled = 4
+  config.quantify.n_heldout = 8
+  config.quantify.samples_per_unit = 2
+  config.quantify.cards = 2
   return config
 
 
