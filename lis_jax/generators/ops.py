@@ -173,13 +173,13 @@ def _upfirdn_2d_full(x: Array, f: np.ndarray, up: int, down: int,
                      padding: tuple[int, int, int, int]) -> Array:
   """Non-separable filter [Kh, Kw] (correlation taps) via one depthwise convolution.
 
-  Upsampling uses input dilation (XLA skips the inserted zeros), downsampling uses window
-  strides; negative padding is applied as a crop first.
+  Upsampling uses input dilation (the inserted zeros are implicit), downsampling uses
+  window strides; negative padding (a crop of the upsampled grid) is lax padding too.
+  Only radially symmetric filters take this path (StyleGAN3-R configs); it is slower
+  on CPUs than the separable path.
   """
   px0, px1, py0, py1 = padding
   C = x.shape[-1]
-  # Crop for negative padding (relative to the upsampled grid: a crop of c samples there
-  # is the same as starting the dilated input c samples later, handled by lax padding).
   kern = jnp.asarray(f, x.dtype)[:, :, None, None] * jnp.ones((1, 1, 1, C), x.dtype)
   return lax.conv_general_dilated(
       x, kern, window_strides=(down, down),
