@@ -23,7 +23,6 @@ import os
 import sys
 from typing import Any
 
-import jax
 import numpy as np
 
 from converters import sgxl_pickle
@@ -77,7 +76,7 @@ class _Table:
   """Collects (target path -> array) and remembers which sources were consumed."""
 
   def __init__(self, root: Node):
-    self.sources = {k: v for k, v in root.state_dict().items()}
+    self.sources = root.state_dict()
     self.consumed: set[str] = set()
     self.variables: dict = {}
 
