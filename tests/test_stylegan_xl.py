@@ -216,3 +216,22 @@ def test_cli_refuses_os_system_and_runs_nothing(tmp_path, capsys):
   assert rc == 1 and "forbidden global" in err and "system" in err
   assert not marker.exists()
   assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("edit,message", [
+    ("extra", r"1 source arrays have no target: synthesis\.L0_36_48\.up_filter4 \(12,\)"),
+    ("missing", r"missing array synthesis\.L2_36_48\.bias"),
+    ("shape", r"shape: +params/synthesis/L1_36_48/weight got \(3, 3, 48, 47\)"),
+])
+def test_name_table_reports_unmatched_arrays(fixtures_dir, edit, message):
+  from converters import sgxl_pickle
+  G = sgxl_pickle.load_snapshot(str(fixtures_dir / "sgxl_stem16.pkl"))["G_ema"]
+  S = G["synthesis"]
+  if edit == "extra":
+    S["L0_36_48"].buffers["up_filter4"] = np.zeros(12, np.float32)
+  elif edit == "missing":
+    del S["L2_36_48"].params["bias"]
+  else:
+    S["L1_36_48"].params["weight"] = S["L1_36_48"].params["weight"][:47]
+  with pytest.raises(convert_sgxl.ConversionError, match=message):
+    convert_sgxl.convert_generator(G)
