@@ -524,7 +524,11 @@ class Generator(flax.struct.PyTreeNode):
                       compute_dtype=self.compute_dtype)
 
   def synthesis_features(self, ws) -> dict:
-    """ws -> {'input': [N, h, w, C], '<layer name>': [N, h, w, C], ...} float32."""
+    """ws -> {'input': [N, h, w, C], '<layer name>': [N, h, w, C], ...} float32.
+
+    The dict's key order is not the execution order (jit returns dicts key-sorted);
+    that is `('input',) + G.layer_names`.
+    """
     return synthesize(self._vars("synthesis"), ws, spec=self.spec.synthesis,
                       compute_dtype=self.compute_dtype, features=True)[1]
 
