@@ -28,6 +28,19 @@ Safety model (two independent layers):
      module path, so the generator can be read without those packages. Instances of
      unknown dict / list subclasses (dnnlib.EasyDict) read back as plain dicts / lists.
 
+Opt-in inert calls (never the default): a real released snapshot (imagenet256.pkl) also
+holds the discriminator `D`, whose pickle may call harmless callables outside the
+allow-list (`functools.partial`, a timm class with a custom __reduce__), so the whole file
+would be refused although only `G_ema` is needed. `load_snapshot(path, inert_calls=(...))`
+(CLI: `--inert-calls module.name[,...]`) names such globals exactly (fully qualified, no
+wildcards; names under `DENIED_PREFIXES` such as builtins.*, os.*, subprocess.* are refused
+even when listed). The pre-scan then accepts calls of exactly those names, and the
+unpickler replaces each call with an `InertCall(name, args, state, ...)` record:
+the callable is never imported or run, and globals the call merely receives as arguments
+(e.g. the `os.system` inside a `partial(os.system, ...)`) stay names, never imported.
+An `InertCall` anywhere in the network a converter consumes makes it fail
+(`find_inert_calls`), so a placeholder can never end up inside a generator.
+
 Allowed callables (exactly what FIXTURES.md lists, checked with pickletools on both
 fixture pickles; numpy under both its 1.x and 2.x module names):
   torch._utils._rebuild_tensor_v2, torch._utils._rebuild_parameter,
@@ -38,6 +51,7 @@ fixture pickles; numpy under both its 1.x and 2.x module names):
 
 Usage:
   snap = load_snapshot('imagenet256.pkl')   # {'G': Node, 'D': Node, 'G_ema': Node, ...}
+  snap = load_snapshot('imagenet256.pkl', inert_calls=('functools.partial',))  # if D needs it
   G = snap['G_ema']
   G.class_name                              # 'SuperresGenerator'
   G['mapping']['embed'].params['weight']    # np.ndarray float32 [1000, 320]
@@ -46,7 +60,8 @@ Usage:
   G.state_dict()                            # {'mapping.embed.weight': ..., ...}
 
 Every failure is a `SnapshotError` (a ValueError) with a one-line message: missing
-file, truncated or corrupt pickle, not a StyleGAN-XL snapshot, forbidden global.
+file, truncated or corrupt pickle, not a StyleGAN-XL snapshot, forbidden global, bad or
+denied `inert_calls` name.
 """
 from __future__ import annotations
 
@@ -56,6 +71,7 @@ import io
 import os
 import pickle
 import pickletools
+import re
 import warnings
 from typing import Any, Iterator
 
@@ -75,6 +91,11 @@ _TORCH_INTERNAL_ATTRS = frozenset({
     "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
     "_compiled_call_impl",
 })
+
+
+# Node.attrs key under which records of opted-in calls found in a module's parameter,
+# buffer or child slot are kept: {'_modules.<name>' | '_parameters.<name>' | ...: InertCall}.
+INERT_ATTR = "__inert_calls__"
 
 
 class SnapshotError(ValueError):
@@ -168,11 +189,68 @@ class _PersistentRecord:
     self.meta = meta
 
 
+def _forbidden_call(name: str) -> SnapshotError:
+  """The error for a call of a global that is neither allowed nor opted in as inert."""
+  message = f"forbidden global {name} (the pickle tries to call it)"
+  if _inert_name_problem(name) is None:
+    message += (f"; if it is only inside D and you trust the rest, rerun with --inert-calls "
+                f"{name} (it will be recorded, never run)")
+  return SnapshotError(message)
+
+
 class _PlaceholderMeta(type):
   """Metaclass of inert placeholders: calling the class (REDUCE) is refused."""
 
   def __call__(cls, *args, **kwargs):
-    raise SnapshotError(f"forbidden global {cls._global_name} (the pickle tries to call it)")
+    raise _forbidden_call(cls._global_name)
+
+
+@dataclasses.dataclass(eq=False)
+class InertCall:
+  """A call the pickle makes of an opted-in global (`inert_calls`), recorded, never run.
+
+  Attributes:
+    name: the called global, fully qualified ('functools.partial').
+    args: the positional arguments, converted like attribute values (objects as Nodes,
+      InertCalls, globals referenced by name as their 'module.name' string).
+    state: what a following BUILD would have handed to the result (None if none).
+    items: items SETITEM(S) added to the result, in order.
+    elements: elements APPEND(S) / ADDITEMS added to the result, in order.
+  """
+  name: str
+  args: tuple = ()
+  state: Any = None
+  items: dict = dataclasses.field(default_factory=dict)
+  elements: list = dataclasses.field(default_factory=list)
+
+  def __repr__(self) -> str:
+    return f"InertCall({self.name}, {len(self.args)} args)"
+
+  # The unpickler treats the record like the object the call would have returned.
+  def __setstate__(self, state):
+    self.state = state
+
+  def __setitem__(self, key, value):
+    self.items[key] = value
+
+  def append(self, value):
+    self.elements.append(value)
+
+  def extend(self, values):
+    self.elements.extend(values)
+
+  def add(self, value):
+    self.elements.append(value)
+
+  def __reduce__(self):
+    raise TypeError("inert call records are not picklable")
+
+
+class _InertMeta(_PlaceholderMeta):
+  """Metaclass of opted-in globals: calling one records an InertCall instead."""
+
+  def __call__(cls, *args):  # REDUCE / INST / OBJ pass positional arguments only
+    return InertCall(cls._global_name, args)
 
 
 class _Placeholder(metaclass=_PlaceholderMeta):
@@ -212,9 +290,9 @@ class _Placeholder(metaclass=_PlaceholderMeta):
     raise TypeError("placeholders are not picklable")
 
 
-def _placeholder(module: str, name: str) -> type:
-  return _PlaceholderMeta(name, (_Placeholder,), {"_global_name": f"{module}.{name}",
-                                                   "_module": module})
+def _placeholder(module: str, name: str, inert: bool = False) -> type:
+  meta = _InertMeta if inert else _PlaceholderMeta
+  return meta(name, (_Placeholder,), {"_global_name": f"{module}.{name}", "_module": module})
 
 
 # ----------------------------------------------------------------------------- allowed callables
@@ -364,6 +442,77 @@ def _name(module: str, name: str) -> str:
   return f"{module}.{name}"
 
 
+# ----------------------------------------------------------------------------- inert-call opt-in
+
+# Names that can never be opted in as inert calls, even though an inert call runs nothing:
+# a snapshot has no business calling them, so a pickle that does is refused outright. A
+# prefix denies the module itself and everything below it ('os' denies 'os.path.join').
+DENIED_PREFIXES = (
+    "builtins", "__builtin__", "os", "posix", "nt", "posixpath", "ntpath", "subprocess",
+    "sys", "importlib", "runpy", "pickle", "_pickle", "pickletools", "copyreg", "copy_reg",
+    "shelve", "dill", "cloudpickle", "joblib", "shutil", "tempfile", "pathlib", "glob",
+    "socket", "ssl", "http", "urllib", "ftplib", "smtplib", "telnetlib", "webbrowser",
+    "ctypes", "cffi", "io", "_io", "codecs", "_codecs", "marshal", "types", "code", "codeop",
+    "pty", "pdb", "inspect", "gc", "signal", "threading", "_thread", "multiprocessing",
+    "concurrent", "asyncio", "platform", "zipimport", "pkgutil", "site", "ast",
+    "numpy.ctypeslib", "numpy.f2py", "numpy.distutils", "numpy.testing", "numpy.lib.format",
+    "numpy.load", "numpy.save", "numpy.fromfile", "numpy.loadtxt", "numpy.genfromtxt",
+    "torch.load", "torch.save", "torch.hub", "torch.jit", "torch.ops", "torch.classes",
+    "torch.package", "torch.utils.cpp_extension", "torch.serialization",
+    "torch_utils.persistence", "operator.attrgetter", "operator.methodcaller",
+    "functools.reduce",
+)
+# A fully qualified dotted Python name (no wildcards, spaces or empty parts).
+_QUALNAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
+
+
+def _denied(name: str) -> str | None:
+  """The DENIED_PREFIXES entry that covers `name`, or None."""
+  for prefix in DENIED_PREFIXES:
+    if name == prefix or name.startswith(prefix + "."):
+      return prefix
+  return None
+
+
+def check_inert_calls(names) -> frozenset[str]:
+  """Validates an `inert_calls` opt-in list.
+
+  Args:
+    names: iterable of fully qualified global names ('functools.partial'); empty means
+      no opt-in (the default: every call outside ALLOWED_CALLABLES is refused).
+  Returns:
+    the names as a frozenset.
+  Raises:
+    SnapshotError: a string instead of a list, a wildcard or malformed name, a name on
+      the deny-list (DENIED_PREFIXES), or an already allowed callable.
+  """
+  if isinstance(names, (str, bytes)):
+    raise SnapshotError(f"inert_calls must be a list of names, not the string {names!r}")
+  out = set()
+  for name in names:
+    problem = _inert_name_problem(name)
+    if problem is not None:
+      raise SnapshotError(problem)
+    out.add(name)
+  return frozenset(out)
+
+
+def _inert_name_problem(name) -> str | None:
+  """Why `name` cannot be opted in as an inert call, or None if it can."""
+  if not isinstance(name, str) or not _QUALNAME.fullmatch(name):
+    return (f"bad --inert-calls name {name!r}: give exact fully qualified names such as "
+            f"functools.partial (no wildcards)")
+  if any(part.startswith("__") for part in name.split(".")):
+    return f"bad --inert-calls name {name!r}: dunder names (__x__) cannot be opted in"
+  prefix = _denied(name)
+  if prefix is not None:
+    return (f"--inert-calls {name} refused: {prefix}{'' if prefix == name else '.*'} is on "
+            f"the deny-list (a snapshot never needs to call it)")
+  if any(_name(*key) == name for key in list(ALLOWED_CALLABLES) + list(_ALLOWED_VALUES)):
+    return f"--inert-calls {name} refused: it is already an allowed callable"
+  return None
+
+
 # ----------------------------------------------------------------------------- static pre-scan
 
 _STR_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE",
@@ -388,7 +537,7 @@ class _Global:
   name: str
 
 
-def scan_globals(f) -> collections.Counter:
+def scan_globals(f, inert_calls=()) -> collections.Counter:
   """Checks a pickle stream's opcodes without unpickling anything.
 
   Simulates the unpickler's stack symbolically to learn which global every call
@@ -399,9 +548,12 @@ def scan_globals(f) -> collections.Counter:
 
   Args:
     f: binary file object positioned at the start of the pickle.
+    inert_calls: fully qualified names whose calls are accepted because the unpickler
+      will record them as InertCall (see `check_inert_calls`); () accepts none.
   Returns:
     Counter of (module, name) -> number of GLOBAL / STACK_GLOBAL uses.
   """
+  inert = check_inert_calls(inert_calls)
   # Like the C unpickler: objects on one stack, MARKs as a separate list of heights.
   stack: list[Any] = []
   marks: list[int] = []
@@ -431,9 +583,9 @@ def scan_globals(f) -> collections.Counter:
 
   def check_call(target, op):
     if isinstance(target, _Global):
-      if (target.module, target.name) not in ALLOWED_CALLABLES:
-        raise SnapshotError(f"forbidden global {_name(target.module, target.name)} "
-                            f"(the pickle tries to call it)")
+      if (target.module, target.name) not in ALLOWED_CALLABLES \
+          and _name(target.module, target.name) not in inert:
+        raise _forbidden_call(_name(target.module, target.name))
     else:
       raise SnapshotError(f"forbidden {op}: the pickle calls a computed object")
 
@@ -518,11 +670,15 @@ def scan_globals(f) -> collections.Counter:
 
 
 class _SafeUnpickler(pickle.Unpickler):
-  """Unpickler whose globals are the allowed callables here or inert placeholders."""
+  """Unpickler whose globals are the allowed callables here or inert placeholders.
 
-  def __init__(self, f):
+  Globals named in `inert_calls` become placeholders whose call returns an InertCall.
+  """
+
+  def __init__(self, f, inert_calls=()):
     super().__init__(f)
     self._placeholders: dict[tuple[str, str], type] = {}
+    self._inert = check_inert_calls(inert_calls)
 
   def find_class(self, module, name):
     key = (module, name)
@@ -531,7 +687,7 @@ class _SafeUnpickler(pickle.Unpickler):
     if key in _ALLOWED_VALUES:
       return _ALLOWED_VALUES[key]
     if key not in self._placeholders:
-      self._placeholders[key] = _placeholder(module, name)
+      self._placeholders[key] = _placeholder(module, name, _name(module, name) in self._inert)
     return self._placeholders[key]
 
   def persistent_load(self, pid):
@@ -559,14 +715,19 @@ class _Converter:
     if not isinstance(state, dict):
       node.attrs["__state__"] = self.value(state)  # not a module: keep what it pickled
       return node
+    for slot in ("_parameters", "_buffers", "_modules"):
+      for key, value in list((state.get(slot) or {}).items()):
+        if isinstance(value, InertCall):  # an opted-in call made this: keep the record only
+          node.attrs.setdefault(INERT_ATTR, {})[f"{slot}.{key}"] = self.value(value)
     for pname, value in (state.get("_parameters") or {}).items():
-      if value is not None:
+      if value is not None and not isinstance(value, InertCall):
         node.params[pname] = self._array(value, f"{node.class_name} parameter {pname}")
     for bname, value in (state.get("_buffers") or {}).items():
-      node.buffers[bname] = None if value is None else \
-          self._array(value, f"{node.class_name} buffer {bname}")
+      if not isinstance(value, InertCall):
+        node.buffers[bname] = None if value is None else \
+            self._array(value, f"{node.class_name} buffer {bname}")
     for cname, value in (state.get("_modules") or {}).items():
-      if value is not None:
+      if value is not None and not isinstance(value, InertCall):
         if not self._is_object(value):
           raise SnapshotError(f"corrupt child {cname} of {node.class_name}: "
                               f"{type(value).__name__}")
@@ -592,6 +753,13 @@ class _Converter:
     Instances of unknown dict / list / set subclasses that carry only items (such as
     dnnlib.EasyDict) become a plain dict / list.
     """
+    if isinstance(v, InertCall):
+      if id(v) not in self._done:
+        record = self._done[id(v)] = InertCall(v.name)  # registered first: cycles end here
+        record.args, record.state = self.value(v.args), self.value(v.state)
+        record.items = {k: self.value(x) for k, x in v.items.items()}
+        record.elements = [self.value(x) for x in v.elements]
+      return self._done[id(v)]
     if isinstance(v, _Placeholder) and not v._state and (v._items or v._elements):
       if v._items and v._elements:
         raise SnapshotError(f"corrupt {v._global_name}: both dict items and list elements")
@@ -611,21 +779,68 @@ class _Converter:
     return v
 
 
-def load_pickle(path: str) -> Any:
+def find_inert_calls(value, path: str = "") -> list[tuple[str, InertCall]]:
+  """Every InertCall reachable from `value` (a Node or attribute value), with its path.
+
+  Searches params, buffers, children, attrs (including records of opted-in calls that
+  stood in a module's parameter, buffer or child slot, kept in attrs[INERT_ATTR]) and
+  nested containers; each object is visited once.
+
+  Args:
+    value: a Node (e.g. snapshot['G_ema']) or any value load_pickle returns.
+    path: the dotted path reported for `value` itself ('' for the root).
+  Returns:
+    [(dotted path, InertCall)] in visiting order; empty if there is none.
+  """
+  found, seen = [], set()
+
+  def visit(v, where):
+    if isinstance(v, (Node, InertCall, dict, list, tuple, set, frozenset)):
+      if id(v) in seen:
+        return
+      seen.add(id(v))
+    def join(k):
+      return f"{where}.{k}" if where else str(k)
+
+    if isinstance(v, InertCall):
+      found.append((where, v))
+    elif isinstance(v, Node):
+      for group in (v.params, v.buffers, v.children, v.attrs):
+        for k, x in group.items():
+          visit(x, join(k))
+    elif isinstance(v, dict):
+      for k, x in v.items():
+        visit(x, join(k))
+    elif isinstance(v, (list, tuple, set, frozenset)):
+      for i, x in enumerate(v):
+        visit(x, join(i))
+
+  visit(value, path)
+  return found
+
+
+def load_pickle(path: str, inert_calls=()) -> Any:
   """Safely unpickles `path`: returns its top-level value with objects as Nodes.
 
+  Args:
+    path: the pickle file.
+    inert_calls: fully qualified names of globals whose calls are recorded as
+      `InertCall` instead of refused (never imported or run); () (the default) refuses
+      every call outside ALLOWED_CALLABLES. Names on the deny-list are refused.
   Raises:
-    SnapshotError: missing file, truncated or corrupt pickle, forbidden global.
+    SnapshotError: missing file, truncated or corrupt pickle, forbidden global, bad or
+      denied `inert_calls` name.
   """
+  inert_calls = check_inert_calls(inert_calls)
   if not os.path.exists(path):
     raise SnapshotError(f"snapshot not found: {path}")
   if not os.path.isfile(path):
     raise SnapshotError(f"snapshot is not a file: {path}")
   with open(path, "rb") as f:
     try:
-      scan_globals(f)
+      scan_globals(f, inert_calls)
       f.seek(0)
-      raw = _SafeUnpickler(f).load()
+      raw = _SafeUnpickler(f, inert_calls).load()
       return _Converter().value(raw)
     except SnapshotError as e:
       raise SnapshotError(f"{path}: {e}") from None
@@ -634,21 +849,24 @@ def load_pickle(path: str) -> Any:
       raise SnapshotError(f"{path}: truncated or corrupt pickle ({type(e).__name__}: {e})") from None
 
 
-def load_snapshot(path: str) -> dict[str, Any]:
+def load_snapshot(path: str, inert_calls=()) -> dict[str, Any]:
   """Safely loads a StyleGAN-XL training snapshot.
 
   Args:
     path: a snapshot pickle (`network-snapshot-*.pkl`, `imagenet256.pkl`, ...).
+    inert_calls: explicit opt-in, see `load_pickle`: calls of exactly these globals are
+      recorded as `InertCall` (never run); meant for parts the conversion does not use
+      (D). () (the default) refuses them.
   Returns:
     The snapshot dict: 'G', 'D', 'G_ema' (and 'augment_pipe' if a module) as `Node`
     trees, 'training_set_kwargs' and 'progress' as plain values; keys that the file
     lacks are absent. At least one of 'G_ema' / 'G' is present and has children
     'mapping' and 'synthesis'.
   Raises:
-    SnapshotError: missing file, truncated or corrupt pickle, forbidden global, or a
-      pickle that is not a StyleGAN-XL snapshot.
+    SnapshotError: missing file, truncated or corrupt pickle, forbidden global, bad or
+      denied `inert_calls` name, or a pickle that is not a StyleGAN-XL snapshot.
   """
-  snap = load_pickle(path)
+  snap = load_pickle(path, inert_calls)
   if not isinstance(snap, dict):
     raise SnapshotError(f"{path}: not a StyleGAN-XL snapshot (holds a "
                         f"{type(snap).__name__}, not a snapshot dict)")

@@ -1,9 +1,12 @@
 """Convert a StyleGAN-XL snapshot pickle to a lis_jax checkpoint, safely.
 
   python -m converters.stylegan_xl --pkl imagenet256.pkl --out DIR [--which G_ema|G]
+      [--inert-calls module.name[,module.name...]]
 
 The pickle is read by `converters.sgxl_pickle.load_snapshot` (nothing in it is imported
-or executed). The generator's node tree is then mapped onto the Flax variables of
+or executed). `--inert-calls` (explicit opt-in, never the default) lets calls of exactly
+those globals through as inert records, for a discriminator `D` that needs them; any such
+record inside the converted generator makes the conversion fail. The generator's node tree is then mapped onto the Flax variables of
 `lis_jax.generators.stylegan_xl` by an explicit name table: every target must be filled
 and every source array consumed (or ignored with a stated reason), otherwise the
 conversion fails with a readable list of the differences. Layouts are converted:
@@ -185,6 +188,13 @@ def convert_generator(G: Node) -> tuple[dict, sx.GeneratorSpec]:
   Raises:
     ConversionError: unsupported architecture, or sources and targets that do not match.
   """
+  inert = sgxl_pickle.find_inert_calls(G)
+  if inert:
+    where, call = inert[0]
+    raise ConversionError(f"the generator contains {len(inert)} call(s) recorded by "
+                          f"--inert-calls instead of run (first: {call.name} at "
+                          f"{where or 'the root'}); it cannot be converted from placeholders "
+                          f"-- use --inert-calls only for globals outside the generator")
   if G.class_name not in GENERATOR_CLASSES:
     raise _unsupported(f"generator class {G.class_name!r} (supported: {', '.join(GENERATOR_CLASSES)})")
   M, S = _child(G, "mapping", "G"), _child(G, "synthesis", "G")
@@ -237,8 +247,12 @@ def convert_generator(G: Node) -> tuple[dict, sx.GeneratorSpec]:
   return t.variables, spec
 
 
-def convert(pkl: str, out: str, which: str = "G_ema") -> dict:
+def convert(pkl: str, out: str, which: str = "G_ema", inert_calls=()) -> dict:
   """Reads snapshot `pkl` and writes the checkpoint directory `out` (atomically).
+
+  Args:
+    inert_calls: globals whose calls are recorded, never run (see
+      `sgxl_pickle.load_snapshot`); () refuses them. Such a record inside `which` fails.
 
   Returns:
     the metadata written to meta.json.
@@ -246,7 +260,7 @@ def convert(pkl: str, out: str, which: str = "G_ema") -> dict:
     SnapshotError: missing / truncated / unsafe / non-snapshot pickle.
     ConversionError: unsupported architecture.
   """
-  snap = sgxl_pickle.load_snapshot(pkl)
+  snap = sgxl_pickle.load_snapshot(pkl, inert_calls)
   if not isinstance(snap.get(which), Node):
     raise ConversionError(f"{pkl}: snapshot has no network {which!r} "
                           f"(has: {', '.join(k for k, v in snap.items() if isinstance(v, Node))})")
@@ -270,9 +284,14 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--out", required=True, help="output checkpoint directory")
   parser.add_argument("--which", default="G_ema", choices=["G_ema", "G"],
                       help="which generator of the snapshot (default: G_ema)")
+  parser.add_argument("--inert-calls", default="", metavar="module.name[,...]",
+                      help="opt-in: exact globals (e.g. functools.partial) whose calls in "
+                           "the pickle are recorded, never run; only for parts the "
+                           "conversion does not use (D). Default: none")
   args = parser.parse_args(argv)
   try:
-    meta = convert(args.pkl, args.out, args.which)
+    inert_calls = [n.strip() for n in args.inert_calls.split(",")] if args.inert_calls else []
+    meta = convert(args.pkl, args.out, args.which, inert_calls)
   except (SnapshotError, ConversionError, io.CheckpointError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

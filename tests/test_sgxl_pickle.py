@@ -4,6 +4,7 @@ Outside truths: the reference fixtures (FIXTURES.md and the npz outputs of the s
 networks), and torch itself (a module pickled by torch reads back as its state_dict).
 """
 import collections
+import functools
 import io
 import os
 import pickle
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 from converters import sgxl_pickle
-from converters.sgxl_pickle import Node, SnapshotError, load_pickle, load_snapshot
+from converters.sgxl_pickle import InertCall, Node, SnapshotError, load_pickle, load_snapshot
 
 FIXTURE_NAMES = ("sgxl_stem16", "sgxl_sr64")
 GENERATOR_CLASS = {"sgxl_stem16": "Generator", "sgxl_sr64": "SuperresGenerator"}
@@ -395,6 +396,155 @@ def test_crafted_opcodes_refused(tmp_path, case):
   path.write_bytes(b"\x80\x04" + body)
   with pytest.raises(SnapshotError, match=message):
     load_pickle(str(path))
+
+
+# ----------------------------------------------------------------------------- inert-call opt-in
+
+# How pickle names os.system: the function lives in posix (nt on Windows).
+SYSTEM_GLOBAL = f"{os.system.__module__}.system"
+
+
+def _snapshot_with_partial_in_d(module, marker):
+  """A snapshot-shaped payload whose D holds partial(os.system, 'touch marker'), both as
+  an attribute and as a child module slot. Unpickling it for real calls
+  functools.partial, which only *references* os.system (a GLOBAL, not a call)."""
+  partial = functools.partial(os.system, _marker_command(marker))
+  D = _persistent(module, "Discriminator", {"_modules": {"feature_network": partial},
+                                            "hook": partial, "_parameters": {}})
+  return {"G": _generator(module), "G_ema": _generator(module), "D": D,
+          "training_set_kwargs": {"resolution": 16}}
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_partial_in_d_refused_by_default_with_hint(tmp_path, fake_persistence, protocol):
+  marker = tmp_path / "pwned"
+  path = tmp_path / "snap.pkl"
+  path.write_bytes(pickle.dumps(_snapshot_with_partial_in_d(fake_persistence, marker), protocol))
+  with pytest.raises(SnapshotError, match=r"forbidden global functools\.partial \(the pickle "
+                     r"tries to call it\); if it is only inside D and you trust the rest, "
+                     r"rerun with --inert-calls functools\.partial \(it will be recorded, "
+                     r"never run\)"):
+    load_snapshot(str(path))
+  assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_partial_in_d_recorded_inert_when_opted_in(tmp_path, fake_persistence, protocol):
+  marker = tmp_path / "pwned"
+  path = tmp_path / "snap.pkl"
+  path.write_bytes(pickle.dumps(_snapshot_with_partial_in_d(fake_persistence, marker), protocol))
+  snap = load_snapshot(str(path), inert_calls=("functools.partial",))
+  D = snap["D"]
+  hook = D.attrs["hook"]
+  assert isinstance(hook, InertCall) and hook.name == "functools.partial"
+  # The partial's target is a global it receives, kept as its name; nothing imported.
+  assert hook.args == (SYSTEM_GLOBAL,)
+  # partial's own BUILD state: (func, args, keywords, __dict__), stored, not applied.
+  assert hook.state[:2] == (SYSTEM_GLOBAL, (_marker_command(marker),)) and len(hook.state) == 4
+  # A call in a child-module slot is kept as a record, not as a child Node.
+  assert D.attrs[sgxl_pickle.INERT_ATTR]["_modules.feature_network"] is hook
+  assert "feature_network" not in D.children
+  assert [p for p, _ in sgxl_pickle.find_inert_calls(D, "D")] == [
+      "D.__inert_calls__._modules.feature_network"]
+  assert sgxl_pickle.find_inert_calls(snap["G_ema"]) == []
+  assert not marker.exists()
+
+
+def test_opted_in_callable_is_never_imported_or_run(tmp_path, monkeypatch):
+  # A module whose import and whose function each create a marker file.
+  imported, called = tmp_path / "imported", tmp_path / "called"
+  (tmp_path / "inert_probe_mod.py").write_text(
+      f"import pathlib\npathlib.Path({str(imported)!r}).touch()\n"
+      f"def make(*args):\n  pathlib.Path({str(called)!r}).touch()\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  import inert_probe_mod  # only to write the pickle
+  blob = pickle.dumps({"D": _Call(inert_probe_mod.make, 1, "two")}, protocol=4)
+  monkeypatch.delitem(sys.modules, "inert_probe_mod")
+  imported.unlink()
+  path = tmp_path / "probe.pkl"
+  path.write_bytes(blob)
+  got = load_pickle(str(path), inert_calls=("inert_probe_mod.make",))
+  assert isinstance(got["D"], InertCall)
+  assert (got["D"].name, got["D"].args) == ("inert_probe_mod.make", (1, "two"))
+  assert "inert_probe_mod" not in sys.modules
+  assert not imported.exists() and not called.exists()
+
+
+def test_inert_call_opt_in_covers_only_the_named_global(tmp_path, fake_persistence):
+  marker = tmp_path / "pwned"
+  payload = _snapshot_with_partial_in_d(fake_persistence, marker)
+  payload["x"] = _Call(os.system, _marker_command(marker))
+  path = tmp_path / "snap.pkl"
+  path.write_bytes(pickle.dumps(payload, protocol=4))
+  with pytest.raises(SnapshotError, match=f"forbidden global {SYSTEM_GLOBAL} "):
+    load_snapshot(str(path), inert_calls=("functools.partial",))
+  assert not marker.exists()
+
+
+def test_unpickler_alone_records_opted_in_calls(tmp_path):
+  # Second layer without the scan: the opted-in global is a recorder, others still raise.
+  marker = tmp_path / "pwned"
+  blob = pickle.dumps([functools.partial(os.system, _marker_command(marker))], protocol=4)
+  got = sgxl_pickle._SafeUnpickler(io.BytesIO(blob), ("functools.partial",)).load()
+  assert isinstance(got[0], InertCall) and got[0].name == "functools.partial"
+  blob = pickle.dumps([_Call(os.system, _marker_command(marker))], protocol=4)
+  with pytest.raises(SnapshotError, match="forbidden global .*system"):
+    sgxl_pickle._SafeUnpickler(io.BytesIO(blob), ("functools.partial",)).load()
+  assert not marker.exists()
+
+
+@pytest.mark.parametrize("name, message", [
+    ("builtins.eval", r"builtins\.\* is on the deny-list"),
+    ("os.system", r"os\.\* is on the deny-list"),
+    (SYSTEM_GLOBAL, r"is on the deny-list"),
+    ("subprocess.Popen", r"subprocess\.\* is on the deny-list"),
+    ("operator.attrgetter", r"operator\.attrgetter is on the deny-list"),
+    ("torch_utils.persistence._src_to_module", r"torch_utils\.persistence\.\* is on the deny-list"),
+    ("torch._utils._rebuild_tensor_v2", r"already an allowed callable"),
+    ("functools.*", r"bad --inert-calls name 'functools\.\*'.*no wildcards"),
+    ("partial", r"bad --inert-calls name 'partial'"),
+    ("torch._utils._rebuild_tensor_v2.__globals__", r"dunder names"),
+    ("", r"bad --inert-calls name ''"),
+])
+def test_denied_or_malformed_inert_names_refused(tmp_path, fake_persistence, name, message):
+  marker = tmp_path / "pwned"
+  payload = {"G_ema": _generator(fake_persistence),
+             "x": _attacks(fake_persistence, marker)["builtins.eval"]}
+  path = tmp_path / "evil.pkl"
+  path.write_bytes(pickle.dumps(payload, protocol=4))
+  with pytest.raises(SnapshotError, match=message):
+    load_snapshot(str(path), inert_calls=("functools.partial", name))
+  assert not marker.exists()
+
+
+def test_inert_calls_must_be_a_list_not_a_string(tmp_path):
+  path = tmp_path / "x.pkl"
+  path.write_bytes(pickle.dumps([1], protocol=4))
+  with pytest.raises(SnapshotError, match="list of names, not the string"):
+    load_pickle(str(path), inert_calls="functools.partial")
+
+
+@pytest.mark.parametrize("attack", ["os.system", "builtins.eval"])
+def test_denied_global_refusal_does_not_suggest_opt_in(tmp_path, fake_persistence, attack):
+  payload = {"G_ema": _generator(fake_persistence),
+             "x": _attacks(fake_persistence, tmp_path / "pwned")[attack]}
+  path = tmp_path / "evil.pkl"
+  path.write_bytes(pickle.dumps(payload, protocol=4))
+  with pytest.raises(SnapshotError, match="forbidden global") as info:
+    load_snapshot(str(path))
+  assert "--inert-calls" not in str(info.value)
+
+
+def test_fixtures_load_identically_with_an_opt_in(fixture, fixtures_dir):
+  # The opt-in changes nothing for a pickle that never calls the named global.
+  name, snap, _ = fixture
+  again = load_snapshot(str(fixtures_dir / f"{name}.pkl"), inert_calls=("functools.partial",))
+  for key in ("G_ema", "D"):
+    want, got = snap[key].state_dict(), again[key].state_dict()
+    assert list(got) == list(want)
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    assert sgxl_pickle.find_inert_calls(again[key]) == []
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -4,8 +4,11 @@ Each fixture snapshot is converted through the command-line entry point into a t
 dir, loaded with `generators.load`, and compared with the reference's mapping, image,
 every layer's feature map and the gradient of sum(image * grad_R) w.r.t. ws.
 """
+import functools
 import os
 import pickle
+import pickletools
+import re
 
 import chex
 import jax
@@ -216,6 +219,76 @@ def test_cli_refuses_os_system_and_runs_nothing(tmp_path, capsys):
   assert rc == 1 and "forbidden global" in err and "system" in err
   assert not marker.exists()
   assert not (tmp_path / "out").exists()
+
+
+def _fixture_with_d(fixtures_dir, tmp_path, D):
+  """The stem fixture with its 'D' replaced by `D` (appended as a protocol-3 SETITEM)."""
+  data = (fixtures_dir / "sgxl_stem16.pkl").read_bytes()
+  frames = [pos for op, _, pos in pickletools.genops(data) if op.name == "FRAME"]
+  for pos in reversed(frames):  # frames only pre-announce lengths; drop them to append
+    data = data[:pos] + data[pos + 9:]
+  assert data.endswith(b"u.")  # ... SETITEMS on the snapshot dict, STOP
+  fragment = pickle.dumps(D, protocol=3)[2:-1]  # no PROTO, STOP or frames; BINPUT memo
+  path = tmp_path / "with_d.pkl"
+  path.write_bytes(data[:-1] + b"\x8c\x01D" + fragment + b"s.")
+  return path
+
+
+def test_cli_inert_calls_opt_in_for_d(tmp_path, fixtures_dir, capsys):
+  marker = tmp_path / "pwned"
+  import torch  # converter tests may use torch
+  # A stand-in D holding a tensor and a partial (protocol 3 spells sets as builtins.set
+  # calls, so not a whole torch module).
+  D = {"weight": torch.ones(3), "hook": functools.partial(os.system, f"touch {marker}")}
+  pkl = _fixture_with_d(fixtures_dir, tmp_path, D)
+  rc, err = _run_cli(pkl, tmp_path / "refused", capsys)
+  assert rc == 1 and len(err.strip().splitlines()) == 1
+  assert "forbidden global functools.partial" in err
+  assert "rerun with --inert-calls functools.partial (it will be recorded, never run)" in err
+  assert not (tmp_path / "refused").exists()
+
+  out, plain = tmp_path / "out", tmp_path / "plain"
+  assert convert_sgxl.main(["--pkl", str(pkl), "--out", str(out),
+                            "--inert-calls", "functools.partial"]) == 0
+  assert not marker.exists()
+  from converters import sgxl_pickle
+  snap = sgxl_pickle.load_snapshot(str(pkl), inert_calls=("functools.partial",))
+  assert isinstance(snap["D"]["hook"], sgxl_pickle.InertCall)  # D really was replaced
+  # The generator is exactly what the unmodified fixture converts to.
+  assert convert_sgxl.main(["--pkl", str(fixtures_dir / "sgxl_stem16.pkl"), "--out", str(plain)]) == 0
+  got, want = io.load_checkpoint(str(out))[0], io.load_checkpoint(str(plain))[0]
+  chex.assert_trees_all_equal(got, want)
+
+
+@pytest.mark.parametrize("names, message", [
+    ("builtins.eval", r"builtins\.\* is on the deny-list"),
+    ("functools.partial,os.system", r"os\.\* is on the deny-list"),
+    ("functools.*", r"no wildcards"),
+])
+def test_cli_inert_calls_denied_names(tmp_path, fixtures_dir, capsys, names, message):
+  rc = convert_sgxl.main(["--pkl", str(fixtures_dir / "sgxl_stem16.pkl"),
+                          "--out", str(tmp_path / "out"), "--inert-calls", names])
+  err = capsys.readouterr().err
+  assert rc == 1 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+  assert re.search(message, err)
+  assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where", ["attr", "nested attr", "child slot"])
+def test_inert_call_inside_generator_refused(fixtures_dir, where):
+  from converters import sgxl_pickle
+  G = sgxl_pickle.load_snapshot(str(fixtures_dir / "sgxl_stem16.pkl"))["G_ema"]
+  layer = G["synthesis"]["L0_36_48"]
+  call = sgxl_pickle.InertCall("functools.partial", ("posix.system",))
+  if where == "attr":
+    layer.attrs["conv_clamp"] = call
+  elif where == "nested attr":
+    G.attrs["_init_kwargs"] = {"synthesis_kwargs": [1, {"f": call}]}
+  else:
+    layer.attrs[sgxl_pickle.INERT_ATTR] = {"_modules.extra": call}
+  with pytest.raises(convert_sgxl.ConversionError,
+                     match=r"recorded by --inert-calls instead of run \(first: functools\.partial"):
+    convert_sgxl.convert_generator(G)
 
 
 @pytest.mark.parametrize("edit,message", [
