@@ -92,6 +92,14 @@ def parse_stages(stages: str | Sequence[str]) -> list[str]:
 # ----------------------------------------------------------------------------- helpers for stages
 
 
+def section_config(config: ml_collections.ConfigDict, name: str,
+                   defaults: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`defaults` updated with `config.<name>` where the config has that section."""
+  if name in config:
+    defaults.update(config[name])
+  return defaults
+
+
 def config_to_dict(config: Any) -> Any:
   """A JSON-friendly plain copy of a ConfigDict (tuples become lists)."""
   if isinstance(config, (ml_collections.ConfigDict, ml_collections.FrozenConfigDict)):

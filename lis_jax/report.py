@@ -67,11 +67,9 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _cfg(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  c = default_config()
-  if "report" in config:
-    c.update(config.report)
-  return c
+def report_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The report settings: `default_config()` updated with `config.report`."""
+  return pipeline.section_config(config, "report", default_config())
 
 
 # ----------------------------------------------------------------------------- stage
@@ -79,7 +77,7 @@ def _cfg(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Stage entry: writes `workdir/report/` from whatever earlier stages wrote."""
-  c = _cfg(config)
+  c = report_config(config)
   names = list(SECTIONS) if c.sections == "all" else [s.strip() for s in c.sections.split(",") if s.strip()]
   unknown = [n for n in names if n not in SECTIONS]
   if unknown:
@@ -191,7 +189,7 @@ def _parse(v: str) -> Any:
 def _analyse_units(config, workdir) -> list[dict]:
   from lis_jax import sweeps
   G, _ = pipeline.load_models(config, workdir)
-  c = _cfg(config)
+  c = report_config(config)
   truth = hasattr(G, "decode_factors")
   rows = []
   for blk in sweeps.iter_blocks(workdir):
@@ -293,7 +291,7 @@ def sweep_section(config, workdir) -> str | None:
   if not table:
     return None
   from lis_jax import sweeps
-  c = _cfg(config)
+  c = report_config(config)
   G, _ = pipeline.load_models(config, workdir)
   top = table[:c.n_top]
   bottom = table[-c.n_bottom:] if len(table) > c.n_top else []
@@ -335,7 +333,7 @@ def unit_factor_section(config, workdir) -> str | None:
   table = unit_table(config, workdir)
   if not table or "top_factor" not in table[0]:
     return None
-  c = _cfg(config)
+  c = report_config(config)
   cols = ["unit", "image change", "moves most", "change (of range)", "next", "change",
           "class change", "r' follows"]
   def cells(r):
@@ -410,7 +408,7 @@ def counterfactual_section(config, workdir) -> str | None:
   path = os.path.join(workdir, "counterfactual", "results.npz")
   if not os.path.exists(path):
     return None
-  c = _cfg(config)
+  c = report_config(config)
   G, _ = pipeline.load_models(config, workdir)
   names = getattr(G, "class_names", None)
   name = (lambda k: f"{names[k]} ({k})") if names else str

@@ -82,10 +82,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def _cfg(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  c = default_config()
-  if "quantify" in config:
-    c.update(config.quantify)
-  return c
+  return pipeline.section_config(config, "quantify", default_config())
 
 
 def fingerprint(config: ml_collections.ConfigDict) -> dict:
@@ -422,7 +419,7 @@ def report_section(config, workdir: str) -> str | None:
   if not os.path.exists(table):
     return None
   c = _cfg(config)
-  rc = report._cfg(config)
+  rc = report.report_config(config)
   with open(table) as f:
     rows = [{**r, "unit": int(r["unit"]), "effect": float(r["effect"]), "mean": float(r["mean"]),
              "ci_low": float(r["ci_low"]), "ci_high": float(r["ci_high"]), "p_null": float(r["p_null"]),
