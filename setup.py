@@ -25,6 +25,8 @@ setuptools.setup(
         # torch is only needed by converters/ and their tests. Pinned: a bare
         # `torch` requirement pulls several GB of CUDA wheels on a CPU machine.
         "convert": ["torch==2.13.0"],
-        "test": ["torch==2.13.0", "pytest", "scikit-learn", "chex", "scipy", "scikit-image"],
+        "test": ["torch==2.13.0", "pytest", "scikit-learn", "chex", "scipy", "scikit-image",
+                 # browser tests; 4.38: newer releases need a certifi the registry may lack
+                 "selenium==4.38.0"],
     },
 )
