@@ -278,6 +278,7 @@ def convert(pkl: str, out: str, which: str = "G_ema", strict: bool = False,
       global.
     ConversionError: a generator holding records, unsupported architecture.
     outdir.OutDirError: `out` may not be written.
+    outdir.WriteError: writing failed (no space, permission, ...).
   """
   replace = outdir.check_out(out, sx.KIND, force)
   snap, stats = sgxl_pickle.read_snapshot(pkl, decode=(which,), strict=strict)
@@ -299,7 +300,7 @@ def convert(pkl: str, out: str, which: str = "G_ema", strict: bool = False,
       "z_dim": spec.mapping.z_dim, "c_dim": spec.mapping.c_dim,
       "resolution": s.img_resolution, "layer_names": list(s.layer_names),
   }
-  io.save_checkpoint(out, variables, meta, overwrite=replace)
+  outdir.write_checkpoint(out, variables, meta, overwrite=replace)
   return meta, summary(meta, variables, stats, snap, which, out)
 
 
@@ -345,15 +346,16 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
   try:
     _, line = convert(args.pkl, args.out, args.which, args.strict, args.force)
-  except (SnapshotError, ConversionError, io.CheckpointError, outdir.OutDirError) as e:
+  except (SnapshotError, ConversionError, io.CheckpointError, outdir.OutDirError,
+          outdir.WriteError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   except OSError as e:
-    print(f"error: cannot write {args.out}: {outdir.os_error_line(e)}", file=sys.stderr)
+    print(f"error: {outdir.os_error_line(e)}", file=sys.stderr)
     return 1
   print(line)
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  outdir.exit_quietly(main())

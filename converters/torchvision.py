@@ -360,12 +360,13 @@ def save(out_dir: str, variables: dict, meta: dict, force: bool = False) -> None
   """Writes a checkpoint dir that `lis_jax.classifiers.load` reads (atomically).
 
   `out_dir` must be absent, empty, or (with `force`) an earlier output of this converter;
-  anything else raises outdir.OutDirError and nothing is changed.
+  anything else raises outdir.OutDirError and nothing is changed; a failed write
+  (no space, permission) raises outdir.WriteError.
   """
   replace = outdir.check_out(out_dir, KIND, force)
   # Materialise the transposed views: Orbax writes C-contiguous arrays ~2x faster.
   variables = jax.tree_util.tree_map(np.ascontiguousarray, variables)
-  io.save_checkpoint(out_dir, variables, meta, overwrite=replace)
+  outdir.write_checkpoint(out_dir, variables, meta, overwrite=replace)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -390,11 +391,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     outdir.check_out(args.out, KIND, args.force)  # before the conversion: fail fast
     variables, meta = convert_file(args.arch, args.weights)
     save(args.out, variables, meta, args.force)
-  except (ConversionError, io.CheckpointError, outdir.OutDirError) as e:
+  except (ConversionError, io.CheckpointError, outdir.OutDirError, outdir.WriteError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   except OSError as e:
-    print(f"error: cannot write {args.out}: {outdir.os_error_line(e)}", file=sys.stderr)
+    print(f"error: {outdir.os_error_line(e)}", file=sys.stderr)
     return 1
   print(f"wrote {args.out}: {meta['arch']}, {meta['num_classes']} classes, "
         f"feature_dim {meta['feature_dim']}")
@@ -402,4 +403,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  outdir.exit_quietly(main())
