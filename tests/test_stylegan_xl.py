@@ -351,3 +351,19 @@ def test_name_table_reports_unmatched_arrays(fixtures_dir, edit, message):
     S["L1_36_48"].params["weight"] = S["L1_36_48"].params["weight"][:47]
   with pytest.raises(convert_sgxl.ConversionError, match=message):
     convert_sgxl.convert_generator(G)
+
+
+@pytest.mark.parametrize("name", ["sgxl_stem16", "sgxl_sr64", "sgxl_realistic_proto3"])
+def test_strict_accepts_snapshots_of_plain_data(tmp_path, fixtures_dir, name):
+  # Their D (stand-in or None) and generators use only recognised data (FIXTURES.md).
+  assert convert_sgxl.main(["--pkl", str(fixtures_dir / f"{name}.pkl"),
+                            "--out", str(tmp_path / "out"), "--strict"]) == 0
+
+
+def test_strict_refuses_the_realistic_discriminator(tmp_path, fixtures_dir, capsys):
+  rc = convert_sgxl.main(["--pkl", str(fixtures_dir / "sgxl_realistic.pkl"),
+                          "--out", str(tmp_path / "out"), "--strict"])
+  err = capsys.readouterr().err
+  assert rc == 1 and len(err.strip().splitlines()) == 1
+  # FIXTURES.md: D is the first key with a global outside recognised data.
+  assert re.search(r"unknown global (pg_modules|timm|feature_networks)\.", err)
