@@ -1,6 +1,6 @@
 """Stage `paired_data`: (w, r) pairs from generated images the classifier gets right.
 
-Per class c, latent i of the class's stream is `z = normal(fold_in(fold_in(key, c), i))`
+Per class c, latent i of the class's stream is `z = normal(ctx.key("paired_data", c, i))`
 (independent of batch size and device count, so a resumed or sharded run draws the same
 samples); `ws = G.mapping(z, c, psi)` (truncation toward the class's w_avg), the image
 `G.synthesis(ws)` is classified, and samples classified as c are kept (with
@@ -10,12 +10,12 @@ Outputs: WORKSPACE.md, section `paired_data/`.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from tqdm import tqdm
@@ -23,15 +23,43 @@ from tqdm import tqdm
 from lis_jax import distribute
 from lis_jax import io
 from lis_jax import pipeline
+from lis_jax.stages.base import Stage
 
+NAME = "paired_data"
 MANIFEST = "manifest.json"
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.n_per_class = 5000  # kept samples per class (the reference's N)
+  c.keep_only_correct = True  # keep only images classified as their class
+  c.store_all_ws = False  # also store all ws [num_ws, w_dim] (they are equal)
+  c.batch_size = 32  # images per jitted call (rounded up to the device count)
+  c.shard_size = 512  # tried latents per shard file (resume granularity)
+  c.max_tries_factor = 20.0  # give up on a class after this many x n tries
+  return c
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedData:
+  """All kept pairs, rows in class order then shard order.
+
+  cls [N] int32, seed_index [N] int32 (position in the class's latent stream),
+  w [N, w_dim], r [N, D], logits [N, C]; ws [N, num_ws, w_dim] or None (store_all_ws).
+  """
+  cls: np.ndarray
+  seed_index: np.ndarray
+  w: np.ndarray
+  r: np.ndarray
+  logits: np.ndarray
+  ws: np.ndarray | None = None
 
 
 def latents(key: jax.Array, cls: jax.Array, index: jax.Array, z_dim: int) -> jax.Array:
   """z for (class, index-in-class-stream) pairs.
 
   Args:
-    key: the run's root PRNG key.
+    key: the stage's stream key, `ctx.key("paired_data")`.
     cls: [N] int class ids.
     index: [N] int positions in each class's latent stream.
     z_dim: latent size.
@@ -48,9 +76,8 @@ def generate(G: Any, clf: Any, key: jax.Array, cls: jax.Array, index: jax.Array,
 
   Args:
     G: generator (pytree). clf: classifier (pytree).
-    key: the run's root PRNG key.
-    cls: [N] int class ids. index: [N] int positions in the class streams.
-    psi: truncation toward the class's w_avg (1 = none).
+    key: the stage's stream key. cls: [N] int class ids. index: [N] int positions in
+      the class streams. psi: truncation toward the class's w_avg (1 = none).
   Returns:
     ws [N, num_ws, w_dim], r [N, D], logits [N, C].
   """
@@ -64,24 +91,13 @@ def generate(G: Any, clf: Any, key: jax.Array, cls: jax.Array, index: jax.Array,
 _generate = jax.jit(generate, static_argnames=("psi",))
 
 
-def _fingerprint(config: ml_collections.ConfigDict) -> dict:
-  p = config.paired_data
-  return dict(generator=config.generator, classifier=config.classifier, classes=config.classes,
-              psi=config.psi, seed=config.seed, n_per_class=p.n_per_class,
-              shard_size=p.shard_size, keep_only_correct=p.keep_only_correct,
-              store_all_ws=p.store_all_ws)
-
-
-def run(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Stage entry: fills `workdir/paired_data/`, resuming from its manifest."""
-  p = config.paired_data
-  out_dir = pipeline.stage_dir(workdir, "paired_data")
-  G, clf = pipeline.load_models(config, workdir)
-  classes = pipeline.parse_classes(config.classes, clf.num_classes)
+def run(ctx) -> None:
+  """Fills `workdir/paired_data/`, resuming from its manifest."""
+  p = ctx.cfg(NAME)
+  out_dir = ctx.out_dir(NAME)
   if p.n_per_class < 1 or p.shard_size < 1 or p.batch_size < 1:
     raise pipeline.PipelineError("paired_data.n_per_class, shard_size and batch_size must be >= 1")
-  pipeline.check_stage_config(out_dir, _fingerprint(config))
-
+  G, clf, classes = ctx.G, ctx.clf, ctx.classes
   mpath = os.path.join(out_dir, MANIFEST)
   manifest = io.read_json(mpath) if os.path.exists(mpath) else {
       "classes": classes.tolist(), "complete": False,
@@ -92,10 +108,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     print(f"[paired_data] {out_dir} is complete; nothing to do")
     return
 
-  mesh = distribute.data_mesh()
+  mesh = ctx.mesh
   batch = distribute.round_up(p.batch_size, mesh)
   G_r, clf_r = distribute.replicate((G, clf), mesh)
-  key = jax.random.PRNGKey(config.seed)
+  key = ctx.key(NAME)
   max_tries = int(np.ceil(p.n_per_class * p.max_tries_factor))
   total = p.n_per_class * len(classes)
   done0 = sum(v["kept"] for v in manifest["per_class"].values())
@@ -111,7 +127,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
               f"classified as {c} (need {p.n_per_class}); raise paired_data.max_tries_factor "
               f"or set paired_data.keep_only_correct=False")
         start = state["tried"]
-        arrays = _chunk(G_r, clf_r, key, c, start, p.shard_size, batch, config.psi, mesh)
+        arrays = generate_chunk(G_r, clf_r, key, c, start, p.shard_size, batch, ctx.config.psi, mesh)
         n_img += p.shard_size
         pred = arrays["logits"].argmax(-1)
         keep = (pred == c) if p.keep_only_correct else np.ones_like(pred, bool)
@@ -122,7 +138,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         name = f"shard_c{c:04d}_{start // p.shard_size:05d}.npz"
         io.savez(os.path.join(out_dir, name), **shard)
         written += 1
-        pipeline.maybe_interrupt("paired_data", written)
+        pipeline.maybe_interrupt(NAME, written)
         state["tried"] += p.shard_size
         state["kept"] += int(keep.sum())
         state["shards"].append(name)
@@ -133,7 +149,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   io.write_json(mpath, manifest)
 
 
-def _chunk(G, clf, key, c: int, start: int, size: int, batch: int, psi: float, mesh) -> dict:
+def generate_chunk(G, clf, key, c: int, start: int, size: int, batch: int, psi: float, mesh) -> dict:
   """Generates tried latents [start, start + size) of class c, in sharded batches."""
   outs = []
   for b0 in range(start, start + size, batch):
@@ -148,30 +164,26 @@ def _chunk(G, clf, key, c: int, start: int, size: int, batch: int, psi: float, m
           "w": ws[:, 0], "ws": ws, "r": r, "logits": logits}
 
 
-def load(workdir: str, with_ws: bool = False) -> dict[str, np.ndarray]:
-  """All paired data of a finished stage, rows in class order then shard order.
+def load(workdir: str) -> PairedData:
+  """All paired data of a finished stage (ws too when it was stored).
 
-  Args:
-    workdir: the pipeline workdir.
-    with_ws: also return `ws` [N, num_ws, w_dim] (needs paired_data.store_all_ws).
-  Returns:
-    {'cls': [N], 'seed_index': [N], 'w': [N, w_dim], 'r': [N, D], 'logits': [N, C]}.
   Raises:
     PipelineError: the stage has not run or not finished.
   """
-  out_dir = pipeline.stage_dir(workdir, "paired_data")
-  mpath = pipeline.require(os.path.join(out_dir, MANIFEST), "paired_data")
-  manifest = io.read_json(mpath)
+  out_dir = os.path.join(workdir, NAME)
+  manifest = io.read_json(pipeline.require(os.path.join(out_dir, MANIFEST), NAME))
   if not manifest["complete"]:
     raise pipeline.PipelineError(f"{out_dir} is incomplete: run the 'paired_data' stage again "
                                  f"to finish it")
-  keys = ["cls", "seed_index", "w", "r", "logits"] + (["ws"] if with_ws else [])
-  parts: dict[str, list] = {k: [] for k in keys}
+  parts: dict[str, list] = {}
   for c in manifest["classes"]:
     for name in manifest["per_class"][str(c)]["shards"]:
       with np.load(os.path.join(out_dir, name)) as f:
-        if with_ws and "ws" not in f:
-          raise pipeline.PipelineError(f"{out_dir} has no ws: set paired_data.store_all_ws=True")
-        for k in keys:
-          parts[k].append(f[k])
-  return {k: np.concatenate(v) for k, v in parts.items()}
+        for k in f.files:
+          parts.setdefault(k, []).append(f[k])
+  return PairedData(**{k: np.concatenate(v) for k, v in parts.items()})
+
+
+STAGE = Stage(name=NAME, requires=(), default_config=default_config, run=run, load=load,
+              uses=("generator", "classifier", "classes", "psi", "seed"),
+              ignores=("batch_size", "max_tries_factor"))

@@ -7,16 +7,22 @@ random directions of the same length (the null). The changes give, per unit and 
 (part x metric), a mean with a bootstrap interval, a null p-value and a rank
 (`selectivity`). On a generator that knows its factors (the built-in world), the units
 found selective for a concept are compared with the units that truly move the matching
-factor (precision@k).
+factor (precision@k; the factor -> concept table is the world's `factor_concepts`, the
+true factor changes are the sweep's `truth_delta`).
+
+Random streams: `quantify.labelled` (labelled latents), `quantify.init` (the head's
+initialisation), `quantify.null` (random directions, folded with unit and sample).
+The measuring library is `lis_jax.quantify` (segment, metrics, selectivity).
 
 Outputs (`workdir/quantify/`, all written atomically):
-  config.json            the config values the outputs depend on (pipeline.check_stage_config)
+  config.json            the stage's fingerprint (recorded by the runner)
   segmenter/             the trained head (io.save_checkpoint; meta: layers, size, parts)
   segmenter_eval.json    held-out per-part IoU, mean IoU, training time
   block_<b:05d>.npz      per sweep block b: units [U], samples [S'] (paired-data rows),
                          first / last / null metrics (keys 'first.<metric>',
                          'last.<metric>' [U, S', P(, K)], 'null.<metric>' [U, S', R, P(, K)])
-                         and, with ground truth, truth_delta [U, F]; existence = block done
+                         and, with ground truth, the sweep's truth_delta [U, F] and
+                         truth_factors [F]; existence = block done
   manifest.json          blocks done, parts, null draws (informational; files are the truth)
   selectivity.csv        one row per unit x part x metric (selectivity.TABLE_COLUMNS)
   top_units.csv          the top `quantify.top_k` selective units per concept
@@ -24,10 +30,12 @@ Outputs (`workdir/quantify/`, all written atomically):
 """
 from __future__ import annotations
 
+import csv
+import dataclasses
 import functools
-import html
 import os
 import time
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -35,27 +43,23 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from lis_jax import io, pipeline
+from lis_jax import batching
+from lis_jax import blocks
+from lis_jax import images
+from lis_jax import io
+from lis_jax import page
+from lis_jax import pipeline
+from lis_jax.generators.base import GroundTruthWorld
 from lis_jax.quantify import metrics, segment, selectivity
+from lis_jax.stages import sweep
+from lis_jax.stages.base import Stage
 
-STAGE = "quantify"
-# Tag folded into config.seed for this stage's keys (labelled samples, init, null directions).
-_KEY_TAG = 6
-# On the built-in world: factor -> the (part, metric) concept that shows it in the image.
-FACTOR_CONCEPTS = {
-    "pos_x": ("body", "centre_x"),
-    "pos_y": ("body", "centre_y"),
-    "scale": ("body", "area"),
-    "rotation": ("body", "angle"),
-    "body_lum": ("body", "luminance"),
-    "top_lum": ("top", "luminance"),
-    "extra_lum": ("extra", "luminance"),
-    "stripe_contrast": ("body", "entropy"),
-}
+NAME = "quantify"
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """The quantify stage's settings (configs set `config.quantify` from this)."""
+  """The quantify stage's settings, sized for the built-in world on a CPU (configs/linear.py
+  sets the reference's)."""
   c = ml_collections.ConfigDict()
   c.labels = "ground_truth"  # labelled-mask dir (segment.py docstring) or 'ground_truth' (built-in world)
   c.n_labelled = 16  # labelled images the head is trained on (the reference: 10-30)
@@ -81,29 +85,15 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _cfg(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  return pipeline.section_config(config, "quantify", default_config())
-
-
-def fingerprint(config: ml_collections.ConfigDict) -> dict:
-  from lis_jax import sweeps
-  q = {k: v for k, v in _cfg(config).to_dict().items() if k not in ("batch_size", "cards")}
-  return {**sweeps.fingerprint(config), "quantify": q}
-
-
-def _key(config) -> jax.Array:
-  return jax.random.fold_in(jax.random.PRNGKey(config.seed), _KEY_TAG)
-
-
 # ----------------------------------------------------------------------------- segmenter
 
 
-def _labelled(config, c, G, workdir, key):
+def _labelled(ctx, c, key):
   """(ws_train, labels_train, ws_test, labels_test, part_names) from the configured source."""
+  G, workdir = ctx.G, ctx.workdir
   res = c.resolution or G.resolution
   if c.labels == "ground_truth":
-    classes = pipeline.parse_classes(config.classes, G.num_classes)
-    ws = segment.sample_ws(G, classes, c.n_labelled + c.n_heldout, config.psi, key)
+    ws = segment.sample_ws(G, ctx.classes, c.n_labelled + c.n_heldout, ctx.config.psi, key)
     labels, names = segment.ground_truth_labels(G, ws, res)
     n = c.n_labelled
     return ws[:n], labels[:n], ws[n:], labels[n:], names
@@ -124,19 +114,17 @@ def _labelled(config, c, G, workdir, key):
   return ws[:n], labels[:n], ws[n:], labels[n:], names
 
 
-def segmenter(config, workdir: str, G=None) -> segment.Segmenter:
+def segmenter(ctx) -> segment.Segmenter:
   """The stage's segmenter: loaded if trained already, else trained, evaluated and saved."""
-  c = _cfg(config)
-  out_dir = pipeline.stage_dir(workdir, STAGE)
+  c = ctx.cfg(NAME)
+  out_dir = ctx.out_dir(NAME)
   ckpt = os.path.join(out_dir, "segmenter")
   if os.path.exists(os.path.join(ckpt, io.META_FILE)):
     return segment.load(ckpt)
-  if G is None:
-    G, _ = pipeline.load_models(config, workdir)
-  key = _key(config)
-  ws_tr, y_tr, ws_te, y_te, names = _labelled(config, c, G, workdir, jax.random.fold_in(key, 0))
+  G = ctx.G
+  ws_tr, y_tr, ws_te, y_te, names = _labelled(ctx, c, ctx.key("quantify.labelled"))
   t0 = time.time()
-  seg = segment.fit(G, ws_tr, y_tr, names, layers=c.layers, size=c.head, key=jax.random.fold_in(key, 1),
+  seg = segment.fit(G, ws_tr, y_tr, names, layers=c.layers, size=c.head, key=ctx.key("quantify.init"),
                     epochs=c.epochs, batch_size=c.train_batch, lr=c.lr, weight_decay=c.weight_decay,
                     lr_step_epochs=c.lr_step_epochs, lr_gamma=c.lr_gamma)
   train_s = time.time() - t0
@@ -168,16 +156,9 @@ def _measure(G, seg_params, w, *, layers, resolution, num_parts, head_size, max_
 
 def measure(G, seg: segment.Segmenter, w: np.ndarray, batch_size: int, max_components: int) -> dict:
   """Part metrics of the images of w [N, w_dim], in fixed-size batches (one compile)."""
-  out = []
-  n = w.shape[0]
-  for s in range(0, n, batch_size):
-    chunk = w[s:s + batch_size]
-    pad = batch_size - chunk.shape[0]
-    res = _measure(G, seg.params, jnp.asarray(np.pad(chunk, ((0, pad), (0, 0)), mode="edge")),
-                   layers=seg.layers, resolution=seg.resolution, num_parts=seg.num_parts,
-                   head_size=seg.size, max_components=max_components)
-    out.append({k: np.asarray(v)[:chunk.shape[0]] for k, v in res.items()})
-  return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
+  fn = functools.partial(_measure, layers=seg.layers, resolution=seg.resolution,
+                         num_parts=seg.num_parts, head_size=seg.size, max_components=max_components)
+  return batching.map_batches(fn, np.asarray(w, np.float32), batch_size, G, seg.params)
 
 
 def null_ends(w_first: np.ndarray, w_last: np.ndarray, units: np.ndarray, rows: np.ndarray,
@@ -189,7 +170,7 @@ def null_ends(w_first: np.ndarray, w_last: np.ndarray, units: np.ndarray, rows: 
     units: [U] unit ids; rows: [S] paired-data rows (with `key`, they seed each direction,
       so a resumed run draws the same ones).
     draws: R directions per (unit, sample).
-    key: PRNG key.
+    key: the stream key `ctx.key("quantify.null")`.
   Returns:
     [U, S, R, w_dim]: w_first + |w_last - w_first| * d / |d|, d ~ N(0, I).
   """
@@ -203,24 +184,10 @@ def null_ends(w_first: np.ndarray, w_last: np.ndarray, units: np.ndarray, rows: 
   return w_first[:, :, None] + length * np.asarray(d)
 
 
-def pick_samples(cls: np.ndarray, n: int) -> np.ndarray:
-  """Indices of n start samples spread over the classes (round robin, first ones first)."""
-  rank = np.zeros(cls.size, int)
-  for c in np.unique(cls):
-    idx = np.flatnonzero(cls == c)
-    rank[idx] = np.arange(idx.size)
-  order = np.lexsort((np.arange(cls.size), rank))
-  return np.sort(order[:min(n, cls.size)])
-
-
-def _block_path(out_dir: str, b: int) -> str:
-  return os.path.join(out_dir, f"block_{b:05d}.npz")
-
-
-def _quantify_block(config, c, G, seg, blk, key) -> dict:
+def _quantify_block(c, G, seg, blk, key) -> dict:
   w = blk["w"]  # [U, S, T, w_dim]
   units = blk["units"]
-  pick = pick_samples(blk["cls"], c.samples_per_unit)
+  pick = sweep.pick_starts(blk["cls"], c.samples_per_unit)
   rows = blk["samples"][pick]
   w = w[:, pick]  # [U, S', T, w_dim]
   u_n, s_n, _, d = w.shape
@@ -234,23 +201,10 @@ def _quantify_block(config, c, G, seg, blk, key) -> dict:
     out[f"first.{k}"] = v[:n_ends].reshape(u_n, s_n, 2, *v.shape[1:])[:, :, 0]
     out[f"last.{k}"] = v[:n_ends].reshape(u_n, s_n, 2, *v.shape[1:])[:, :, 1]
     out[f"null.{k}"] = v[n_ends:].reshape(u_n, s_n, c.null_draws, *v.shape[1:])
-  if hasattr(G, "decode_factors"):
-    from lis_jax import report
-    delta, names, _ = report.factor_deltas(G, w)  # [U, F] mean change / factor range
-    out["truth_delta"] = delta
-    out["truth_factors"] = np.asarray(names)
+  if "truth_delta" in blk:  # the sweep's [U, F] mean change / factor range
+    out["truth_delta"] = blk["truth_delta"]
+    out["truth_factors"] = blk["truth_factors"]
   return out
-
-
-def load_blocks(workdir: str) -> list[dict]:
-  """The quantify blocks written so far, in order."""
-  out_dir = pipeline.stage_dir(workdir, STAGE)
-  blocks, b = [], 0
-  while os.path.exists(_block_path(out_dir, b)):
-    with np.load(_block_path(out_dir, b)) as f:
-      blocks.append({k: f[k] for k in f.files})
-    b += 1
-  return blocks
 
 
 def _metric_dict(blocks, prefix):
@@ -269,10 +223,11 @@ def deltas_from_blocks(blocks: list[dict]) -> tuple[np.ndarray, np.ndarray, np.n
   return units, deltas, null_d.reshape(null_d.shape[0], -1, *null_d.shape[3:])
 
 
-def precision_at_k(stats_rows: list[dict], blocks: list[dict], k: int) -> dict | None:
+def precision_at_k(stats_rows: list[dict], blocks: list[dict], k: int,
+                   concepts: Mapping[str, tuple[str, str]]) -> dict | None:
   """Built-in world: does the measured concept find the units that move the true factor?
 
-  Per factor of FACTOR_CONCEPTS: precision@k = |top-k selective units for its concept
+  Per factor of `concepts` (factor -> (part, metric); the world's `factor_concepts`): precision@k = |top-k selective units for its concept
   (by |mean change|) intersected with the top-k units by |true factor change|| / (number
   found, <= k); and the Spearman correlation over all units of |mean concept change| with
   |true factor change| (robust where many units move a factor about equally).
@@ -285,7 +240,7 @@ def precision_at_k(stats_rows: list[dict], blocks: list[dict], k: int) -> dict |
   top = selectivity.top_units(stats_rows, k)
   k_eff = min(k, units.size)
   out = {}
-  for factor, concept in FACTOR_CONCEPTS.items():
+  for factor, concept in concepts.items():
     if factor not in names:
       continue
     moved = units[np.argsort(-np.abs(truth[:, names.index(factor)]), kind="stable")[:k_eff]]
@@ -320,50 +275,44 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float | None:
 # ----------------------------------------------------------------------------- stage
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Stage entry: quantifies every sweep block into `workdir/quantify/` (resumable)."""
-  from lis_jax import sweeps
-  c = _cfg(config)
+def run(ctx) -> None:
+  """Quantifies every sweep block into `workdir/quantify/` (resumable)."""
+  c = ctx.cfg(NAME)
   if c.samples_per_unit < 2 or c.null_draws < 1 or c.batch_size < 1 or c.n_labelled < 1:
     raise pipeline.PipelineError("quantify: samples_per_unit must be >= 2, null_draws, batch_size "
                                  "and n_labelled >= 1")
-  out_dir = pipeline.stage_dir(workdir, STAGE)
-  sweep_dir = pipeline.stage_dir(workdir, "sweep")
-  pipeline.require(os.path.join(sweep_dir, "index.csv"), "sweep")
-  pipeline.check_stage_config(out_dir, fingerprint(config))
-  G, _ = pipeline.load_models(config, workdir)
+  out_dir = ctx.out_dir(NAME)
+  sweep_blocks = list(ctx.result("sweep").blocks())
+  G = ctx.G
   try:
-    seg = segmenter(config, workdir, G)
+    seg = segmenter(ctx)
   except segment.SegmentationError as e:
     raise pipeline.PipelineError(str(e)) from None
-  key = jax.random.fold_in(_key(config), 2)
-  blocks = list(sweeps.iter_blocks(workdir))
-  done = [b for b in range(len(blocks)) if os.path.exists(_block_path(out_dir, b))]
-  with tqdm(total=len(blocks), initial=len(done), unit="block", desc="quantify") as bar:
-    for blk in blocks:
-      b = blk["block"]
-      if b in done:
-        continue
-      out = _quantify_block(config, c, G, seg, blk, key)
+  key = ctx.key("quantify.null")
+  store = blocks.BlockStore(out_dir)
+  todo = store.todo(len(sweep_blocks))
+  with tqdm(total=len(sweep_blocks), initial=len(sweep_blocks) - len(todo), unit="block",
+            desc="quantify") as bar:
+    for b in todo:
+      out = _quantify_block(c, G, seg, sweep_blocks[b], key)
       pipeline.check_finite(f"quantify block {b} areas", out["first.area"])
-      pipeline.maybe_interrupt(STAGE, b + 1)
-      io.savez(_block_path(out_dir, b), **out)
-      done.append(b)
+      pipeline.maybe_interrupt(NAME, b + 1)
+      store.write(b, **out)
       io.write_json(os.path.join(out_dir, "manifest.json"),
-                    {"blocks_done": sorted(done), "n_blocks": len(blocks),
-                     "parts": list(seg.part_names[1:]), "null_draws": c.null_draws,
-                     "samples_per_unit": c.samples_per_unit})
+                    {"blocks_done": [d for d in range(len(sweep_blocks)) if store.done(d)],
+                     "n_blocks": len(sweep_blocks), "parts": list(seg.part_names[1:]),
+                     "null_draws": c.null_draws, "samples_per_unit": c.samples_per_unit})
       bar.update(1)
-  summarise(config, workdir, seg)
+  summarise(ctx, seg)
 
 
-def summarise(config, workdir: str, seg: segment.Segmenter) -> None:
+def summarise(ctx, seg: segment.Segmenter) -> None:
   """selectivity.csv, top_units.csv and truth_check.json from all quantify blocks."""
-  c = _cfg(config)
-  out_dir = pipeline.stage_dir(workdir, STAGE)
-  blocks = load_blocks(workdir)
-  units, deltas, null_d = deltas_from_blocks(blocks)
-  stats = selectivity.unit_statistics(deltas, null_d, seed=int(config.seed), n_boot=c.n_boot,
+  c = ctx.cfg(NAME)
+  out_dir = ctx.out_dir(NAME)
+  blks = [b for b in blocks.BlockStore(out_dir)]
+  units, deltas, null_d = deltas_from_blocks(blks)
+  stats = selectivity.unit_statistics(deltas, null_d, seed=int(ctx.config.seed), n_boot=c.n_boot,
                                       level=c.level, alpha=c.alpha)
   parts = seg.part_names[1:]
   rows = selectivity.table_rows(stats, units, parts)
@@ -371,12 +320,46 @@ def summarise(config, workdir: str, seg: segment.Segmenter) -> None:
   top = selectivity.top_units(rows, c.top_k)
   selectivity.write_csv(os.path.join(out_dir, "top_units.csv"),
                         [r for concept in sorted(top) for r in top[concept]], selectivity.TABLE_COLUMNS)
-  check = precision_at_k(rows, blocks, c.top_k)
-  if check is not None:
-    io.write_json(os.path.join(out_dir, "truth_check.json"), check)
-    mp, rho = check["mean_precision"], check["mean_spearman"]
-    print(f"[quantify] vs ground truth: precision@{check['k']} {'n/a' if mp is None else f'{mp:.2f}'} "
-          f"(chance {check['chance']:.2f}), Spearman {'n/a' if rho is None else f'{rho:.2f}'}", flush=True)
+  if isinstance(ctx.G, GroundTruthWorld):
+    check = precision_at_k(rows, blks, c.top_k, ctx.G.factor_concepts)
+    if check is not None:
+      io.write_json(os.path.join(out_dir, "truth_check.json"), check)
+      mp, rho = check["mean_precision"], check["mean_spearman"]
+      print(f"[quantify] vs ground truth: precision@{check['k']} {'n/a' if mp is None else f'{mp:.2f}'} "
+            f"(chance {check['chance']:.2f}), Spearman {'n/a' if rho is None else f'{rho:.2f}'}", flush=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantifyResult:
+  """rows: selectivity.csv, typed (selectivity.TABLE_COLUMNS); segmenter_eval: held-out
+  IoU (segmenter_eval.json); truth_check: precision@k against the truth (None off a
+  GroundTruthWorld); `blocks()`: the per-block measurements; `segmenter()`: the head."""
+  directory: str
+  rows: list
+  segmenter_eval: dict | None
+  truth_check: dict | None
+
+  def blocks(self) -> list[dict]:
+    return [b for b in blocks.BlockStore(self.directory)]
+
+  def segmenter(self) -> segment.Segmenter:
+    return segment.load(os.path.join(self.directory, "segmenter"))
+
+
+def _typed(r: dict) -> dict:
+  return {**r, "unit": int(r["unit"]), "effect": float(r["effect"]), "mean": float(r["mean"]),
+          "ci_low": float(r["ci_low"]), "ci_high": float(r["ci_high"]),
+          "p_null": float(r["p_null"]), "rank": int(r["rank"]), "selective": r["selective"] == "True"}
+
+
+def load(workdir: str) -> QuantifyResult:
+  out_dir = os.path.join(workdir, NAME)
+  with open(pipeline.require(os.path.join(out_dir, "selectivity.csv"), NAME)) as f:
+    rows = [_typed(r) for r in csv.DictReader(f)]
+  opt = lambda name: (io.read_json(os.path.join(out_dir, name))
+                      if os.path.exists(os.path.join(out_dir, name)) else None)
+  return QuantifyResult(directory=out_dir, rows=rows, segmenter_eval=opt("segmenter_eval.json"),
+                        truth_check=opt("truth_check.json"))
 
 
 # ----------------------------------------------------------------------------- report section
@@ -394,10 +377,6 @@ def overlay(img: np.ndarray, labels: np.ndarray, alpha: float = 0.6) -> np.ndarr
   return img * (1 - tint) + colours * tint
 
 
-def _fmt(x: float, digits: int = 3) -> str:
-  return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}g}"
-
-
 def _card_units(rows: list[dict], n: int) -> list[int]:
   """Units with the most selective concepts (ties: the largest |effect|)."""
   score: dict[int, list] = {}
@@ -409,83 +388,100 @@ def _card_units(rows: list[dict], n: int) -> list[int]:
   return [u for u, _ in sorted(score.items(), key=lambda kv: (-kv[1][0], -kv[1][1]))[:n]]
 
 
-def report_section(config, workdir: str) -> str | None:
+def section(ctx) -> str | None:
   """HTML: segmenter IoU, precision@k on the built-in world, top units, one card per unit."""
-  import csv as _csv
-
-  from lis_jax import report, sweeps
-  out_dir = pipeline.stage_dir(workdir, STAGE)
-  table = os.path.join(out_dir, "selectivity.csv")
-  if not os.path.exists(table):
+  if not os.path.exists(os.path.join(ctx.out_dir(NAME), "selectivity.csv")):
     return None
-  c = _cfg(config)
-  rc = report.report_config(config)
-  with open(table) as f:
-    rows = [{**r, "unit": int(r["unit"]), "effect": float(r["effect"]), "mean": float(r["mean"]),
-             "ci_low": float(r["ci_low"]), "ci_high": float(r["ci_high"]), "p_null": float(r["p_null"]),
-             "rank": int(r["rank"]), "selective": r["selective"] == "True"} for r in _csv.DictReader(f)]
+  res = ctx.result(NAME)
+  c = ctx.cfg(NAME)
+  rows = res.rows
+  fmt = page.fmt
   parts = ["<h2>What the units encode: parts and their measures</h2>"]
-  ev_path = os.path.join(out_dir, "segmenter_eval.json")
-  if os.path.exists(ev_path):
-    ev = io.read_json(ev_path)
+  ev = res.segmenter_eval
+  if ev:
     parts.append(f"<p>Few-shot part segmenter on the generator's synthesis features, trained on "
-                 f"{ev['n_labelled']} labelled images ({html.escape(str(ev['labels']))}) in "
+                 f"{ev['n_labelled']} labelled images ({page.escape(str(ev['labels']))}) in "
                  f"{ev['train_seconds']:.0f} s. Held-out IoU on {ev['n_images']} images: "
-                 f"<b>mean IoU {_fmt(ev['mean_iou'])}</b></p>")
-    parts.append(report._table(["part", "IoU"], [[p, _fmt(v)] for p, v in ev["iou"].items()]))
-  check_path = os.path.join(out_dir, "truth_check.json")
-  if os.path.exists(check_path):
-    ch = io.read_json(check_path)
+                 f"<b>mean IoU {fmt(ev['mean_iou'])}</b></p>")
+    parts.append(page.table(["part", "IoU"], [[p, fmt(v)] for p, v in ev["iou"].items()]))
+  ch = res.truth_check
+  if ch:
     parts.append(f"<h3>Check against the ground truth: precision@{ch['k']}</h3><p>For each factor of "
                  f"the built-in world, the top-{ch['k']} units found selective for the concept that "
                  f"shows it, against the {ch['k']} units whose sweeps truly move that factor most. "
-                 f"<b>Mean precision@{ch['k']}: {_fmt(ch['mean_precision'])}</b> (chance "
+                 f"<b>Mean precision@{ch['k']}: {fmt(ch['mean_precision'])}</b> (chance "
                  f"{ch['chance']:.2f}); mean Spearman correlation over all units of measured and "
-                 f"true change: {_fmt(ch.get('mean_spearman'))}.</p>")
-    parts.append(report._table(
+                 f"true change: {fmt(ch.get('mean_spearman'))}.</p>")
+    parts.append(page.table(
         ["factor", "concept", "units found", "units that move it", f"precision@{ch['k']}", "Spearman"],
         [[f, f"{v['part']} {v['metric']}", ", ".join(map(str, v["found"])) or "none",
-          ", ".join(map(str, v["true_top"])), _fmt(v["precision"]), _fmt(v.get("spearman"), 2)]
+          ", ".join(map(str, v["true_top"])), fmt(v["precision"]), fmt(v.get("spearman"), 2)]
          for f, v in ch["per_factor"].items()]))
   n_sel = sum(r["selective"] for r in rows)
   parts.append(f"<p>{n_sel} of {len(rows)} unit x concept pairs are selective (null p &lt; {c.alpha} "
                f"and the {int(c.level * 100)}% bootstrap interval excludes 0). Full table: "
                f"<code>quantify/selectivity.csv</code>.</p>")
   top = selectivity.top_units(rows, 3)
-  parts.append(report._table(["part", "metric", "top selective units (mean change)"],
-                             [[p, m, ", ".join(f"{r['unit']} ({r['mean']:+.3g})" for r in lst)]
-                              for (p, m), lst in sorted(top.items())]))
-
+  parts.append(page.table(["part", "metric", "top selective units (mean change)"],
+                          [[p, m, ", ".join(f"{r['unit']} ({r['mean']:+.3g})" for r in lst)]
+                           for (p, m), lst in sorted(top.items())]))
   card_units = _card_units(rows, c.cards)
-  if not card_units:
-    return "\n".join(parts)
-  G, _ = pipeline.load_models(config, workdir)
-  seg = segment.load(os.path.join(out_dir, "segmenter"))
+  if card_units:
+    parts.append("<h3>Unit cards</h3>")
+    parts += _cards(ctx, res, card_units)
+  return "\n".join(parts)
+
+
+def _cards(ctx, res: QuantifyResult, card_units: list[int]) -> list[str]:
+  """One card per unit: its sweep from the first start sample with the part overlay."""
+  c = ctx.cfg(NAME)
+  scale, batch = ctx.cfg("report").image_scale, ctx.cfg("report").batch_size
+  G = ctx.G
+  seg = res.segmenter()
   where = {}
-  for blk in sweeps.iter_blocks(workdir):
+  for blk in ctx.result("sweep").blocks():
     for i, u in enumerate(blk["units"]):
       if int(u) in card_units:
         where[int(u)] = (blk["w"][i, 0], blk["values"][i])  # first start sample: [T, w_dim], [T]
-  parts.append("<h3>Unit cards</h3>")
+  out = []
   for u in card_units:
     if u not in where:
       continue
     w, values = where[u]
-    img = np.asarray(segment.resize_images(jnp.asarray(report.render(G, w, rc.batch_size)),
-                                           seg.resolution))  # [T, R, R, 3] in [0, 1]
+    img = images.render(G, w, batch).astype(np.float32) / 255   # [T, H, W, 3] in [0, 1]
+    img = np.asarray(segment.resize_images(jnp.asarray(img), seg.resolution))
     lab = segment.predict_labels(seg, G, pipeline.broadcast_ws(jnp.asarray(w), G.num_ws))
-    strip = np.concatenate([np.concatenate(list(img), 1), np.concatenate(list(overlay(img, lab)), 1)], 0)
-    mine = sorted((r for r in rows if r["unit"] == u), key=lambda r: -abs(r["effect"])
+    strip = images.unit_to_uint8(np.concatenate([images.row(img), images.row(overlay(img, lab))], 0))
+    mine = sorted((r for r in res.rows if r["unit"] == u), key=lambda r: -abs(r["effect"])
                   if np.isfinite(r["effect"]) else 0.0)
     sel = [f"{r['part']} {r['metric']}" for r in mine if r["selective"]]
     cells = [[r["part"], r["metric"], f"{r['mean']:+.3g}", f"[{r['ci_low']:+.3g}, {r['ci_high']:+.3g}]",
-              f"{r['effect']:+.2f}", _fmt(r["p_null"], 2), "yes" if r["selective"] else ""]
+              f"{r['effect']:+.2f}", page.fmt(r["p_null"], 2), "yes" if r["selective"] else ""]
              for r in mine[:6]]
-    parts.append(
-        f'<div class="card"><h4>Unit {u}</h4><figure><img src="{report._png_uri(strip, rc.image_scale)}">'
+    out.append(
+        f'<div class="card"><h4>Unit {u}</h4><figure>{page.img(strip, scale)}'
         f"<figcaption>Sweep of unit {u} from {values[0]:.3g} to {values[-1]:.3g} (top) and its part "
         f"segmentation (bottom).</figcaption></figure>"
-        f"<p>Selective for: {html.escape(', '.join(sel)) or 'nothing'}</p>"
-        + report._table(["part", "metric", "mean change", f"{int(c.level * 100)}% interval", "effect",
-                         "null p", "selective"], cells) + "</div>")
-  return "\n".join(parts)
+        f"<p>Selective for: {page.escape(', '.join(sel)) or 'nothing'}</p>"
+        + page.table(["part", "metric", "mean change", f"{int(c.level * 100)}% interval", "effect",
+                      "null p", "selective"], cells) + "</div>")
+  return out
+
+
+def summary(ctx) -> dict | None:
+  """Segmenter mean IoU and the ground-truth check's headline numbers."""
+  if not os.path.exists(os.path.join(ctx.out_dir(NAME), "selectivity.csv")):
+    return None
+  res = ctx.result(NAME)
+  out = {"n_selective": int(sum(r["selective"] for r in res.rows)), "n_rows": len(res.rows)}
+  if res.segmenter_eval:
+    out["mean_iou"] = res.segmenter_eval["mean_iou"]
+  if res.truth_check:
+    out.update(precision_at_k=res.truth_check["mean_precision"], k=res.truth_check["k"],
+               chance=res.truth_check["chance"], spearman=res.truth_check["mean_spearman"])
+  return out
+
+
+STAGE = Stage(name=NAME, requires=("sweep",), default_config=default_config, run=run, load=load,
+              uses=("classes", "psi", "seed"), section=section, summary=summary,
+              ignores=("batch_size", "cards"))

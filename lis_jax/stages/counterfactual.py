@@ -15,8 +15,8 @@ Outputs: WORKSPACE.md, section `counterfactual/`.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
-import io as _io
 import os
 from typing import Any
 
@@ -24,14 +24,49 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
+from lis_jax import blocks
 from lis_jax import distribute
+from lis_jax import images
 from lis_jax import io
+from lis_jax import page
 from lis_jax import pipeline
+from lis_jax.generators.base import GroundTruthWorld
+from lis_jax.stages.base import Stage
+
+NAME = "counterfactual"
 
 MODES = ("reference", "image")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.pairs = "all"  # 'all' ordered pairs of config.classes, or '232>254,151>197'
+  c.samples_per_pair = 4  # searches per (origin, target)
+  c.mode = "reference"  # reference: loss on r; image: loss on the regenerated image
+  c.lr = 0.5  # SGD learning rate
+  c.max_steps = 2000  # give up after this many steps
+  c.check_every = 1  # image-domain stopping check every k steps (1: reference)
+  c.w_origin = 0.6  # weight of +logit_origin in the loss
+  c.w_cos = 10.0  # weight of -cos(link(r), link(r - s))
+  c.batch_size = 64  # searches per jitted while_loop
+  c.compact_rows = 0  # when <= this many searches still run, check only those (0: off; on CPU try batch_size / 4)
+  c.top_units = 10  # units with the largest |shift| to record
+  c.save_png = True  # before | after PNG per search
+  return c
+
+
+@dataclasses.dataclass(frozen=True)
+class CounterfactualResult:
+  """All searches (results.npz) and their summary (summary.json).
+
+  arrays: search, sample, origin, target [B]; r, shift [B, D]; w_before, w_after
+  [B, w_dim]; steps [B]; success [B] bool; probs_before, probs_after [B, C];
+  top_units, top_shift [B, top_units]. summary: n, success_rate, steps_*.
+  """
+  arrays: dict
+  summary: dict
 
 
 def _pick(x: jax.Array, idx: jax.Array) -> jax.Array:
@@ -141,12 +176,11 @@ def outcome(G: Any, clf: Any, link: Any, w_before: jax.Array, r: jax.Array, shif
     img_before, img_after uint8 [B, H, W, 3]; w_after [B, w_dim] = link(relu(r - shift));
     probs_before, probs_after [B, C]; top_units int32, top_shift [B, top_units] (by |shift|).
   """
-  from lis_jax.sweeps import to_uint8
   w_after = link(jax.nn.relu(r - shift))
   out = {"w_after": w_after}
   for name, w in (("before", w_before), ("after", w_after)):
     img = G.synthesis(pipeline.broadcast_ws(w, G.num_ws))
-    out[f"img_{name}"] = to_uint8(img)
+    out[f"img_{name}"] = images.to_uint8(img)
     out[f"probs_{name}"] = jax.nn.softmax(clf(clf.preprocess(img)), axis=-1)
   _, idx = jax.lax.top_k(jnp.abs(shift), top_units)
   out["top_units"] = idx.astype(jnp.int32)
@@ -160,7 +194,8 @@ _outcome = jax.jit(outcome, static_argnames=("top_units",))
 
 
 def initial_shift(key: jax.Array, search_ids: jax.Array, dim: int) -> jax.Array:
-  """Uniform [0, 1) start shifts [B, dim], a pure function of (key, search id)."""
+  """Uniform [0, 1) start shifts [B, dim], a pure function of (key, search id);
+  key: the stage's stream key `ctx.key("counterfactual")`."""
   return jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i), (dim,)))(search_ids)
 
 
@@ -199,46 +234,34 @@ def plan(cls: np.ndarray, pairs: list[tuple[int, int]], per_pair: int) -> dict[s
           "target": np.asarray(target, np.int32)}
 
 
-def fingerprint(config: ml_collections.ConfigDict) -> dict:
-  from lis_jax import linking
-  same_results = ("save_png", "compact_rows")   # options that do not change any number
-  cf = {k: v for k, v in config.counterfactual.to_dict().items() if k not in same_results}
-  return {**linking.fingerprint(config), "counterfactual": cf}
-
-
-def run(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Stage entry: runs the planned searches batch by batch into `workdir/counterfactual/`."""
-  from lis_jax import linking, paired_data
-  c = config.counterfactual
-  out_dir = pipeline.stage_dir(workdir, "counterfactual")
+def run(ctx) -> None:
+  """Runs the planned searches batch by batch into `workdir/counterfactual/`."""
+  c = ctx.cfg(NAME)
+  out_dir = ctx.out_dir(NAME)
   if c.mode not in MODES:
     raise pipeline.PipelineError(f"counterfactual.mode={c.mode!r}; known: {', '.join(MODES)}")
   if c.max_steps < 1 or c.check_every < 1 or c.batch_size < 1 or c.samples_per_pair < 1:
     raise pipeline.PipelineError("counterfactual max_steps, check_every, batch_size and "
                                  "samples_per_pair must be >= 1")
-  data = paired_data.load(workdir)
-  link = linking.load_fitted(workdir)
-  G, clf = pipeline.load_models(config, workdir)
-  classes = pipeline.parse_classes(config.classes, clf.num_classes)
-  todo_plan = plan(data["cls"], parse_pairs(c.pairs, classes), c.samples_per_pair)
-  pipeline.check_stage_config(out_dir, fingerprint(config))
+  data = ctx.result("paired_data")
+  link = ctx.result("link").link
+  G, clf = ctx.G, ctx.clf
+  todo_plan = plan(data.cls, parse_pairs(c.pairs, ctx.classes), c.samples_per_pair)
 
-  mesh = distribute.data_mesh()
+  mesh = ctx.mesh
   batch = distribute.round_up(c.batch_size, mesh)
   G_r, clf_r, link_r = distribute.replicate((G, clf, link), mesh)
-  key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
+  key = ctx.key(NAME)
   n = todo_plan["sample"].size
   n_batches = -(-n // batch)
+  store = blocks.BlockStore(out_dir, "batch")
   statics = dict(lr=c.lr, max_steps=c.max_steps, check_every=c.check_every,
                  w_origin=c.w_origin, w_cos=c.w_cos, mode=c.mode, compact_rows=c.compact_rows)
-  for b in tqdm(range(n_batches), unit="batch", desc="counterfactual"):
-    path = _batch_path(out_dir, b)
-    if os.path.exists(path):
-      continue
+  for b in tqdm(store.todo(n_batches), unit="batch", desc="counterfactual"):
     ids = np.arange(b * batch, min(n, (b + 1) * batch), dtype=np.int32)
     rows = todo_plan["sample"][ids]
     arrays = {"search": ids, "sample": rows, "origin": todo_plan["origin"][ids],
-              "target": todo_plan["target"][ids], "r": data["r"][rows], "w_before": data["w"][rows]}
+              "target": todo_plan["target"][ids], "r": data.r[rows], "w_before": data.w[rows]}
     pad = {k: distribute.pad_batch(v, batch) for k, v in arrays.items()}
     active = np.arange(batch) < ids.size
     shift0 = initial_shift(key, jnp.asarray(pad["search"]), clf.feature_dim)
@@ -251,27 +274,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     arrays.update(host)
     if c.save_png:
       for i, s in enumerate(ids):
-        pair = np.concatenate([host["img_before"][i], host["img_after"][i]], axis=1)
-        buf = _io.BytesIO()
-        Image.fromarray(pair).save(buf, "PNG")
-        with io.atomic_file(os.path.join(out_dir, "images", f"cf_{s:05d}.png"), "wb") as f:
-          f.write(buf.getvalue())
-    pipeline.maybe_interrupt("counterfactual", b + 1)
-    io.savez(path, **{k: v for k, v in arrays.items() if not k.startswith("img_")})
-  _finish(out_dir, n_batches, c.save_png)
+        images.save_png(os.path.join(out_dir, "images", f"cf_{s:05d}.png"),
+                        images.row([host["img_before"][i], host["img_after"][i]]))
+    pipeline.maybe_interrupt(NAME, b + 1)
+    store.write(b, **{k: v for k, v in arrays.items() if not k.startswith("img_")})
+  _finish(store, n_batches, c.save_png)
 
 
-def _batch_path(out_dir: str, b: int) -> str:
-  return os.path.join(out_dir, f"batch_{b:05d}.npz")
-
-
-def _finish(out_dir: str, n_batches: int, save_png: bool) -> None:
+def _finish(store: blocks.BlockStore, n_batches: int, save_png: bool) -> None:
   """Concatenates the batches into results.npz, writes summary.json and index.csv."""
-  parts = []
-  for b in range(n_batches):
-    with np.load(_batch_path(out_dir, b)) as f:
-      parts.append({k: f[k] for k in f.files})
-  res = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  out_dir = store.directory
+  res = store.concat(n_batches)
   io.savez(os.path.join(out_dir, "results.npz"), **res)
   ok = res["success"]
   summary = {"n": int(ok.size), "success_rate": float(ok.mean()),
@@ -289,3 +302,74 @@ def _finish(out_dir: str, n_batches: int, save_png: bool) -> None:
                    repr(float(res["probs_after"][i, t])),
                    f"images/cf_{int(res['search'][i]):05d}.png" if save_png else ""])
   print(f"[counterfactual] {summary['n']} searches, success rate {summary['success_rate']:.2f}")
+
+
+def load(workdir: str) -> CounterfactualResult:
+  out_dir = os.path.join(workdir, NAME)
+  path = pipeline.require(os.path.join(out_dir, "results.npz"), NAME)
+  with np.load(path) as f:
+    arrays = {k: f[k] for k in f.files}
+  return CounterfactualResult(arrays=arrays, summary=io.read_json(os.path.join(out_dir, "summary.json")))
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def section(ctx) -> str | None:
+  """Success rate of the counterfactual searches and before/after pairs."""
+  if not os.path.exists(os.path.join(ctx.out_dir(NAME), "results.npz")):
+    return None
+  c = ctx.cfg("report")
+  G = ctx.G
+  names = G.class_names if isinstance(G, GroundTruthWorld) else None
+  name = (lambda k: f"{names[k]} ({k})") if names else str
+  res = ctx.result(NAME).arrays
+  ok = res["success"].astype(bool)
+  n_fail = min(int((~ok).sum()), max(c.n_counterfactuals // 4, 1)) if ok.any() else c.n_counterfactuals
+  # One search per origin class in turn, each origin's nearest-numbered target first, so
+  # the pairs shown cover many origins and targets.
+  offset = (res["target"] - res["origin"]) % (int(res["target"].max()) + 1)
+  by_offset = np.lexsort((res["origin"], offset))
+  pick = lambda mask: _round_robin(by_offset[mask[by_offset]], res["origin"])
+  show = np.concatenate([pick(ok)[:c.n_counterfactuals - n_fail], pick(~ok)[:n_fail]])
+  before = images.render(G, res["w_before"][show], c.batch_size)
+  after = images.render(G, res["w_after"][show], c.batch_size)
+  rows, fig = [], []
+  for j, i in enumerate(show):
+    o, t = int(res["origin"][i]), int(res["target"][i])
+    pair = images.row([before[j], after[j]])
+    fig.append((f"{names[o] if names else o} > {names[t] if names else t}"
+                + ("" if ok[i] else "\n(failed)"), pair))
+    rows.append((page.img(pair, c.image_scale), page.escape(name(o)),
+                 page.escape(name(t)), f"{res['probs_before'][i, o]:.3f}",
+                 f"{res['probs_after'][i, t]:.3f}", int(res["steps"][i]),
+                 "yes" if ok[i] else "no"))
+  images.save_png(os.path.join(ctx.out_dir("report"), "counterfactuals.png"), images.labelled_grid(fig))
+  steps = res["steps"][ok]
+  stats = (f"median {np.median(steps):.0f} steps to success" if ok.any() else "no success")
+  return ("<h2>Counterfactuals</h2>"
+          f"<p><b>Success rate: {ok.mean():.3f}</b> ({int(ok.sum())} of {ok.size} searches; {stats}). "
+          "A search shifts the representation r until the classifier, applied to the image "
+          "generated from link(relu(r - shift)), predicts the target class.</p>"
+          + page.table(["before | after", "origin", "target", "p(origin) before", "p(target) after",
+                        "steps", "success"], rows, escape_cells=False))
+
+
+def _round_robin(idx: np.ndarray, key: np.ndarray) -> np.ndarray:
+  """idx reordered so that consecutive entries cycle through the values of key[idx] (order kept within a value)."""
+  groups = [list(idx[key[idx] == k]) for k in np.unique(key[idx])]
+  out = []
+  while any(groups):
+    out += [g.pop(0) for g in groups if g]
+  return np.asarray(out, np.int64)
+
+
+def summary(ctx) -> dict | None:
+  if not os.path.exists(os.path.join(ctx.out_dir(NAME), "results.npz")):
+    return None
+  return ctx.result(NAME).summary
+
+
+STAGE = Stage(name=NAME, requires=("link",), default_config=default_config, run=run, load=load,
+              uses=("classes", "seed"), section=section, summary=summary,
+              ignores=("save_png", "compact_rows", "batch_size"))
