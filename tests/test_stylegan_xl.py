@@ -353,10 +353,10 @@ def test_name_table_reports_unmatched_arrays(fixtures_dir, edit, message):
     convert_sgxl.convert_generator(G)
 
 
-@pytest.mark.parametrize("name", ["sgxl_stem16", "sgxl_sr64", "sgxl_realistic_proto3"])
-def test_strict_accepts_snapshots_of_plain_data(tmp_path, fixtures_dir, name):
-  # Their D (stand-in or None) and generators use only recognised data (FIXTURES.md).
-  assert convert_sgxl.main(["--pkl", str(fixtures_dir / f"{name}.pkl"),
+def test_strict_accepts_a_snapshot_of_plain_data(tmp_path, fixtures_dir):
+  # FIXTURES.md: the protocol-3 file has D None; its generators use dill 0.3.4's numpy
+  # pattern and _load_type('set'), both recognised data.
+  assert convert_sgxl.main(["--pkl", str(fixtures_dir / "sgxl_realistic_proto3.pkl"),
                             "--out", str(tmp_path / "out"), "--strict"]) == 0
 
 
