@@ -1241,6 +1241,9 @@ def read_snapshot(path: str, decode: Sequence[str] | None = None,
       if key in snap and find_records(snap[key], key):
         where, record = find_records(snap[key], key)[0]
         raise SnapshotError(f"{path}: refused: {where} is {describe(record)}, not a generator")
+      if key in snap:
+        raise SnapshotError(f"{path}: not a StyleGAN-XL snapshot ({key} is a "
+                            f"{type(snap[key]).__name__}, not a generator)")
     raise SnapshotError(f"{path}: not a StyleGAN-XL snapshot (no generator G_ema or G; "
                         f"keys: {', '.join(map(str, snap)) or 'none'})")
   for key in generators:
