@@ -1,79 +1,73 @@
-"""Safe reader for StyleGAN-XL snapshot pickles: parses, never executes.
+"""Safe reader for StyleGAN-XL snapshot pickles: reads them as data, never executes them.
 
-A StyleGAN-XL snapshot (`network-snapshot-*.pkl`, `imagenet256.pkl`) is a `dill`
-pickle of a dict `{G, D, G_ema, augment_pipe, training_set_kwargs, progress}`. Every
-network is a "persistent" object: the pickle calls
-`torch_utils.persistence._reconstruct_persistent_obj(meta)`, and the reference loader
-then *executes* `meta['module_src']` (arbitrary Python) to rebuild the class. A pickle
-is untrusted input, so this module never does that: it unpickles with a restricted
-unpickler and returns plain, inert `Node` trees of numpy arrays.
+A StyleGAN-XL snapshot (`network-snapshot-*.pkl`, `imagenet256.pkl`) is a `dill` pickle
+of a dict `{G, D, G_ema, augment_pipe, training_set_kwargs, progress}`. Every network is
+a "persistent" object: the pickle calls
+`torch_utils.persistence._reconstruct_persistent_obj(meta)`, and the reference loader then
+*executes* `meta['module_src']` (arbitrary Python) to rebuild the class. A released file
+also pickles the discriminator `D` with timm and `pg_modules` classes, forward-hook
+closures pickled by value (`dill._dill._create_function` / `_create_code`), bound methods
+and, under dill <= 0.3.4, numpy values as calls of
+`_get_attr(_import_module('numpy.core._multiarray_umath'), '_reconstruct')`.
 
-Safety model (two independent layers):
-  1. A static pre-scan (`scan_globals`) walks the opcodes without unpickling, tracks
-     which global each call (REDUCE / INST / OBJ) uses, and refuses the file if any
-     call targets a global outside `ALLOWED_CALLABLES`, if a BUILD would set the
-     attributes of a global itself (e.g. rewrite an allowed function's defaults), or
-     if the pickle uses opcodes a snapshot never needs (persistent ids, the copyreg
-     extension registry). Nothing from the file has run at that point.
-  2. The unpickler's `find_class` never imports anything named by the pickle. Names in
-     `ALLOWED_CALLABLES` resolve to small functions defined here (which decode tensors
-     with `torch.load(..., map_location='cpu', weights_only=True)`, rebuild numpy arrays
-     and wrap persistent objects as records; `module_src` is kept as text only). Every
-     other name resolves to an inert placeholder class created here: it can be
-     instantiated by NEWOBJ + BUILD (that is how `torch.nn.modules.*` objects such as
-     the class `Embedding` are pickled; no code of the named class runs, the state is
-     just stored), but calling it raises `SnapshotError` naming the global. The same
-     holds for non-torch classes a real `D` pickles by reference (timm feature
-     networks, `pg_modules.*`): they become inert Nodes whose `source` is their
-     module path, so the generator can be read without those packages. Instances of
-     unknown dict / list subclasses (dnnlib.EasyDict) read back as plain dicts / lists.
+This module never uses `pickle.Unpickler`. It interprets the opcodes itself (`_Machine`)
+and builds values from them; nothing named by the file is imported, nothing it calls is
+called, nothing in it is compiled:
+  * Globals are names (`GlobalRef`), never looked up in Python.
+  * Calls of a short list of *recognised* globals build the plain data they stand for
+    (`RECOGNISED`: torch tensor rebuilding, numpy arrays / scalars / dtypes,
+    `collections.OrderedDict`, sets, the persistence hook as an inert record of its meta,
+    and dill's `_create_array`, `_import_module` + `_get_attr` (read statically as the
+    global they name) and `_load_type('set')`). They are small functions defined here;
+    arguments that do not fit the data pattern make the call an inert record instead.
+  * Every other call, of a named global or of a computed object (the result of an
+    earlier call), becomes an `InertCall` record: callable, arguments and the state a
+    BUILD would have given it, kept as data.
+  * NEWOBJ objects (`torch.nn.Embedding`, timm and `pg_modules` classes) become `Node`s
+    holding their pickled `__dict__`; persistent objects become `Node`s whose
+    `module_src` is kept as text only.
+  * Tensor storages are not decoded while reading: a tensor is a `LazyTensor` that
+    remembers where its bytes are in the file. `read_snapshot(decode=('G_ema',))`
+    decodes only the tensors reachable from the listed keys (with
+    `torch.load(map_location='cpu', weights_only=True)`, since snapshots saved on a GPU
+    tag storages 'cuda:0'), so `D` and `G` cost no memory when converting `G_ema`.
+  * The value builder is memo-aware (a shared reference stays one object) and bounded:
+    at most MAX_CONTAINER_ITEMS items per container or on the stack, at most
+    MAX_NESTING levels of nested values, lengths never past the end of the file.
 
-Opt-in inert calls (never the default): a real released snapshot (imagenet256.pkl) also
-holds the discriminator `D`, whose pickle may call harmless callables outside the
-allow-list (`functools.partial`, a timm class with a custom __reduce__), so the whole file
-would be refused although only `G_ema` is needed. `load_snapshot(path, inert_calls=(...))`
-(CLI: `--inert-calls module.name[,...]`) names such globals exactly (fully qualified, no
-wildcards; names under `DENIED_PREFIXES` such as builtins.*, os.*, subprocess.* are refused
-even when listed). The pre-scan then accepts calls of exactly those names, and the
-unpickler replaces each call with an `InertCall(name, args, state, ...)` record:
-the callable is never imported or run, and globals the call merely receives as arguments
-(e.g. the `os.system` inside a `partial(os.system, ...)`) stay names, never imported.
-An `InertCall` anywhere in the network a converter consumes makes it fail
-(`find_inert_calls`), so a placeholder can never end up inside a generator.
-
-Allowed callables (exactly what FIXTURES.md lists, checked with pickletools on both
-fixture pickles; numpy under both its 1.x and 2.x module names):
-  torch._utils._rebuild_tensor_v2, torch._utils._rebuild_parameter,
-  torch.storage._load_from_bytes, torch_utils.persistence._reconstruct_persistent_obj,
-  dill._dill._create_array, numpy{.core,._core}.multiarray._reconstruct / .scalar,
-  numpy.dtype, numpy.ndarray (only as `_reconstruct`'s subtype),
-  collections.OrderedDict.
+Whether a record matters is the caller's decision: `find_records(snap['G_ema'])` lists
+every inert record, foreign object or stray value inside a network, with its path; the
+converter refuses a generator that holds one. `strict=True` (CLI `--strict`, for
+auditors) refuses instead any global outside the recognised ones and `torch.nn.modules.*`
+classes, and any call that is not recognised data, anywhere in the file.
 
 Usage:
   snap = load_snapshot('imagenet256.pkl')   # {'G': Node, 'D': Node, 'G_ema': Node, ...}
-  snap = load_snapshot('imagenet256.pkl', inert_calls=('functools.partial',))  # if D needs it
   G = snap['G_ema']
   G.class_name                              # 'SuperresGenerator'
   G['mapping']['embed'].params['weight']    # np.ndarray float32 [1000, 320]
   G['synthesis'].attrs['layer_names']       # ['L0_36_1024', ...]
   for path, node in G.walk(): ...           # ('', G), ('mapping', ...), ...
   G.state_dict()                            # {'mapping.embed.weight': ..., ...}
+  snap, stats = read_snapshot('imagenet256.pkl', decode=('G_ema',))  # D stays LazyTensors
 
-Every failure is a `SnapshotError` (a ValueError) with a one-line message: missing
-file, truncated or corrupt pickle, not a StyleGAN-XL snapshot, forbidden global, bad or
-denied `inert_calls` name.
+Every failure is a `SnapshotError` (a ValueError) with a one-line message: missing file,
+truncated or corrupt pickle, limits exceeded, not a StyleGAN-XL snapshot, a generator that
+is itself an inert record, or (strict) an unknown global.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
 import io
+import math
 import os
-import pickle
 import pickletools
 import re
+import struct
+import sys
 import warnings
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -81,8 +75,19 @@ import torch
 # Persistent-object format version written by torch_utils.persistence (StyleGAN2-ADA,
 # StyleGAN3, StyleGAN-XL all write 6).
 PERSISTENCE_VERSION = 6
-# torch.nn.Module bookkeeping in an object's __dict__ that is neither a parameter,
-# a buffer, a child nor a meaningful attribute.
+# Most items one container (list, dict, set, tuple, the stack) may hold. A real snapshot's
+# largest container has a few thousand (D's state dicts); each item costs at least one
+# byte of file, so this bounds a hostile file's memory at ~8 bytes per file byte anyway.
+MAX_CONTAINER_ITEMS = 1 << 22
+# Most levels of nested values (containers, records, objects). The realistic fixture's
+# deepest value is 46 levels (D: timm blocks in Sequentials in ModuleDicts, hook
+# closures); this leaves room and keeps the recursive builder far from Python's limit.
+MAX_NESTING = 400
+# Byte strings at least this long are not read while parsing: a `LazyBytes` remembers
+# their place in the file (tensor storages; everything smaller is read at once).
+LAZY_BYTES = 1 << 12
+# torch.nn.Module bookkeeping in an object's __dict__ that is neither a parameter, a
+# buffer, a child nor a meaningful attribute: kept apart, in Node.internals.
 _TORCH_INTERNAL_ATTRS = frozenset({
     "training", "_parameters", "_buffers", "_modules", "_non_persistent_buffers_set",
     "_backward_pre_hooks", "_backward_hooks", "_is_full_backward_hook",
@@ -91,23 +96,115 @@ _TORCH_INTERNAL_ATTRS = frozenset({
     "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
     "_compiled_call_impl",
 })
-
-
-# Node.attrs key under which records of opted-in calls found in a module's parameter,
-# buffer or child slot are kept: {'_modules.<name>' | '_parameters.<name>' | ...: InertCall}.
-INERT_ATTR = "__inert_calls__"
+# Where the classes of plain torch modules live (the only NEWOBJ classes a generator may
+# hold besides persistent objects, and the only ones --strict accepts).
+TORCH_MODULES = "torch.nn.modules."
+# numpy's multiarray module under numpy 1.x and 2.x, public and private spelling.
+NUMPY_MULTIARRAY = ("numpy.core.multiarray", "numpy.core._multiarray_umath",
+                    "numpy._core.multiarray", "numpy._core._multiarray_umath")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 class SnapshotError(ValueError):
   """A snapshot pickle is missing, corrupt, not a StyleGAN-XL snapshot, or unsafe."""
 
 
-# ----------------------------------------------------------------------------- node tree
+# ----------------------------------------------------------------------------- public values
+
+
+@dataclasses.dataclass(frozen=True)
+class GlobalRef:
+  """A global the pickle names (`module.name`), never imported or looked up."""
+  module: str
+  name: str
+
+  def __str__(self) -> str:
+    return f"{self.module}.{self.name}" if self.name else self.module
+
+
+@dataclasses.dataclass(eq=False)
+class InertCall:
+  """A call the pickle makes that is not recognised data: recorded, never run.
+
+  Attributes:
+    func: what is called: a GlobalRef, or a computed object (an earlier InertCall).
+    args: the positional arguments, as read (objects as Nodes, globals as GlobalRefs).
+    kind: 'call' (REDUCE / INST / OBJ) or 'new' (NEWOBJ of a computed class).
+    reason: why a recognised global was not read as data ('' for other globals).
+    state: what a following BUILD handed to the result (None if none).
+    items: items SETITEM(S) added to the result, in order.
+    elements: elements APPEND(S) / ADDITEMS added to the result, in order.
+  """
+  func: Any
+  args: tuple = ()
+  kind: str = "call"
+  reason: str = ""
+  state: Any = None
+  items: dict = dataclasses.field(default_factory=dict)
+  elements: list = dataclasses.field(default_factory=list)
+
+  @property
+  def name(self) -> str:
+    """The called global ('posix.system'), or 'X(...)' for the result of a call of X."""
+    if isinstance(self.func, GlobalRef):
+      return str(self.func)
+    if isinstance(self.func, InertCall):
+      shown = ", ".join(repr(a) for a in self.func.args
+                        if isinstance(a, (str, int, float, bool)) and len(repr(a)) < 40)
+      return f"{self.func.name}({shown})"
+    return f"a computed {type(self.func).__name__}"
+
+  def __repr__(self) -> str:
+    return f"InertCall({self.name}, {len(self.args)} args)"
+
+
+@dataclasses.dataclass(eq=False)
+class LazyBytes:
+  """A byte string left in the file: `length` bytes at `offset`."""
+  offset: int
+  length: int
+
+
+@dataclasses.dataclass(eq=False)
+class LazyStorage:
+  """A torch storage (`torch.storage._load_from_bytes(data)`), not yet decoded."""
+  data: bytes | LazyBytes
+  flat: torch.Tensor | None = None  # [numel], once decoded
+
+  @property
+  def nbytes(self) -> int:
+    return self.data.length if isinstance(self.data, LazyBytes) else len(self.data)
+
+
+@dataclasses.dataclass(eq=False)
+class LazyTensor:
+  """A tensor (`torch._utils._rebuild_tensor_v2`) whose storage is not decoded.
+
+  Attributes:
+    storage: the LazyStorage it views.
+    offset, size, stride: the view, in elements, as torch pickles them.
+  """
+  storage: LazyStorage
+  offset: int
+  size: tuple
+  stride: tuple
+
+  @property
+  def shape(self) -> tuple:
+    return self.size
+
+  @property
+  def numel(self) -> int:
+    return math.prod(self.size)
+
+  def __repr__(self) -> str:
+    return f"LazyTensor(shape={self.size})"
 
 
 @dataclasses.dataclass(eq=False, repr=False)
 class Node:
-  """One network object of a snapshot (a torch.nn.Module in the original), inert.
+  """One object of a snapshot (a torch.nn.Module in the original), inert.
 
   Attributes:
     class_name: the original class name, e.g. 'SuperresGenerator', 'SynthesisLayer',
@@ -115,24 +212,29 @@ class Node:
     source: where the class came from: 'persistent' (a torch_utils.persistence object;
       its class lives in `module_src`), or the dotted module of a pickled class such as
       'torch.nn.modules.sparse'.
-    params: parameter name -> np.ndarray (floating tensors as float32). Parameters
-      registered as None (e.g. a Conv2d without bias) are left out.
-    buffers: buffer name -> np.ndarray, or None where the module registered a None
-      buffer (e.g. an identity `up_filter`).
+    params: parameter name -> np.ndarray (floating tensors as float32), or LazyTensor
+      where tensors were not decoded. Parameters registered as None are left out.
+    buffers: buffer name -> np.ndarray / LazyTensor, or None where the module
+      registered a None buffer (e.g. an identity `up_filter`).
     children: child module name -> Node, in registration order (`_modules`); None
       children are left out.
     attrs: every other attribute of the object's __dict__ (ints, floats, strings,
-      lists, numpy arrays, nested Nodes), torch hook bookkeeping removed.
+      lists, numpy values, nested Nodes, records), torch bookkeeping left out.
+    internals: the torch bookkeeping (`training`, hook dicts, ...), as read.
+    stray: values in a parameter, buffer or child slot that are not a tensor / None /
+      module (inert records, corrupt values), keyed '<slot>.<name>'.
     version: persistence format version (None unless source == 'persistent').
     module_src: the Python source the reference loader would execute; kept as text
       only, never executed (None unless source == 'persistent').
   """
   class_name: str
   source: str
-  params: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-  buffers: dict[str, np.ndarray | None] = dataclasses.field(default_factory=dict)
+  params: dict[str, Any] = dataclasses.field(default_factory=dict)
+  buffers: dict[str, Any] = dataclasses.field(default_factory=dict)
   children: dict[str, "Node"] = dataclasses.field(default_factory=dict)
   attrs: dict[str, Any] = dataclasses.field(default_factory=dict)
+  internals: dict[str, Any] = dataclasses.field(default_factory=dict)
+  stray: dict[str, Any] = dataclasses.field(default_factory=dict)
   version: int | None = None
   module_src: str | None = None
 
@@ -153,6 +255,12 @@ class Node:
     return (f"Node({self.class_name}, params={list(self.params)}, "
             f"buffers={list(self.buffers)}, children={list(self.children)})")
 
+  @property
+  def qualname(self) -> str:
+    """'module.Class' of a pickled class, 'persistent Class' of a persistent object."""
+    return f"persistent {self.class_name}" if self.source == "persistent" \
+        else f"{self.source}.{self.class_name}"
+
   def walk(self, prefix: str = "") -> Iterator[tuple[str, "Node"]]:
     """Yields (dotted path, node) for this node and all descendants, pre-order.
 
@@ -162,7 +270,7 @@ class Node:
     for name, child in self.children.items():
       yield from child.walk(f"{prefix}.{name}" if prefix else name)
 
-  def state_dict(self) -> dict[str, np.ndarray]:
+  def state_dict(self) -> dict[str, Any]:
     """Dotted name -> array for every parameter and non-None buffer below this node,
     named like torch's `module.state_dict()`."""
     out = {}
@@ -173,705 +281,969 @@ class Node:
     return out
 
 
-# ----------------------------------------------------------------------------- inert records
-
-
-@dataclasses.dataclass(eq=False)
-class _Storage:
-  """A decoded tensor storage: a flat typed CPU tensor."""
-  flat: torch.Tensor  # [numel]
-
-
-class _PersistentRecord:
-  """What `_reconstruct_persistent_obj(meta)` returns here: the meta, unexecuted."""
-
-  def __init__(self, meta: dict):
-    self.meta = meta
-
-
-def _forbidden_call(name: str) -> SnapshotError:
-  """The error for a call of a global that is neither allowed nor opted in as inert."""
-  message = f"forbidden global {name} (the pickle tries to call it)"
-  if _inert_name_problem(name) is None:
-    message += (f"; if it is only inside D and you trust the rest, rerun with --inert-calls "
-                f"{name} (it will be recorded, never run)")
-  return SnapshotError(message)
-
-
-class _PlaceholderMeta(type):
-  """Metaclass of inert placeholders: calling the class (REDUCE) is refused."""
-
-  def __call__(cls, *args, **kwargs):
-    raise _forbidden_call(cls._global_name)
-
-
-@dataclasses.dataclass(eq=False)
-class InertCall:
-  """A call the pickle makes of an opted-in global (`inert_calls`), recorded, never run.
+@dataclasses.dataclass
+class LoadStats:
+  """What reading a snapshot cost and left out.
 
   Attributes:
-    name: the called global, fully qualified ('functools.partial').
-    args: the positional arguments, converted like attribute values (objects as Nodes,
-      InertCalls, globals referenced by name as their 'module.name' string).
-    state: what a following BUILD would have handed to the result (None if none).
-    items: items SETITEM(S) added to the result, in order.
-    elements: elements APPEND(S) / ADDITEMS added to the result, in order.
+    storages, storage_bytes: tensor storages in the file and their bytes.
+    decoded_storages, decoded_bytes: how many of them were decoded, and their bytes.
+    inert_calls: top-level key -> inert call records reachable from it (never run).
+    lazy_values: top-level key -> elements of tensors reachable from it left undecoded.
   """
+  storages: int = 0
+  storage_bytes: int = 0
+  decoded_storages: int = 0
+  decoded_bytes: int = 0
+  inert_calls: dict = dataclasses.field(default_factory=dict)
+  lazy_values: dict = dataclasses.field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- raw objects
+
+
+@dataclasses.dataclass(eq=False)
+class _Module:
+  """`dill._dill._import_module(name)`: the module's name, never imported."""
   name: str
-  args: tuple = ()
+
+
+@dataclasses.dataclass(eq=False)
+class _Obj:
+  """NEWOBJ of a named class: `cls.__new__(cls)`, nothing of the class runs."""
+  cls: GlobalRef
   state: Any = None
   items: dict = dataclasses.field(default_factory=dict)
   elements: list = dataclasses.field(default_factory=list)
 
-  def __repr__(self) -> str:
-    return f"InertCall({self.name}, {len(self.args)} args)"
 
-  # The unpickler treats the record like the object the call would have returned.
-  def __setstate__(self, state):
-    self.state = state
-
-  def __setitem__(self, key, value):
-    self.items[key] = value
-
-  def append(self, value):
-    self.elements.append(value)
-
-  def extend(self, values):
-    self.elements.extend(values)
-
-  def add(self, value):
-    self.elements.append(value)
-
-  def __reduce__(self):
-    raise TypeError("inert call records are not picklable")
+@dataclasses.dataclass(eq=False)
+class _PersistentRecord:
+  """What `_reconstruct_persistent_obj(meta)` stands for: the meta, unexecuted."""
+  meta: dict
 
 
-class _InertMeta(_PlaceholderMeta):
-  """Metaclass of opted-in globals: calling one records an InertCall instead."""
-
-  def __call__(cls, *args):  # REDUCE / INST / OBJ pass positional arguments only
-    return InertCall(cls._global_name, args)
-
-
-class _Placeholder(metaclass=_PlaceholderMeta):
-  """Base of the inert stand-in classes for globals that are not allowed callables.
-
-  NEWOBJ creates an instance through __new__ (nothing of the named class runs) and
-  BUILD hands the pickled state to __setstate__, which only stores it. Items that the
-  pickle adds to an instance of a dict, list or set subclass (e.g. dnnlib.EasyDict in
-  `_init_kwargs`) are stored the same way.
-  """
-  _global_name = "?"
-
-  def __new__(cls, *args, **kwargs):
-    del args, kwargs  # constructor arguments of the original class are irrelevant
-    obj = object.__new__(cls)
-    obj._state = {}
-    obj._items = {}  # SETITEM(S) on a dict subclass
-    obj._elements = []  # APPEND(S) / ADDITEMS on a list or set subclass
-    return obj
-
-  def __setstate__(self, state):
-    self._state = state
-
-  def __setitem__(self, key, value):
-    self._items[key] = value
-
-  def append(self, value):
-    self._elements.append(value)
-
-  def extend(self, values):
-    self._elements.extend(values)
-
-  def add(self, value):
-    self._elements.append(value)
-
-  def __reduce__(self):
-    raise TypeError("placeholders are not picklable")
+@dataclasses.dataclass(frozen=True)
+class _NotData:
+  """Returned by a recognised function whose arguments do not fit: record it inert."""
+  reason: str
 
 
-def _placeholder(module: str, name: str, inert: bool = False) -> type:
-  meta = _InertMeta if inert else _PlaceholderMeta
-  return meta(name, (_Placeholder,), {"_global_name": f"{module}.{name}", "_module": module})
+# ----------------------------------------------------------------------------- recognised calls
 
 
-# ----------------------------------------------------------------------------- allowed callables
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _load_from_bytes(data):
-  """torch.storage._load_from_bytes: storage bytes in torch's legacy format -> _Storage.
-
-  Decoded with torch's weights-only unpickler on the CPU (snapshots written on a GPU
-  tag their storages 'cuda:0').
-  """
-  if not isinstance(data, (bytes, bytearray)):
-    raise SnapshotError(f"corrupt tensor storage: expected bytes, got {type(data).__name__}")
-  with warnings.catch_warnings():  # TypedStorage is deprecated, but it is what was saved
-    warnings.simplefilter("ignore", UserWarning)
-    try:
-      storage = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for bad bytes; report them uniformly
-      raise SnapshotError(f"corrupt tensor storage ({type(e).__name__}: "
-                          f"{(str(e).splitlines() or [''])[0]})") from None
-    if isinstance(storage, torch.UntypedStorage):
-      flat = torch.empty(0, dtype=torch.uint8).set_(storage)
-    elif isinstance(storage, torch.TypedStorage):
-      flat = torch.empty(0, dtype=storage.dtype).set_(storage._untyped_storage)
-      flat = flat[:storage.size()]
-    else:
-      raise SnapshotError(f"corrupt tensor storage: decoded to {type(storage).__name__}")
-  return _Storage(flat)
+def _rebuild_tensor_v2(storage, storage_offset=None, size=None, stride=None, *rest):
+  """torch._utils._rebuild_tensor_v2 -> LazyTensor (hooks, metadata dropped)."""
+  del rest  # requires_grad, backward_hooks, metadata: training-time state
+  if not isinstance(storage, LazyStorage):
+    return _NotData(f"storage is a {type(storage).__name__}")
+  if not (_is_int(storage_offset) and storage_offset >= 0 and isinstance(size, tuple)
+          and isinstance(stride, tuple) and len(size) == len(stride)
+          and all(_is_int(v) and v >= 0 for v in size + stride)):
+    return _NotData("bad offset / size / stride")
+  return LazyTensor(storage, storage_offset, size, stride)
 
 
-def _to_numpy(t: torch.Tensor, whole_storage: bool) -> np.ndarray:
-  """A tensor as a numpy array; floating types become float32.
-
-  A contiguous float32 tensor that spans its whole storage shares the storage's memory
-  (the usual case: a real snapshot is not held twice while it loads); any other tensor
-  is copied, so views of one storage never alias each other.
-  """
-  if t.is_floating_point() and t.dtype != torch.float32:
-    return t.to(torch.float32).numpy()  # .to() makes a fresh tensor
-  if whole_storage and t.is_contiguous():
-    return t.numpy()
-  return t.clone().numpy()
-
-
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
-                       backward_hooks=None, metadata=None):
-  """torch._utils._rebuild_tensor_v2 -> np.ndarray (no hooks, no metadata kept)."""
-  del requires_grad, backward_hooks, metadata  # training-time state, irrelevant here
-  if not isinstance(storage, _Storage):
-    raise SnapshotError(f"corrupt tensor: storage is {type(storage).__name__}")
-  if not (isinstance(storage_offset, int) and isinstance(size, tuple) and isinstance(stride, tuple)
-          and all(isinstance(v, int) and v >= 0 for v in size + stride)):
-    raise SnapshotError("corrupt tensor: bad offset / size / stride")
-  try:
-    t = torch.as_strided(storage.flat, size, stride, storage_offset)
-    return _to_numpy(t, storage_offset == 0 and t.numel() == storage.flat.numel())
-  except RuntimeError as e:
-    raise SnapshotError(f"corrupt tensor ({(str(e).splitlines() or [''])[0]})") from None
-
-
-def _rebuild_parameter(data, requires_grad=True, backward_hooks=None):
-  """torch._utils._rebuild_parameter -> the array itself."""
-  del requires_grad, backward_hooks
-  if not isinstance(data, np.ndarray):
-    raise SnapshotError(f"corrupt parameter: data is {type(data).__name__}")
+def _rebuild_parameter(data, *rest):
+  """torch._utils._rebuild_parameter(_with_state) -> the tensor itself."""
+  del rest
+  if not isinstance(data, LazyTensor):
+    return _NotData(f"data is a {type(data).__name__}")
   return data
 
 
-def _reconstruct_persistent_obj(meta):
-  """torch_utils.persistence._reconstruct_persistent_obj -> an inert record of `meta`."""
-  if not isinstance(meta, dict):
-    raise SnapshotError(f"corrupt persistent object: meta is {type(meta).__name__}")
+def _load_from_bytes(data, *rest):
+  """torch.storage._load_from_bytes -> LazyStorage (decoded later, if needed)."""
+  if rest or not isinstance(data, (bytes, LazyBytes)):
+    return _NotData("not a byte string")
+  return LazyStorage(data)
+
+
+def _reconstruct_persistent_obj(meta, *rest):
+  """torch_utils.persistence._reconstruct_persistent_obj -> a record of `meta`."""
+  if rest or not isinstance(meta, dict):
+    return _NotData("meta is not a dict")
   missing = {"type", "version", "module_src", "class_name", "state"} - set(meta)
   if missing:
-    raise SnapshotError(f"corrupt persistent object: meta lacks {sorted(missing)}")
+    return _NotData(f"meta lacks {sorted(missing)}")
   if meta["type"] != "class" or not isinstance(meta["class_name"], str):
-    raise SnapshotError(f"unsupported persistent object type {meta['type']!r}")
+    return _NotData(f"unsupported persistent object type {meta['type']!r}")
   if meta["version"] != PERSISTENCE_VERSION:
-    raise SnapshotError(f"unsupported persistence version {meta['version']!r} "
-                        f"(expected {PERSISTENCE_VERSION})")
+    return _NotData(f"unsupported persistence version {meta['version']!r} "
+                    f"(expected {PERSISTENCE_VERSION})")
   if not isinstance(meta["module_src"], str) or not isinstance(meta["state"], dict):
-    raise SnapshotError(f"corrupt persistent object {meta['class_name']}")
+    return _NotData("module_src or state of the wrong type")
   return _PersistentRecord(meta)
 
 
-class _NdarraySubtype:
-  """Stands for numpy.ndarray where the pickle names it (only `_reconstruct` uses it)."""
+_NDARRAY = GlobalRef("numpy", "ndarray")
 
 
-def _np_reconstruct(subtype, shape, typecode):
-  """numpy.core.multiarray._reconstruct: an empty ndarray that BUILD then fills."""
-  del shape, typecode  # __setstate__ sets the real shape and dtype
-  if subtype is not _NdarraySubtype:
-    raise SnapshotError(f"forbidden ndarray subtype {getattr(subtype, '_global_name', subtype)}")
+def _np_reconstruct(subtype, shape=None, typecode=None, *rest):
+  """numpy multiarray._reconstruct: an empty ndarray that a BUILD then fills."""
+  del shape, typecode  # the BUILD state sets the real shape and dtype
+  if rest or subtype != _NDARRAY:
+    return _NotData(f"ndarray subtype {subtype}")
   return np.empty((0,), np.uint8)
 
 
-def _np_scalar(dtype, data=None):
-  """numpy.core.multiarray.scalar: a numpy scalar from its raw bytes."""
-  if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes) \
+def _np_scalar(dtype, data=None, *rest):
+  """numpy multiarray.scalar: a numpy scalar from its raw bytes."""
+  if rest or not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes) \
       or len(data) != dtype.itemsize:
-    raise SnapshotError("corrupt numpy scalar")
+    return _NotData("not a plain numpy scalar")
   return np.frombuffer(data, dtype=dtype, count=1)[0]
 
 
-def _np_dtype(spec, align=False, copy=False):
-  """numpy.dtype, for the string specs numpy pickles ('f4', 'i8', ...)."""
-  if not isinstance(spec, str):
-    raise SnapshotError(f"corrupt numpy dtype spec {type(spec).__name__}")
-  return np.dtype(spec, align=bool(align), copy=bool(copy))
+def _np_dtype(spec, align=False, copy=False, *rest):
+  """numpy.dtype for the string specs numpy pickles ('f4', 'i8', ...); always a copy, so
+  a BUILD on it cannot change numpy's shared dtype singletons."""
+  del copy
+  if rest or not isinstance(spec, str) or not re.fullmatch(r"[A-Za-z]\d{0,2}", spec):
+    return _NotData(f"dtype spec {spec!r}")
+  try:
+    dtype = np.dtype(spec, align=bool(align), copy=True)
+  except TypeError as e:
+    return _NotData(f"dtype spec {spec!r} ({e})")
+  return _NotData(f"dtype {spec!r} holds objects") if dtype.hasobject else dtype
 
 
-def _dill_create_array(f, args, state, npdict=None):
-  """dill._dill._create_array: f(*args) then __setstate__(state)."""
-  if f is not _np_reconstruct or not isinstance(args, tuple):
-    raise SnapshotError("dill array built by something other than numpy's _reconstruct")
-  if npdict:
-    raise SnapshotError("dill array with an ndarray-subclass __dict__ is not supported")
-  array = f(*args)
+def _dill_create_array(f, args=None, state=None, npdict=None, *rest):
+  """dill._dill._create_array: numpy's _reconstruct(*args), then BUILD with `state`."""
+  if rest or npdict or not (isinstance(f, GlobalRef) and f.name == "_reconstruct"
+                            and f.module in NUMPY_MULTIARRAY and isinstance(args, tuple)):
+    return _NotData("not numpy's _reconstruct of a plain ndarray")
+  array = _np_reconstruct(*args)
+  if isinstance(array, _NotData):
+    return array
+  problem = _set_array_state(array, state)
+  return _NotData(problem) if problem else array
+
+
+def _set_array_state(array: np.ndarray, state) -> str | None:
+  """ndarray.__setstate__ for plain (non-object) data; the problem, or None."""
+  if not (isinstance(state, tuple) and len(state) in (4, 5)):
+    return "array state is not a tuple"
+  if len(state) == 4:
+    state = (1,) + state
+  _, shape, dtype, _, raw = state
+  if not (isinstance(shape, tuple) and all(_is_int(s) and s >= 0 for s in shape)
+          and isinstance(dtype, np.dtype) and not dtype.hasobject and isinstance(raw, bytes)
+          and len(raw) == math.prod(shape) * dtype.itemsize):
+    return "array state is not plain data of its shape and dtype"
   array.__setstate__(state)
-  return array
+  return None
+
+
+def _dill_import_module(name, *rest):
+  """dill._dill._import_module(name): the module's name (never imported)."""
+  if rest or not isinstance(name, str) or not _DOTTED.fullmatch(name):
+    return _NotData("not a module name")
+  return _Module(name)
+
+
+def _dill_get_attr(obj, name=None, *rest):
+  """dill._dill._get_attr(_import_module(m), a): read statically as the global m.a."""
+  if rest or not isinstance(obj, _Module) or not isinstance(name, str) \
+      or not _IDENTIFIER.fullmatch(name):
+    return _NotData("not an attribute of a module")
+  return GlobalRef(obj.name, name)
+
+
+_DATA_TYPES = {"set": GlobalRef("builtins", "set"), "frozenset": GlobalRef("builtins", "frozenset")}
+
+
+def _dill_load_type(name, *rest):
+  """dill._dill._load_type(name): the builtin set / frozenset; other types are inert."""
+  if rest or name not in _DATA_TYPES:
+    return _NotData(f"type {name!r} is not plain data")
+  return _DATA_TYPES[name]
 
 
 def _ordered_dict(*args):
-  """collections.OrderedDict, with at most an iterable of pairs."""
-  return collections.OrderedDict(*args)
+  """collections.OrderedDict(), or from a list of pairs."""
+  if not args:
+    return collections.OrderedDict()
+  if len(args) == 1 and isinstance(args[0], (list, tuple)) \
+      and all(isinstance(p, tuple) and len(p) == 2 for p in args[0]):
+    try:
+      return collections.OrderedDict(args[0])
+    except TypeError:
+      pass
+  return _NotData("not a list of pairs")
 
 
-ALLOWED_CALLABLES = {
+def _make_set(kind):
+  def build(items=(), *rest):
+    if rest or not isinstance(items, (list, tuple)):
+      return _NotData("not a list")
+    try:
+      return kind(items)
+    except TypeError:
+      return _NotData("unhashable items")
+  return build
+
+
+def _codecs_encode(text=None, encoding=None, *rest):
+  """_codecs.encode(str, 'latin1'): how protocols 0-2 spell bytes."""
+  if rest or not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+    return _NotData("not a latin1 string")
+  return text.encode("latin-1")
+
+
+# (module, name) -> function(*args) -> value or _NotData. Checked with pickletools on every
+# fixture pickle (FIXTURES.md lists the globals each key uses).
+RECOGNISED: dict[tuple[str, str], Callable] = {
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
     ("torch.storage", "_load_from_bytes"): _load_from_bytes,
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
     ("dill._dill", "_create_array"): _dill_create_array,
-    ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
-    ("numpy.core.multiarray", "scalar"): _np_scalar,
-    ("numpy._core.multiarray", "scalar"): _np_scalar,
+    ("dill._dill", "_import_module"): _dill_import_module,
+    ("dill._dill", "_get_attr"): _dill_get_attr,
+    ("dill._dill", "_load_type"): _dill_load_type,
     ("numpy", "dtype"): _np_dtype,
     ("collections", "OrderedDict"): _ordered_dict,
+    ("builtins", "set"): _make_set(set),
+    ("builtins", "frozenset"): _make_set(frozenset),
+    ("__builtin__", "set"): _make_set(set),
+    ("__builtin__", "frozenset"): _make_set(frozenset),
+    ("_codecs", "encode"): _codecs_encode,
+    **{(m, "_reconstruct"): _np_reconstruct for m in NUMPY_MULTIARRAY},
+    **{(m, "scalar"): _np_scalar for m in NUMPY_MULTIARRAY},
 }
-# Globals resolved to a value that is never called.
-_ALLOWED_VALUES = {("numpy", "ndarray"): _NdarraySubtype}
+# Globals that are plain values, never called.
+_VALUES = frozenset({("numpy", "ndarray")})
 
 
-def _name(module: str, name: str) -> str:
-  return f"{module}.{name}"
+def _known_global(ref: GlobalRef) -> bool:
+  """What --strict accepts: recognised data, numpy.ndarray, torch.nn module classes."""
+  key = (ref.module, ref.name)
+  return key in RECOGNISED or key in _VALUES or ref.module.startswith(TORCH_MODULES)
 
 
-# ----------------------------------------------------------------------------- inert-call opt-in
+# ----------------------------------------------------------------------------- the machine
 
-# Names that can never be opted in as inert calls, even though an inert call runs nothing:
-# a snapshot has no business calling them, so a pickle that does is refused outright. A
-# prefix denies the module itself and everything below it ('os' denies 'os.path.join').
-DENIED_PREFIXES = (
-    "builtins", "__builtin__", "os", "posix", "nt", "posixpath", "ntpath", "subprocess",
-    "sys", "importlib", "runpy", "pickle", "_pickle", "pickletools", "copyreg", "copy_reg",
-    "shelve", "dill", "cloudpickle", "joblib", "shutil", "tempfile", "pathlib", "glob",
-    "socket", "ssl", "http", "urllib", "ftplib", "smtplib", "telnetlib", "webbrowser",
-    "ctypes", "cffi", "io", "_io", "codecs", "_codecs", "marshal", "types", "code", "codeop",
-    "pty", "pdb", "inspect", "gc", "signal", "threading", "_thread", "multiprocessing",
-    "concurrent", "asyncio", "platform", "zipimport", "pkgutil", "site", "ast",
-    "numpy.ctypeslib", "numpy.f2py", "numpy.distutils", "numpy.testing", "numpy.lib.format",
-    "numpy.load", "numpy.save", "numpy.fromfile", "numpy.loadtxt", "numpy.genfromtxt",
-    "torch.load", "torch.save", "torch.hub", "torch.jit", "torch.ops", "torch.classes",
-    "torch.package", "torch.utils.cpp_extension", "torch.serialization",
-    "torch_utils.persistence", "operator.attrgetter", "operator.methodcaller",
-    "functools.reduce",
-)
-# A fully qualified dotted Python name (no wildcards, spaces or empty parts).
-_QUALNAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
-
-
-def _denied(name: str) -> str | None:
-  """The DENIED_PREFIXES entry that covers `name`, or None."""
-  for prefix in DENIED_PREFIXES:
-    if name == prefix or name.startswith(prefix + "."):
-      return prefix
-  return None
-
-
-def check_inert_calls(names) -> frozenset[str]:
-  """Validates an `inert_calls` opt-in list.
-
-  Args:
-    names: iterable of fully qualified global names ('functools.partial'); empty means
-      no opt-in (the default: every call outside ALLOWED_CALLABLES is refused).
-  Returns:
-    the names as a frozenset.
-  Raises:
-    SnapshotError: a string instead of a list, a wildcard or malformed name, a name on
-      the deny-list (DENIED_PREFIXES), or an already allowed callable.
-  """
-  if isinstance(names, (str, bytes)):
-    raise SnapshotError(f"inert_calls must be a list of names, not the string {names!r}")
-  out = set()
-  for name in names:
-    problem = _inert_name_problem(name)
-    if problem is not None:
-      raise SnapshotError(problem)
-    out.add(name)
-  return frozenset(out)
-
-
-def _inert_name_problem(name) -> str | None:
-  """Why `name` cannot be opted in as an inert call, or None if it can."""
-  if not isinstance(name, str) or not _QUALNAME.fullmatch(name):
-    return (f"bad --inert-calls name {name!r}: give exact fully qualified names such as "
-            f"functools.partial (no wildcards)")
-  if any(part.startswith("__") for part in name.split(".")):
-    return f"bad --inert-calls name {name!r}: dunder names (__x__) cannot be opted in"
-  prefix = _denied(name)
-  if prefix is not None:
-    return (f"--inert-calls {name} refused: {prefix}{'' if prefix == name else '.*'} is on "
-            f"the deny-list (a snapshot never needs to call it)")
-  if any(_name(*key) == name for key in list(ALLOWED_CALLABLES) + list(_ALLOWED_VALUES)):
-    return f"--inert-calls {name} refused: it is already an allowed callable"
-  return None
-
-
-# ----------------------------------------------------------------------------- static pre-scan
-
-_STR_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE",
-                      "STRING", "BINSTRING", "SHORT_BINSTRING"})
-_GET_OPS = frozenset({"GET", "BINGET", "LONG_BINGET"})
-_PUT_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+# Opcodes a snapshot never uses and that would need more than data to honour.
 _REFUSED_OPS = {
     "PERSID": "persistent ids", "BINPERSID": "persistent ids",
     "EXT1": "the copyreg extension registry", "EXT2": "the copyreg extension registry",
     "EXT4": "the copyreg extension registry",
+    "NEXT_BUFFER": "out-of-band buffers", "READONLY_BUFFER": "out-of-band buffers",
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class _Str:
-  value: str
-
-
-@dataclasses.dataclass(frozen=True)
-class _Global:
-  module: str
-  name: str
-
-
-def scan_globals(f, inert_calls=()) -> collections.Counter:
-  """Checks a pickle stream's opcodes without unpickling anything.
-
-  Simulates the unpickler's stack symbolically to learn which global every call
-  (REDUCE, INST, OBJ) targets. Raises SnapshotError naming the first forbidden global
-  that would be called, a BUILD that would set attributes of a global itself (e.g. the
-  defaults of an allowed function), or the first opcode a snapshot never uses; raises
-  SnapshotError for a truncated or malformed stream.
+class _Machine:
+  """Interprets a pickle's opcodes into values; imports, calls and compiles nothing.
 
   Args:
-    f: binary file object positioned at the start of the pickle.
-    inert_calls: fully qualified names whose calls are accepted because the unpickler
-      will record them as InertCall (see `check_inert_calls`); () accepts none.
-  Returns:
-    Counter of (module, name) -> number of GLOBAL / STACK_GLOBAL uses.
+    f: the open binary file, positioned at the start.
+    size: the file's size in bytes (lengths are checked against it).
+    strict: refuse unknown globals and unrecognised calls instead of recording them.
   """
-  inert = check_inert_calls(inert_calls)
-  # Like the C unpickler: objects on one stack, MARKs as a separate list of heights.
-  stack: list[Any] = []
-  marks: list[int] = []
-  memo: dict[int, Any] = {}
-  seen: collections.Counter = collections.Counter()
 
-  def fence():
-    return marks[-1] if marks else 0
+  def __init__(self, f, size: int, strict: bool = False):
+    self.f, self.size, self.strict = f, size, strict
+    self.stack: list[Any] = []
+    self.marks: list[int] = []
+    self.memo: dict[int, Any] = {}
+    self.pending: dict[int, Any] = {}  # id -> array / dtype that one BUILD may still fill
+    self.storages: list[LazyStorage] = []
 
-  def top():
-    if len(stack) <= fence():
-      raise SnapshotError("corrupt pickle: stack underflow")
-    return stack[-1]
+  # -- reading
 
-  def pop():
-    value = top()
-    stack.pop()
+  def _read(self, n: int) -> bytes:
+    if n < 0 or n > self.size - self.f.tell():
+      raise SnapshotError(f"truncated or corrupt pickle (a length of {n} bytes runs past the "
+                          f"end of the file at byte {self.f.tell()})")
+    data = self.f.read(n)
+    if len(data) != n:
+      raise SnapshotError("truncated or corrupt pickle (file ended early)")
+    return data
+
+  def _unpack(self, fmt: str) -> Any:
+    return struct.unpack(fmt, self._read(struct.calcsize(fmt)))[0]
+
+  def _bytes(self, n: int) -> bytes | LazyBytes:
+    if n >= LAZY_BYTES:
+      if n > self.size - self.f.tell():
+        raise SnapshotError(f"truncated or corrupt pickle (a length of {n} bytes runs past "
+                            f"the end of the file at byte {self.f.tell()})")
+      lazy = LazyBytes(self.f.tell(), n)
+      self.f.seek(n, os.SEEK_CUR)
+      return lazy
+    return self._read(n)
+
+  def _text(self, n: int) -> str:
+    return self._read(n).decode("utf-8", "surrogatepass")
+
+  def read_lazy(self, lazy: LazyBytes) -> bytes:
+    self.f.seek(lazy.offset)
+    return self._read(lazy.length)
+
+  # -- the stack
+
+  def push(self, value) -> None:
+    if len(self.stack) >= MAX_CONTAINER_ITEMS:
+      raise SnapshotError(f"pickle stack exceeds {MAX_CONTAINER_ITEMS} items (limit)")
+    self.stack.append(value)
+
+  def pop(self) -> Any:
+    if len(self.stack) <= (self.marks[-1] if self.marks else 0):
+      raise SnapshotError("truncated or corrupt pickle (stack underflow)")
+    return self.stack.pop()
+
+  def top(self) -> Any:
+    value = self.pop()
+    self.stack.append(value)
     return value
 
-  def pop_mark():
-    if not marks:
-      raise SnapshotError("corrupt pickle: missing MARK")
-    height = marks.pop()
-    items = stack[height:]
-    del stack[height:]
+  def pop_mark(self) -> list:
+    if not self.marks:
+      raise SnapshotError("truncated or corrupt pickle (missing MARK)")
+    height = self.marks.pop()
+    items = self.stack[height:]
+    del self.stack[height:]
     return items
 
-  def check_call(target, op):
-    if isinstance(target, _Global):
-      if (target.module, target.name) not in ALLOWED_CALLABLES \
-          and _name(target.module, target.name) not in inert:
-        raise _forbidden_call(_name(target.module, target.name))
-    else:
-      raise SnapshotError(f"forbidden {op}: the pickle calls a computed object")
+  # -- globals and calls
 
-  try:
-    for op, arg, _ in pickletools.genops(f):
-      name = op.name
-      if name in _REFUSED_OPS:
-        raise SnapshotError(f"forbidden opcode {name}: snapshots never use {_REFUSED_OPS[name]}")
-      if name in _STR_OPS:
-        stack.append(_Str(arg))
-      elif name == "GLOBAL":
-        module, gname = arg.split(" ", 1)
-        seen[(module, gname)] += 1
-        stack.append(_Global(module, gname))
-      elif name == "STACK_GLOBAL":
-        gname, module = pop(), pop()
-        if not (isinstance(module, _Str) and isinstance(gname, _Str)):
-          raise SnapshotError("forbidden STACK_GLOBAL with a computed name")
-        seen[(module.value, gname.value)] += 1
-        stack.append(_Global(module.value, gname.value))
-      elif name == "MEMOIZE":
-        memo[len(memo)] = top()
-      elif name in _PUT_OPS:
-        memo[arg] = top()
-      elif name in _GET_OPS:
-        if arg not in memo:
-          raise SnapshotError(f"corrupt pickle: memo key {arg} missing")
-        stack.append(memo[arg])
-      elif name == "REDUCE":
-        pop()
-        check_call(pop(), name)
-        stack.append(None)
-      elif name == "INST":
-        module, gname = arg.split(" ", 1)
-        seen[(module, gname)] += 1
-        pop_mark()
-        check_call(_Global(module, gname), name)
-        stack.append(None)
-      elif name == "OBJ":
-        items = pop_mark()
-        check_call(items[0] if items else None, name)
-        stack.append(None)
-      elif name == "BUILD":
-        pop()  # the state
-        if isinstance(top(), _Global):
-          target = top()
-          raise SnapshotError(f"forbidden BUILD on global {_name(target.module, target.name)} "
-                              f"(the pickle tries to set its attributes)")
-      elif name == "MARK":
-        marks.append(len(stack))
-      elif name == "POP_MARK":
-        pop_mark()
-      elif name == "POP":
-        if len(stack) > fence():
-          stack.pop()
-        elif marks:
-          marks.pop()
-        else:
-          raise SnapshotError("corrupt pickle: stack underflow")
-      elif name == "DUP":
-        stack.append(top())
-      elif name == "STOP":
-        break
+  def global_ref(self, module: Any, name: Any) -> GlobalRef:
+    if not (isinstance(module, str) and isinstance(name, str)):
+      raise SnapshotError("truncated or corrupt pickle (a global with a computed name)")
+    ref = GlobalRef(module, name)
+    if self.strict and not _known_global(ref):
+      raise SnapshotError(f"unknown global {ref} (--strict accepts only recognised data and "
+                          f"{TORCH_MODULES}* classes)")
+    return ref
+
+  def call(self, func, args: tuple, kind: str = "call") -> Any:
+    reason = ""
+    if kind == "call" and isinstance(func, GlobalRef) and (func.module, func.name) in RECOGNISED:
+      result = RECOGNISED[(func.module, func.name)](*args)
+      if not isinstance(result, _NotData):
+        if isinstance(result, GlobalRef):
+          result = self.global_ref(result.module, result.name)
+        if func.name == "_reconstruct" or (func.module, func.name) == ("numpy", "dtype"):
+          self.pending[id(result)] = result  # one BUILD fills it
+        if isinstance(result, LazyStorage):
+          self.storages.append(result)
+        return result
+      reason = result.reason
+    if self.strict:
+      what = f"call of {func}" if isinstance(func, GlobalRef) else "call of a computed object"
+      raise SnapshotError(f"{what} that is not recognised data"
+                          f"{f' ({reason})' if reason else ''} (--strict)")
+    return InertCall(func, args, kind, reason)
+
+  def build(self, obj, state) -> None:
+    if isinstance(obj, (_Obj, InertCall)):
+      if isinstance(obj.state, dict) and isinstance(state, dict):
+        obj.state.update(state)
       else:
-        # Generic: pop what the opcode consumes (up to a MARK for stack slices), push
-        # opaque results. NEWOBJ and container opcodes land here: they call no global.
-        before = list(op.stack_before)
-        if pickletools.stackslice in before:
-          pop_mark()
-          before = before[:before.index(pickletools.markobject)]
-        for _ in before:
-          pop()
-        stack.extend([None] * len(op.stack_after))
-  except (ValueError, EOFError) as e:
-    if isinstance(e, SnapshotError):
-      raise
-    raise SnapshotError(f"truncated or corrupt pickle ({e})") from None
-  return seen
+        obj.state = state
+    elif id(obj) in self.pending and self.pending[id(obj)] is obj:
+      del self.pending[id(obj)]
+      if isinstance(obj, np.ndarray):
+        problem = _set_array_state(obj, state)
+      else:
+        problem = _set_dtype_state(obj, state)
+      if problem:
+        raise SnapshotError(f"corrupt numpy value: {problem}")
+    elif isinstance(obj, GlobalRef):
+      raise SnapshotError(f"corrupt pickle: BUILD on global {obj} (pickle never writes one; "
+                          f"it would set the attributes of {obj})")
+    else:
+      raise SnapshotError(f"corrupt pickle: BUILD on a {type(obj).__name__}")
+
+  # -- containers
+
+  @staticmethod
+  def _check_size(n: int) -> None:
+    if n > MAX_CONTAINER_ITEMS:
+      raise SnapshotError(f"a container of more than {MAX_CONTAINER_ITEMS} items (limit)")
+
+  def set_items(self, target, pairs: list) -> None:
+    if isinstance(target, (_Obj, InertCall)):
+      store = target.items
+    elif isinstance(target, dict):
+      store = target
+    else:
+      raise SnapshotError(f"corrupt pickle: SETITEM on a {type(target).__name__}")
+    if len(pairs) % 2:
+      raise SnapshotError("corrupt pickle: odd number of SETITEMS values")
+    self._check_size(len(store) + len(pairs) // 2)
+    try:
+      for i in range(0, len(pairs), 2):
+        store[pairs[i]] = pairs[i + 1]
+    except TypeError:
+      raise SnapshotError("corrupt pickle: unhashable dict key") from None
+
+  def add_elements(self, target, values: list, op: str) -> None:
+    if isinstance(target, (_Obj, InertCall)):
+      target.elements.extend(values)
+      self._check_size(len(target.elements))
+      return
+    if op == "ADDITEMS" and isinstance(target, set) or op != "ADDITEMS" and isinstance(target, list):
+      self._check_size(len(target) + len(values))
+      try:
+        target.update(values) if isinstance(target, set) else target.extend(values)
+      except TypeError:
+        raise SnapshotError("corrupt pickle: unhashable set item") from None
+      return
+    raise SnapshotError(f"corrupt pickle: {op} on a {type(target).__name__}")
+
+  # -- the loop
+
+  def load(self) -> Any:
+    code2op = pickletools.code2op
+    handlers = self._handlers()
+    while True:
+      pos = self.f.tell()
+      code = self.f.read(1)
+      if not code:
+        raise SnapshotError("truncated or corrupt pickle (ended before STOP)")
+      op = code2op.get(code.decode("latin-1"))
+      if op is None:
+        raise SnapshotError(f"truncated or corrupt pickle (unknown opcode {code!r} at byte {pos})")
+      if op.name in _REFUSED_OPS:
+        raise SnapshotError(f"forbidden opcode {op.name}: snapshots never use "
+                            f"{_REFUSED_OPS[op.name]}")
+      if op.name == "STOP":
+        value = self.pop()
+        if self.stack or self.marks:
+          raise SnapshotError("truncated or corrupt pickle (values left on the stack at STOP)")
+        return value
+      try:
+        handlers[op.name](op)
+      except (ValueError, struct.error) as e:
+        if isinstance(e, SnapshotError):
+          raise
+        raise SnapshotError(f"truncated or corrupt pickle ({op.name} at byte {pos}: "
+                            f"{(str(e).splitlines() or [''])[0]})") from None
+
+  def _handlers(self) -> dict[str, Callable]:
+    push, pop, u = self.push, self.pop, self._unpack
+    reader = lambda op: op.arg.reader(self.f)  # noqa: E731  newline-terminated / fixed args
+
+    def memo_put(index):
+      self.memo[index] = self.top()
+
+    def memo_get(index):
+      if index not in self.memo:
+        raise SnapshotError(f"truncated or corrupt pickle (memo key {index} missing)")
+      push(self.memo[index])
+
+    def long_n(n):
+      if n < 0:
+        raise SnapshotError("truncated or corrupt pickle (negative length)")
+      return int.from_bytes(self._read(n), "little", signed=True)
+
+    def stack_global(op):
+      name, module = pop(), pop()
+      push(self.global_ref(module, name))
+
+    def inst(op):
+      module, name = reader(op).split(" ", 1)
+      args = tuple(self.pop_mark())
+      push(self.call(self.global_ref(module, name), args))
+
+    def obj(op):
+      items = self.pop_mark()
+      if not items:
+        raise SnapshotError("truncated or corrupt pickle (OBJ without a class)")
+      push(self.call(items[0], tuple(items[1:])))
+
+    def reduce(op):
+      args = pop()
+      func = pop()
+      if not isinstance(args, tuple):
+        raise SnapshotError("truncated or corrupt pickle (REDUCE arguments are not a tuple)")
+      push(self.call(func, args))
+
+    def newobj(op, with_kwargs=False):
+      kwargs = pop() if with_kwargs else None
+      args = pop()
+      cls = pop()
+      if isinstance(cls, GlobalRef):
+        push(_Obj(cls))
+      else:
+        push(self.call(cls, (args, kwargs) if with_kwargs else (args,), kind="new"))
+
+    def build(op):
+      state = pop()
+      self.build(self.top(), state)
+
+    def setitem(op):
+      value, key = pop(), pop()
+      self.set_items(self.top(), [key, value])
+
+    def setitems(op):
+      pairs = self.pop_mark()
+      self.set_items(self.top(), pairs)
+
+    def append(op):
+      value = pop()
+      self.add_elements(self.top(), [value], "APPEND")
+
+    def appends(op):
+      values = self.pop_mark()
+      self.add_elements(self.top(), values, "APPENDS")
+
+    def additems(op):
+      values = self.pop_mark()
+      self.add_elements(self.top(), values, "ADDITEMS")
+
+    def container(kind):
+      def make(op):
+        items = self.pop_mark()
+        self._check_size(len(items))
+        if kind is dict:
+          if len(items) % 2:
+            raise SnapshotError("corrupt pickle: odd number of DICT values")
+          pairs = dict(zip(items[0::2], items[1::2]))
+          push(pairs)
+        else:
+          try:
+            push(kind(items))
+          except TypeError:
+            raise SnapshotError("corrupt pickle: unhashable set item") from None
+      return make
+
+    def tuple_n(n):
+      def make(op):
+        items = [pop() for _ in range(n)][::-1]
+        push(tuple(items))
+      return make
+
+    def mark(op):
+      if len(self.marks) >= MAX_CONTAINER_ITEMS:
+        raise SnapshotError(f"more than {MAX_CONTAINER_ITEMS} open MARKs (limit)")
+      self.marks.append(len(self.stack))
+
+    def pop_op(op):
+      if len(self.stack) > (self.marks[-1] if self.marks else 0):
+        self.stack.pop()
+      elif self.marks:
+        self.marks.pop()
+      else:
+        raise SnapshotError("truncated or corrupt pickle (stack underflow)")
+
+    def proto(op):
+      version = u("B")
+      if version > 5:
+        raise SnapshotError(f"unsupported pickle protocol {version}")
+
+    return {
+        "PROTO": proto, "FRAME": lambda op: u("<Q"),
+        "INT": lambda op: push(reader(op)), "LONG": lambda op: push(reader(op)),
+        "BININT": lambda op: push(u("<i")), "BININT1": lambda op: push(u("B")),
+        "BININT2": lambda op: push(u("<H")),
+        "LONG1": lambda op: push(long_n(u("B"))), "LONG4": lambda op: push(long_n(u("<i"))),
+        "NONE": lambda op: push(None), "NEWTRUE": lambda op: push(True),
+        "NEWFALSE": lambda op: push(False),
+        "FLOAT": lambda op: push(reader(op)), "BINFLOAT": lambda op: push(u(">d")),
+        "STRING": lambda op: push(reader(op)),
+        "BINSTRING": lambda op: push(self._read(u("<i")).decode("latin-1")),
+        "SHORT_BINSTRING": lambda op: push(self._read(u("B")).decode("latin-1")),
+        "UNICODE": lambda op: push(reader(op)),
+        "BINUNICODE": lambda op: push(self._text(u("<I"))),
+        "SHORT_BINUNICODE": lambda op: push(self._text(u("B"))),
+        "BINUNICODE8": lambda op: push(self._text(u("<Q"))),
+        "BINBYTES": lambda op: push(self._bytes(u("<I"))),
+        "SHORT_BINBYTES": lambda op: push(self._read(u("B"))),
+        "BINBYTES8": lambda op: push(self._bytes(u("<Q"))),
+        "BYTEARRAY8": lambda op: push(bytearray(self._read(u("<Q")))),
+        "EMPTY_LIST": lambda op: push([]), "EMPTY_DICT": lambda op: push({}),
+        "EMPTY_SET": lambda op: push(set()), "EMPTY_TUPLE": lambda op: push(()),
+        "LIST": container(list), "TUPLE": container(tuple), "DICT": container(dict),
+        "FROZENSET": container(frozenset),
+        "TUPLE1": tuple_n(1), "TUPLE2": tuple_n(2), "TUPLE3": tuple_n(3),
+        "APPEND": append, "APPENDS": appends, "SETITEM": setitem, "SETITEMS": setitems,
+        "ADDITEMS": additems,
+        "MARK": mark, "POP": pop_op, "POP_MARK": lambda op: self.pop_mark(),
+        "DUP": lambda op: push(self.top()),
+        "PUT": lambda op: memo_put(reader(op)), "BINPUT": lambda op: memo_put(u("B")),
+        "LONG_BINPUT": lambda op: memo_put(u("<I")),
+        "MEMOIZE": lambda op: memo_put(len(self.memo)),
+        "GET": lambda op: memo_get(reader(op)), "BINGET": lambda op: memo_get(u("B")),
+        "LONG_BINGET": lambda op: memo_get(u("<I")),
+        "GLOBAL": lambda op: push(self.global_ref(*reader(op).split(" ", 1))),
+        "STACK_GLOBAL": stack_global, "INST": inst, "OBJ": obj, "REDUCE": reduce,
+        "NEWOBJ": newobj, "NEWOBJ_EX": lambda op: newobj(op, with_kwargs=True),
+        "BUILD": build,
+    }
 
 
-# ----------------------------------------------------------------------------- unpickling
+def _set_dtype_state(dtype: np.dtype, state) -> str | None:
+  """np.dtype.__setstate__ for a plain (unstructured) dtype; the problem, or None."""
+  if not (isinstance(state, tuple) and len(state) == 8 and state[1] in ("<", ">", "|", "=")
+          and state[2] is None and state[3] is None and state[4] is None
+          and all(_is_int(v) for v in (state[0], *state[5:]))):
+    return "dtype state is not that of a plain dtype"
+  dtype.__setstate__(state)
+  return None
 
 
-class _SafeUnpickler(pickle.Unpickler):
-  """Unpickler whose globals are the allowed callables here or inert placeholders.
+# ----------------------------------------------------------------------------- building values
 
-  Globals named in `inert_calls` become placeholders whose call returns an InertCall.
+
+def _children(v) -> Iterator[Any]:
+  """The raw values directly inside raw value `v`."""
+  if isinstance(v, dict):
+    for k, x in v.items():
+      yield k
+      yield x
+  elif isinstance(v, (list, tuple, set, frozenset)):
+    yield from v
+  elif isinstance(v, _Obj):
+    yield v.state
+    yield from _children(v.items)
+    yield from v.elements
+  elif isinstance(v, InertCall):
+    yield v.func
+    yield from v.args
+    yield v.state
+    yield from _children(v.items)
+    yield from v.elements
+  elif isinstance(v, _PersistentRecord):
+    yield v.meta
+
+
+def _reachable_tensors(root) -> set[int]:
+  """ids of every LazyTensor reachable from raw value `root` (iterative, each object once)."""
+  found, seen, todo = set(), set(), [root]
+  while todo:
+    v = todo.pop()
+    if id(v) in seen:
+      continue
+    seen.add(id(v))
+    if isinstance(v, LazyTensor):
+      found.add(id(v))
+    else:
+      todo.extend(_children(v))
+  return found
+
+
+class _Builder:
+  """Turns raw values into public ones (Nodes, plain containers), each object once.
+
+  Args:
+    machine: the machine that read the file (reads lazy bytes on decode).
+    decode: ids of the LazyTensors to decode into numpy arrays; None decodes all.
+    stats: LoadStats to count decoded storages into.
   """
 
-  def __init__(self, f, inert_calls=()):
-    super().__init__(f)
-    self._placeholders: dict[tuple[str, str], type] = {}
-    self._inert = check_inert_calls(inert_calls)
+  def __init__(self, machine: _Machine, decode: set[int] | None, stats: LoadStats):
+    self.machine, self.decode, self.stats = machine, decode, stats
+    self.done: dict[int, Any] = {}
+    self.keep: list[Any] = []  # raw objects whose ids are keys of `done` stay alive
 
-  def find_class(self, module, name):
-    key = (module, name)
-    if key in ALLOWED_CALLABLES:
-      return ALLOWED_CALLABLES[key]
-    if key in _ALLOWED_VALUES:
-      return _ALLOWED_VALUES[key]
-    if key not in self._placeholders:
-      self._placeholders[key] = _placeholder(module, name, _name(module, name) in self._inert)
-    return self._placeholders[key]
+  def value(self, v, depth: int = 0) -> Any:
+    if depth > MAX_NESTING:
+      raise SnapshotError(f"values nested deeper than {MAX_NESTING} levels (limit)")
+    if v is None or isinstance(v, (bool, int, float, complex, str, bytes, np.generic, np.dtype)):
+      return v
+    if id(v) in self.done:
+      return self.done[id(v)]
+    self.keep.append(v)
+    d = depth + 1
+    if isinstance(v, LazyTensor):
+      out = self._tensor(v) if self.decode is None or id(v) in self.decode else v
+    elif isinstance(v, (np.ndarray, bytearray, GlobalRef, LazyStorage, LazyBytes)):
+      out = v
+    elif isinstance(v, _Module):
+      out = GlobalRef(v.name, "")
+    elif isinstance(v, list):
+      out = self.done[id(v)] = []
+      out.extend(self.value(x, d) for x in v)
+    elif isinstance(v, dict):
+      out = self.done[id(v)] = type(v)() if isinstance(v, collections.OrderedDict) else {}
+      for k, x in v.items():
+        out[self.value(k, d)] = self.value(x, d)
+    elif isinstance(v, (tuple, set, frozenset)):
+      out = type(v)(self.value(x, d) for x in v)
+    elif isinstance(v, InertCall):
+      out = self.done[id(v)] = InertCall(None, kind=v.kind, reason=v.reason)
+      out.func, out.args = self.value(v.func, d), self.value(v.args, d)
+      out.state = self.value(v.state, d)
+      out.items = {self.value(k, d): self.value(x, d) for k, x in v.items.items()}
+      out.elements = [self.value(x, d) for x in v.elements]
+    elif isinstance(v, _Obj) and v.state is None and (v.items or v.elements) \
+        and not (v.items and v.elements):
+      # An unknown dict / list subclass that carries only items (dnnlib.EasyDict).
+      if v.items:
+        out = self.done[id(v)] = {}
+        for k, x in v.items.items():
+          out[self.value(k, d)] = self.value(x, d)
+      else:
+        out = self.done[id(v)] = []
+        out.extend(self.value(x, d) for x in v.elements)
+    elif isinstance(v, (_Obj, _PersistentRecord)):
+      out = self._node(v, d)
+    else:
+      raise SnapshotError(f"internal: unexpected value {type(v).__name__}")
+    self.done[id(v)] = out
+    return out
 
-  def persistent_load(self, pid):
-    raise SnapshotError("forbidden persistent id: snapshots never use them")
-
-
-class _Converter:
-  """Turns unpickled records into Nodes and plain values, once per object."""
-
-  def __init__(self):
-    self._done: dict[int, Any] = {}
-
-  def node(self, obj) -> Node:
-    if id(obj) in self._done:
-      return self._done[id(obj)]
-    if isinstance(obj, _PersistentRecord):
-      meta = obj.meta
+  def _node(self, v, depth: int) -> Node:
+    if isinstance(v, _PersistentRecord):
+      meta = v.meta
       node = Node(meta["class_name"], "persistent", version=meta["version"],
                   module_src=meta["module_src"])
       state = meta["state"]
     else:
-      node = Node(type(obj).__name__, type(obj)._module)
-      state = obj._state
-    self._done[id(obj)] = node
+      node = Node(v.cls.name, v.cls.module)
+      state = v.state
+      if v.items or v.elements:
+        node.attrs["__items__"] = self.value(v.items, depth)
+        node.attrs["__elements__"] = self.value(v.elements, depth)
+    self.done[id(v)] = node  # registered first: cycles end here
     if not isinstance(state, dict):
-      node.attrs["__state__"] = self.value(state)  # not a module: keep what it pickled
+      if state is not None:
+        node.attrs["__state__"] = self.value(state, depth)  # not a module: keep what it pickled
       return node
-    for slot in ("_parameters", "_buffers", "_modules"):
-      for key, value in list((state.get(slot) or {}).items()):
-        if isinstance(value, InertCall):  # an opted-in call made this: keep the record only
-          node.attrs.setdefault(INERT_ATTR, {})[f"{slot}.{key}"] = self.value(value)
-    for pname, value in (state.get("_parameters") or {}).items():
-      if value is not None and not isinstance(value, InertCall):
-        node.params[pname] = self._array(value, f"{node.class_name} parameter {pname}")
-    for bname, value in (state.get("_buffers") or {}).items():
-      if not isinstance(value, InertCall):
-        node.buffers[bname] = None if value is None else \
-            self._array(value, f"{node.class_name} buffer {bname}")
-    for cname, value in (state.get("_modules") or {}).items():
-      if value is not None and not isinstance(value, InertCall):
-        if not self._is_object(value):
-          raise SnapshotError(f"corrupt child {cname} of {node.class_name}: "
-                              f"{type(value).__name__}")
-        node.children[cname] = self.node(value)
-    for key, value in state.items():
-      if key not in _TORCH_INTERNAL_ATTRS:
-        node.attrs[key] = self.value(value)
+    for slot, store in (("_parameters", node.params), ("_buffers", node.buffers),
+                        ("_modules", node.children)):
+      values = state.get(slot)
+      if values is None:
+        continue
+      if not isinstance(values, dict):
+        node.stray[slot] = self.value(values, depth)
+        continue
+      for key, raw in values.items():
+        x = self.value(raw, depth + 1)
+        if x is None:
+          if slot == "_buffers":
+            store[key] = None
+        elif (isinstance(x, Node) if slot == "_modules" else isinstance(x, (np.ndarray, LazyTensor))):
+          store[key] = x
+        else:
+          node.stray[f"{slot}.{key}"] = x
+    for key, raw in state.items():
+      if key in _TORCH_INTERNAL_ATTRS:
+        if key not in ("_parameters", "_buffers", "_modules"):
+          node.internals[key] = self.value(raw, depth)
+      else:
+        node.attrs[key] = self.value(raw, depth)
     return node
 
-  @staticmethod
-  def _is_object(value) -> bool:
-    return isinstance(value, (_PersistentRecord, _Placeholder))
+  def _tensor(self, t: LazyTensor) -> np.ndarray:
+    """Decodes a LazyTensor (its storage once) into a numpy array; floats become float32."""
+    flat = self._storage(t.storage)
+    try:
+      view = torch.as_strided(flat, t.size, t.stride, t.offset)
+    except RuntimeError as e:
+      raise SnapshotError(f"corrupt tensor ({(str(e).splitlines() or [''])[0]})") from None
+    if view.is_floating_point() and view.dtype != torch.float32:
+      return view.to(torch.float32).numpy()  # .to() makes a fresh tensor
+    if t.offset == 0 and view.numel() == flat.numel() and view.is_contiguous():
+      return view.numpy()  # shares the storage's memory: a snapshot is not held twice
+    return view.clone().numpy()  # views of one storage never alias each other
 
-  @staticmethod
-  def _array(value, what) -> np.ndarray:
-    if not isinstance(value, np.ndarray):
-      raise SnapshotError(f"corrupt {what}: {type(value).__name__} instead of a tensor")
-    return value
-
-  def value(self, v):
-    """A plain copy of an attribute value with every object turned into a Node.
-
-    Instances of unknown dict / list / set subclasses that carry only items (such as
-    dnnlib.EasyDict) become a plain dict / list.
-    """
-    if isinstance(v, InertCall):
-      if id(v) not in self._done:
-        record = self._done[id(v)] = InertCall(v.name)  # registered first: cycles end here
-        record.args, record.state = self.value(v.args), self.value(v.state)
-        record.items = {k: self.value(x) for k, x in v.items.items()}
-        record.elements = [self.value(x) for x in v.elements]
-      return self._done[id(v)]
-    if isinstance(v, _Placeholder) and not v._state and (v._items or v._elements):
-      if v._items and v._elements:
-        raise SnapshotError(f"corrupt {v._global_name}: both dict items and list elements")
-      return {k: self.value(x) for k, x in v._items.items()} if v._items \
-          else [self.value(x) for x in v._elements]
-    if self._is_object(v):
-      return self.node(v)
-    if isinstance(v, _PlaceholderMeta):
-      return v._global_name  # a class referenced by name: keep only the name
-    if isinstance(v, dict):
-      return type(v)((k, self.value(x)) for k, x in v.items()) if isinstance(v, collections.OrderedDict) \
-          else {k: self.value(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-      return type(v)(self.value(x) for x in v)
-    if isinstance(v, (set, frozenset)):
-      return type(v)(self.value(x) for x in v)
-    return v
+  def _storage(self, s: LazyStorage) -> torch.Tensor:
+    if s.flat is not None:
+      return s.flat
+    data = self.machine.read_lazy(s.data) if isinstance(s.data, LazyBytes) else s.data
+    with warnings.catch_warnings():  # TypedStorage is deprecated, but it is what was saved
+      warnings.simplefilter("ignore", UserWarning)
+      try:
+        storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+      except Exception as e:  # torch raises many types for bad bytes; report them uniformly
+        raise SnapshotError(f"corrupt tensor storage ({type(e).__name__}: "
+                            f"{(str(e).splitlines() or [''])[0]})") from None
+      if isinstance(storage, torch.UntypedStorage):
+        flat = torch.empty(0, dtype=torch.uint8).set_(storage)
+      elif isinstance(storage, torch.TypedStorage):
+        flat = torch.empty(0, dtype=storage.dtype).set_(storage._untyped_storage)[:storage.size()]
+      else:
+        raise SnapshotError(f"corrupt tensor storage: decoded to {type(storage).__name__}")
+    s.flat = flat
+    self.stats.decoded_storages += 1
+    self.stats.decoded_bytes += len(data)
+    return flat
 
 
-def find_inert_calls(value, path: str = "") -> list[tuple[str, InertCall]]:
-  """Every InertCall reachable from `value` (a Node or attribute value), with its path.
+# ----------------------------------------------------------------------------- records
 
-  Searches params, buffers, children, attrs (including records of opted-in calls that
-  stood in a module's parameter, buffer or child slot, kept in attrs[INERT_ATTR]) and
-  nested containers; each object is visited once.
+
+def describe(record) -> str:
+  """A short phrase for a value `find_records` reports."""
+  if isinstance(record, InertCall):
+    what = "an object of the computed class" if record.kind == "new" else "a call of"
+    why = f"; not read as data: {record.reason}" if record.reason else ""
+    return f"{what} {record.name} (recorded, never run{why})"
+  if isinstance(record, GlobalRef):
+    return f"a reference to the global {record} (never imported)"
+  if isinstance(record, Node):
+    return f"an object of class {record.qualname} (neither persistent nor {TORCH_MODULES}*)"
+  if isinstance(record, LazyTensor):
+    return "a tensor that was not decoded"
+  return f"a {type(record).__name__} where a tensor or module belongs"
+
+
+def find_records(value, path: str = "") -> list[tuple[str, Any]]:
+  """Everything inside `value` that is not plain data, with its dotted path.
+
+  Reported: InertCall records, GlobalRefs, Nodes of classes that are neither persistent
+  nor torch.nn modules, stray values in parameter / buffer / child slots, undecoded
+  tensors and any other non-data object. Searches params, buffers, children, attrs,
+  internals and nested containers iteratively; each object once.
 
   Args:
     value: a Node (e.g. snapshot['G_ema']) or any value load_pickle returns.
     path: the dotted path reported for `value` itself ('' for the root).
   Returns:
-    [(dotted path, InertCall)] in visiting order; empty if there is none.
+    [(dotted path, record)] in visiting order; empty if everything is plain data.
   """
-  found, seen = [], set()
-
-  def visit(v, where):
-    if isinstance(v, (Node, InertCall, dict, list, tuple, set, frozenset)):
-      if id(v) in seen:
-        return
-      seen.add(id(v))
-    def join(k):
-      return f"{where}.{k}" if where else str(k)
-
-    if isinstance(v, InertCall):
-      found.append((where, v))
-    elif isinstance(v, Node):
-      for group in (v.params, v.buffers, v.children, v.attrs):
-        for k, x in group.items():
-          visit(x, join(k))
+  plain = (type(None), bool, int, float, complex, str, bytes, np.ndarray, np.generic, np.dtype)
+  found, seen, todo = [], set(), [(path, value)]
+  while todo:
+    where, v = todo.pop()
+    if isinstance(v, plain):
+      continue
+    if id(v) in seen:
+      continue
+    seen.add(id(v))
+    join = lambda k: f"{where}.{k}" if where else str(k)  # noqa: E731
+    items: list[tuple[str, Any]] = []
+    if isinstance(v, Node):
+      if v.source != "persistent" and not v.source.startswith(TORCH_MODULES):
+        found.append((where, v))
+      for group in (v.params, v.buffers, v.children, v.attrs, v.internals):
+        items += [(join(k), x) for k, x in group.items()]
+      for k, x in v.stray.items():
+        if isinstance(x, (InertCall, GlobalRef, Node)) or isinstance(x, plain):
+          found.append((join(k), x))  # reported itself; records inside it follow from it
+          seen.add(id(x))
+        else:
+          items.append((join(k), x))
     elif isinstance(v, dict):
-      for k, x in v.items():
-        visit(x, join(k))
+      items = [(join(k), x) for k, x in v.items()] + [(join(f"<key {i}>"), k)
+                                                    for i, k in enumerate(v)]
     elif isinstance(v, (list, tuple, set, frozenset)):
-      for i, x in enumerate(v):
-        visit(x, join(i))
-
-  visit(value, path)
+      items = [(join(i), x) for i, x in enumerate(v)]
+    else:
+      found.append((where, v))
+      continue
+    todo.extend(reversed(items))
   return found
 
 
-def load_pickle(path: str, inert_calls=()) -> Any:
-  """Safely unpickles `path`: returns its top-level value with objects as Nodes.
+def _count(value) -> tuple[int, int]:
+  """(inert calls, elements of undecoded tensors) reachable from a public value."""
+  calls = lazy = 0
+  seen, todo = set(), [value]
+  while todo:
+    v = todo.pop()
+    if v is None or isinstance(v, (bool, int, float, str, bytes, np.ndarray, np.generic)) \
+        or id(v) in seen:
+      continue
+    seen.add(id(v))
+    if isinstance(v, InertCall):
+      calls += 1
+      todo += [v.func, v.args, v.state, v.items, v.elements]
+    elif isinstance(v, LazyTensor):
+      lazy += v.numel
+    elif isinstance(v, Node):
+      todo += [v.params, v.buffers, v.children, v.attrs, v.internals, v.stray]
+    elif isinstance(v, dict):
+      todo += list(v.values())
+    elif isinstance(v, (list, tuple, set, frozenset)):
+      todo += list(v)
+  return calls, lazy
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def read_pickle(path: str, decode: Sequence[str] | None = None,
+                strict: bool = False) -> tuple[Any, LoadStats]:
+  """Reads `path` as data: returns (its top-level value with objects as Nodes, stats).
 
   Args:
     path: the pickle file.
-    inert_calls: fully qualified names of globals whose calls are recorded as
-      `InertCall` instead of refused (never imported or run); () (the default) refuses
-      every call outside ALLOWED_CALLABLES. Names on the deny-list are refused.
+    decode: top-level keys (the value must then be a dict) whose reachable tensors are
+      decoded into numpy arrays; tensors elsewhere stay LazyTensors. None decodes all.
+    strict: refuse any unknown global or unrecognised call anywhere (auditors).
   Raises:
-    SnapshotError: missing file, truncated or corrupt pickle, forbidden global, bad or
-      denied `inert_calls` name.
+    SnapshotError: missing file, truncated or corrupt pickle, a limit exceeded,
+      (strict) an unknown global.
   """
-  inert_calls = check_inert_calls(inert_calls)
   if not os.path.exists(path):
     raise SnapshotError(f"snapshot not found: {path}")
   if not os.path.isfile(path):
     raise SnapshotError(f"snapshot is not a file: {path}")
-  with open(path, "rb") as f:
-    try:
-      scan_globals(f, inert_calls)
-      f.seek(0)
-      raw = _SafeUnpickler(f, inert_calls).load()
-      return _Converter().value(raw)
-    except SnapshotError as e:
-      raise SnapshotError(f"{path}: {e}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-            IndexError, KeyError, MemoryError, RecursionError) as e:
-      raise SnapshotError(f"{path}: truncated or corrupt pickle ({type(e).__name__}: {e})") from None
+  stats = LoadStats()
+  old_limit = sys.getrecursionlimit()
+  try:
+    with open(path, "rb") as f:
+      machine = _Machine(f, os.fstat(f.fileno()).st_size, strict)
+      raw = machine.load()
+      stats.storages = len(machine.storages)
+      stats.storage_bytes = sum(s.nbytes for s in machine.storages)
+      wanted = None
+      if decode is not None:
+        wanted = set()
+        for key in decode:
+          if isinstance(raw, dict) and key in raw:
+            wanted |= _reachable_tensors(raw[key])
+      # The builder recurses about 3 frames per nesting level.
+      sys.setrecursionlimit(max(old_limit, 4 * MAX_NESTING + 200))
+      value = _Builder(machine, wanted, stats).value(raw)
+  except SnapshotError as e:
+    raise SnapshotError(f"{path}: {e}") from None
+  except (EOFError, MemoryError, RecursionError, OSError) as e:
+    raise SnapshotError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+  finally:
+    sys.setrecursionlimit(old_limit)
+  if isinstance(value, dict):
+    for key, v in value.items():
+      calls, lazy = _count(v)
+      stats.inert_calls[key], stats.lazy_values[key] = calls, lazy
+  return value, stats
 
 
-def load_snapshot(path: str, inert_calls=()) -> dict[str, Any]:
-  """Safely loads a StyleGAN-XL training snapshot.
+def load_pickle(path: str, strict: bool = False) -> Any:
+  """Reads `path` as data (every tensor decoded); see `read_pickle`."""
+  return read_pickle(path, None, strict)[0]
+
+
+def read_snapshot(path: str, decode: Sequence[str] | None = None,
+                  strict: bool = False) -> tuple[dict[str, Any], LoadStats]:
+  """Reads a StyleGAN-XL training snapshot as data.
 
   Args:
     path: a snapshot pickle (`network-snapshot-*.pkl`, `imagenet256.pkl`, ...).
-    inert_calls: explicit opt-in, see `load_pickle`: calls of exactly these globals are
-      recorded as `InertCall` (never run); meant for parts the conversion does not use
-      (D). () (the default) refuses them.
+    decode: top-level keys whose tensors are decoded (e.g. ('G_ema',)); None: all.
+    strict: refuse any unknown global or unrecognised call anywhere.
   Returns:
-    The snapshot dict: 'G', 'D', 'G_ema' (and 'augment_pipe' if a module) as `Node`
-    trees, 'training_set_kwargs' and 'progress' as plain values; keys that the file
-    lacks are absent. At least one of 'G_ema' / 'G' is present and has children
+    (snapshot, stats). The snapshot dict: 'G', 'D', 'G_ema' (and 'augment_pipe' if a
+    module) as `Node` trees, 'training_set_kwargs' and 'progress' as plain values; keys
+    the file lacks are absent. At least one of 'G_ema' / 'G' is a Node with children
     'mapping' and 'synthesis'.
   Raises:
-    SnapshotError: missing file, truncated or corrupt pickle, forbidden global, bad or
-      denied `inert_calls` name, or a pickle that is not a StyleGAN-XL snapshot.
+    SnapshotError: as `read_pickle`, or a pickle that is not a StyleGAN-XL snapshot (a
+      generator key that is an inert record is named with its global).
   """
-  snap = load_pickle(path, inert_calls)
+  snap, stats = read_pickle(path, decode, strict)
   if not isinstance(snap, dict):
     raise SnapshotError(f"{path}: not a StyleGAN-XL snapshot (holds a "
                         f"{type(snap).__name__}, not a snapshot dict)")
   generators = [k for k in ("G_ema", "G") if isinstance(snap.get(k), Node)]
   if not generators:
+    for key in ("G_ema", "G"):
+      if key in snap and find_records(snap[key], key):
+        where, record = find_records(snap[key], key)[0]
+        raise SnapshotError(f"{path}: refused: {where} is {describe(record)}, not a generator")
+      if key in snap:
+        raise SnapshotError(f"{path}: not a StyleGAN-XL snapshot ({key} is a "
+                            f"{type(snap[key]).__name__}, not a generator)")
     raise SnapshotError(f"{path}: not a StyleGAN-XL snapshot (no generator G_ema or G; "
                         f"keys: {', '.join(map(str, snap)) or 'none'})")
   for key in generators:
@@ -879,4 +1251,9 @@ def load_snapshot(path: str, inert_calls=()) -> dict[str, Any]:
     if missing:
       raise SnapshotError(f"{path}: not a StyleGAN-XL snapshot ({key} "
                           f"({snap[key].class_name}) lacks {' and '.join(missing)})")
-  return snap
+  return snap, stats
+
+
+def load_snapshot(path: str, strict: bool = False) -> dict[str, Any]:
+  """Reads a snapshot with every tensor decoded; see `read_snapshot`."""
+  return read_snapshot(path, None, strict)[0]

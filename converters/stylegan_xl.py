@@ -1,12 +1,17 @@
 """Convert a StyleGAN-XL snapshot pickle to a lis_jax checkpoint, safely.
 
   python -m converters.stylegan_xl --pkl imagenet256.pkl --out DIR [--which G_ema|G]
-      [--inert-calls module.name[,module.name...]]
+      [--force] [--strict]
 
-The pickle is read by `converters.sgxl_pickle.load_snapshot` (nothing in it is imported
-or executed). `--inert-calls` (explicit opt-in, never the default) lets calls of exactly
-those globals through as inert records, for a discriminator `D` that needs them; any such
-record inside the converted generator makes the conversion fail. The generator's node tree is then mapped onto the Flax variables of
+The pickle is read as data by `converters.sgxl_pickle` (nothing in it is imported,
+called or compiled). Everything that is not recognised plain data (the discriminator's
+timm classes, hook closures, bound methods, any other call) becomes an inert record;
+the conversion fails, with one line naming the path and the global, only if such a
+record lies inside the generator being converted (`G_ema`, or `G` with `--which G`).
+Only that generator's tensors are decoded. `--strict` refuses any unknown global
+anywhere in the file instead (for auditing a file; the released snapshots' `D` fails it).
+
+The generator's node tree is mapped onto the Flax variables of
 `lis_jax.generators.stylegan_xl` by an explicit name table: every target must be filled
 and every source array consumed (or ignored with a stated reason), otherwise the
 conversion fails with a readable list of the differences. Layouts are converted:
@@ -14,9 +19,12 @@ fully connected weights [out, in] -> [in, out], convolutions OIHW -> HWIO. The
 per-layer architecture (sizes, factors, paddings, FIR filters, gains) becomes the
 `GeneratorSpec` stored in meta.json, checked against the arrays' shapes.
 
+`--out` must be absent, an empty directory or an earlier output of this converter
+(replaced only with `--force`); nothing else is ever deleted (`converters.outdir`).
 Output (atomic: written to a temp dir, then renamed): DIR/params (Orbax) + DIR/meta.json
 with kind 'stylegan_xl', the spec, the source's sha256, num_ws, w_dim, z_dim, c_dim,
-resolution. Load it with `lis_jax.generators.load(DIR)`.
+resolution. Load it with `lis_jax.generators.load(DIR)`. On success one line sums up
+what was converted and what was skipped; every error is one line `error: ...`, exit 1.
 """
 from __future__ import annotations
 
@@ -26,9 +34,10 @@ import os
 import sys
 from typing import Any
 
+import jax
 import numpy as np
 
-from converters import sgxl_pickle
+from converters import outdir, sgxl_pickle
 from converters.sgxl_pickle import Node, SnapshotError
 from lis_jax import io
 from lis_jax.generators import stylegan_xl as sx
@@ -182,19 +191,26 @@ def _synthesis_spec(S: Node) -> sx.SynthesisSpec:
       output_scale=float(_attr(S, "output_scale", "synthesis")), input=input_spec, layers=layers)
 
 
+def check_plain(G: Node, which: str) -> None:
+  """Refuses a generator that holds anything but plain data (`sgxl_pickle.find_records`).
+
+  Raises:
+    ConversionError: one line naming the first record's path and global, and how many
+      records `which` holds.
+  """
+  records = sgxl_pickle.find_records(G, which)
+  if records:
+    where, record = records[0]
+    raise ConversionError(f"refused: {where} is {sgxl_pickle.describe(record)}; a generator "
+                          f"must be plain data ({len(records)} such value(s) in {which})")
+
+
 def convert_generator(G: Node) -> tuple[dict, sx.GeneratorSpec]:
-  """Maps a generator node (G_ema or G of a snapshot) to (variables, spec).
+  """Maps a generator node (G_ema or G of a snapshot, plain data) to (variables, spec).
 
   Raises:
     ConversionError: unsupported architecture, or sources and targets that do not match.
   """
-  inert = sgxl_pickle.find_inert_calls(G)
-  if inert:
-    where, call = inert[0]
-    raise ConversionError(f"the generator contains {len(inert)} call(s) recorded by "
-                          f"--inert-calls instead of run (first: {call.name} at "
-                          f"{where or 'the root'}); it cannot be converted from placeholders "
-                          f"-- use --inert-calls only for globals outside the generator")
   if G.class_name not in GENERATOR_CLASSES:
     raise _unsupported(f"generator class {G.class_name!r} (supported: {', '.join(GENERATOR_CLASSES)})")
   M, S = _child(G, "mapping", "G"), _child(G, "synthesis", "G")
@@ -247,58 +263,99 @@ def convert_generator(G: Node) -> tuple[dict, sx.GeneratorSpec]:
   return t.variables, spec
 
 
-def convert(pkl: str, out: str, which: str = "G_ema", inert_calls=()) -> dict:
+def convert(pkl: str, out: str, which: str = "G_ema", strict: bool = False,
+            force: bool = False) -> tuple[dict, str]:
   """Reads snapshot `pkl` and writes the checkpoint directory `out` (atomically).
 
   Args:
-    inert_calls: globals whose calls are recorded, never run (see
-      `sgxl_pickle.load_snapshot`); () refuses them. Such a record inside `which` fails.
-
+    which: the generator to convert ('G_ema' or 'G'); only its tensors are decoded.
+    strict: refuse any unknown global anywhere in the file (`sgxl_pickle.read_pickle`).
+    force: replace `out` if it is an earlier output of this converter.
   Returns:
-    the metadata written to meta.json.
+    (the metadata written to meta.json, the one-line summary).
   Raises:
-    SnapshotError: missing / truncated / unsafe / non-snapshot pickle.
-    ConversionError: unsupported architecture.
+    SnapshotError: missing / truncated / corrupt / non-snapshot pickle, (strict) unknown
+      global.
+    ConversionError: a generator holding records, unsupported architecture.
+    outdir.OutDirError: `out` may not be written.
+    outdir.WriteError: writing failed (no space, permission, ...).
   """
-  snap = sgxl_pickle.load_snapshot(pkl, inert_calls)
-  if not isinstance(snap.get(which), Node):
+  replace = outdir.check_out(out, sx.KIND, force)
+  snap, stats = sgxl_pickle.read_snapshot(pkl, decode=(which,), strict=strict)
+  if which not in snap:
     raise ConversionError(f"{pkl}: snapshot has no network {which!r} "
                           f"(has: {', '.join(k for k, v in snap.items() if isinstance(v, Node))})")
+  if not isinstance(snap[which], Node):
+    records = sgxl_pickle.find_records(snap[which], which)
+    what = sgxl_pickle.describe(records[0][1]) if records else f"a {type(snap[which]).__name__}"
+    raise ConversionError(f"{pkl}: refused: {which} is {what}, not a generator")
+  check_plain(snap[which], which)
   variables, spec = convert_generator(snap[which])
   s = spec.synthesis
+  sha = io.sha256_file(pkl)
   meta = {
       "kind": sx.KIND, "spec": spec.to_json(), "source": os.path.basename(pkl),
-      "source_sha256": io.sha256_file(pkl), "which": which,
+      "source_sha256": sha, "which": which,
       "class_name": snap[which].class_name, "num_ws": s.num_ws, "w_dim": s.w_dim,
       "z_dim": spec.mapping.z_dim, "c_dim": spec.mapping.c_dim,
       "resolution": s.img_resolution, "layer_names": list(s.layer_names),
   }
-  io.save_checkpoint(out, variables, meta)
-  return meta
+  outdir.write_checkpoint(out, variables, meta, overwrite=replace)
+  return meta, summary(meta, variables, stats, snap, which, out)
+
+
+def summary(meta: dict, variables: dict, stats: sgxl_pickle.LoadStats, snap: dict,
+            which: str, out: str) -> str:
+  """The one success line: source, architecture, parameters, what was skipped."""
+  n_params = sum(int(np.size(v)) for v in jax.tree_util.tree_leaves(variables["params"]))
+  skipped = []
+  for key, value in snap.items():
+    if key == which:
+      continue
+    parts = []
+    if stats.lazy_values.get(key):
+      parts.append(f"{_count_str(stats.lazy_values[key])} tensor values not decoded")
+    if stats.inert_calls.get(key):
+      parts.append(f"{stats.inert_calls[key]} inert objects that never ran")
+    skipped.append(f"{key}" + (f" ({', '.join(parts)})" if parts else ""))
+  return (f"converted {which} of {meta['source']} (sha256 {meta['source_sha256'][:12]}) to {out}: "
+          f"{meta['class_name']} {meta['resolution']}px, num_ws {meta['num_ws']}, w_dim "
+          f"{meta['w_dim']}, c_dim {meta['c_dim']}, {_count_str(n_params)} parameters; "
+          f"decoded {stats.decoded_bytes / 2**20:.1f} of {stats.storage_bytes / 2**20:.1f} MiB of "
+          f"tensor storage; skipped {', '.join(skipped) or 'nothing'}")
+
+
+def _count_str(n: int) -> str:
+  return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
 
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m converters.stylegan_xl",
                                    description=__doc__.split("\n\n")[0])
   parser.add_argument("--pkl", required=True, help="StyleGAN-XL snapshot pickle")
-  parser.add_argument("--out", required=True, help="output checkpoint directory")
+  parser.add_argument("--out", required=True,
+                      help="output checkpoint directory: absent, empty, or an earlier output "
+                           "of this converter (with --force)")
   parser.add_argument("--which", default="G_ema", choices=["G_ema", "G"],
                       help="which generator of the snapshot (default: G_ema)")
-  parser.add_argument("--inert-calls", default="", metavar="module.name[,...]",
-                      help="opt-in: exact globals (e.g. functools.partial) whose calls in "
-                           "the pickle are recorded, never run; only for parts the "
-                           "conversion does not use (D). Default: none")
+  parser.add_argument("--force", action="store_true",
+                      help="replace --out if it is an earlier output of this converter")
+  parser.add_argument("--strict", action="store_true",
+                      help="audit: refuse any global that is not recognised data or a "
+                           "torch.nn module class, anywhere in the file (D included)")
   args = parser.parse_args(argv)
   try:
-    inert_calls = [n.strip() for n in args.inert_calls.split(",")] if args.inert_calls else []
-    meta = convert(args.pkl, args.out, args.which, inert_calls)
-  except (SnapshotError, ConversionError, io.CheckpointError, OSError) as e:
+    _, line = convert(args.pkl, args.out, args.which, args.strict, args.force)
+  except (SnapshotError, ConversionError, io.CheckpointError, outdir.OutDirError,
+          outdir.WriteError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  print(f"wrote {args.out}: {meta['class_name']} {meta['resolution']}px, "
-        f"{meta['num_ws']} ws x {meta['w_dim']}, {len(meta['layer_names'])} layers")
+  except OSError as e:
+    print(f"error: {outdir.os_error_line(e)}", file=sys.stderr)
+    return 1
+  print(line)
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  outdir.exit_quietly(main())

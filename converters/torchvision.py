@@ -34,8 +34,12 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 import jax
 import numpy as np
 
+from converters import outdir
 from lis_jax import io
 from lis_jax.classifiers import archs, densenet, resnet, variable_shapes, vgg
+
+
+KIND = "torchvision"  # meta.json kind of this converter's outputs
 
 
 class ConversionError(ValueError):
@@ -281,7 +285,7 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any],
   if missing or unexpected or mismatched:
     raise ConversionError(_diff_message(what, arch, missing, unexpected, mismatched))
   io.check_tree(variables, expected, what=f"{what} as {arch}")   # Guards the table itself.
-  meta = dict(kind="torchvision", arch=arch, num_classes=num_classes,
+  meta = dict(kind=KIND, arch=arch, num_classes=num_classes,
               feature_dim=module.feature_dim)
   return variables, meta
 
@@ -352,13 +356,17 @@ def convert(arch: str, source: Any) -> tuple[dict, dict]:
   return convert_state_dict(arch, source)
 
 
-def save(out_dir: str, variables: dict, meta: dict) -> None:
-  """Writes a checkpoint dir that `lis_jax.classifiers.load` reads (atomically)."""
-  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-    raise ConversionError(f"--out {out_dir} exists and is not a directory")
+def save(out_dir: str, variables: dict, meta: dict, force: bool = False) -> None:
+  """Writes a checkpoint dir that `lis_jax.classifiers.load` reads (atomically).
+
+  `out_dir` must be absent, empty, or (with `force`) an earlier output of this converter;
+  anything else raises outdir.OutDirError and nothing is changed; a failed write
+  (no space, permission) raises outdir.WriteError.
+  """
+  replace = outdir.check_out(out_dir, KIND, force)
   # Materialise the transposed views: Orbax writes C-contiguous arrays ~2x faster.
   variables = jax.tree_util.tree_map(np.ascontiguousarray, variables)
-  io.save_checkpoint(out_dir, variables, meta)
+  outdir.write_checkpoint(out_dir, variables, meta, overwrite=replace)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -371,15 +379,23 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--arch", required=True,
                       help=f"architecture: {', '.join(sorted(archs.ARCHS))}")
   parser.add_argument("--weights", required=True, help="torchvision state_dict file (.pth)")
-  parser.add_argument("--out", required=True, help="output checkpoint directory")
+  parser.add_argument("--out", required=True,
+                      help="output checkpoint directory: absent, empty, or an earlier output "
+                           "of this converter (with --force)")
+  parser.add_argument("--force", action="store_true",
+                      help="replace --out if it is an earlier output of this converter")
   args = parser.parse_args(argv)
   try:
     if args.arch not in archs.ARCHS:
       raise ConversionError(f"unknown --arch {args.arch!r}; known: {', '.join(sorted(archs.ARCHS))}")
+    outdir.check_out(args.out, KIND, args.force)  # before the conversion: fail fast
     variables, meta = convert_file(args.arch, args.weights)
-    save(args.out, variables, meta)
-  except (ConversionError, io.CheckpointError, OSError) as e:
+    save(args.out, variables, meta, args.force)
+  except (ConversionError, io.CheckpointError, outdir.OutDirError, outdir.WriteError) as e:
     print(f"error: {e}", file=sys.stderr)
+    return 1
+  except OSError as e:
+    print(f"error: {outdir.os_error_line(e)}", file=sys.stderr)
     return 1
   print(f"wrote {args.out}: {meta['arch']}, {meta['num_classes']} classes, "
         f"feature_dim {meta['feature_dim']}")
@@ -387,4 +403,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  outdir.exit_quietly(main())

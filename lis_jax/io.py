@@ -135,12 +135,17 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(out_dir: str, params: Any, meta: Mapping[str, Any]) -> None:
-  """Atomically writes `params` (an Orbax PyTree checkpoint) and `meta` (JSON) to `out_dir`."""
+def save_checkpoint(out_dir: str, params: Any, meta: Mapping[str, Any],
+                    overwrite: bool = True) -> None:
+  """Atomically writes `params` (an Orbax PyTree checkpoint) and `meta` (JSON) to `out_dir`.
+
+  With `overwrite` False an existing `out_dir` raises FileExistsError before anything is
+  written (see `atomic_dir`).
+  """
   import orbax.checkpoint as ocp  # Local: orbax is slow to import.
 
   params = jax.tree_util.tree_map(np.asarray, params)
-  with atomic_dir(out_dir) as tmp:
+  with atomic_dir(out_dir, overwrite=overwrite) as tmp:
     with ocp.PyTreeCheckpointer() as ckptr:
       ckptr.save(os.path.join(tmp, PARAMS_DIR), params)
     write_json(os.path.join(tmp, META_FILE), dict(meta))

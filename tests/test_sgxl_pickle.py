@@ -6,9 +6,14 @@ networks), and torch itself (a module pickled by torch reads back as its state_d
 import collections
 import functools
 import io
+import json
 import os
 import pickle
+import re
+import subprocess
 import sys
+import time
+import tracemalloc
 import types
 import warnings
 
@@ -17,7 +22,9 @@ import pytest
 import torch
 
 from converters import sgxl_pickle
-from converters.sgxl_pickle import InertCall, Node, SnapshotError, load_pickle, load_snapshot
+from converters.sgxl_pickle import (GlobalRef, InertCall, Node, SnapshotError, load_pickle,
+                                    load_snapshot)
+from tests.conftest import ROOT
 
 FIXTURE_NAMES = ("sgxl_stem16", "sgxl_sr64")
 GENERATOR_CLASS = {"sgxl_stem16": "Generator", "sgxl_sr64": "SuperresGenerator"}
@@ -240,21 +247,23 @@ def fake_persistence(monkeypatch):
   Only the pickling side uses them; the loader never imports anything.
   Returns the fake module.
   """
-  package = types.ModuleType("torch_utils")
-  module = types.ModuleType("torch_utils.persistence")
+  return _fake_module(monkeypatch, "torch_utils.persistence",
+                      ("_reconstruct_persistent_obj", "_src_to_module"))
 
-  def _reconstruct_persistent_obj(meta):
-    raise AssertionError("the real hook must never be called")
 
-  def _src_to_module(src):
-    raise AssertionError("the real hook must never be called")
-
-  for fn in (_reconstruct_persistent_obj, _src_to_module):
-    fn.__module__, fn.__qualname__ = module.__name__, fn.__name__
-    setattr(module, fn.__name__, fn)
-  package.persistence = module
-  monkeypatch.setitem(sys.modules, "torch_utils", package)
-  monkeypatch.setitem(sys.modules, "torch_utils.persistence", module)
+def _fake_module(monkeypatch, name, functions):
+  """A module `name` (and its package) in sys.modules whose functions must never run."""
+  package, _, leaf = name.rpartition(".")
+  module = types.ModuleType(name)
+  for fname in functions:
+    def fn(*args, _name=fname):
+      raise AssertionError(f"{name}.{_name} must never be called")
+    fn.__module__, fn.__qualname__, fn.__name__ = name, fname, fname
+    setattr(module, fname, fn)
+  parent = types.ModuleType(package)
+  setattr(parent, leaf, module)
+  monkeypatch.setitem(sys.modules, package, parent)
+  monkeypatch.setitem(sys.modules, name, module)
   return module
 
 
@@ -282,59 +291,96 @@ def _attacks(module, marker):
       "builtins.eval": _Call(eval, f"__import__('os').system({_marker_command(marker)!r})"),
       "builtins.exec": _Call(exec, f"import os; os.system({_marker_command(marker)!r})"),
       "getattr trick": _Call(getattr, _Call(__import__, "os"), "system"),
-      "nested in persistent state": _generator(
-          module, extra=[1, {"deep": _Call(os.system, _marker_command(marker))}]),
       "torch_utils.persistence._src_to_module": _Call(
           module._src_to_module, f"import os\nos.system({_marker_command(marker)!r})\n"),
   }
 
 
 ATTACKS = ("os.system", "builtins.eval", "builtins.exec", "getattr trick",
-           "nested in persistent state", "torch_utils.persistence._src_to_module")
-# What the error must name for each attack (os.system is posix.system; protocol 2
-# spells builtins as __builtin__; the getattr trick is caught at its inner call).
+           "torch_utils.persistence._src_to_module")
+# The global each attack calls last (os.system is posix.system; protocol 2 spells
+# builtins as __builtin__; the getattr trick's outer call is getattr).
 _BUILTINS = r"(builtins|__builtin__)"
 ATTACK_GLOBAL = {"os.system": r"(posix|nt|os)\.system", "builtins.eval": _BUILTINS + r"\.eval",
-                 "builtins.exec": _BUILTINS + r"\.exec", "getattr trick": _BUILTINS + r"\.__import__",
-                 "nested in persistent state": r"(posix|nt|os)\.system",
+                 "builtins.exec": _BUILTINS + r"\.exec", "getattr trick": _BUILTINS + r"\.getattr",
                  "torch_utils.persistence._src_to_module": r"torch_utils\.persistence\._src_to_module"}
 
 
 @pytest.mark.parametrize("protocol", [2, 4])  # GLOBAL and STACK_GLOBAL opcodes
 @pytest.mark.parametrize("attack", ATTACKS)
-def test_malicious_pickle_refused_and_nothing_runs(tmp_path, fake_persistence, attack, protocol):
+def test_generator_that_is_a_call_refused_and_nothing_runs(tmp_path, fake_persistence, attack,
+                                                           protocol):
   marker = tmp_path / "pwned"
-  payload = {"G_ema": _generator(fake_persistence), "x": _attacks(fake_persistence, marker)[attack]}
+  payload = {"G_ema": _attacks(fake_persistence, marker)[attack]}
   path = tmp_path / "evil.pkl"
   path.write_bytes(pickle.dumps(payload, protocol=protocol))
-  with pytest.raises(SnapshotError, match=f"forbidden global {ATTACK_GLOBAL[attack]} "):
+  with pytest.raises(SnapshotError, match=f"refused: G_ema is a call of {ATTACK_GLOBAL[attack]} "
+                     r"\(recorded, never run\), not a generator$"):
     load_snapshot(str(path))
   assert not marker.exists()
 
 
-@pytest.mark.parametrize("attack", ["os.system", "nested in persistent state"])
-def test_unpickler_alone_refuses_calls(tmp_path, fake_persistence, attack):
-  # Second layer: even without the static scan, find_class hands out only inert
-  # placeholders whose call raises.
+@pytest.mark.parametrize("protocol", [2, 4])
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_call_in_d_is_an_inert_record_and_never_runs(tmp_path, fake_persistence, attack, protocol):
   marker = tmp_path / "pwned"
-  blob = pickle.dumps(_attacks(fake_persistence, marker)[attack], protocol=4)
-  with pytest.raises(SnapshotError, match="forbidden global .*system"):
-    sgxl_pickle._SafeUnpickler(io.BytesIO(blob)).load()
+  payload = {"G_ema": _generator(fake_persistence),
+             "D": _attacks(fake_persistence, marker)[attack]}
+  path = tmp_path / "evil.pkl"
+  path.write_bytes(pickle.dumps(payload, protocol=protocol))
+  snap = load_snapshot(str(path))
+  assert isinstance(snap["D"], InertCall)
+  assert re.fullmatch(ATTACK_GLOBAL[attack], snap["D"].name)
+  assert sgxl_pickle.find_records(snap["G_ema"], "G_ema") == []
   assert not marker.exists()
 
 
-def test_refused_before_any_allowed_callable_runs(tmp_path, monkeypatch):
-  calls = []
-  for key, fn in list(sgxl_pickle.ALLOWED_CALLABLES.items()):
-    monkeypatch.setitem(sgxl_pickle.ALLOWED_CALLABLES, key,
-                        lambda *a, _fn=fn, _key=key: calls.append(_key) or _fn(*a))
+def test_call_nested_in_the_generator_refused_with_its_path(tmp_path, fake_persistence):
+  from converters import stylegan_xl
   marker = tmp_path / "pwned"
-  payload = [torch.ones(3), _Call(os.system, _marker_command(marker))]  # tensor first
+  payload = {"G_ema": _generator(fake_persistence, extra=[1, {"deep": _Call(
+      os.system, _marker_command(marker))}])}
   path = tmp_path / "evil.pkl"
   path.write_bytes(pickle.dumps(payload, protocol=4))
-  with pytest.raises(SnapshotError, match="forbidden global"):
-    load_pickle(str(path))
-  assert calls == [] and not marker.exists()
+  G = load_snapshot(str(path))["G_ema"]
+  with pytest.raises(stylegan_xl.ConversionError,
+                     match=r"refused: G_ema\.extra\.1\.deep is a call of (posix|nt|os)\.system"):
+    stylegan_xl.check_plain(G, "G_ema")
+  assert not marker.exists()
+
+
+def test_partial_is_recorded_with_its_arguments_as_names(tmp_path):
+  marker = tmp_path / "pwned"
+  path = tmp_path / "partial.pkl"
+  path.write_bytes(pickle.dumps([functools.partial(os.system, _marker_command(marker))], 4))
+  (got,) = load_pickle(str(path))
+  assert isinstance(got, InertCall) and got.name == "functools.partial"
+  # The partial's target is a global it receives, kept as a name; nothing imported.
+  assert got.args == (GlobalRef(os.system.__module__, "system"),)
+  # partial's own BUILD state: (func, args, keywords, __dict__), stored, not applied.
+  assert got.state[:2] == (GlobalRef(os.system.__module__, "system"),
+                           (_marker_command(marker),)) and len(got.state) == 4
+  assert not marker.exists()
+
+
+def test_named_module_is_never_imported_or_run(tmp_path, monkeypatch):
+  # A module whose import and whose function each create a marker file.
+  imported, called = tmp_path / "imported", tmp_path / "called"
+  (tmp_path / "inert_probe_mod.py").write_text(
+      f"import pathlib\npathlib.Path({str(imported)!r}).touch()\n"
+      f"def make(*args):\n  pathlib.Path({str(called)!r}).touch()\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  import inert_probe_mod  # only to write the pickle
+  blob = pickle.dumps({"D": _Call(inert_probe_mod.make, 1, "two")}, protocol=4)
+  monkeypatch.delitem(sys.modules, "inert_probe_mod")
+  imported.unlink()
+  path = tmp_path / "probe.pkl"
+  path.write_bytes(blob)
+  got = load_pickle(str(path))
+  assert isinstance(got["D"], InertCall)
+  assert (got["D"].name, got["D"].args) == ("inert_probe_mod.make", (1, "two"))
+  assert "inert_probe_mod" not in sys.modules
+  assert not imported.exists() and not called.exists()
 
 
 class EasyDict(dict):
@@ -373,19 +419,18 @@ def _unicode(s):
   return b"\x8c" + bytes([len(s)]) + s.encode()
 
 
-# Hand-assembled protocol-4 pickles that reach for more than an allowed global offers.
+# Hand-assembled protocol-4 pickles that a snapshot never contains.
 CRAFTED = {
-    # STACK_GLOBAL('torch._utils', '_rebuild_tensor_v2.__globals__')(): an attribute
-    # walk from an allowed name to unlisted objects.
-    "dotted name": (_unicode("torch._utils") + _unicode("_rebuild_tensor_v2.__globals__")
-                    + b"\x93)R.", r"forbidden global torch\._utils\._rebuild_tensor_v2\.__globals__"),
     # BUILD on an allowed function itself: would rewrite its attributes (__defaults__).
     "BUILD on a global": (_unicode("torch._utils") + _unicode("_rebuild_parameter")
                           + b"\x93N}" + _unicode("__defaults__") + b")s\x86b.",
-                          r"forbidden BUILD on global torch\._utils\._rebuild_parameter"),
+                          r"corrupt pickle: BUILD on global torch\._utils\._rebuild_parameter"),
     # Persistent ids and the copyreg extension registry are never in snapshots.
     "persistent id": (_unicode("x") + b"Q.", "forbidden opcode BINPERSID"),
     "extension code": (b"\x82\x01.", "forbidden opcode EXT1"),
+    # A length past the end of the file is refused before anything is allocated.
+    "huge bytes": (b"\x8e" + (1 << 40).to_bytes(8, "little") + b".", "runs past the end"),
+    "huge string": (b"\x8d" + (1 << 40).to_bytes(8, "little") + b".", "runs past the end"),
 }
 
 
@@ -398,153 +443,274 @@ def test_crafted_opcodes_refused(tmp_path, case):
     load_pickle(str(path))
 
 
-# ----------------------------------------------------------------------------- inert-call opt-in
-
-# How pickle names os.system: the function lives in posix (nt on Windows).
-SYSTEM_GLOBAL = f"{os.system.__module__}.system"
-
-
-def _snapshot_with_partial_in_d(module, marker):
-  """A snapshot-shaped payload whose D holds partial(os.system, 'touch marker'), both as
-  an attribute and as a child module slot. Unpickling it for real calls
-  functools.partial, which only *references* os.system (a GLOBAL, not a call)."""
-  partial = functools.partial(os.system, _marker_command(marker))
-  D = _persistent(module, "Discriminator", {"_modules": {"feature_network": partial},
-                                            "hook": partial, "_parameters": {}})
-  return {"G": _generator(module), "G_ema": _generator(module), "D": D,
-          "training_set_kwargs": {"resolution": 16}}
+def test_dotted_global_name_is_only_a_name(tmp_path):
+  # STACK_GLOBAL('torch._utils', '_rebuild_tensor_v2.__globals__')(): an attribute walk
+  # from a recognised name; here it is a name that is never looked up.
+  path = tmp_path / "dotted.pkl"
+  path.write_bytes(b"\x80\x04" + _unicode("torch._utils") + _unicode("_rebuild_tensor_v2.__globals__")
+                   + b"\x93)R.")
+  got = load_pickle(str(path))
+  assert isinstance(got, InertCall) and got.name == "torch._utils._rebuild_tensor_v2.__globals__"
 
 
-@pytest.mark.parametrize("protocol", [2, 4])
-def test_partial_in_d_refused_by_default_with_hint(tmp_path, fake_persistence, protocol):
+# ----------------------------------------------------------------------------- dill and numpy constructs
+
+
+class _ImportModule:
+  """Pickles as dill._dill._import_module(name) (dill <= 0.3.4)."""
+
+  def __init__(self, dill, name):
+    self.dill, self.name = dill, name
+
+  def __reduce__(self):
+    return self.dill._import_module, (self.name,)
+
+
+class _GetAttr:
+  """Pickles as dill._dill._get_attr(_import_module(module), name); callable, so that
+  pickle accepts it as the callable of a REDUCE, as dill writes it."""
+
+  def __init__(self, dill, module, name):
+    self.dill, self.module, self.name = dill, module, name
+
+  def __call__(self, *args):
+    raise AssertionError("only pickled")
+
+  def __reduce__(self):
+    return self.dill._get_attr, (_ImportModule(self.dill, self.module), self.name)
+
+
+class _Reduce:
+  """Pickles as func(*args) followed by BUILD(state) when state is given; callable, so
+  that it can stand for a computed callable (dill's `_load_type('set')([...])`)."""
+
+  def __init__(self, func, args, state=None):
+    self.func, self.args, self.state = func, args, state
+
+  def __call__(self, *args):
+    raise AssertionError("only pickled")
+
+  def __reduce__(self):
+    return (self.func, self.args) if self.state is None else (self.func, self.args, self.state)
+
+
+@pytest.fixture
+def fake_dill(monkeypatch):
+  return _fake_module(monkeypatch, "dill._dill",
+                      ("_import_module", "_get_attr", "_load_type", "_create_array"))
+
+
+@pytest.mark.parametrize("module", sgxl_pickle.NUMPY_MULTIARRAY)
+@pytest.mark.parametrize("protocol", [3, 4])
+def test_dill_034_numpy_pattern_is_read_as_numpy(tmp_path, fake_dill, module, protocol):
+  array = np.arange(12, dtype=np.float64).reshape(3, 4)
+  scalar = np.float64(2.5)
+  payload = {
+      "array": _Reduce(_GetAttr(fake_dill, module, "_reconstruct"), (np.ndarray, (0,), b"b"),
+                       array.__reduce__()[2]),
+      "scalar": _Reduce(_GetAttr(fake_dill, module, "scalar"),
+                        (np.dtype("f8"), scalar.tobytes())),
+      "set": _Reduce(_Reduce(fake_dill._load_type, ("set",)), ([1, 2],)),
+  }
+  path = tmp_path / "dill.pkl"
+  path.write_bytes(pickle.dumps(payload, protocol=protocol))
+  got = load_pickle(str(path))
+  assert got["array"].dtype == np.float64
+  np.testing.assert_array_equal(got["array"], array)
+  assert got["scalar"] == scalar and got["scalar"].dtype == np.float64
+  assert got["set"] == {1, 2}
+
+
+def test_newer_dill_create_array_is_read_as_numpy(tmp_path, fake_dill):
+  array = np.arange(6, dtype=np.int32).reshape(2, 3)
+  _, args, state = array.__reduce__()
+  func = array.__reduce__()[0]  # numpy's own _reconstruct, pickled by name
+  path = tmp_path / "dill.pkl"
+  path.write_bytes(pickle.dumps([_Reduce(fake_dill._create_array, (func, args, state, None))], 4))
+  (got,) = load_pickle(str(path))
+  assert got.dtype == np.int32
+  np.testing.assert_array_equal(got, array)
+
+
+def test_dill_attribute_of_another_module_is_a_record_of_that_global(tmp_path, fake_dill):
   marker = tmp_path / "pwned"
-  path = tmp_path / "snap.pkl"
-  path.write_bytes(pickle.dumps(_snapshot_with_partial_in_d(fake_persistence, marker), protocol))
-  with pytest.raises(SnapshotError, match=r"forbidden global functools\.partial \(the pickle "
-                     r"tries to call it\); if it is only inside D and you trust the rest, "
-                     r"rerun with --inert-calls functools\.partial \(it will be recorded, "
-                     r"never run\)"):
+  path = tmp_path / "dill.pkl"
+  path.write_bytes(pickle.dumps(
+      [_Reduce(_GetAttr(fake_dill, "os", "system"), (_marker_command(marker),)),
+       _Reduce(_Reduce(fake_dill._load_type, ("MethodType",)), (1, 2))], 4))
+  system, method = load_pickle(str(path))
+  assert isinstance(system, InertCall) and system.name == "os.system"
+  assert isinstance(method, InertCall) and method.name == "dill._dill._load_type('MethodType')"
+  assert not marker.exists()
+
+
+def test_realistic_fixture_numpy_values(fixtures_dir):
+  # FIXTURES.md: in_size / out_size are arrays, cutoffs float64 scalars, use_fp16 bool
+  # scalars, all written with dill 0.3.4's pattern (protocol 4) or _load_type('set') (3).
+  for name in ("sgxl_realistic", "sgxl_realistic_proto3"):
+    G = load_snapshot(str(fixtures_dir / f"{name}.pkl"))["G_ema"]
+    layer = G["synthesis"][G["synthesis"].attrs["layer_names"][0]]
+    assert isinstance(layer.attrs["in_size"], np.ndarray) and layer.attrs["in_size"].shape == (2,)
+    assert isinstance(layer.attrs["in_cutoff"], np.float64)
+    assert isinstance(layer.attrs["use_fp16"], np.bool_)
+    assert layer.internals["_non_persistent_buffers_set"] == set()
+    assert sgxl_pickle.find_records(G, "G_ema") == []
+
+
+def test_only_the_requested_network_is_decoded(fixtures_dir):
+  path = str(fixtures_dir / "sgxl_realistic.pkl")
+  snap, stats = sgxl_pickle.read_snapshot(path, decode=("G_ema",))
+  full, full_stats = sgxl_pickle.read_snapshot(path)
+  for key, value in full["G_ema"].state_dict().items():
+    np.testing.assert_array_equal(snap["G_ema"].state_dict()[key], value, err_msg=key)
+  lazy = snap["D"].state_dict()
+  assert lazy and all(isinstance(v, sgxl_pickle.LazyTensor) for v in lazy.values())
+  assert {k: v.shape for k, v in lazy.items()} == {k: v.shape for k, v in full["D"].state_dict().items()}
+  assert all(isinstance(v, sgxl_pickle.LazyTensor) for v in snap["G"].state_dict().values())
+  # The decoded bytes are G_ema's storages only: what decoding G_ema alone reads.
+  assert full_stats.decoded_bytes == full_stats.storage_bytes == stats.storage_bytes
+  assert stats.decoded_bytes < stats.storage_bytes / 10
+  g_ema_numel = sum(v.size for v in full["G_ema"].state_dict().values())
+  assert g_ema_numel * 4 <= stats.decoded_bytes < g_ema_numel * 4 + 1_000 * stats.decoded_storages
+
+
+# ----------------------------------------------------------------------------- bounds
+
+
+def _bomb_bytes():
+  """The 8 KB shared-reference bomb of issue 11: 10^12 ints if references were copied."""
+  x = [0] * 1000
+  y = [x] * 1000
+  z = [y] * 1000
+  w = [z] * 1000
+  return pickle.dumps({"G_ema": w})
+
+
+# The issue's bound for the bomb: refused in under 5 s and 500 MB.
+BOMB_SECONDS, BOMB_BYTES = 5.0, 500 * 2**20
+
+
+def test_shared_reference_bomb_refused_fast_and_small(tmp_path):
+  path = tmp_path / "bomb.pkl"
+  path.write_bytes(_bomb_bytes())
+  assert path.stat().st_size < 8500
+  tracemalloc.start()
+  start = time.perf_counter()
+  try:
+    with pytest.raises(SnapshotError, match="not a StyleGAN-XL snapshot"):
+      load_snapshot(str(path))
+    value = load_pickle(str(path))
+    seconds = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  assert seconds < BOMB_SECONDS and peak < BOMB_BYTES, (seconds, peak)
+  w = value["G_ema"]
+  assert w[0] is w[999] and w[0][0] is w[1][0]  # shared references stay shared
+
+
+def test_shared_reference_bomb_cli_peak_rss(tmp_path):
+  path = tmp_path / "bomb.pkl"
+  path.write_bytes(_bomb_bytes())
+  script = (
+      "import resource, sys, time\n"
+      "from converters import stylegan_xl\n"
+      "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+      "start = time.perf_counter()\n"
+      f"rc = stylegan_xl.main(['--pkl', {str(path)!r}, '--out', {str(tmp_path / 'out')!r}])\n"
+      "seconds = time.perf_counter() - start\n"
+      "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+      "print(rc, seconds, (after - before) * 1024)\n")
+  proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300)
+  rc, seconds, grown = proc.stdout.split()
+  assert int(rc) == 1 and proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1
+  assert "not a StyleGAN-XL snapshot" in proc.stderr
+  assert float(seconds) < BOMB_SECONDS and int(grown) < BOMB_BYTES, (seconds, grown)
+
+
+def test_container_size_limit(tmp_path, monkeypatch):
+  monkeypatch.setattr(sgxl_pickle, "MAX_CONTAINER_ITEMS", 1500)
+  path = tmp_path / "big.pkl"  # pickle appends in batches of 1000: the stack stays small
+  path.write_bytes(pickle.dumps({"G_ema": list(range(2001))}, 4))
+  with pytest.raises(SnapshotError, match=r"a container of more than 1500 items \(limit\)$"):
     load_snapshot(str(path))
-  assert not marker.exists()
-
-
-@pytest.mark.parametrize("protocol", [2, 4])
-def test_partial_in_d_recorded_inert_when_opted_in(tmp_path, fake_persistence, protocol):
-  marker = tmp_path / "pwned"
-  path = tmp_path / "snap.pkl"
-  path.write_bytes(pickle.dumps(_snapshot_with_partial_in_d(fake_persistence, marker), protocol))
-  snap = load_snapshot(str(path), inert_calls=("functools.partial",))
-  D = snap["D"]
-  hook = D.attrs["hook"]
-  assert isinstance(hook, InertCall) and hook.name == "functools.partial"
-  # The partial's target is a global it receives, kept as its name; nothing imported.
-  assert hook.args == (SYSTEM_GLOBAL,)
-  # partial's own BUILD state: (func, args, keywords, __dict__), stored, not applied.
-  assert hook.state[:2] == (SYSTEM_GLOBAL, (_marker_command(marker),)) and len(hook.state) == 4
-  # A call in a child-module slot is kept as a record, not as a child Node.
-  assert D.attrs[sgxl_pickle.INERT_ATTR]["_modules.feature_network"] is hook
-  assert "feature_network" not in D.children
-  assert [p for p, _ in sgxl_pickle.find_inert_calls(D, "D")] == [
-      "D.__inert_calls__._modules.feature_network"]
-  assert sgxl_pickle.find_inert_calls(snap["G_ema"]) == []
-  assert not marker.exists()
-
-
-def test_opted_in_callable_is_never_imported_or_run(tmp_path, monkeypatch):
-  # A module whose import and whose function each create a marker file.
-  imported, called = tmp_path / "imported", tmp_path / "called"
-  (tmp_path / "inert_probe_mod.py").write_text(
-      f"import pathlib\npathlib.Path({str(imported)!r}).touch()\n"
-      f"def make(*args):\n  pathlib.Path({str(called)!r}).touch()\n")
-  monkeypatch.syspath_prepend(str(tmp_path))
-  import inert_probe_mod  # only to write the pickle
-  blob = pickle.dumps({"D": _Call(inert_probe_mod.make, 1, "two")}, protocol=4)
-  monkeypatch.delitem(sys.modules, "inert_probe_mod")
-  imported.unlink()
-  path = tmp_path / "probe.pkl"
-  path.write_bytes(blob)
-  got = load_pickle(str(path), inert_calls=("inert_probe_mod.make",))
-  assert isinstance(got["D"], InertCall)
-  assert (got["D"].name, got["D"].args) == ("inert_probe_mod.make", (1, "two"))
-  assert "inert_probe_mod" not in sys.modules
-  assert not imported.exists() and not called.exists()
-
-
-def test_inert_call_opt_in_covers_only_the_named_global(tmp_path, fake_persistence):
-  marker = tmp_path / "pwned"
-  payload = _snapshot_with_partial_in_d(fake_persistence, marker)
-  payload["x"] = _Call(os.system, _marker_command(marker))
-  path = tmp_path / "snap.pkl"
-  path.write_bytes(pickle.dumps(payload, protocol=4))
-  with pytest.raises(SnapshotError, match=f"forbidden global {SYSTEM_GLOBAL} "):
-    load_snapshot(str(path), inert_calls=("functools.partial",))
-  assert not marker.exists()
-
-
-def test_unpickler_alone_records_opted_in_calls(tmp_path):
-  # Second layer without the scan: the opted-in global is a recorder, others still raise.
-  marker = tmp_path / "pwned"
-  blob = pickle.dumps([functools.partial(os.system, _marker_command(marker))], protocol=4)
-  got = sgxl_pickle._SafeUnpickler(io.BytesIO(blob), ("functools.partial",)).load()
-  assert isinstance(got[0], InertCall) and got[0].name == "functools.partial"
-  blob = pickle.dumps([_Call(os.system, _marker_command(marker))], protocol=4)
-  with pytest.raises(SnapshotError, match="forbidden global .*system"):
-    sgxl_pickle._SafeUnpickler(io.BytesIO(blob), ("functools.partial",)).load()
-  assert not marker.exists()
-
-
-@pytest.mark.parametrize("name, message", [
-    ("builtins.eval", r"builtins\.\* is on the deny-list"),
-    ("os.system", r"os\.\* is on the deny-list"),
-    (SYSTEM_GLOBAL, r"is on the deny-list"),
-    ("subprocess.Popen", r"subprocess\.\* is on the deny-list"),
-    ("operator.attrgetter", r"operator\.attrgetter is on the deny-list"),
-    ("torch_utils.persistence._src_to_module", r"torch_utils\.persistence\.\* is on the deny-list"),
-    ("torch._utils._rebuild_tensor_v2", r"already an allowed callable"),
-    ("functools.*", r"bad --inert-calls name 'functools\.\*'.*no wildcards"),
-    ("partial", r"bad --inert-calls name 'partial'"),
-    ("torch._utils._rebuild_tensor_v2.__globals__", r"dunder names"),
-    ("", r"bad --inert-calls name ''"),
-])
-def test_denied_or_malformed_inert_names_refused(tmp_path, fake_persistence, name, message):
-  marker = tmp_path / "pwned"
-  payload = {"G_ema": _generator(fake_persistence),
-             "x": _attacks(fake_persistence, marker)["builtins.eval"]}
-  path = tmp_path / "evil.pkl"
-  path.write_bytes(pickle.dumps(payload, protocol=4))
-  with pytest.raises(SnapshotError, match=message):
-    load_snapshot(str(path), inert_calls=("functools.partial", name))
-  assert not marker.exists()
-
-
-def test_inert_calls_must_be_a_list_not_a_string(tmp_path):
-  path = tmp_path / "x.pkl"
-  path.write_bytes(pickle.dumps([1], protocol=4))
-  with pytest.raises(SnapshotError, match="list of names, not the string"):
-    load_pickle(str(path), inert_calls="functools.partial")
-
-
-@pytest.mark.parametrize("attack", ["os.system", "builtins.eval"])
-def test_denied_global_refusal_does_not_suggest_opt_in(tmp_path, fake_persistence, attack):
-  payload = {"G_ema": _generator(fake_persistence),
-             "x": _attacks(fake_persistence, tmp_path / "pwned")[attack]}
-  path = tmp_path / "evil.pkl"
-  path.write_bytes(pickle.dumps(payload, protocol=4))
-  with pytest.raises(SnapshotError, match="forbidden global") as info:
+  path.write_bytes(b"\x80\x04(" + b"N" * 1501 + b"l.")  # MARK, 1501 x None, LIST
+  with pytest.raises(SnapshotError, match=r"pickle stack exceeds 1500 items \(limit\)$"):
     load_snapshot(str(path))
-  assert "--inert-calls" not in str(info.value)
 
 
-def test_fixtures_load_identically_with_an_opt_in(fixture, fixtures_dir):
-  # The opt-in changes nothing for a pickle that never calls the named global.
-  name, snap, _ = fixture
-  again = load_snapshot(str(fixtures_dir / f"{name}.pkl"), inert_calls=("functools.partial",))
-  for key in ("G_ema", "D"):
-    want, got = snap[key].state_dict(), again[key].state_dict()
-    assert list(got) == list(want)
-    for k in want:
-      np.testing.assert_array_equal(got[k], want[k], err_msg=k)
-    assert sgxl_pickle.find_inert_calls(again[key]) == []
+def test_nesting_limit(tmp_path):
+  depth = 10 * sgxl_pickle.MAX_NESTING
+  path = tmp_path / "deep.pkl"  # [[[...]]] depth levels: EMPTY_LIST x depth, APPEND x depth-1
+  path.write_bytes(b"\x80\x04" + b"]" * depth + b"a" * (depth - 1) + b".")
+  with pytest.raises(SnapshotError, match=rf"nested deeper than {sgxl_pickle.MAX_NESTING} levels"):
+    load_pickle(str(path))
+
+
+# ----------------------------------------------------------------------------- audit
+
+
+FORBIDDEN_IMPORTS = ("timm", "pg_modules", "feature_networks", "torch_utils", "dnnlib", "dill",
+                     "legacy", "training")
+
+_AUDIT_SCRIPT = """
+import json, sys
+sys.path.insert(0, {root!r})
+events = {{"imports": [], "compile_sources": [], "exec_files": [], "code_new": []}}
+def hook(event, args):
+  if event == "import":
+    events["imports"].append(args[0])
+  elif event == "compile":
+    source = args[0]
+    if isinstance(source, bytes):
+      source = source.decode("latin-1")
+    events["compile_sources"].append(source if isinstance(source, str) else "")
+  elif event == "exec":
+    events["exec_files"].append(getattr(args[0], "co_filename", "?"))
+  elif event == "code.__new__":
+    events["code_new"].append(str(args[1]))
+sys.addaudithook(hook)
+from converters import stylegan_xl
+rc = stylegan_xl.main(["--pkl", {pkl!r}, "--out", {out!r}])
+events["rc"] = rc
+events["modules"] = sorted(sys.modules)
+with open({report!r}, "w") as f:
+  json.dump(events, f)
+"""
+
+
+def test_conversion_imports_compiles_and_executes_nothing_from_the_pickle(tmp_path, fixtures_dir):
+  # The realistic snapshot with its module_src (same length: the pickle stays valid)
+  # replaced by code that would leave a marker if it ever ran.
+  data = (fixtures_dir / "sgxl_realistic.pkl").read_bytes()
+  old = b"# module source omitted from this test fixture\n"
+  new = b"open('pwned_by_module_src', 'w').close()  #\n"
+  new = new[:-1] + b"#" * (len(old) - len(new)) + b"\n"
+  assert len(new) == len(old) and data.count(old) > 0
+  pkl = tmp_path / "realistic.pkl"
+  pkl.write_bytes(data.replace(old, new))
+  # The file name the pickled hook closures' code object claims (dill's _create_code).
+  D = load_pickle(str(pkl))["D"]
+  code_files = {a for _, r in sgxl_pickle.find_records(D) if isinstance(r, InertCall)
+                for c in r.args if isinstance(c, InertCall) and c.name.endswith("_create_code")
+                for a in c.args if isinstance(a, str) and a.endswith(".py")}
+  assert code_files  # FIXTURES.md: four closures share one pickled code object
+  report = tmp_path / "events.json"
+  script = _AUDIT_SCRIPT.format(root=str(ROOT), pkl=str(pkl), out=str(tmp_path / "out"),
+                                report=str(report))
+  proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  events = json.loads(report.read_text())
+  assert events["rc"] == 0
+  top = {name.split(".")[0] for name in events["imports"] + events["modules"]}
+  assert not top & set(FORBIDDEN_IMPORTS)
+  assert not any("pwned_by_module_src" in s for s in events["compile_sources"])
+  assert not set(events["exec_files"]) & code_files
+  # No code object was built from the pickle's bytecode (libraries build a few of their own).
+  assert not set(events["code_new"]) & code_files
+  assert not (tmp_path / "pwned_by_module_src").exists()
 
 
 # ----------------------------------------------------------------------------- bad input
