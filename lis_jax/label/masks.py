@@ -263,6 +263,17 @@ def _collect_cvat(path: str, part_names: Sequence[str]) -> dict:
   return out
 
 
+def indexed_png(labels: np.ndarray, n_parts: int) -> bytes:
+  """[H, W] part indices -> PNG bytes, palette mode with the labeller's colours."""
+  import io as _io
+  labels = np.ascontiguousarray(labels, np.uint8)
+  img = Image.frombytes("P", labels.shape[::-1], labels.tobytes())
+  img.putpalette(palette(max(n_parts, 1)).reshape(-1).tolist())
+  buf = _io.BytesIO()
+  img.save(buf, "PNG")
+  return buf.getvalue()
+
+
 # ----------------------------------------------------------------------------- checks
 
 
