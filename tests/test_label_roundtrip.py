@@ -9,7 +9,7 @@ from PIL import Image
 from skimage import measure
 
 from configs import demo
-from lis_jax import generators, io
+from lis_jax import generators, io, pipeline
 from lis_jax.label import export, importer, layout, masks
 from lis_jax.quantify import segment, stage
 
@@ -24,8 +24,13 @@ IOU_TOLERANCE = 0.02
 MIN_POLYGON_AGREEMENT = 0.97
 
 
+def small_world():
+  return generators.load("shapes", resolution=RESOLUTION)
+
+
 def _config(labels):
   config = demo.get_config()
+  config.generator = f"{__name__}:small_world"
   config.quantify.labels = labels
   config.quantify.n_labelled = N_LABELLED
   config.quantify.n_heldout = N_HELDOUT
@@ -47,10 +52,9 @@ def _polygons(labels, part_names):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("work"))
-  config = _config("seg_labels/shapes")
-  G = generators.load("shapes", resolution=RESOLUTION)
-  d = export.export(config, workdir, N_PER_CLASS, batch_size=40, G=G)
-  return config, workdir, d, G
+  ctx = pipeline.RunContext(_config("seg_labels/shapes"), workdir)
+  d = export.export(ctx, N_PER_CLASS, batch_size=40)
+  return ctx.config, workdir, d, ctx.G
 
 
 def test_round_trip_matches_ground_truth_iou(exported, tmp_path):

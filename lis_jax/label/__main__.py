@@ -36,20 +36,19 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def run(command: str) -> None:
   from lis_jax.label import export, importer, layout, suggest  # after flag parsing: fast --help
-  config, workdir = _CONFIG.value, _WORKDIR.value
+  ctx = pipeline.RunContext(_CONFIG.value, _WORKDIR.value)  # the pipeline's models and config
+  d = layout.label_dir(ctx.cfg("quantify").labels, ctx.workdir)
   if command == "export":
-    d = export.export(config, workdir, _N.value, _BATCH.value)
+    export.export(ctx, _N.value, _BATCH.value)
     print(f"[label] exported to {d.root}; edit {d.part_names_file}, then open {d.page} in a "
           f"browser, save masks into {d.masks} and run `python -m lis_jax.label import`")
   elif command == "import":
-    d = layout.label_dir(config, workdir)
     names = importer.import_masks(d, _MASKS.value, _FORMAT.value, importer.read_colours(_COLOURS.value))
     export.write_page(d)
     print(f"[label] imported {len(names)} mask(s) into {d.sub('labels')} "
-          f"({len(layout.labelled_names(d))} labelled in all)")
+          f"({len(d.labelled_names())} labelled in all)")
   else:
-    ev = suggest.suggest(config, workdir, _FOLDS.value)
-    d = layout.label_dir(config, workdir)
+    ev = suggest.suggest(ctx, _FOLDS.value)
     if ev["mean_iou"] is None:
       print(f"[label] held-out IoU: n/a ({ev['n_images']} labelled image(s), folds {ev['folds']})")
     else:

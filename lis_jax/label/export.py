@@ -1,7 +1,7 @@
 """`python -m lis_jax.label export`: seeded images to label, their ws, part names, the page.
 
 Image `s<i>_c<class>` is `G.synthesis(G.mapping(z, class, psi))` with
-`z = normal(fold_in(fold_in(key, class), i))`, `key` the 'label' stream of `config.seed`:
+`z = normal(ctx.key("label", class, i))` (the run context's named stream 'label'):
 the same image for the same config whatever the batch size, and exporting more images
 later (a larger --n) keeps the ones already written. Files are written per batch, ws last
 (existence of w/<name>.npy = done), so a killed export resumes.
@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import io as _io
 import os
-import zlib
 from typing import Any, Sequence
 
 import jax
@@ -34,16 +33,6 @@ GROUP_PARTS: dict[str, tuple[str, ...]] = {
 PLACEHOLDER_PARTS = ("background", "part_1")
 
 
-def quantify_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  from lis_jax.quantify import stage  # Local: the stage module pulls in the report.
-  return pipeline.section_config(config, "quantify", stage.default_config())
-
-
-def stream_key(seed: int) -> jax.Array:
-  """The 'label' random stream of the root seed (its name hashed: no other stage's tag)."""
-  return jax.random.fold_in(jax.random.PRNGKey(seed), zlib.crc32(b"label") & 0x7FFFFFFF)
-
-
 def names_in_order(classes: Sequence[int], n: int) -> list[str]:
   """n names per class, interleaved: s0000_c<a>, s0000_c<b>, ..., s0001_c<a>, ..."""
   return [layout.image_name(i, int(c)) for i in range(n) for c in classes]
@@ -61,7 +50,8 @@ def starting_parts(config: ml_collections.ConfigDict, G: Any, classes: np.ndarra
 
 @functools.partial(jax.jit, static_argnames=("small",))
 def _generate(G, key, cls, idx, psi, small):
-  """[B] classes and indices -> (ws [B, num_ws, w_dim], uint8 images full and small)."""
+  """[B] classes and indices -> (ws [B, num_ws, w_dim], uint8 images [B, H, W, 3] and
+  [B, small, small, 3]); z of (class c, index i) = normal(fold_in(fold_in(key, c), i))."""
   from lis_jax.quantify import segment
   from lis_jax.sweeps import to_uint8
   z = jax.vmap(lambda c, i: jax.random.normal(
@@ -82,41 +72,40 @@ def _write(path: str, data: bytes) -> None:
     f.write(data)
 
 
-def export(config: ml_collections.ConfigDict, workdir: str, n: int, batch_size: int = 16,
-           G: Any = None) -> layout.LabelDir:
+def export(ctx: pipeline.RunContext, n: int, batch_size: int = 16) -> layout.LabelDir:
   """Writes n images per class of config.classes into config.quantify.labels (resumable).
 
-  Returns the label directory. Raises PipelineError for a bad config or a directory
-  exported with a different generator / classes / psi / seed / resolution.
+  Models come from the run context (the pipeline's loader). Returns the label directory.
+  Raises PipelineError for a bad config or a directory exported with a different
+  generator / classes / psi / seed / resolution.
   """
   if n < 1:
     raise pipeline.PipelineError(f"--n={n}: export at least one image per class")
-  d = layout.label_dir(config, workdir)
-  if G is None:
-    G, _ = pipeline.load_models(config, workdir)
-  classes = pipeline.parse_classes(config.classes, G.num_classes)
-  res = int(quantify_config(config).resolution or G.resolution)
+  c = ctx.cfg("quantify")
+  d = layout.label_dir(c.labels, ctx.workdir)
+  G, classes, config = ctx.G, ctx.classes, ctx.config
+  res = int(c.resolution or G.resolution)
   pipeline.check_stage_config(d.root, {"generator": config.generator, "classes": classes.tolist(),
                                        "psi": config.psi, "seed": config.seed, "resolution": res})
   names = names_in_order(classes, n)
-  todo = [(i, int(c)) for i in range(n) for c in classes
-          if not os.path.exists(d.w(layout.image_name(i, int(c))))]
-  key = stream_key(config.seed)
+  todo = [(i, int(k)) for i in range(n) for k in classes
+          if not os.path.exists(d.w(layout.image_name(i, int(k))))]
+  key = ctx.key("label")
   batch_size = max(1, batch_size)
   for s in tqdm(range(0, len(todo), batch_size), desc="[label] export", unit="batch",
                 disable=not todo):
     chunk = todo[s:s + batch_size]
     pad = chunk + [chunk[-1]] * (batch_size - len(chunk))  # fixed shapes: one compile
-    ws, full, small = _generate(G, key, jnp.asarray([c for _, c in pad], jnp.int32),
+    ws, full, small = _generate(G, key, jnp.asarray([k for _, k in pad], jnp.int32),
                                 jnp.asarray([i for i, _ in pad], jnp.int32), config.psi, res)
     ws, full, small = np.asarray(ws), np.asarray(full), np.asarray(small)
-    for k, (i, c) in enumerate(chunk):
-      name = layout.image_name(i, c)
-      _write(d.image(name), png_bytes(full[k]))
-      _write(d.image_small(name), png_bytes(small[k]))
+    for j, (i, k) in enumerate(chunk):
+      name = layout.image_name(i, k)
+      _write(d.image(name), png_bytes(full[j]))
+      _write(d.image_small(name), png_bytes(small[j]))
       with io.atomic_file(d.w(name)) as f:
-        np.save(f, ws[k].astype(np.float32))
-      pipeline.maybe_interrupt("label_export", s + k + 1)
+        np.save(f, ws[j].astype(np.float32))
+      pipeline.maybe_interrupt("label_export", s + j + 1)
   if not os.path.exists(d.part_names_file):
     io.write_json(d.part_names_file, list(starting_parts(config, G, classes)))
   old = io.read_json(d.export_file)["names"] if os.path.exists(d.export_file) else []

@@ -24,8 +24,6 @@ import dataclasses
 import json
 import os
 
-import ml_collections
-
 from lis_jax import io, pipeline
 
 
@@ -78,14 +76,37 @@ def image_name(index: int, cls: int) -> str:
   return f"s{index:04d}_c{cls:04d}"
 
 
-def label_dir(config: ml_collections.ConfigDict, workdir: str) -> LabelDir:
-  """The labelling directory `config.quantify.labels` (relative paths: inside the workdir)."""
-  labels = config.quantify.labels if "quantify" in config else "ground_truth"
+def label_dir(labels: str, workdir: str) -> LabelDir:
+  """The labelling directory `labels` (config.quantify.labels): an absolute path, else the
+  one inside the workdir (or, if only that exists, relative to the current directory)."""
   if labels == "ground_truth":
     raise pipeline.PipelineError(
         "config.quantify.labels is 'ground_truth' (the built-in world's own masks); name a "
         "directory to label into, e.g. --config.quantify.labels=seg_labels/mine")
-  return LabelDir(labels if os.path.isabs(labels) else os.path.join(workdir, labels))
+  if os.path.isabs(labels):
+    return LabelDir(labels)
+  inside = os.path.join(workdir, labels)
+  return LabelDir(labels if os.path.isdir(labels) and not os.path.exists(inside) else inside)
+
+
+def _config_arg() -> str:
+  """The --config file of this process if absl parsed one, else a placeholder."""
+  from absl import flags
+  from ml_collections import config_flags
+  try:
+    return config_flags.get_config_filename(flags.FLAGS["config"]) or "CONFIG"
+  except (KeyError, AttributeError, flags.Error):  # no --config flag in this process
+    return "CONFIG"
+
+
+def missing_labels_message(d: LabelDir, labels: str, workdir: str) -> str:
+  """One line: where the labels should be and the commands that make them."""
+  cfg = _config_arg()
+  return (f"quantify.labels={labels!r}: no labelled masks in {d.sub('labels')}; make them with "
+          f"`python -m lis_jax.label export --config={cfg} --workdir={workdir} --n=30`, paint "
+          f"{d.page} and save the masks into {d.masks}, then `python -m lis_jax.label import "
+          f"--config={cfg} --workdir={workdir}` (README: Labelling parts); on the built-in world "
+          f"use quantify.labels='ground_truth'")
 
 
 def read_part_names(d: LabelDir) -> tuple[str, ...]:

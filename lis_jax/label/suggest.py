@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 
 from lis_jax import io, pipeline
@@ -49,28 +48,27 @@ def held_out_iou(G: Any, ws: jax.Array, labels: np.ndarray, part_names, c, folds
           "mean_iou": float(np.nanmean(iou)), "folds": k, "n_images": m}
 
 
-def suggest(config: ml_collections.ConfigDict, workdir: str, folds: int = 3, G: Any = None) -> dict:
+def suggest(ctx: pipeline.RunContext, folds: int = 3) -> dict:
   """Evaluates, trains, writes suggestions and the page; returns the held-out IoU dict
-  with 'n_suggested' added."""
-  d = layout.label_dir(config, workdir)
+  (`held_out_iou`) with 'n_suggested' added."""
+  c = ctx.cfg("quantify")
+  d = layout.label_dir(c.labels, ctx.workdir)
   meta = layout.read_export(d)
   part_names = layout.read_part_names(d)
-  names = layout.labelled_names(d)
+  names = d.labelled_names()
   if not names:
     raise pipeline.PipelineError(f"no labels in {d.sub('labels')}: label some images in "
                                  f"{d.page} and run `python -m lis_jax.label import` first")
-  if G is None:
-    G, _ = pipeline.load_models(config, workdir)
-  c = export.quantify_config(config)
+  G = ctx.G
   ws = segment.as_ws(np.stack([np.load(d.w(n)) for n in names]), G.num_ws)
   labels = np.stack([np.load(d.labels(n)) for n in names]).astype(np.int32)
   if labels.max() >= len(part_names):
     raise pipeline.PipelineError(f"{d.sub('labels')}: label {labels.max()} outside part_names.json "
                                  f"(0..{len(part_names) - 1}); import the masks again")
-  key = jax.random.fold_in(export.stream_key(config.seed), 1)
-  ev = held_out_iou(G, ws, labels, part_names, c, folds, jax.random.fold_in(key, 0))
-  seg = _fit(G, ws, labels, part_names, c, jax.random.fold_in(key, 1))
-  todo = [n for n in meta["names"] if n not in set(names)]
+  ev = held_out_iou(G, ws, labels, part_names, c, folds, ctx.key("label_suggest", 0))
+  seg = _fit(G, ws, labels, part_names, c, ctx.key("label_suggest", 1))
+  labelled = set(names)
+  todo = [n for n in meta["names"] if n not in labelled]
   for s in range(0, len(todo), c.batch_size):
     chunk = todo[s:s + c.batch_size]
     ws_u = segment.as_ws(np.stack([np.load(d.w(n)) for n in chunk]), G.num_ws)
@@ -80,4 +78,3 @@ def suggest(config: ml_collections.ConfigDict, workdir: str, folds: int = 3, G: 
         f.write(masks.indexed_png(p, len(part_names)))
   export.write_page(d)
   return {**ev, "n_suggested": len(todo)}
-
