@@ -2,11 +2,13 @@
 StyleGAN-XL and ResNet50 checkpoints): with no labels the run stops at quantify with one
 line naming the commands; then export, labelling, import and suggest on that workdir.
 (That the quantify stage trains on imported labels: tests/test_label_roundtrip.py.)"""
+import json
 import os
 import subprocess
 import sys
 
 import numpy as np
+from PIL import Image
 
 from conftest import ROOT
 
@@ -71,3 +73,15 @@ def test_linear_stages_stop_at_quantify_then_label_and_finish(tmp_path):
   assert all(os.path.exists(d.suggestion(n)) for n in names[N_LABELLED:])
   assert not any(os.path.exists(d.suggestion(n)) for n in names[:N_LABELLED])
 
+  # The page now opens the imported labels and the suggestions as starting masks.
+  with open(d.page) as f:
+    html = f.read()
+  start = html.index('<script id="lis-data" type="application/json">') + len('<script id="lis-data" type="application/json">')
+  data = json.loads(html[start:html.index("</script>", start)])
+  status = {it["name"]: it["status"] for it in data["images"]}
+  assert status == {n: "labelled" if k < N_LABELLED else "suggested" for k, n in enumerate(names)}
+  for it in data["images"][N_LABELLED:]:
+    runs = np.asarray(it["mask"]["rle"]).reshape(-1, 2)
+    flat = np.repeat(runs[:, 0], runs[:, 1]).reshape(it["mask"]["size"], -1)
+    with Image.open(d.suggestion(it["name"])) as im:
+      np.testing.assert_array_equal(flat, np.asarray(im))
