@@ -1,6 +1,8 @@
 """Export -> masks from the built-in world's truth (RGB PNG and LabelMe polygons) -> import ->
 the quantify stage's segmenter, against the same stage trained on labels='ground_truth'."""
 import json
+import os
+import shutil
 
 import jax.numpy as jnp
 import numpy as np
@@ -17,8 +19,13 @@ N_PER_CLASS = 10  # 8 classes: 80 images = N_LABELLED to train on + N_HELDOUT he
 N_LABELLED = 16
 N_HELDOUT = 64
 RESOLUTION = 32  # the world at 32 px (the demo's 64 px costs 4x); both runs get this G
-# Issue 12's bar: the imported labels give the same held-out IoU as the world's truth.
+# Issue 12's bar: the imported labels give the same held-out IoU as the world's truth
+# (on the same images: only the labels' way in differs).
 IOU_TOLERANCE = 0.02
+# labels='ground_truth' trains and evaluates on other images (the stage samples its own):
+# measured |difference| 0.001, 0.037 and 0.008 for config.seed 0, 1, 2 (16 training images
+# at 32 px: the choice of images moves the IoU by a few hundredths).
+SAMPLING_TOLERANCE = 0.05
 # LabelMe polygons trace the masks' outlines through pixel edges; rasterised again, a few
 # boundary pixels (diagonal steps, one-pixel spurs) change part.
 MIN_POLYGON_AGREEMENT = 0.97
@@ -86,11 +93,25 @@ def test_round_trip_matches_ground_truth_iou(exported, tmp_path):
   agreement = float(np.mean(got[1::2] == truth[1::2]))
   assert agreement >= MIN_POLYGON_AGREEMENT, agreement
 
+  from_labels = _segmenter_eval(config, workdir, G)
+  # The same images with the world's truth as labels: only the import differs.
+  same = layout.LabelDir(str(tmp_path / "truth_labels"))
+  shutil.copytree(d.sub("w"), same.sub("w"))
+  shutil.copy(d.part_names_file, same.part_names_file)
+  os.makedirs(same.sub("labels"))
+  for name, y in zip(names, truth):
+    np.save(same.labels(name), y)
+  from_same = _segmenter_eval(_config(same.root), str(tmp_path / "w_same"), G)
+  # The stage's own labels='ground_truth': the world's truth of images it samples itself.
+  from_truth = _segmenter_eval(_config("ground_truth"), str(tmp_path / "w_truth"), G)
+  for ev in (from_labels, from_same, from_truth):
+    assert ev["n_labelled"] == N_LABELLED and ev["n_images"] == N_HELDOUT, ev
+  assert abs(from_labels["mean_iou"] - from_same["mean_iou"]) <= IOU_TOLERANCE, (from_labels, from_same)
+  assert abs(from_labels["mean_iou"] - from_truth["mean_iou"]) <= SAMPLING_TOLERANCE, (from_labels,
+                                                                                       from_truth)
+
+
+def _segmenter_eval(config, workdir, G):
+  """Trains the quantify stage's segmenter as the stage does; its held-out evaluation."""
   stage.segmenter(config, workdir, G)
-  from_labels = io.read_json(f"{workdir}/quantify/segmenter_eval.json")
-  truth_dir = str(tmp_path / "truth")
-  stage.segmenter(_config("ground_truth"), truth_dir, G)
-  from_truth = io.read_json(f"{truth_dir}/quantify/segmenter_eval.json")
-  assert from_labels["n_labelled"] == from_truth["n_labelled"] == N_LABELLED
-  assert from_labels["n_images"] == from_truth["n_images"] == N_HELDOUT
-  assert abs(from_labels["mean_iou"] - from_truth["mean_iou"]) <= IOU_TOLERANCE, (from_labels, from_truth)
+  return io.read_json(os.path.join(workdir, "quantify", "segmenter_eval.json"))
