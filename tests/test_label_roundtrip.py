@@ -11,9 +11,10 @@ from PIL import Image
 from skimage import measure
 
 from configs import demo
-from lis_jax import generators, io, pipeline
+from lis_jax import generators, images, io, pipeline
 from lis_jax.label import export, importer, layout, masks
-from lis_jax.quantify import segment, stage
+from lis_jax.quantify import segment
+from lis_jax.stages import quantify
 
 N_PER_CLASS = 10  # 8 classes: 80 images = N_LABELLED to train on + N_HELDOUT held out
 N_LABELLED = 16
@@ -77,8 +78,7 @@ def test_round_trip_matches_ground_truth_iou(exported, tmp_path):
   ws = jnp.asarray(np.stack([np.load(d.w(n)) for n in names]))
   # Export's images are the generator's images of the stored ws.
   img0 = np.asarray(Image.open(d.image(names[0])))
-  from lis_jax.sweeps import to_uint8
-  np.testing.assert_array_equal(img0, np.asarray(to_uint8(G.synthesis(ws[:1])))[0])
+  np.testing.assert_array_equal(img0, np.asarray(images.to_uint8(G.synthesis(ws[:1])))[0])
   truth, _ = segment.ground_truth_labels(G, ws)  # [80, 32, 32]
   src = tmp_path / "masks"
   src.mkdir()
@@ -94,7 +94,7 @@ def test_round_trip_matches_ground_truth_iou(exported, tmp_path):
   got = np.stack([np.load(d.labels(n)) for n in names])
   np.testing.assert_array_equal(got, truth)  # both formats give back the truth exactly
 
-  from_labels = _segmenter_eval(config, workdir, G)
+  from_labels = _segmenter_eval(config, workdir)
   # The same images with the world's truth as labels: only the import differs.
   same = layout.LabelDir(str(tmp_path / "truth_labels"))
   shutil.copytree(d.sub("w"), same.sub("w"))
@@ -102,9 +102,9 @@ def test_round_trip_matches_ground_truth_iou(exported, tmp_path):
   os.makedirs(same.sub("labels"))
   for name, y in zip(names, truth):
     np.save(same.labels(name), y)
-  from_same = _segmenter_eval(_config(same.root), str(tmp_path / "w_same"), G)
+  from_same = _segmenter_eval(_config(same.root), str(tmp_path / "w_same"))
   # The stage's own labels='ground_truth': the world's truth of images it samples itself.
-  from_truth = _segmenter_eval(_config("ground_truth"), str(tmp_path / "w_truth"), G)
+  from_truth = _segmenter_eval(_config("ground_truth"), str(tmp_path / "w_truth"))
   for ev in (from_labels, from_same, from_truth):
     assert ev["n_labelled"] == N_LABELLED and ev["n_images"] == N_HELDOUT, ev
   assert abs(from_labels["mean_iou"] - from_same["mean_iou"]) <= IOU_TOLERANCE, (from_labels, from_same)
@@ -112,7 +112,7 @@ def test_round_trip_matches_ground_truth_iou(exported, tmp_path):
                                                                                        from_truth)
 
 
-def _segmenter_eval(config, workdir, G):
+def _segmenter_eval(config, workdir):
   """Trains the quantify stage's segmenter as the stage does; its held-out evaluation."""
-  stage.segmenter(config, workdir, G)
+  quantify.segmenter(pipeline.RunContext(config, workdir))
   return io.read_json(os.path.join(workdir, "quantify", "segmenter_eval.json"))

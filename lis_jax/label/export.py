@@ -9,7 +9,6 @@ later (a larger --n) keeps the ones already written. Files are written per batch
 from __future__ import annotations
 
 import functools
-import io as _io
 import os
 from typing import Any, Sequence
 
@@ -20,7 +19,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from lis_jax import io, pipeline
+from lis_jax import images, io, pipeline
 from lis_jax.label import layout, page
 
 # Starting part lists for the paper's class groups (edit part_names.json before labelling).
@@ -53,18 +52,11 @@ def _generate(G, key, cls, idx, psi, small):
   """[B] classes and indices -> (ws [B, num_ws, w_dim], uint8 images [B, H, W, 3] and
   [B, small, small, 3]); z of (class c, index i) = normal(fold_in(fold_in(key, c), i))."""
   from lis_jax.quantify import segment
-  from lis_jax.sweeps import to_uint8
   z = jax.vmap(lambda c, i: jax.random.normal(
       jax.random.fold_in(jax.random.fold_in(key, c), i), (G.z_dim,)))(cls, idx)
   ws = G.mapping(z, cls, psi=psi)
   img = G.synthesis(ws)
-  return ws, to_uint8(img), to_uint8(segment.resize_images(img, small))
-
-
-def png_bytes(img: np.ndarray) -> bytes:
-  buf = _io.BytesIO()
-  Image.fromarray(np.asarray(img)).save(buf, "PNG")
-  return buf.getvalue()
+  return ws, images.to_uint8(img), images.to_uint8(segment.resize_images(img, small))
 
 
 def _write(path: str, data: bytes) -> None:
@@ -101,8 +93,8 @@ def export(ctx: pipeline.RunContext, n: int, batch_size: int = 16) -> layout.Lab
     ws, full, small = np.asarray(ws), np.asarray(full), np.asarray(small)
     for j, (i, k) in enumerate(chunk):
       name = layout.image_name(i, k)
-      _write(d.image(name), png_bytes(full[j]))
-      _write(d.image_small(name), png_bytes(small[j]))
+      _write(d.image(name), images.png_bytes(full[j]))
+      _write(d.image_small(name), images.png_bytes(small[j]))
       with io.atomic_file(d.w(name)) as f:
         np.save(f, ws[j].astype(np.float32))
       pipeline.maybe_interrupt("label_export", s + j + 1)
