@@ -6,7 +6,6 @@ import io as _io
 import time
 
 import numpy as np
-import pytest
 from PIL import Image
 from scipy import ndimage
 from selenium.webdriver.common.action_chains import ActionChains

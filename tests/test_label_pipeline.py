@@ -14,7 +14,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT))  # configs/ is not an installed package.
 from configs import linear, tiny  # noqa: E402
-from lis_jax import io, pipeline  # noqa: E402
+from lis_jax import pipeline  # noqa: E402
 from lis_jax.label import export, importer, layout, masks, suggest  # noqa: E402
 
 N_PER_CLASS = 4
