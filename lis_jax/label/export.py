@@ -20,6 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from lis_jax import images, io, pipeline
+from lis_jax.generators import base
 from lis_jax.label import layout, page
 
 # Starting part lists for the paper's class groups (edit part_names.json before labelling).
@@ -39,7 +40,7 @@ def names_in_order(classes: Sequence[int], n: int) -> list[str]:
 
 def starting_parts(config: ml_collections.ConfigDict, G: Any, classes: np.ndarray) -> tuple[str, ...]:
   """The world's own parts, a class group's list, or background + a placeholder."""
-  if hasattr(G, "ground_truth") and getattr(G, "part_names", None):
+  if isinstance(G, base.GroundTruthWorld):
     return tuple(G.part_names)
   spec = config.classes
   group = spec if isinstance(spec, str) and spec in GROUP_PARTS else next(
