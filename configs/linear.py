@@ -7,6 +7,11 @@ Needs converted checkpoints in DIR/checkpoints/ (the run stops at once, naming t
 converter command, if they are missing):
   python -m converters.stylegan_xl --pkl imagenet256.pkl --out DIR/checkpoints/stylegan_xl_imagenet256
   python -m converters.torchvision --arch resnet50 --weights resnet50.pth --out DIR/checkpoints/resnet50
+and, for the quantify stage, labelled part masks in DIR/seg_labels/dogs (the run stops
+at quantify, naming these, if they are missing):
+  python -m lis_jax.label export --config=configs/linear.py --workdir=DIR --n=30
+  (paint DIR/seg_labels/dogs/label.html in a browser, save the masks into DIR/seg_labels/dogs/masks)
+  python -m lis_jax.label import --config=configs/linear.py --workdir=DIR
 """
 import ml_collections
 
@@ -15,7 +20,9 @@ from lis_jax import stages
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.stages = ("paired_data", "link", "sweep", "counterfactual")  # add quantify once labelled masks exist
+  # quantify needs labelled part masks (quantify.labels below); without them the run stops
+  # there, after the stages before it, naming the commands that make them (README: Labelling parts).
+  config.stages = ("paired_data", "link", "sweep", "counterfactual", "quantify", "report")
   config.seed = 0  # root of every PRNG key (latents, split, search starts)
 
   # Models: a checkpoint dir (relative paths are inside the workdir), a built-in name,
@@ -37,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
   # quantify: the reference's segmenter and measurements (the defaults are sized for the
   # built-in world on a CPU).
   q = config.quantify
-  q.labels = "seg_labels/dogs"  # in the workdir: w/*.npy, labels/*.npy, part_names.json
+  q.labels = "seg_labels/dogs"  # in the workdir; made by python -m lis_jax.label export / import
   q.n_labelled = 20  # labelled images the segmentation head trains on
   q.n_heldout = 0  # ground-truth worlds only; a label dir holds out what is left
   q.resolution = 128  # images and masks are segmented and measured at 128 px

@@ -97,14 +97,11 @@ def _labelled(ctx, c, key):
     labels, names = segment.ground_truth_labels(G, ws, res)
     n = c.n_labelled
     return ws[:n], labels[:n], ws[n:], labels[n:], names
-  path = pipeline.resolve_path(workdir, c.labels)
-  if not os.path.isdir(path):
-    inside = os.path.join(workdir, c.labels)
-    raise segment.SegmentationError(
-        f"quantify.labels={c.labels!r}: no labelled-mask directory at {path}"
-        f"{'' if os.path.isabs(c.labels) else f' or {inside}'} (layout: WORKSPACE.md, quantify/); "
-        f"on the built-in world use quantify.labels='ground_truth'")
-  w, labels, names = segment.load_label_dir(path)
+  from lis_jax.label import layout  # Local: the labelling tools are only needed here.
+  d = layout.label_dir(c.labels, workdir)
+  if not d.labelled_names():
+    raise segment.SegmentationError(layout.missing_labels_message(d, c.labels, workdir))
+  w, labels, names = segment.load_label_dir(d.root)
   ws = segment.as_ws(w, G.num_ws)
   if labels.shape[1:] != (res, res):
     raise segment.SegmentationError(f"labelled masks are {labels.shape[1:]} but images are "

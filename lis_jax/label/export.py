@@ -1,0 +1,130 @@
+"""`python -m lis_jax.label export`: seeded images to label, their ws, part names, the page.
+
+Image `s<i>_c<class>` is `G.synthesis(G.mapping(z, class, psi))` with
+`z = normal(ctx.key("label", class, i))` (the run context's named stream 'label'):
+the same image for the same config whatever the batch size, and exporting more images
+later (a larger --n) keeps the ones already written. Files are written per batch, ws last
+(existence of w/<name>.npy = done), so a killed export resumes.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from lis_jax import images, io, pipeline
+from lis_jax.generators import base
+from lis_jax.label import layout, page
+
+# Starting part lists for the paper's class groups (edit part_names.json before labelling).
+GROUP_PARTS: dict[str, tuple[str, ...]] = {
+    "dogs": ("background", "head", "ears", "eyes", "nose", "body", "legs", "tail"),
+    "fungi": ("background", "cap", "gills", "stem"),
+    "birds": ("background", "head", "beak", "eyes", "body", "wings", "legs", "tail"),
+    "cars": ("background", "body", "windows", "wheels", "lights"),
+}
+PLACEHOLDER_PARTS = ("background", "part_1")
+
+
+def names_in_order(classes: Sequence[int], n: int) -> list[str]:
+  """n names per class, interleaved: s0000_c<a>, s0000_c<b>, ..., s0001_c<a>, ..."""
+  return [layout.image_name(i, int(c)) for i in range(n) for c in classes]
+
+
+def starting_parts(config: ml_collections.ConfigDict, G: Any, classes: np.ndarray) -> tuple[str, ...]:
+  """The world's own parts, a class group's list, or background + a placeholder."""
+  if isinstance(G, base.GroundTruthWorld):
+    return tuple(G.part_names)
+  spec = config.classes
+  group = spec if isinstance(spec, str) and spec in GROUP_PARTS else next(
+      (g for g, ids in pipeline.CLASS_GROUPS.items() if sorted(ids) == sorted(classes.tolist())), None)
+  return GROUP_PARTS.get(group, PLACEHOLDER_PARTS)
+
+
+@functools.partial(jax.jit, static_argnames=("small",))
+def _generate(G, key, cls, idx, psi, small):
+  """[B] classes and indices -> (ws [B, num_ws, w_dim], uint8 images [B, H, W, 3] and
+  [B, small, small, 3]); z of (class c, index i) = normal(fold_in(fold_in(key, c), i))."""
+  from lis_jax.quantify import segment
+  z = jax.vmap(lambda c, i: jax.random.normal(
+      jax.random.fold_in(jax.random.fold_in(key, c), i), (G.z_dim,)))(cls, idx)
+  ws = G.mapping(z, cls, psi=psi)
+  img = G.synthesis(ws)
+  return ws, images.to_uint8(img), images.to_uint8(segment.resize_images(img, small))
+
+
+def _write(path: str, data: bytes) -> None:
+  with io.atomic_file(path, "wb") as f:
+    f.write(data)
+
+
+def export(ctx: pipeline.RunContext, n: int, batch_size: int = 16) -> layout.LabelDir:
+  """Writes n images per class of config.classes into config.quantify.labels (resumable).
+
+  Models come from the run context (the pipeline's loader). Returns the label directory.
+  Raises PipelineError for a bad config or a directory exported with a different
+  generator / classes / psi / seed / resolution.
+  """
+  if n < 1:
+    raise pipeline.PipelineError(f"--n={n}: export at least one image per class")
+  c = ctx.cfg("quantify")
+  d = layout.label_dir(c.labels, ctx.workdir)
+  G, classes, config = ctx.G, ctx.classes, ctx.config
+  res = int(c.resolution or G.resolution)
+  pipeline.check_stage_config(d.root, {"generator": config.generator, "classes": classes.tolist(),
+                                       "psi": config.psi, "seed": config.seed, "resolution": res})
+  names = names_in_order(classes, n)
+  todo = [(i, int(k)) for i in range(n) for k in classes
+          if not os.path.exists(d.w(layout.image_name(i, int(k))))]
+  key = ctx.key("label")
+  batch_size = max(1, batch_size)
+  for s in tqdm(range(0, len(todo), batch_size), desc="[label] export", unit="batch",
+                disable=not todo):
+    chunk = todo[s:s + batch_size]
+    pad = chunk + [chunk[-1]] * (batch_size - len(chunk))  # fixed shapes: one compile
+    ws, full, small = _generate(G, key, jnp.asarray([k for _, k in pad], jnp.int32),
+                                jnp.asarray([i for i, _ in pad], jnp.int32), config.psi, res)
+    ws, full, small = np.asarray(ws), np.asarray(full), np.asarray(small)
+    for j, (i, k) in enumerate(chunk):
+      name = layout.image_name(i, k)
+      _write(d.image(name), images.png_bytes(full[j]))
+      _write(d.image_small(name), images.png_bytes(small[j]))
+      with io.atomic_file(d.w(name)) as f:
+        np.save(f, ws[j].astype(np.float32))
+      pipeline.maybe_interrupt("label_export", s + j + 1)
+  if not os.path.exists(d.part_names_file):
+    io.write_json(d.part_names_file, list(starting_parts(config, G, classes)))
+  old = io.read_json(d.export_file)["names"] if os.path.exists(d.export_file) else []
+  all_names = names + [m for m in old if m not in names]
+  io.write_json(d.export_file, {"names": all_names, "image_size": int(G.resolution),
+                                "resolution": res, "classes": classes.tolist(), "n_per_class": n})
+  write_page(d)
+  return d
+
+
+def write_page(d: layout.LabelDir) -> int:
+  """(Re)writes label.html: every exported image, starting from its imported labels, else
+  its suggestion, else empty. Returns the number of images on the page."""
+  meta = layout.read_export(d)
+  part_names = layout.read_part_names(d)
+  items = []
+  for name in meta["names"]:
+    with open(d.image(name), "rb") as f:
+      png = f.read()
+    start, status = None, "new"
+    if os.path.exists(d.labels(name)):
+      start, status = np.load(d.labels(name)), "labelled"
+    elif os.path.exists(d.suggestion(name)):
+      start, status = np.asarray(Image.open(d.suggestion(name))), "suggested"
+    if start is not None:
+      start = np.where(start < len(part_names), start, 0)  # part_names.json may have shrunk
+    items.append(page.item(name, png, meta["image_size"], start, status))
+  page.write(d.page, items, part_names)
+  return len(items)

@@ -1,0 +1,134 @@
+"""Where labelling files live: the directory `config.quantify.labels` (WORKSPACE.md).
+
+  <labels>/
+    config.json          the config values the exported images depend on (generator,
+                         classes, psi, seed, resolution); a different config is refused
+    export.json          image names (in labelling order), image size, quantify resolution
+    part_names.json      ["background", "<part 1>", ...]: edit before labelling
+    images/<name>.png    full-size generated image            (export)
+    images_small/<name>.png  the same at quantify.resolution  (export)
+    w/<name>.npy         its ws [num_ws, w_dim]                (export; existence = done)
+    label.html           the labeller page, images embedded    (export, suggest)
+    masks/<name>.png     masks saved by the labeller (the default `import --masks`)
+    suggestions/<name>.png  predicted starting masks, indexed PNG (suggest)
+    labels/<name>.npy    [R, R] int32 part labels at quantify.resolution (import): what
+                         the quantify stage trains on
+
+Names are `s<i:04d>_c<class:04d>` (the i-th image of a class), so sorting them by name
+interleaves the classes: the first masks labelled (and the quantify stage's first
+`n_labelled`) cover every class.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from lis_jax import io, pipeline
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelDir:
+  """Paths inside one labelling directory (layout in the module docstring)."""
+  root: str
+
+  def sub(self, *parts: str) -> str:
+    return os.path.join(self.root, *parts)
+
+  @property
+  def part_names_file(self) -> str:
+    return self.sub("part_names.json")
+
+  @property
+  def export_file(self) -> str:
+    return self.sub("export.json")
+
+  @property
+  def page(self) -> str:
+    return self.sub("label.html")
+
+  def image(self, name: str) -> str:
+    return self.sub("images", f"{name}.png")
+
+  def image_small(self, name: str) -> str:
+    return self.sub("images_small", f"{name}.png")
+
+  def w(self, name: str) -> str:
+    return self.sub("w", f"{name}.npy")
+
+  def labels(self, name: str) -> str:
+    return self.sub("labels", f"{name}.npy")
+
+  def suggestion(self, name: str) -> str:
+    return self.sub("suggestions", f"{name}.png")
+
+  @property
+  def masks(self) -> str:
+    return self.sub("masks")
+
+  def labelled_names(self) -> list[str]:
+    """Names with an imported label map, sorted."""
+    d = self.sub("labels")
+    return sorted(f[:-4] for f in os.listdir(d) if f.endswith(".npy")) if os.path.isdir(d) else []
+
+
+def image_name(index: int, cls: int) -> str:
+  return f"s{index:04d}_c{cls:04d}"
+
+
+def label_dir(labels: str, workdir: str) -> LabelDir:
+  """The labelling directory `labels` (config.quantify.labels): an absolute path, else the
+  one inside the workdir (or, if only that exists, relative to the current directory)."""
+  if labels == "ground_truth":
+    raise pipeline.PipelineError(
+        "config.quantify.labels is 'ground_truth' (the built-in world's own masks); name a "
+        "directory to label into, e.g. --config.quantify.labels=seg_labels/mine")
+  if os.path.isabs(labels):
+    return LabelDir(labels)
+  inside = os.path.join(workdir, labels)
+  return LabelDir(labels if os.path.isdir(labels) and not os.path.exists(inside) else inside)
+
+
+def _config_arg() -> str:
+  """The --config file of this process if absl parsed one, else a placeholder."""
+  from absl import flags
+  from ml_collections import config_flags
+  try:
+    return config_flags.get_config_filename(flags.FLAGS["config"]) or "CONFIG"
+  except (KeyError, AttributeError, flags.Error):  # no --config flag in this process
+    return "CONFIG"
+
+
+def missing_labels_message(d: LabelDir, labels: str, workdir: str) -> str:
+  """One line: where the labels should be and the commands that make them."""
+  cfg = _config_arg()
+  return (f"quantify.labels={labels!r}: no labelled masks in {d.sub('labels')}; make them with "
+          f"`python -m lis_jax.label export --config={cfg} --workdir={workdir} --n=30`, paint "
+          f"{d.page} and save the masks into {d.masks}, then `python -m lis_jax.label import "
+          f"--config={cfg} --workdir={workdir}` (README: Labelling parts); on the built-in world "
+          f"use quantify.labels='ground_truth'")
+
+
+def read_part_names(d: LabelDir) -> tuple[str, ...]:
+  """part_names.json as a tuple; PipelineError naming the file if absent or malformed."""
+  path = d.part_names_file
+  try:
+    with open(path) as f:
+      names = json.load(f)
+  except FileNotFoundError:
+    raise pipeline.PipelineError(f"{path} not found: run `python -m lis_jax.label export` first") from None
+  except ValueError as e:
+    raise pipeline.PipelineError(f"{path}: not valid JSON ({e})") from None
+  if (not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) and n for n in names)
+      or len(set(names)) != len(names)):
+    raise pipeline.PipelineError(f"{path}: expected a list of at least 2 distinct part names, "
+                                 f"background first, e.g. [\"background\", \"head\"]")
+  return tuple(names)
+
+
+def read_export(d: LabelDir) -> dict:
+  """export.json; PipelineError naming the export command if absent."""
+  if not os.path.exists(d.export_file):
+    raise pipeline.PipelineError(f"{d.export_file} not found: run `python -m lis_jax.label export "
+                                 f"--config=CONFIG --workdir=DIR` first")
+  return io.read_json(d.export_file)
