@@ -25,7 +25,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from lis_jax import distribute
 from lis_jax import io
@@ -223,18 +222,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   todo_plan = plan(data["cls"], parse_pairs(c.pairs, classes), c.samples_per_pair)
 
   mesh = distribute.data_mesh()
+  # A batch file holds searches [b * batch_size, (b + 1) * batch_size): the same items for
+  # any number of processes and devices; the jitted batch is padded to the device count.
   batch = distribute.round_up(c.batch_size, mesh)
   G_r, clf_r, link_r = distribute.replicate((G, clf, link), mesh)
   key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
   n = todo_plan["sample"].size
-  n_batches = -(-n // batch)
+  n_batches = -(-n // c.batch_size)
   statics = dict(lr=c.lr, max_steps=c.max_steps, check_every=c.check_every,
                  w_origin=c.w_origin, w_cos=c.w_cos, mode=c.mode, compact_rows=c.compact_rows)
-  for b in tqdm(range(n_batches), unit="batch", desc="counterfactual"):
+  for b in distribute.progress(distribute.my_items(n_batches).tolist(), unit="batch",
+                               desc="counterfactual"):
     path = _batch_path(out_dir, b)
     if os.path.exists(path):
       continue
-    ids = np.arange(b * batch, min(n, (b + 1) * batch), dtype=np.int32)
+    ids = np.arange(b * c.batch_size, min(n, (b + 1) * c.batch_size), dtype=np.int32)
     rows = todo_plan["sample"][ids]
     arrays = {"search": ids, "sample": rows, "origin": todo_plan["origin"][ids],
               "target": todo_plan["target"][ids], "r": data["r"][rows], "w_before": data["w"][rows]}
@@ -257,7 +259,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
           f.write(buf.getvalue())
     pipeline.maybe_interrupt("counterfactual", b + 1)
     io.savez(path, **{k: v for k, v in arrays.items() if not k.startswith("img_")})
-  _finish(out_dir, n_batches, c.save_png)
+
+
+def merge(config: ml_collections.ConfigDict, workdir: str, classes: np.ndarray) -> None:
+  """Process 0, after every process wrote its batches: results.npz, summary.json, index.csv."""
+  c = config.counterfactual
+  n = len(parse_pairs(c.pairs, classes)) * c.samples_per_pair
+  _finish(pipeline.stage_dir(workdir, "counterfactual"), -(-n // c.batch_size), c.save_png)
 
 
 def _batch_path(out_dir: str, b: int) -> str:
@@ -287,4 +295,4 @@ def _finish(out_dir: str, n_batches: int, save_png: bool) -> None:
                    int(res["steps"][i]), repr(float(res["probs_after"][i, o])),
                    repr(float(res["probs_after"][i, t])),
                    f"images/cf_{int(res['search'][i]):05d}.png" if save_png else ""])
-  print(f"[counterfactual] {summary['n']} searches, success rate {summary['success_rate']:.2f}")
+  distribute.log(f"[counterfactual] {summary['n']} searches, success rate {summary['success_rate']:.2f}")

@@ -148,11 +148,33 @@ def my_items(n: int, index: int | None = None, count: int | None = None) -> np.n
   Returns:
     [k] int64 item indices in increasing order.
   """
+  mine = index is None
   index = process_index() if index is None else index
   count = process_count() if count is None else count
   if not 0 <= index < count:
     raise ValueError(f"process {index} is not in [0, {count})")
-  return np.arange(index, n, count)
+  items = np.arange(index, n, count)
+  if mine:
+    global _assigned
+    _assigned += items.size
+  return items
+
+
+# Items handed to this process by `my_items` since the last `take_assigned` (its end-of-stage line).
+_assigned = 0
+
+
+def add_assigned(n: int) -> None:
+  """Counts n work items for this process's end-of-stage line (stages that pick items themselves)."""
+  global _assigned
+  _assigned += n
+
+
+def take_assigned() -> int:
+  """Work items `my_items` gave this process since the last call (and resets the count)."""
+  global _assigned
+  n, _assigned = _assigned, 0
+  return n
 
 
 def barrier(name: str) -> None:
@@ -179,7 +201,7 @@ def progress(*args: Any, **kwargs: Any):
 
 
 def process_line(what: str, items: int, seconds: float) -> None:
-  """The one line every process prints at the end of its share of a stage."""
+  """The line every process prints at the end of its share of a stage and of the run."""
   print(f"[lis_jax] process {process_index()}/{process_count()} ({len(jax.local_devices())} "
         f"device(s)): {what}: {items} item(s) in {seconds:.1f} s", file=sys.stderr, flush=True)
 

@@ -25,7 +25,6 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from PIL import Image
-from tqdm import tqdm
 
 from lis_jax import distribute
 from lis_jax import io
@@ -167,19 +166,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   rows = start_rows(data["cls"], classes, c.samples_per_class)
   r_start, cls_start = data["r"][rows], data["cls"][rows]
   values, stats = sweep_values(data["r"], units, c.n_steps, c.range, c.k_std)
-  io.savez(os.path.join(out_dir, "samples.npz"), rows=rows, cls=cls_start, r=r_start)
-  with io.atomic_file(os.path.join(out_dir, "activation_ranges.csv"), "w") as f:
-    wr = csv.writer(f)
-    wr.writerow(["unit", "min", "max", "mean", "std"])
-    for i, u in enumerate(units):
-      wr.writerow([int(u)] + [repr(float(stats[k][i])) for k in ("min", "max", "mean", "std")])
+  if distribute.is_main():   # the same for every process: process 0 writes them
+    io.savez(os.path.join(out_dir, "samples.npz"), rows=rows, cls=cls_start, r=r_start)
+    with io.atomic_file(os.path.join(out_dir, "activation_ranges.csv"), "w") as f:
+      wr = csv.writer(f)
+      wr.writerow(["unit", "min", "max", "mean", "std"])
+      for i, u in enumerate(units):
+        wr.writerow([int(u)] + [repr(float(stats[k][i])) for k in ("min", "max", "mean", "std")])
 
   mesh = distribute.data_mesh()
   batch = distribute.round_up(c.batch_size, mesh)
   G_r, clf_r, link_r, r_start_d, cls_d = distribute.replicate((G, clf, link, r_start, cls_start), mesh)
   U = c.units_per_block
   n_blocks = -(-units.size // U)
-  todo = [b for b in range(n_blocks) if not os.path.exists(_block_path(out_dir, b))]
+  mine = distribute.my_items(n_blocks)   # this process's blocks (all of them with one process)
+  todo = [int(b) for b in mine if not os.path.exists(_block_path(out_dir, b))]
   n_img = U * rows.size * c.n_steps
   call = functools.partial(_sweep_block, batch_size=batch, reclassify=c.reclassify, mesh=mesh)
 
@@ -190,7 +191,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     return b, n_valid, call(G_r, clf_r, link_r, r_start_d, bu, bv, cls_d)
 
   t0, done = time.time(), 0
-  with tqdm(total=n_blocks, initial=n_blocks - len(todo), unit="block", desc="sweep") as bar, \
+  with distribute.progress(total=mine.size, initial=mine.size - len(todo), unit="block",
+                           desc="sweep") as bar, \
       concurrent.futures.ThreadPoolExecutor(1) as pool:
     pending = None
     writing = None
@@ -211,7 +213,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
       pending = nxt
     if writing is not None:
       writing.result()
-  _write_index(out_dir, n_blocks)
+
+
+def merge(config: ml_collections.ConfigDict, workdir: str, feature_dim: int) -> None:
+  """Process 0, after every process wrote its blocks: index.csv over all blocks.
+
+  feature_dim: the classifier's number of units (`sweep.units` is parsed against it).
+  """
+  c = config.sweep
+  units = pipeline.parse_units(c.units, feature_dim)
+  _write_index(pipeline.stage_dir(workdir, "sweep"), -(-units.size // c.units_per_block))
 
 
 def _block_path(out_dir: str, b: int) -> str:

@@ -33,9 +33,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from tqdm import tqdm
 
-from lis_jax import io, pipeline
+from lis_jax import distribute, io, pipeline
 from lis_jax.quantify import metrics, segment, selectivity
 
 STAGE = "quantify"
@@ -332,27 +331,48 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   pipeline.require(os.path.join(sweep_dir, "index.csv"), "sweep")
   G, _ = pipeline.load_models(config, workdir)
   try:
-    seg = segmenter(config, workdir, G)
+    if distribute.is_main():   # trained once, by process 0; the others load it
+      seg = segmenter(config, workdir, G)
+    distribute.barrier("quantify:segmenter")
+    if not distribute.is_main():
+      seg = segmenter(config, workdir, G)
   except segment.SegmentationError as e:
     raise pipeline.PipelineError(str(e)) from None
   key = jax.random.fold_in(_key(config), 2)
-  blocks = list(sweeps.iter_blocks(workdir))
-  done = [b for b in range(len(blocks)) if os.path.exists(_block_path(out_dir, b))]
-  with tqdm(total=len(blocks), initial=len(done), unit="block", desc="quantify") as bar:
-    for blk in blocks:
+  n_blocks = sum(1 for _ in _sweep_block_paths(workdir))
+  mine = distribute.my_items(n_blocks)   # this process's sweep blocks
+  todo = [int(b) for b in mine if not os.path.exists(_block_path(out_dir, b))]
+  with distribute.progress(total=mine.size, initial=mine.size - len(todo), unit="block",
+                           desc="quantify") as bar:
+    for blk in sweeps.iter_blocks(workdir):
       b = blk["block"]
-      if b in done:
+      if b not in todo:
         continue
       out = _quantify_block(config, c, G, seg, blk, key)
       pipeline.check_finite(f"quantify block {b} areas", out["first.area"])
       pipeline.maybe_interrupt(STAGE, b + 1)
       io.savez(_block_path(out_dir, b), **out)
-      done.append(b)
-      io.write_json(os.path.join(out_dir, "manifest.json"),
-                    {"blocks_done": sorted(done), "n_blocks": len(blocks),
-                     "parts": list(seg.part_names[1:]), "null_draws": c.null_draws,
-                     "samples_per_unit": c.samples_per_unit})
       bar.update(1)
+
+
+def _sweep_block_paths(workdir: str):
+  from lis_jax import sweeps
+  sweep_dir, b = pipeline.stage_dir(workdir, "sweep"), 0
+  while os.path.exists(sweeps._block_path(sweep_dir, b)):
+    yield sweeps._block_path(sweep_dir, b)
+    b += 1
+
+
+def merge(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Process 0, after every process measured its blocks: manifest and selectivity tables."""
+  c = _cfg(config)
+  out_dir = pipeline.stage_dir(workdir, STAGE)
+  seg = segment.load(os.path.join(out_dir, "segmenter"))
+  n_blocks = sum(1 for _ in _sweep_block_paths(workdir))
+  io.write_json(os.path.join(out_dir, "manifest.json"),
+                {"blocks_done": list(range(n_blocks)), "n_blocks": n_blocks,
+                 "parts": list(seg.part_names[1:]), "null_draws": c.null_draws,
+                 "samples_per_unit": c.samples_per_unit})
   summarise(config, workdir, seg)
 
 

@@ -57,5 +57,10 @@ def run(ctx) -> None:
   counterfactuals.run(ctx.config, ctx.workdir)
 
 
+def merge(ctx) -> None:
+  counterfactuals.merge(ctx.config, ctx.workdir, ctx.classes)
+
+
 STAGE = Stage(name="counterfactual", requires=("link",), default_config=default_config, run=run,
-              load=load, uses=("classes", "seed"), ignores=("save_png", "compact_rows", "batch_size"))
+              load=load, uses=("classes", "seed"), ignores=("save_png", "compact_rows"),
+              merge=merge)   # batch_size sets which searches share a batch file: not ignored

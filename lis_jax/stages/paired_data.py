@@ -48,6 +48,10 @@ def run(ctx) -> None:
   lib.run(ctx.config, ctx.workdir)
 
 
+def merge(ctx) -> None:
+  lib.merge(ctx.config, ctx.workdir)
+
+
 STAGE = Stage(name="paired_data", requires=(), default_config=default_config, run=run, load=load,
               uses=("generator", "classifier", "classes", "psi", "seed"),
-              ignores=("batch_size", "max_tries_factor"))
+              ignores=("batch_size", "max_tries_factor"), merge=merge)

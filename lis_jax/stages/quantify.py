@@ -49,10 +49,14 @@ def run(ctx) -> None:
   lib.run(ctx.config, ctx.workdir)
 
 
+def merge(ctx) -> None:
+  lib.merge(ctx.config, ctx.workdir)
+
+
 def section(ctx) -> str | None:
   return lib.report_section(ctx.config, ctx.workdir)
 
 
 STAGE = Stage(name="quantify", requires=("sweep",), default_config=default_config, run=run,
               load=load, uses=("classes", "psi", "seed"), section=section,
-              ignores=("batch_size", "cards"))
+              ignores=("batch_size", "cards"), merge=merge)

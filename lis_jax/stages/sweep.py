@@ -61,5 +61,9 @@ def run(ctx) -> None:
   sweeps.run(ctx.config, ctx.workdir)
 
 
+def merge(ctx) -> None:
+  sweeps.merge(ctx.config, ctx.workdir, ctx.clf.feature_dim)
+
+
 STAGE = Stage(name="sweep", requires=("link",), default_config=default_config, run=run, load=load,
-              uses=("classes",), ignores=("batch_size",))
+              uses=("classes",), ignores=("batch_size",), merge=merge)
