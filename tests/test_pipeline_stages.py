@@ -64,6 +64,7 @@ def test_paired_data_keeps_first_correct_samples_of_each_stream(tmp_path, models
   G, clf, _, _ = models
   cfg = _config()
   paired_data.run(cfg, str(tmp_path))
+  paired_data.merge(cfg, str(tmp_path))
   data = paired_data.load(str(tmp_path), with_ws=True)
   key = jax.random.PRNGKey(cfg.seed)
   for c in (0, 4):
@@ -79,8 +80,9 @@ def test_paired_data_keeps_first_correct_samples_of_each_stream(tmp_path, models
 def test_paired_data_gives_up_with_a_clear_message(tmp_path):
   cfg = _config(**{"paired_data.max_tries_factor": 1.0, "paired_data.n_per_class": 50,
                    "paired_data.shard_size": 50, "classes": "3"})
+  paired_data.run(cfg, str(tmp_path))   # tries max_tries_factor x n_per_class latents
   with pytest.raises(pipeline.PipelineError, match="keep_only_correct=False"):
-    paired_data.run(cfg, str(tmp_path))
+    paired_data.merge(cfg, str(tmp_path))
 
 
 # ----------------------------------------------------------------------------- sweeps
@@ -265,6 +267,7 @@ def test_missing_checkpoint_names_the_converter(tmp_path):
 def test_nan_paired_data_stops_fit_link(tmp_path, models):
   cfg = _config(**{"paired_data.keep_only_correct": False})
   paired_data.run(cfg, str(tmp_path))
+  paired_data.merge(cfg, str(tmp_path))
   shard = tmp_path / "paired_data" / "shard_c0000_00000.npz"
   with np.load(shard) as f:
     arrays = {k: f[k] for k in f.files}
