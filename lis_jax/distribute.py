@@ -136,7 +136,7 @@ def process_count() -> int:
 
 def is_main() -> bool:
   """True in process 0, the one that logs, shows progress bars and merges."""
-  return jax.process_index() == 0
+  return process_index() == 0
 
 
 def my_items(n: int, index: int | None = None, count: int | None = None) -> np.ndarray:

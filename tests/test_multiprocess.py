@@ -133,13 +133,19 @@ def assert_same_results(ref: pathlib.Path, other: pathlib.Path) -> None:
           except ValueError:
             assert va == vb, (rel, row_a, row_b)
             continue
-          assert abs(fa_ - fb_) <= ATOL + RTOL * abs(fa_), (rel, row_a, row_b)
+          assert _num_close(fa_, fb_), (rel, row_a, row_b)
     elif rel.suffix == ".json":
       import json
       ja, jb = json.loads(x.read_text()), json.loads(y.read_text())
       _json_close(ja, jb, str(rel))
     else:
       assert x.read_bytes() == y.read_bytes(), rel
+
+
+def _num_close(a: float, b: float) -> bool:
+  if np.isnan(a) or np.isnan(b):
+    return bool(np.isnan(a) and np.isnan(b))   # an undefined statistic is undefined in both
+  return abs(a - b) <= ATOL + RTOL * abs(a)
 
 
 def _json_close(a, b, where):
@@ -153,7 +159,7 @@ def _json_close(a, b, where):
     for i, (u, v) in enumerate(zip(a, b)):
       _json_close(u, v, f"{where}[{i}]")
   elif isinstance(a, float) or isinstance(b, float):
-    assert abs(a - b) <= ATOL + RTOL * abs(a), (where, a, b)
+    assert _num_close(a, b), (where, a, b)
   else:
     assert a == b, (where, a, b)
 
