@@ -43,7 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for configs/
-from lis_jax import classifiers, counterfactuals, generators, linking, pipeline  # noqa: E402
+from lis_jax import classifiers, generators, linking, pipeline  # noqa: E402
+from lis_jax.stages import counterfactual as counterfactuals  # noqa: E402
 from lis_jax.generators import stylegan_xl  # noqa: E402
 
 PSI = 0.7  # truncation of the pipeline (DESIGN.md)
@@ -142,24 +143,17 @@ def _sweep_config(size: dict, units: str):
   return cfg
 
 
-def _stage_names() -> tuple[str, str, str]:
-  """(paired data, link, sweep) stage names of this version of the runner."""
-  names = getattr(pipeline, "STAGES", None) or {}
-  return ("paired_data", "fit_link" if "fit_link" in names else "link", "sweep")
-
-
 def bench_sweep(G, size: dict, root: str) -> dict:
   """The sweep stage end to end (after a one-block warm-up compiles it) vs bare synthesis."""
-  pd_name, link_name, sweep_name = _stage_names()
   U, n_units = size["sweep_units_per_block"], size["sweep_units"]
   cfg = _sweep_config(size, f"0:{U}")
-  cfg.stages = (pd_name, link_name, sweep_name)
+  cfg.stages = ("paired_data", "link", "sweep")
   t = time.perf_counter()
   pipeline.run(cfg, root)                                  # paired data, link, one block (compiles)
   warm = time.perf_counter() - t
-  shutil.rmtree(os.path.join(root, sweep_name))
+  shutil.rmtree(os.path.join(root, "sweep"))
   cfg = _sweep_config(size, f"0:{n_units}")
-  cfg.stages = (sweep_name,)
+  cfg.stages = ("sweep",)
   t = time.perf_counter()
   pipeline.run(cfg, root)
   stage_s = time.perf_counter() - t
@@ -229,8 +223,8 @@ def run(size_name: str, budget_s: float | None = None) -> dict:
   clf = (classifiers.load(size["classifier"]) if size["classifier"] in classifiers.BUILTINS
          else classifiers.build(size["classifier"], key=jax.random.PRNGKey(2)))
   _MODELS.update(G=G, clf=clf)
-  generators.BUILTINS[GENERATOR_NAME] = "__main__:_generator" if __name__ == "__main__" else f"{__name__}:_generator"
-  classifiers.BUILTINS[CLASSIFIER_NAME] = "__main__:_classifier" if __name__ == "__main__" else f"{__name__}:_classifier"
+  generators.BUILTINS[GENERATOR_NAME] = _generator
+  classifiers.BUILTINS[CLASSIFIER_NAME] = _classifier
   dev = jax.local_devices()[0]
   out: dict[str, Any] = {
       "size": size_name, "jax": jax.__version__, "platform": dev.platform,
