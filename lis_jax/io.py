@@ -135,6 +135,21 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
 # ----------------------------------------------------------------------------- checkpoints
 
 
+def _checkpointer():
+  """An Orbax PyTree checkpointer private to this process.
+
+  lis_jax's checkpoints are small numpy trees written and read by one process at a
+  time; in a multi-process run Orbax would otherwise make every process join each save
+  and restore (barriers that the processes not saving never reach).
+  """
+  import orbax.checkpoint as ocp  # Local: orbax is slow to import.
+
+  me = jax.process_index()
+  options = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+  return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(multiprocessing_options=options),
+                          multiprocessing_options=options)
+
+
 def save_checkpoint(out_dir: str, params: Any, meta: Mapping[str, Any],
                     overwrite: bool = True) -> None:
   """Atomically writes `params` (an Orbax PyTree checkpoint) and `meta` (JSON) to `out_dir`.
@@ -142,11 +157,9 @@ def save_checkpoint(out_dir: str, params: Any, meta: Mapping[str, Any],
   With `overwrite` False an existing `out_dir` raises FileExistsError before anything is
   written (see `atomic_dir`).
   """
-  import orbax.checkpoint as ocp  # Local: orbax is slow to import.
-
   params = jax.tree_util.tree_map(np.asarray, params)
   with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-    with ocp.PyTreeCheckpointer() as ckptr:
+    with _checkpointer() as ckptr:
       ckptr.save(os.path.join(tmp, PARAMS_DIR), params)
     write_json(os.path.join(tmp, META_FILE), dict(meta))
 
@@ -175,14 +188,12 @@ def load_checkpoint(ckpt_dir: str, expected: Any | None = None) -> tuple[Any, di
   Returns:
     params as a nested dict of numpy arrays, and the metadata dict.
   """
-  import orbax.checkpoint as ocp
-
   meta = load_meta(ckpt_dir)
   pdir = os.path.join(os.path.abspath(ckpt_dir), PARAMS_DIR)
   if not os.path.isdir(pdir):
     raise CheckpointError(f"{ckpt_dir} has no {PARAMS_DIR}/ directory")
   try:
-    with ocp.PyTreeCheckpointer() as ckptr:
+    with _checkpointer() as ckptr:
       params = ckptr.restore(pdir)
   except Exception as e:  # Orbax raises many types; one clear message is what users need.
     raise CheckpointError(f"cannot restore params from {pdir}: {type(e).__name__}: {e}") from e

@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 import ml_collections
 import numpy as np
 
+from lis_jax import distribute
 from lis_jax import io
 
 # Each stage records its fingerprint here (inside its own output directory).
@@ -87,7 +88,9 @@ class RunContext:
   workdir: the run's directory; out_dir(name) a stage's output directory.
   G, clf: the generator and classifier, loaded once on first use.
   classes: [K] int32 class ids of `config.classes`, parsed once.
-  mesh: the 1-D data mesh over all devices.
+  mesh: the 1-D data mesh over this process's devices (all devices with one process).
+  process_index, process_count, is_main, my_items(n), barrier(name), log, progress:
+    multi-process runs (lis_jax/distribute.py; `stages.base.Stage.merge`).
   key(stream, *indices): a named random stream (`stream_key`).
   result(name): that stage's `load(workdir)`, cached.
   """
@@ -103,6 +106,7 @@ class RunContext:
     self._classes = None
     self._mesh = None
     self._results: dict[str, Any] = {}
+    self.items_done = 0   # work items this process was given (stages with a merge)
 
   def cfg(self, name: str) -> ml_collections.ConfigDict:
     """Stage `name`'s config section: `config.<name>` over its `default_config()`."""
@@ -133,10 +137,45 @@ class RunContext:
 
   @property
   def mesh(self):
+    """The 1-D data mesh over this process's devices (all devices with one process)."""
     if self._mesh is None:
-      from lis_jax import distribute
       self._mesh = distribute.data_mesh()
     return self._mesh
+
+  # Multi-process runs (lis_jax/distribute.py): a stage with a `merge` runs in every process.
+  @property
+  def process_index(self) -> int:
+    return distribute.process_index()
+
+  @property
+  def process_count(self) -> int:
+    return distribute.process_count()
+
+  @property
+  def is_main(self) -> bool:
+    """True in process 0: it logs, shows progress bars, runs merges and unsplit stages."""
+    return distribute.is_main()
+
+  def my_items(self, n: int) -> np.ndarray:
+    """This process's share of work items 0..n-1 (all of them with one process).
+
+    Items must be numbered independently of the number of processes and devices, and
+    each written to its own file, so that a run resumed with another number of
+    processes finds every finished item.
+    """
+    return distribute.my_items(n)
+
+  def barrier(self, name: str) -> None:
+    """Waits for every process (every process must pass the same barriers in order)."""
+    distribute.barrier(name)
+
+  def log(self, message: str) -> None:
+    """Prints from process 0 only."""
+    distribute.log(message)
+
+  def progress(self, *args, **kwargs):
+    """A tqdm progress bar shown by process 0 only."""
+    return distribute.progress(*args, **kwargs)
 
   def key(self, stream: str, *indices: int):
     """The PRNG key of `indices` in the named stream (see `stream_key`)."""
@@ -211,16 +250,40 @@ def run(config: ml_collections.ConfigDict, workdir: str,
         check_done(ctx, req, needed_by=name)
   os.makedirs(workdir, exist_ok=True)
   check_layout(workdir)
-  io.write_json(os.path.join(workdir, "last_config.json"), config_to_dict(config))
+  if ctx.is_main:
+    io.write_json(os.path.join(workdir, "last_config.json"), config_to_dict(config))
+  t_run = time.time()
   for name in names:
     t0 = time.time()
-    print(f"[lis_jax] stage {name}: start", flush=True)
-    check_stage_config(ctx.out_dir(name), ctx.fingerprint(name))
+    ctx.log(f"[lis_jax] stage {name}: start")
+    # Every process checks the recorded fingerprint; process 0 records it.
+    check_stage_config(ctx.out_dir(name), ctx.fingerprint(name), write=ctx.is_main)
     ctx.forget(name)
-    ctx.registry[name].run(ctx)
+    _run_stage(ctx, ctx.registry[name])
     ctx.forget(name)
-    print(f"[lis_jax] stage {name}: done in {time.time() - t0:.1f} s", flush=True)
+    ctx.log(f"[lis_jax] stage {name}: done in {time.time() - t0:.1f} s")
+  if ctx.process_count > 1:
+    distribute.process_line(f"stages {', '.join(names)}", ctx.items_done, time.time() - t_run)
   return ctx
+
+
+def _run_stage(ctx: "RunContext", stage: Any) -> None:
+  """One stage over all processes (see `stages.base.Stage.merge`)."""
+  if stage.merge is None:
+    if ctx.is_main:
+      stage.run(ctx)
+    ctx.barrier(f"{stage.name}:done")
+    return
+  t0 = time.time()
+  stage.run(ctx)
+  items = distribute.take_assigned()
+  ctx.items_done += items
+  if ctx.process_count > 1:
+    distribute.process_line(stage.name, items, time.time() - t0)
+  ctx.barrier(f"{stage.name}:run")
+  if ctx.is_main:
+    stage.merge(ctx)
+  ctx.barrier(f"{stage.name}:merge")
 
 
 def _check_names(names: Sequence[str], registry: Mapping[str, Any]) -> None:
@@ -291,12 +354,14 @@ def config_to_dict(config: Any) -> Any:
   return json.loads(json.dumps(config, default=io._json_default))
 
 
-def check_stage_config(out_dir: str, fingerprint: Mapping[str, Any]) -> None:
+def check_stage_config(out_dir: str, fingerprint: Mapping[str, Any], write: bool = True) -> None:
   """Records `fingerprint` in `out_dir`, or checks it against the one recorded there.
 
   The runner calls this before a stage runs, with its fingerprint (`RunContext.fingerprint`).
   A workdir filled by a different config is refused instead of being silently mixed
   with new outputs.
+
+  With `write=False` (processes other than 0) it only checks.
 
   Raises:
     PipelineError: `out_dir` holds outputs of a different config; names the fields.
@@ -305,7 +370,8 @@ def check_stage_config(out_dir: str, fingerprint: Mapping[str, Any]) -> None:
   path = os.path.join(out_dir, STAGE_CONFIG_FILE)
   if not os.path.exists(path):
     os.makedirs(out_dir, exist_ok=True)
-    io.write_json(path, fingerprint)
+    if write:
+      io.write_json(path, fingerprint)
     return
   old = io.read_json(path)
   diffs = _diff(old, fingerprint)

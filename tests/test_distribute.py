@@ -69,3 +69,44 @@ def test_sharded_equals_single_device():
       assert diff <= 1, (k, diff)        # uint8: float noise may truncate to a neighbour
     else:
       assert diff <= ATOL + RTOL * res["max_abs"][k], (k, diff)
+
+
+# ----------------------------------------------------------------------------- multi-process helpers
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from lis_jax import distribute  # noqa: E402
+
+
+@pytest.mark.parametrize("n,count", [(0, 1), (7, 1), (7, 2), (10, 3), (2, 4), (64, 5)])
+def test_my_items_partition(n, count):
+  shares = [distribute.my_items(n, p, count) for p in range(count)]
+  np.testing.assert_array_equal(np.sort(np.concatenate(shares)), np.arange(n))   # each item once
+  sizes = [s.size for s in shares]
+  assert max(sizes) - min(sizes) <= 1, sizes
+
+
+def test_process_setup_from_flags_env_and_auto():
+  env = {distribute.ENV_COORDINATOR: "10.0.0.1:1234", distribute.ENV_NUM_PROCESSES: "4",
+         distribute.ENV_PROCESS_ID: "3"}
+  assert distribute.process_setup(environ={}) == distribute.ProcessSetup("single")
+  assert distribute.process_setup(auto=True, environ={}) == distribute.ProcessSetup("auto")
+  assert distribute.process_setup(environ=env) == distribute.ProcessSetup("explicit", "10.0.0.1:1234", 4, 3)
+  # flags win over the environment
+  assert (distribute.process_setup("h:1", 2, 0, environ=env)
+          == distribute.ProcessSetup("explicit", "h:1", 2, 0))
+  assert distribute.process_setup(num_processes=1, environ={}) == distribute.ProcessSetup("single")
+  with pytest.raises(distribute.DistributedError, match="process id not set"):
+    distribute.process_setup("h:1", 2, environ={})
+  with pytest.raises(distribute.DistributedError, match=r"process id 2 is not in \[0, 2\)"):
+    distribute.process_setup("h:1", 2, 2, environ={})
+  with pytest.raises(distribute.DistributedError, match="is not an integer"):
+    distribute.process_setup(environ={distribute.ENV_NUM_PROCESSES: "two"})
+
+
+def test_single_process_meshes():
+  import jax
+  assert distribute.process_count() == 1 and distribute.is_main()
+  assert distribute.global_mesh().devices.shape == (1, jax.device_count())
+  assert list(distribute.data_mesh().devices) == jax.local_devices()

@@ -33,6 +33,12 @@ class Stage:
   ignores: fields of its own section that do not change its outputs (batch sizes, PNG
     switches); left out of its fingerprint, so changing them never invalidates a workdir.
   summary: (ctx) -> its headline numbers (JSON-able dict) for report/summary.json, or None.
+  merge: (ctx) -> None, for a stage whose work splits over processes. With `merge`, `run`
+    runs in every process of a multi-process run, each doing its share of the work items
+    (`ctx.my_items(n)`) and writing one file per item; after a barrier, `merge` runs in
+    process 0 alone and writes what spans all items (manifest, index, summary). Without
+    `merge`, `run` runs in process 0 alone while the others wait. With one process: `run`,
+    then `merge`.
   """
   name: str
   requires: tuple[str, ...]
@@ -43,3 +49,4 @@ class Stage:
   section: Callable[[Any], str | None] | None = None
   ignores: tuple[str, ...] = ()
   summary: Callable[[Any], dict | None] | None = None
+  merge: Callable[[Any], None] | None = None

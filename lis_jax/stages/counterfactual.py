@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from tqdm import tqdm
 
 from lis_jax import blocks
 from lis_jax import distribute
@@ -249,16 +248,19 @@ def run(ctx) -> None:
   todo_plan = plan(data.cls, parse_pairs(c.pairs, ctx.classes), c.samples_per_pair)
 
   mesh = ctx.mesh
+  # A batch file holds searches [b * batch_size, (b + 1) * batch_size): the same items for
+  # any number of processes and devices; the jitted batch is padded to the device count.
   batch = distribute.round_up(c.batch_size, mesh)
   G_r, clf_r, link_r = distribute.replicate((G, clf, link), mesh)
   key = ctx.key(NAME)
   n = todo_plan["sample"].size
-  n_batches = -(-n // batch)
+  n_batches = -(-n // c.batch_size)
   store = blocks.BlockStore(out_dir, "batch")
   statics = dict(lr=c.lr, max_steps=c.max_steps, check_every=c.check_every,
                  w_origin=c.w_origin, w_cos=c.w_cos, mode=c.mode, compact_rows=c.compact_rows)
-  for b in tqdm(store.todo(n_batches), unit="batch", desc="counterfactual"):
-    ids = np.arange(b * batch, min(n, (b + 1) * batch), dtype=np.int32)
+  mine = [int(b) for b in ctx.my_items(n_batches) if not store.done(b)]   # this process's batches
+  for b in ctx.progress(mine, unit="batch", desc="counterfactual"):
+    ids = np.arange(b * c.batch_size, min(n, (b + 1) * c.batch_size), dtype=np.int32)
     rows = todo_plan["sample"][ids]
     arrays = {"search": ids, "sample": rows, "origin": todo_plan["origin"][ids],
               "target": todo_plan["target"][ids], "r": data.r[rows], "w_before": data.w[rows]}
@@ -278,7 +280,13 @@ def run(ctx) -> None:
                         images.row([host["img_before"][i], host["img_after"][i]]))
     pipeline.maybe_interrupt(NAME, b + 1)
     store.write(b, **{k: v for k, v in arrays.items() if not k.startswith("img_")})
-  _finish(store, n_batches, c.save_png)
+
+
+def merge(ctx) -> None:
+  """Process 0, after every process wrote its batches: results.npz, summary.json, index.csv."""
+  c = ctx.cfg(NAME)
+  n = len(parse_pairs(c.pairs, ctx.classes)) * c.samples_per_pair
+  _finish(blocks.BlockStore(ctx.out_dir(NAME), "batch"), -(-n // c.batch_size), c.save_png)
 
 
 def _finish(store: blocks.BlockStore, n_batches: int, save_png: bool) -> None:
@@ -301,7 +309,7 @@ def _finish(store: blocks.BlockStore, n_batches: int, save_png: bool) -> None:
                    int(res["steps"][i]), repr(float(res["probs_after"][i, o])),
                    repr(float(res["probs_after"][i, t])),
                    f"images/cf_{int(res['search'][i]):05d}.png" if save_png else ""])
-  print(f"[counterfactual] {summary['n']} searches, success rate {summary['success_rate']:.2f}")
+  distribute.log(f"[counterfactual] {summary['n']} searches, success rate {summary['success_rate']:.2f}")
 
 
 def load(workdir: str) -> CounterfactualResult:
@@ -372,4 +380,5 @@ def summary(ctx) -> dict | None:
 
 STAGE = Stage(name=NAME, requires=("link",), default_config=default_config, run=run, load=load,
               uses=("classes", "seed"), section=section, summary=summary,
-              ignores=("save_png", "compact_rows", "batch_size"))
+              ignores=("save_png", "compact_rows"),   # batch_size: which searches share a file
+              merge=merge)

@@ -4,7 +4,8 @@ Per class c, latent i of the class's stream is `z = normal(ctx.key("paired_data"
 (independent of batch size and device count, so a resumed or sharded run draws the same
 samples); `ws = G.mapping(z, c, psi)` (truncation toward the class's w_avg), the image
 `G.synthesis(ws)` is classified, and samples classified as c are kept (with
-`keep_only_correct`) until `n_per_class` are stored. The reference keeps `ws[:, 0]`.
+`keep_only_correct`) until `n_per_class` are stored; latents are tried in chunks of
+`shard_size`, one shard file each, split over the processes of a multi-process run. The reference keeps `ws[:, 0]`.
 
 Outputs: WORKSPACE.md, section `paired_data/`.
 """
@@ -18,7 +19,6 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from tqdm import tqdm
 
 from lis_jax import distribute
 from lis_jax import io
@@ -27,6 +27,8 @@ from lis_jax.stages.base import Stage
 
 NAME = "paired_data"
 MANIFEST = "manifest.json"
+# How often a process waiting for other processes' chunks looks for them.
+POLL_SECONDS = 0.5
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -91,62 +93,140 @@ def generate(G: Any, clf: Any, key: jax.Array, cls: jax.Array, index: jax.Array,
 _generate = jax.jit(generate, static_argnames=("psi",))
 
 
+def _shard_name(c: int, k: int) -> str:
+  return f"shard_c{c:04d}_{k:05d}.npz"
+
+
+def _kept(out_dir: str, name: str, cache: dict) -> int | None:
+  """Rows of a shard file (None if not written yet); finished files never change."""
+  if name not in cache:
+    path = os.path.join(out_dir, name)
+    if not os.path.exists(path):
+      return None
+    with np.load(path) as f:
+      cache[name] = int(f["cls"].shape[0])
+  return cache[name]
+
+
+def max_chunks(p: ml_collections.ConfigDict) -> int:
+  """Chunks a class may try before the stage gives up on it (max_tries_factor x n_per_class latents)."""
+  return -(-int(np.ceil(p.n_per_class * p.max_tries_factor)) // p.shard_size)
+
+
+def needed_shards(out_dir: str, c: int, n_per_class: int, cache: dict) -> list[str] | None:
+  """The shards 0, 1, ... of class c that hold its first n_per_class kept samples, or None
+  while a shard among them is missing or they hold fewer."""
+  names, kept, k = [], 0, 0
+  while kept < n_per_class:
+    name = _shard_name(c, k)
+    n = _kept(out_dir, name, cache)
+    if n is None:
+      return None
+    names.append(name)
+    kept += n
+    k += 1
+  return names
+
+
 def run(ctx) -> None:
-  """Fills `workdir/paired_data/`, resuming from its manifest."""
+  """This process's shards of `workdir/paired_data/` (a shard file that exists is done).
+
+  Work items are chunks (class c, k) of `shard_size` tried latents; a multi-process
+  run gives chunk k of the i-th class to process (k + i) % process_count. A class needs
+  chunks 0, 1, ... until n_per_class samples are kept. A process computes its next chunk
+  k of a class only if the chunks before it cannot hold enough samples even if every
+  missing one (another process's) kept all its latents; otherwise it turns to other
+  classes and comes back when those chunks exist. So no chunk past the needed ones is
+  computed, and one process computes exactly the chunks of a single-process run.
+  `merge` (process 0) writes the manifest.
+  """
   p = ctx.cfg(NAME)
   out_dir = ctx.out_dir(NAME)
   if p.n_per_class < 1 or p.shard_size < 1 or p.batch_size < 1:
     raise pipeline.PipelineError("paired_data.n_per_class, shard_size and batch_size must be >= 1")
   G, clf, classes = ctx.G, ctx.clf, ctx.classes
   mpath = os.path.join(out_dir, MANIFEST)
-  manifest = io.read_json(mpath) if os.path.exists(mpath) else {
-      "classes": classes.tolist(), "complete": False,
-      "per_class": {str(c): {"tried": 0, "kept": 0, "shards": []} for c in classes.tolist()},
-      "w_dim": G.w_dim, "num_ws": G.num_ws, "feature_dim": clf.feature_dim,
-      "num_classes": clf.num_classes}
-  if manifest["complete"]:
-    print(f"[paired_data] {out_dir} is complete; nothing to do")
+  if os.path.exists(mpath) and io.read_json(mpath)["complete"]:
+    ctx.log(f"[paired_data] {out_dir} is complete; nothing to do")
     return
 
   mesh = ctx.mesh
   batch = distribute.round_up(p.batch_size, mesh)
   G_r, clf_r = distribute.replicate((G, clf), mesh)
   key = ctx.key(NAME)
-  max_tries = int(np.ceil(p.n_per_class * p.max_tries_factor))
-  total = p.n_per_class * len(classes)
-  done0 = sum(v["kept"] for v in manifest["per_class"].values())
+  me, count = ctx.process_index, ctx.process_count
+  cache: dict[str, int] = {}
+  # Chunk k of the i-th class belongs to process (k + i) % count: balanced over the classes.
+  next_k = {c: (me - i) % count for i, c in enumerate(classes.tolist())}   # this process's next chunk
   written = 0
   t0, n_img = time.time(), 0
-  with tqdm(total=total, initial=done0, unit="sample", desc="paired_data") as bar:
-    for c in classes.tolist():
-      state = manifest["per_class"][str(c)]
-      while state["kept"] < p.n_per_class:
-        if state["tried"] >= max_tries:
-          raise pipeline.PipelineError(
-              f"class {c}: only {state['kept']} of {state['tried']} generated images were "
-              f"classified as {c} (need {p.n_per_class}); raise paired_data.max_tries_factor "
-              f"or set paired_data.keep_only_correct=False")
-        start = state["tried"]
-        arrays = generate_chunk(G_r, clf_r, key, c, start, p.shard_size, batch, ctx.config.psi, mesh)
+
+  def advance(c: int) -> bool:
+    """Computes this process's chunks of class c while they are surely needed; True: class done."""
+    nonlocal written, n_img
+    while True:
+      k = next_k[c]
+      if k >= max_chunks(p) or needed_shards(out_dir, c, p.n_per_class, cache) is not None:
+        return True
+      name = _shard_name(c, k)
+      if _kept(out_dir, name, cache) is None:
+        before = [_kept(out_dir, _shard_name(c, j), cache) for j in range(k)]
+        if sum(p.shard_size if n is None else n for n in before) >= p.n_per_class:
+          return False   # chunks of other processes may suffice: decide once they exist
+        arrays = generate_chunk(G_r, clf_r, key, c, k * p.shard_size, p.shard_size, batch,
+                                ctx.config.psi, mesh)
         n_img += p.shard_size
         pred = arrays["logits"].argmax(-1)
         keep = (pred == c) if p.keep_only_correct else np.ones_like(pred, bool)
-        keep &= np.cumsum(keep) <= p.n_per_class - state["kept"]
-        shard = {k: v[keep] for k, v in arrays.items() if k != "ws" or p.store_all_ws}
-        for k in ("w", "r", "logits"):
-          pipeline.check_finite(f"paired_data class {c} {k}", shard[k])
-        name = f"shard_c{c:04d}_{start // p.shard_size:05d}.npz"
+        shard = {k_: v[keep] for k_, v in arrays.items() if k_ != "ws" or p.store_all_ws}
+        for k_ in ("w", "r", "logits"):
+          pipeline.check_finite(f"paired_data class {c} {k_}", shard[k_])
         io.savez(os.path.join(out_dir, name), **shard)
         written += 1
         pipeline.maybe_interrupt(NAME, written)
-        state["tried"] += p.shard_size
-        state["kept"] += int(keep.sum())
-        state["shards"].append(name)
-        io.write_json(mpath, manifest)
-        bar.update(int(keep.sum()))
         bar.set_postfix(img_s=f"{n_img / max(time.time() - t0, 1e-9):.1f}")
-  manifest["complete"] = True
-  io.write_json(mpath, manifest)
+      next_k[c] = k + count
+
+  pending = classes.tolist()
+  with ctx.progress(total=len(pending), unit="class", desc="paired_data") as bar:
+    while pending:
+      n_before = written
+      for c in list(pending):
+        if advance(c):
+          pending.remove(c)
+          bar.update(1)
+      if pending and written == n_before:
+        time.sleep(POLL_SECONDS)   # waiting for other processes' chunks
+  distribute.add_assigned(written)
+
+
+def merge(ctx) -> None:
+  """Process 0, after every process ran: the manifest over the needed shards of each class.
+
+  Raises:
+    PipelineError: a class kept too few samples within max_tries_factor x n_per_class tries.
+  """
+  p = ctx.cfg(NAME)
+  out_dir = ctx.out_dir(NAME)
+  mpath = os.path.join(out_dir, MANIFEST)
+  if os.path.exists(mpath) and io.read_json(mpath)["complete"]:
+    return
+  cache: dict[str, int] = {}
+  per_class = {}
+  for c in ctx.classes.tolist():
+    names = needed_shards(out_dir, c, p.n_per_class, cache)
+    if names is None:
+      present = [n for n in (_shard_name(c, k) for k in range(max_chunks(p)))
+                 if _kept(out_dir, n, cache) is not None]
+      kept = sum(_kept(out_dir, n, cache) for n in present)
+      raise pipeline.PipelineError(
+          f"class {c}: only {kept} of {len(present) * p.shard_size} generated images were "
+          f"classified as {c} (need {p.n_per_class}); raise paired_data.max_tries_factor or set "
+          f"paired_data.keep_only_correct=False")
+    per_class[str(c)] = {"tried": len(names) * p.shard_size, "kept": p.n_per_class, "shards": names}
+  io.write_json(mpath, {"classes": ctx.classes.tolist(), "complete": True, "per_class": per_class,
+                        "w_dim": ctx.G.w_dim, "num_ws": ctx.G.num_ws,
+                        "feature_dim": ctx.clf.feature_dim, "num_classes": ctx.clf.num_classes})
 
 
 def generate_chunk(G, clf, key, c: int, start: int, size: int, batch: int, psi: float, mesh) -> dict:
@@ -177,13 +257,16 @@ def load(workdir: str) -> PairedData:
                                  f"to finish it")
   parts: dict[str, list] = {}
   for c in manifest["classes"]:
+    left = int(manifest["per_class"][str(c)]["kept"])   # the last shard may hold more than that
     for name in manifest["per_class"][str(c)]["shards"]:
       with np.load(os.path.join(out_dir, name)) as f:
+        n = min(left, f["cls"].shape[0])
         for k in f.files:
-          parts.setdefault(k, []).append(f[k])
+          parts.setdefault(k, []).append(f[k][:n])
+        left -= n
   return PairedData(**{k: np.concatenate(v) for k, v in parts.items()})
 
 
 STAGE = Stage(name=NAME, requires=(), default_config=default_config, run=run, load=load,
               uses=("generator", "classifier", "classes", "psi", "seed"),
-              ignores=("batch_size", "max_tries_factor"))
+              ignores=("batch_size", "max_tries_factor"), merge=merge)

@@ -41,7 +41,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from tqdm import tqdm
 
 from lis_jax import batching
 from lis_jax import blocks
@@ -282,24 +281,36 @@ def run(ctx) -> None:
   sweep_blocks = list(ctx.result("sweep").blocks())
   G = ctx.G
   try:
-    seg = segmenter(ctx)
+    if ctx.is_main:   # trained once, by process 0; the others load it after the barrier
+      seg = segmenter(ctx)
+    ctx.barrier("quantify:segmenter")
+    if not ctx.is_main:
+      seg = segmenter(ctx)
   except segment.SegmentationError as e:
     raise pipeline.PipelineError(str(e)) from None
   key = ctx.key("quantify.null")
   store = blocks.BlockStore(out_dir)
-  todo = store.todo(len(sweep_blocks))
-  with tqdm(total=len(sweep_blocks), initial=len(sweep_blocks) - len(todo), unit="block",
-            desc="quantify") as bar:
+  mine = ctx.my_items(len(sweep_blocks))   # this process's sweep blocks
+  todo = [int(b) for b in mine if not store.done(b)]
+  with ctx.progress(total=mine.size, initial=mine.size - len(todo), unit="block",
+                    desc="quantify") as bar:
     for b in todo:
       out = _quantify_block(c, G, seg, sweep_blocks[b], key)
       pipeline.check_finite(f"quantify block {b} areas", out["first.area"])
       pipeline.maybe_interrupt(NAME, b + 1)
       store.write(b, **out)
-      io.write_json(os.path.join(out_dir, "manifest.json"),
-                    {"blocks_done": [d for d in range(len(sweep_blocks)) if store.done(d)],
-                     "n_blocks": len(sweep_blocks), "parts": list(seg.part_names[1:]),
-                     "null_draws": c.null_draws, "samples_per_unit": c.samples_per_unit})
       bar.update(1)
+
+
+def merge(ctx) -> None:
+  """Process 0, after every process measured its blocks: manifest.json and the tables."""
+  c = ctx.cfg(NAME)
+  seg = segmenter(ctx)
+  n_blocks = blocks.BlockStore(ctx.out_dir("sweep")).count()
+  io.write_json(os.path.join(ctx.out_dir(NAME), "manifest.json"),
+                {"blocks_done": list(range(n_blocks)), "n_blocks": n_blocks,
+                 "parts": list(seg.part_names[1:]), "null_draws": c.null_draws,
+                 "samples_per_unit": c.samples_per_unit})
   summarise(ctx, seg)
 
 
@@ -481,4 +492,4 @@ def summary(ctx) -> dict | None:
 
 STAGE = Stage(name=NAME, requires=("sweep",), default_config=default_config, run=run, load=load,
               uses=("classes", "psi", "seed"), section=section, summary=summary,
-              ignores=("batch_size", "cards"))
+              ignores=("batch_size", "cards"), merge=merge)

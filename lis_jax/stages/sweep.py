@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from tqdm import tqdm
 
 from lis_jax import blocks
 from lis_jax import distribute
@@ -297,12 +296,13 @@ def run(ctx) -> None:
   rows = start_rows(data.cls, ctx.classes, c.samples_per_class)
   r_start, cls_start = data.r[rows], data.cls[rows]
   values, stats = sweep_values(data.r, units, c.n_steps, c.range, c.k_std)
-  io.savez(os.path.join(out_dir, "samples.npz"), rows=rows, cls=cls_start, r=r_start)
-  with io.atomic_file(os.path.join(out_dir, "activation_ranges.csv"), "w") as f:
-    wr = csv.writer(f)
-    wr.writerow(["unit", "min", "max", "mean", "std"])
-    for i, u in enumerate(units):
-      wr.writerow([int(u)] + [repr(float(stats[k][i])) for k in ("min", "max", "mean", "std")])
+  if ctx.is_main:   # the same in every process: process 0 writes them
+    io.savez(os.path.join(out_dir, "samples.npz"), rows=rows, cls=cls_start, r=r_start)
+    with io.atomic_file(os.path.join(out_dir, "activation_ranges.csv"), "w") as f:
+      wr = csv.writer(f)
+      wr.writerow(["unit", "min", "max", "mean", "std"])
+      for i, u in enumerate(units):
+        wr.writerow([int(u)] + [repr(float(stats[k][i])) for k in ("min", "max", "mean", "std")])
 
   mesh = ctx.mesh
   batch = distribute.round_up(c.batch_size, mesh)
@@ -310,7 +310,8 @@ def run(ctx) -> None:
   U = c.units_per_block
   n_blocks = -(-units.size // U)
   store = blocks.BlockStore(out_dir)
-  todo = store.todo(n_blocks)
+  mine = ctx.my_items(n_blocks)   # this process's blocks (all of them with one process)
+  todo = [int(b) for b in mine if not store.done(b)]
   n_img = U * rows.size * c.n_steps
   call = functools.partial(_sweep_block, batch_size=batch, reclassify=c.reclassify, mesh=mesh)
 
@@ -321,7 +322,7 @@ def run(ctx) -> None:
     return b, n_valid, call(G_r, clf_r, link_r, r_start_d, bu, bv, cls_d)
 
   t0, done = time.time(), 0
-  with tqdm(total=n_blocks, initial=n_blocks - len(todo), unit="block", desc="sweep") as bar, \
+  with ctx.progress(total=mine.size, initial=mine.size - len(todo), unit="block", desc="sweep") as bar, \
       concurrent.futures.ThreadPoolExecutor(1) as pool:
     pending = None
     writing = None
@@ -343,7 +344,13 @@ def run(ctx) -> None:
       pending = nxt
     if writing is not None:
       writing.result()
-  finish(store, n_blocks)
+
+
+def merge(ctx) -> None:
+  """Process 0, after every process wrote its blocks: index.csv and unit_factors.csv."""
+  c = ctx.cfg(NAME)
+  units = pipeline.parse_units(c.units, ctx.clf.feature_dim)
+  finish(blocks.BlockStore(ctx.out_dir(NAME)), -(-units.size // c.units_per_block))
 
 
 def finish(store: blocks.BlockStore, n_blocks: int) -> None:
@@ -515,4 +522,5 @@ def summary(ctx) -> dict | None:
 
 
 STAGE = Stage(name=NAME, requires=("link",), default_config=default_config, run=run, load=load,
-              uses=("classes",), section=section, summary=summary, ignores=("batch_size",))
+              uses=("classes",), section=section, summary=summary, ignores=("batch_size",),
+              merge=merge)

@@ -1,0 +1,230 @@
+"""Multi-process runs (jax.distributed, 2 processes x 2 CPU devices, gloo) of configs/tiny.py.
+
+The same stages run (1) in one process on 1 device, (2) in one process on 4 simulated
+devices, (3) in 2 processes of 2 devices each on localhost; all three write the same
+results. Then a 2-process run loses one process mid-stage (SIGKILL) and is finished by a
+single process: the final outputs are those of the uninterrupted runs.
+"""
+import csv
+import io as _io
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# Sharded and single-device runs of the same float32 programs differ only in per-device
+# summation order (tests/test_distribute.py uses the same bounds).
+RTOL, ATOL = 1e-5, 1e-5
+# uint8 images: float noise may truncate a pixel to its neighbour value.
+PIXEL_ATOL = 1
+# Files and JSON fields that say how a run went rather than what it computed.
+RUN_RECORDS = ("last_config.json",)
+RUN_FIELDS = ("train_seconds",)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _env(devices: int, cache: pathlib.Path, kill_after: str | None = None) -> dict:
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  env.pop("LIS_JAX_TEST_KILL_AFTER", None)
+  if kill_after:
+    env["LIS_JAX_TEST_KILL_AFTER"] = kill_after
+  return env
+
+
+def _cmd(workdir, *flags):
+  return [sys.executable, "-m", "lis_jax.main", "--config=configs/tiny.py", f"--workdir={workdir}",
+          *flags]
+
+
+def run_single(workdir, devices: int, cache) -> subprocess.CompletedProcess:
+  out = subprocess.run(_cmd(workdir), cwd=ROOT, env=_env(devices, cache), capture_output=True,
+                       text=True, timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out
+
+
+def launch(workdir, n: int, devices: int, cache, kill_after: dict | None = None) -> list[subprocess.Popen]:
+  """n processes of `lis_jax.main` on localhost; kill_after: {process id: 'stage:n'}."""
+  port = _free_port()
+  procs = []
+  for pid in range(n):
+    flags = (f"--coordinator_address=localhost:{port}", f"--num_processes={n}", f"--process_id={pid}")
+    procs.append(subprocess.Popen(
+        _cmd(workdir, *flags), cwd=ROOT, env=_env(devices, cache, (kill_after or {}).get(pid)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  return procs
+
+
+def wait_all(procs, timeout=900) -> list[tuple[int, str, str]]:
+  deadline = time.time() + timeout
+  outs = []
+  for p in procs:
+    try:
+      o, e = p.communicate(timeout=max(1, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+      raise
+    outs.append((p.returncode, o, e))
+  return outs
+
+
+def _files(d: pathlib.Path) -> list[pathlib.Path]:
+  # Orbax names its files at random: the link is compared by value (link/model/params).
+  return sorted(p.relative_to(d) for p in d.rglob("*")
+                if p.is_file() and "params" not in p.relative_to(d).parts and p.name not in RUN_RECORDS)
+
+
+def _close(a, b, what):
+  a, b = np.asarray(a), np.asarray(b)
+  assert a.shape == b.shape and a.dtype == b.dtype, (what, a.shape, b.shape, a.dtype, b.dtype)
+  if a.dtype == np.uint8:
+    np.testing.assert_allclose(a.astype(int), b.astype(int), rtol=0, atol=PIXEL_ATOL, err_msg=what)
+  elif np.issubdtype(a.dtype, np.floating):
+    np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL, err_msg=what)
+  else:   # ints, bools, strings: discrete outcomes agree exactly
+    np.testing.assert_array_equal(a, b, err_msg=what)
+
+
+def _csv_rows(path):
+  with open(path) as f:
+    return list(csv.reader(f))
+
+
+def assert_same_results(ref: pathlib.Path, other: pathlib.Path) -> None:
+  """Same files; arrays, CSV numbers and PNG pixels within the sharding tolerances."""
+  assert _files(ref) == _files(other)
+  if (ref / "link").exists():
+    from lis_jax import linking
+    a, b = (linking.load(str(d / "link" / "model")) for d in (ref, other))
+    _close(a.params["A"], b.params["A"], "link A")
+  for rel in _files(ref):
+    x, y = ref / rel, other / rel
+    if rel.suffix == ".npz":
+      fa, fb = np.load(x), np.load(y)
+      assert fa.files == fb.files, rel
+      for k in fa.files:
+        _close(fa[k], fb[k], f"{rel}:{k}")
+    elif rel.suffix == ".png":
+      _close(np.asarray(Image.open(x)), np.asarray(Image.open(y)), str(rel))
+    elif rel.suffix == ".csv":
+      ra, rb = _csv_rows(x), _csv_rows(y)
+      assert len(ra) == len(rb) and ra[0] == rb[0], rel
+      for row_a, row_b in zip(ra[1:], rb[1:]):
+        for va, vb in zip(row_a, row_b):
+          try:
+            fa_, fb_ = float(va), float(vb)
+          except ValueError:
+            assert va == vb, (rel, row_a, row_b)
+            continue
+          assert _num_close(fa_, fb_), (rel, row_a, row_b)
+    elif rel.suffix == ".json":
+      import json
+      ja, jb = json.loads(x.read_text()), json.loads(y.read_text())
+      _json_close(ja, jb, str(rel))
+    else:
+      assert x.read_bytes() == y.read_bytes(), rel
+
+
+def _num_close(a: float, b: float) -> bool:
+  if np.isnan(a) or np.isnan(b):
+    return bool(np.isnan(a) and np.isnan(b))   # an undefined statistic is undefined in both
+  return abs(a - b) <= ATOL + RTOL * abs(a)
+
+
+def _json_close(a, b, where):
+  if isinstance(a, dict):
+    assert isinstance(b, dict) and a.keys() == b.keys(), where
+    for k in a:
+      if k not in RUN_FIELDS:
+        _json_close(a[k], b[k], f"{where}.{k}")
+  elif isinstance(a, list):
+    assert isinstance(b, list) and len(a) == len(b), where
+    for i, (u, v) in enumerate(zip(a, b)):
+      _json_close(u, v, f"{where}[{i}]")
+  elif isinstance(a, float) or isinstance(b, float):
+    assert _num_close(a, b), (where, a, b)
+  else:
+    assert a == b, (where, a, b)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """Workdirs of the uninterrupted runs: 1 device, 4 devices, 2 processes x 2 devices."""
+  root = tmp_path_factory.mktemp("multiprocess")
+  cache = root / "jax_cache"
+  out = {"root": root, "cache": cache}
+  run_single(root / "one_device", 1, cache)
+  run_single(root / "four_devices", 4, cache)
+  outs = wait_all(launch(root / "two_by_two", 2, 2, cache))
+  for pid, (rc, _, err) in enumerate(outs):
+    assert rc == 0, (pid, err[-3000:])
+  out["logs"] = outs
+  for name in ("one_device", "four_devices", "two_by_two"):
+    out[name] = root / name
+  return out
+
+
+def test_two_processes_four_devices_and_one_device_write_the_same_results(runs):
+  assert_same_results(runs["one_device"], runs["four_devices"])
+  assert_same_results(runs["one_device"], runs["two_by_two"])
+  logs = runs["logs"]
+  # progress and stage logs from process 0 only; one line per process at the end
+  assert "stage paired_data: start" in logs[0][1] and "stage paired_data" not in logs[1][1]
+  for pid, (_, _, err) in enumerate(logs):
+    assert f"process {pid}/2 (2 device(s))" in err, err[-2000:]
+  assert "%|" in logs[0][2] and "%|" not in logs[1][2]   # tqdm bars from process 0 only
+
+
+def test_killed_process_then_one_process_finishes_the_same(runs):
+  work, cache = runs["root"] / "killed", runs["cache"]
+  procs = launch(work, 2, 2, cache, kill_after={1: "paired_data:2"})
+  try:
+    procs[1].wait(timeout=900)
+  finally:
+    if procs[0].poll() is None:   # its peer is gone: the survivor would wait at the next barrier
+      procs[0].send_signal(signal.SIGKILL)
+    wait_all(procs)
+  assert procs[1].returncode == -signal.SIGKILL
+  shards = sorted(p.name for p in (work / "paired_data").glob("shard_*.npz"))
+  assert shards and not (work / "paired_data" / "manifest.json").exists(), shards
+  run_single(work, 2, cache)
+  assert_same_results(runs["two_by_two"], work)
+
+
+def test_quantify_split_over_two_processes_matches_one(tmp_path, monkeypatch):
+  """The quantify stage's share-and-merge, as processes 1 then 0 of 2 would run it (one
+  Python process standing in for each in turn: no barrier is needed in this order)."""
+  from test_quantify_stage import fake_sweep, small_config
+  from lis_jax import distribute, pipeline
+  config = small_config()
+  one, two = tmp_path / "one", tmp_path / "two"
+  for wd in (one, two):
+    fake_sweep(str(wd), config)
+  pipeline.run(config, str(one))
+  monkeypatch.setattr(distribute, "process_count", lambda: 2)
+  monkeypatch.setattr(distribute, "barrier", lambda name: None)
+  monkeypatch.setattr(distribute, "process_index", lambda: 1)
+  pipeline.run(config, str(two))   # process 1: its block (1 of blocks 0, 1), no merge
+  q = two / "quantify"
+  assert (q / "block_00001.npz").exists() and not (q / "block_00000.npz").exists()
+  assert not (q / "manifest.json").exists() and not (q / "selectivity.csv").exists()
+  monkeypatch.setattr(distribute, "process_index", lambda: 0)
+  pipeline.run(config, str(two))   # process 0: block 0, then the merge over both
+  assert_same_results(one, two)
