@@ -8,13 +8,16 @@ No downloads and no converted checkpoints: the generator is the built-in 'shapes
 'shapes-resnet' (128 units). Under 10 minutes on 2 CPU cores. Changes from
 configs/linear.py: the models, the classes, the sizes, and the added report stage.
 """
+import ml_collections
+
 from configs import linear
 from lis_jax import report
 
 
 def get_config():
   config = linear.get_config()
-  config.stages = ("paired_data", "link", "sweep", "counterfactual", "quantify", "report")
+  config.stages = ("paired_data", "link", "sweep", "counterfactual", "quantify", "invariances",
+                   "report")
   config.generator = "shapes"
   config.classifier = "shapes-resnet"
   config.classes = "0,1,2,3,4,5,6,7"  # all 8 classes of the world
@@ -49,6 +52,15 @@ def get_config():
   config.quantify.batch_size = 64
   config.quantify.top_k = 5
   config.quantify.cards = 6
+
+  config.invariances = ml_collections.ConfigDict()  # a small flow for 64-d w: ~30 s on 2 cores
+  config.invariances.n_blocks = 4
+  config.invariances.hidden = 128
+  config.invariances.depth = 1
+  config.invariances.embed_dim = 32
+  config.invariances.embed_hidden = 128
+  config.invariances.epochs = 20  # of the 5400 train pairs
+  config.invariances.warmup_steps = 50
 
   config.report = report.default_config()
   return config
