@@ -171,10 +171,16 @@ def module_spec(module: ConditionalFlow) -> tuple:
 class Flow(flax.struct.PyTreeNode):
   """A trained conditional flow: a pytree (params are leaves; the architecture is static).
 
-  spec: the `ConditionalFlow` fields as a sorted tuple of (name, value).
+  params: the `ConditionalFlow` params.
+  spec: the `ConditionalFlow` fields as a sorted tuple of (name, value) (`module_spec`).
+  base: None, or a `GaussianBaseline` the flow refines: then v = f(u; r) with
+    u = chol^-1 (w - link(r)) the baseline's whitened residual, and log-dets add up. A
+    flow with fresh (identity) couplings is then the baseline itself, so training starts
+    from the closed form and only has to learn what it misses.
   """
   params: Any
   spec: tuple = flax.struct.field(pytree_node=False, default=())
+  base: Any = None
 
   @property
   def module(self) -> ConditionalFlow:
@@ -182,15 +188,21 @@ class Flow(flax.struct.PyTreeNode):
 
   def forward(self, w: jax.Array, r: jax.Array) -> tuple[jax.Array, jax.Array]:
     """w [N, w_dim], r [N, D] -> v [N, w_dim], log|det dv/dw| [N]."""
-    return self.module.apply({"params": self.params}, w, r)
+    ld0 = 0.0
+    if self.base is not None:
+      w, ld0 = self.base.forward(w, r)
+    v, ld = self.module.apply({"params": self.params}, w, r)
+    return v, ld + ld0
 
   def inverse(self, v: jax.Array, r: jax.Array) -> jax.Array:
     """v [N, w_dim], r [N, D] -> w [N, w_dim]."""
-    return self.module.apply({"params": self.params}, v, r, reverse=True)[0]
+    w = self.module.apply({"params": self.params}, v, r, reverse=True)[0]
+    return w if self.base is None else self.base.inverse(w, r)
 
   def nll(self, w: jax.Array, r: jax.Array) -> jax.Array:
     """-log p(w | r) [N] in nats."""
-    return flow_nll(self.module, self.params, w, r)
+    v, logdet = self.forward(w, r)
+    return 0.5 * jnp.sum(v * v, -1) + 0.5 * w.shape[-1] * LOG_2PI - logdet
 
   def sample(self, r: jax.Array, key: jax.Array, temperature: float = 1.0) -> jax.Array:
     """One w' = f^-1(v'; r) per row of r [N, D], v' ~ N(0, temperature^2 I) -> [N, w_dim]."""
@@ -311,9 +323,13 @@ def _make_epoch(spec: tuple, train_spec: TrainSpec, steps: int, batch_size: int)
 
 
 def train(module: ConditionalFlow, w: np.ndarray, r: np.ndarray, key: jax.Array, spec: TrainSpec,
-          state_dir: str | None = None, after_save: Callable[[int], None] | None = None,
+          base: GaussianBaseline | None = None, state_dir: str | None = None,
+          after_save: Callable[[int], None] | None = None,
           log: Callable[[str], None] | None = None) -> tuple[Flow, list[float]]:
-  """Trains `module` on pairs (w [N, w_dim], r [N, D]) by minimising the mean NLL.
+  """Trains `module` on pairs (w [N, w_dim], r [N, D]) by minimising the mean NLL of w.
+
+  With `base`, the module models the baseline's whitened residual (see `Flow`); the
+  reported losses are still NLLs of w.
 
   Deterministic in `key`: the init batch is the first `batch_size` rows, epoch e shuffles
   with fold_in(key, e + 1). With `state_dir`, params, optimizer state and the per-epoch
@@ -327,6 +343,10 @@ def train(module: ConditionalFlow, w: np.ndarray, r: np.ndarray, key: jax.Array,
   """
   w = jnp.asarray(w, jnp.float32)
   r = jnp.asarray(r, jnp.float32)
+  offset = 0.0  # NLL of w = NLL of u - log|det du/dw|, a constant for a Gaussian base
+  if base is not None:
+    w, ld0 = jax.jit(lambda b, w, r: b.forward(w, r))(base, w, r)
+    offset = -float(ld0[0])
   batch_size = min(spec.batch_size, w.shape[0])
   steps = w.shape[0] // batch_size
   arch = module_spec(module)
@@ -336,17 +356,18 @@ def train(module: ConditionalFlow, w: np.ndarray, r: np.ndarray, key: jax.Array,
   start, losses = 0, []
   if state_dir is not None and os.path.isdir(state_dir):
     params, opt_state, start, losses = load_state(state_dir, params, opt_state)
+    losses = [x + offset for x in losses]
   epoch_fn = _make_epoch(arch, spec, steps, batch_size)
   for e in range(start, spec.epochs):
     params, opt_state, loss = epoch_fn(params, opt_state, w, r, jax.random.fold_in(key, e + 1))
-    losses.append(float(loss))
+    losses.append(float(loss) + offset)
     if log is not None:
       log(f"epoch {e + 1}/{spec.epochs}: train NLL {losses[-1]:.4f}")
     if state_dir is not None and ((e + 1) % spec.save_every == 0 or e + 1 == spec.epochs):
-      save_state(state_dir, params, opt_state, e + 1, losses)
+      save_state(state_dir, params, opt_state, e + 1, [x - offset for x in losses])
       if after_save is not None:
         after_save(e + 1)
-  return Flow(params=jax.tree_util.tree_map(np.asarray, params), spec=arch), losses
+  return Flow(params=jax.tree_util.tree_map(np.asarray, params), spec=arch, base=base), losses
 
 
 def save_state(state_dir: str, params: Any, opt_state: Any, epoch: int, losses: list[float]) -> None:
@@ -375,14 +396,21 @@ def load_state(state_dir: str, params: Any, opt_state: Any) -> tuple[Any, Any, i
 
 
 def save(out_dir: str, flow: Flow, meta: Mapping[str, Any] | None = None) -> None:
-  """Writes a trained flow: params (Orbax) + meta.json {kind: 'flow', spec, ...}."""
-  io.save_checkpoint(out_dir, flow.params, {"kind": "flow", "spec": dict(flow.spec), **(meta or {})})
+  """Writes a trained flow's own params (Orbax) + meta.json {kind: 'flow', spec, has_base, ...}.
+
+  A base is not stored here (its link lives in its own checkpoint): `load` takes it back.
+  """
+  io.save_checkpoint(out_dir, flow.params, {"kind": "flow", "spec": dict(flow.spec),
+                                            "has_base": flow.base is not None, **(meta or {})})
 
 
-def load(ckpt_dir: str) -> Flow:
-  """Reads a flow written by `save`."""
+def load(ckpt_dir: str, base: GaussianBaseline | None = None) -> Flow:
+  """Reads a flow written by `save`; `base` is required iff it was trained with one."""
   params, meta = io.load_checkpoint(ckpt_dir)
   if meta.get("kind") != "flow":
     raise io.CheckpointError(f"{ckpt_dir} is not a flow checkpoint (kind {meta.get('kind')!r})")
+  if bool(meta.get("has_base")) != (base is not None):
+    raise io.CheckpointError(f"{ckpt_dir}: the flow was trained {'with' if meta.get('has_base') else 'without'} "
+                             f"a Gaussian base; load it {'with' if meta.get('has_base') else 'without'} one")
   params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
-  return Flow(params=params, spec=_spec_tuple(meta["spec"]))
+  return Flow(params=params, spec=_spec_tuple(meta["spec"]), base=base)

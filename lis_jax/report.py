@@ -45,6 +45,7 @@ SECTIONS: dict[str, str] = {
     "factor_readout": "lis_jax.report:factor_readout_section",
     "counterfactuals": "lis_jax.report:counterfactual_section",
     "quantify": "lis_jax.quantify.stage:report_section",  # part measures, unit cards, precision@k
+    "invariances": "lis_jax.stages.invariances:report_section",  # conditional INN: what r ignores
 }
 
 REPORT_DIR = "report"

@@ -10,6 +10,7 @@ import pytest
 import scipy.spatial.distance
 import sklearn.linear_model
 import sklearn.metrics
+import sklearn.preprocessing
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -88,6 +89,18 @@ def test_readout_r2_matches_sklearn():
   ref = sklearn.linear_model.LinearRegression().fit(x[train], y[train])
   want = sklearn.metrics.r2_score(y[test], ref.predict(x[test]), multioutput="raw_values")
   np.testing.assert_allclose(invariances.readout_r2(x, y, train, test), want, atol=CLOSED_FORM_TOL)
+
+
+def test_ridge_readout_r2_matches_sklearn():
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(60, 40)) * rng.uniform(0.5, 3, size=40) + 1.0
+  y = x[:, :3] @ rng.normal(size=(3, 2)) + rng.normal(size=(60, 2))
+  train, test = np.arange(40), np.arange(40, 60)
+  alpha = 0.3
+  xs = sklearn.preprocessing.StandardScaler().fit(x[train])
+  ref = sklearn.linear_model.Ridge(alpha=alpha * train.size).fit(xs.transform(x[train]), y[train])
+  want = sklearn.metrics.r2_score(y[test], ref.predict(xs.transform(x[test])), multioutput="raw_values")
+  np.testing.assert_allclose(invariances.readout_r2(x, y, train, test, alpha), want, atol=CLOSED_FORM_TOL)
 
 
 def test_cosine_and_consistency_match_scipy():

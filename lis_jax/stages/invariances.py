@@ -76,6 +76,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.temperature = 1.0  # v' ~ N(0, temperature^2 I)
   c.conditions_per_block = 16  # resume granularity of the sampling
   c.n_mix = 6  # mixing grid: v of n_mix images x r of n_mix others
+  c.part_metric_train = 1000  # when quantify ran: train pairs segmented and measured for the
+  c.part_metric_test = 300  # ... part-metric read-outs, and held-out pairs (0: no part metrics)
+  c.part_metric_alpha = 0.1  # ridge penalty of those read-outs (readout_r2; fewer rows than units)
   c.render_batch_size = 128  # images per jitted call (rounded up to the device count)
   c.grid_rows = 6  # report: conditions shown (rows), each with its samples
   return c
@@ -128,16 +131,27 @@ def r_consistency(r: np.ndarray, r_prime: np.ndarray, pred: np.ndarray, pred_pri
           "agreement": float((np.asarray(pred_prime) == np.asarray(pred)[:, None]).mean())}
 
 
-def readout_r2(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> np.ndarray:
-  """Held-out R^2 of a least-squares read-out (with intercept) of each column of y from x.
+def readout_r2(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray,
+               alpha: float = 0.0) -> np.ndarray:
+  """Held-out R^2 of a linear read-out (with intercept) of each column of y from x.
 
   x: [N, D] inputs, y: [N, F] targets; fitted on rows `train`, scored on rows `test`.
+  alpha: 0: least squares. > 0: ridge on x standardised over the train rows, penalty
+    alpha * n_train ||coef||^2 (scikit-learn's Ridge(alpha * n_train) on those inputs), for
+    read-outs from fewer rows than dimensions.
   Returns [F] (1 - SS_res / SS_tot on the test rows).
   """
-  x = np.concatenate([np.asarray(x, np.float64), np.ones((len(x), 1))], -1)
-  y = np.asarray(y, np.float64)
-  coef = np.linalg.lstsq(x[train], y[train], rcond=None)[0]
-  res = ((y[test] - x[test] @ coef) ** 2).sum(0)
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  if alpha > 0:
+    mu, sd = x[train].mean(0), x[train].std(0)
+    xs = (x - mu) / np.where(sd > 0, sd, 1.0)
+    ym = y[train].mean(0)
+    gram = xs[train].T @ xs[train] + alpha * len(train) * np.eye(x.shape[1])
+    pred = xs[test] @ np.linalg.solve(gram, xs[train].T @ (y[train] - ym)) + ym
+  else:
+    x1 = np.concatenate([x, np.ones((len(x), 1))], -1)
+    pred = x1[test] @ np.linalg.lstsq(x1[train], y[train], rcond=None)[0]
+  res = ((y[test] - pred) ** 2).sum(0)
   tot = ((y[test] - y[test].mean(0)) ** 2).sum(0)
   return 1.0 - res / np.maximum(tot, 1e-12)
 
@@ -325,6 +339,48 @@ def _concepts(ctx, flow, base, data, lk) -> dict | None:
   return {n: {src: float(r2[src][i]) for src in r2} for i, n in enumerate(names)}
 
 
+def _part_metric_values(ctx, data, rows: np.ndarray) -> tuple[list[str], np.ndarray] | None:
+  """quantify's part metrics ('<part>.<metric>') of the images of paired-data `rows`,
+  measured with quantify's segmenter; None when quantify has not trained one."""
+  seg_dir = os.path.join(ctx.workdir, "quantify", "segmenter")
+  if not os.path.exists(os.path.join(seg_dir, io.META_FILE)):
+    return None
+  from lis_jax.quantify import segment, selectivity
+  from lis_jax.quantify import stage as quantify_lib
+  seg = segment.load(seg_dir)
+  m = quantify_lib.measure(ctx.G, seg, data.w[rows], ctx.cfg(NAME).render_batch_size,
+                           ctx.cfg("quantify").max_components)
+  vals = selectivity.concept_values(m)                                          # [n, P, M']
+  names = [f"{p}.{k}" for p in seg.part_names[1:] for k in selectivity.CONCEPT_SOURCES]
+  return names, vals.reshape(len(rows), -1)
+
+
+def _spaced(rows: np.ndarray, n: int) -> np.ndarray:
+  """Up to n of `rows`, evenly spaced (rows are in class order: every class is represented)."""
+  return rows if n >= rows.size else rows[np.linspace(0, rows.size - 1, n).round().astype(int)]
+
+
+def _part_concepts(ctx, flow, data, lk) -> dict | None:
+  """Held-out R^2 of each part metric read out from r and from the flow's v."""
+  c = ctx.cfg(NAME)
+  if c.part_metric_train <= 0 or c.part_metric_test <= 0:
+    return None
+  train, test = _spaced(lk.train, c.part_metric_train), _spaced(lk.test, c.part_metric_test)
+  rows = np.concatenate([train, test])
+  got = _part_metric_values(ctx, data, rows)
+  if got is None:
+    return None
+  names, y = got
+  v = map_sharded(_forward, (data.w[rows], data.r[rows]), c.render_batch_size, ctx.mesh, flow)
+  tr, te = np.arange(train.size), np.arange(train.size, rows.size)
+  keep = y[tr].std(0) > 0          # a metric constant over the train images cannot be read out
+  r2 = {src: readout_r2(x, y[:, keep], tr, te, c.part_metric_alpha)
+        for src, x in (("r", data.r[rows]), ("v_flow", v))}
+  kept = [n for n, k in zip(names, keep) if k]
+  return {"n_train": int(train.size), "n_test": int(test.size), "alpha": float(c.part_metric_alpha),
+          "r2": {n: {src: float(r2[src][i]) for src in r2} for i, n in enumerate(kept)}}
+
+
 def _validation(ctx, samples: dict, data, concepts: dict) -> dict:
   """Per factor: spread under sampling (flow and baseline) vs 1 - R^2 from r; Spearman."""
   names, y = _factor_values(ctx.G, data.w)
@@ -388,6 +444,7 @@ def _summarise(ctx, models, data, lk, samples, mixing, n_blocks) -> dict:
          "median_cos_with_v_image": float(np.median(cosine(mixing["r_mix"], data.r[mixing["rows_a"]][:, None])))}
   concepts = _concepts(ctx, models["flow"], models["baseline"], data, lk)
   out = {"nll": nll, "r_consistency": cons, "mixing": mix, "concepts": concepts,
+         "part_concepts": _part_concepts(ctx, models["flow"], data, lk),
          "n_blocks": n_blocks, "refine_baseline": bool(c.refine_baseline),
          "n_conditions": int(samples["rows"].size), "samples_per_condition": int(c.samples_per_condition)}
   if concepts is not None:
@@ -477,7 +534,22 @@ def section(ctx) -> str | None:
                          "spread (flow)", "spread (baseline)"],
                         [(f, _f(v["r"]), _f(v["v_flow"]), _f(v["v_baseline"]),
                           _f(val["spread_flow"][f]), _f(val["spread_baseline"][f])) for f, v in rows]))
+  pc = s.get("part_concepts")
+  if pc:
+    rows = sorted(pc["r2"].items(), key=lambda kv: -kv[1]["r"])
+    parts.append(
+        f"<h3>Part metrics from r and from v</h3><p>quantify's part measures of {pc['n_train']} "
+        f"train and {pc['n_test']} held-out paired images (its segmenter), read out from r and "
+        f"from the flow's v by ridge regression (alpha {pc['alpha']} per train image, standardised "
+        "inputs; held-out R^2).</p>"
+        + report._table(["part metric", "R^2 from r", "R^2 from v (flow)"],
+                        [(n, _f(v["r"]), _f(v["v_flow"])) for n, v in rows]))
   return "\n".join(parts)
+
+
+def report_section(config, workdir: str) -> str | None:
+  """`section` for lis_jax.report.SECTIONS (config, workdir) until the report reads Stage.section."""
+  return section(pipeline.RunContext(config, workdir))
 
 
 STAGE = Stage(name=NAME, requires=("paired_data", "link"), default_config=default_config, run=run,
