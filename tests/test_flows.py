@@ -25,8 +25,10 @@ _nll = jax.jit(lambda model, w, r: model.nll(w, r))
 SMALL = dict(n_blocks=3, hidden=16, depth=1, embed_dim=4, embed_hidden=8)
 
 
-def _perturbed_flow(learned_mixing: bool, scale: float = 0.1) -> tuple[flows.Flow, jax.Array, jax.Array]:
-  """A small flow whose every parameter is moved off its (identity-like) init."""
+def _perturbed_flow(learned_mixing: bool, scale: float = 0.1, with_base: bool = False
+                    ) -> tuple[flows.Flow, jax.Array, jax.Array]:
+  """A small flow whose every parameter is moved off its (identity-like) init; optionally
+  on top of a Gaussian baseline (a random linear link and covariance)."""
   module = flows.ConditionalFlow(**SMALL, learned_mixing=learned_mixing)
   w = jax.random.normal(jax.random.PRNGKey(0), (32, 6))
   r = jax.random.normal(jax.random.PRNGKey(1), (32, 5))
@@ -35,22 +37,28 @@ def _perturbed_flow(learned_mixing: bool, scale: float = 0.1) -> tuple[flows.Flo
   rng = np.random.default_rng(10)
   leaves = [np.asarray(l) + scale * rng.normal(size=l.shape).astype(np.float32) for l in leaves]
   spec = flows._spec_tuple({**SMALL, "learned_mixing": learned_mixing})
-  return flows.Flow(params=jax.tree_util.tree_unflatten(treedef, leaves), spec=spec), w, r
+  base = None
+  if with_base:
+    link = linking.Link(params={"A": rng.normal(size=(5, 6)).astype(np.float32),
+                                "b": rng.normal(size=6).astype(np.float32)})
+    chol = np.tril(rng.normal(size=(6, 6)) * 0.2, -1) + np.diag(rng.uniform(0.5, 2, size=6))
+    base = flows.GaussianBaseline(link=link, chol=jnp.asarray(chol, jnp.float32))
+  return flows.Flow(params=jax.tree_util.tree_unflatten(treedef, leaves), spec=spec, base=base), w, r
 
 
-@pytest.mark.parametrize("learned_mixing", [True, False])
-def test_inverse_undoes_forward(learned_mixing):
-  flow, w, r = _perturbed_flow(learned_mixing)
+@pytest.mark.parametrize("learned_mixing,with_base", [(True, False), (False, False), (True, True)])
+def test_inverse_undoes_forward(learned_mixing, with_base):
+  flow, w, r = _perturbed_flow(learned_mixing, with_base=with_base)
   v, logdet = _forward(flow, w, r)
   assert float(jnp.abs(v - w).max()) > 0.1  # the flow is not the identity
   np.testing.assert_allclose(_inverse(flow, v, r), w, atol=INVERSE_TOL, rtol=0)
-  # The inverse's log-det is minus the forward one.
-  np.testing.assert_allclose(_inverse_logdet(flow, v, r), -logdet, atol=LOGDET_TOL, rtol=0)
+  if not with_base:   # The module's inverse log-det is minus the forward one.
+    np.testing.assert_allclose(_inverse_logdet(flow, v, r), -logdet, atol=LOGDET_TOL, rtol=0)
 
 
-@pytest.mark.parametrize("learned_mixing", [True, False])
-def test_logdet_equals_slogdet_of_jacobian(learned_mixing):
-  flow, w, r = _perturbed_flow(learned_mixing)
+@pytest.mark.parametrize("learned_mixing,with_base", [(True, False), (False, False), (True, True)])
+def test_logdet_equals_slogdet_of_jacobian(learned_mixing, with_base):
+  flow, w, r = _perturbed_flow(learned_mixing, with_base=with_base)
   _, logdet = _forward(flow, w, r)
   jac = jax.jit(jax.vmap(jax.jacfwd(lambda a, b: flow.forward(a[None], b[None])[0][0])))(w, r)  # [N, 6, 6]
   sign, ref = jnp.linalg.slogdet(jac)
