@@ -6,12 +6,10 @@
 No downloads and no converted checkpoints: the generator is the built-in 'shapes' world
 (8 part-based object classes, known ground truth) and the classifier the shipped
 'shapes-resnet' (128 units). Under 10 minutes on 2 CPU cores. Changes from
-configs/linear.py: the models, the classes, the sizes, and the added report stage.
+configs/linear.py: the models, the classes, the sizes, the quantify settings and the added
+quantify, invariances and report stages.
 """
-import ml_collections
-
 from configs import linear
-from lis_jax import report
 
 
 def get_config():
@@ -53,7 +51,7 @@ def get_config():
   config.quantify.top_k = 5
   config.quantify.cards = 6
 
-  config.invariances = ml_collections.ConfigDict()  # a small flow for 64-d w: ~30 s on 2 cores
+  # invariances: a small flow for the world's 64-d w (about 30 s on 2 cores)
   config.invariances.n_blocks = 4
   config.invariances.hidden = 128
   config.invariances.depth = 1
@@ -63,6 +61,4 @@ def get_config():
   config.invariances.warmup_steps = 50
   config.invariances.part_metric_train = 0  # no part-metric read-out: quantify's measures cost
   config.invariances.part_metric_test = 0  # 0.1-0.4 s per image on 2 cores (factors are read out)
-
-  config.report = report.default_config()
   return config

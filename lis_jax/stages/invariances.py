@@ -42,9 +42,12 @@ import scipy.stats
 
 from lis_jax import distribute
 from lis_jax import flows
+from lis_jax import images
 from lis_jax import io
 from lis_jax import linking
+from lis_jax import page
 from lis_jax import pipeline
+from lis_jax.generators.base import GroundTruthWorld
 from lis_jax.stages.base import Stage
 
 NAME = "invariances"
@@ -328,7 +331,7 @@ def _factor_values(G, w: np.ndarray) -> tuple[list[str], np.ndarray]:
 def _concepts(ctx, flow, base, data, lk) -> dict | None:
   """Held-out R^2 of each true factor read out from r, from the flow's v and from the
   baseline's v; None off a ground-truth world."""
-  if not hasattr(ctx.G, "decode_factors"):
+  if not isinstance(ctx.G, GroundTruthWorld):
     return None
   c = ctx.cfg(NAME)
   names, y = _factor_values(ctx.G, data.w)                                      # [N, F]
@@ -346,9 +349,9 @@ def _part_metric_values(ctx, data, rows: np.ndarray) -> tuple[list[str], np.ndar
   if not os.path.exists(os.path.join(seg_dir, io.META_FILE)):
     return None
   from lis_jax.quantify import segment, selectivity
-  from lis_jax.quantify import stage as quantify_lib
+  from lis_jax.stages import quantify
   seg = segment.load(seg_dir)
-  m = quantify_lib.measure(ctx.G, seg, data.w[rows], ctx.cfg(NAME).render_batch_size,
+  m = quantify.measure(ctx.G, seg, data.w[rows], ctx.cfg(NAME).render_batch_size,
                            ctx.cfg("quantify").max_components)
   vals = selectivity.concept_values(m)                                          # [n, P, M']
   names = [f"{p}.{k}" for p in seg.part_names[1:] for k in selectivity.CONCEPT_SOURCES]
@@ -456,9 +459,9 @@ def _summarise(ctx, models, data, lk, samples, mixing, n_blocks) -> dict:
 
 
 def _grid(imgs: np.ndarray, pad: int = 2) -> np.ndarray:
-  """imgs [R, C, H, W, 3] in [0, 1] -> one image with white gaps of `pad` pixels."""
+  """uint8 imgs [R, C, H, W, 3] -> one uint8 image with white gaps of `pad` pixels."""
   R, C, H, W, _ = imgs.shape
-  out = np.ones((R * (H + pad) - pad, C * (W + pad) - pad, 3), np.float32)
+  out = np.full((R * (H + pad) - pad, C * (W + pad) - pad, 3), 255, np.uint8)
   for i in range(R):
     for j in range(C):
       out[i * (H + pad):i * (H + pad) + H, j * (W + pad):j * (W + pad) + W] = imgs[i, j]
@@ -466,24 +469,23 @@ def _grid(imgs: np.ndarray, pad: int = 2) -> np.ndarray:
 
 
 def _figure(img: np.ndarray, caption: str, scale: int) -> str:
-  from lis_jax import report
-  return (f'<figure><img src="{report._png_uri(img, scale)}"><figcaption>{caption}</figcaption></figure>')
+  return f"<figure>{page.img(img, scale)}<figcaption>{caption}</figcaption></figure>"
 
 
 def _f(x: float, digits: int = 3) -> str:
-  return f"{x:.{digits}f}"
+  return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
 
 
 def section(ctx) -> str | None:
   """Grids of samples sharing an r, the mixing grid, NLLs, r-consistency, concepts."""
-  from lis_jax import report
   if not os.path.exists(os.path.join(ctx.out_dir(NAME), "summary.json")):
     return None
   res = ctx.result(NAME)
   s, smp, mix = res.summary, res.samples, res.mixing
   c = ctx.cfg(NAME)
-  scale = ctx.cfg("report").image_scale if "report" in ctx.config else 2
-  render = lambda w: report.render(ctx.G, np.asarray(w).reshape(-1, np.shape(w)[-1])).reshape(
+  scale = ctx.cfg("report").image_scale
+  render = lambda w: images.render(ctx.G, np.asarray(w).reshape(-1, np.shape(w)[-1]),
+                                   ctx.cfg("report").batch_size).reshape(
       *np.shape(w)[:-1], ctx.G.resolution, ctx.G.resolution, 3)
   data = ctx.result("paired_data")
   k = min(c.grid_rows, smp["rows"].size)
@@ -501,19 +503,19 @@ def section(ctx) -> str | None:
   parts.append(f"<h3>Likelihood</h3><p>Held-out negative log-likelihood of w given r (nats per "
                f"sample, {n['w_dim']} dims, {n['n_test']} held-out pairs): the flow {verdict} the "
                f"closed-form baseline N(link(r), &Sigma;).</p>"
-               + report._table(["model", "held-out NLL", "per dim"],
+               + page.table(["model", "held-out NLL", "per dim"],
                                [(m, _f(n[m]), _f(n[m] / n["w_dim"], 4)) for m in ("flow", "baseline")]))
   rc = s["r_consistency"]
   parts.append("<h3>Does the classifier see the samples as the same?</h3><p>Samples re-rendered "
                "and re-classified: cosine of their representation r' with the shared r, and the "
                "fraction predicted as r is. <i>random</i>: paired-data latents of the same class.</p>"
-               + report._table(["samples", "median cos(r', r)", "mean cos(r', r)", "prediction agreement"],
+               + page.table(["samples", "median cos(r', r)", "mean cos(r', r)", "prediction agreement"],
                                [(m, _f(rc[m]["median_cos"], 4), _f(rc[m]["mean_cos"], 4),
                                  _f(rc[m]["agreement"])) for m in METHODS]))
   a_img = render(data.w[mix["rows_a"]])
   b_img = render(data.w[mix["rows_b"]])
   cells = render(mix["w_mix"])                                                          # [M, M, H, W, 3]
-  top = np.concatenate([np.ones_like(b_img[:1]), b_img], 0)[None]                       # [1, M + 1, ...]
+  top = np.concatenate([np.full_like(b_img[:1], 255), b_img], 0)[None]                       # [1, M + 1, ...]
   body = np.concatenate([a_img[:, None], cells], 1)
   mx = s["mixing"]
   parts.append("<h3>Mixing</h3>" + _figure(
@@ -530,7 +532,7 @@ def section(ctx) -> str | None:
         "<i>spread</i>: the factor's std across samples sharing an r over its std in the data. "
         f"Spearman(spread, 1 - R^2 from r): flow <b>{_f(val['spearman_flow'])}</b>, baseline "
         f"{_f(val['spearman_baseline'])}.</p>"
-        + report._table(["factor", "R^2 from r", "R^2 from v (flow)", "R^2 from v (baseline)",
+        + page.table(["factor", "R^2 from r", "R^2 from v (flow)", "R^2 from v (baseline)",
                          "spread (flow)", "spread (baseline)"],
                         [(f, _f(v["r"]), _f(v["v_flow"]), _f(v["v_baseline"]),
                           _f(val["spread_flow"][f]), _f(val["spread_baseline"][f])) for f, v in rows]))
@@ -542,15 +544,23 @@ def section(ctx) -> str | None:
         f"train and {pc['n_test']} held-out paired images (its segmenter), read out from r and "
         f"from the flow's v by ridge regression (alpha {pc['alpha']} per train image, standardised "
         "inputs; held-out R^2).</p>"
-        + report._table(["part metric", "R^2 from r", "R^2 from v (flow)"],
+        + page.table(["part metric", "R^2 from r", "R^2 from v (flow)"],
                         [(n, _f(v["r"]), _f(v["v_flow"])) for n, v in rows]))
   return "\n".join(parts)
 
 
-def report_section(config, workdir: str) -> str | None:
-  """`section` for lis_jax.report.SECTIONS (config, workdir) until the report reads Stage.section."""
-  return section(pipeline.RunContext(config, workdir))
+def summary(ctx) -> dict | None:
+  """Headline numbers for report/summary.json."""
+  path = os.path.join(ctx.out_dir(NAME), "summary.json")
+  if not os.path.exists(path):
+    return None
+  s = io.read_json(path)
+  out = {"nll": s["nll"], "r_consistency": s["r_consistency"], "mixing": s["mixing"]}
+  if s.get("validation"):
+    out["spearman_spread_vs_1_minus_r2"] = {m: s["validation"][f"spearman_{m}"] for m in ("flow", "baseline")}
+  return out
 
 
 STAGE = Stage(name=NAME, requires=("paired_data", "link"), default_config=default_config, run=run,
-              load=load, uses=("seed",), section=section, ignores=("render_batch_size", "grid_rows"))
+              load=load, uses=("seed",), section=section, summary=summary,
+              ignores=("render_batch_size", "grid_rows"))
