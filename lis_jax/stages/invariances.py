@@ -40,6 +40,8 @@ import ml_collections
 import numpy as np
 import scipy.stats
 
+from lis_jax import batching
+from lis_jax import blocks
 from lis_jax import distribute
 from lis_jax import flows
 from lis_jax import images
@@ -210,18 +212,12 @@ def _nll(model, w, r):
 
 
 def map_sharded(fn: Callable[..., Any], rows: tuple, batch_size: int, mesh, *args: Any) -> Any:
-  """fn(*args, *batch) over the tuple of [N, ...] arrays `rows` in fixed-size batches split
-  over the mesh's devices (last batch padded, pads dropped): one compile, any N."""
-  batch_size = distribute.round_up(batch_size, mesh)
+  """fn(*args, *batch) over the tuple of [N, ...] arrays `rows` (`batching.map_batches`:
+  fixed-size padded batches, one compile), each batch split over the mesh's devices and
+  `args` (models) replicated."""
   args = distribute.replicate(args, mesh)
-  n = jax.tree_util.tree_leaves(rows)[0].shape[0]
-  out = []
-  for s in range(0, n, batch_size):
-    m = min(batch_size, n - s)
-    batch = jax.tree_util.tree_map(lambda x: distribute.pad_batch(np.asarray(x)[s:s + m], batch_size), rows)
-    out.append((m, fn(*args, *distribute.shard_batch(batch, mesh))))
-  res = [jax.tree_util.tree_map(lambda x: np.asarray(x)[:m], r) for m, r in out]
-  return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *res)
+  call = lambda *a: fn(*a[:-1], *distribute.shard_batch(a[-1], mesh))
+  return batching.map_batches(call, tuple(rows), distribute.round_up(batch_size, mesh), *args)
 
 
 # ----------------------------------------------------------------------------- stage
@@ -290,16 +286,10 @@ def _sample_block(ctx, models: dict, data, conds: np.ndarray, pool: dict) -> dic
   return out
 
 
-def _block_path(out_dir: str, b: int) -> str:
-  return os.path.join(out_dir, f"block_{b:05d}.npz")
-
-
 def _concat_blocks(out_dir: str, n_blocks: int) -> dict:
-  blocks = []
-  for b in range(n_blocks):
-    with np.load(_block_path(out_dir, b)) as f:
-      blocks.append(dict(f))
-  return {k: np.concatenate([blk[k] for blk in blocks]) for k in blocks[0]}
+  store = blocks.BlockStore(out_dir)
+  parts = [store.read(b) for b in range(n_blocks)]
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def _mixing(ctx, out_dir: str, flow, data, conds: np.ndarray) -> dict:
@@ -414,11 +404,11 @@ def run(ctx) -> None:
   pool = {int(k): data.w[lk.train][data.cls[lk.train] == k] for k in np.unique(data.cls)}
   per = c.conditions_per_block
   n_blocks = -(-len(sampled) // per)
-  for b in range(n_blocks):
-    if not os.path.exists(_block_path(out_dir, b)):
-      io.savez(_block_path(out_dir, b), **_sample_block(ctx, models, data, sampled[b * per:(b + 1) * per], pool))
-      pipeline.maybe_interrupt(NAME, b + 1)
-      print(f"[{NAME}] sampled block {b + 1}/{n_blocks}", flush=True)
+  store = blocks.BlockStore(out_dir)
+  for b in store.todo(n_blocks):
+    store.write(b, **_sample_block(ctx, models, data, sampled[b * per:(b + 1) * per], pool))
+    pipeline.maybe_interrupt(NAME, b + 1)
+    print(f"[{NAME}] sampled block {b + 1}/{n_blocks}", flush=True)
   samples = _concat_blocks(out_dir, n_blocks)
   mixing = _mixing(ctx, out_dir, flow, data, conds)
   io.write_json(os.path.join(out_dir, "summary.json"),
