@@ -222,7 +222,18 @@ def flow_nll(module: ConditionalFlow, params: Any, w: jax.Array, r: jax.Array) -
 
 def init_params(module: ConditionalFlow, key: jax.Array, w: jax.Array, r: jax.Array) -> Any:
   """Params of `module`, with ActNorms initialised from the batch (w [N, w_dim], r [N, D])."""
-  return jax.jit(module.init)(key, jnp.asarray(w, jnp.float32), jnp.asarray(r, jnp.float32))["params"]
+  return _jitted_init(module_spec(module))(key, jnp.asarray(w, jnp.float32),
+                                           jnp.asarray(r, jnp.float32))["params"]
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_init(spec: tuple):
+  return jax.jit(ConditionalFlow(**dict(spec)).init)
+
+
+@jax.jit
+def _base_forward(base, w, r):
+  return base.forward(w, r)
 
 
 class GaussianBaseline(flax.struct.PyTreeNode):
@@ -345,7 +356,7 @@ def train(module: ConditionalFlow, w: np.ndarray, r: np.ndarray, key: jax.Array,
   r = jnp.asarray(r, jnp.float32)
   offset = 0.0  # NLL of w = NLL of u - log|det du/dw|, a constant for a Gaussian base
   if base is not None:
-    w, ld0 = jax.jit(lambda b, w, r: b.forward(w, r))(base, w, r)
+    w, ld0 = _base_forward(base, w, r)
     offset = -float(ld0[0])
   batch_size = min(spec.batch_size, w.shape[0])
   steps = w.shape[0] // batch_size
