@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 import scipy.spatial.distance
+import scipy.stats
 import sklearn.linear_model
 import sklearn.metrics
 import sklearn.preprocessing
@@ -113,6 +114,16 @@ def test_cosine_and_consistency_match_scipy():
   got = invariances.r_consistency(r, rp, pred, pred_p)
   assert got["median_cos"] == pytest.approx(np.median(want), abs=CLOSED_FORM_TOL)
   assert got["agreement"] == pytest.approx(14 / 20)
+
+
+def test_circular_std_matches_scipy():
+  rng = np.random.default_rng(3)
+  x = np.stack([rng.normal(size=50), (0.95 + rng.normal(size=50) * 0.05) % 1.0], -1)   # [50, 2]
+  periods = np.array([np.inf, 1.0])
+  got = invariances.factor_std(x, 0, periods)
+  assert got[0] == pytest.approx(x[:, 0].std(), abs=CLOSED_FORM_TOL)
+  assert got[1] == pytest.approx(scipy.stats.circstd(x[:, 1], high=1.0, low=0.0), abs=CLOSED_FORM_TOL)
+  assert got[1] < 0.1 < x[:, 1].std()   # hue wrapping at 1 is one cluster, not two
 
 
 def test_pick_conditions_cycles_through_classes():

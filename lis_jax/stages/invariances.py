@@ -161,10 +161,23 @@ def readout_r2(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray
   return 1.0 - res / np.maximum(tot, 1e-12)
 
 
-def sampling_spread(values: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def factor_std(x: np.ndarray, axis: int, periods: np.ndarray | None = None) -> np.ndarray:
+  """Std of x [..., F] along `axis`; columns with a finite period in `periods` [F] (circular
+  factors such as hue) get the circular std, period / (2 pi) sqrt(-2 ln |mean e^{i theta}|)."""
+  x = np.asarray(x, np.float64)
+  out = x.std(axis)
+  if periods is not None:
+    circ = np.isfinite(periods)
+    theta = 2 * np.pi * x[..., circ] / periods[circ]
+    length = np.abs(np.exp(1j * theta).mean(axis))
+    out[..., circ] = periods[circ] / (2 * np.pi) * np.sqrt(-2 * np.log(np.clip(length, 1e-12, 1.0)))
+  return out
+
+
+def sampling_spread(values: np.ndarray, scale: np.ndarray, periods: np.ndarray | None = None) -> np.ndarray:
   """values [C, S, F] of F quantities for S samples sharing each of C conditions ->
-  [F] mean over conditions of their std over samples, divided by `scale` [F]."""
-  return np.asarray(values, np.float64).std(1).mean(0) / np.maximum(np.asarray(scale, np.float64), 1e-12)
+  [F] mean over conditions of their std over samples (`factor_std`), divided by `scale` [F]."""
+  return factor_std(values, 1, periods).mean(0) / np.maximum(np.asarray(scale, np.float64), 1e-12)
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -309,10 +322,14 @@ def _mixing(ctx, out_dir: str, flow, data, conds: np.ndarray) -> dict:
     return dict(f)
 
 
+@jax.jit
+def _decode(G, w):
+  return G.decode_factors(pipeline.broadcast_ws(w, G.num_ws))
+
+
 def _factor_values(G, w: np.ndarray) -> tuple[list[str], np.ndarray]:
   """The true factors of w [..., w_dim] on a ground-truth world: names, values [..., F]."""
-  flat = np.asarray(w, np.float32).reshape(-1, w.shape[-1])
-  factors, _ = jax.jit(lambda G, w: G.decode_factors(pipeline.broadcast_ws(w, G.num_ws)))(G, flat)
+  factors, _ = _decode(G, np.asarray(w, np.float32).reshape(-1, w.shape[-1]))
   names = list(factors)
   vals = np.stack([np.asarray(factors[n], np.float64) for n in names], -1)
   return names, vals.reshape(*w.shape[:-1], len(names))
@@ -376,12 +393,15 @@ def _part_concepts(ctx, flow, data, lk) -> dict | None:
 
 def _validation(ctx, samples: dict, data, concepts: dict) -> dict:
   """Per factor: spread under sampling (flow and baseline) vs 1 - R^2 from r; Spearman."""
-  names, y = _factor_values(ctx.G, data.w)
-  scale = y.std(0)
+  G = ctx.G
+  names, y = _factor_values(G, data.w)
+  periods = np.array([np.subtract(*G.factor_ranges[n][::-1]) if n in G.circular_factors else np.inf
+                      for n in names])
+  scale = factor_std(y, 0, periods)
   one_minus = np.array([1.0 - concepts[n]["r"] for n in names])
   out = {"one_minus_r2": dict(zip(names, one_minus.tolist()))}
   for m in ("flow", "baseline"):
-    spread = sampling_spread(_factor_values(ctx.G, samples[f"w_{m}"])[1], scale)
+    spread = sampling_spread(_factor_values(G, samples[f"w_{m}"])[1], scale, periods)
     out[f"spread_{m}"] = dict(zip(names, spread.tolist()))
     out[f"spearman_{m}"] = spearman(spread, one_minus)
   return out
