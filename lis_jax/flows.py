@@ -342,8 +342,9 @@ def train(module: ConditionalFlow, w: np.ndarray, r: np.ndarray, key: jax.Array,
   With `base`, the module models the baseline's whitened residual (see `Flow`); the
   reported losses are still NLLs of w.
 
-  Deterministic in `key`: the init batch is the first `batch_size` rows, epoch e shuffles
-  with fold_in(key, e + 1). With `state_dir`, params, optimizer state and the per-epoch
+  Deterministic in `key`: the ActNorms are initialised on `batch_size` rows drawn with
+  fold_in(key, 0) (a representative batch: rows may come sorted by class), epoch e
+  shuffles with fold_in(key, e + 1). With `state_dir`, params, optimizer state and the per-epoch
   losses are checkpointed (Orbax, atomically) every `spec.save_every` epochs and at the
   end; a later call with the same arguments resumes from the last checkpoint and returns
   exactly what an uninterrupted run returns. `after_save(epoch)` runs after each save
@@ -362,7 +363,8 @@ def train(module: ConditionalFlow, w: np.ndarray, r: np.ndarray, key: jax.Array,
   steps = w.shape[0] // batch_size
   arch = module_spec(module)
   opt = optimizer(spec, steps)
-  params = init_params(module, jax.random.fold_in(key, 0), w[:batch_size], r[:batch_size])
+  init_rows = jax.random.permutation(jax.random.fold_in(key, 0), w.shape[0])[:batch_size]
+  params = init_params(module, jax.random.fold_in(key, 0), w[init_rows], r[init_rows])
   opt_state = opt.init(params)
   start, losses = 0, []
   if state_dir is not None and os.path.isdir(state_dir):
