@@ -42,6 +42,8 @@ def reduced_config():
   config.quantify.n_heldout = 8
   config.quantify.samples_per_unit = 2
   config.quantify.cards = 2
+  config.invariances.update(dict(n_blocks=2, hidden=32, epochs=2, n_conditions=8,  # 24 held-out pairs
+                                 samples_per_condition=3, conditions_per_block=8, n_mix=2))
   return config
 
 
@@ -74,6 +76,9 @@ def test_reduced_demo_end_to_end(tmp_path, monkeypatch):
   units = summary["sweep"]["units"]
   assert sorted(u["unit"] for u in units) == list(range(8))
   assert all(u["top_factor"] in shapes.FACTOR_NAMES for u in units)
+  inv = io.read_json(os.path.join(workdir, "invariances", "summary.json"))
+  assert summary["invariances"]["nll"] == inv["nll"] and "Invariances: what the classifier" in page
+  assert f"{inv['r_consistency']['flow']['median_cos']:.4f}" in page and "Mixing" in page
   for name in ("report/sweeps.png", "report/counterfactuals.png", "sweep/unit_factors.csv"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0
 
