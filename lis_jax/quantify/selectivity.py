@@ -7,28 +7,35 @@ the first step, normalised as the reference's notebook does (kaschube-lab/Linkin
 notebooks/LinkingInStyle.ipynb, `get_feat_change_single_unit`):
 
   area          relative: (last - first) / first, with first = 0 replaced by 1
-  luminance     divided by the largest luminance (85 on the reference's scale)
+  luminance     divided by the largest luminance (85 on the reference's scale); the
+                calibrated set's brightness is already in [0, 1]
   angle         wrapped into [-90, 90) degrees (orientations are mod 180; the reference
                 takes the raw difference)
   motion        distance the part's centre of mass moved, in pixels (>= 0)
-  all others    raw difference (entropy in bits, colour in [0, 1], centre / width /
-                height in pixels, eccentricity)
+  all others    raw difference (entropy in bits, contrast, colour in [0, 1], centre /
+                width / height in pixels, eccentricity)
 
-Per unit and concept, the changes over the start samples give
-  mean, ci_low, ci_high   the mean change and its percentile bootstrap interval
-                          (resampling start samples)
-  null_rms                root mean square of the same change along random directions in
-                          w of the same length as the unit's sweep, from the same start
-                          samples (the null: "this unit is no different from a random
-                          direction")
-  effect                  mean / null_rms (the ranking score)
-  p_null                  two-sided bootstrap p-value of the mean under the null: how
-                          often a mean of S changes drawn from the unit's null changes is
-                          at least as far from zero as the observed mean
-  selective               p_null < alpha and the interval excludes 0
-  rank                    rank of |mean| among all units for this concept (1 = largest
-                          change, the reference's quantity; `selective` says whether it
-                          stands out from the null)
+A unit's sweep moves every start sample along the same direction in w (the link is
+linear), so the null is a set of R random directions in w, each applied to every start
+sample and shared by all units (`shared_null_statistics`). Per unit and concept:
+  mean, ci_low, ci_high   the mean change over the start samples and its percentile
+                          bootstrap interval (resampling start samples)
+  null_rms                RMS over the null directions of the mean change, per unit of
+                          sweep length, times the unit's sweep length
+  effect                  mean / null_rms
+  p_null                  permutation p-value: (1 + #{null directions whose |mean change|
+                          per unit length is at least the unit's}) / (1 + R); valid
+                          because under the null the unit's direction is one more random
+                          direction (P(p <= alpha) <= alpha, checked in the tests and
+                          reported as the false-positive rate on random-direction sweeps)
+  selective               p_null <= alpha and the interval excludes 0
+  rank                    rank among all units for this concept of |mean| (1 = largest
+                          change, the reference's quantity) or of |effect|
+
+`unit_statistics` is the earlier null (one independent random direction per unit and
+start sample, a bootstrap of its changes); it ignores that a unit's samples share one
+direction and flags far more than alpha of random-direction sweeps
+(benchmarks/selectivity_results.md); it is kept only to measure that.
 
 Undefined changes (a part absent at the first or last step) are left out of that
 concept's statistics (`n` says how many samples remained).
@@ -43,52 +50,73 @@ import numpy as np
 
 from lis_jax.quantify import metrics
 
-# Concepts measured per part: name -> source in the metrics dict (ellipse fields are
-# those of the part's largest connected component).
-CONCEPT_SOURCES = {
-    "area": "area",
-    "luminance": "luminance",
-    "entropy": "entropy_mean",
-    "colour_r": "colour_r",
-    "colour_g": "colour_g",
-    "colour_b": "colour_b",
-    "centre_x": "centre_x",
-    "centre_y": "centre_y",
-    "eccentricity": "ell_eccentricity",
-    "angle": "ell_angle",
-    "width": "ell_width",
-    "height": "ell_height",
+# Concepts measured per part: name -> source in the metrics dict (ellipse fields, 'ell_*',
+# are those of the part's largest connected component). Two sets (`quantify.concepts`):
+# 'reference' measures what the reference measures; 'calibrated' swaps in the metrics
+# that track their factor on images with known factors (benchmarks/selectivity_results.md):
+# brightness (mean RGB) for Rec. 601 luma, contrast (std / mean brightness over the part's
+# interior) for local entropy, and the whole part's moment orientation for the largest
+# component's ellipse angle.
+CONCEPT_SETS = {
+    "reference": {
+        "area": "area",
+        "luminance": "luminance",
+        "texture": "entropy_mean",
+        "colour_r": "colour_r",
+        "colour_g": "colour_g",
+        "colour_b": "colour_b",
+        "centre_x": "centre_x",
+        "centre_y": "centre_y",
+        "eccentricity": "ell_eccentricity",
+        "angle": "ell_angle",
+        "width": "ell_width",
+        "height": "ell_height",
+    },
 }
-CONCEPT_METRICS = tuple(CONCEPT_SOURCES) + ("motion",)
+CONCEPT_SETS["calibrated"] = {**CONCEPT_SETS["reference"], "luminance": "brightness",
+                              "texture": "contrast", "angle": "angle"}
+CONCEPT_SOURCES = CONCEPT_SETS["reference"]
+CONCEPT_METRICS = tuple(CONCEPT_SOURCES) + ("motion",)  # The same names in every set.
 TABLE_COLUMNS = ("unit", "part", "metric", "mean", "ci_low", "ci_high", "n", "null_rms", "effect",
                  "p_null", "selective", "rank")
 
 
-def concept_values(m: Mapping[str, np.ndarray]) -> np.ndarray:
+def concept_sources(name: str) -> dict[str, str]:
+  """The concept set `name` ('reference' or 'calibrated'): concept -> metrics-dict key."""
+  if name not in CONCEPT_SETS:
+    raise ValueError(f"unknown concept set {name!r} (choose from {', '.join(CONCEPT_SETS)})")
+  return CONCEPT_SETS[name]
+
+
+def concept_values(m: Mapping[str, np.ndarray],
+                   sources: Mapping[str, str] = CONCEPT_SOURCES) -> np.ndarray:
   """Metrics dict (from metrics.part_metrics, any leading shape) -> [..., P, M'] values.
 
-  M' = len(CONCEPT_SOURCES) (motion is derived from two steps in `sweep_changes`).
+  M' = len(sources) (motion is derived from two steps in `sweep_changes`).
   """
   cols = []
-  for src in CONCEPT_SOURCES.values():
+  for src in sources.values():
     x = np.asarray(m[src], np.float64)
     cols.append(x[..., 0] if src.startswith("ell_") else x)  # largest component
   return np.stack(cols, -1)
 
 
-def sweep_changes(first: np.ndarray, last: np.ndarray) -> np.ndarray:
+def sweep_changes(first: np.ndarray, last: np.ndarray,
+                  sources: Mapping[str, str] = CONCEPT_SOURCES) -> np.ndarray:
   """Normalised change of every concept between two steps.
 
   Args:
     first, last: [..., P, M'] from `concept_values` at the sweep's first and last step.
+    sources: the concept set both were read with.
   Returns:
     [..., P, M] changes, metrics in CONCEPT_METRICS order (NaN where undefined).
   """
-  names = list(CONCEPT_SOURCES)
+  names = list(sources)
   d = last - first
   a = names.index("area")
   d[..., a] = d[..., a] / np.where(first[..., a] == 0, 1.0, first[..., a])
-  d[..., names.index("luminance")] /= metrics.MAX_LUMINANCE
+  if sources["luminance"] == "luminance":  # the reference's 0..85 scale; brightness is 0..1
+    d[..., names.index("luminance")] /= metrics.MAX_LUMINANCE
   g = names.index("angle")
   d[..., g] = (d[..., g] + 90.0) % 180.0 - 90.0
   motion = np.hypot(d[..., names.index("centre_x")], d[..., names.index("centre_y")])
@@ -191,12 +219,97 @@ def unit_statistics(deltas: np.ndarray, null_deltas: np.ndarray, *, seed: int, n
                              np.where(res["mean"] == 0, 0.0, np.inf * np.sign(res["mean"])))
     excludes_zero = (res["ci_low"] > 0) | (res["ci_high"] < 0)
     res["selective"] = (res["p_null"] < alpha) & excludes_zero
-  score = np.where(np.isnan(res["mean"]), -np.inf, np.abs(res["mean"]))
-  order = np.argsort(-score, axis=0, kind="stable")
-  rank = np.empty_like(order)
-  np.put_along_axis(rank, order, np.arange(1, u_count + 1)[:, None, None] * np.ones_like(order), 0)
-  res["rank"] = rank
+  res["rank"] = rank_units(res["mean"])
   return res
+
+
+def rank_units(score: np.ndarray) -> np.ndarray:
+  """[U, ...] scores -> [U, ...] int ranks of |score| among units (1 = largest; NaN last)."""
+  key = np.where(np.isnan(score), -np.inf, np.abs(score))
+  order = np.argsort(-key, axis=0, kind="stable")
+  rank = np.empty_like(order)
+  np.put_along_axis(rank, order, np.arange(1, key.shape[0] + 1).reshape(-1, *[1] * (key.ndim - 1))
+                    * np.ones_like(order), 0)
+  return rank
+
+
+def shared_null_statistics(deltas: np.ndarray, lengths: np.ndarray, null_deltas: np.ndarray,
+                           null_lengths: np.ndarray, *, seed: int, n_boot: int = 1000,
+                           level: float = 0.95, alpha: float = 0.05,
+                           rank_by: str = "mean") -> dict[str, np.ndarray]:
+  """Statistics of every (unit, concept) pair against random directions shared by the samples.
+
+  A unit's sweep moves every start sample along the same direction in w (the link is
+  linear), so its S changes share one direction; the null is therefore R random
+  directions, each applied to all S start samples, and the statistic compared is the
+  mean change over the samples per unit of sweep length in w (changes grow about
+  linearly with the length, and units' lengths differ). Under the null hypothesis
+  "this unit's direction is a random direction", the unit's statistic and the R null
+  statistics are exchangeable, so p = (1 + #{|null| >= |unit|}) / (1 + R) is a valid
+  permutation p-value (P(p <= alpha) <= alpha) whatever the metrics' distributions.
+
+  Args:
+    deltas: [U, S, P, M] changes over each unit's sweep.
+    lengths: [U] each unit's sweep length |w_last - w_first|.
+    null_deltas: [R, S, P, M] changes along R random directions from the same S starts.
+    null_lengths: [R] their lengths.
+    seed: seeds the bootstrap interval.
+    n_boot, level, alpha: bootstrap resamples, interval coverage, significance level.
+    rank_by: 'mean' (|mean change|: the reference's quantity) or 'effect' (|mean change
+      per length| / its null RMS).
+  Returns:
+    dict of [U, P, M] arrays: mean, ci_low, ci_high, n, null_rms (null RMS of the mean
+    change at the unit's length), effect (mean / null_rms), p_null, selective (bool),
+    rank (int).
+  """
+  if rank_by not in ("mean", "effect"):
+    raise ValueError(f"rank_by must be 'mean' or 'effect', got {rank_by!r}")
+  rng = np.random.default_rng(seed)
+  out = {k: [] for k in ("mean", "ci_low", "ci_high")}
+  for u in range(deltas.shape[0]):
+    mean, lo, hi = bootstrap_ci(deltas[u], rng=rng, n_boot=n_boot, level=level)
+    for k, v in zip(("mean", "ci_low", "ci_high"), (mean, lo, hi)):
+      out[k].append(v)
+  res = {k: np.stack(v) for k, v in out.items()}  # [U, P, M]
+  res["n"] = np.sum(~np.isnan(deltas), axis=1)
+  with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+    warnings.simplefilter("ignore", RuntimeWarning)
+    per_len = res["mean"] / lengths[:, None, None]  # [U, P, M]
+    null = np.nanmean(null_deltas, axis=1) / null_lengths[:, None, None]  # [R, P, M]
+    valid = np.isfinite(null)
+    hits = np.sum(valid[None] & (np.abs(null)[None] >= np.abs(per_len)[:, None]), axis=1)
+    res["p_null"] = np.where(np.isnan(per_len), np.nan, (1.0 + hits) / (1.0 + valid.sum(0)))
+    rms = np.sqrt(np.nanmean(null ** 2, axis=0))  # [P, M] per unit length
+    res["null_rms"] = rms[None] * lengths[:, None, None]
+    res["effect"] = np.where(res["null_rms"] > 0, res["mean"] / res["null_rms"], np.nan)
+    excludes_zero = (res["ci_low"] > 0) | (res["ci_high"] < 0)
+    res["selective"] = (res["p_null"] <= alpha) & excludes_zero
+  res["rank"] = rank_units(res[rank_by])
+  return res
+
+
+def null_false_positive_rate(null_deltas: np.ndarray, null_lengths: np.ndarray, *, seed: int,
+                             n_boot: int = 1000, level: float = 0.95, alpha: float = 0.05) -> float:
+  """How often `selective` fires on a random-direction sweep: each null direction in turn
+  is tested as a unit against the other R - 1 (leave one out), over all concepts.
+
+  Args:
+    null_deltas: [R, S, P, M], null_lengths: [R] (as in `shared_null_statistics`).
+  Returns:
+    the fraction of (direction, concept) pairs with a defined change flagged selective;
+    near alpha for a sound null.
+  """
+  r = null_deltas.shape[0]
+  flagged, defined = 0, 0
+  for i in range(r):
+    rest = np.arange(r) != i
+    st = shared_null_statistics(null_deltas[i:i + 1], null_lengths[i:i + 1], null_deltas[rest],
+                                null_lengths[rest], seed=seed + i, n_boot=n_boot, level=level,
+                                alpha=alpha)
+    ok = np.isfinite(st["p_null"])
+    flagged += int(np.sum(st["selective"] & ok))
+    defined += int(np.sum(ok))
+  return flagged / max(defined, 1)
 
 
 def table_rows(stats: Mapping[str, np.ndarray], units: Sequence[int],
