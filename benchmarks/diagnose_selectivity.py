@@ -173,45 +173,60 @@ def analyse(args):
           row.append(np.corrcoef(d[ok], x[ok])[0, 1])
       print(f"| {f} | {part} {metric} | " + " | ".join(f"{r:.2f}" for r in row) + " |")
 
-  def check(mk, cs, s_n=s, r_n=args.null, rank_by="mean", concepts=None, rows=False):
+  def check(mk, cs, s_n=s, r_n=args.null, rank_by="mean", concepts=None, average="median",
+            per_length=False):
     src = selectivity.concept_sources(cs)
     du, dr = changes(masks[mk], src)
-    du = du[:, :s_n]
-    null, null_len = dr[:r_n, :s_n], dir_len[:r_n]
-    st = selectivity.shared_null_statistics(du, lengths, null, null_len, seed=0, n_boot=200,
-                                            alpha=ALPHA, rank_by=rank_by)
-    tr = _truth_subset(c, s_n)
-    return stage.truth_check(st, units, parts, tr, names, K, concepts, score=rank_by)
+    st = selectivity.shared_null_statistics(du[:, :s_n], lengths, dr[:r_n, :s_n], dir_len[:r_n], seed=0,
+                                            n_boot=200, alpha=ALPHA, rank_by=rank_by, average=average,
+                                            per_length=per_length)
+    return stage.truth_check(st, units, parts, _truth_subset(c, s_n), names, K, concepts, score=rank_by)
 
   def _fmt(x):
     return "n/a" if x is None else f"{x:.2f}"
 
-  print("\n## 2. Truth check per factor (precision@5 / Spearman), 8 start samples, shared null")
-  for cs in ("reference", "calibrated"):
-    for rank_by in ("mean", "effect"):
-      for which in (0, 1):
-        concepts = {f: cands[min(which, len(cands) - 1)] for f, cands in CANDIDATES.items()}
-        res = {mk: check(mk, cs, rank_by=rank_by, concepts=concepts) for mk in masks}
-        print(f"\n{cs} concepts, rank by {rank_by}, {'body' if which == 0 else 'object'} geometry: "
-              + "; ".join(f"{mk}: precision {_fmt(r['mean_precision'])}, Spearman {_fmt(r['mean_spearman'])}"
-                          for mk, r in res.items()))
-        print("| factor | concept | precision true | precision seg | Spearman true | Spearman seg |")
-        print("| --- | --- | --- | --- | --- | --- |")
-        for f, v in res["true"]["per_factor"].items():
-          sv = res["segmenter"]["per_factor"][f]
-          print(f"| {f} | {v['part']} {v['metric']} | {_fmt(v['precision'])} | {_fmt(sv['precision'])} | "
-                f"{_fmt(v['spearman'])} | {_fmt(sv['spearman'])} |")
+  body = stage.REFERENCE_FACTOR_CONCEPTS
+  obj = stage.FACTOR_CONCEPTS
+  variants = [  # (label, concepts, factor map, average, per_length, rank_by)
+      ("reference metrics, body geometry, mean, per-length null", "reference", body, "mean", True, "mean"),
+      ("+ object geometry", "reference", obj, "mean", True, "mean"),
+      ("+ calibrated metrics", "calibrated", obj, "mean", True, "mean"),
+      ("+ median over start samples", "calibrated", obj, "median", True, "mean"),
+      ("+ null on the change itself (lengths drawn from the units'): the default", "calibrated", obj,
+       "median", False, "mean"),
+      ("default, but ranked by effect (change / null RMS)", "calibrated", obj, "median", False, "effect"),
+      ("default with the reference's metrics", "reference", obj, "median", False, "mean"),
+      ("default with the mean", "calibrated", obj, "mean", False, "mean"),
+  ]
+  print(f"\n## 2. Truth check, {s} start samples, {args.null} shared null directions: mean precision@5 / "
+        f"Spearman (chance {K / u:.3f})")
+  print("| variant | precision true masks | precision segmenter | Spearman true masks | Spearman segmenter |")
+  print("| --- | --- | --- | --- | --- |")
+  results = {}
+  for label, cs, fc, avg, pl, rb in variants:
+    res = {mk: check(mk, cs, concepts=fc, average=avg, per_length=pl, rank_by=rb) for mk in masks}
+    results[label] = res
+    print(f"| {label} | {_fmt(res['true']['mean_precision'])} | {_fmt(res['segmenter']['mean_precision'])} | "
+          f"{_fmt(res['true']['mean_spearman'])} | {_fmt(res['segmenter']['mean_spearman'])} |")
+  for label in (variants[0][0], variants[4][0]):
+    res = results[label]
+    print(f"\nPer factor, {label}:")
+    print("| factor | concept | precision true | precision seg | Spearman true | Spearman seg |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for f, v in res["true"]["per_factor"].items():
+      sv = res["segmenter"]["per_factor"][f]
+      print(f"| {f} | {v['part']} {v['metric']} | {_fmt(v['precision'])} | {_fmt(sv['precision'])} | "
+            f"{_fmt(v['spearman'])} | {_fmt(sv['spearman'])} |")
 
-  print("\n## 3. Mean precision@5 / Spearman (segmenter masks, calibrated, object geometry) vs samples, nulls")
-  concepts = {f: cands[-1] for f, cands in CANDIDATES.items()}
+  print("\n## 3. Mean precision@5 / Spearman (default method, segmenter masks) vs start samples and null directions")
   print("| start samples | null directions | precision@5 | Spearman |")
   print("| --- | --- | --- | --- |")
   for s_n in (2, 4, 6, s):
-    for r_n in (10, 20, args.null):
-      r = check("segmenter", "calibrated", s_n=s_n, r_n=r_n, concepts=concepts)
+    for r_n in (19, 39, args.null):
+      r = check("segmenter", "calibrated", s_n=s_n, r_n=r_n, concepts=obj)
       print(f"| {s_n} | {r_n} | {_fmt(r['mean_precision'])} | {_fmt(r['mean_spearman'])} |")
 
-  print("\n## 4. False-positive rate of `selective` on random-direction sweeps (alpha 0.05)")
+  print(f"\n## 4. False-positive rate of `selective` on {args.fake} random-direction sweeps (alpha {ALPHA})")
   print("| masks | concepts | null | start samples | false-positive rate |")
   print("| --- | --- | --- | --- | --- |")
   for mk in masks:
@@ -221,18 +236,22 @@ def analyse(args):
       null, fake = dr[:args.null], dr[args.null:]
       fake_len = dir_len[args.null:]
       for s_n in (4, s):
-        st = selectivity.shared_null_statistics(fake[:, :s_n], fake_len, null[:, :s_n], dir_len[:args.null],
-                                                seed=0, n_boot=200, alpha=ALPHA)
-        print(f"| {mk} | {cs} | shared directions (new) | {s_n} | {_rate(st['selective']):.3f} |")
+        for avg, pl in (("median", False), ("mean", True)):
+          st = selectivity.shared_null_statistics(fake[:, :s_n], fake_len, null[:, :s_n], dir_len[:args.null],
+                                                  seed=0, n_boot=200, alpha=ALPHA, average=avg, per_length=pl)
+          print(f"| {mk} | {cs} | shared directions, {avg}{', per length' if pl else ''} | {s_n} | "
+                f"{_rate(st['selective'], st['p_null']):.3f} |")
         # The old null: one independent direction per (unit, start sample), pooled per unit.
         idx = (np.arange(fake.shape[0])[:, None] * s_n + np.arange(s_n)[None]) % args.null
         old_null = null[idx, np.arange(s_n)[None]]  # [F, S, P, M]
         st = selectivity.unit_statistics(fake[:, :s_n], old_null, seed=0, n_boot=200, alpha=ALPHA)
-        print(f"| {mk} | {cs} | one direction per sample (old) | {s_n} | {_rate(st['selective']):.3f} |")
+        print(f"| {mk} | {cs} | one direction per sample (old) | {s_n} | {_rate(st['selective'], st['p_null']):.3f} |")
 
 
-def _rate(sel):
-  return float(np.mean(sel))
+def _rate(sel, p):
+  """Fraction of (sweep, concept) pairs with a defined change that are flagged."""
+  ok = np.isfinite(p)
+  return float(np.mean(sel[ok]))
 
 
 def _truth_subset(c, s_n):

@@ -93,7 +93,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.quantify.lr_step_epochs = 50  # lr x lr_gamma every 50 epochs (torch StepLR)
   config.quantify.lr_gamma = 0.1
   config.quantify.samples_per_unit = 10  # start samples measured per unit
-  config.quantify.null_draws = 2  # random directions per (unit, start sample)
+  config.quantify.null_draws = 59  # random directions of the null, shared by all units and samples
+  config.quantify.concepts = "reference"  # the paper's measures ('calibrated': lis_jax's, see README)
+  config.quantify.rank_by = "mean"  # units ranked by |mean change|, as the paper
+  config.quantify.average = "mean"  # the paper averages over start samples
   config.quantify.max_components = 3  # ellipses per part (largest connected components)
   config.quantify.batch_size = 32  # images per segment-and-measure call
   config.quantify.n_boot = 1000  # bootstrap resamples of the start samples

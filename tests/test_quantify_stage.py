@@ -93,7 +93,7 @@ def test_stage_resumes_after_a_crash_and_matches_a_clean_run(tmp_path, monkeypat
     np.testing.assert_allclose(float(ra["mean"]), float(rb["mean"]), rtol=1e-6, equal_nan=True)
   with np.load(os.path.join(qdir, "block_00001.npz")) as f:
     assert f["first.area"].shape == (PER_BLOCK, 3, parts) and f["first.area"].max() <= 32 * 32
-    assert f["true.first.area"].shape == (PER_BLOCK, 3, parts)  # the world's true masks
+    assert f["first.true.area"].shape == (PER_BLOCK, 3, parts)  # the world's true masks
   with np.load(os.path.join(qdir, "null.npz")) as f:
     assert f["end.ell_angle"].shape == (4, 3, parts, 3) and f["start.area"].shape == (3, parts)
   manifest = io.read_json(os.path.join(qdir, "manifest.json"))

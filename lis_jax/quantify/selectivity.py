@@ -140,25 +140,36 @@ def _resampled_means(counts: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.where(den > 0, num / np.maximum(den, 1e-300), np.nan)
 
 
+def _average(x: np.ndarray, average: str, axis: int) -> np.ndarray:
+  """NaN-aware mean or median of x along axis (NaN where all are NaN)."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)
+    return np.nanmedian(x, axis) if average == "median" else np.nanmean(x, axis)
+
+
 def bootstrap_ci(x: np.ndarray, *, rng: np.random.Generator, n_boot: int = 1000,
-                 level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Mean over axis 0 and its percentile bootstrap interval (NaN-aware).
+                 level: float = 0.95, average: str = "mean") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Mean (or median) over axis 0 and its percentile bootstrap interval (NaN-aware).
 
   Args:
     x: [S, ...] samples (NaN = missing).
     rng: numpy Generator (the caller seeds it).
     n_boot: bootstrap resamples.
     level: interval coverage.
+    average: 'mean' or 'median'.
   Returns:
-    mean, low, high: each [...].
+    average, low, high: each [...].
   """
   s = x.shape[0]
   flat = x.reshape(s, -1).astype(np.float64)
-  boots = _resampled_means(_resample_counts(rng, n_boot, s, s), flat)  # [B, F]
+  if average == "median":
+    boots = _average(flat[rng.integers(0, s, size=(n_boot, s))], "median", 1)  # [B, F]
+  else:
+    boots = _resampled_means(_resample_counts(rng, n_boot, s, s), flat)  # [B, F]
   q = 100 * (1 - level) / 2
   with warnings.catch_warnings():  # All-NaN columns (a part never present) give NaN quietly.
     warnings.simplefilter("ignore", RuntimeWarning)
-    mean = np.nanmean(flat, 0)
+    mean = _average(flat, average, 0)
     low, high = np.nanpercentile(boots, [q, 100 - q], axis=0)
   shape = x.shape[1:]
   return mean.reshape(shape), low.reshape(shape), high.reshape(shape)
@@ -235,17 +246,17 @@ def rank_units(score: np.ndarray) -> np.ndarray:
 
 def shared_null_statistics(deltas: np.ndarray, lengths: np.ndarray, null_deltas: np.ndarray,
                            null_lengths: np.ndarray, *, seed: int, n_boot: int = 1000,
-                           level: float = 0.95, alpha: float = 0.05,
-                           rank_by: str = "mean") -> dict[str, np.ndarray]:
+                           level: float = 0.95, alpha: float = 0.05, rank_by: str = "mean",
+                           average: str = "median", per_length: bool = False) -> dict[str, np.ndarray]:
   """Statistics of every (unit, concept) pair against random directions shared by the samples.
 
   A unit's sweep moves every start sample along the same direction in w (the link is
   linear), so its S changes share one direction; the null is therefore R random
-  directions, each applied to all S start samples, and the statistic compared is the
-  mean change over the samples per unit of sweep length in w (changes grow about
-  linearly with the length, and units' lengths differ). Under the null hypothesis
-  "this unit's direction is a random direction", the unit's statistic and the R null
-  statistics are exchangeable, so p = (1 + #{|null| >= |unit|}) / (1 + R) is a valid
+  directions, each applied to all S start samples (their lengths drawn from the units'),
+  and the statistic compared is the average change over the samples (or, with
+  `per_length`, the average change per unit of sweep length). Under the null hypothesis
+  "this unit's sweep is one more random-direction sweep", the unit's statistic and the R
+  null statistics are exchangeable, so p = (1 + #{|null| >= |unit|}) / (1 + R) is a valid
   permutation p-value (P(p <= alpha) <= alpha) whatever the metrics' distributions.
 
   Args:
@@ -255,32 +266,40 @@ def shared_null_statistics(deltas: np.ndarray, lengths: np.ndarray, null_deltas:
     null_lengths: [R] their lengths.
     seed: seeds the bootstrap interval.
     n_boot, level, alpha: bootstrap resamples, interval coverage, significance level.
-    rank_by: 'mean' (|mean change|: the reference's quantity) or 'effect' (|mean change
-      per length| / its null RMS).
+    rank_by: 'mean' (|average change|: the reference's quantity) or 'effect' (|average
+      change| / its null RMS).
+    average: 'median' (robust to the odd failed measurement, e.g. an orientation
+      flipping on a near-round part) or 'mean' (the reference's).
+    per_length: compare changes per unit of sweep length (the unit's direction, not its
+      length, must stand out) instead of the changes themselves.
   Returns:
-    dict of [U, P, M] arrays: mean, ci_low, ci_high, n, null_rms (null RMS of the mean
-    change at the unit's length), effect (mean / null_rms), p_null, selective (bool),
-    rank (int).
+    dict of [U, P, M] arrays: mean (the average change, median or mean), ci_low,
+    ci_high, n, null_rms (null RMS of the average change, at the unit's length with
+    `per_length`), effect (mean / null_rms), p_null, selective (bool), rank (int).
   """
   if rank_by not in ("mean", "effect"):
     raise ValueError(f"rank_by must be 'mean' or 'effect', got {rank_by!r}")
+  if average not in ("mean", "median"):
+    raise ValueError(f"average must be 'mean' or 'median', got {average!r}")
   rng = np.random.default_rng(seed)
   out = {k: [] for k in ("mean", "ci_low", "ci_high")}
   for u in range(deltas.shape[0]):
-    mean, lo, hi = bootstrap_ci(deltas[u], rng=rng, n_boot=n_boot, level=level)
+    mean, lo, hi = bootstrap_ci(deltas[u], rng=rng, n_boot=n_boot, level=level, average=average)
     for k, v in zip(("mean", "ci_low", "ci_high"), (mean, lo, hi)):
       out[k].append(v)
   res = {k: np.stack(v) for k, v in out.items()}  # [U, P, M]
   res["n"] = np.sum(~np.isnan(deltas), axis=1)
+  unit_scale = lengths[:, None, None] if per_length else np.ones((len(lengths), 1, 1))
+  null_scale = null_lengths[:, None, None] if per_length else np.ones((len(null_lengths), 1, 1))
   with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
     warnings.simplefilter("ignore", RuntimeWarning)
-    per_len = res["mean"] / lengths[:, None, None]  # [U, P, M]
-    null = np.nanmean(null_deltas, axis=1) / null_lengths[:, None, None]  # [R, P, M]
+    stat = res["mean"] / unit_scale  # [U, P, M]
+    null = _average(null_deltas, average, 1) / null_scale  # [R, P, M]
     valid = np.isfinite(null)
-    hits = np.sum(valid[None] & (np.abs(null)[None] >= np.abs(per_len)[:, None]), axis=1)
-    res["p_null"] = np.where(np.isnan(per_len), np.nan, (1.0 + hits) / (1.0 + valid.sum(0)))
-    rms = np.sqrt(np.nanmean(null ** 2, axis=0))  # [P, M] per unit length
-    res["null_rms"] = rms[None] * lengths[:, None, None]
+    hits = np.sum(valid[None] & (np.abs(null)[None] >= np.abs(stat)[:, None]), axis=1)
+    res["p_null"] = np.where(np.isnan(stat), np.nan, (1.0 + hits) / (1.0 + valid.sum(0)))
+    rms = np.sqrt(np.nanmean(null ** 2, axis=0))  # [P, M]
+    res["null_rms"] = rms[None] * unit_scale
     res["effect"] = np.where(res["null_rms"] > 0, res["mean"] / res["null_rms"], np.nan)
     excludes_zero = (res["ci_low"] > 0) | (res["ci_high"] < 0)
     res["selective"] = (res["p_null"] <= alpha) & excludes_zero
@@ -289,12 +308,14 @@ def shared_null_statistics(deltas: np.ndarray, lengths: np.ndarray, null_deltas:
 
 
 def null_false_positive_rate(null_deltas: np.ndarray, null_lengths: np.ndarray, *, seed: int,
-                             n_boot: int = 1000, level: float = 0.95, alpha: float = 0.05) -> float:
+                             n_boot: int = 1000, level: float = 0.95, alpha: float = 0.05,
+                             average: str = "median", per_length: bool = False) -> float:
   """How often `selective` fires on a random-direction sweep: each null direction in turn
   is tested as a unit against the other R - 1 (leave one out), over all concepts.
 
   Args:
-    null_deltas: [R, S, P, M], null_lengths: [R] (as in `shared_null_statistics`).
+    null_deltas: [R, S, P, M], null_lengths: [R]; the other arguments as in
+      `shared_null_statistics`.
   Returns:
     the fraction of (direction, concept) pairs with a defined change flagged selective;
     near alpha for a sound null.
@@ -305,7 +326,7 @@ def null_false_positive_rate(null_deltas: np.ndarray, null_lengths: np.ndarray, 
     rest = np.arange(r) != i
     st = shared_null_statistics(null_deltas[i:i + 1], null_lengths[i:i + 1], null_deltas[rest],
                                 null_lengths[rest], seed=seed + i, n_boot=n_boot, level=level,
-                                alpha=alpha)
+                                alpha=alpha, average=average, per_length=per_length)
     ok = np.isfinite(st["p_null"])
     flagged += int(np.sum(st["selective"] & ok))
     defined += int(np.sum(ok))

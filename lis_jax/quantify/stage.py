@@ -42,16 +42,22 @@ STAGE = "quantify"
 # Tag folded into config.seed for this stage's keys (labelled samples, init, null directions).
 _KEY_TAG = 6
 # On the built-in world: factor -> the (part, metric) concept that shows it in the image.
+# Pose and size are the whole object's (the `object` pseudo-part): the body's centre also
+# moves with rotation, its area with the body's own width and height
+# (benchmarks/selectivity_results.md); REFERENCE_FACTOR_CONCEPTS is the earlier, body-only map.
 FACTOR_CONCEPTS = {
-    "pos_x": ("body", "centre_x"),
-    "pos_y": ("body", "centre_y"),
-    "scale": ("body", "area"),
-    "rotation": ("body", "angle"),
+    "pos_x": ("object", "centre_x"),
+    "pos_y": ("object", "centre_y"),
+    "scale": ("object", "area"),
+    "rotation": ("object", "angle"),
     "body_lum": ("body", "luminance"),
     "top_lum": ("top", "luminance"),
     "extra_lum": ("extra", "luminance"),
-    "stripe_contrast": ("body", "entropy"),
+    "stripe_contrast": ("body", "texture"),
 }
+REFERENCE_FACTOR_CONCEPTS = {**FACTOR_CONCEPTS, "pos_x": ("body", "centre_x"),
+                             "pos_y": ("body", "centre_y"), "scale": ("body", "area"),
+                             "rotation": ("body", "angle")}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -72,7 +78,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.samples_per_unit = 8  # start samples per unit measured (of the sweep's), spread over classes
   c.null_draws = 48  # random directions of the null, each applied to every start sample, shared by all units
   c.concepts = "calibrated"  # metrics per concept: 'calibrated' or 'reference' (selectivity.CONCEPT_SETS)
-  c.rank_by = "mean"  # units ranked by |mean change| ('mean', the reference's) or 'effect' (vs the null)
+  c.rank_by = "mean"  # units ranked by |average change| ('mean', the reference's) or 'effect' (vs the null)
+  c.average = "median"  # average of a unit's changes over its start samples: 'median' or 'mean' (the reference)
+  c.null_per_length = False  # True: compare changes per unit of sweep length with the null's
   c.max_components = 3  # ellipse slots per part (largest components)
   c.batch_size = 64  # images per segment-and-measure call
   c.n_boot = 1000  # bootstrap resamples
@@ -396,9 +404,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   from lis_jax import sweeps
   c = _cfg(config)
   if (c.samples_per_unit < 2 or c.null_draws < 2 or c.batch_size < 1 or c.n_labelled < 1
-      or c.rank_by not in ("mean", "effect") or c.concepts not in selectivity.CONCEPT_SETS):
+      or c.rank_by not in ("mean", "effect") or c.average not in ("mean", "median")
+      or c.concepts not in selectivity.CONCEPT_SETS):
     raise pipeline.PipelineError("quantify: samples_per_unit and null_draws must be >= 2, batch_size "
-                                 "and n_labelled >= 1, rank_by 'mean' or 'effect', concepts "
+                                 "and n_labelled >= 1, rank_by 'mean' or 'effect', average 'mean' or "
+                                 "'median', concepts "
                                  f"one of {', '.join(selectivity.CONCEPT_SETS)}")
   out_dir = pipeline.stage_dir(workdir, STAGE)
   sweep_dir = pipeline.stage_dir(workdir, "sweep")
@@ -432,7 +442,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 def _statistics(c, units, deltas, lengths, null_d, null_len, seed: int) -> dict:
   return selectivity.shared_null_statistics(deltas, lengths, null_d, null_len, seed=seed, n_boot=c.n_boot,
-                                            level=c.level, alpha=c.alpha, rank_by=c.rank_by)
+                                            level=c.level, alpha=c.alpha, rank_by=c.rank_by,
+                                            average=c.average, per_length=c.null_per_length)
 
 
 def summarise(config, workdir: str, seg: segment.Segmenter) -> None:
@@ -450,7 +461,8 @@ def summarise(config, workdir: str, seg: segment.Segmenter) -> None:
   selectivity.write_csv(os.path.join(out_dir, "top_units.csv"),
                         [r for concept in sorted(top) for r in top[concept]], selectivity.TABLE_COLUMNS)
   fpr = selectivity.null_false_positive_rate(null_d, null_len, seed=int(config.seed), n_boot=c.n_boot,
-                                             level=c.level, alpha=c.alpha)
+                                             level=c.level, alpha=c.alpha, average=c.average,
+                                             per_length=c.null_per_length)
   if "truth_delta" not in blocks[0]:
     return
   truth = np.concatenate([b["truth_delta"] for b in blocks])  # [U, F]
@@ -460,6 +472,7 @@ def summarise(config, workdir: str, seg: segment.Segmenter) -> None:
   t_stats = _statistics(c, t_units, t_deltas, t_len, t_null, t_null_len, int(config.seed))
   check["true_masks"] = truth_check(t_stats, units, parts, truth, names, c.top_k, score=c.rank_by)
   check.update(false_positive_rate=fpr, alpha=c.alpha, concepts=c.concepts, rank_by=c.rank_by,
+               average=c.average, null_per_length=c.null_per_length,
                samples_per_unit=c.samples_per_unit, null_draws=c.null_draws)
   io.write_json(os.path.join(out_dir, "truth_check.json"), check)
   f = lambda x: "n/a" if x is None else f"{x:.2f}"
