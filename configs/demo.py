@@ -48,6 +48,7 @@ def get_config():
   config.quantify.samples_per_unit = 8  # of the 32 start samples, one per class
   config.quantify.null_draws = 59  # null directions: 128 x 8 x 2 + 8 x 60 = 2528 images
   config.quantify.concepts = "calibrated"  # metrics that track the world's factors (README)
+  config.quantify.average = "median"  # of a unit's changes over its start samples (the paper: mean)
   config.quantify.batch_size = 64
   config.quantify.top_k = 5
   config.quantify.cards = 6

@@ -17,17 +17,20 @@ notebooks/LinkingInStyle.ipynb, `get_feat_change_single_unit`):
 
 A unit's sweep moves every start sample along the same direction in w (the link is
 linear), so the null is a set of R random directions in w, each applied to every start
-sample and shared by all units (`shared_null_statistics`). Per unit and concept:
-  mean, ci_low, ci_high   the mean change over the start samples and its percentile
-                          bootstrap interval (resampling start samples)
-  null_rms                RMS over the null directions of the mean change, per unit of
-                          sweep length, times the unit's sweep length
+sample and shared by all units, with lengths drawn from the units' sweep lengths
+(`shared_null_statistics`). Per unit and concept:
+  mean, ci_low, ci_high   the average change over the start samples (the median by
+                          default, robust to the odd failed measurement; or the mean, the
+                          reference's) and its percentile bootstrap interval (resampling
+                          start samples)
+  null_rms                RMS over the null directions of the same average change
   effect                  mean / null_rms
-  p_null                  permutation p-value: (1 + #{null directions whose |mean change|
-                          per unit length is at least the unit's}) / (1 + R); valid
-                          because under the null the unit's direction is one more random
-                          direction (P(p <= alpha) <= alpha, checked in the tests and
-                          reported as the false-positive rate on random-direction sweeps)
+  p_null                  permutation p-value: (1 + #{null directions whose |average
+                          change| is at least the unit's}) / (1 + R); valid because under
+                          the null the unit's sweep is one more random-direction sweep
+                          (P(p <= alpha) <= alpha; the tests and truth_check.json measure
+                          the false-positive rate on random-direction sweeps). With
+                          `per_length`, changes per unit of sweep length are compared.
   selective               p_null <= alpha and the interval excludes 0
   rank                    rank among all units for this concept of |mean| (1 = largest
                           change, the reference's quantity) or of |effect|
