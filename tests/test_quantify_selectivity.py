@@ -99,8 +99,8 @@ def test_write_csv_round_trip(tmp_path):
 ALPHA = 0.05
 # Random directions of the null: (R + 1) a multiple of 1 / alpha, so P(p <= alpha) = alpha
 # exactly for an exchangeable sweep.
-NULL_DRAWS = 59
-FAKE_SWEEPS = 40  # random-direction "units" the false-positive rate is measured on
+NULL_DRAWS = 119
+FAKE_SWEEPS = 60  # random-direction "units" the false-positive rate is measured on
 START_SAMPLES = 4
 # Sweep lengths in w like the demo's units (their |w_last - w_first| spans about 3.4-8).
 SWEEP_LENGTHS = (3.5, 5.0, 6.5, 8.0)
