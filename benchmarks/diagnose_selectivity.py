@@ -27,8 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lis_jax import generators, linking, pipeline, sweeps
-from lis_jax.quantify import metrics, segment, selectivity, stage
+from lis_jax import generators, pipeline
+from lis_jax.generators import shapes
+from lis_jax.quantify import metrics, segment, selectivity
+from lis_jax.stages import link as link_stage, quantify as stage, sweep as sweep_stage
 
 ALPHA = 0.05
 K = 5
@@ -78,13 +80,13 @@ def split_masks(m, n_parts):
 def collect(args):
   G = generators.load("shapes")
   seg = segment.load(os.path.join(args.workdir, "quantify", "segmenter"))
-  link = linking.load_fitted(args.workdir)
-  blocks = list(sweeps.iter_blocks(args.workdir))
-  pick = stage.pick_samples(blocks[0]["cls"], args.samples)
+  link = link_stage.load(args.workdir).link
+  swept = sweep_stage.load(args.workdir)
+  blocks = list(swept.blocks())
+  pick = sweep_stage.pick_starts(blocks[0]["cls"], args.samples)
   units = np.concatenate([b["units"] for b in blocks])
   ends = np.concatenate([b["w"][:, pick][:, :, [0, -1]] for b in blocks])  # [U, S, 2, w_dim]
-  samples = np.load(os.path.join(args.workdir, "sweep", "samples.npz"))
-  w_s = np.asarray(link(jnp.asarray(samples["r"][pick])))  # [S, w_dim] the start samples' own w
+  w_s = np.asarray(link(jnp.asarray(swept.r_start[pick])))  # [S, w_dim] the start samples' own w
   lengths = np.linalg.norm(ends[:, 0, 1] - ends[:, 0, 0], axis=-1)  # [U] (same for every sample)
   rng = np.random.default_rng(0)
   n_dir = args.null + args.fake
@@ -180,13 +182,14 @@ def analyse(args):
     st = selectivity.shared_null_statistics(du[:, :s_n], lengths, dr[:r_n, :s_n], dir_len[:r_n], seed=0,
                                             n_boot=200, alpha=ALPHA, rank_by=rank_by, average=average,
                                             per_length=per_length)
-    return stage.truth_check(st, units, parts, _truth_subset(c, s_n), names, K, concepts, score=rank_by)
+    return stage.truth_check(st, units, parts, _truth_subset(c, s_n), names, K, concepts or obj,
+                             score=rank_by)
 
   def _fmt(x):
     return "n/a" if x is None else f"{x:.2f}"
 
-  body = stage.REFERENCE_FACTOR_CONCEPTS
-  obj = stage.FACTOR_CONCEPTS
+  body = shapes.REFERENCE_FACTOR_CONCEPTS
+  obj = shapes.FACTOR_CONCEPTS
   variants = [  # (label, concepts, factor map, average, per_length, rank_by)
       ("reference metrics, body geometry, mean, per-length null", "reference", body, "mean", True, "mean"),
       ("+ object geometry", "reference", obj, "mean", True, "mean"),

@@ -1,32 +1,450 @@
 """Stage `quantify`: segment the sweep images into parts, measure them, rank the units.
 
-The code is `lis_jax.quantify` (stage.py for now); outputs: WORKSPACE.md, `quantify/`.
+For every sweep block (WORKSPACE.md, `sweep/`), the images at the first and last step of
+each unit's sweep are regenerated from the stored w, segmented by the few-shot part
+segmenter and measured (`metrics.part_metrics`); so are the end points of sweeps along
+random directions of the same length (the null). The changes give, per unit and concept
+(part x metric), a mean with a bootstrap interval, a null p-value and a rank
+(`selectivity`). On a generator that knows its factors (the built-in world), the units
+found selective for a concept are compared with the units that truly move the matching
+factor (precision@k; the factor -> concept table is the world's `factor_concepts`, the
+true factor changes are the sweep's `truth_delta`).
+
+Random streams: `quantify.labelled` (labelled latents), `quantify.init` (the head's
+initialisation), `quantify.null` (the null's random directions and lengths).
+The measuring library is `lis_jax.quantify` (segment, metrics, selectivity).
+
+Outputs (`workdir/quantify/`, all written atomically):
+  config.json            the stage's fingerprint (recorded by the runner)
+  segmenter/             the trained head (io.save_checkpoint; meta: layers, size, parts)
+  segmenter_eval.json    held-out per-part IoU, mean IoU, training time
+  null.npz               the null shared by all units: 'start.<metric>' [S', P', ...],
+                         'end.<metric>' [R, S', P', ...], length [R] (WORKSPACE.md)
+  block_<b:05d>.npz      per sweep block b: units [U], samples [S'] (paired-data rows),
+                         length [U], first / last metrics ('first.<metric>',
+                         'last.<metric>' [U, S', P'(, K)]; 'first.true.<metric>' ... from
+                         the world's true masks) and, with ground truth, the sweep's
+                         truth_delta [U, F] and truth_factors [F]; existence = block done
+  manifest.json          blocks done, parts, null draws (informational; files are the truth)
+  selectivity.csv        one row per unit x part x metric (selectivity.TABLE_COLUMNS)
+  top_units.csv          the top `quantify.top_k` selective units per concept
+  truth_check.json       built-in world only: precision@k and Spearman per factor, with the
+                         segmenter's and the true masks, chance level, false-positive rate
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
+import html
 import os
+import time
+from typing import Mapping
 
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from lis_jax import batching
+from lis_jax import blocks
+from lis_jax import images
 from lis_jax import io
+from lis_jax import page
 from lis_jax import pipeline
-from lis_jax.quantify import stage as lib
+from lis_jax.generators.base import GroundTruthWorld
+from lis_jax.quantify import metrics, segment, selectivity
+from lis_jax.stages import sweep
 from lis_jax.stages.base import Stage
 
-default_config = lib.default_config
+NAME = "quantify"
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The quantify stage's settings, sized for the built-in world on a CPU (configs/linear.py
+  sets the reference's)."""
+  c = ml_collections.ConfigDict()
+  c.labels = "ground_truth"  # labelled-mask dir (segment.py docstring) or 'ground_truth' (built-in world)
+  c.n_labelled = 16  # labelled images the head is trained on (the reference: 10-30)
+  c.n_heldout = 64  # held-out images for the IoU (ground truth; a label dir uses what is left)
+  c.resolution = 0  # side of the segmented, measured images (the reference: 128); 0: G's own
+  c.layers = "all"  # synthesis-feature layers: 'all', 'every_other' (the reference) or names
+  c.head = "XS"  # head size: XS, S (the reference), M, L
+  c.epochs = 40  # passes over the labelled images
+  c.train_batch = 1  # images per step (1: the reference)
+  c.lr = 3e-3  # Adam learning rate (the reference: 1e-3 for 100 epochs)
+  c.weight_decay = 1e-3  # L2 added to the gradient (torch Adam's weight_decay)
+  c.lr_step_epochs = 30  # lr x lr_gamma every this many epochs
+  c.lr_gamma = 0.1
+  c.samples_per_unit = 8  # start samples per unit measured (of the sweep's), spread over classes
+  c.null_draws = 59  # random directions of the null, each applied to every start sample, shared by all units
+  c.concepts = "calibrated"  # metrics per concept: 'calibrated' or 'reference' (selectivity.CONCEPT_SETS)
+  c.rank_by = "mean"  # units ranked by |average change| ('mean', the reference's) or 'effect' (vs the null)
+  c.average = "median"  # average of a unit's changes over its start samples: 'median' or 'mean' (the reference)
+  c.null_per_length = False  # True: compare changes per unit of sweep length with the null's
+  c.max_components = 3  # ellipse slots per part (largest components)
+  c.batch_size = 64  # images per segment-and-measure call
+  c.n_boot = 1000  # bootstrap resamples
+  c.level = 0.95  # bootstrap interval coverage
+  c.alpha = 0.05  # null p-value threshold for 'selective'
+  c.top_k = 5  # units listed per concept; also k of precision@k
+  c.cards = 6  # unit cards in the report
+  return c
+
+
+# ----------------------------------------------------------------------------- segmenter
+
+
+def _labelled(ctx, c, key):
+  """(ws_train, labels_train, ws_test, labels_test, part_names) from the configured source."""
+  G, workdir = ctx.G, ctx.workdir
+  res = c.resolution or G.resolution
+  if c.labels == "ground_truth":
+    ws = segment.sample_ws(G, ctx.classes, c.n_labelled + c.n_heldout, ctx.config.psi, key)
+    labels, names = segment.ground_truth_labels(G, ws, res)
+    n = c.n_labelled
+    return ws[:n], labels[:n], ws[n:], labels[n:], names
+  path = pipeline.resolve_path(workdir, c.labels)
+  if not os.path.isdir(path):
+    inside = os.path.join(workdir, c.labels)
+    raise segment.SegmentationError(
+        f"quantify.labels={c.labels!r}: no labelled-mask directory at {path}"
+        f"{'' if os.path.isabs(c.labels) else f' or {inside}'} (layout: WORKSPACE.md, quantify/); "
+        f"on the built-in world use quantify.labels='ground_truth'")
+  w, labels, names = segment.load_label_dir(path)
+  ws = segment.as_ws(w, G.num_ws)
+  if labels.shape[1:] != (res, res):
+    raise segment.SegmentationError(f"labelled masks are {labels.shape[1:]} but images are "
+                                    f"segmented at {res} x {res} (quantify.resolution, 0: the "
+                                    f"generator's {G.resolution})")
+  n = min(c.n_labelled, labels.shape[0])
+  return ws[:n], labels[:n], ws[n:], labels[n:], names
+
+
+def segmenter(ctx) -> segment.Segmenter:
+  """The stage's segmenter: loaded if trained already, else trained, evaluated and saved."""
+  c = ctx.cfg(NAME)
+  out_dir = ctx.out_dir(NAME)
+  ckpt = os.path.join(out_dir, "segmenter")
+  if os.path.exists(os.path.join(ckpt, io.META_FILE)):
+    return segment.load(ckpt)
+  G = ctx.G
+  ws_tr, y_tr, ws_te, y_te, names = _labelled(ctx, c, ctx.key("quantify.labelled"))
+  t0 = time.time()
+  seg = segment.fit(G, ws_tr, y_tr, names, layers=c.layers, size=c.head, key=ctx.key("quantify.init"),
+                    epochs=c.epochs, batch_size=c.train_batch, lr=c.lr, weight_decay=c.weight_decay,
+                    lr_step_epochs=c.lr_step_epochs, lr_gamma=c.lr_gamma)
+  train_s = time.time() - t0
+  ev = segment.evaluate(seg, G, ws_te, y_te) if y_te.shape[0] else {"iou": {}, "mean_iou": None,
+                                                                     "n_images": 0}
+  ev.update(train_seconds=train_s, n_labelled=int(y_tr.shape[0]), labels=c.labels)
+  seg.save(ckpt)
+  io.write_json(os.path.join(out_dir, "segmenter_eval.json"), ev)
+  miou = ev["mean_iou"]
+  print(f"[quantify] segmenter: {y_tr.shape[0]} labelled images, {train_s:.0f} s, held-out mean IoU "
+        f"{'n/a' if miou is None else f'{miou:.3f}'}", flush=True)
+  return seg
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+@functools.partial(jax.jit, static_argnames=("layers", "resolution", "num_parts", "head_size",
+                                             "max_components", "entropy", "truth"))
+def _measure(G, seg_params, w, *, layers, resolution, num_parts, head_size, max_components,
+             entropy, truth):
+  """w [B, w_dim] -> part metrics of G's image over the segmenter's parts + the object.
+
+  Parts: the segmenter's without the background, then `metrics.OBJECT_PART`; with `truth`
+  (a GroundTruthWorld), the same again from the world's true masks (2 (P + 1) parts in
+  all; the costly per-image work, e.g. the entropy image, is shared).
+  """
+  ws = pipeline.broadcast_ws(w, G.num_ws)
+  img = segment.resize_images(G.synthesis(ws), resolution)  # [B, R, R, 3]
+  logits = segment.apply_head(seg_params, segment.feature_stack(G, ws, layers, resolution),
+                              num_parts, head_size)
+  masks = metrics.with_object(jax.nn.one_hot(jnp.argmax(logits, -1), num_parts)[..., 1:])
+  if truth:
+    true = segment.resize_images(G.ground_truth(ws)["masks"], resolution)  # [B, R, R, num_parts]
+    true = jax.nn.one_hot(jnp.argmax(true, -1), true.shape[-1])[..., 1:]
+    masks = jnp.concatenate([masks, metrics.with_object(true)], -1)
+  return metrics.part_metrics(img, masks, max_components=max_components, entropy=entropy)
+
+
+def measure(G, seg: segment.Segmenter, w: np.ndarray, batch_size: int, max_components: int,
+            entropy: bool = True, truth: bool = False) -> dict:
+  """Part metrics of the images of w [N, w_dim], in fixed-size batches (one compile).
+
+  Returns metrics.part_metrics' dict over the segmenter's parts and the object ([N, P + 1]
+  or [N, P + 1, K]); with `truth`, also 'true.<metric>' from the world's true masks.
+  """
+  fn = functools.partial(_measure, layers=seg.layers, resolution=seg.resolution,
+                         num_parts=seg.num_parts, head_size=seg.size, max_components=max_components,
+                         entropy=entropy, truth=truth)
+  m = batching.map_batches(fn, np.asarray(w, np.float32), batch_size, G, seg.params)
+  if not truth:
+    return m
+  p = seg.num_parts  # P + 1 measured parts per mask source
+  return {**{k: v[:, :p] for k, v in m.items()}, **{f"true.{k}": v[:, p:] for k, v in m.items()}}
+
+
+def null_ws(w_start: np.ndarray, lengths: np.ndarray, draws: int, key: jax.Array
+            ) -> tuple[np.ndarray, np.ndarray]:
+  """End points of the null: random directions in w, each applied to every start sample.
+
+  Args:
+    w_start: [S, w_dim] the start samples' own w (link(r)).
+    lengths: [U] the units' sweep lengths; each direction takes one of them at random,
+      so the null's lengths follow the units'.
+    draws: R directions.
+    key: PRNG key (the same key gives the same directions and lengths).
+  Returns:
+    ends [R, S, w_dim] = w_start + length_r d_r / |d_r| (d_r ~ N(0, I)), lengths [R].
+  """
+  kd, kl = jax.random.split(key)
+  d = np.asarray(jax.random.normal(kd, (draws, w_start.shape[-1])), np.float64)
+  d /= np.linalg.norm(d, axis=-1, keepdims=True)
+  length = np.asarray(lengths, np.float64)[np.asarray(jax.random.randint(kl, (draws,), 0, len(lengths)))]
+  return (w_start[None] + length[:, None, None] * d[:, None]).astype(np.float32), length
+
+
+def _uses_entropy(c) -> bool:
+  return "entropy_mean" in selectivity.concept_sources(c.concepts).values()
+
+
+def _quantify_block(c, G, seg, blk) -> dict:
+  w = blk["w"]  # [U, S, T, w_dim]
+  pick = sweep.pick_starts(blk["cls"], c.samples_per_unit)
+  w = w[:, pick]  # [U, S', T, w_dim]
+  u_n, s_n, _, d = w.shape
+  ends = w[:, :, [0, -1]].reshape(-1, d)  # [U * S' * 2, w_dim]
+  m = measure(G, seg, ends, c.batch_size, c.max_components, _uses_entropy(c), _has_truth(G))
+  out = {"units": blk["units"], "samples": blk["samples"][pick],
+         "length": np.linalg.norm(w[:, 0, -1] - w[:, 0, 0], axis=-1)}  # [U]
+  for k, v in m.items():
+    v = v.reshape(u_n, s_n, 2, *v.shape[1:])
+    out[f"first.{k}"], out[f"last.{k}"] = v[:, :, 0], v[:, :, 1]
+  if "truth_delta" in blk:  # the sweep's [U, F] mean change / factor range
+    out["truth_delta"] = blk["truth_delta"]
+    out["truth_factors"] = blk["truth_factors"]
+  return out
+
+
+def _has_truth(G) -> bool:
+  return isinstance(G, GroundTruthWorld)
+
+
+def _quantify_null(c, G, seg, sweep_blocks: list[dict], key: jax.Array) -> dict:
+  """The null shared by all units: R random-direction end points from each start sample.
+
+  A start sample's null sweeps start at the centre of its unit sweeps (the mean of its
+  sweep w over all units and steps: its own w up to the units' offsets from their mean),
+  so the null needs nothing but the sweep's blocks.
+  """
+  pick = sweep.pick_starts(sweep_blocks[0]["cls"], c.samples_per_unit)
+  w_start = np.mean([b["w"][:, pick].mean((0, 2)) for b in sweep_blocks], axis=0)  # [S', w_dim]
+  w_start = w_start.astype(np.float32)
+  lengths = np.concatenate([np.linalg.norm(b["w"][:, 0, -1] - b["w"][:, 0, 0], axis=-1)
+                            for b in sweep_blocks])
+  ends, null_len = null_ws(w_start, lengths, c.null_draws, key)
+  s_n, d = w_start.shape
+  m = measure(G, seg, np.concatenate([w_start, ends.reshape(-1, d)]), c.batch_size, c.max_components,
+              _uses_entropy(c), _has_truth(G))
+  out = {"samples": sweep_blocks[0]["samples"][pick], "length": null_len}
+  for k, v in m.items():
+    out[f"start.{k}"] = v[:s_n]
+    out[f"end.{k}"] = v[s_n:].reshape(c.null_draws, s_n, *v.shape[1:])
+  return out
+
+
+def deltas_from_blocks(blocks: list[dict], null: dict, sources: dict, masks: str = "segmenter"):
+  """Concept changes of the units' sweeps and of the null's random directions.
+
+  Args:
+    blocks: quantify blocks (`load_blocks`); null: the null's outputs (`load_null`).
+    sources: the concept set (`selectivity.concept_sources`).
+    masks: 'segmenter' or 'true' (the world's true masks; built-in world only).
+  Returns:
+    units [U], deltas [U, S', P, M], lengths [U], null deltas [R, S', P, M], null lengths [R].
+  """
+  pre = "" if masks == "segmenter" else "true."
+  vals = lambda d, prefix: selectivity.concept_values(
+      {k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix) and "." not in k[len(prefix):]},
+      sources)
+  units = np.concatenate([b["units"] for b in blocks])
+  lengths = np.concatenate([b["length"] for b in blocks])
+  first = np.concatenate([vals(b, f"first.{pre}") for b in blocks])  # [U, S', P, M']
+  last = np.concatenate([vals(b, f"last.{pre}") for b in blocks])
+  deltas = selectivity.sweep_changes(first, last, sources)
+  end = vals(null, f"end.{pre}")  # [R, S', P, M']
+  start = np.broadcast_to(vals(null, f"start.{pre}")[None], end.shape).copy()
+  return units, deltas, lengths, selectivity.sweep_changes(start, end, sources), null["length"]
+
+
+def truth_check(stats: dict, units: np.ndarray, part_names: list[str], truth: np.ndarray,
+                factor_names: list[str], k: int, factor_concepts: Mapping[str, tuple[str, str]],
+                score: str = "mean") -> dict | None:
+  """Built-in world: does the measured concept find the units that move the true factor?
+
+  Per factor of `factor_concepts` (factor -> (part, metric); the world's) whose part is measured:
+  precision@k = |the top-k selective units for its concept (by `stats['rank']`)
+  intersected with the top-k units by |true factor change|| / (number found, <= k); and
+  the Spearman correlation over all units of |stats[score]| (the ranking score) with
+  |true factor change| (robust where many units move a factor about equally).
+
+  Args:
+    stats: `selectivity.*_statistics` output ([U, P, M] arrays: selective, rank, score).
+    units: [U] unit ids; part_names: the P parts.
+    truth: [U, F] mean true change of each factor (fraction of its range).
+    factor_names: the F factors.
+    k: precision@k.
+  Returns:
+    {k, chance, per_factor: {factor: {part, metric, found, true_top, precision,
+    spearman}}, mean_precision, mean_spearman}.
+  """
+  k_eff = min(k, units.size)
+  out = {}
+  for factor, (part, metric) in factor_concepts.items():
+    if factor not in factor_names or part not in part_names:
+      continue
+    p, m = part_names.index(part), selectivity.CONCEPT_METRICS.index(metric)
+    true = np.abs(truth[:, factor_names.index(factor)])
+    moved = units[np.argsort(-true, kind="stable")[:k_eff]]
+    sel = np.flatnonzero(stats["selective"][:, p, m])
+    found = units[sel[np.argsort(stats["rank"][sel, p, m], kind="stable")]][:k_eff].tolist()
+    hits = len(set(found) & set(moved.tolist()))
+    out[factor] = {"part": part, "metric": metric, "found": [int(u) for u in found],
+                   "true_top": [int(u) for u in moved],
+                   "precision": hits / len(found) if found else None,
+                   "spearman": rank_correlation(np.abs(stats[score][:, p, m]), true)}
+  vals = [v["precision"] for v in out.values() if v["precision"] is not None]
+  rhos = [v["spearman"] for v in out.values() if v["spearman"] is not None]
+  return {"k": k_eff, "chance": k_eff / units.size, "per_factor": out,
+          "mean_precision": float(np.mean(vals)) if vals else None,
+          "mean_spearman": float(np.mean(rhos)) if rhos else None}
+
+
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> float | None:
+  """Spearman's rank correlation of a and b over the entries where both are finite."""
+  ok = np.isfinite(a) & np.isfinite(b)
+  if ok.sum() < 3:
+    return None
+  ra = np.argsort(np.argsort(a[ok])).astype(float)
+  rb = np.argsort(np.argsort(b[ok])).astype(float)
+  if ra.std() == 0 or rb.std() == 0:
+    return None
+  return float(np.corrcoef(ra, rb)[0, 1])
+
+
+# ----------------------------------------------------------------------------- stage
+
+
+def _null_path(out_dir: str) -> str:
+  return os.path.join(out_dir, "null.npz")
+
+
+def load_null(out_dir: str) -> dict:
+  """The null's outputs (null.npz) as a dict of arrays."""
+  with np.load(_null_path(out_dir)) as f:
+    return {k: f[k] for k in f.files}
+
+
+def run(ctx) -> None:
+  """Quantifies every sweep block into `workdir/quantify/` (resumable)."""
+  c = ctx.cfg(NAME)
+  if (c.samples_per_unit < 2 or c.null_draws < 2 or c.batch_size < 1 or c.n_labelled < 1
+      or c.rank_by not in ("mean", "effect") or c.average not in ("mean", "median")
+      or c.concepts not in selectivity.CONCEPT_SETS):
+    raise pipeline.PipelineError("quantify: samples_per_unit and null_draws must be >= 2, batch_size "
+                                 "and n_labelled >= 1, rank_by 'mean' or 'effect', average 'mean' or "
+                                 f"'median', concepts one of {', '.join(selectivity.CONCEPT_SETS)}")
+  out_dir = ctx.out_dir(NAME)
+  sweep_blocks = list(ctx.result("sweep").blocks())
+  G = ctx.G
+  try:
+    seg = segmenter(ctx)
+  except segment.SegmentationError as e:
+    raise pipeline.PipelineError(str(e)) from None
+  if not os.path.exists(_null_path(out_dir)):
+    io.savez(_null_path(out_dir), **_quantify_null(c, G, seg, sweep_blocks, ctx.key("quantify.null")))
+  store = blocks.BlockStore(out_dir)
+  todo = store.todo(len(sweep_blocks))
+  with tqdm(total=len(sweep_blocks), initial=len(sweep_blocks) - len(todo), unit="block",
+            desc="quantify") as bar:
+    for b in todo:
+      out = _quantify_block(c, G, seg, sweep_blocks[b])
+      pipeline.check_finite(f"quantify block {b} areas", out["first.area"])
+      pipeline.maybe_interrupt(NAME, b + 1)
+      store.write(b, **out)
+      io.write_json(os.path.join(out_dir, "manifest.json"),
+                    {"blocks_done": [d for d in range(len(sweep_blocks)) if store.done(d)],
+                     "n_blocks": len(sweep_blocks),
+                     "parts": list(seg.part_names[1:]) + [metrics.OBJECT_PART],
+                     "null_draws": c.null_draws, "samples_per_unit": c.samples_per_unit})
+      bar.update(1)
+  summarise(ctx, seg)
+
+
+def _statistics(c, deltas, lengths, null_d, null_len, seed: int) -> dict:
+  return selectivity.shared_null_statistics(deltas, lengths, null_d, null_len, seed=seed, n_boot=c.n_boot,
+                                            level=c.level, alpha=c.alpha, rank_by=c.rank_by,
+                                            average=c.average, per_length=c.null_per_length)
+
+
+def summarise(ctx, seg: segment.Segmenter) -> None:
+  """selectivity.csv, top_units.csv and truth_check.json from all quantify blocks and the null."""
+  c = ctx.cfg(NAME)
+  out_dir = ctx.out_dir(NAME)
+  seed = int(ctx.config.seed)
+  blks, null = [b for b in blocks.BlockStore(out_dir)], load_null(out_dir)
+  sources = selectivity.concept_sources(c.concepts)
+  parts = list(seg.part_names[1:]) + [metrics.OBJECT_PART]
+  units, deltas, lengths, null_d, null_len = deltas_from_blocks(blks, null, sources)
+  stats = _statistics(c, deltas, lengths, null_d, null_len, seed)
+  rows = selectivity.table_rows(stats, units, parts)
+  selectivity.write_csv(os.path.join(out_dir, "selectivity.csv"), rows, selectivity.TABLE_COLUMNS)
+  top = selectivity.top_units(rows, c.top_k)
+  selectivity.write_csv(os.path.join(out_dir, "top_units.csv"),
+                        [r for concept in sorted(top) for r in top[concept]], selectivity.TABLE_COLUMNS)
+  fpr = selectivity.null_false_positive_rate(null_d, null_len, seed=seed, n_boot=c.n_boot, level=c.level,
+                                             alpha=c.alpha, average=c.average, per_length=c.null_per_length)
+  if not isinstance(ctx.G, GroundTruthWorld) or "truth_delta" not in blks[0]:
+    return
+  truth = np.concatenate([b["truth_delta"] for b in blks])  # [U, F]
+  names = [str(n) for n in blks[0]["truth_factors"]]
+  concepts = ctx.G.factor_concepts
+  check = truth_check(stats, units, parts, truth, names, c.top_k, concepts, score=c.rank_by)
+  _, t_deltas, t_len, t_null, t_null_len = deltas_from_blocks(blks, null, sources, "true")
+  t_stats = _statistics(c, t_deltas, t_len, t_null, t_null_len, seed)
+  check["true_masks"] = truth_check(t_stats, units, parts, truth, names, c.top_k, concepts, score=c.rank_by)
+  check.update(false_positive_rate=fpr, alpha=c.alpha, concepts=c.concepts, rank_by=c.rank_by,
+               average=c.average, null_per_length=c.null_per_length,
+               samples_per_unit=c.samples_per_unit, null_draws=c.null_draws)
+  io.write_json(os.path.join(out_dir, "truth_check.json"), check)
+  f = lambda x: "n/a" if x is None else f"{x:.2f}"
+  tm = check["true_masks"]
+  print(f"[quantify] vs ground truth: precision@{check['k']} {f(check['mean_precision'])} "
+        f"(true masks {f(tm['mean_precision'])}; chance {check['chance']:.2f}), Spearman "
+        f"{f(check['mean_spearman'])} (true masks {f(tm['mean_spearman'])}); false-positive rate "
+        f"on random directions {fpr:.3f} (alpha {c.alpha})", flush=True)
 
 
 @dataclasses.dataclass(frozen=True)
 class QuantifyResult:
-  """selectivity rows (selectivity.TABLE_COLUMNS, typed), the segmenter's held-out
-  evaluation, and the ground-truth check (None off the built-in world)."""
+  """rows: selectivity.csv, typed (selectivity.TABLE_COLUMNS); segmenter_eval: held-out
+  IoU (segmenter_eval.json); truth_check: precision@k against the truth (None off a
+  GroundTruthWorld); `blocks()`: the per-block measurements; `segmenter()`: the head."""
+  directory: str
   rows: list
   segmenter_eval: dict | None
   truth_check: dict | None
-  workdir: str
 
   def blocks(self) -> list[dict]:
-    return lib.load_blocks(self.workdir)
+    return [b for b in blocks.BlockStore(self.directory)]
+
+  def segmenter(self) -> segment.Segmenter:
+    return segment.load(os.path.join(self.directory, "segmenter"))
 
 
 def _typed(r: dict) -> dict:
@@ -36,23 +454,146 @@ def _typed(r: dict) -> dict:
 
 
 def load(workdir: str) -> QuantifyResult:
-  out_dir = os.path.join(workdir, "quantify")
-  with open(pipeline.require(os.path.join(out_dir, "selectivity.csv"), "quantify")) as f:
+  out_dir = os.path.join(workdir, NAME)
+  with open(pipeline.require(os.path.join(out_dir, "selectivity.csv"), NAME)) as f:
     rows = [_typed(r) for r in csv.DictReader(f)]
   opt = lambda name: (io.read_json(os.path.join(out_dir, name))
                       if os.path.exists(os.path.join(out_dir, name)) else None)
-  return QuantifyResult(rows=rows, segmenter_eval=opt("segmenter_eval.json"),
-                        truth_check=opt("truth_check.json"), workdir=workdir)
+  return QuantifyResult(directory=out_dir, rows=rows, segmenter_eval=opt("segmenter_eval.json"),
+                        truth_check=opt("truth_check.json"))
 
 
-def run(ctx) -> None:
-  lib.run(ctx.config, ctx.workdir)
+# ----------------------------------------------------------------------------- report section
+
+# Overlay colours of parts 1.. (background stays unpainted): saturated, unlike the objects.
+_PART_COLOURS = np.array([[0.95, 0.10, 0.10], [0.10, 0.30, 0.95], [1.00, 0.90, 0.00],
+                          [0.00, 0.80, 0.30], [0.80, 0.00, 0.80], [0.00, 0.85, 0.85],
+                          [1.00, 0.50, 0.00], [0.50, 0.50, 0.50]])
+
+
+def overlay(img: np.ndarray, labels: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+  """Images [N, H, W, 3] in [0, 1] with parts (labels > 0) tinted in their colour."""
+  colours = _PART_COLOURS[(np.maximum(labels, 1) - 1) % len(_PART_COLOURS)]
+  tint = np.where((labels > 0)[..., None], alpha, 0.0)
+  return img * (1 - tint) + colours * tint
+
+
+def _card_units(rows: list[dict], n: int) -> list[int]:
+  """Units with the most selective concepts (ties: the largest |effect|)."""
+  score: dict[int, list] = {}
+  for r in rows:
+    s = score.setdefault(r["unit"], [0, 0.0])
+    if r["selective"]:
+      s[0] += 1
+      s[1] = max(s[1], abs(r["effect"]) if np.isfinite(r["effect"]) else 0.0)
+  return [u for u, _ in sorted(score.items(), key=lambda kv: (-kv[1][0], -kv[1][1]))[:n]]
 
 
 def section(ctx) -> str | None:
-  return lib.report_section(ctx.config, ctx.workdir)
+  """HTML: segmenter IoU, precision@k on the built-in world, top units, one card per unit."""
+  if not os.path.exists(os.path.join(ctx.out_dir(NAME), "selectivity.csv")):
+    return None
+  res = ctx.result(NAME)
+  c = ctx.cfg(NAME)
+  rows = res.rows
+  fmt = page.fmt
+  parts = ["<h2>What the units encode: parts and their measures</h2>"]
+  ev = res.segmenter_eval
+  if ev:
+    parts.append(f"<p>Few-shot part segmenter on the generator's synthesis features, trained on "
+                 f"{ev['n_labelled']} labelled images ({page.escape(str(ev['labels']))}) in "
+                 f"{ev['train_seconds']:.0f} s. Held-out IoU on {ev['n_images']} images: "
+                 f"<b>mean IoU {fmt(ev['mean_iou'])}</b></p>")
+    parts.append(page.table(["part", "IoU"], [[p, fmt(v)] for p, v in ev["iou"].items()]))
+  ch = res.truth_check
+  if ch:
+    tm = ch.get("true_masks") or {"per_factor": {}}
+    fpr = ch.get("false_positive_rate")
+    parts.append(f"<h3>Check against the ground truth: precision@{ch['k']}</h3><p>For each factor of "
+                 f"the built-in world, the top-{ch['k']} units found selective for the concept that "
+                 f"shows it, against the {ch['k']} units whose sweeps truly move that factor most, "
+                 f"measured with the segmenter's masks and with the world's true masks (which "
+                 f"separates segmentation error from the measurement design). "
+                 f"<b>Mean precision@{ch['k']}: {fmt(ch['mean_precision'])}</b> (true masks "
+                 f"{fmt(tm.get('mean_precision'))}; chance {ch['chance']:.2f}); mean Spearman "
+                 f"correlation over all units of measured and true change: "
+                 f"{fmt(ch.get('mean_spearman'))} (true masks {fmt(tm.get('mean_spearman'))}). "
+                 + (f"False-positive rate of 'selective' on sweeps along random directions: "
+                    f"<b>{fpr:.3f}</b> (alpha {ch['alpha']}). " if fpr is not None else "")
+                 + f"Concepts: {html.escape(str(ch.get('concepts', 'reference')))}.</p>")
+    parts.append(page.table(
+        ["factor", "concept", "units found", "units that move it", f"precision@{ch['k']}",
+         "precision (true masks)", "Spearman", "Spearman (true masks)"],
+        [[f, f"{v['part']} {v['metric']}", ", ".join(map(str, v["found"])) or "none",
+          ", ".join(map(str, v["true_top"])), fmt(v["precision"]),
+          fmt(tm["per_factor"].get(f, {}).get("precision")), fmt(v.get("spearman"), 2),
+          fmt(tm["per_factor"].get(f, {}).get("spearman"), 2)]
+         for f, v in ch["per_factor"].items()]))
+  n_sel = sum(r["selective"] for r in rows)
+  parts.append(f"<p>{n_sel} of {len(rows)} unit x concept pairs are selective (permutation p &lt;= "
+               f"{c.alpha} against random-direction sweeps). Full table: "
+               f"<code>quantify/selectivity.csv</code>.</p>")
+  top = selectivity.top_units(rows, 3)
+  parts.append(page.table(["part", "metric", "top selective units (mean change)"],
+                          [[p, m, ", ".join(f"{r['unit']} ({r['mean']:+.3g})" for r in lst)]
+                           for (p, m), lst in sorted(top.items())]))
+  card_units = _card_units(rows, c.cards)
+  if card_units:
+    parts.append("<h3>Unit cards</h3>")
+    parts += _cards(ctx, res, card_units)
+  return "\n".join(parts)
 
 
-STAGE = Stage(name="quantify", requires=("sweep",), default_config=default_config, run=run,
-              load=load, uses=("classes", "psi", "seed"), section=section,
+def _cards(ctx, res: QuantifyResult, card_units: list[int]) -> list[str]:
+  """One card per unit: its sweep from the first start sample with the part overlay."""
+  c = ctx.cfg(NAME)
+  scale, batch = ctx.cfg("report").image_scale, ctx.cfg("report").batch_size
+  G = ctx.G
+  seg = res.segmenter()
+  where = {}
+  for blk in ctx.result("sweep").blocks():
+    for i, u in enumerate(blk["units"]):
+      if int(u) in card_units:
+        where[int(u)] = (blk["w"][i, 0], blk["values"][i])  # first start sample: [T, w_dim], [T]
+  out = []
+  for u in card_units:
+    if u not in where:
+      continue
+    w, values = where[u]
+    img = images.render(G, w, batch).astype(np.float32) / 255   # [T, H, W, 3] in [0, 1]
+    img = np.asarray(segment.resize_images(jnp.asarray(img), seg.resolution))
+    lab = segment.predict_labels(seg, G, pipeline.broadcast_ws(jnp.asarray(w), G.num_ws))
+    strip = images.unit_to_uint8(np.concatenate([images.row(img), images.row(overlay(img, lab))], 0))
+    mine = sorted((r for r in res.rows if r["unit"] == u), key=lambda r: -abs(r["effect"])
+                  if np.isfinite(r["effect"]) else 0.0)
+    sel = [f"{r['part']} {r['metric']}" for r in mine if r["selective"]]
+    cells = [[r["part"], r["metric"], f"{r['mean']:+.3g}", f"[{r['ci_low']:+.3g}, {r['ci_high']:+.3g}]",
+              f"{r['effect']:+.2f}", page.fmt(r["p_null"], 2), "yes" if r["selective"] else ""]
+             for r in mine[:6]]
+    out.append(
+        f'<div class="card"><h4>Unit {u}</h4><figure>{page.img(strip, scale)}'
+        f"<figcaption>Sweep of unit {u} from {values[0]:.3g} to {values[-1]:.3g} (top) and its part "
+        f"segmentation (bottom).</figcaption></figure>"
+        f"<p>Selective for: {page.escape(', '.join(sel)) or 'nothing'}</p>"
+        + page.table(["part", "metric", "mean change", f"{int(c.level * 100)}% interval", "effect",
+                      "null p", "selective"], cells) + "</div>")
+  return out
+
+
+def summary(ctx) -> dict | None:
+  """Segmenter mean IoU and the ground-truth check's headline numbers."""
+  if not os.path.exists(os.path.join(ctx.out_dir(NAME), "selectivity.csv")):
+    return None
+  res = ctx.result(NAME)
+  out = {"n_selective": int(sum(r["selective"] for r in res.rows)), "n_rows": len(res.rows)}
+  if res.segmenter_eval:
+    out["mean_iou"] = res.segmenter_eval["mean_iou"]
+  if res.truth_check:
+    out.update(precision_at_k=res.truth_check["mean_precision"], k=res.truth_check["k"],
+               chance=res.truth_check["chance"], spearman=res.truth_check["mean_spearman"])
+  return out
+
+
+STAGE = Stage(name=NAME, requires=("sweep",), default_config=default_config, run=run, load=load,
+              uses=("classes", "psi", "seed"), section=section, summary=summary,
               ignores=("batch_size", "cards"))
