@@ -6,6 +6,7 @@ All timings are after compilation (one warm-up call), batch of `--batch` images.
 Usage:
   python benchmarks/bench_quantify.py                     # demo recipe, 64 px
   python benchmarks/bench_quantify.py --resolution 128 --batch 32
+  python benchmarks/bench_quantify.py --no-entropy --truth  # the demo's quantify since issue 15
 """
 import argparse
 import time
@@ -34,6 +35,8 @@ def main():
   p.add_argument("--labelled", type=int, default=20)
   p.add_argument("--epochs", type=int, default=40)
   p.add_argument("--head", default="XS")
+  p.add_argument("--no-entropy", action="store_true", help="skip the local entropy (quantify.concepts='calibrated')")
+  p.add_argument("--truth", action="store_true", help="also measure with the world's true masks")
   args = p.parse_args()
 
   G = generators.load("shapes", resolution=args.resolution)
@@ -69,7 +72,8 @@ def main():
       ("segmentation head", _time(head, seg.params, f)),
       ("local entropy (disk r=5)", _time(jax.jit(jax.vmap(metrics.local_entropy)), grey)),
       ("all part metrics", _time(lambda a, b: metrics.part_metrics(a, b), img, masks)),
-      ("stage.measure (all of the above)", _time(lambda w: stage.measure(G, seg, w, n, 3), w)),
+      ("stage.measure (all of the above)",
+       _time(lambda w: stage.measure(G, seg, w, n, 3, entropy=not args.no_entropy, truth=args.truth), w)),
   ]
   print(f"per image, {args.resolution} px, batch {n}, {jax.devices()[0].platform}:")
   for name, t in rows:

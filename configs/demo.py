@@ -40,13 +40,16 @@ def get_config():
   config.quantify.labels = "ground_truth"  # the world's own part masks
   config.quantify.n_labelled = 20  # <= 20, as the issue asks
   config.quantify.n_heldout = 64  # held-out images for the segmenter's IoU
+  config.quantify.resolution = 0  # segment and measure at the world's own 64 px (no upsampling)
   config.quantify.layers = "all"  # the world's 4 feature layers
   config.quantify.head = "XS"  # a small head: 40 epochs in well under a minute on CPU
   config.quantify.epochs = 40
   config.quantify.lr = 3e-3
   config.quantify.lr_step_epochs = 30
-  config.quantify.samples_per_unit = 6  # of the 32 start samples: 128 x 6 x 3 = 2304 images
-  config.quantify.null_draws = 1
+  config.quantify.samples_per_unit = 8  # of the 32 start samples, one per class
+  config.quantify.null_draws = 59  # null directions: 128 x 8 x 2 + 8 x 60 = 2528 images
+  config.quantify.concepts = "calibrated"  # metrics that track the world's factors (README)
+  config.quantify.average = "median"  # of a unit's changes over its start samples (the paper: mean)
   config.quantify.batch_size = 64
   config.quantify.top_k = 5
   config.quantify.cards = 6

@@ -54,7 +54,9 @@ def get_config() -> ml_collections.ConfigDict:
   q.lr = 1e-3
   q.lr_step_epochs = 50  # lr x lr_gamma every 50 epochs (torch StepLR)
   q.samples_per_unit = 10  # start samples measured per unit
-  q.null_draws = 2  # random directions per (unit, start sample)
+  q.null_draws = 59  # random directions of the null, shared by all units and start samples
+  q.concepts = "reference"  # the paper's measures ('calibrated': lis_jax's, see README)
+  q.average = "mean"  # the paper averages a unit's changes over its start samples
   q.batch_size = 32  # images per segment-and-measure call
   q.top_k = 10  # units listed per (part, metric) concept
   q.cards = 8  # unit cards in the report

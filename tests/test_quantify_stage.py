@@ -1,5 +1,5 @@
 """The quantify stage on a hand-made sweep of the built-in world: resumes after a crash,
-loses and duplicates nothing; precision@k and random-direction null ends have known answers."""
+loses and duplicates nothing; the truth check and the random-direction null have known answers."""
 import csv
 import os
 import sys
@@ -26,7 +26,7 @@ def small_config():
   q = config.quantify
   q.n_labelled, q.n_heldout, q.epochs = 4, 4, 2  # the segmenter's quality is tested elsewhere
   q.resolution = 32  # segmented and measured at half the world's 64 px (exercises resampling)
-  q.samples_per_unit, q.null_draws, q.batch_size, q.n_boot, q.cards = 3, 2, 16, 100, 2
+  q.samples_per_unit, q.null_draws, q.batch_size, q.n_boot, q.cards = 3, 4, 16, 100, 2
   return config
 
 
@@ -85,7 +85,7 @@ def test_stage_resumes_after_a_crash_and_matches_a_clean_run(tmp_path, monkeypat
 
   a = _read(os.path.join(os.path.join(clean, "quantify"), "selectivity.csv"))
   b = _read(os.path.join(qdir, "selectivity.csv"))
-  parts = len(shapes.PART_NAMES) - 1  # background is not measured (as the reference)
+  parts = len(shapes.PART_NAMES)  # background is not measured (as the reference); + the object
   assert len(a) == len(b) == N_UNITS * parts * len(selectivity.CONCEPT_METRICS)
   keys = [(r["unit"], r["part"], r["metric"]) for r in b]
   assert len(set(keys)) == len(keys) and sorted({int(r["unit"]) for r in b}) == list(range(N_UNITS))
@@ -94,13 +94,15 @@ def test_stage_resumes_after_a_crash_and_matches_a_clean_run(tmp_path, monkeypat
     np.testing.assert_allclose(float(ra["mean"]), float(rb["mean"]), rtol=1e-6, equal_nan=True)
   with np.load(os.path.join(qdir, "block_00001.npz")) as f:
     assert f["first.area"].shape == (PER_BLOCK, 3, parts) and f["first.area"].max() <= 32 * 32
-    assert f["null.ell_angle"].shape == (PER_BLOCK, 3, 2, parts, 3)
+    assert f["first.true.area"].shape == (PER_BLOCK, 3, parts)  # the world's true masks
+  with np.load(os.path.join(qdir, "null.npz")) as f:
+    assert f["end.ell_angle"].shape == (4, 3, parts, 3) and f["start.area"].shape == (3, parts)
   manifest = io.read_json(os.path.join(qdir, "manifest.json"))
   assert manifest["blocks_done"] == [0, 1]
   assert os.path.exists(os.path.join(qdir, "truth_check.json"))
 
   # A different quantify config on the same workdir is refused, naming the field.
-  config.quantify.null_draws = 3
+  config.quantify.null_draws = 5
   with pytest.raises(pipeline.PipelineError, match="null_draws"):
     pipeline.run(config, crashed)
 
@@ -109,38 +111,42 @@ def test_stage_resumes_after_a_crash_and_matches_a_clean_run(tmp_path, monkeypat
   assert "Unit cards" in html and "precision@" in html and "mean IoU" in html
 
 
-def test_null_ends_have_the_sweep_length_and_are_reproducible():
+def test_null_directions_have_the_units_lengths_and_are_reproducible():
   rng = np.random.default_rng(0)
-  first = rng.normal(size=(3, 4, 16)).astype(np.float32)
-  last = first + rng.normal(size=(3, 4, 16)).astype(np.float32)
+  start = rng.normal(size=(4, 16)).astype(np.float32)
+  lengths = np.array([1.0, 2.5, 7.0])
   key = jax.random.PRNGKey(0)
-  ends = stage.null_ends(first, last, np.arange(3), np.arange(4), 5, key)
-  assert ends.shape == (3, 4, 5, 16)
-  np.testing.assert_allclose(np.linalg.norm(ends - first[:, :, None], axis=-1),
-                             np.broadcast_to(np.linalg.norm(last - first, axis=-1)[..., None], (3, 4, 5)),
-                             rtol=1e-5)
-  # Same (unit, sample) -> same directions, whatever else is in the block.
-  again = stage.null_ends(first[1:2], last[1:2], np.array([1]), np.arange(4), 5, key)
-  np.testing.assert_allclose(again[0], ends[1], rtol=1e-6)
+  ends, length = stage.null_ws(start, lengths, 50, key)
+  assert ends.shape == (50, 4, 16) and set(np.round(length, 6)) == set(lengths)
+  step = ends - start[None]
+  # One direction per draw, shared by every start sample, with the drawn length.
+  np.testing.assert_allclose(step, np.broadcast_to(step[:, :1], step.shape), atol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(step[:, 0], axis=-1), length, rtol=1e-5)
+  again, _ = stage.null_ws(start, lengths, 50, key)
+  np.testing.assert_array_equal(again, ends)
 
 
-def test_precision_at_k_with_a_planted_truth():
-  names = np.asarray(["pos_x", "body_lum"])
+def test_truth_check_with_a_planted_truth():
+  names = ["pos_x", "body_lum"]
+  parts = ["body", "top", "extra", "object"]
   truth = np.zeros((6, 2))
   truth[[4, 1], 0] = [0.9, 0.5]  # units 4 and 1 move pos_x most
   truth[[0, 2], 1] = [0.7, 0.6]  # units 0 and 2 move body_lum most
-  blocks = [{"units": np.arange(6), "truth_delta": truth, "truth_factors": names}]
-  rows = [
-      {"unit": 4, "part": "body", "metric": "centre_x", "rank": 1, "selective": True},
-      {"unit": 3, "part": "body", "metric": "centre_x", "rank": 2, "selective": True},
-      {"unit": 0, "part": "body", "metric": "luminance", "rank": 1, "selective": True},
-      {"unit": 2, "part": "body", "metric": "luminance", "rank": 2, "selective": True},
-      {"unit": 5, "part": "body", "metric": "luminance", "rank": 3, "selective": False},
-  ]
-  check = stage.precision_at_k(rows, blocks, k=2, concepts=shapes.FACTOR_CONCEPTS)
+  shape = (6, len(parts), len(selectivity.CONCEPT_METRICS))
+  stats = {"selective": np.zeros(shape, bool), "rank": np.full(shape, 6), "mean": np.zeros(shape)}
+  cx = (parts.index(shapes.FACTOR_CONCEPTS["pos_x"][0]),
+        selectivity.CONCEPT_METRICS.index(shapes.FACTOR_CONCEPTS["pos_x"][1]))
+  lum = (parts.index("body"), selectivity.CONCEPT_METRICS.index("luminance"))
+  for u, rank, sel in ((4, 1, True), (3, 2, True)):
+    stats["rank"][u][cx], stats["selective"][u][cx] = rank, sel
+  for u, rank, sel in ((0, 1, True), (2, 2, True), (5, 3, False)):
+    stats["rank"][u][lum], stats["selective"][u][lum] = rank, sel
+  stats["mean"][:, cx[0], cx[1]] = truth[:, 0]  # measured change ranks like the truth
+  check = stage.truth_check(stats, np.arange(6), parts, truth, names, 2, shapes.FACTOR_CONCEPTS)
   assert check["per_factor"]["pos_x"]["precision"] == 0.5
   assert check["per_factor"]["body_lum"]["precision"] == 1.0
   assert check["mean_precision"] == 0.75 and check["chance"] == 2 / 6
+  assert check["per_factor"]["pos_x"]["spearman"] == pytest.approx(1.0)
 
 
 def test_pick_starts_spreads_over_classes():
@@ -161,5 +167,5 @@ def test_measure_compiles_once_for_any_number_of_images():
   small = stage.measure(G, seg, w[:5], batch_size=8, max_components=2)
   big = stage.measure(G, seg, w, batch_size=8, max_components=2)  # two batches, the last padded
   assert stage._measure._cache_size() == before + 1
-  assert big["area"].shape == (13, len(names) - 1) and big["ell_width"].shape == (13, len(names) - 1, 2)
+  assert big["area"].shape == (13, len(names)) and big["ell_width"].shape == (13, len(names), 2)
   np.testing.assert_allclose(big["area"][:5], small["area"], rtol=1e-6)

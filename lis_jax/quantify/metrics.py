@@ -31,6 +31,19 @@ an ellipse fit. Here the same quantities are computed from masks on device, batc
                component's outer contour; a moment fit is the same ellipse for a filled
                ellipse and is stable for ragged segmentations.
 
+Added beyond the reference (benchmarks/selectivity_results.md measures why):
+  brightness   mean of (R + G + B) / 3 over the part, in [0, 1]: unlike the Rec. 601
+               luma above, a hue change at constant brightness leaves it unchanged.
+  contrast     coefficient of variation (std / mean) of the per-pixel brightness over
+               the part's interior (the binary mask eroded by one pixel, or the mask
+               itself where erosion leaves nothing): a texture measure that a colour or
+               brightness change of the whole part leaves unchanged, and that an edge
+               of a neighbouring part (a segmentation error) hardly touches.
+  angle        orientation of the whole (soft) part from its second moments, in the
+               ellipse convention below (not only its largest component).
+and an `object` pseudo-part (`with_object`): the union of all foreground parts, whose
+size, position and orientation do not depend on how the parts are told apart.
+
 Connected components are labelled in JAX (`label_components`): every foreground pixel
 starts with its own flat index as label; a `lax.while_loop` alternates a minimum over
 the 8 (or 4) neighbours with pointer jumping (label <- label of the pixel the label
@@ -73,7 +86,10 @@ _OUTSIDE = 256
 
 # Names of the per-part scalar metrics, [N, P] each.
 SCALAR_METRICS = ("area", "luminance", "entropy_mean", "entropy_std", "entropy_min",
-                  "entropy_max", "colour_r", "colour_g", "colour_b", "centre_x", "centre_y")
+                  "entropy_max", "colour_r", "colour_g", "colour_b", "centre_x", "centre_y",
+                  "brightness", "contrast", "angle")
+# Name of the union-of-parts pseudo-part that `with_object` appends.
+OBJECT_PART = "object"
 # Names of the per-component ellipse fields, [N, P, K] each.
 ELLIPSE_FIELDS = ("centre_x", "centre_y", "width", "height", "angle", "eccentricity", "area")
 
@@ -268,9 +284,30 @@ def component_ellipses(mask: jax.Array, max_components: int, connectivity: int =
 # ----------------------------------------------------------------------------- metrics
 
 
+def with_object(masks: jax.Array) -> jax.Array:
+  """Part masks [..., P] -> [..., P + 1]: appends the union of the parts (OBJECT_PART).
+
+  The masks must be foreground parts only (background dropped); soft masks are summed
+  and clipped to 1.
+  """
+  return jnp.concatenate([masks, jnp.clip(jnp.sum(masks, -1, keepdims=True), 0.0, 1.0)], -1)
+
+
+def erode(binary: jax.Array) -> jax.Array:
+  """[H, W, P] bool masks eroded by one pixel (3 x 3 square; outside the image counts as off)."""
+  h, w = binary.shape[:2]
+  padded = jnp.pad(binary, ((1, 1), (1, 1), (0, 0)), constant_values=False)
+  out = binary
+  for dy in (-1, 0, 1):
+    for dx in (-1, 0, 1):
+      out = out & padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+  return out
+
+
 def image_part_metrics(img: jax.Array, masks: jax.Array, *, max_components: int = 3,
                        threshold: float = 0.5, connectivity: int = 8,
-                       entropy_radius: int = ENTROPY_RADIUS) -> Dict[str, jax.Array]:
+                       entropy_radius: int = ENTROPY_RADIUS,
+                       entropy: bool = True) -> Dict[str, jax.Array]:
   """All part metrics of one image (see the module docstring for definitions).
 
   Args:
@@ -282,13 +319,17 @@ def image_part_metrics(img: jax.Array, masks: jax.Array, *, max_components: int 
     threshold: binarisation threshold for components and entropy min/max.
     connectivity: 8 or 4 for components.
     entropy_radius: disk radius of the local entropy.
+    entropy: False skips the local entropy (the costliest metric): entropy_* are NaN.
   Returns:
     dict: SCALAR_METRICS -> [P]; 'ell_<field>' for ELLIPSE_FIELDS -> [P, K].
   """
   h, w, _ = img.shape
   levels = to_levels(img.astype(jnp.float32))  # [H, W, 3]
   lum = luminance_image(levels)  # [H, W]
-  ent = local_entropy(grey_levels(levels), entropy_radius)  # [H, W]
+  if entropy:
+    ent = local_entropy(grey_levels(levels), entropy_radius)  # [H, W]
+  else:
+    ent = jnp.full((h, w), jnp.nan, jnp.float32)
   m = masks.astype(jnp.float32)  # [H, W, P]
   binary = m > threshold
 
@@ -305,6 +346,17 @@ def image_part_metrics(img: jax.Array, masks: jax.Array, *, max_components: int 
   ent_min = jnp.where(any_bin, jnp.min(jnp.where(binary, ent[..., None], jnp.inf), (0, 1)), jnp.nan)
   ent_max = jnp.where(any_bin, jnp.max(jnp.where(binary, ent[..., None], -jnp.inf), (0, 1)), jnp.nan)
   xx, yy, x0, y0 = _coords(h, w)
+  bright = jnp.mean(levels, -1) / 255.0  # [H, W]
+  interior = erode(binary)
+  interior = jnp.where(jnp.any(interior, axis=(0, 1)), interior, binary).astype(jnp.float32)
+  n_in = jnp.sum(interior, axis=(0, 1))  # [P]
+  in_mean = jnp.einsum("hw,hwp->p", bright, interior) / jnp.maximum(n_in, 1.0)
+  in_var = jnp.maximum(jnp.einsum("hw,hwp->p", bright ** 2, interior) / jnp.maximum(n_in, 1.0)
+                       - in_mean ** 2, 0.0)
+  contrast = jnp.where(n_in > 0, jnp.sqrt(in_var) / jnp.maximum(in_mean, 1.0 / 255.0), jnp.nan)
+  whole = _ellipse_from_moments(area, jnp.einsum("hw,hwp->p", xx, m), jnp.einsum("hw,hwp->p", yy, m),
+                                jnp.einsum("hw,hwp->p", xx * xx, m), jnp.einsum("hw,hwp->p", yy * yy, m),
+                                jnp.einsum("hw,hwp->p", xx * yy, m), x0, y0)
   out = {
       "area": area,
       "luminance": wmean(lum),
@@ -317,6 +369,9 @@ def image_part_metrics(img: jax.Array, masks: jax.Array, *, max_components: int 
       "colour_b": wmean(levels[..., 2] / 255.0),
       "centre_x": wmean(xx) + x0,
       "centre_y": wmean(yy) + y0,
+      "brightness": wmean(bright),
+      "contrast": contrast,
+      "angle": whole["angle"],
   }
   ell = jax.vmap(lambda b: component_ellipses(b, max_components, connectivity),
                  in_axes=-1)(binary)  # fields [P, K]
@@ -325,10 +380,10 @@ def image_part_metrics(img: jax.Array, masks: jax.Array, *, max_components: int 
 
 
 @functools.partial(jax.jit, static_argnames=("max_components", "threshold", "connectivity",
-                                             "entropy_radius"))
+                                             "entropy_radius", "entropy"))
 def part_metrics(imgs: jax.Array, masks: jax.Array, *, max_components: int = 3,
                  threshold: float = 0.5, connectivity: int = 8,
-                 entropy_radius: int = ENTROPY_RADIUS) -> Dict[str, jax.Array]:
+                 entropy_radius: int = ENTROPY_RADIUS, entropy: bool = True) -> Dict[str, jax.Array]:
   """`image_part_metrics` vmapped over a batch and jitted.
 
   Args:
@@ -342,7 +397,7 @@ def part_metrics(imgs: jax.Array, masks: jax.Array, *, max_components: int = 3,
     raise ValueError(f"expected imgs [N, H, W, 3] and masks [N, H, W, P], got {imgs.shape} "
                      f"and {masks.shape}")
   fn = functools.partial(image_part_metrics, max_components=max_components, threshold=threshold,
-                         connectivity=connectivity, entropy_radius=entropy_radius)
+                         connectivity=connectivity, entropy_radius=entropy_radius, entropy=entropy)
   return jax.vmap(fn)(imgs, masks)
 
 

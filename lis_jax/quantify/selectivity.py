@@ -7,28 +7,41 @@ the first step, normalised as the reference's notebook does (kaschube-lab/Linkin
 notebooks/LinkingInStyle.ipynb, `get_feat_change_single_unit`):
 
   area          relative: (last - first) / first, with first = 0 replaced by 1
-  luminance     divided by the largest luminance (85 on the reference's scale)
+  luminance     divided by the largest luminance (85 on the reference's scale); the
+                calibrated set's brightness is already in [0, 1]
   angle         wrapped into [-90, 90) degrees (orientations are mod 180; the reference
                 takes the raw difference)
   motion        distance the part's centre of mass moved, in pixels (>= 0)
-  all others    raw difference (entropy in bits, colour in [0, 1], centre / width /
-                height in pixels, eccentricity)
+  all others    raw difference (entropy in bits, contrast, colour in [0, 1], centre /
+                width / height in pixels, eccentricity)
 
-Per unit and concept, the changes over the start samples give
-  mean, ci_low, ci_high   the mean change and its percentile bootstrap interval
-                          (resampling start samples)
-  null_rms                root mean square of the same change along random directions in
-                          w of the same length as the unit's sweep, from the same start
-                          samples (the null: "this unit is no different from a random
-                          direction")
-  effect                  mean / null_rms (the ranking score)
-  p_null                  two-sided bootstrap p-value of the mean under the null: how
-                          often a mean of S changes drawn from the unit's null changes is
-                          at least as far from zero as the observed mean
-  selective               p_null < alpha and the interval excludes 0
-  rank                    rank of |mean| among all units for this concept (1 = largest
-                          change, the reference's quantity; `selective` says whether it
-                          stands out from the null)
+A unit's sweep moves every start sample along the same direction in w (the link is
+linear), so the null is a set of R random directions in w, each applied to every start
+sample and shared by all units, with lengths drawn from the units' sweep lengths
+(`shared_null_statistics`). Per unit and concept:
+  mean, ci_low, ci_high   the average change over the start samples (the median by
+                          default, robust to the odd failed measurement; or the mean, the
+                          reference's) and its percentile bootstrap interval (resampling
+                          start samples)
+  null_rms                RMS over the null directions of the same average change
+  effect                  mean / null_rms
+  p_null                  permutation p-value: (1 + #{null directions whose |average
+                          change| is at least the unit's}) / (1 + R) (ties broken at
+                          random); valid because under
+                          the null the unit's sweep is one more random-direction sweep
+                          (P(p <= alpha) <= alpha; the tests and truth_check.json measure
+                          the false-positive rate on random-direction sweeps). With
+                          `per_length`, changes per unit of sweep length are compared.
+  selective               p_null <= alpha (the permutation test alone: also requiring the
+                          interval to exclude 0, as the earlier null did, made it
+                          conservative, 0.02-0.025 at alpha 0.05 with 4 start samples)
+  rank                    rank among all units for this concept of |mean| (1 = largest
+                          change, the reference's quantity) or of |effect|
+
+`unit_statistics` is the earlier null (one independent random direction per unit and
+start sample, a bootstrap of its changes); it ignores that a unit's samples share one
+direction and flags far more than alpha of random-direction sweeps
+(benchmarks/selectivity_results.md); it is kept only to measure that.
 
 Undefined changes (a part absent at the first or last step) are left out of that
 concept's statistics (`n` says how many samples remained).
@@ -43,52 +56,73 @@ import numpy as np
 
 from lis_jax.quantify import metrics
 
-# Concepts measured per part: name -> source in the metrics dict (ellipse fields are
-# those of the part's largest connected component).
-CONCEPT_SOURCES = {
-    "area": "area",
-    "luminance": "luminance",
-    "entropy": "entropy_mean",
-    "colour_r": "colour_r",
-    "colour_g": "colour_g",
-    "colour_b": "colour_b",
-    "centre_x": "centre_x",
-    "centre_y": "centre_y",
-    "eccentricity": "ell_eccentricity",
-    "angle": "ell_angle",
-    "width": "ell_width",
-    "height": "ell_height",
+# Concepts measured per part: name -> source in the metrics dict (ellipse fields, 'ell_*',
+# are those of the part's largest connected component). Two sets (`quantify.concepts`):
+# 'reference' measures what the reference measures; 'calibrated' swaps in the metrics
+# that track their factor on images with known factors (benchmarks/selectivity_results.md):
+# brightness (mean RGB) for Rec. 601 luma, contrast (std / mean brightness over the part's
+# interior) for local entropy, and the whole part's moment orientation for the largest
+# component's ellipse angle.
+CONCEPT_SETS = {
+    "reference": {
+        "area": "area",
+        "luminance": "luminance",
+        "texture": "entropy_mean",
+        "colour_r": "colour_r",
+        "colour_g": "colour_g",
+        "colour_b": "colour_b",
+        "centre_x": "centre_x",
+        "centre_y": "centre_y",
+        "eccentricity": "ell_eccentricity",
+        "angle": "ell_angle",
+        "width": "ell_width",
+        "height": "ell_height",
+    },
 }
-CONCEPT_METRICS = tuple(CONCEPT_SOURCES) + ("motion",)
+CONCEPT_SETS["calibrated"] = {**CONCEPT_SETS["reference"], "luminance": "brightness",
+                              "texture": "contrast", "angle": "angle"}
+CONCEPT_SOURCES = CONCEPT_SETS["reference"]
+CONCEPT_METRICS = tuple(CONCEPT_SOURCES) + ("motion",)  # The same names in every set.
 TABLE_COLUMNS = ("unit", "part", "metric", "mean", "ci_low", "ci_high", "n", "null_rms", "effect",
                  "p_null", "selective", "rank")
 
 
-def concept_values(m: Mapping[str, np.ndarray]) -> np.ndarray:
+def concept_sources(name: str) -> dict[str, str]:
+  """The concept set `name` ('reference' or 'calibrated'): concept -> metrics-dict key."""
+  if name not in CONCEPT_SETS:
+    raise ValueError(f"unknown concept set {name!r} (choose from {', '.join(CONCEPT_SETS)})")
+  return CONCEPT_SETS[name]
+
+
+def concept_values(m: Mapping[str, np.ndarray],
+                   sources: Mapping[str, str] = CONCEPT_SOURCES) -> np.ndarray:
   """Metrics dict (from metrics.part_metrics, any leading shape) -> [..., P, M'] values.
 
-  M' = len(CONCEPT_SOURCES) (motion is derived from two steps in `sweep_changes`).
+  M' = len(sources) (motion is derived from two steps in `sweep_changes`).
   """
   cols = []
-  for src in CONCEPT_SOURCES.values():
+  for src in sources.values():
     x = np.asarray(m[src], np.float64)
     cols.append(x[..., 0] if src.startswith("ell_") else x)  # largest component
   return np.stack(cols, -1)
 
 
-def sweep_changes(first: np.ndarray, last: np.ndarray) -> np.ndarray:
+def sweep_changes(first: np.ndarray, last: np.ndarray,
+                  sources: Mapping[str, str] = CONCEPT_SOURCES) -> np.ndarray:
   """Normalised change of every concept between two steps.
 
   Args:
     first, last: [..., P, M'] from `concept_values` at the sweep's first and last step.
+    sources: the concept set both were read with.
   Returns:
     [..., P, M] changes, metrics in CONCEPT_METRICS order (NaN where undefined).
   """
-  names = list(CONCEPT_SOURCES)
+  names = list(sources)
   d = last - first
   a = names.index("area")
   d[..., a] = d[..., a] / np.where(first[..., a] == 0, 1.0, first[..., a])
-  d[..., names.index("luminance")] /= metrics.MAX_LUMINANCE
+  if sources["luminance"] == "luminance":  # the reference's 0..85 scale; brightness is 0..1
+    d[..., names.index("luminance")] /= metrics.MAX_LUMINANCE
   g = names.index("angle")
   d[..., g] = (d[..., g] + 90.0) % 180.0 - 90.0
   motion = np.hypot(d[..., names.index("centre_x")], d[..., names.index("centre_y")])
@@ -112,25 +146,36 @@ def _resampled_means(counts: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.where(den > 0, num / np.maximum(den, 1e-300), np.nan)
 
 
+def _average(x: np.ndarray, average: str, axis: int) -> np.ndarray:
+  """NaN-aware mean or median of x along axis (NaN where all are NaN)."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)
+    return np.nanmedian(x, axis) if average == "median" else np.nanmean(x, axis)
+
+
 def bootstrap_ci(x: np.ndarray, *, rng: np.random.Generator, n_boot: int = 1000,
-                 level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Mean over axis 0 and its percentile bootstrap interval (NaN-aware).
+                 level: float = 0.95, average: str = "mean") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Mean (or median) over axis 0 and its percentile bootstrap interval (NaN-aware).
 
   Args:
     x: [S, ...] samples (NaN = missing).
     rng: numpy Generator (the caller seeds it).
     n_boot: bootstrap resamples.
     level: interval coverage.
+    average: 'mean' or 'median'.
   Returns:
-    mean, low, high: each [...].
+    average, low, high: each [...].
   """
   s = x.shape[0]
   flat = x.reshape(s, -1).astype(np.float64)
-  boots = _resampled_means(_resample_counts(rng, n_boot, s, s), flat)  # [B, F]
+  if average == "median":
+    boots = _average(flat[rng.integers(0, s, size=(n_boot, s))], "median", 1)  # [B, F]
+  else:
+    boots = _resampled_means(_resample_counts(rng, n_boot, s, s), flat)  # [B, F]
   q = 100 * (1 - level) / 2
   with warnings.catch_warnings():  # All-NaN columns (a part never present) give NaN quietly.
     warnings.simplefilter("ignore", RuntimeWarning)
-    mean = np.nanmean(flat, 0)
+    mean = _average(flat, average, 0)
     low, high = np.nanpercentile(boots, [q, 100 - q], axis=0)
   shape = x.shape[1:]
   return mean.reshape(shape), low.reshape(shape), high.reshape(shape)
@@ -191,12 +236,111 @@ def unit_statistics(deltas: np.ndarray, null_deltas: np.ndarray, *, seed: int, n
                              np.where(res["mean"] == 0, 0.0, np.inf * np.sign(res["mean"])))
     excludes_zero = (res["ci_low"] > 0) | (res["ci_high"] < 0)
     res["selective"] = (res["p_null"] < alpha) & excludes_zero
-  score = np.where(np.isnan(res["mean"]), -np.inf, np.abs(res["mean"]))
-  order = np.argsort(-score, axis=0, kind="stable")
-  rank = np.empty_like(order)
-  np.put_along_axis(rank, order, np.arange(1, u_count + 1)[:, None, None] * np.ones_like(order), 0)
-  res["rank"] = rank
+  res["rank"] = rank_units(res["mean"])
   return res
+
+
+def rank_units(score: np.ndarray) -> np.ndarray:
+  """[U, ...] scores -> [U, ...] int ranks of |score| among units (1 = largest; NaN last)."""
+  key = np.where(np.isnan(score), -np.inf, np.abs(score))
+  order = np.argsort(-key, axis=0, kind="stable")
+  rank = np.empty_like(order)
+  np.put_along_axis(rank, order, np.arange(1, key.shape[0] + 1).reshape(-1, *[1] * (key.ndim - 1))
+                    * np.ones_like(order), 0)
+  return rank
+
+
+def shared_null_statistics(deltas: np.ndarray, lengths: np.ndarray, null_deltas: np.ndarray,
+                           null_lengths: np.ndarray, *, seed: int, n_boot: int = 1000,
+                           level: float = 0.95, alpha: float = 0.05, rank_by: str = "mean",
+                           average: str = "median", per_length: bool = False) -> dict[str, np.ndarray]:
+  """Statistics of every (unit, concept) pair against random directions shared by the samples.
+
+  A unit's sweep moves every start sample along the same direction in w (the link is
+  linear), so its S changes share one direction; the null is therefore R random
+  directions, each applied to all S start samples (their lengths drawn from the units'),
+  and the statistic compared is the average change over the samples (or, with
+  `per_length`, the average change per unit of sweep length). Under the null hypothesis
+  "this unit's sweep is one more random-direction sweep", the unit's statistic and the R
+  null statistics are exchangeable, so the permutation p-value
+  p = (#{|null| > |unit|} + V (1 + #{|null| = |unit|})) / (1 + R), V ~ U(0, 1) breaking
+  ties, is uniform: P(p <= alpha) = alpha whatever the metrics' distributions.
+
+  Args:
+    deltas: [U, S, P, M] changes over each unit's sweep.
+    lengths: [U] each unit's sweep length |w_last - w_first|.
+    null_deltas: [R, S, P, M] changes along R random directions from the same S starts.
+    null_lengths: [R] their lengths.
+    seed: seeds the bootstrap interval.
+    n_boot, level, alpha: bootstrap resamples, interval coverage, significance level.
+    rank_by: 'mean' (|average change|: the reference's quantity) or 'effect' (|average
+      change| / its null RMS).
+    average: 'median' (robust to the odd failed measurement, e.g. an orientation
+      flipping on a near-round part) or 'mean' (the reference's).
+    per_length: compare changes per unit of sweep length (the unit's direction, not its
+      length, must stand out) instead of the changes themselves.
+  Returns:
+    dict of [U, P, M] arrays: mean (the average change, median or mean), ci_low,
+    ci_high, n, null_rms (null RMS of the average change, at the unit's length with
+    `per_length`), effect (mean / null_rms), p_null, selective (bool), rank (int).
+  """
+  if rank_by not in ("mean", "effect"):
+    raise ValueError(f"rank_by must be 'mean' or 'effect', got {rank_by!r}")
+  if average not in ("mean", "median"):
+    raise ValueError(f"average must be 'mean' or 'median', got {average!r}")
+  rng = np.random.default_rng(seed)
+  out = {k: [] for k in ("mean", "ci_low", "ci_high")}
+  for u in range(deltas.shape[0]):
+    mean, lo, hi = bootstrap_ci(deltas[u], rng=rng, n_boot=n_boot, level=level, average=average)
+    for k, v in zip(("mean", "ci_low", "ci_high"), (mean, lo, hi)):
+      out[k].append(v)
+  res = {k: np.stack(v) for k, v in out.items()}  # [U, P, M]
+  res["n"] = np.sum(~np.isnan(deltas), axis=1)
+  unit_scale = lengths[:, None, None] if per_length else np.ones((len(lengths), 1, 1))
+  null_scale = null_lengths[:, None, None] if per_length else np.ones((len(null_lengths), 1, 1))
+  with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+    warnings.simplefilter("ignore", RuntimeWarning)
+    stat = res["mean"] / unit_scale  # [U, P, M]
+    null = _average(null_deltas, average, 1) / null_scale  # [R, P, M]
+    valid = np.isfinite(null)
+    a, b = np.abs(stat)[:, None], np.abs(null)[None]  # [U, 1, P, M], [1, R, P, M]
+    above = np.sum(valid[None] & (b > a), axis=1)
+    ties = np.sum(valid[None] & (b == a), axis=1) + 1.0  # the unit itself counts as a tie
+    # Ties (e.g. equal pixel counts) are broken at random, so p is exactly uniform under the null.
+    p = (above + rng.uniform(size=stat.shape) * ties) / (1.0 + valid.sum(0))
+    res["p_null"] = np.where(np.isnan(stat), np.nan, p)
+    rms = np.sqrt(np.nanmean(null ** 2, axis=0))  # [P, M]
+    res["null_rms"] = rms[None] * unit_scale
+    res["effect"] = np.where(res["null_rms"] > 0, res["mean"] / res["null_rms"], np.nan)
+    res["selective"] = res["p_null"] <= alpha
+  res["rank"] = rank_units(res[rank_by])
+  return res
+
+
+def null_false_positive_rate(null_deltas: np.ndarray, null_lengths: np.ndarray, *, seed: int,
+                             n_boot: int = 1000, level: float = 0.95, alpha: float = 0.05,
+                             average: str = "median", per_length: bool = False) -> float:
+  """How often `selective` fires on a random-direction sweep: each null direction in turn
+  is tested as a unit against the other R - 1 (leave one out), over all concepts.
+
+  Args:
+    null_deltas: [R, S, P, M], null_lengths: [R]; the other arguments as in
+      `shared_null_statistics`.
+  Returns:
+    the fraction of (direction, concept) pairs with a defined change flagged selective;
+    near alpha for a sound null.
+  """
+  r = null_deltas.shape[0]
+  flagged, defined = 0, 0
+  for i in range(r):
+    rest = np.arange(r) != i
+    st = shared_null_statistics(null_deltas[i:i + 1], null_lengths[i:i + 1], null_deltas[rest],
+                                null_lengths[rest], seed=seed + i, n_boot=n_boot, level=level,
+                                alpha=alpha, average=average, per_length=per_length)
+    ok = np.isfinite(st["p_null"])
+    flagged += int(np.sum(st["selective"] & ok))
+    defined += int(np.sum(ok))
+  return flagged / max(defined, 1)
 
 
 def table_rows(stats: Mapping[str, np.ndarray], units: Sequence[int],

@@ -11,28 +11,32 @@ factor (precision@k; the factor -> concept table is the world's `factor_concepts
 true factor changes are the sweep's `truth_delta`).
 
 Random streams: `quantify.labelled` (labelled latents), `quantify.init` (the head's
-initialisation), `quantify.null` (random directions, folded with unit and sample).
+initialisation), `quantify.null` (the null's random directions and lengths).
 The measuring library is `lis_jax.quantify` (segment, metrics, selectivity).
 
 Outputs (`workdir/quantify/`, all written atomically):
   config.json            the stage's fingerprint (recorded by the runner)
   segmenter/             the trained head (io.save_checkpoint; meta: layers, size, parts)
   segmenter_eval.json    held-out per-part IoU, mean IoU, training time
+  null.npz               the null shared by all units: 'start.<metric>' [S', P', ...],
+                         'end.<metric>' [R, S', P', ...], length [R] (WORKSPACE.md)
   block_<b:05d>.npz      per sweep block b: units [U], samples [S'] (paired-data rows),
-                         first / last / null metrics (keys 'first.<metric>',
-                         'last.<metric>' [U, S', P(, K)], 'null.<metric>' [U, S', R, P(, K)])
-                         and, with ground truth, the sweep's truth_delta [U, F] and
-                         truth_factors [F]; existence = block done
+                         length [U], first / last metrics ('first.<metric>',
+                         'last.<metric>' [U, S', P'(, K)]; 'first.true.<metric>' ... from
+                         the world's true masks) and, with ground truth, the sweep's
+                         truth_delta [U, F] and truth_factors [F]; existence = block done
   manifest.json          blocks done, parts, null draws (informational; files are the truth)
   selectivity.csv        one row per unit x part x metric (selectivity.TABLE_COLUMNS)
   top_units.csv          the top `quantify.top_k` selective units per concept
-  truth_check.json       built-in world only: precision@k per factor and its chance level
+  truth_check.json       built-in world only: precision@k and Spearman per factor, with the
+                         segmenter's and the true masks, chance level, false-positive rate
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
 import functools
+import html
 import os
 import time
 from typing import Mapping
@@ -73,7 +77,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.lr_step_epochs = 30  # lr x lr_gamma every this many epochs
   c.lr_gamma = 0.1
   c.samples_per_unit = 8  # start samples per unit measured (of the sweep's), spread over classes
-  c.null_draws = 1  # random directions per (unit, start sample)
+  c.null_draws = 59  # random directions of the null, each applied to every start sample, shared by all units
+  c.concepts = "calibrated"  # metrics per concept: 'calibrated' or 'reference' (selectivity.CONCEPT_SETS)
+  c.rank_by = "mean"  # units ranked by |average change| ('mean', the reference's) or 'effect' (vs the null)
+  c.average = "median"  # average of a unit's changes over its start samples: 'median' or 'mean' (the reference)
+  c.null_per_length = False  # True: compare changes per unit of sweep length with the null's
   c.max_components = 3  # ellipse slots per part (largest components)
   c.batch_size = 64  # images per segment-and-measure call
   c.n_boot = 1000  # bootstrap resamples
@@ -139,116 +147,173 @@ def segmenter(ctx) -> segment.Segmenter:
 
 
 @functools.partial(jax.jit, static_argnames=("layers", "resolution", "num_parts", "head_size",
-                                             "max_components"))
-def _measure(G, seg_params, w, *, layers, resolution, num_parts, head_size, max_components):
-  """w [B, w_dim] -> part metrics of G's image (parts: the segmenter's, background dropped)."""
+                                             "max_components", "entropy", "truth"))
+def _measure(G, seg_params, w, *, layers, resolution, num_parts, head_size, max_components,
+             entropy, truth):
+  """w [B, w_dim] -> part metrics of G's image over the segmenter's parts + the object.
+
+  Parts: the segmenter's without the background, then `metrics.OBJECT_PART`; with `truth`
+  (a GroundTruthWorld), the same again from the world's true masks (2 (P + 1) parts in
+  all; the costly per-image work, e.g. the entropy image, is shared).
+  """
   ws = pipeline.broadcast_ws(w, G.num_ws)
   img = segment.resize_images(G.synthesis(ws), resolution)  # [B, R, R, 3]
   logits = segment.apply_head(seg_params, segment.feature_stack(G, ws, layers, resolution),
                               num_parts, head_size)
-  masks = jax.nn.one_hot(jnp.argmax(logits, -1), num_parts)[..., 1:]  # [B, H, W, P - 1]
-  return metrics.part_metrics(img, masks, max_components=max_components)
+  masks = metrics.with_object(jax.nn.one_hot(jnp.argmax(logits, -1), num_parts)[..., 1:])
+  if truth:
+    true = segment.resize_images(G.ground_truth(ws)["masks"], resolution)  # [B, R, R, num_parts]
+    true = jax.nn.one_hot(jnp.argmax(true, -1), true.shape[-1])[..., 1:]
+    masks = jnp.concatenate([masks, metrics.with_object(true)], -1)
+  return metrics.part_metrics(img, masks, max_components=max_components, entropy=entropy)
 
 
-def measure(G, seg: segment.Segmenter, w: np.ndarray, batch_size: int, max_components: int) -> dict:
-  """Part metrics of the images of w [N, w_dim], in fixed-size batches (one compile)."""
+def measure(G, seg: segment.Segmenter, w: np.ndarray, batch_size: int, max_components: int,
+            entropy: bool = True, truth: bool = False) -> dict:
+  """Part metrics of the images of w [N, w_dim], in fixed-size batches (one compile).
+
+  Returns metrics.part_metrics' dict over the segmenter's parts and the object ([N, P + 1]
+  or [N, P + 1, K]); with `truth`, also 'true.<metric>' from the world's true masks.
+  """
   fn = functools.partial(_measure, layers=seg.layers, resolution=seg.resolution,
-                         num_parts=seg.num_parts, head_size=seg.size, max_components=max_components)
-  return batching.map_batches(fn, np.asarray(w, np.float32), batch_size, G, seg.params)
+                         num_parts=seg.num_parts, head_size=seg.size, max_components=max_components,
+                         entropy=entropy, truth=truth)
+  m = batching.map_batches(fn, np.asarray(w, np.float32), batch_size, G, seg.params)
+  if not truth:
+    return m
+  p = seg.num_parts  # P + 1 measured parts per mask source
+  return {**{k: v[:, :p] for k, v in m.items()}, **{f"true.{k}": v[:, p:] for k, v in m.items()}}
 
 
-def null_ends(w_first: np.ndarray, w_last: np.ndarray, units: np.ndarray, rows: np.ndarray,
-              draws: int, key: jax.Array) -> np.ndarray:
-  """End points of random-direction sweeps of the same length from the same starts.
+def null_ws(w_start: np.ndarray, lengths: np.ndarray, draws: int, key: jax.Array
+            ) -> tuple[np.ndarray, np.ndarray]:
+  """End points of the null: random directions in w, each applied to every start sample.
 
   Args:
-    w_first, w_last: [U, S, w_dim] the sweep's first and last w.
-    units: [U] unit ids; rows: [S] paired-data rows (with `key`, they seed each direction,
-      so a resumed run draws the same ones).
-    draws: R directions per (unit, sample).
-    key: the stream key `ctx.key("quantify.null")`.
+    w_start: [S, w_dim] the start samples' own w (link(r)).
+    lengths: [U] the units' sweep lengths; each direction takes one of them at random,
+      so the null's lengths follow the units'.
+    draws: R directions.
+    key: PRNG key (the same key gives the same directions and lengths).
   Returns:
-    [U, S, R, w_dim]: w_first + |w_last - w_first| * d / |d|, d ~ N(0, I).
+    ends [R, S, w_dim] = w_start + length_r d_r / |d_r| (d_r ~ N(0, I)), lengths [R].
   """
-  def one(u, r):
-    k = jax.random.fold_in(jax.random.fold_in(key, u), r)
-    d = jax.random.normal(k, (draws, w_first.shape[-1]))
-    return d / jnp.linalg.norm(d, axis=-1, keepdims=True)
-
-  d = jax.vmap(lambda u: jax.vmap(lambda r: one(u, r))(jnp.asarray(rows)))(jnp.asarray(units))
-  length = np.linalg.norm(w_last - w_first, axis=-1)[..., None, None]  # [U, S, 1, 1]
-  return w_first[:, :, None] + length * np.asarray(d)
+  kd, kl = jax.random.split(key)
+  d = np.asarray(jax.random.normal(kd, (draws, w_start.shape[-1])), np.float64)
+  d /= np.linalg.norm(d, axis=-1, keepdims=True)
+  length = np.asarray(lengths, np.float64)[np.asarray(jax.random.randint(kl, (draws,), 0, len(lengths)))]
+  return (w_start[None] + length[:, None, None] * d[:, None]).astype(np.float32), length
 
 
-def _quantify_block(c, G, seg, blk, key) -> dict:
+def _uses_entropy(c) -> bool:
+  return "entropy_mean" in selectivity.concept_sources(c.concepts).values()
+
+
+def _quantify_block(c, G, seg, blk) -> dict:
   w = blk["w"]  # [U, S, T, w_dim]
-  units = blk["units"]
   pick = sweep.pick_starts(blk["cls"], c.samples_per_unit)
-  rows = blk["samples"][pick]
   w = w[:, pick]  # [U, S', T, w_dim]
   u_n, s_n, _, d = w.shape
-  ends = w[:, :, [0, -1]]  # [U, S', 2, w_dim]
-  nul = null_ends(ends[:, :, 0], ends[:, :, 1], units, rows, c.null_draws, key)  # [U, S', R, w_dim]
-  allw = np.concatenate([ends.reshape(-1, d), nul.reshape(-1, d)])
-  m = measure(G, seg, allw, c.batch_size, c.max_components)
-  n_ends = u_n * s_n * 2
-  out = {"units": units, "samples": rows}
+  ends = w[:, :, [0, -1]].reshape(-1, d)  # [U * S' * 2, w_dim]
+  m = measure(G, seg, ends, c.batch_size, c.max_components, _uses_entropy(c), _has_truth(G))
+  out = {"units": blk["units"], "samples": blk["samples"][pick],
+         "length": np.linalg.norm(w[:, 0, -1] - w[:, 0, 0], axis=-1)}  # [U]
   for k, v in m.items():
-    out[f"first.{k}"] = v[:n_ends].reshape(u_n, s_n, 2, *v.shape[1:])[:, :, 0]
-    out[f"last.{k}"] = v[:n_ends].reshape(u_n, s_n, 2, *v.shape[1:])[:, :, 1]
-    out[f"null.{k}"] = v[n_ends:].reshape(u_n, s_n, c.null_draws, *v.shape[1:])
+    v = v.reshape(u_n, s_n, 2, *v.shape[1:])
+    out[f"first.{k}"], out[f"last.{k}"] = v[:, :, 0], v[:, :, 1]
   if "truth_delta" in blk:  # the sweep's [U, F] mean change / factor range
     out["truth_delta"] = blk["truth_delta"]
     out["truth_factors"] = blk["truth_factors"]
   return out
 
 
-def _metric_dict(blocks, prefix):
-  keys = [k[len(prefix) + 1:] for k in blocks[0] if k.startswith(prefix + ".")]
-  return {k: np.concatenate([b[f"{prefix}.{k}"] for b in blocks]) for k in keys}
+def _has_truth(G) -> bool:
+  return isinstance(G, GroundTruthWorld)
 
 
-def deltas_from_blocks(blocks: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(units [U], deltas [U, S', P, M], null deltas [U, S' * R, P, M]) over all blocks."""
+def _quantify_null(c, G, seg, sweep_blocks: list[dict], key: jax.Array) -> dict:
+  """The null shared by all units: R random-direction end points from each start sample.
+
+  A start sample's null sweeps start at the centre of its unit sweeps (the mean of its
+  sweep w over all units and steps: its own w up to the units' offsets from their mean),
+  so the null needs nothing but the sweep's blocks.
+  """
+  pick = sweep.pick_starts(sweep_blocks[0]["cls"], c.samples_per_unit)
+  w_start = np.mean([b["w"][:, pick].mean((0, 2)) for b in sweep_blocks], axis=0)  # [S', w_dim]
+  w_start = w_start.astype(np.float32)
+  lengths = np.concatenate([np.linalg.norm(b["w"][:, 0, -1] - b["w"][:, 0, 0], axis=-1)
+                            for b in sweep_blocks])
+  ends, null_len = null_ws(w_start, lengths, c.null_draws, key)
+  s_n, d = w_start.shape
+  m = measure(G, seg, np.concatenate([w_start, ends.reshape(-1, d)]), c.batch_size, c.max_components,
+              _uses_entropy(c), _has_truth(G))
+  out = {"samples": sweep_blocks[0]["samples"][pick], "length": null_len}
+  for k, v in m.items():
+    out[f"start.{k}"] = v[:s_n]
+    out[f"end.{k}"] = v[s_n:].reshape(c.null_draws, s_n, *v.shape[1:])
+  return out
+
+
+def deltas_from_blocks(blocks: list[dict], null: dict, sources: dict, masks: str = "segmenter"):
+  """Concept changes of the units' sweeps and of the null's random directions.
+
+  Args:
+    blocks: quantify blocks (`load_blocks`); null: the null's outputs (`load_null`).
+    sources: the concept set (`selectivity.concept_sources`).
+    masks: 'segmenter' or 'true' (the world's true masks; built-in world only).
+  Returns:
+    units [U], deltas [U, S', P, M], lengths [U], null deltas [R, S', P, M], null lengths [R].
+  """
+  pre = "" if masks == "segmenter" else "true."
+  vals = lambda d, prefix: selectivity.concept_values(
+      {k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix) and "." not in k[len(prefix):]},
+      sources)
   units = np.concatenate([b["units"] for b in blocks])
-  first = selectivity.concept_values(_metric_dict(blocks, "first"))  # [U, S', P, M']
-  last = selectivity.concept_values(_metric_dict(blocks, "last"))
-  null = selectivity.concept_values(_metric_dict(blocks, "null"))  # [U, S', R, P, M']
-  deltas = selectivity.sweep_changes(first, last)
-  null_d = selectivity.sweep_changes(np.broadcast_to(first[:, :, None], null.shape).copy(), null)
-  return units, deltas, null_d.reshape(null_d.shape[0], -1, *null_d.shape[3:])
+  lengths = np.concatenate([b["length"] for b in blocks])
+  first = np.concatenate([vals(b, f"first.{pre}") for b in blocks])  # [U, S', P, M']
+  last = np.concatenate([vals(b, f"last.{pre}") for b in blocks])
+  deltas = selectivity.sweep_changes(first, last, sources)
+  end = vals(null, f"end.{pre}")  # [R, S', P, M']
+  start = np.broadcast_to(vals(null, f"start.{pre}")[None], end.shape).copy()
+  return units, deltas, lengths, selectivity.sweep_changes(start, end, sources), null["length"]
 
 
-def precision_at_k(stats_rows: list[dict], blocks: list[dict], k: int,
-                   concepts: Mapping[str, tuple[str, str]]) -> dict | None:
+def truth_check(stats: dict, units: np.ndarray, part_names: list[str], truth: np.ndarray,
+                factor_names: list[str], k: int, factor_concepts: Mapping[str, tuple[str, str]],
+                score: str = "mean") -> dict | None:
   """Built-in world: does the measured concept find the units that move the true factor?
 
-  Per factor of `concepts` (factor -> (part, metric); the world's `factor_concepts`): precision@k = |top-k selective units for its concept
-  (by |mean change|) intersected with the top-k units by |true factor change|| / (number
-  found, <= k); and the Spearman correlation over all units of |mean concept change| with
+  Per factor of `factor_concepts` (factor -> (part, metric); the world's) whose part is measured:
+  precision@k = |the top-k selective units for its concept (by `stats['rank']`)
+  intersected with the top-k units by |true factor change|| / (number found, <= k); and
+  the Spearman correlation over all units of |stats[score]| (the ranking score) with
   |true factor change| (robust where many units move a factor about equally).
+
+  Args:
+    stats: `selectivity.*_statistics` output ([U, P, M] arrays: selective, rank, score).
+    units: [U] unit ids; part_names: the P parts.
+    truth: [U, F] mean true change of each factor (fraction of its range).
+    factor_names: the F factors.
+    k: precision@k.
+  Returns:
+    {k, chance, per_factor: {factor: {part, metric, found, true_top, precision,
+    spearman}}, mean_precision, mean_spearman}.
   """
-  if "truth_delta" not in blocks[0]:
-    return None
-  units = np.concatenate([b["units"] for b in blocks])
-  truth = np.concatenate([b["truth_delta"] for b in blocks])  # [U, F]
-  names = [str(n) for n in blocks[0]["truth_factors"]]
-  top = selectivity.top_units(stats_rows, k)
   k_eff = min(k, units.size)
   out = {}
-  for factor, concept in concepts.items():
-    if factor not in names:
+  for factor, (part, metric) in factor_concepts.items():
+    if factor not in factor_names or part not in part_names:
       continue
-    moved = units[np.argsort(-np.abs(truth[:, names.index(factor)]), kind="stable")[:k_eff]]
-    found = [r["unit"] for r in top.get(concept, [])]
+    p, m = part_names.index(part), selectivity.CONCEPT_METRICS.index(metric)
+    true = np.abs(truth[:, factor_names.index(factor)])
+    moved = units[np.argsort(-true, kind="stable")[:k_eff]]
+    sel = np.flatnonzero(stats["selective"][:, p, m])
+    found = units[sel[np.argsort(stats["rank"][sel, p, m], kind="stable")]][:k_eff].tolist()
     hits = len(set(found) & set(moved.tolist()))
-    change = {r["unit"]: abs(r["mean"]) for r in stats_rows
-              if (r["part"], r["metric"]) == concept and "mean" in r}
-    measured = np.array([change.get(int(u), np.nan) for u in units])
-    out[factor] = {"part": concept[0], "metric": concept[1], "found": found,
-                   "true_top": moved.tolist(),
+    out[factor] = {"part": part, "metric": metric, "found": [int(u) for u in found],
+                   "true_top": [int(u) for u in moved],
                    "precision": hits / len(found) if found else None,
-                   "spearman": rank_correlation(measured, np.abs(truth[:, names.index(factor)]))}
+                   "spearman": rank_correlation(np.abs(stats[score][:, p, m]), true)}
   vals = [v["precision"] for v in out.values() if v["precision"] is not None]
   rhos = [v["spearman"] for v in out.values() if v["spearman"] is not None]
   return {"k": k_eff, "chance": k_eff / units.size, "per_factor": out,
@@ -271,12 +336,25 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float | None:
 # ----------------------------------------------------------------------------- stage
 
 
+def _null_path(out_dir: str) -> str:
+  return os.path.join(out_dir, "null.npz")
+
+
+def load_null(out_dir: str) -> dict:
+  """The null's outputs (null.npz) as a dict of arrays."""
+  with np.load(_null_path(out_dir)) as f:
+    return {k: f[k] for k in f.files}
+
+
 def run(ctx) -> None:
   """Quantifies every sweep block into `workdir/quantify/` (resumable)."""
   c = ctx.cfg(NAME)
-  if c.samples_per_unit < 2 or c.null_draws < 1 or c.batch_size < 1 or c.n_labelled < 1:
-    raise pipeline.PipelineError("quantify: samples_per_unit must be >= 2, null_draws, batch_size "
-                                 "and n_labelled >= 1")
+  if (c.samples_per_unit < 2 or c.null_draws < 2 or c.batch_size < 1 or c.n_labelled < 1
+      or c.rank_by not in ("mean", "effect") or c.average not in ("mean", "median")
+      or c.concepts not in selectivity.CONCEPT_SETS):
+    raise pipeline.PipelineError("quantify: samples_per_unit and null_draws must be >= 2, batch_size "
+                                 "and n_labelled >= 1, rank_by 'mean' or 'effect', average 'mean' or "
+                                 f"'median', concepts one of {', '.join(selectivity.CONCEPT_SETS)}")
   out_dir = ctx.out_dir(NAME)
   sweep_blocks = list(ctx.result("sweep").blocks())
   G = ctx.G
@@ -288,14 +366,15 @@ def run(ctx) -> None:
       seg = segmenter(ctx)
   except segment.SegmentationError as e:
     raise pipeline.PipelineError(str(e)) from None
-  key = ctx.key("quantify.null")
+  if not os.path.exists(_null_path(out_dir)):
+    io.savez(_null_path(out_dir), **_quantify_null(c, G, seg, sweep_blocks, ctx.key("quantify.null")))
   store = blocks.BlockStore(out_dir)
   mine = ctx.my_items(len(sweep_blocks))   # this process's sweep blocks
   todo = [int(b) for b in mine if not store.done(b)]
   with ctx.progress(total=mine.size, initial=mine.size - len(todo), unit="block",
                     desc="quantify") as bar:
     for b in todo:
-      out = _quantify_block(c, G, seg, sweep_blocks[b], key)
+      out = _quantify_block(c, G, seg, sweep_blocks[b])
       pipeline.check_finite(f"quantify block {b} areas", out["first.area"])
       pipeline.maybe_interrupt(NAME, b + 1)
       store.write(b, **out)
@@ -309,32 +388,53 @@ def merge(ctx) -> None:
   n_blocks = blocks.BlockStore(ctx.out_dir("sweep")).count()
   io.write_json(os.path.join(ctx.out_dir(NAME), "manifest.json"),
                 {"blocks_done": list(range(n_blocks)), "n_blocks": n_blocks,
-                 "parts": list(seg.part_names[1:]), "null_draws": c.null_draws,
+                 "parts": list(seg.part_names[1:]) + [metrics.OBJECT_PART], "null_draws": c.null_draws,
                  "samples_per_unit": c.samples_per_unit})
   summarise(ctx, seg)
 
 
+def _statistics(c, deltas, lengths, null_d, null_len, seed: int) -> dict:
+  return selectivity.shared_null_statistics(deltas, lengths, null_d, null_len, seed=seed, n_boot=c.n_boot,
+                                            level=c.level, alpha=c.alpha, rank_by=c.rank_by,
+                                            average=c.average, per_length=c.null_per_length)
+
+
 def summarise(ctx, seg: segment.Segmenter) -> None:
-  """selectivity.csv, top_units.csv and truth_check.json from all quantify blocks."""
+  """selectivity.csv, top_units.csv and truth_check.json from all quantify blocks and the null."""
   c = ctx.cfg(NAME)
   out_dir = ctx.out_dir(NAME)
-  blks = [b for b in blocks.BlockStore(out_dir)]
-  units, deltas, null_d = deltas_from_blocks(blks)
-  stats = selectivity.unit_statistics(deltas, null_d, seed=int(ctx.config.seed), n_boot=c.n_boot,
-                                      level=c.level, alpha=c.alpha)
-  parts = seg.part_names[1:]
+  seed = int(ctx.config.seed)
+  blks, null = [b for b in blocks.BlockStore(out_dir)], load_null(out_dir)
+  sources = selectivity.concept_sources(c.concepts)
+  parts = list(seg.part_names[1:]) + [metrics.OBJECT_PART]
+  units, deltas, lengths, null_d, null_len = deltas_from_blocks(blks, null, sources)
+  stats = _statistics(c, deltas, lengths, null_d, null_len, seed)
   rows = selectivity.table_rows(stats, units, parts)
   selectivity.write_csv(os.path.join(out_dir, "selectivity.csv"), rows, selectivity.TABLE_COLUMNS)
   top = selectivity.top_units(rows, c.top_k)
   selectivity.write_csv(os.path.join(out_dir, "top_units.csv"),
                         [r for concept in sorted(top) for r in top[concept]], selectivity.TABLE_COLUMNS)
-  if isinstance(ctx.G, GroundTruthWorld):
-    check = precision_at_k(rows, blks, c.top_k, ctx.G.factor_concepts)
-    if check is not None:
-      io.write_json(os.path.join(out_dir, "truth_check.json"), check)
-      mp, rho = check["mean_precision"], check["mean_spearman"]
-      print(f"[quantify] vs ground truth: precision@{check['k']} {'n/a' if mp is None else f'{mp:.2f}'} "
-            f"(chance {check['chance']:.2f}), Spearman {'n/a' if rho is None else f'{rho:.2f}'}", flush=True)
+  fpr = selectivity.null_false_positive_rate(null_d, null_len, seed=seed, n_boot=c.n_boot, level=c.level,
+                                             alpha=c.alpha, average=c.average, per_length=c.null_per_length)
+  if not isinstance(ctx.G, GroundTruthWorld) or "truth_delta" not in blks[0]:
+    return
+  truth = np.concatenate([b["truth_delta"] for b in blks])  # [U, F]
+  names = [str(n) for n in blks[0]["truth_factors"]]
+  concepts = ctx.G.factor_concepts
+  check = truth_check(stats, units, parts, truth, names, c.top_k, concepts, score=c.rank_by)
+  _, t_deltas, t_len, t_null, t_null_len = deltas_from_blocks(blks, null, sources, "true")
+  t_stats = _statistics(c, t_deltas, t_len, t_null, t_null_len, seed)
+  check["true_masks"] = truth_check(t_stats, units, parts, truth, names, c.top_k, concepts, score=c.rank_by)
+  check.update(false_positive_rate=fpr, alpha=c.alpha, concepts=c.concepts, rank_by=c.rank_by,
+               average=c.average, null_per_length=c.null_per_length,
+               samples_per_unit=c.samples_per_unit, null_draws=c.null_draws)
+  io.write_json(os.path.join(out_dir, "truth_check.json"), check)
+  f = lambda x: "n/a" if x is None else f"{x:.2f}"
+  tm = check["true_masks"]
+  print(f"[quantify] vs ground truth: precision@{check['k']} {f(check['mean_precision'])} "
+        f"(true masks {f(tm['mean_precision'])}; chance {check['chance']:.2f}), Spearman "
+        f"{f(check['mean_spearman'])} (true masks {f(tm['mean_spearman'])}); false-positive rate "
+        f"on random directions {fpr:.3f} (alpha {c.alpha})", flush=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -414,20 +514,31 @@ def section(ctx) -> str | None:
     parts.append(page.table(["part", "IoU"], [[p, fmt(v)] for p, v in ev["iou"].items()]))
   ch = res.truth_check
   if ch:
+    tm = ch.get("true_masks") or {"per_factor": {}}
+    fpr = ch.get("false_positive_rate")
     parts.append(f"<h3>Check against the ground truth: precision@{ch['k']}</h3><p>For each factor of "
                  f"the built-in world, the top-{ch['k']} units found selective for the concept that "
-                 f"shows it, against the {ch['k']} units whose sweeps truly move that factor most. "
-                 f"<b>Mean precision@{ch['k']}: {fmt(ch['mean_precision'])}</b> (chance "
-                 f"{ch['chance']:.2f}); mean Spearman correlation over all units of measured and "
-                 f"true change: {fmt(ch.get('mean_spearman'))}.</p>")
+                 f"shows it, against the {ch['k']} units whose sweeps truly move that factor most, "
+                 f"measured with the segmenter's masks and with the world's true masks (which "
+                 f"separates segmentation error from the measurement design). "
+                 f"<b>Mean precision@{ch['k']}: {fmt(ch['mean_precision'])}</b> (true masks "
+                 f"{fmt(tm.get('mean_precision'))}; chance {ch['chance']:.2f}); mean Spearman "
+                 f"correlation over all units of measured and true change: "
+                 f"{fmt(ch.get('mean_spearman'))} (true masks {fmt(tm.get('mean_spearman'))}). "
+                 + (f"False-positive rate of 'selective' on sweeps along random directions: "
+                    f"<b>{fpr:.3f}</b> (alpha {ch['alpha']}). " if fpr is not None else "")
+                 + f"Concepts: {html.escape(str(ch.get('concepts', 'reference')))}.</p>")
     parts.append(page.table(
-        ["factor", "concept", "units found", "units that move it", f"precision@{ch['k']}", "Spearman"],
+        ["factor", "concept", "units found", "units that move it", f"precision@{ch['k']}",
+         "precision (true masks)", "Spearman", "Spearman (true masks)"],
         [[f, f"{v['part']} {v['metric']}", ", ".join(map(str, v["found"])) or "none",
-          ", ".join(map(str, v["true_top"])), fmt(v["precision"]), fmt(v.get("spearman"), 2)]
+          ", ".join(map(str, v["true_top"])), fmt(v["precision"]),
+          fmt(tm["per_factor"].get(f, {}).get("precision")), fmt(v.get("spearman"), 2),
+          fmt(tm["per_factor"].get(f, {}).get("spearman"), 2)]
          for f, v in ch["per_factor"].items()]))
   n_sel = sum(r["selective"] for r in rows)
-  parts.append(f"<p>{n_sel} of {len(rows)} unit x concept pairs are selective (null p &lt; {c.alpha} "
-               f"and the {int(c.level * 100)}% bootstrap interval excludes 0). Full table: "
+  parts.append(f"<p>{n_sel} of {len(rows)} unit x concept pairs are selective (permutation p &lt;= "
+               f"{c.alpha} against random-direction sweeps). Full table: "
                f"<code>quantify/selectivity.csv</code>.</p>")
   top = selectivity.top_units(rows, 3)
   parts.append(page.table(["part", "metric", "top selective units (mean change)"],
