@@ -232,7 +232,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
                  w_origin=c.w_origin, w_cos=c.w_cos, mode=c.mode, compact_rows=c.compact_rows)
   for b in tqdm(range(n_batches), unit="batch", desc="counterfactual"):
     path = _batch_path(out_dir, b)
-    if os.path.exists(path):
+    if _batch_ok(path):
       continue
     ids = np.arange(b * batch, min(n, (b + 1) * batch), dtype=np.int32)
     rows = todo_plan["sample"][ids]
@@ -256,22 +256,63 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         with io.atomic_file(os.path.join(out_dir, "images", f"cf_{s:05d}.png"), "wb") as f:
           f.write(buf.getvalue())
     pipeline.maybe_interrupt("counterfactual", b + 1)
-    io.savez(path, **{k: v for k, v in arrays.items() if not k.startswith("img_")})
+    io.save_npz(path, **{k: v for k, v in arrays.items() if not k.startswith("img_")})
   _finish(out_dir, n_batches, c.save_png)
+  if c.save_png:
+    repair_images(G, out_dir)
 
 
 def _batch_path(out_dir: str, b: int) -> str:
   return os.path.join(out_dir, f"batch_{b:05d}.npz")
 
 
+def _batch_ok(path: str) -> bool:
+  """The batch exists and passes its checks; a corrupt one is reported and recomputed."""
+  if not os.path.exists(path):
+    return False
+  try:
+    io.load_npz(path)
+    return True
+  except io.CorruptFileError as e:
+    print(f"[counterfactual] {e}; recomputing it", flush=True)
+    return False
+
+
+@jax.jit
+def _render(G: Any, w: jax.Array) -> jax.Array:
+  """w [B, w_dim] -> uint8 images [B, H, W, 3], as `outcome` makes them."""
+  from lis_jax.sweeps import to_uint8
+  return to_uint8(G.synthesis(pipeline.broadcast_ws(w, G.num_ws)))
+
+
+def _image_path(out_dir: str, search: int) -> str:
+  return os.path.join(out_dir, "images", f"cf_{search:05d}.png")
+
+
+def repair_images(G: Any, out_dir: str) -> int:
+  """Regenerates missing before | after PNGs from results.npz's w; returns how many.
+
+  Synthesized again from `w_before` / `w_after` (up to 1 level of uint8 rounding from
+  the originals, which came from a different batch shape).
+  """
+  res = io.load_npz(os.path.join(out_dir, "results.npz"))
+  todo = [i for i, s in enumerate(res["search"]) if not os.path.exists(_image_path(out_dir, int(s)))]
+  for i in todo:
+    img = np.asarray(_render(G, np.stack([res["w_before"][i], res["w_after"][i]])))  # [2, H, W, 3]
+    buf = _io.BytesIO()
+    Image.fromarray(np.concatenate(list(img), axis=1)).save(buf, "PNG")
+    with io.atomic_file(_image_path(out_dir, int(res["search"][i])), "wb") as f:
+      f.write(buf.getvalue())
+  if todo:
+    print(f"[counterfactual] {len(todo)} missing PNG(s) regenerated", flush=True)
+  return len(todo)
+
+
 def _finish(out_dir: str, n_batches: int, save_png: bool) -> None:
   """Concatenates the batches into results.npz, writes summary.json and index.csv."""
-  parts = []
-  for b in range(n_batches):
-    with np.load(_batch_path(out_dir, b)) as f:
-      parts.append({k: f[k] for k in f.files})
+  parts = [io.load_npz(_batch_path(out_dir, b)) for b in range(n_batches)]
   res = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-  io.savez(os.path.join(out_dir, "results.npz"), **res)
+  io.save_npz(os.path.join(out_dir, "results.npz"), **res)
   ok = res["success"]
   summary = {"n": int(ok.size), "success_rate": float(ok.mean()),
              "steps_median_success": float(np.median(res["steps"][ok])) if ok.any() else None,

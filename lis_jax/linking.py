@@ -273,9 +273,9 @@ def save(out_dir: str, link: Link, meta: dict | None = None) -> None:
   io.save_checkpoint(out_dir, link.params, {"kind": "link", "link": link.kind, **(meta or {})})
 
 
-def load(ckpt_dir: str) -> Link:
-  """Reads a link saved by `save` (float32 params)."""
-  params, meta = io.load_checkpoint(ckpt_dir)
+def load(ckpt_dir: str, verify: bool = False) -> Link:
+  """Reads a link saved by `save` (float32 params); `verify`: check its params_sha256."""
+  params, meta = io.load_checkpoint(ckpt_dir, verify=verify)
   if meta.get("kind") != "link":
     raise io.CheckpointError(f"{ckpt_dir} is not a link checkpoint (kind {meta.get('kind')!r})")
   if meta["link"] == "mlp":
@@ -289,7 +289,24 @@ def load_fitted(workdir: str) -> Link:
   """The link the `link` stage wrote into `workdir` (PipelineError if it has not run)."""
   link_dir = pipeline.stage_dir(workdir, "link")
   pipeline.require(os.path.join(link_dir, "metrics.json"), "link")
-  return load(os.path.join(link_dir, "model"))
+  model = os.path.join(link_dir, "model")
+  try:
+    return load(model, verify=True)
+  except io.CheckpointError as e:   # missing or unrestorable: the link stage refits it
+    raise io.CorruptFileError(model, " ".join(str(e).split())[:300]) from None
+
+
+def _complete(out_dir: str) -> bool:
+  """metrics.json, split.npz and a model that passes its checksum are all there."""
+  if not os.path.exists(os.path.join(out_dir, "metrics.json")):
+    return False
+  try:
+    io.load_npz(os.path.join(out_dir, "split.npz"))
+    load(os.path.join(out_dir, "model"), verify=True)
+    return True
+  except (io.CorruptFileError, io.CheckpointError) as e:
+    print(f"[link] {' '.join(str(e).split())[:300]}; recomputing the link", flush=True)
+    return False
 
 
 # ----------------------------------------------------------------------------- stage
@@ -327,7 +344,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   out_dir = pipeline.stage_dir(workdir, "link")
   data = paired_data.load(workdir)
   metrics_path = os.path.join(out_dir, "metrics.json")
-  if os.path.exists(metrics_path):
+  if _complete(out_dir):
     print(f"[link] {out_dir} is complete; nothing to do")
     return
   for k in ("r", "w"):
@@ -351,7 +368,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     rows = test[: config.link.cycle_samples]
     r_cyc = jax.jit(cycle)(G, clf, link, data["r"][rows])
     metrics["cycle"] = {"n": int(rows.size), **cycle_metrics(data["r"][rows], r_cyc)}
-  io.savez(os.path.join(out_dir, "split.npz"), train=train, test=test)
+  with contextlib.suppress(FileNotFoundError):
+    os.remove(metrics_path)   # metrics.json last: its existence says the rest is there
+  io.save_npz(os.path.join(out_dir, "split.npz"), train=train, test=test)
   save(os.path.join(out_dir, "model"), link, {"n_train": int(train.size)})
   io.write_json(metrics_path, metrics)
   t = metrics["test"]

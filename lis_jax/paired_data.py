@@ -82,11 +82,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     raise pipeline.PipelineError("paired_data.n_per_class, shard_size and batch_size must be >= 1")
 
   mpath = os.path.join(out_dir, MANIFEST)
-  manifest = io.read_json(mpath) if os.path.exists(mpath) else {
+  manifest = _read_manifest(mpath) if os.path.exists(mpath) else {
       "classes": classes.tolist(), "complete": False,
       "per_class": {str(c): {"tried": 0, "kept": 0, "shards": []} for c in classes.tolist()},
       "w_dim": G.w_dim, "num_ws": G.num_ws, "feature_dim": clf.feature_dim,
       "num_classes": clf.num_classes}
+  if _drop_corrupt_shards(out_dir, manifest, p.shard_size):
+    io.write_json(mpath, manifest)
   if manifest["complete"]:
     print(f"[paired_data] {out_dir} is complete; nothing to do")
     return
@@ -119,7 +121,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         for k in ("w", "r", "logits"):
           pipeline.check_finite(f"paired_data class {c} {k}", shard[k])
         name = f"shard_c{c:04d}_{start // p.shard_size:05d}.npz"
-        io.savez(os.path.join(out_dir, name), **shard)
+        io.save_npz(os.path.join(out_dir, name), **shard)
         written += 1
         pipeline.maybe_interrupt("paired_data", written)
         state["tried"] += p.shard_size
@@ -147,15 +149,45 @@ def _chunk(G, clf, key, c: int, start: int, size: int, batch: int, psi: float, m
           "w": ws[:, 0], "ws": ws, "r": r, "logits": logits}
 
 
+def _read_manifest(mpath: str) -> dict:
+  try:
+    return io.read_json_checked(mpath)
+  except io.CorruptFileError as e:
+    raise pipeline.PipelineError(f"{e}: the record of which shards are done is lost; delete "
+                                 f"{os.path.dirname(mpath)} and run again") from None
+
+
+def _drop_corrupt_shards(out_dir: str, manifest: dict, shard_size: int) -> bool:
+  """Verifies the recorded shards; a class with a corrupt or missing shard is rolled back
+  to just before it (that shard and the later ones are regenerated, identically, since
+  latents are a function of their index). Says so in the log; returns whether it did."""
+  changed = False
+  for c, state in manifest["per_class"].items():
+    for i, name in enumerate(state["shards"]):
+      path = os.path.join(out_dir, name)
+      try:
+        io.load_npz(path, finite=("w", "r", "logits"))
+        continue
+      except io.CorruptFileError as e:
+        print(f"[paired_data] {e}; recomputing class {c} from that shard on", flush=True)
+      kept = 0
+      for prev in state["shards"][:i]:
+        kept += io.load_npz(os.path.join(out_dir, prev), finite=False)["cls"].shape[0]
+      start = int(name.rsplit("_", 1)[1].split(".")[0]) * shard_size
+      state.update(tried=start, kept=kept, shards=state["shards"][:i])
+      manifest["complete"], changed = False, True
+      break
+  return changed
+
+
 def has_ws(workdir: str) -> bool:
   """Whether the paired data of `workdir` stored all ws (paired_data.store_all_ws)."""
   out_dir = pipeline.stage_dir(workdir, "paired_data")
   mpath = pipeline.require(os.path.join(out_dir, MANIFEST), "paired_data")
-  manifest = io.read_json(mpath)
+  manifest = _read_manifest(mpath)
   for c in manifest["classes"]:
     for name in manifest["per_class"][str(c)]["shards"]:
-      with np.load(os.path.join(out_dir, name)) as f:
-        return "ws" in f.files
+      return "ws" in io.load_npz(os.path.join(out_dir, name), finite=False)
   return False
 
 
@@ -169,10 +201,12 @@ def load(workdir: str, with_ws: bool = False) -> dict[str, np.ndarray]:
     {'cls': [N], 'seed_index': [N], 'w': [N, w_dim], 'r': [N, D], 'logits': [N, C]}.
   Raises:
     PipelineError: the stage has not run or not finished.
+    io.CorruptFileError: a shard is missing, corrupt or holds NaN/inf (the runner then
+      runs this stage again, which regenerates it).
   """
   out_dir = pipeline.stage_dir(workdir, "paired_data")
   mpath = pipeline.require(os.path.join(out_dir, MANIFEST), "paired_data")
-  manifest = io.read_json(mpath)
+  manifest = _read_manifest(mpath)
   if not manifest["complete"]:
     raise pipeline.PipelineError(f"{out_dir} is incomplete: run the 'paired_data' stage again "
                                  f"to finish it")
@@ -180,9 +214,10 @@ def load(workdir: str, with_ws: bool = False) -> dict[str, np.ndarray]:
   parts: dict[str, list] = {k: [] for k in keys}
   for c in manifest["classes"]:
     for name in manifest["per_class"][str(c)]["shards"]:
-      with np.load(os.path.join(out_dir, name)) as f:
-        if with_ws and "ws" not in f:
-          raise pipeline.PipelineError(f"{out_dir} has no ws: set paired_data.store_all_ws=True")
-        for k in keys:
-          parts[k].append(f[k])
+      f = io.load_npz(os.path.join(out_dir, name), finite=("w", "r", "logits"),
+                      keys=("cls", "seed_index", "w", "r", "logits"))
+      if with_ws and "ws" not in f:
+        raise pipeline.PipelineError(f"{out_dir} has no ws: set paired_data.store_all_ws=True")
+      for k in keys:
+        parts[k].append(f[k])
   return {k: np.concatenate(v) for k, v in parts.items()}

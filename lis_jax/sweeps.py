@@ -167,7 +167,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   rows = start_rows(data["cls"], classes, c.samples_per_class)
   r_start, cls_start = data["r"][rows], data["cls"][rows]
   values, stats = sweep_values(data["r"], units, c.n_steps, c.range, c.k_std)
-  io.savez(os.path.join(out_dir, "samples.npz"), rows=rows, cls=cls_start, r=r_start)
+  U = c.units_per_block
+  n_blocks = -(-units.size // U)
+  io.save_npz(os.path.join(out_dir, "samples.npz"), rows=rows, cls=cls_start, r=r_start,
+              n_blocks=np.int32(n_blocks))
   with io.atomic_file(os.path.join(out_dir, "activation_ranges.csv"), "w") as f:
     wr = csv.writer(f)
     wr.writerow(["unit", "min", "max", "mean", "std"])
@@ -177,9 +180,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   mesh = distribute.data_mesh()
   batch = distribute.round_up(c.batch_size, mesh)
   G_r, clf_r, link_r, r_start_d, cls_d = distribute.replicate((G, clf, link, r_start, cls_start), mesh)
-  U = c.units_per_block
-  n_blocks = -(-units.size // U)
-  todo = [b for b in range(n_blocks) if not os.path.exists(_block_path(out_dir, b))]
+  todo = [b for b in range(n_blocks) if not _block_ok(out_dir, b)]
   n_img = U * rows.size * c.n_steps
   call = functools.partial(_sweep_block, batch_size=batch, reclassify=c.reclassify, mesh=mesh)
 
@@ -211,6 +212,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
       pending = nxt
     if writing is not None:
       writing.result()
+  if c.save_png:
+    repair_strips(G, out_dir, n_blocks)
   _write_index(out_dir, n_blocks)
 
 
@@ -228,11 +231,7 @@ def _write_block(out_dir: str, b: int, host: dict, meta: dict, c: ml_collections
     img = host["img"]                                        # [U, S, T, H, W, 3]
     for i, u in enumerate(meta["units"]):
       for j, row in enumerate(meta["samples"]):
-        strip = np.concatenate(list(img[i, j]), axis=1)      # [H, T * W, 3]
-        buf = _io.BytesIO()
-        Image.fromarray(strip).save(buf, "PNG", compress_level=1)
-        with io.atomic_file(os.path.join(out_dir, _strip_path(b, int(u), int(row))), "wb") as f:
-          f.write(buf.getvalue())
+        _save_strip(os.path.join(out_dir, _strip_path(b, int(u), int(row))), img[i, j])
   arrays = dict(meta, w=host["w"])
   if c.reclassify:
     arrays.update(r_prime_unit=host["r_prime_unit"], pred=host["pred"], p_cls=host["p_cls"])
@@ -241,17 +240,63 @@ def _write_block(out_dir: str, b: int, host: dict, meta: dict, c: ml_collections
     if c.store_logits:
       arrays["logits"] = host["logits"]
   pipeline.maybe_interrupt("sweep", b + 1)
-  io.savez(_block_path(out_dir, b), **arrays)
+  io.save_npz(_block_path(out_dir, b), **arrays)
 
 
 def iter_blocks(workdir: str) -> Iterator[dict[str, np.ndarray]]:
-  """Yields the sweep blocks of `workdir` in order (each a dict, keys in WORKSPACE.md)."""
+  """Yields the sweep blocks of `workdir` in order (each a dict, keys in WORKSPACE.md).
+
+  Every block of the sweep must be there and pass its checksum and NaN/inf checks:
+  io.CorruptFileError otherwise (the runner then runs the sweep again to recompute it).
+  """
   out_dir = pipeline.stage_dir(workdir, "sweep")
-  b = 0
-  while os.path.exists(_block_path(out_dir, b)):
-    with np.load(_block_path(out_dir, b)) as f:
-      yield {"block": b, **{k: f[k] for k in f.files}}
-    b += 1
+  n_blocks = int(io.load_npz(os.path.join(out_dir, "samples.npz"), keys=("n_blocks",))["n_blocks"])
+  for b in range(n_blocks):
+    yield {"block": b, **io.load_npz(_block_path(out_dir, b))}
+
+
+def _block_ok(out_dir: str, b: int) -> bool:
+  """Block b exists and passes its checks; a corrupt one is reported and recomputed."""
+  path = _block_path(out_dir, b)
+  if not os.path.exists(path):
+    return False
+  try:
+    io.load_npz(path)
+    return True
+  except io.CorruptFileError as e:
+    print(f"[sweep] {e}; recomputing it", flush=True)
+    return False
+
+
+_render = jax.jit(lambda G, w: to_uint8(G.synthesis(pipeline.broadcast_ws(w, G.num_ws))))
+
+
+def repair_strips(G: Any, out_dir: str, n_blocks: int) -> int:
+  """Regenerates missing PNG strips of finished blocks from their stored w; returns how many.
+
+  The images are synthesized again from `w` (up to 1 level of uint8 rounding from the
+  originals, which came from a different batch shape).
+  """
+  n = 0
+  for b in range(n_blocks):
+    blk = io.load_npz(_block_path(out_dir, b))
+    for i, u in enumerate(blk["units"]):
+      for j, row in enumerate(blk["samples"]):
+        path = os.path.join(out_dir, _strip_path(b, int(u), int(row)))
+        if not os.path.exists(path):
+          _save_strip(path, np.asarray(_render(G, blk["w"][i, j])))   # [T, H, W, 3]
+          n += 1
+  if n:
+    print(f"[sweep] {n} missing PNG strip(s) regenerated", flush=True)
+  return n
+
+
+def _save_strip(path: str, img: np.ndarray) -> None:
+  """img uint8 [T, H, W, 3] -> one PNG strip [H, T * W, 3]."""
+  buf = _io.BytesIO()
+  Image.fromarray(np.concatenate(list(img), axis=1)).save(buf, "PNG", compress_level=1)
+  with io.atomic_file(path, "wb") as f:
+    f.write(buf.getvalue())
 
 
 def _write_index(out_dir: str, n_blocks: int) -> None:
@@ -259,16 +304,16 @@ def _write_index(out_dir: str, n_blocks: int) -> None:
     wr = csv.writer(f)
     wr.writerow(INDEX_COLUMNS)
     for b in range(n_blocks):
-      with np.load(_block_path(out_dir, b)) as blk:
-        units, samples, cls, values = blk["units"], blk["samples"], blk["cls"], blk["values"]
-        has_rc = "pred" in blk.files
-        rpu, pred, pcls = (blk[k] if has_rc else None for k in ("r_prime_unit", "pred", "p_cls"))
-        has_png = os.path.isdir(os.path.join(out_dir, "strips", f"block_{b:05d}"))
-        for i, u in enumerate(units):
-          for j, row in enumerate(samples):
-            png = _strip_path(b, int(u), int(row)) if has_png else ""
-            for t in range(values.shape[1]):
-              wr.writerow([b, int(u), int(row), int(cls[j]), t, repr(float(values[i, t])),
-                           repr(float(rpu[i, j, t])) if has_rc else "",
-                           int(pred[i, j, t]) if has_rc else "",
-                           repr(float(pcls[i, j, t])) if has_rc else "", png])
+      blk = io.load_npz(_block_path(out_dir, b))
+      units, samples, cls, values = blk["units"], blk["samples"], blk["cls"], blk["values"]
+      has_rc = "pred" in blk
+      rpu, pred, pcls = (blk[k] if has_rc else None for k in ("r_prime_unit", "pred", "p_cls"))
+      has_png = os.path.isdir(os.path.join(out_dir, "strips", f"block_{b:05d}"))
+      for i, u in enumerate(units):
+        for j, row in enumerate(samples):
+          png = _strip_path(b, int(u), int(row)) if has_png else ""
+          for t in range(values.shape[1]):
+            wr.writerow([b, int(u), int(row), int(cls[j]), t, repr(float(values[i, t])),
+                         repr(float(rpu[i, j, t])) if has_rc else "",
+                         int(pred[i, j, t]) if has_rc else "",
+                         repr(float(pcls[i, j, t])) if has_rc else "", png])

@@ -81,9 +81,11 @@ def test_unit_table_names_the_factor_a_sweep_moves(tmp_path):
     ws = G.mapping(z.reshape(-1, G.z_dim), jnp.full((n_samples * n_steps,), 2), psi=1.0)
     w.append(np.asarray(ws[:, 0]).reshape(n_samples, n_steps, -1))
   workdir = str(tmp_path)
-  io.savez(os.path.join(workdir, "sweep", "block_00000.npz"), units=np.arange(len(picked)),
-           samples=np.arange(n_samples), cls=np.full(n_samples, 2), values=np.tile(steps, (len(picked), 1)),
-           w=np.stack(w))
+  io.save_npz(os.path.join(workdir, "sweep", "block_00000.npz"), units=np.arange(len(picked)),
+              samples=np.arange(n_samples), cls=np.full(n_samples, 2),
+              values=np.tile(steps, (len(picked), 1)), w=np.stack(w))
+  io.save_npz(os.path.join(workdir, "sweep", "samples.npz"), rows=np.arange(n_samples),
+              cls=np.full(n_samples, 2), r=np.zeros((n_samples, 1), np.float32), n_blocks=np.int32(1))
   open(os.path.join(workdir, "sweep", "index.csv"), "w").close()
   rows = report.unit_table(demo.get_config(), workdir)
   got = {r["unit"]: r["top_factor"] for r in rows}

@@ -11,7 +11,7 @@ from ml_collections import ConfigDict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lis_jax import counterfactuals, linking, paired_data, pipeline, sweeps  # noqa: E402
+from lis_jax import counterfactuals, io, linking, paired_data, pipeline, sweeps  # noqa: E402
 from tests import tiny_models  # noqa: E402
 
 # Batched vs one-sample evaluation of the same float32 network: only summation order differs.
@@ -266,12 +266,11 @@ def test_nan_paired_data_stops_fit_link(tmp_path, models):
   cfg = _config(**{"paired_data.keep_only_correct": False})
   paired_data.run(cfg, str(tmp_path))
   shard = tmp_path / "paired_data" / "shard_c0000_00000.npz"
-  with np.load(shard) as f:
-    arrays = {k: f[k] for k in f.files}
+  arrays = io.load_npz(str(shard))
   arrays["r"][1, 2] = np.nan
-  np.savez(shard, **arrays)
+  io.save_npz(str(shard), **arrays)   # NaN with a valid checksum: caught by the check on read
   cfg.link = ConfigDict(dict(kind="ols", holdout_fraction=0.2, cycle_samples=0))
-  with pytest.raises(pipeline.PipelineError, match="paired data r: 1 non-finite"):
+  with pytest.raises(io.CorruptFileError, match="'r' holds 1 NaN/inf"):
     linking.run(cfg, str(tmp_path))
   assert not (tmp_path / "link" / "metrics.json").exists()
 

@@ -42,10 +42,10 @@ def fake_sweep(workdir, config):
     dirs = np.asarray(jax.random.normal(jax.random.fold_in(key, b), (PER_BLOCK, G.w_dim))) * 0.5
     steps = np.linspace(0, 1, N_STEPS)
     w = start[None, :, None] + dirs[:, None, None] * steps[None, None, :, None]  # [U, S, T, w_dim]
-    io.savez(os.path.join(out, f"block_{b:05d}.npz"), units=units, samples=np.arange(N_SAMPLES),
-             cls=cls, values=np.tile(steps, (PER_BLOCK, 1)), w=w.astype(np.float32))
-  io.savez(os.path.join(out, "samples.npz"), rows=np.arange(N_SAMPLES), cls=cls,
-           r=np.zeros((N_SAMPLES, 1), np.float32))
+    io.save_npz(os.path.join(out, f"block_{b:05d}.npz"), units=units, samples=np.arange(N_SAMPLES),
+                cls=cls, values=np.tile(steps, (PER_BLOCK, 1)), w=w.astype(np.float32))
+  io.save_npz(os.path.join(out, "samples.npz"), rows=np.arange(N_SAMPLES), cls=cls,
+              r=np.zeros((N_SAMPLES, 1), np.float32), n_blocks=np.int32(N_UNITS // PER_BLOCK))
   open(os.path.join(out, "index.csv"), "w").write("block\n")
   # Recorded as finished with this config, as the runner does after a real sweep.
   pipeline.check_stage_config(out, pipeline.RunContext(config, workdir).fingerprint("sweep"))

@@ -17,7 +17,7 @@ Outputs (`workdir/quantify/`, all written atomically):
                          first / last / null metrics (keys 'first.<metric>',
                          'last.<metric>' [U, S', P(, K)], 'null.<metric>' [U, S', R, P(, K)])
                          and, with ground truth, truth_delta [U, F]; existence = block done
-  manifest.json          blocks done, parts, null draws (informational; files are the truth)
+  manifest.json          blocks done, n_blocks (all must be there to summarise), parts, null draws
   selectivity.csv        one row per unit x part x metric (selectivity.TABLE_COLUMNS)
   top_units.csv          the top `quantify.top_k` selective units per concept
   truth_check.json       built-in world only: precision@k per factor and its chance level
@@ -129,7 +129,7 @@ def segmenter(config, workdir: str, G=None) -> segment.Segmenter:
   c = _cfg(config)
   out_dir = pipeline.stage_dir(workdir, STAGE)
   ckpt = os.path.join(out_dir, "segmenter")
-  if os.path.exists(os.path.join(ckpt, io.META_FILE)):
+  if _segmenter_done(out_dir, ckpt):
     return segment.load(ckpt)
   if G is None:
     G, _ = pipeline.load_models(config, workdir)
@@ -143,12 +143,25 @@ def segmenter(config, workdir: str, G=None) -> segment.Segmenter:
   ev = segment.evaluate(seg, G, ws_te, y_te) if y_te.shape[0] else {"iou": {}, "mean_iou": None,
                                                                      "n_images": 0}
   ev.update(train_seconds=train_s, n_labelled=int(y_tr.shape[0]), labels=c.labels)
-  seg.save(ckpt)
   io.write_json(os.path.join(out_dir, "segmenter_eval.json"), ev)
+  seg.save(ckpt)   # last: the checkpoint existing means the evaluation is recorded too
   miou = ev["mean_iou"]
   print(f"[quantify] segmenter: {y_tr.shape[0]} labelled images, {train_s:.0f} s, held-out mean IoU "
         f"{'n/a' if miou is None else f'{miou:.3f}'}", flush=True)
   return seg
+
+
+def _segmenter_done(out_dir: str, ckpt: str) -> bool:
+  """The segmenter checkpoint passes its checksum and its evaluation is recorded."""
+  if not os.path.exists(os.path.join(ckpt, io.META_FILE)):
+    return False
+  try:
+    io.read_json_checked(os.path.join(out_dir, "segmenter_eval.json"))
+    io.load_checkpoint(ckpt, verify=True)
+    return True
+  except (io.CorruptFileError, io.CheckpointError) as e:
+    print(f"[quantify] {' '.join(str(e).split())[:300]}; training the segmenter again", flush=True)
+    return False
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -243,14 +256,26 @@ def _quantify_block(config, c, G, seg, blk, key) -> dict:
 
 
 def load_blocks(workdir: str) -> list[dict]:
-  """The quantify blocks written so far, in order."""
+  """All quantify blocks, in order (io.CorruptFileError if one is missing or corrupt).
+
+  Metrics may be NaN (a part absent from an image), so only checksums are verified.
+  """
   out_dir = pipeline.stage_dir(workdir, STAGE)
-  blocks, b = [], 0
-  while os.path.exists(_block_path(out_dir, b)):
-    with np.load(_block_path(out_dir, b)) as f:
-      blocks.append({k: f[k] for k in f.files})
-    b += 1
-  return blocks
+  manifest = io.read_json_checked(pipeline.require(os.path.join(out_dir, "manifest.json"), STAGE))
+  return [io.load_npz(_block_path(out_dir, b), finite=False) for b in range(manifest["n_blocks"])]
+
+
+def _block_ok(out_dir: str, b: int) -> bool:
+  """Block b exists and passes its checksum; a corrupt one is reported and recomputed."""
+  path = _block_path(out_dir, b)
+  if not os.path.exists(path):
+    return False
+  try:
+    io.load_npz(path, finite=False)
+    return True
+  except io.CorruptFileError as e:
+    print(f"[quantify] {e}; recomputing it", flush=True)
+    return False
 
 
 def _metric_dict(blocks, prefix):
@@ -337,7 +362,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     raise pipeline.PipelineError(str(e)) from None
   key = jax.random.fold_in(_key(config), 2)
   blocks = list(sweeps.iter_blocks(workdir))
-  done = [b for b in range(len(blocks)) if os.path.exists(_block_path(out_dir, b))]
+  done = [b for b in range(len(blocks)) if _block_ok(out_dir, b)]
   with tqdm(total=len(blocks), initial=len(done), unit="block", desc="quantify") as bar:
     for blk in blocks:
       b = blk["block"]
@@ -346,13 +371,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
       out = _quantify_block(config, c, G, seg, blk, key)
       pipeline.check_finite(f"quantify block {b} areas", out["first.area"])
       pipeline.maybe_interrupt(STAGE, b + 1)
-      io.savez(_block_path(out_dir, b), **out)
+      io.save_npz(_block_path(out_dir, b), **out)
       done.append(b)
       io.write_json(os.path.join(out_dir, "manifest.json"),
                     {"blocks_done": sorted(done), "n_blocks": len(blocks),
                      "parts": list(seg.part_names[1:]), "null_draws": c.null_draws,
                      "samples_per_unit": c.samples_per_unit})
       bar.update(1)
+  io.write_json(os.path.join(out_dir, "manifest.json"),
+                {"blocks_done": sorted(done), "n_blocks": len(blocks),
+                 "parts": list(seg.part_names[1:]), "null_draws": c.null_draws,
+                 "samples_per_unit": c.samples_per_unit})
   summarise(config, workdir, seg)
 
 

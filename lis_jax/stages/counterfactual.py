@@ -48,8 +48,7 @@ class CounterfactualResult:
 def load(workdir: str) -> CounterfactualResult:
   out_dir = os.path.join(workdir, "counterfactual")
   path = pipeline.require(os.path.join(out_dir, "results.npz"), "counterfactual")
-  with np.load(path) as f:
-    arrays = {k: f[k] for k in f.files}
+  arrays = io.load_npz(path)
   return CounterfactualResult(arrays=arrays, summary=io.read_json(os.path.join(out_dir, "summary.json")))
 
 

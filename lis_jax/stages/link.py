@@ -51,10 +51,9 @@ class LinkResult:
 def load(workdir: str) -> LinkResult:
   out_dir = os.path.join(workdir, "link")
   metrics = io.read_json(pipeline.require(os.path.join(out_dir, "metrics.json"), "link"))
-  with np.load(os.path.join(out_dir, "split.npz")) as f:
-    train, test = f["train"], f["test"]
-  return LinkResult(link=linking.load(os.path.join(out_dir, "model")), metrics=metrics,
-                    train=train, test=test)
+  split = io.load_npz(os.path.join(out_dir, "split.npz"), keys=("train", "test"))
+  return LinkResult(link=linking.load_fitted(workdir), metrics=metrics,
+                    train=split["train"], test=split["test"])
 
 
 def run(ctx) -> None:

@@ -11,6 +11,7 @@ from typing import Iterator
 import ml_collections
 import numpy as np
 
+from lis_jax import io
 from lis_jax import pipeline
 from lis_jax import sweeps
 from lis_jax.stages.base import Stage
@@ -53,8 +54,8 @@ class SweepResult:
 def load(workdir: str) -> SweepResult:
   out_dir = os.path.join(workdir, "sweep")
   pipeline.require(os.path.join(out_dir, "index.csv"), "sweep")
-  with np.load(os.path.join(out_dir, "samples.npz")) as f:
-    return SweepResult(workdir=workdir, rows=f["rows"], cls=f["cls"], r_start=f["r"])
+  f = io.load_npz(os.path.join(out_dir, "samples.npz"), keys=("rows", "cls", "r"))
+  return SweepResult(workdir=workdir, rows=f["rows"], cls=f["cls"], r_start=f["r"])
 
 
 def run(ctx) -> None:
