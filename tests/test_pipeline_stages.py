@@ -251,8 +251,11 @@ def test_parse_units_ranges():
 def test_incompatible_workdir_is_refused(tmp_path):
   pipeline.check_stage_config(str(tmp_path), {"psi": 0.7, "link": {"kind": "ols"}})
   pipeline.check_stage_config(str(tmp_path), {"psi": 0.7, "link": {"kind": "ols"}})   # same: fine
+  # Nothing made with the first config yet: a corrected config replaces it.
+  pipeline.check_stage_config(str(tmp_path), {"psi": 0.5, "link": {"kind": "ols"}})
+  (tmp_path / "block_00000.npz").write_bytes(b"an output made with psi 0.5")
   with pytest.raises(pipeline.PipelineError, match=r"link.kind: 'ols' -> 'ridge'"):
-    pipeline.check_stage_config(str(tmp_path), {"psi": 0.7, "link": {"kind": "ridge"}})
+    pipeline.check_stage_config(str(tmp_path), {"psi": 0.5, "link": {"kind": "ridge"}})
 
 
 def test_missing_checkpoint_names_the_converter(tmp_path):

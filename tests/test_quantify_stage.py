@@ -34,6 +34,8 @@ def fake_sweep(workdir, config):
   G = generators.load(config.generator)
   out = pipeline.stage_dir(workdir, "sweep")
   os.makedirs(out)
+  # Recorded with this config before any output, as the runner does for a real sweep.
+  pipeline.check_stage_config(out, pipeline.RunContext(config, workdir).fingerprint("sweep"))
   key = jax.random.PRNGKey(3)
   cls = np.arange(N_SAMPLES) % G.num_classes
   start = np.asarray(G.mapping(jax.random.normal(key, (N_SAMPLES, G.z_dim)), cls))[:, 0]
@@ -47,8 +49,6 @@ def fake_sweep(workdir, config):
   io.save_npz(os.path.join(out, "samples.npz"), rows=np.arange(N_SAMPLES), cls=cls,
               r=np.zeros((N_SAMPLES, 1), np.float32), n_blocks=np.int32(N_UNITS // PER_BLOCK))
   open(os.path.join(out, "index.csv"), "w").write("block\n")
-  # Recorded as finished with this config, as the runner does after a real sweep.
-  pipeline.check_stage_config(out, pipeline.RunContext(config, workdir).fingerprint("sweep"))
 
 
 def _read(path):
