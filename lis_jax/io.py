@@ -176,9 +176,8 @@ def save_checkpoint(out_dir: str, params: Any, meta: Mapping[str, Any]) -> None:
       if "RESOURCE_EXHAUSTED" in str(e) or "No space left" in str(e):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), out_dir) from None
       raise
-    content = {"params_sha256": tree_sha256(params),  # identity and integrity (params_sha256())
-               "params_sha256_cache": {"stat": _params_stat(os.path.join(tmp, PARAMS_DIR))}}
-    write_json(os.path.join(tmp, META_FILE), {**dict(meta), **content})
+    # Identity and integrity of the content (verify_checkpoint, params_sha256).
+    write_json(os.path.join(tmp, META_FILE), {**dict(meta), "params_sha256": tree_sha256(params)})
 
 
 def load_meta(ckpt_dir: str) -> dict:

@@ -341,6 +341,9 @@ def check_done(ctx: RunContext, name: str, needed_by: str) -> None:
   except FileNotFoundError:
     raise PipelineError(f"stage '{name}' has not finished in {ctx.workdir}: add '{name}' to "
                         f"config.stages to finish it") from None
+  except io.CorruptFileError as e:
+    raise PipelineError(f"{e}; add '{name}' to config.stages: it recomputes what is corrupt "
+                        f"or missing") from None
 
 
 def check_layout(workdir: str) -> None:

@@ -27,6 +27,8 @@ def cli(monkeypatch, *args):
   argv = ["lis_jax.main", *args]
   monkeypatch.setattr(sys, "argv", argv)   # ml_collections reads overrides from sys.argv
   monkeypatch.delitem(sys.modules, "config_config", raising=False)   # its cached config module
+  for name in [n for n in flags.FLAGS if n.startswith("config.")]:   # overrides of a past parse
+    delattr(flags.FLAGS, name)
   flags.FLAGS.unparse_flags()
   err = _io.StringIO()
   with contextlib.redirect_stderr(err):
@@ -76,3 +78,193 @@ def test_config_file_errors_are_one_line(tmp_path, monkeypatch, case):
   rc, err = cli(monkeypatch, f"--config={make(tmp_path)}", f"--workdir={work}", *extra)
   assert_one_line(rc, err, pattern)
   assert not work.exists()   # nothing ran
+
+
+# ----------------------------------------------------------------------------- pipeline runs
+
+import filecmp  # noqa: E402
+import shutil  # noqa: E402
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from lis_jax import io, pipeline  # noqa: E402
+
+TINY_MODELS = {"generator": "tests.tiny_models:generator", "classifier": "tests.tiny_models:classifier",
+               "classes": "0,2,4", "sweep.units": "0:5"}
+TINY_ARGS = [f"--config={TINY}"] + [f"--config.{k}={v}" for k, v in TINY_MODELS.items()]
+# Regenerated PNGs come from a different batch shape than the originals: uint8 truncation
+# of float images may move a pixel by one level.
+PNG_LEVELS = 1
+# Files that differ between two correct runs by design.
+VOLATILE = {"last_config.json", io.LOCK_FILE}
+
+
+def tiny_config(**flat):
+  from configs import tiny
+  cfg = tiny.get_config()
+  cfg.update_from_flattened_dict({**TINY_MODELS, **flat})
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """One undisturbed run of every tiny stage: what every repaired run must equal."""
+  ref = tmp_path_factory.mktemp("ref") / "work"
+  pipeline.run(tiny_config(), str(ref))
+  return ref
+
+
+def _files(d):
+  return sorted(p.relative_to(d) for p in d.rglob("*")
+                if p.is_file() and "params" not in p.relative_to(d).parts and p.name not in VOLATILE)
+
+
+def assert_same_outputs(ref, work):
+  assert _files(ref) == _files(work)
+  from lis_jax import linking
+  a, b = (linking.load(str(d / "link" / "model"), verify=True) for d in (ref, work))
+  np.testing.assert_array_equal(a.params["A"], b.params["A"])
+  for rel in _files(ref):
+    if rel.suffix == ".npz":
+      x, y = io.load_npz(str(ref / rel), finite=False), io.load_npz(str(work / rel), finite=False)
+      assert sorted(x) == sorted(y), rel
+      for k in x:
+        np.testing.assert_array_equal(x[k], y[k], err_msg=f"{rel}:{k}")
+    elif rel.suffix == ".png":
+      x, y = (np.asarray(Image.open(d / rel), np.int16) for d in (ref, work))
+      assert x.shape == y.shape and np.abs(x - y).max() <= PNG_LEVELS, rel
+    else:
+      assert filecmp.cmp(ref / rel, work / rel, shallow=False), rel
+
+
+def _copy(reference, tmp_path):
+  work = tmp_path / "work"
+  shutil.copytree(reference, work)
+  return work
+
+
+def _first_float(path):
+  arrays = io.load_npz(str(path), finite=False)
+  return arrays, next(k for k, v in arrays.items() if np.issubdtype(v.dtype, np.floating))
+
+
+def _nan_with_checksum(path):   # NaN written properly (valid checksum): caught by the NaN check
+  arrays, k = _first_float(path)
+  arrays[k].flat[0] = np.nan
+  io.save_npz(str(path), **arrays)
+
+
+def _flip_byte(path, i):
+  data = bytearray(path.read_bytes())
+  data[i] ^= 0x10
+  path.write_bytes(bytes(data))
+
+
+def _flip_any(path):
+  """One bit flipped in the stored numbers (bytes nobody reads are covered in test_reliability_io)."""
+  if path.is_dir():   # a checkpoint: the OCDBT data files Orbax restores from
+    for f in (path / io.PARAMS_DIR / "d").iterdir():
+      _flip_byte(f, f.stat().st_size // 2)
+    return
+  import struct
+  import zipfile
+  with zipfile.ZipFile(path) as z:
+    info = max(z.infolist(), key=lambda i: i.file_size)
+  head = path.read_bytes()[info.header_offset:info.header_offset + 30]
+  n, m = struct.unpack("<HH", head[26:30])   # local header: name and extra-field lengths
+  _flip_byte(path, info.header_offset + 30 + n + m + info.file_size - 1)   # the array's last byte
+
+
+def _delete(path):
+  shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+CORRUPT = {"truncated": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
+           "zero_bytes": lambda p: p.write_bytes(b""), "bit_flip": _flip_any,
+           "nan": _nan_with_checksum, "deleted": _delete}
+TARGETS = {"paired_data": "paired_data/shard_c0002_00001.npz", "link_split": "link/split.npz",
+           "link_model": "link/model", "sweep_block": "sweep/block_00001.npz",
+           "sweep_samples": "sweep/samples.npz", "cf_batch": "counterfactual/batch_00001.npz",
+           "cf_results": "counterfactual/results.npz"}
+CASES = [(t, k) for t in TARGETS for k in CORRUPT
+         if not (t == "link_model" and k in ("truncated", "zero_bytes", "nan"))
+         and not (t == "link_split" and k == "nan")]   # integer rows only
+
+
+@pytest.mark.parametrize("target, kind", CASES)
+def test_corrupt_output_is_detected_and_recomputed(reference, tmp_path, capsys, target, kind):
+  work = _copy(reference, tmp_path)
+  CORRUPT[kind](work / TARGETS[target])
+  capsys.readouterr()
+  pipeline.run(tiny_config(), str(work))
+  log = capsys.readouterr().out
+  # A missing block is simply not done yet; samples.npz and results.npz are rewritten by
+  # every run of their stage anyway.
+  if (kind != "deleted" or target == "paired_data") and target not in ("sweep_samples", "cf_results"):
+    assert "recomputing" in log, log
+  assert_same_outputs(reference, work)
+
+
+def test_corrupt_input_of_a_later_stage_is_recomputed_by_its_stage(reference, tmp_path, capsys):
+  """NaN in a paired-data shard after the link was fitted, then only the counterfactual
+  stage: the shard is regenerated by paired_data before the searches read it."""
+  work = _copy(reference, tmp_path)
+  shutil.rmtree(work / "counterfactual")
+  _nan_with_checksum(work / "paired_data" / "shard_c0000_00000.npz")
+  pipeline.run(tiny_config(stages=("counterfactual",)), str(work))
+  assert "recomputing it: stage paired_data runs again" in capsys.readouterr().out
+  assert_same_outputs(reference, work)
+
+
+def test_missing_sweep_block_is_recomputed_before_a_consumer_reads_it(reference, tmp_path, capsys):
+  """A stage that needs every sweep block (as quantify does) never sees a partial sweep."""
+  from lis_jax import stages, sweeps
+  from lis_jax.stages.base import Stage
+  import ml_collections
+  seen = []
+  consumer = Stage(name="consumer", requires=("sweep",), default_config=ml_collections.ConfigDict,
+                   run=lambda ctx: seen.append([int(b["block"]) for b in sweeps.iter_blocks(ctx.workdir)]),
+                   load=lambda workdir: None)
+  work = _copy(reference, tmp_path)
+  (work / "sweep" / "block_00001.npz").unlink()
+  pipeline.run(tiny_config(stages=("consumer",)), str(work), registry={**stages.REGISTRY, "consumer": consumer})
+  assert seen == [[0, 1, 2]]
+  assert "sweep/block_00001.npz: missing; recomputing it: stage sweep runs again" in capsys.readouterr().out
+  shutil.rmtree(work / "consumer")
+  assert_same_outputs(reference, work)
+
+
+def test_deleted_pngs_and_index_rows_are_regenerated(reference, tmp_path, capsys):
+  work = _copy(reference, tmp_path)
+  strips = sorted((work / "sweep" / "strips").rglob("*.png"))
+  cf_pngs = sorted((work / "counterfactual" / "images").glob("*.png"))
+  for p in strips[::3] + cf_pngs[::2]:
+    p.unlink()
+  (work / "sweep" / "index.csv").write_text("block,unit\n0,0\n")   # rows lost
+  (work / "counterfactual" / "index.csv").unlink()
+  pipeline.run(tiny_config(), str(work))
+  log = capsys.readouterr().out
+  assert f"{len(strips[::3])} missing PNG strip(s) regenerated" in log
+  assert f"{len(cf_pngs[::2])} missing PNG(s) regenerated" in log
+  assert_same_outputs(reference, work)
+
+
+@pytest.mark.parametrize("what, content", [("manifest_empty", ""), ("manifest_broken", "{\"classes\": ["),
+                                           ("config_empty", ""), ("config_broken", "[1, 2")])
+def test_corrupt_json_is_one_line(reference, tmp_path, monkeypatch, what, content):
+  work = _copy(reference, tmp_path)
+  name = "manifest.json" if what.startswith("manifest") else "config.json"
+  (work / "paired_data" / name).write_text(content)
+  rc, err = cli(monkeypatch, *TINY_ARGS, f"--workdir={work}")
+  assert_one_line(rc, err, rf"paired_data/{name}: (empty|invalid JSON).*delete .*paired_data")
+
+
+def test_deleted_config_json_beside_outputs_is_refused(reference, tmp_path, monkeypatch):
+  """sweep/config.json deleted, rerun with another n_steps: refused, blocks untouched."""
+  work = _copy(reference, tmp_path)
+  (work / "sweep" / "config.json").unlink()
+  before = (work / "sweep" / "block_00000.npz").read_bytes()
+  rc, err = cli(monkeypatch, *TINY_ARGS, "--config.sweep.n_steps=4", f"--workdir={work}")
+  assert_one_line(rc, err, r"sweep holds outputs .* but no config.json")
+  assert (work / "sweep" / "block_00000.npz").read_bytes() == before
