@@ -41,11 +41,13 @@ def cli(monkeypatch, *args):
 
 
 def assert_one_line(rc, err, pattern):
+  """Exit 1, no traceback, and one `error: ...` line, the last (progress bars may precede it)."""
   import re
   assert rc == 1, err
   lines = err.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("error: "), err
-  assert re.search(pattern, lines[0]), lines[0]
+  assert "Traceback" not in err and lines[-1].startswith("error: "), err
+  assert sum(line.startswith("error") for line in lines) == 1, err
+  assert re.search(pattern, lines[-1]), lines[-1]
 
 
 # ----------------------------------------------------------------------------- config files
@@ -268,3 +270,98 @@ def test_deleted_config_json_beside_outputs_is_refused(reference, tmp_path, monk
   rc, err = cli(monkeypatch, *TINY_ARGS, "--config.sweep.n_steps=4", f"--workdir={work}")
   assert_one_line(rc, err, r"sweep holds outputs .* but no config.json")
   assert (work / "sweep" / "block_00000.npz").read_bytes() == before
+
+
+# ----------------------------------------------------------------------------- values and the OS
+
+BAD_VALUES = {
+    "samples_per_class_negative": ("sweep.samples_per_class=-1", r"sweep\.samples_per_class=-1 must be >= 1"),
+    "samples_per_class_zero": ("sweep.samples_per_class=0", r"sweep\.samples_per_class=0 must be >= 1"),
+    "n_per_class_zero": ("paired_data.n_per_class=0", r"paired_data\.n_per_class=0 must be >= 1"),
+    "batch_size_negative": ("counterfactual.batch_size=-4", r"counterfactual\.batch_size=-4"),
+    "holdout_nan": ("link.holdout_fraction=nan", r"link\.holdout_fraction=nan must be a finite number"),
+    "holdout_one": ("link.holdout_fraction=1.0", r"link\.holdout_fraction=1\.0 must be in \(0\.0, 1\.0\)"),
+    "n_steps_one": ("sweep.n_steps=1", r"sweep\.n_steps=1 must be >= 2"),
+    "top_units_negative": ("counterfactual.top_units=-1", r"counterfactual\.top_units=-1 must be >= 1"),
+    "top_units_too_many": ("counterfactual.top_units=1000",   # tests.tiny_models' classifier: 12 units
+                           r"counterfactual\.top_units=1000 must be in \[1, 12\]"),
+    "empty_stages": ("stages=", r"config\.stages is empty"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_VALUES))
+def test_bad_config_values_stop_before_anything_runs(tmp_path, monkeypatch, case):
+  override, pattern = BAD_VALUES[case]
+  work = tmp_path / "work"
+  rc, err = cli(monkeypatch, *TINY_ARGS, f"--config.{override}", f"--workdir={work}")
+  assert_one_line(rc, err, pattern)
+  assert not work.exists() or sorted(os.listdir(work)) == [io.LOCK_FILE]   # no stage ran
+
+
+def test_workdir_or_stage_dir_that_is_a_file(tmp_path, monkeypatch):
+  (tmp_path / "file").write_text("x")
+  rc, err = cli(monkeypatch, *TINY_ARGS, f"--workdir={tmp_path / 'file'}")
+  assert_one_line(rc, err, r"--workdir .*file is a file, not a directory")
+  work = tmp_path / "work"
+  work.mkdir()
+  (work / "sweep").write_text("not a directory")
+  rc, err = cli(monkeypatch, *TINY_ARGS, f"--workdir={work}")
+  assert_one_line(rc, err, r"work/sweep is a file where stage 'sweep' writes its directory")
+  assert sorted(os.listdir(work)) == ["sweep"]
+
+
+@contextlib.contextmanager
+def small_fs(path, size):
+  """A tmpfs of `size` mounted at `path` (we are root where CI runs), or None if not allowed."""
+  import subprocess
+  path.mkdir()
+  ok = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                      capture_output=True).returncode == 0
+  try:
+    yield ok
+  finally:
+    if ok:
+      subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def test_disk_full_is_one_line_and_the_run_resumes(reference, tmp_path, monkeypatch):
+  """ENOSPC mid-run on a 96 KB tmpfs (the tiny run writes ~400 KB), or a simulated one."""
+  mnt = tmp_path / "mnt"
+  with small_fs(mnt, "96k") as mounted:
+    if not mounted:   # no mount allowed here: the first write past the 20th raises ENOSPC
+      import errno
+      real, calls = io.atomic_file, []
+      @contextlib.contextmanager
+      def full(path, mode="wb"):
+        calls.append(path)
+        if len(calls) > 20:
+          raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        with real(path, mode) as f:
+          yield f
+      monkeypatch.setattr(io, "atomic_file", full)
+    work = mnt / "work"
+    rc, err = cli(monkeypatch, *TINY_ARGS, f"--workdir={work}")
+    assert_one_line(rc, err, r"No space left on device; free some space .* the run resumes")
+    if mounted:
+      subprocess_ok = os.system(f"mount -o remount,size=4m {mnt}") == 0
+      assert subprocess_ok
+    else:
+      monkeypatch.setattr(io, "atomic_file", real)
+    pipeline.run(tiny_config(), str(work))
+    assert_same_outputs(reference, work)
+
+
+def test_unwritable_workdir_is_one_line(tmp_path, monkeypatch):
+  mnt = tmp_path / "ro"
+  with small_fs(mnt, "64k") as mounted:
+    if mounted:
+      assert os.system(f"mount -o remount,ro {mnt}") == 0
+    else:
+      mnt.chmod(0o500)
+    if not mounted and os.geteuid() == 0:   # root ignores permissions: simulate the refusal
+      import errno
+      def refuse(path, *a, **k):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+      monkeypatch.setattr(os, "makedirs", refuse)
+    rc, err = cli(monkeypatch, *TINY_ARGS, f"--workdir={mnt / 'work'}")
+    assert_one_line(rc, err, r"(Read-only file system|Permission denied).*(another --workdir|permissions)")
