@@ -365,3 +365,75 @@ def test_unwritable_workdir_is_one_line(tmp_path, monkeypatch):
       monkeypatch.setattr(os, "makedirs", refuse)
     rc, err = cli(monkeypatch, *TINY_ARGS, f"--workdir={mnt / 'work'}")
     assert_one_line(rc, err, r"(Read-only file system|Permission denied).*(another --workdir|permissions)")
+
+
+# ----------------------------------------------------------------------------- concurrency, swaps
+
+
+def test_run_on_a_locked_workdir_stops_at_once(tmp_path, monkeypatch):
+  work = tmp_path / "work"
+  work.mkdir()
+  with io.workdir_lock(str(work)):   # as a run in another process would hold it
+    rc, err = cli(monkeypatch, *TINY_ARGS, f"--workdir={work}")
+  import socket
+  assert_one_line(rc, err, rf"is in use by another run \(pid {os.getpid()} on host "
+                           rf"{socket.gethostname()}, started .*\); wait for it")
+  assert sorted(os.listdir(work)) == [io.LOCK_FILE]   # nothing written
+
+
+def test_two_runs_started_together_never_mix(tmp_path):
+  """Two CLI runs on one workdir with different sweep.n_steps: one finishes; the other is
+  refused (lock held, or a different config once the first is done); outputs are one config's."""
+  import subprocess
+  work = tmp_path / "work"
+  procs = [subprocess.Popen([sys.executable, "-m", "lis_jax.main", *TINY_ARGS, f"--workdir={work}",
+                             "--config.stages=paired_data,link,sweep", f"--config.sweep.n_steps={n}"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+           for n in (3, 4)]
+  results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+  assert sorted(rc for rc, _ in results) == [0, 1], results
+  loser = next(err for rc, err in results if rc == 1)
+  assert_one_line(1, loser, r"in use by another run \(pid \d+ on host|written by a different config")
+  n_steps = io.read_json(str(work / "sweep" / "config.json"))["sweep"]["n_steps"]
+  from lis_jax import sweeps
+  for blk in sweeps.iter_blocks(str(work)):
+    assert blk["values"].shape[1] == n_steps == blk["w"].shape[2]
+
+
+def _save_sgxl_tiny(path, seed):
+  from lis_jax.generators import stylegan_xl
+  G = stylegan_xl.tiny(seed)
+  io.save_checkpoint(str(path), G.variables, {"kind": stylegan_xl.KIND, "spec": G.spec.to_json()})
+
+
+class _Killed(Exception):
+  pass
+
+
+def _kill_at(monkeypatch, point):
+  """Makes `pipeline.maybe_interrupt` raise at "stage:n" (as a SIGKILL there would stop it)."""
+  def hook(stage, done):
+    if f"{stage}:{done}" == point:
+      raise _Killed(point)
+  monkeypatch.setattr(pipeline, "maybe_interrupt", hook)
+
+
+def test_checkpoint_swapped_between_kill_and_resume_is_refused(tmp_path, monkeypatch):
+  work = tmp_path / "work"
+  ckpt = work / "checkpoints" / "g"
+  _save_sgxl_tiny(ckpt, seed=0)
+  cfg = tiny_config(generator="checkpoints/g", classifier="tiny-resnet-random", classes="1,2,3",
+                    stages=("paired_data",), **{"paired_data.n_per_class": 32})
+  _kill_at(monkeypatch, "paired_data:1")
+  with pytest.raises(_Killed):
+    pipeline.run(cfg, str(work))
+  monkeypatch.undo()
+  _save_sgxl_tiny(ckpt, seed=1)   # other weights at the same path
+  with pytest.raises(pipeline.PipelineError, match=r"the model weights changed.*generator\.params_sha256"):
+    pipeline.run(cfg, str(work))
+  _save_sgxl_tiny(ckpt, seed=0)   # the same weights again (new files, new Orbax names): accepted
+  pipeline.run(cfg, str(work))
+  from lis_jax import paired_data
+  data = paired_data.load(str(work))
+  for c in (1, 2, 3):
+    np.testing.assert_array_equal(data["seed_index"][data["cls"] == c], np.arange(32))
