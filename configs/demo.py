@@ -6,10 +6,10 @@
 No downloads and no converted checkpoints: the generator is the built-in 'shapes' world
 (8 part-based object classes, known ground truth) and the classifier the shipped
 'shapes-resnet' (128 units). Under 10 minutes on 2 CPU cores. Changes from
-configs/linear.py: the models, the classes, the sizes, and the added report stage.
+configs/linear.py: the models, the classes, the sizes, the quantify settings and the added
+quantify and report stages.
 """
 from configs import linear
-from lis_jax import report
 
 
 def get_config():
@@ -50,5 +50,4 @@ def get_config():
   config.quantify.top_k = 5
   config.quantify.cards = 6
 
-  config.report = report.default_config()
   return config

@@ -224,12 +224,12 @@ def test_corrupt_input_of_a_later_stage_is_recomputed_by_its_stage(reference, tm
 
 def test_missing_sweep_block_is_recomputed_before_a_consumer_reads_it(reference, tmp_path, capsys):
   """A stage that needs every sweep block (as quantify does) never sees a partial sweep."""
-  from lis_jax import stages, sweeps
+  from lis_jax import stages
   from lis_jax.stages.base import Stage
   import ml_collections
   seen = []
   consumer = Stage(name="consumer", requires=("sweep",), default_config=ml_collections.ConfigDict,
-                   run=lambda ctx: seen.append([int(b["block"]) for b in sweeps.iter_blocks(ctx.workdir)]),
+                   run=lambda ctx: seen.append([int(b["block"]) for b in ctx.result("sweep").blocks()]),
                    load=lambda workdir: None)
   work = _copy(reference, tmp_path)
   (work / "sweep" / "block_00001.npz").unlink()
@@ -398,8 +398,8 @@ def test_two_runs_started_together_never_mix(tmp_path):
   loser = next(err for rc, err in results if rc == 1)
   assert_one_line(1, loser, r"in use by another run \(pid \d+ on host|written by a different config")
   n_steps = io.read_json(str(work / "sweep" / "config.json"))["sweep"]["n_steps"]
-  from lis_jax import sweeps
-  for blk in sweeps.iter_blocks(str(work)):
+  from lis_jax.stages import sweep
+  for blk in sweep.load(str(work)).blocks():
     assert blk["values"].shape[1] == n_steps == blk["w"].shape[2]
 
 
@@ -436,10 +436,10 @@ def test_checkpoint_swapped_between_kill_and_resume_is_refused(tmp_path, monkeyp
     pipeline.run(cfg, str(work))
   _save_sgxl_tiny(ckpt, seed=0)   # the same weights again (new files, new Orbax names): accepted
   pipeline.run(cfg, str(work))
-  from lis_jax import paired_data
+  from lis_jax.stages import paired_data
   data = paired_data.load(str(work))
   for c in (1, 2, 3):
-    np.testing.assert_array_equal(data["seed_index"][data["cls"] == c], np.arange(32))
+    np.testing.assert_array_equal(data.seed_index[data.cls == c], np.arange(32))
 
 
 # ----------------------------------------------------------------------------- kill and resume
