@@ -413,33 +413,39 @@ class _Killed(Exception):
   pass
 
 
-def _kill_at(monkeypatch, point):
-  """Makes `pipeline.maybe_interrupt` raise at "stage:n" (as a SIGKILL there would stop it)."""
-  def hook(stage, done):
-    if f"{stage}:{done}" == point:
-      raise _Killed(point)
-  monkeypatch.setattr(pipeline, "maybe_interrupt", hook)
-
-
-def test_checkpoint_swapped_between_kill_and_resume_is_refused(tmp_path, monkeypatch):
+def test_checkpoint_swapped_between_kill_and_resume_is_refused(tmp_path):
+  """paired_data half done with generator weights A at checkpoints/g; the checkpoint is
+  replaced by weights B at the same path: the resume is refused before anything runs;
+  A saved again (new files, new Orbax names, same weights) is accepted."""
   work = tmp_path / "work"
   ckpt = work / "checkpoints" / "g"
   _save_sgxl_tiny(ckpt, seed=0)
   cfg = tiny_config(generator="checkpoints/g", classifier="tiny-resnet-random", classes="1,2,3",
-                    stages=("paired_data",), **{"paired_data.n_per_class": 32})
-  _kill_at(monkeypatch, "paired_data:1")
-  with pytest.raises(_Killed):
-    pipeline.run(cfg, str(work))
-  monkeypatch.undo()
+                    stages=("paired_data",))
+  pipeline.mark_done(cfg, str(work), "paired_data")   # as the killed run recorded it
+  (work / "paired_data" / "shard_c0001_00000.npz").write_bytes(b"an output made with A")
   _save_sgxl_tiny(ckpt, seed=1)   # other weights at the same path
   with pytest.raises(pipeline.PipelineError, match=r"the model weights changed.*generator\.params_sha256"):
     pipeline.run(cfg, str(work))
-  _save_sgxl_tiny(ckpt, seed=0)   # the same weights again (new files, new Orbax names): accepted
-  pipeline.run(cfg, str(work))
-  from lis_jax.stages import paired_data
-  data = paired_data.load(str(work))
-  for c in (1, 2, 3):
-    np.testing.assert_array_equal(data.seed_index[data.cls == c], np.arange(32))
+  _save_sgxl_tiny(ckpt, seed=0)
+  fingerprint = pipeline.RunContext(cfg, str(work)).fingerprint("paired_data")
+  pipeline.check_stage_config(str(work / "paired_data"), fingerprint)   # accepted: no error
+
+
+def test_segmenter_counts_as_done_only_with_its_evaluation(tmp_path):
+  """Killed between saving the segmenter and writing its held-out IoU, the old code kept
+  the segmenter and lost the IoU for good: now the checkpoint is written last and reused
+  only with its evaluation and a matching checksum."""
+  from lis_jax.stages import quantify
+  out = tmp_path / "quantify"
+  ckpt = out / "segmenter"
+  io.save_checkpoint(str(ckpt), {"w": np.ones(3, np.float32)}, {"kind": "part_segmenter"})
+  assert not quantify._segmenter_done(str(out), str(ckpt))   # no segmenter_eval.json
+  io.write_json(str(out / "segmenter_eval.json"), {"mean_iou": 0.5})
+  assert quantify._segmenter_done(str(out), str(ckpt))
+  for f in (ckpt / io.PARAMS_DIR / "d").iterdir():
+    _flip_byte(f, f.stat().st_size // 2)
+  assert not quantify._segmenter_done(str(out), str(ckpt))
 
 
 # ----------------------------------------------------------------------------- kill and resume
