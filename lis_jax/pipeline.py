@@ -9,9 +9,15 @@ run, or in the workdir with the same config) and records the stage's fingerprint
 own section, the top-level fields it `uses` and its requirements' fingerprints) in
 `workdir/<name>/config.json`; a workdir filled by a different config is refused.
 
+Reliability (README, *Reliability*): config values are validated (`validate.check`)
+before anything runs; the run holds the workdir lock (`io.workdir_lock`); fingerprints
+hold the models' content hashes, not their paths; a stage that finds a corrupt or
+missing output of an earlier stage (`io.CorruptFileError`) has that stage run again,
+which recomputes it, and then runs again itself.
+
 Errors a user can fix (bad config, bad input, incompatible workdir) are raised as
-`PipelineError` (or `io.CheckpointError` for checkpoints); `lis_jax.main` prints them
-as one line and exits 1.
+`PipelineError` (or `io.CheckpointError` / `io.CorruptFileError` for files,
+`io.WorkdirBusy` for a locked workdir); `lis_jax.main` prints them as one line and exits 1.
 """
 from __future__ import annotations
 
@@ -163,7 +169,6 @@ class RunContext:
     if st.requires:
       fp["requires"] = {r: self.fingerprint(r) for r in st.requires}
     return config_to_dict(fp)
-
 
   def uses_value(self, field: str) -> Any:
     """A top-level field as fingerprints record it: the models by content, not by path."""
