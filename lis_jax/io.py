@@ -370,7 +370,8 @@ def create_json(path: str, obj: Any) -> bool:
   """
   path = os.path.abspath(path)
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + f".new-{os.getpid()}"
+  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.new-", dir=os.path.dirname(path))
+  os.close(fd)   # unique per call (threads share a pid)
   write_json(tmp, obj)
   try:
     os.link(tmp, path)

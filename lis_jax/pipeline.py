@@ -443,8 +443,7 @@ def _outputs(out_dir: str) -> list[str]:
   if not os.path.isdir(out_dir):
     return []
   return sorted(n for n in os.listdir(out_dir)
-                if n != STAGE_CONFIG_FILE and not n.startswith(f"{STAGE_CONFIG_FILE}.new-")
-                and not n.startswith(f".{STAGE_CONFIG_FILE}.tmp-"))
+                if n != STAGE_CONFIG_FILE and not n.startswith(f".{STAGE_CONFIG_FILE}."))
 
 
 def _shown(diffs: list[str]) -> str:
