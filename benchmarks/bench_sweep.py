@@ -34,10 +34,10 @@ def _workdir(root, cfg, G, clf, n_per_class, classes, seed=0):
   per_class = {}
   for c in classes:
     r = np.abs(rng.normal(size=(n_per_class, clf.feature_dim))).astype(np.float32)
-    io.savez(os.path.join(pd, f"shard_c{c:04d}_00000.npz"), cls=np.full(n_per_class, c, np.int32),
-             seed_index=np.arange(n_per_class, dtype=np.int32),
-             w=rng.normal(size=(n_per_class, G.w_dim)).astype(np.float32), r=r,
-             logits=np.zeros((n_per_class, clf.num_classes), np.float32))
+    io.save_npz(os.path.join(pd, f"shard_c{c:04d}_00000.npz"), cls=np.full(n_per_class, c, np.int32),
+                seed_index=np.arange(n_per_class, dtype=np.int32),
+                w=rng.normal(size=(n_per_class, G.w_dim)).astype(np.float32), r=r,
+                logits=np.zeros((n_per_class, clf.num_classes), np.float32))
     per_class[str(c)] = {"tried": n_per_class, "kept": n_per_class,
                          "shards": [f"shard_c{c:04d}_00000.npz"]}
   io.write_json(os.path.join(pd, "manifest.json"), {"classes": list(classes), "complete": True,
@@ -45,7 +45,7 @@ def _workdir(root, cfg, G, clf, n_per_class, classes, seed=0):
   A = (rng.normal(size=(clf.feature_dim, G.w_dim)) / np.sqrt(clf.feature_dim)).astype(np.float32)
   link = linking.Link(params={"A": A, "b": np.zeros(G.w_dim, np.float32)}, kind="ols")
   linking.save(os.path.join(root, "link", "model"), link)
-  io.savez(os.path.join(root, "link", "split.npz"), train=np.arange(1), test=np.arange(1))
+  io.save_npz(os.path.join(root, "link", "split.npz"), train=np.arange(1), test=np.arange(1))
   io.write_json(os.path.join(root, "link", "metrics.json"), {})
   for name in ("paired_data", "link"):
     pipeline.mark_done(cfg, root, name)

@@ -272,9 +272,9 @@ def save(out_dir: str, link: Link, meta: dict | None = None) -> None:
   io.save_checkpoint(out_dir, link.params, {"kind": "link", "link": link.kind, **(meta or {})})
 
 
-def load(ckpt_dir: str) -> Link:
-  """Reads a link saved by `save` (float32 params)."""
-  params, meta = io.load_checkpoint(ckpt_dir)
+def load(ckpt_dir: str, verify: bool = False) -> Link:
+  """Reads a link saved by `save` (float32 params); `verify`: check its params_sha256."""
+  params, meta = io.load_checkpoint(ckpt_dir, verify=verify)
   if meta.get("kind") != "link":
     raise io.CheckpointError(f"{ckpt_dir} is not a link checkpoint (kind {meta.get('kind')!r})")
   if meta["link"] == "mlp":

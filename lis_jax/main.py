@@ -10,9 +10,11 @@ detect the cluster:
   python -m lis_jax.main ... --coordinator_address=HOST:PORT --num_processes=N --process_id=I
   python -m lis_jax.main ... --distributed
 
-Problems the user can fix (bad config, missing checkpoints, incompatible workdir, NaNs)
-print one `error: ...` line to stderr and exit 1.
+Problems the user can fix (bad config file or override, bad config value, missing
+checkpoints, incompatible or busy workdir, corrupt files, NaNs, a full disk, missing
+permissions) print one `error: ...` line to stderr and exit 1.
 """
+import os
 import sys
 
 from absl import app
@@ -40,6 +42,55 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "SLURM, Open MPI) when no coordinator/processes/id are given.")
 
 
+def _fail(message: str) -> None:
+  print(f"error: {' '.join(message.split())}", file=sys.stderr)
+  sys.exit(1)
+
+
+def _config_path(argv: list[str]) -> str:
+  for a in argv:
+    if a.startswith(("--config=", "-config=")):
+      return a.split("=", 1)[1].split(":", 1)[0]
+  return "?"
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing with one-line errors for config-file and override problems.
+
+  ml_collections loads the config file while parsing, defers a load failure to the
+  first access of the config, and raises AttributeError for an unknown override key;
+  all of these become `error: ...` and exit 1 instead of a traceback.
+  """
+  try:
+    rest = flags.FLAGS(argv)
+  except flags.Error as e:  # unknown flag, missing required flag, unparsable value
+    _fail(f"{e} (see --helpshort)")
+  except (AttributeError, KeyError) as e:  # an override naming no config field, or a bad file
+    bad = str(e).strip("'\"")
+    given = [a for a in argv if a.startswith("--config.") and f".{bad}" in a.split("=")[0]]
+    if not given:
+      _config_load_failed(argv, e)
+    _fail(f"unknown config field {bad!r} in {given[0]}: it is not in {_config_path(argv)}; "
+          f"check the spelling")
+  except SyntaxError as e:
+    _fail(f"config file {e.filename or _config_path(argv)} line {e.lineno}: {e.msg}")
+  except Exception as e:  # A missing file, or whatever the config file's own code raised.
+    _config_load_failed(argv, e)
+  try:
+    _CONFIG.value.keys()  # config_flags defers a load failure to the first attribute access.
+  except Exception as e:
+    _config_load_failed(argv, e)
+  return rest
+
+
+def _config_load_failed(argv: list[str], e: Exception) -> None:
+  path = _config_path(argv)
+  if path != "?" and not os.path.isfile(path):
+    _fail(f"config file not found: {path} (--config names a Python file with get_config())")
+  cause = e.__cause__ or e
+  _fail(f"cannot load the config file {path}: {type(cause).__name__}: {cause}")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -48,10 +99,12 @@ def main(argv):
     distribute.initialize(distribute.process_setup(
         _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value))
     pipeline.run(_CONFIG.value, _WORKDIR.value)
-  except (pipeline.PipelineError, io.CheckpointError, distribute.DistributedError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  except (pipeline.PipelineError, io.CheckpointError, io.CorruptFileError, io.WorkdirBusy,
+          distribute.DistributedError) as e:
+    _fail(str(e))
+  except OSError as e:
+    _fail(io.describe_os_error(e))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -9,9 +9,15 @@ run, or in the workdir with the same config) and records the stage's fingerprint
 own section, the top-level fields it `uses` and its requirements' fingerprints) in
 `workdir/<name>/config.json`; a workdir filled by a different config is refused.
 
+Reliability (README, *Reliability*): config values are validated (`validate.check`)
+before anything runs; the run holds the workdir lock (`io.workdir_lock`); fingerprints
+hold the models' content hashes, not their paths; a stage that finds a corrupt or
+missing output of an earlier stage (`io.CorruptFileError`) has that stage run again,
+which recomputes it, and then runs again itself.
+
 Errors a user can fix (bad config, bad input, incompatible workdir) are raised as
-`PipelineError` (or `io.CheckpointError` for checkpoints); `lis_jax.main` prints them
-as one line and exits 1.
+`PipelineError` (or `io.CheckpointError` / `io.CorruptFileError` for files,
+`io.WorkdirBusy` for a locked workdir); `lis_jax.main` prints them as one line and exits 1.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ import numpy as np
 
 from lis_jax import distribute
 from lis_jax import io
+from lis_jax import validate
 
 # Each stage records its fingerprint here (inside its own output directory).
 STAGE_CONFIG_FILE = "config.json"
@@ -107,6 +114,7 @@ class RunContext:
     self._mesh = None
     self._results: dict[str, Any] = {}
     self.items_done = 0   # work items this process was given (stages with a merge)
+    self._hashes: dict[str, str] = {}
 
   def cfg(self, name: str) -> ml_collections.ConfigDict:
     """Stage `name`'s config section: `config.<name>` over its `default_config()`."""
@@ -196,10 +204,31 @@ class RunContext:
     fields it `uses` and, recursively, the fingerprints of the stages it `requires`."""
     st = self.registry[name]
     own = {k: v for k, v in self.cfg(name).to_dict().items() if k not in st.ignores}
-    fp = {"layout": LAYOUT, name: own, **{u: self.config.get(u) for u in st.uses}}
+    fp = {"layout": LAYOUT, name: own, **{u: self.uses_value(u) for u in st.uses}}
     if st.requires:
       fp["requires"] = {r: self.fingerprint(r) for r in st.requires}
     return config_to_dict(fp)
+
+  def uses_value(self, field: str) -> Any:
+    """A top-level field as fingerprints record it: the models by content, not by path."""
+    if field in ("generator", "classifier"):
+      return {"params_sha256": self.model_sha256(field)}
+    return self.config.get(field)
+
+  def model_sha256(self, what: str) -> str:
+    """sha256 of the generator's or classifier's weights (`io.tree_sha256`), once per run.
+
+    A converted checkpoint's hash comes from its meta.json cache (`io.params_sha256`,
+    no loading); a built-in or "module:function" model is hashed once loaded.
+    """
+    if what not in self._hashes:
+      spec = self.config[what]
+      path = resolve_path(self.workdir, spec)
+      if os.path.isfile(os.path.join(path, io.META_FILE)):
+        self._hashes[what] = io.params_sha256(path)
+      else:
+        self._hashes[what] = io.tree_sha256(self.G if what == "generator" else self.clf)
+    return self._hashes[what]
 
 
 def _default_registry():
@@ -240,34 +269,75 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   """
   names = parse_stages(config.stages)
   ctx = RunContext(config, workdir, registry)
+  try:
+    validate.check(ctx.config, names)
+  except ValueError as e:
+    raise PipelineError(str(e)) from None
   _check_names(names, ctx.registry)
-  for i, name in enumerate(names):
-    for req in ctx.registry[name].requires:
-      if req in names[i:]:
-        raise PipelineError(f"stage '{name}' requires '{req}': list '{req}' before '{name}' in "
-                            f"config.stages")
-      if req not in names[:i]:
-        check_done(ctx, req, needed_by=name)
+  check_workdir(workdir, names)
   os.makedirs(workdir, exist_ok=True)
-  check_layout(workdir)
-  if ctx.is_main:
-    io.write_json(os.path.join(workdir, "last_config.json"), config_to_dict(config))
-  t_run = time.time()
-  for name in names:
-    t0 = time.time()
-    ctx.log(f"[lis_jax] stage {name}: start")
-    # Every process checks the recorded fingerprint; process 0 records it.
-    check_stage_config(ctx.out_dir(name), ctx.fingerprint(name), write=ctx.is_main)
-    ctx.forget(name)
-    _run_stage(ctx, ctx.registry[name])
-    ctx.forget(name)
-    ctx.log(f"[lis_jax] stage {name}: done in {time.time() - t0:.1f} s")
-  if ctx.process_count > 1:
-    distribute.process_line(f"stages {', '.join(names)}", ctx.items_done, time.time() - t_run)
+  with _workdir_lock(workdir):
+    for i, name in enumerate(names):
+      for req in ctx.registry[name].requires:
+        if req in names[i:]:
+          raise PipelineError(f"stage '{name}' requires '{req}': list '{req}' before '{name}' "
+                              f"in config.stages")
+        if req not in names[:i]:
+          check_done(ctx, req, needed_by=name)
+    check_layout(workdir)
+    if "counterfactual" in names:   # needs the classifier's width: checked before any stage runs
+      _validated(validate.check_top_units, ctx.cfg("counterfactual").top_units, ctx.clf.feature_dim)
+    if ctx.is_main:
+      io.write_json(os.path.join(workdir, "last_config.json"), config_to_dict(config))
+    t_run = time.time()
+    for name in names:
+      t0 = time.time()
+      ctx.log(f"[lis_jax] stage {name}: start")
+      _run_stage(ctx, name)
+      ctx.log(f"[lis_jax] stage {name}: done in {time.time() - t0:.1f} s")
+    if ctx.process_count > 1:
+      distribute.process_line(f"stages {', '.join(names)}", ctx.items_done, time.time() - t_run)
   return ctx
 
 
-def _run_stage(ctx: "RunContext", stage: Any) -> None:
+def _validated(check: Callable[..., None], *args: Any) -> None:
+  try:
+    check(*args)
+  except ValueError as e:
+    raise PipelineError(str(e)) from None
+
+
+def _workdir_lock(workdir: str):
+  """The workdir lock (`io.workdir_lock`), held by process 0 of a multi-process run."""
+  import contextlib
+  import jax
+  if jax.process_index() != 0:
+    return contextlib.nullcontext()
+  return io.workdir_lock(workdir)   # io.WorkdirBusy: lis_jax.main prints it as one line
+
+
+def _run_stage(ctx: RunContext, name: str, recomputed: tuple[str, ...] = ()) -> None:
+  """Runs stage `name`; if it finds a corrupt or missing file of an earlier stage, that
+  stage is run again (it recomputes what is missing, and says so), then `name` again."""
+  # Every process checks the recorded fingerprint; process 0 records it.
+  check_stage_config(ctx.out_dir(name), ctx.fingerprint(name), write=ctx.is_main)
+  ctx.forget(name)
+  try:
+    _run_on_processes(ctx, ctx.registry[name])
+  except io.CorruptFileError as e:
+    owner = _owner(ctx, e.path)
+    if owner is None or owner == name or owner in recomputed:
+      raise
+    print(f"[lis_jax] {e}; recomputing it: stage {owner} runs again", flush=True)
+    remove_corrupt(e.path)
+    _run_stage(ctx, owner, recomputed + (owner,))
+    ctx.forget(owner)
+    _run_stage(ctx, name, recomputed + (owner,))
+  finally:
+    ctx.forget(name)
+
+
+def _run_on_processes(ctx: RunContext, stage: Any) -> None:
   """One stage over all processes (see `stages.base.Stage.merge`)."""
   if stage.merge is None:
     if ctx.is_main:
@@ -286,6 +356,36 @@ def _run_stage(ctx: "RunContext", stage: Any) -> None:
   ctx.barrier(f"{stage.name}:merge")
 
 
+def _owner(ctx: RunContext, path: str) -> str | None:
+  """The stage whose output directory holds `path`, if any."""
+  rel = os.path.relpath(os.path.abspath(path), os.path.abspath(ctx.workdir))
+  top = rel.split(os.sep)[0]
+  return top if top in ctx.registry and not rel.startswith("..") else None
+
+
+def remove_corrupt(path: str) -> None:
+  """Deletes a corrupt output (file or checkpoint directory) so its stage recomputes it."""
+  import shutil
+  if os.path.basename(path) in (io.PARAMS_DIR, io.META_FILE):   # inside a checkpoint dir
+    path = os.path.dirname(path)
+  if os.path.isdir(path):
+    shutil.rmtree(path, ignore_errors=True)
+  elif os.path.exists(path):
+    os.remove(path)
+
+
+def check_workdir(workdir: str, names: Sequence[str]) -> None:
+  """Refuses a --workdir, or a stage directory in it, that is a file (one line)."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise PipelineError(f"--workdir {workdir} is a file, not a directory: name a directory "
+                        f"(it is created if absent)")
+  for name in names:
+    d = os.path.join(workdir, name)
+    if os.path.exists(d) and not os.path.isdir(d):
+      raise PipelineError(f"{d} is a file where stage '{name}' writes its directory: move it "
+                          f"away or use another --workdir")
+
+
 def _check_names(names: Sequence[str], registry: Mapping[str, Any]) -> None:
   renamed = [n for n in names if n in RENAMED]
   if renamed:
@@ -302,7 +402,7 @@ def check_done(ctx: RunContext, name: str, needed_by: str) -> None:
   if not os.path.exists(path):
     raise PipelineError(f"stage '{needed_by}' requires '{name}', which has not run in "
                         f"{ctx.workdir}: add '{name}' to config.stages")
-  diffs = _diff(io.read_json(path), ctx.fingerprint(name))
+  diffs = _diff(_read_stage_config(path), ctx.fingerprint(name))
   if diffs:
     raise PipelineError(f"stage '{needed_by}' requires '{name}', but {ctx.out_dir(name)} was "
                         f"written by a different config ({_shown(diffs)}): add '{name}' to "
@@ -312,6 +412,9 @@ def check_done(ctx: RunContext, name: str, needed_by: str) -> None:
   except FileNotFoundError:
     raise PipelineError(f"stage '{name}' has not finished in {ctx.workdir}: add '{name}' to "
                         f"config.stages to finish it") from None
+  except io.CorruptFileError as e:
+    raise PipelineError(f"{e}; add '{name}' to config.stages: it recomputes what is corrupt "
+                        f"or missing") from None
 
 
 def mark_done(config: ml_collections.ConfigDict, workdir: str, name: str,
@@ -319,14 +422,15 @@ def mark_done(config: ml_collections.ConfigDict, workdir: str, name: str,
   """Records that stage `name`'s outputs in `workdir` were made with `config`, as the
   runner does; for tests and benchmarks that build a stage's outputs themselves."""
   ctx = RunContext(config, workdir, registry)
-  check_stage_config(ctx.out_dir(name), ctx.fingerprint(name))
+  os.makedirs(ctx.out_dir(name), exist_ok=True)
+  io.write_json(os.path.join(ctx.out_dir(name), STAGE_CONFIG_FILE), ctx.fingerprint(name))
 
 
 def check_layout(workdir: str) -> None:
   """Refuses a workdir written by an earlier layout of lis_jax (one line naming the fix)."""
   old = [d for d in ("paired_data", "link", "sweep", "counterfactual", "quantify")
          if os.path.exists(os.path.join(workdir, d, STAGE_CONFIG_FILE))
-         and io.read_json(os.path.join(workdir, d, STAGE_CONFIG_FILE)).get("layout") != LAYOUT]
+         and _read_stage_config(os.path.join(workdir, d, STAGE_CONFIG_FILE)).get("layout") != LAYOUT]
   if old:
     raise PipelineError(f"{workdir} was written by an earlier version of lis_jax (layout 1: "
                         f"stage fit_link, integer random streams; found {', '.join(old)}/); "
@@ -368,17 +472,49 @@ def check_stage_config(out_dir: str, fingerprint: Mapping[str, Any], write: bool
   """
   fingerprint = config_to_dict(dict(fingerprint))
   path = os.path.join(out_dir, STAGE_CONFIG_FILE)
+  outputs = _outputs(out_dir)
   if not os.path.exists(path):
+    if outputs:
+      raise PipelineError(
+          f"{out_dir} holds outputs ({outputs[0]}, ...) but no {STAGE_CONFIG_FILE}, so they "
+          f"cannot be matched to a config; delete {out_dir} (or use a fresh --workdir)")
     os.makedirs(out_dir, exist_ok=True)
+    if not write:   # processes other than 0 only check; process 0 records it
+      return
+    if io.create_json(path, fingerprint):   # atomic: written whole, before any output
+      return
+  old = _read_stage_config(path)
+  diffs = _diff(old, fingerprint)
+  if diffs and not outputs:   # nothing made with the old config: record the new one
     if write:
       io.write_json(path, fingerprint)
     return
-  old = io.read_json(path)
-  diffs = _diff(old, fingerprint)
   if diffs:
+    weights = " (the model weights changed)" if any("params_sha256" in d for d in diffs) else ""
     raise PipelineError(
-        f"{out_dir} was written by a different config ({_shown(diffs)}); use a fresh --workdir "
-        f"or delete {out_dir}")
+        f"{out_dir} was written by a different config{weights} ({_shown(diffs)}); use a fresh "
+        f"--workdir or delete {out_dir}")
+
+
+def _read_stage_config(path: str) -> dict:
+  """A stage's config.json; PipelineError (one line) if it is empty or not JSON."""
+  try:
+    old = io.read_json_checked(path)
+  except io.CorruptFileError as e:
+    raise PipelineError(f"{e}: the config its outputs were made with is unknown; delete "
+                        f"{os.path.dirname(path)} (or use a fresh --workdir)") from None
+  if not isinstance(old, dict):
+    raise PipelineError(f"{path} is not a stage config (a JSON object); delete "
+                        f"{os.path.dirname(path)} (or use a fresh --workdir)")
+  return old
+
+
+def _outputs(out_dir: str) -> list[str]:
+  """The entries of a stage directory other than its config.json and temp files."""
+  if not os.path.isdir(out_dir):
+    return []
+  return sorted(n for n in os.listdir(out_dir)
+                if n != STAGE_CONFIG_FILE and not n.startswith(f".{STAGE_CONFIG_FILE}."))
 
 
 def _shown(diffs: list[str]) -> str:

@@ -110,7 +110,7 @@ def test_report_shows_only_what_ran_and_checks_section_names(tmp_path):
              "train": {"r2": 0.75, "mse": 0.125}}
   link = linking.Link(params={"A": np.zeros((2, 3), np.float32), "b": np.zeros(3, np.float32)})
   linking.save(os.path.join(workdir, "link", "model"), link)
-  io.savez(os.path.join(workdir, "link", "split.npz"), train=np.arange(9), test=np.arange(9, 10))
+  io.save_npz(os.path.join(workdir, "link", "split.npz"), train=np.arange(9), test=np.arange(9, 10))
   io.write_json(os.path.join(workdir, "link", "metrics.json"), metrics)
   config = demo.get_config()
   config.stages = ("report",)

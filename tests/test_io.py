@@ -12,7 +12,7 @@ def test_checkpoint_roundtrip_and_structure_check(tmp_path):
   io.save_checkpoint(str(tmp_path / "ck"), params, {"arch": "x"})
   got, meta = io.load_checkpoint(str(tmp_path / "ck"), expected=params)
   np.testing.assert_array_equal(got["conv1"]["kernel"], params["conv1"]["kernel"])
-  assert meta == {"arch": "x"}
+  assert meta["arch"] == "x" and meta["params_sha256"] == io.tree_sha256(params)
   with pytest.raises(io.CheckpointError, match=r"shape: +conv1/kernel got \(2, 3, 4\)"):
     io.load_checkpoint(str(tmp_path / "ck"), expected={"conv1": {"kernel": np.ones((2, 3))}, "b": np.ones(3)})
   with pytest.raises(io.CheckpointError, match="missing: +c"):

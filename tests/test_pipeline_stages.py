@@ -11,7 +11,7 @@ from ml_collections import ConfigDict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lis_jax import images, linking, pipeline  # noqa: E402
+from lis_jax import images, io, linking, pipeline  # noqa: E402
 from lis_jax.stages import counterfactual as counterfactuals  # noqa: E402
 from lis_jax.stages import paired_data, sweep as sweeps  # noqa: E402
 from tests import tiny_models  # noqa: E402
@@ -254,8 +254,11 @@ def test_parse_units_ranges():
 def test_incompatible_workdir_is_refused(tmp_path):
   pipeline.check_stage_config(str(tmp_path), {"psi": 0.7, "link": {"kind": "ols"}})
   pipeline.check_stage_config(str(tmp_path), {"psi": 0.7, "link": {"kind": "ols"}})   # same: fine
+  # Nothing made with the first config yet: a corrected config replaces it.
+  pipeline.check_stage_config(str(tmp_path), {"psi": 0.5, "link": {"kind": "ols"}})
+  (tmp_path / "block_00000.npz").write_bytes(b"an output made with psi 0.5")
   with pytest.raises(pipeline.PipelineError, match=r"link.kind: 'ols' -> 'ridge'"):
-    pipeline.check_stage_config(str(tmp_path), {"psi": 0.7, "link": {"kind": "ridge"}})
+    pipeline.check_stage_config(str(tmp_path), {"psi": 0.5, "link": {"kind": "ridge"}})
 
 
 def test_missing_checkpoint_names_the_converter(tmp_path):
@@ -269,13 +272,13 @@ def test_nan_paired_data_stops_the_link(tmp_path, models):
   cfg = _config(**{"paired_data.keep_only_correct": False})
   pipeline.run(cfg, str(tmp_path))
   shard = tmp_path / "paired_data" / "shard_c0000_00000.npz"
-  with np.load(shard) as f:
-    arrays = {k: f[k] for k in f.files}
+  arrays = io.load_npz(str(shard))
   arrays["r"][1, 2] = np.nan
-  np.savez(shard, **arrays)
+  io.save_npz(str(shard), **arrays)   # NaN with a valid checksum: caught by the check on read
   cfg.link = ConfigDict(dict(kind="ols", holdout_fraction=0.2, cycle_samples=0))
   cfg.stages = ("link",)
-  with pytest.raises(pipeline.PipelineError, match="paired data r: 1 non-finite"):
+  with pytest.raises(pipeline.PipelineError,
+                     match=r"shard_c0000_00000.npz: 'r' holds 1 NaN/inf.*add 'paired_data' to config"):
     pipeline.run(cfg, str(tmp_path))
   assert not (tmp_path / "link" / "metrics.json").exists()
 

@@ -46,8 +46,8 @@ def fake_sweep(workdir, config):
     store.write(b, units=units, samples=np.arange(N_SAMPLES), cls=cls,
                 values=np.tile(steps, (PER_BLOCK, 1)).astype(np.float32), w=w,
                 **sweep.factor_analysis(G, w))
-  io.savez(os.path.join(store.directory, "samples.npz"), rows=np.arange(N_SAMPLES), cls=cls,
-           r=np.zeros((N_SAMPLES, 1), np.float32))
+  io.save_npz(os.path.join(store.directory, "samples.npz"), rows=np.arange(N_SAMPLES), cls=cls,
+              r=np.zeros((N_SAMPLES, 1), np.float32), n_blocks=np.int32(N_UNITS // PER_BLOCK))
   sweep.finish(store, N_UNITS // PER_BLOCK)
   pipeline.mark_done(config, workdir, "sweep")   # as the runner does after a real sweep
 

@@ -276,7 +276,7 @@ def run(ctx) -> None:
     arrays.update(host)
     if c.save_png:
       for i, s in enumerate(ids):
-        images.save_png(os.path.join(out_dir, "images", f"cf_{s:05d}.png"),
+        images.save_png(_image_path(out_dir, int(s)),
                         images.row([host["img_before"][i], host["img_after"][i]]))
     pipeline.maybe_interrupt(NAME, b + 1)
     store.write(b, **{k: v for k, v in arrays.items() if not k.startswith("img_")})
@@ -287,13 +287,35 @@ def merge(ctx) -> None:
   c = ctx.cfg(NAME)
   n = len(parse_pairs(c.pairs, ctx.classes)) * c.samples_per_pair
   _finish(blocks.BlockStore(ctx.out_dir(NAME), "batch"), -(-n // c.batch_size), c.save_png)
+  if c.save_png:
+    repair_images(ctx.G, ctx.out_dir(NAME))
+
+
+def _image_path(out_dir: str, search: int) -> str:
+  return os.path.join(out_dir, "images", f"cf_{search:05d}.png")
+
+
+def repair_images(G: Any, out_dir: str) -> int:
+  """Regenerates missing before | after PNGs from results.npz's w; returns how many.
+
+  Synthesized again from `w_before` / `w_after` (up to 1 level of uint8 rounding from
+  the originals, which came from a different batch shape).
+  """
+  res = io.load_npz(os.path.join(out_dir, "results.npz"))
+  todo = [i for i, s in enumerate(res["search"]) if not os.path.exists(_image_path(out_dir, int(s)))]
+  for i in todo:
+    img = images.render(G, np.stack([res["w_before"][i], res["w_after"][i]]))   # [2, H, W, 3]
+    images.save_png(_image_path(out_dir, int(res["search"][i])), images.row(list(img)))
+  if todo:
+    print(f"[{NAME}] {len(todo)} missing PNG(s) regenerated", flush=True)
+  return len(todo)
 
 
 def _finish(store: blocks.BlockStore, n_batches: int, save_png: bool) -> None:
   """Concatenates the batches into results.npz, writes summary.json and index.csv."""
   out_dir = store.directory
   res = store.concat(n_batches)
-  io.savez(os.path.join(out_dir, "results.npz"), **res)
+  io.save_npz(os.path.join(out_dir, "results.npz"), **res)
   ok = res["success"]
   summary = {"n": int(ok.size), "success_rate": float(ok.mean()),
              "steps_median_success": float(np.median(res["steps"][ok])) if ok.any() else None,
@@ -315,8 +337,7 @@ def _finish(store: blocks.BlockStore, n_batches: int, save_png: bool) -> None:
 def load(workdir: str) -> CounterfactualResult:
   out_dir = os.path.join(workdir, NAME)
   path = pipeline.require(os.path.join(out_dir, "results.npz"), NAME)
-  with np.load(path) as f:
-    arrays = {k: f[k] for k in f.files}
+  arrays = io.load_npz(path)
   return CounterfactualResult(arrays=arrays, summary=io.read_json(os.path.join(out_dir, "summary.json")))
 
 

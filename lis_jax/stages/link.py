@@ -7,6 +7,7 @@ The fitting library is `lis_jax.linking`; outputs: WORKSPACE.md, `link/`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 
@@ -62,13 +63,35 @@ class LinkResult:
 
 def load(workdir: str) -> LinkResult:
   out_dir = os.path.join(workdir, NAME)
-  metrics = io.read_json(pipeline.require(os.path.join(out_dir, "metrics.json"), NAME))
-  with np.load(os.path.join(out_dir, "split.npz")) as f:
-    train, test = f["train"], f["test"]
+  metrics = io.read_json_checked(pipeline.require(os.path.join(out_dir, "metrics.json"), NAME))
+  f = io.load_npz(os.path.join(out_dir, "split.npz"), keys=("train", "test"))
+  train, test = f["train"], f["test"]
   readout = os.path.join(out_dir, "factor_readout.json")
-  return LinkResult(link=linking.load(os.path.join(out_dir, "model")), metrics=metrics,
-                    train=train, test=test,
+  return LinkResult(link=load_model(out_dir), metrics=metrics, train=train, test=test,
                     factor_readout=io.read_json(readout) if os.path.exists(readout) else None)
+
+
+def load_model(out_dir: str) -> linking.Link:
+  """The fitted link, checked against its params_sha256; io.CorruptFileError if it is
+  missing, unrestorable or changed (the runner then runs this stage again to refit it)."""
+  model = os.path.join(out_dir, "model")
+  try:
+    return linking.load(model, verify=True)
+  except io.CheckpointError as e:
+    raise io.CorruptFileError(model, " ".join(str(e).split())[:300]) from None
+
+
+def _complete(out_dir: str) -> bool:
+  """metrics.json, split.npz and a model that passes its checksum are all there."""
+  if not os.path.exists(os.path.join(out_dir, "metrics.json")):
+    return False
+  try:
+    io.load_npz(os.path.join(out_dir, "split.npz"))
+    load_model(out_dir)
+    return True
+  except io.CorruptFileError as e:
+    print(f"[{NAME}] {e}; recomputing the link", flush=True)
+    return False
 
 
 def split(n: int, holdout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +130,7 @@ def run(ctx) -> None:
   c = ctx.cfg(NAME)
   out_dir = ctx.out_dir(NAME)
   metrics_path = os.path.join(out_dir, "metrics.json")
-  if os.path.exists(metrics_path):
+  if _complete(out_dir):
     print(f"[link] {out_dir} is complete; nothing to do")
     return
   data = ctx.result("paired_data")
@@ -126,7 +149,9 @@ def run(ctx) -> None:
   if isinstance(ctx.G, GroundTruthWorld):
     io.write_json(os.path.join(out_dir, "factor_readout.json"),
                   factor_readout(ctx.G, data.w, data.r, train, test))
-  io.savez(os.path.join(out_dir, "split.npz"), train=train, test=test)
+  with contextlib.suppress(FileNotFoundError):
+    os.remove(metrics_path)   # written last: its existence says the rest is there
+  io.save_npz(os.path.join(out_dir, "split.npz"), train=train, test=test)
   linking.save(os.path.join(out_dir, "model"), link, {"n_train": int(train.size)})
   io.write_json(metrics_path, metrics)
   t = metrics["test"]

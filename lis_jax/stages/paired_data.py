@@ -103,8 +103,12 @@ def _kept(out_dir: str, name: str, cache: dict) -> int | None:
     path = os.path.join(out_dir, name)
     if not os.path.exists(path):
       return None
-    with np.load(path) as f:
-      cache[name] = int(f["cls"].shape[0])
+    try:
+      cache[name] = int(io.load_npz(path, finite=FINITE)["cls"].shape[0])
+    except io.CorruptFileError as e:   # damaged after it was written: generate it again
+      print(f"[{NAME}] {e}; recomputing it", flush=True)
+      _remove(path)
+      return None
   return cache[name]
 
 
@@ -146,9 +150,11 @@ def run(ctx) -> None:
     raise pipeline.PipelineError("paired_data.n_per_class, shard_size and batch_size must be >= 1")
   G, clf, classes = ctx.G, ctx.clf, ctx.classes
   mpath = os.path.join(out_dir, MANIFEST)
-  if os.path.exists(mpath) and io.read_json(mpath)["complete"]:
-    ctx.log(f"[paired_data] {out_dir} is complete; nothing to do")
-    return
+  if os.path.exists(mpath):
+    manifest = _read_manifest(mpath)
+    if manifest["complete"] and not _drop_corrupt_shards(out_dir, manifest, mpath):
+      ctx.log(f"[paired_data] {out_dir} is complete; nothing to do")
+      return
 
   mesh = ctx.mesh
   batch = distribute.round_up(p.batch_size, mesh)
@@ -179,9 +185,9 @@ def run(ctx) -> None:
         pred = arrays["logits"].argmax(-1)
         keep = (pred == c) if p.keep_only_correct else np.ones_like(pred, bool)
         shard = {k_: v[keep] for k_, v in arrays.items() if k_ != "ws" or p.store_all_ws}
-        for k_ in ("w", "r", "logits"):
+        for k_ in FINITE:
           pipeline.check_finite(f"paired_data class {c} {k_}", shard[k_])
-        io.savez(os.path.join(out_dir, name), **shard)
+        io.save_npz(os.path.join(out_dir, name), **shard)
         written += 1
         pipeline.maybe_interrupt(NAME, written)
         bar.set_postfix(img_s=f"{n_img / max(time.time() - t0, 1e-9):.1f}")
@@ -209,7 +215,7 @@ def merge(ctx) -> None:
   p = ctx.cfg(NAME)
   out_dir = ctx.out_dir(NAME)
   mpath = os.path.join(out_dir, MANIFEST)
-  if os.path.exists(mpath) and io.read_json(mpath)["complete"]:
+  if os.path.exists(mpath) and _read_manifest(mpath)["complete"]:
     return
   cache: dict[str, int] = {}
   per_class = {}
@@ -227,6 +233,45 @@ def merge(ctx) -> None:
   io.write_json(mpath, {"classes": ctx.classes.tolist(), "complete": True, "per_class": per_class,
                         "w_dim": ctx.G.w_dim, "num_ws": ctx.G.num_ws,
                         "feature_dim": ctx.clf.feature_dim, "num_classes": ctx.clf.num_classes})
+
+
+# Shard arrays that must be finite when read.
+FINITE = ("w", "r", "logits")
+
+
+def _read_manifest(mpath: str) -> dict:
+  try:
+    return io.read_json_checked(mpath)
+  except io.CorruptFileError as e:
+    raise pipeline.PipelineError(f"{e}: the record of which shards are done is lost; delete "
+                                 f"{os.path.dirname(mpath)} and run again") from None
+
+
+def _drop_corrupt_shards(out_dir: str, manifest: dict, mpath: str) -> bool:
+  """Verifies the shards a complete manifest lists; a corrupt or missing one is deleted
+  together with the manifest, so the run generates it again (identically: latents are a
+  function of their index) and `merge` records the manifest anew. Says so in the log;
+  returns whether it dropped anything."""
+  changed = False
+  for c, state in manifest["per_class"].items():
+    for name in state["shards"]:
+      path = os.path.join(out_dir, name)
+      try:
+        io.load_npz(path, finite=FINITE)
+      except io.CorruptFileError as e:
+        print(f"[{NAME}] {e}; recomputing it", flush=True)
+        _remove(path)
+        changed = True
+  if changed:
+    _remove(mpath)
+  return changed
+
+
+def _remove(path: str) -> None:
+  try:
+    os.remove(path)
+  except FileNotFoundError:   # another process removed it first
+    pass
 
 
 def generate_chunk(G, clf, key, c: int, start: int, size: int, batch: int, psi: float, mesh) -> dict:
@@ -249,9 +294,11 @@ def load(workdir: str) -> PairedData:
 
   Raises:
     PipelineError: the stage has not run or not finished.
+    io.CorruptFileError: a shard is missing, corrupt or holds NaN/inf (the runner then
+      runs this stage again, which regenerates it).
   """
   out_dir = os.path.join(workdir, NAME)
-  manifest = io.read_json(pipeline.require(os.path.join(out_dir, MANIFEST), NAME))
+  manifest = _read_manifest(pipeline.require(os.path.join(out_dir, MANIFEST), NAME))
   if not manifest["complete"]:
     raise pipeline.PipelineError(f"{out_dir} is incomplete: run the 'paired_data' stage again "
                                  f"to finish it")
@@ -259,11 +306,11 @@ def load(workdir: str) -> PairedData:
   for c in manifest["classes"]:
     left = int(manifest["per_class"][str(c)]["kept"])   # the last shard may hold more than that
     for name in manifest["per_class"][str(c)]["shards"]:
-      with np.load(os.path.join(out_dir, name)) as f:
-        n = min(left, f["cls"].shape[0])
-        for k in f.files:
-          parts.setdefault(k, []).append(f[k][:n])
-        left -= n
+      f = io.load_npz(os.path.join(out_dir, name), finite=FINITE, keys=("cls", "seed_index") + FINITE)
+      n = min(left, f["cls"].shape[0])
+      for k, v in f.items():
+        parts.setdefault(k, []).append(v[:n])
+      left -= n
   return PairedData(**{k: np.concatenate(v) for k, v in parts.items()})
 
 

@@ -16,7 +16,8 @@ The measuring library is `lis_jax.quantify` (segment, metrics, selectivity).
 
 Outputs (`workdir/quantify/`, all written atomically):
   config.json            the stage's fingerprint (recorded by the runner)
-  segmenter/             the trained head (io.save_checkpoint; meta: layers, size, parts)
+  segmenter/             the trained head (io.save_checkpoint; meta: layers, size, parts);
+                         written after segmenter_eval.json, verified when reused
   segmenter_eval.json    held-out per-part IoU, mean IoU, training time
   null.npz               the null shared by all units: 'start.<metric>' [S', P', ...],
                          'end.<metric>' [R, S', P', ...], length [R] (WORKSPACE.md)
@@ -24,8 +25,8 @@ Outputs (`workdir/quantify/`, all written atomically):
                          length [U], first / last metrics ('first.<metric>',
                          'last.<metric>' [U, S', P'(, K)]; 'first.true.<metric>' ... from
                          the world's true masks) and, with ground truth, the sweep's
-                         truth_delta [U, F] and truth_factors [F]; existence = block done
-  manifest.json          blocks done, parts, null draws (informational; files are the truth)
+                         truth_delta [U, F] and truth_factors [F]; existence = block done; checksummed
+  manifest.json          n_blocks (every block must be there to summarise), parts, null draws
   selectivity.csv        one row per unit x part x metric (selectivity.TABLE_COLUMNS)
   top_units.csv          the top `quantify.top_k` selective units per concept
   truth_check.json       built-in world only: precision@k and Spearman per factor, with the
@@ -123,7 +124,7 @@ def segmenter(ctx) -> segment.Segmenter:
   c = ctx.cfg(NAME)
   out_dir = ctx.out_dir(NAME)
   ckpt = os.path.join(out_dir, "segmenter")
-  if os.path.exists(os.path.join(ckpt, io.META_FILE)):
+  if _segmenter_done(out_dir, ckpt):
     return segment.load(ckpt)
   G = ctx.G
   ws_tr, y_tr, ws_te, y_te, names = _labelled(ctx, c, ctx.key("quantify.labelled"))
@@ -135,12 +136,25 @@ def segmenter(ctx) -> segment.Segmenter:
   ev = segment.evaluate(seg, G, ws_te, y_te) if y_te.shape[0] else {"iou": {}, "mean_iou": None,
                                                                      "n_images": 0}
   ev.update(train_seconds=train_s, n_labelled=int(y_tr.shape[0]), labels=c.labels)
-  seg.save(ckpt)
   io.write_json(os.path.join(out_dir, "segmenter_eval.json"), ev)
+  seg.save(ckpt)   # last: the checkpoint existing means its evaluation is recorded too
   miou = ev["mean_iou"]
   print(f"[quantify] segmenter: {y_tr.shape[0]} labelled images, {train_s:.0f} s, held-out mean IoU "
         f"{'n/a' if miou is None else f'{miou:.3f}'}", flush=True)
   return seg
+
+
+def _segmenter_done(out_dir: str, ckpt: str) -> bool:
+  """The segmenter checkpoint passes its checksum and its evaluation is recorded."""
+  if not os.path.exists(os.path.join(ckpt, io.META_FILE)):
+    return False
+  try:
+    io.read_json_checked(os.path.join(out_dir, "segmenter_eval.json"))
+    io.load_checkpoint(ckpt, verify=True)
+    return True
+  except (io.CorruptFileError, io.CheckpointError) as e:
+    print(f"[{NAME}] {' '.join(str(e).split())[:300]}; training the segmenter again", flush=True)
+    return False
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -342,8 +356,7 @@ def _null_path(out_dir: str) -> str:
 
 def load_null(out_dir: str) -> dict:
   """The null's outputs (null.npz) as a dict of arrays."""
-  with np.load(_null_path(out_dir)) as f:
-    return {k: f[k] for k in f.files}
+  return io.load_npz(_null_path(out_dir), finite=False)
 
 
 def run(ctx) -> None:
@@ -366,11 +379,11 @@ def run(ctx) -> None:
       seg = segmenter(ctx)
   except segment.SegmentationError as e:
     raise pipeline.PipelineError(str(e)) from None
-  if not os.path.exists(_null_path(out_dir)):
-    io.savez(_null_path(out_dir), **_quantify_null(c, G, seg, sweep_blocks, ctx.key("quantify.null")))
-  store = blocks.BlockStore(out_dir)
+  if not io.npz_ok(_null_path(out_dir), finite=False):   # absent, or damaged: (re)computed
+    io.save_npz(_null_path(out_dir), **_quantify_null(c, G, seg, sweep_blocks, ctx.key("quantify.null")))
+  store = _store(out_dir)
   mine = ctx.my_items(len(sweep_blocks))   # this process's sweep blocks
-  todo = [int(b) for b in mine if not store.done(b)]
+  todo = store.todo(len(sweep_blocks), items=mine)
   with ctx.progress(total=mine.size, initial=mine.size - len(todo), unit="block",
                     desc="quantify") as bar:
     for b in todo:
@@ -385,7 +398,7 @@ def merge(ctx) -> None:
   """Process 0, after every process measured its blocks: manifest.json and the tables."""
   c = ctx.cfg(NAME)
   seg = segmenter(ctx)
-  n_blocks = blocks.BlockStore(ctx.out_dir("sweep")).count()
+  n_blocks = ctx.result("sweep").n_blocks
   io.write_json(os.path.join(ctx.out_dir(NAME), "manifest.json"),
                 {"blocks_done": list(range(n_blocks)), "n_blocks": n_blocks,
                  "parts": list(seg.part_names[1:]) + [metrics.OBJECT_PART], "null_draws": c.null_draws,
@@ -399,12 +412,18 @@ def _statistics(c, deltas, lengths, null_d, null_len, seed: int) -> dict:
                                             average=c.average, per_length=c.null_per_length)
 
 
+def _store(directory: str) -> blocks.BlockStore:
+  """Quantify's blocks: metrics may be NaN (a part absent from an image), so only the
+  checksums are verified on read."""
+  return blocks.BlockStore(directory, finite=False)
+
+
 def summarise(ctx, seg: segment.Segmenter) -> None:
   """selectivity.csv, top_units.csv and truth_check.json from all quantify blocks and the null."""
   c = ctx.cfg(NAME)
   out_dir = ctx.out_dir(NAME)
   seed = int(ctx.config.seed)
-  blks, null = [b for b in blocks.BlockStore(out_dir)], load_null(out_dir)
+  blks, null = list(_store(out_dir).blocks(ctx.result("sweep").n_blocks)), load_null(out_dir)
   sources = selectivity.concept_sources(c.concepts)
   parts = list(seg.part_names[1:]) + [metrics.OBJECT_PART]
   units, deltas, lengths, null_d, null_len = deltas_from_blocks(blks, null, sources)
@@ -446,9 +465,11 @@ class QuantifyResult:
   rows: list
   segmenter_eval: dict | None
   truth_check: dict | None
+  n_blocks: int
 
   def blocks(self) -> list[dict]:
-    return [b for b in blocks.BlockStore(self.directory)]
+    """Every block, verified (io.CorruptFileError if one is missing or corrupt)."""
+    return list(_store(self.directory).blocks(self.n_blocks))
 
   def segmenter(self) -> segment.Segmenter:
     return segment.load(os.path.join(self.directory, "segmenter"))
@@ -466,8 +487,9 @@ def load(workdir: str) -> QuantifyResult:
     rows = [_typed(r) for r in csv.DictReader(f)]
   opt = lambda name: (io.read_json(os.path.join(out_dir, name))
                       if os.path.exists(os.path.join(out_dir, name)) else None)
+  manifest = io.read_json_checked(os.path.join(out_dir, "manifest.json"))
   return QuantifyResult(directory=out_dir, rows=rows, segmenter_eval=opt("segmenter_eval.json"),
-                        truth_check=opt("truth_check.json"))
+                        truth_check=opt("truth_check.json"), n_blocks=int(manifest["n_blocks"]))
 
 
 # ----------------------------------------------------------------------------- report section

@@ -76,9 +76,21 @@ class SweepResult:
   cls: np.ndarray
   r_start: np.ndarray
   units: list
+  n_blocks: int
 
   def blocks(self) -> Iterator[dict]:
-    return iter(blocks.BlockStore(self.directory))
+    """Every block, verified; io.CorruptFileError if one is missing or corrupt (the
+    runner then runs the sweep again, which recomputes it)."""
+    return store(self.directory).blocks(self.n_blocks)
+
+
+# Block arrays that must be finite when read (analysis columns may be NaN by design).
+FINITE = ("w", "values")
+
+
+def store(directory: str) -> blocks.BlockStore:
+  """The sweep's block store (`block_<b:05d>.npz`)."""
+  return blocks.BlockStore(directory, finite=FINITE)
 
 
 def pick_starts(cls: np.ndarray, n: int) -> np.ndarray:
@@ -296,8 +308,11 @@ def run(ctx) -> None:
   rows = start_rows(data.cls, ctx.classes, c.samples_per_class)
   r_start, cls_start = data.r[rows], data.cls[rows]
   values, stats = sweep_values(data.r, units, c.n_steps, c.range, c.k_std)
+  U = c.units_per_block
+  n_blocks = -(-units.size // U)
   if ctx.is_main:   # the same in every process: process 0 writes them
-    io.savez(os.path.join(out_dir, "samples.npz"), rows=rows, cls=cls_start, r=r_start)
+    io.save_npz(os.path.join(out_dir, "samples.npz"), rows=rows, cls=cls_start, r=r_start,
+                n_blocks=np.int32(n_blocks))
     with io.atomic_file(os.path.join(out_dir, "activation_ranges.csv"), "w") as f:
       wr = csv.writer(f)
       wr.writerow(["unit", "min", "max", "mean", "std"])
@@ -307,11 +322,9 @@ def run(ctx) -> None:
   mesh = ctx.mesh
   batch = distribute.round_up(c.batch_size, mesh)
   G_r, clf_r, link_r, r_start_d, cls_d = distribute.replicate((G, clf, link, r_start, cls_start), mesh)
-  U = c.units_per_block
-  n_blocks = -(-units.size // U)
-  store = blocks.BlockStore(out_dir)
+  blocks_ = store(out_dir)
   mine = ctx.my_items(n_blocks)   # this process's blocks (all of them with one process)
-  todo = [int(b) for b in mine if not store.done(b)]
+  todo = blocks_.todo(n_blocks, items=mine)
   n_img = U * rows.size * c.n_steps
   call = functools.partial(_sweep_block, batch_size=batch, reclassify=c.reclassify, mesh=mesh)
 
@@ -337,7 +350,7 @@ def run(ctx) -> None:
         meta.update(unit_analysis(G, host, meta["values"], meta["units"]))
         if writing is not None:
           writing.result()
-        writing = pool.submit(_write_block, store, pb, host, meta, c)
+        writing = pool.submit(_write_block, blocks_, pb, host, meta, c)
         done += 1
         bar.update(1)
         bar.set_postfix(img_s=f"{done * n_img / max(time.time() - t0, 1e-9):.1f}")
@@ -347,16 +360,41 @@ def run(ctx) -> None:
 
 
 def merge(ctx) -> None:
-  """Process 0, after every process wrote its blocks: index.csv and unit_factors.csv."""
+  """Process 0, after every process wrote its blocks: missing strips, index.csv and
+  unit_factors.csv."""
   c = ctx.cfg(NAME)
   units = pipeline.parse_units(c.units, ctx.clf.feature_dim)
-  finish(blocks.BlockStore(ctx.out_dir(NAME)), -(-units.size // c.units_per_block))
+  n_blocks = -(-units.size // c.units_per_block)
+  blocks_ = store(ctx.out_dir(NAME))
+  if c.save_png:
+    repair_strips(ctx.G, blocks_, n_blocks)
+  finish(blocks_, n_blocks)
 
 
 def finish(store: blocks.BlockStore, n_blocks: int) -> None:
   """index.csv and unit_factors.csv from the blocks (also for hand-made sweeps in tests)."""
   _write_index(store, n_blocks)
-  _write_units(store.directory, unit_rows(list(store)))
+  _write_units(store.directory, unit_rows(list(store.blocks(n_blocks))))
+
+
+def repair_strips(G: Any, store: blocks.BlockStore, n_blocks: int) -> int:
+  """Regenerates missing PNG strips of finished blocks from their stored w; returns how many.
+
+  Synthesized again from `w` (up to 1 level of uint8 rounding from the originals,
+  which came from a different batch shape).
+  """
+  n = 0
+  for blk in store.blocks(n_blocks):
+    for i, u in enumerate(blk["units"]):
+      for j, row in enumerate(blk["samples"]):
+        path = os.path.join(store.directory, _strip_path(blk["block"], int(u), int(row)))
+        if not os.path.exists(path):
+          img = np.asarray(images.render(G, blk["w"][i, j]))   # [T, H, W, 3] uint8
+          images.save_png(path, images.row(img), compress_level=1)
+          n += 1
+  if n:
+    print(f"[{NAME}] {n} missing PNG strip(s) regenerated", flush=True)
+  return n
 
 
 def _strip_path(b: int, unit: int, row: int) -> str:
@@ -415,8 +453,9 @@ def load(workdir: str) -> SweepResult:
   pipeline.require(os.path.join(out_dir, "unit_factors.csv"), NAME)
   with open(os.path.join(out_dir, "unit_factors.csv")) as f:
     units = [{k: _parse(v) for k, v in r.items()} for r in csv.DictReader(f)]
-  with np.load(os.path.join(out_dir, "samples.npz")) as f:
-    return SweepResult(directory=out_dir, rows=f["rows"], cls=f["cls"], r_start=f["r"], units=units)
+  f = io.load_npz(os.path.join(out_dir, "samples.npz"), keys=("rows", "cls", "r", "n_blocks"))
+  return SweepResult(directory=out_dir, rows=f["rows"], cls=f["cls"], r_start=f["r"], units=units,
+                     n_blocks=int(f["n_blocks"]))
 
 
 def _parse(v: str) -> Any:
