@@ -481,6 +481,7 @@ def check_stage_config(out_dir: str, fingerprint: Mapping[str, Any], write: bool
     os.makedirs(out_dir, exist_ok=True)
     if not write:   # processes other than 0 only check; process 0 records it
       return
+    _remove_stale_temps(out_dir)
     if io.create_json(path, fingerprint):   # atomic: written whole, before any output
       return
   old = _read_stage_config(path)
@@ -494,6 +495,17 @@ def check_stage_config(out_dir: str, fingerprint: Mapping[str, Any], write: bool
     raise PipelineError(
         f"{out_dir} was written by a different config{weights} ({_shown(diffs)}); use a fresh "
         f"--workdir or delete {out_dir}")
+
+
+def _remove_stale_temps(out_dir: str) -> None:
+  """Temp files of a config.json creation that a killed run left (the run holds the
+  workdir lock, so no other writer's temp file can be among them)."""
+  for n in os.listdir(out_dir):
+    if n.startswith(f".{STAGE_CONFIG_FILE}.new-"):
+      try:
+        os.remove(os.path.join(out_dir, n))
+      except FileNotFoundError:
+        pass
 
 
 def _read_stage_config(path: str) -> dict:

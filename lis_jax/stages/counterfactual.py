@@ -258,7 +258,7 @@ def run(ctx) -> None:
   store = blocks.BlockStore(out_dir, "batch")
   statics = dict(lr=c.lr, max_steps=c.max_steps, check_every=c.check_every,
                  w_origin=c.w_origin, w_cos=c.w_cos, mode=c.mode, compact_rows=c.compact_rows)
-  mine = [int(b) for b in ctx.my_items(n_batches) if not store.done(b)]   # this process's batches
+  mine = store.todo(n_batches, items=ctx.my_items(n_batches))   # this process's batches (corrupt ones again)
   for b in ctx.progress(mine, unit="batch", desc="counterfactual"):
     ids = np.arange(b * c.batch_size, min(n, (b + 1) * c.batch_size), dtype=np.int32)
     rows = todo_plan["sample"][ids]
