@@ -95,12 +95,25 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   if not parts:
     raise pipeline.PipelineError("nothing to report: run the fit_link, sweep or counterfactual stage first")
   page = _PAGE.format(title="Linking in Style: report", workdir=html.escape(os.path.abspath(workdir)),
-                      body="\n".join(parts))
+                      toc=toc(parts), body="\n".join(parts))
   with io.atomic_file(os.path.join(out_dir, "index.html"), "w") as f:
     f.write(page)
   io.write_json(os.path.join(out_dir, "summary.json"), summary(config, workdir))
   _write_overview(out_dir)
   print(f"[report] wrote {os.path.join(out_dir, 'index.html')}")
+
+
+def toc(sections: list[str]) -> str:
+  """A table of contents: one link per section (its id) titled by the section's first <h2>."""
+  import re
+  items = []
+  for sec in sections:
+    m_id = re.search(r'<section id="([^"]+)"', sec)
+    m_h2 = re.search(r"<h2>(.*?)</h2>", sec, re.S)
+    if m_id:
+      title = re.sub(r"<[^>]+>", "", m_h2.group(1)) if m_h2 else m_id.group(1)
+      items.append(f'<li><a href="#{m_id.group(1)}">{title}</a></li>')
+  return f'<nav class="toc"><b>Contents</b><ul>{"".join(items)}</ul></nav>' if items else ""
 
 
 def _write_overview(out_dir: str) -> None:
@@ -511,14 +524,18 @@ def _table(cols, rows, escape: bool = True) -> str:
 _PAGE = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{title}</title>
 <style>
-body {{ font-family: sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }}
-table {{ border-collapse: collapse; margin: 0.5em 0; }}
+body {{ font-family: sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5em 0; display: block; max-width: 100%; overflow-x: auto; }}
 td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; font-size: 0.9em; }}
-img {{ image-rendering: pixelated; }}
-figure {{ margin: 0.6em 0; }} figcaption {{ font-size: 0.85em; color: #555; }}
+img {{ image-rendering: pixelated; max-width: 100%; height: auto; }}
+figure.plot img {{ image-rendering: auto; }}
+figure {{ margin: 0.6em 0; max-width: 100%; }} figcaption {{ font-size: 0.85em; color: #555; }}
 section {{ border-top: 2px solid #ddd; padding-top: 0.5em; }}
+.card {{ max-width: 100%; overflow-x: auto; }}
+nav.toc {{ background: #f6f6f6; padding: 0.4em 1em; }} nav.toc li {{ margin: 0.15em 0; }}
 </style></head>
 <body><h1>{title}</h1><p>workdir: <code>{workdir}</code></p>
+{toc}
 {body}
 </body></html>
 """
