@@ -14,7 +14,7 @@ from lis_jax import report
 
 def get_config():
   config = linear.get_config()
-  config.stages = ("paired_data", "fit_link", "sweep", "counterfactual", "quantify", "report")
+  config.stages = ("paired_data", "link", "sweep", "counterfactual", "quantify", "report")
   config.generator = "shapes"
   config.classifier = "shapes-resnet"
   config.classes = "0,1,2,3,4,5,6,7"  # all 8 classes of the world

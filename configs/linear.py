@@ -13,7 +13,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.stages = ("paired_data", "fit_link", "sweep", "counterfactual")
+  config.stages = ("paired_data", "link", "sweep", "counterfactual")
   config.seed = 0  # root of every PRNG key (latents, split, search starts)
 
   # Models: a checkpoint dir (relative paths are inside the workdir), a built-in name,

@@ -221,7 +221,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   G, clf = pipeline.load_models(config, workdir)
   classes = pipeline.parse_classes(config.classes, clf.num_classes)
   todo_plan = plan(data["cls"], parse_pairs(c.pairs, classes), c.samples_per_pair)
-  pipeline.check_stage_config(out_dir, fingerprint(config))
 
   mesh = distribute.data_mesh()
   batch = distribute.round_up(c.batch_size, mesh)

@@ -1,4 +1,4 @@
-"""The linking network w = link(r) and stage `fit_link`.
+"""The linking network w = link(r) and stage `link`.
 
 Linear links (`ols`, `ridge`, `elasticnet`) fit w = r A + b with an unpenalised intercept,
 with the objectives of scikit-learn's LinearRegression, Ridge and ElasticNet:
@@ -286,9 +286,9 @@ def load(ckpt_dir: str) -> Link:
 
 
 def load_fitted(workdir: str) -> Link:
-  """The link the `fit_link` stage wrote into `workdir` (PipelineError if it has not run)."""
+  """The link the `link` stage wrote into `workdir` (PipelineError if it has not run)."""
   link_dir = pipeline.stage_dir(workdir, "link")
-  pipeline.require(os.path.join(link_dir, "metrics.json"), "fit_link")
+  pipeline.require(os.path.join(link_dir, "metrics.json"), "link")
   return load(os.path.join(link_dir, "model"))
 
 
@@ -326,10 +326,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   from lis_jax import paired_data
   out_dir = pipeline.stage_dir(workdir, "link")
   data = paired_data.load(workdir)
-  pipeline.check_stage_config(out_dir, fingerprint(config))
   metrics_path = os.path.join(out_dir, "metrics.json")
   if os.path.exists(metrics_path):
-    print(f"[fit_link] {out_dir} is complete; nothing to do")
+    print(f"[link] {out_dir} is complete; nothing to do")
     return
   for k in ("r", "w"):
     pipeline.check_finite(f"paired data {k}", data[k])
@@ -356,5 +355,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   save(os.path.join(out_dir, "model"), link, {"n_train": int(train.size)})
   io.write_json(metrics_path, metrics)
   t = metrics["test"]
-  print(f"[fit_link] {link.kind}: held-out MSE {t['mse']:.4g}, R^2 {t['r2']:.4f}"
+  print(f"[link] {link.kind}: held-out MSE {t['mse']:.4g}, R^2 {t['r2']:.4f}"
         + (f", cycle corr {metrics['cycle']['corr_per_sample_mean']:.3f}" if "cycle" in metrics else ""))

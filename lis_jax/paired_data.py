@@ -80,7 +80,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   classes = pipeline.parse_classes(config.classes, clf.num_classes)
   if p.n_per_class < 1 or p.shard_size < 1 or p.batch_size < 1:
     raise pipeline.PipelineError("paired_data.n_per_class, shard_size and batch_size must be >= 1")
-  pipeline.check_stage_config(out_dir, _fingerprint(config))
 
   mpath = os.path.join(out_dir, MANIFEST)
   manifest = io.read_json(mpath) if os.path.exists(mpath) else {
@@ -146,6 +145,18 @@ def _chunk(G, clf, key, c: int, start: int, size: int, batch: int, psi: float, m
   return {"cls": np.full((size,), c, np.int32),
           "seed_index": np.arange(start, start + size, dtype=np.int32),
           "w": ws[:, 0], "ws": ws, "r": r, "logits": logits}
+
+
+def has_ws(workdir: str) -> bool:
+  """Whether the paired data of `workdir` stored all ws (paired_data.store_all_ws)."""
+  out_dir = pipeline.stage_dir(workdir, "paired_data")
+  mpath = pipeline.require(os.path.join(out_dir, MANIFEST), "paired_data")
+  manifest = io.read_json(mpath)
+  for c in manifest["classes"]:
+    for name in manifest["per_class"][str(c)]["shards"]:
+      with np.load(os.path.join(out_dir, name)) as f:
+        return "ws" in f.files
+  return False
 
 
 def load(workdir: str, with_ws: bool = False) -> dict[str, np.ndarray]:

@@ -1,10 +1,13 @@
-"""The stage registry and runner: `config.stages` run in order over one workdir.
+"""The runner and the run context: `config.stages` run in order over one workdir.
 
-A stage is a function `run(config, workdir) -> None` named in `STAGES` as
-"module:function". It reads what earlier stages wrote under `workdir` and writes its
-own outputs there atomically (see WORKSPACE.md for the layout), so a killed stage can
-be run again and resumes where it stopped. To add a stage, add ONE entry to `STAGES`
-(re-read this file right before editing; others edit it too).
+A stage is a `stages.base.Stage` object in `lis_jax/stages/<name>.py`, registered by an
+import line in `lis_jax/stages/__init__.py` (docs/architecture.md). `run` builds one
+`RunContext` (config sections merged over each stage's defaults and validated once,
+models loaded once and lazily, named random streams) and calls each stage's `run(ctx)`.
+Before a stage runs, the runner checks that the stages it `requires` ran (earlier in this
+run, or in the workdir with the same config) and records the stage's fingerprint (its
+own section, the top-level fields it `uses` and its requirements' fingerprints) in
+`workdir/<name>/config.json`; a workdir filled by a different config is refused.
 
 Errors a user can fix (bad config, bad input, incompatible workdir) are raised as
 `PipelineError` (or `io.CheckpointError` for checkpoints); `lis_jax.main` prints them
@@ -12,6 +15,8 @@ as one line and exits 1.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib
 import json
 import os
@@ -23,18 +28,13 @@ import numpy as np
 
 from lis_jax import io
 
-# Stage name -> "module:function(config, workdir) -> None".
-STAGES: dict[str, str] = {
-    "paired_data": "lis_jax.paired_data:run",
-    "fit_link": "lis_jax.linking:run",
-    "sweep": "lis_jax.sweeps:run",
-    "counterfactual": "lis_jax.counterfactuals:run",
-    "quantify": "lis_jax.quantify.stage:run",  # part segmentation, metrics, unit selectivity
-    "report": "lis_jax.report:run",  # HTML page of the results (lis_jax/report.py)
-}
-
-# Each stage records the config it ran with here (inside its own output directory).
+# Each stage records its fingerprint here (inside its own output directory).
 STAGE_CONFIG_FILE = "config.json"
+# Version of the workdir layout, recorded in every fingerprint. Layout 1 (before the
+# stage objects) had a `fit_link` stage and integer-tagged random streams.
+LAYOUT = 2
+# Stage names of earlier layouts -> their names now.
+RENAMED = {"fit_link": "link"}
 
 # ImageNet class groups of the paper (DESIGN.md); `config.classes` may name one.
 CLASS_GROUPS: dict[str, tuple[int, ...]] = {
@@ -50,32 +50,213 @@ class PipelineError(ValueError):
 
 
 def resolve(spec: str) -> Callable[..., Any]:
-  """Imports "module:function" and returns the function."""
+  """Imports "module:function" (a custom model named in the config) and returns it."""
   module, fn = spec.split(":")
   return getattr(importlib.import_module(module), fn)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+# ----------------------------------------------------------------------------- random streams
+
+
+def stream_key(seed: int, stream: str, *indices: int) -> Any:
+  """The PRNG key of `indices` in the named stream `stream` of root seed `seed`.
+
+  The stream's name is hashed (sha256, stable across runs and machines) into two 31-bit
+  words folded into the root key, then each index is folded in order; distinct names
+  give independent streams (no integer tags to collide). Pure: `stream_key(s, n, i, j)`
+  == `fold_in(fold_in(stream_key(s, n), i), j)`, so jitted code may fold indices itself.
+  """
+  import jax
+  digest = hashlib.sha256(stream.encode()).digest()
+  key = jax.random.PRNGKey(seed)
+  for k in range(2):
+    key = jax.random.fold_in(key, int.from_bytes(digest[4 * k:4 * k + 4], "little") & 0x7FFFFFFF)
+  for i in indices:
+    key = jax.random.fold_in(key, i)
+  return key
+
+
+# ----------------------------------------------------------------------------- run context
+
+
+class RunContext:
+  """What every stage of one run shares.
+
+  config: the full config, each stage's section merged over its `default_config()`;
+    cfg(name) is that section.
+  workdir: the run's directory; out_dir(name) a stage's output directory.
+  G, clf: the generator and classifier, loaded once on first use.
+  classes: [K] int32 class ids of `config.classes`, parsed once.
+  mesh: the 1-D data mesh over all devices.
+  key(stream, *indices): a named random stream (`stream_key`).
+  result(name): that stage's `load(workdir)`, cached.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+               registry: Mapping[str, Any] | None = None):
+    self.registry = dict(registry if registry is not None else _default_registry())
+    self.config = ml_collections.ConfigDict(config.to_dict())   # an unlocked copy
+    for name, st in self.registry.items():   # every section complete and checked, once
+      self.config[name] = _merge_section(config, st)
+    self.workdir = workdir
+    self._models = None
+    self._classes = None
+    self._mesh = None
+    self._results: dict[str, Any] = {}
+
+  def cfg(self, name: str) -> ml_collections.ConfigDict:
+    """Stage `name`'s config section: `config.<name>` over its `default_config()`."""
+    return self.config[name]
+
+  def out_dir(self, name: str) -> str:
+    """workdir/<name>/ (not created)."""
+    return os.path.join(self.workdir, name)
+
+  def _load_models(self):
+    if self._models is None:
+      self._models = load_models(self.config, self.workdir)
+    return self._models
+
+  @property
+  def G(self):
+    return self._load_models()[0]
+
+  @property
+  def clf(self):
+    return self._load_models()[1]
+
+  @property
+  def classes(self) -> np.ndarray:
+    if self._classes is None:
+      self._classes = parse_classes(self.config.classes, self.clf.num_classes)
+    return self._classes
+
+  @property
+  def mesh(self):
+    if self._mesh is None:
+      from lis_jax import distribute
+      self._mesh = distribute.data_mesh()
+    return self._mesh
+
+  def key(self, stream: str, *indices: int):
+    """The PRNG key of `indices` in the named stream (see `stream_key`)."""
+    return stream_key(int(self.config.seed), stream, *indices)
+
+  def result(self, name: str) -> Any:
+    """Stage `name`'s typed result, loaded once per run (PipelineError if it has not run)."""
+    if name not in self._results:
+      self._results[name] = self.registry[name].load(self.workdir)
+    return self._results[name]
+
+  def forget(self, name: str) -> None:
+    """Drops the cached result of `name` (the runner calls it after `name` runs)."""
+    self._results.pop(name, None)
+
+  def fingerprint(self, name: str) -> dict:
+    """What stage `name`'s outputs depend on: its section (less `ignores`), the top-level
+    fields it `uses` and, recursively, the fingerprints of the stages it `requires`."""
+    st = self.registry[name]
+    own = {k: v for k, v in self.cfg(name).to_dict().items() if k not in st.ignores}
+    fp = {"layout": LAYOUT, name: own, **{u: self.config.get(u) for u in st.uses}}
+    if st.requires:
+      fp["requires"] = {r: self.fingerprint(r) for r in st.requires}
+    return config_to_dict(fp)
+
+
+def _default_registry():
+  from lis_jax import stages  # Local: stages import this module.
+  return stages.REGISTRY
+
+
+def _merge_section(config: ml_collections.ConfigDict, stage: Any) -> ml_collections.ConfigDict:
+  """`stage.default_config()` updated with `config.<name>`; unknown keys are an error."""
+  section = stage.default_config()
+  if stage.name in config and config[stage.name] is not None:
+    given = config[stage.name]
+    unknown = sorted(set(given.keys()) - set(section.keys()))
+    if unknown:
+      raise PipelineError(f"config.{stage.name} has unknown field(s) {unknown}; known: "
+                          f"{', '.join(sorted(section.keys()))}")
+    section.update(given)
+  return section
+
+
+def run(config: ml_collections.ConfigDict, workdir: str,
+        registry: Mapping[str, Any] | None = None) -> RunContext:
   """Runs `config.stages` in order on `workdir`.
 
   Args:
     config: the full pipeline config (see configs/linear.py for its fields).
     workdir: directory holding checkpoints and every stage's outputs; created if absent.
+    registry: stage name -> Stage (default: `lis_jax.stages.REGISTRY`).
+  Returns:
+    the run's context (its models and results stay loaded).
   Raises:
-    PipelineError: an unknown stage name (checked before anything runs), or any
-      user-fixable problem a stage reports.
+    PipelineError: an unknown stage name, a requirement that has not run (checked
+      before anything runs), a workdir of another config or layout, or any user-fixable
+      problem a stage reports.
   """
-  stages = parse_stages(config.stages)
-  unknown = [s for s in stages if s not in STAGES]
-  if unknown:
-    raise PipelineError(f"unknown stage(s) {unknown}; known: {', '.join(STAGES)}")
+  names = parse_stages(config.stages)
+  ctx = RunContext(config, workdir, registry)
+  _check_names(names, ctx.registry)
+  for i, name in enumerate(names):
+    for req in ctx.registry[name].requires:
+      if req in names[i:]:
+        raise PipelineError(f"stage '{name}' requires '{req}': list '{req}' before '{name}' in "
+                            f"config.stages")
+      if req not in names[:i]:
+        check_done(ctx, req, needed_by=name)
   os.makedirs(workdir, exist_ok=True)
+  check_layout(workdir)
   io.write_json(os.path.join(workdir, "last_config.json"), config_to_dict(config))
-  for name in stages:
+  for name in names:
     t0 = time.time()
     print(f"[lis_jax] stage {name}: start", flush=True)
-    resolve(STAGES[name])(config, workdir)
+    check_stage_config(ctx.out_dir(name), ctx.fingerprint(name))
+    ctx.forget(name)
+    ctx.registry[name].run(ctx)
+    ctx.forget(name)
     print(f"[lis_jax] stage {name}: done in {time.time() - t0:.1f} s", flush=True)
+  return ctx
+
+
+def _check_names(names: Sequence[str], registry: Mapping[str, Any]) -> None:
+  renamed = [n for n in names if n in RENAMED]
+  if renamed:
+    raise PipelineError(f"stage(s) {renamed} are now called "
+                        f"{[RENAMED[n] for n in renamed]}: update config.stages")
+  unknown = [s for s in names if s not in registry]
+  if unknown:
+    raise PipelineError(f"unknown stage(s) {unknown}; known: {', '.join(registry)}")
+
+
+def check_done(ctx: RunContext, name: str, needed_by: str) -> None:
+  """Raises PipelineError unless stage `name` finished in the workdir with this config."""
+  path = os.path.join(ctx.out_dir(name), STAGE_CONFIG_FILE)
+  if not os.path.exists(path):
+    raise PipelineError(f"stage '{needed_by}' requires '{name}', which has not run in "
+                        f"{ctx.workdir}: add '{name}' to config.stages")
+  diffs = _diff(io.read_json(path), ctx.fingerprint(name))
+  if diffs:
+    raise PipelineError(f"stage '{needed_by}' requires '{name}', but {ctx.out_dir(name)} was "
+                        f"written by a different config ({_shown(diffs)}): add '{name}' to "
+                        f"config.stages with a fresh --workdir")
+  try:
+    ctx.result(name)
+  except FileNotFoundError:
+    raise PipelineError(f"stage '{name}' has not finished in {ctx.workdir}: add '{name}' to "
+                        f"config.stages to finish it") from None
+
+
+def check_layout(workdir: str) -> None:
+  """Refuses a workdir written by an earlier layout of lis_jax (one line naming the fix)."""
+  old = [d for d in ("paired_data", "link", "sweep", "counterfactual", "quantify")
+         if os.path.exists(os.path.join(workdir, d, STAGE_CONFIG_FILE))
+         and io.read_json(os.path.join(workdir, d, STAGE_CONFIG_FILE)).get("layout") != LAYOUT]
+  if old:
+    raise PipelineError(f"{workdir} was written by an earlier version of lis_jax (layout 1: "
+                        f"stage fit_link, integer random streams; found {', '.join(old)}/); "
+                        f"use a fresh --workdir or delete those directories")
 
 
 def parse_stages(stages: str | Sequence[str]) -> list[str]:
@@ -126,10 +307,13 @@ def check_stage_config(out_dir: str, fingerprint: Mapping[str, Any]) -> None:
   old = io.read_json(path)
   diffs = _diff(old, fingerprint)
   if diffs:
-    shown = "; ".join(diffs[:4]) + (f"; ... {len(diffs)} differences" if len(diffs) > 4 else "")
     raise PipelineError(
-        f"{out_dir} was written by a different config ({shown}); use a fresh --workdir "
+        f"{out_dir} was written by a different config ({_shown(diffs)}); use a fresh --workdir "
         f"or delete {out_dir}")
+
+
+def _shown(diffs: list[str]) -> str:
+  return "; ".join(diffs[:4]) + (f"; ... {len(diffs)} differences" if len(diffs) > 4 else "")
 
 
 def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:

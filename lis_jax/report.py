@@ -93,7 +93,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     if part:
       parts.append(f'<section id="{html.escape(name)}">\n{part}\n</section>')
   if not parts:
-    raise pipeline.PipelineError("nothing to report: run the fit_link, sweep or counterfactual stage first")
+    raise pipeline.PipelineError("nothing to report: run the link, sweep or counterfactual stage first")
   page = _PAGE.format(title="Linking in Style: report", workdir=html.escape(os.path.abspath(workdir)),
                       toc=toc(parts), body="\n".join(parts))
   with io.atomic_file(os.path.join(out_dir, "index.html"), "w") as f:

@@ -163,7 +163,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   if c.n_steps < 2 or c.units_per_block < 1 or c.batch_size < 1:
     raise pipeline.PipelineError("sweep.n_steps must be >= 2, units_per_block and batch_size >= 1")
   classes = pipeline.parse_classes(config.classes, clf.num_classes)
-  pipeline.check_stage_config(out_dir, fingerprint(config))
 
   rows = start_rows(data["cls"], classes, c.samples_per_class)
   r_start, cls_start = data["r"][rows], data["cls"][rows]

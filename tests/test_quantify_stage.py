@@ -44,7 +44,11 @@ def fake_sweep(workdir, config):
     w = start[None, :, None] + dirs[:, None, None] * steps[None, None, :, None]  # [U, S, T, w_dim]
     io.savez(os.path.join(out, f"block_{b:05d}.npz"), units=units, samples=np.arange(N_SAMPLES),
              cls=cls, values=np.tile(steps, (PER_BLOCK, 1)), w=w.astype(np.float32))
+  io.savez(os.path.join(out, "samples.npz"), rows=np.arange(N_SAMPLES), cls=cls,
+           r=np.zeros((N_SAMPLES, 1), np.float32))
   open(os.path.join(out, "index.csv"), "w").write("block\n")
+  # Recorded as finished with this config, as the runner does after a real sweep.
+  pipeline.check_stage_config(out, pipeline.RunContext(config, workdir).fingerprint("sweep"))
 
 
 def _read(path):

@@ -330,7 +330,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   out_dir = pipeline.stage_dir(workdir, STAGE)
   sweep_dir = pipeline.stage_dir(workdir, "sweep")
   pipeline.require(os.path.join(sweep_dir, "index.csv"), "sweep")
-  pipeline.check_stage_config(out_dir, fingerprint(config))
   G, _ = pipeline.load_models(config, workdir)
   try:
     seg = segmenter(config, workdir, G)

@@ -1,0 +1,12 @@
+"""The pipeline's stages, registered by explicit import: a new stage is one module in this
+package plus one line below (docs/architecture.md). `REGISTRY` is in pipeline order."""
+from lis_jax.stages.base import Stage
+from lis_jax.stages import paired_data
+from lis_jax.stages import link
+from lis_jax.stages import sweep
+from lis_jax.stages import counterfactual
+from lis_jax.stages import quantify
+from lis_jax.stages import report
+
+REGISTRY: dict[str, Stage] = {m.STAGE.name: m.STAGE for m in (
+    paired_data, link, sweep, counterfactual, quantify, report)}

@@ -1,0 +1,43 @@
+"""The shape of a pipeline stage: one `Stage` object per module in `lis_jax/stages/`.
+
+A stage module `lis_jax/stages/<name>.py` defines `STAGE = Stage(name="<name>", ...)`;
+`lis_jax/stages/__init__.py` imports it (one line) into `REGISTRY`. The runner
+(`lis_jax.pipeline.run`) checks `requires`, records each stage's fingerprint in
+`workdir/<name>/config.json` and calls `run(ctx)` with a `pipeline.RunContext`.
+Recipes: docs/architecture.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import ml_collections
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One pipeline stage.
+
+  name: the stage's name = its module name = its output directory (workdir/<name>/) =
+    its config section (config.<name>).
+  requires: stages whose outputs it reads (through their `load`); the runner refuses to
+    run it unless they ran earlier in the same run or finished in the workdir with the
+    same config.
+  default_config: () -> ConfigDict, the only home of its section's defaults; the run's
+    `config.<name>` is merged over it (unknown keys are an error).
+  run: (ctx: pipeline.RunContext) -> None; writes workdir/<name>/ atomically, resumable.
+  load: (workdir) -> its typed result (a dataclass); raises PipelineError if it has not run.
+  uses: top-level config fields its outputs depend on ('generator', 'classifier',
+    'classes', 'psi', 'seed'); part of its fingerprint.
+  section: (ctx) -> HTML of its report section, or None when there is nothing to show.
+  ignores: fields of its own section that do not change its outputs (batch sizes, PNG
+    switches); left out of its fingerprint, so changing them never invalidates a workdir.
+  """
+  name: str
+  requires: tuple[str, ...]
+  default_config: Callable[[], ml_collections.ConfigDict]
+  run: Callable[[Any], None]
+  load: Callable[[str], Any]
+  uses: tuple[str, ...] = ()
+  section: Callable[[Any], str | None] | None = None
+  ignores: tuple[str, ...] = ()

@@ -1,0 +1,115 @@
+"""The stage API: a toy stage registered next to the built-in ones, the runner's checks,
+fingerprints derived from requirements, and named random streams."""
+import dataclasses
+import os
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT))  # configs/ is not an installed package.
+from configs import tiny  # noqa: E402
+from lis_jax import io, pipeline, stages  # noqa: E402
+from lis_jax.stages.base import Stage  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Count:
+  n: int
+
+
+def _toy(name, requires=(), calls=None):
+  """A stage writing n = its config's `start` + the n of each stage it requires."""
+  def default_config():
+    return ml_collections.ConfigDict({"start": 1, "batch_size": 4})
+
+  def run(ctx):
+    calls.append(name)
+    n = ctx.cfg(name).start + sum(ctx.result(r).n for r in requires)
+    os.makedirs(ctx.out_dir(name), exist_ok=True)
+    io.write_json(os.path.join(ctx.out_dir(name), "n.json"), {"n": n})
+
+  def load(workdir):
+    path = pipeline.require(os.path.join(workdir, name, "n.json"), name)
+    return Count(io.read_json(path)["n"])
+
+  return Stage(name=name, requires=requires, default_config=default_config, run=run, load=load,
+               uses=("seed",), ignores=("batch_size",))
+
+
+def _config(stages_, **sections):
+  c = ml_collections.ConfigDict({"stages": stages_, "seed": 0})
+  for k, v in sections.items():
+    c[k] = v
+  return c
+
+
+@pytest.fixture
+def registry():
+  calls = []
+  reg = {"a": _toy("a", calls=calls), "b": _toy("b", ("a",), calls)}
+  return reg, calls
+
+
+def test_toy_stage_runs_and_reads_its_requirement(tmp_path, registry):
+  reg, calls = registry
+  pipeline.run(_config(("a", "b"), a={"start": 5}), str(tmp_path), reg)
+  assert calls == ["a", "b"]
+  assert reg["b"].load(str(tmp_path)).n == 5 + 1
+  # b alone: a is done in the workdir with the same config.
+  pipeline.run(_config(("b",), a={"start": 5}, b={"batch_size": 99}), str(tmp_path), reg)
+  assert calls == ["a", "b", "b"]
+
+
+def test_runner_checks_requirements_before_running(tmp_path, registry):
+  reg, calls = registry
+  with pytest.raises(pipeline.PipelineError, match="requires 'a', which has not run"):
+    pipeline.run(_config(("b",)), str(tmp_path), reg)
+  with pytest.raises(pipeline.PipelineError, match="list 'a' before 'b'"):
+    pipeline.run(_config(("b", "a")), str(tmp_path), reg)
+  assert calls == []
+  pipeline.run(_config(("a",)), str(tmp_path), reg)
+  with pytest.raises(pipeline.PipelineError, match=r"a\.start: 1 -> 2"):   # a changed since
+    pipeline.run(_config(("b",), a={"start": 2}), str(tmp_path), reg)
+  with pytest.raises(pipeline.PipelineError, match="unknown field"):
+    pipeline.run(_config(("a",), a={"strat": 2}), str(tmp_path), reg)
+
+
+def test_fingerprint_is_own_section_uses_and_requirements(registry):
+  reg, _ = registry
+  ctx = pipeline.RunContext(_config(("a", "b"), a={"start": 3}), "/nonexistent", reg)
+  fa = {"layout": pipeline.LAYOUT, "a": {"start": 3}, "seed": 0}   # batch_size is ignored
+  assert ctx.fingerprint("a") == fa
+  assert ctx.fingerprint("b") == {"layout": pipeline.LAYOUT, "b": {"start": 1}, "seed": 0,
+                                  "requires": {"a": fa}}
+
+
+def test_new_stage_is_one_import_line():
+  assert list(stages.REGISTRY) == ["paired_data", "link", "sweep", "counterfactual", "quantify",
+                                   "report"]
+  for name, st in stages.REGISTRY.items():
+    assert st.name == name and st.run.__module__ == f"lis_jax.stages.{name}"
+    assert all(r in stages.REGISTRY for r in st.requires)
+
+
+def test_old_stage_name_and_old_layout_get_one_line_errors(tmp_path):
+  config = tiny.get_config()
+  config.stages = ("paired_data", "fit_link")
+  with pytest.raises(pipeline.PipelineError, match=r"\['fit_link'\] are now called \['link'\]"):
+    pipeline.run(config, str(tmp_path))
+  io.write_json(str(tmp_path / "link" / "config.json"), {"paired_data": {}, "link": {}})
+  config.stages = ("paired_data",)
+  with pytest.raises(pipeline.PipelineError, match="earlier version of lis_jax.*fresh --workdir"):
+    pipeline.run(config, str(tmp_path))
+
+
+def test_stream_key_folds_name_then_indices():
+  k = pipeline.stream_key(7, "counterfactual")
+  np.testing.assert_array_equal(pipeline.stream_key(7, "counterfactual", 3, 4),
+                                jax.random.fold_in(jax.random.fold_in(k, 3), 4))
+  assert not np.array_equal(k, pipeline.stream_key(7, "quantify"))
+  assert not np.array_equal(k, pipeline.stream_key(8, "counterfactual"))
