@@ -8,13 +8,16 @@ No downloads and no converted checkpoints: the generator is the built-in 'shapes
 'shapes-resnet' (128 units). Under 10 minutes on 2 CPU cores. Changes from
 configs/linear.py: the models, the classes, the sizes, and the added report stage.
 """
+import ml_collections
+
 from configs import linear
 from lis_jax import report
 
 
 def get_config():
   config = linear.get_config()
-  config.stages = ("paired_data", "link", "sweep", "counterfactual", "quantify", "report")
+  config.stages = ("paired_data", "link", "sweep", "counterfactual", "quantify", "boundary", "population",
+                   "report")
   config.generator = "shapes"
   config.classifier = "shapes-resnet"
   config.classes = "0,1,2,3,4,5,6,7"  # all 8 classes of the world
@@ -49,6 +52,16 @@ def get_config():
   config.quantify.batch_size = 64
   config.quantify.top_k = 5
   config.quantify.cards = 6
+
+  config.boundary = ml_collections.ConfigDict()  # lis_jax/stages/boundary.py: defaults there
+  config.boundary.n_grid = 5  # prediction checked at t = 0, .25, .5, .75, 1 for the first bracket
+  config.boundary.n_iter = 8  # then 8 bisection steps: crossings known to 1/1024 in t
+  config.boundary.n_points = 3  # path measured at t = 0, .5, 1 and at both crossings
+  config.boundary.batch_size = 56  # 112 searches -> 2 batches
+
+  config.population = ml_collections.ConfigDict()  # lis_jax/stages/population.py: defaults there
+  config.population.n_items = 240  # held-out pairs in the RSA (30 per class)
+  config.population.compare_links = "ols,mlp"  # the MLP link is fitted on the same train split
 
   config.report = report.default_config()
   return config

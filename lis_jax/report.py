@@ -45,6 +45,8 @@ SECTIONS: dict[str, str] = {
     "factor_readout": "lis_jax.report:factor_readout_section",
     "counterfactuals": "lis_jax.report:counterfactual_section",
     "quantify": "lis_jax.quantify.stage:report_section",  # part measures, unit cards, precision@k
+    "boundary": "lis_jax.stages.boundary:report_section",  # what changes across the decision boundary
+    "population": "lis_jax.stages.population:report_section",  # superposition, semantic order, class-wise
 }
 
 REPORT_DIR = "report"

@@ -6,7 +6,9 @@ from lis_jax.stages import link
 from lis_jax.stages import sweep
 from lis_jax.stages import counterfactual
 from lis_jax.stages import quantify
+from lis_jax.stages import boundary
+from lis_jax.stages import population
 from lis_jax.stages import report
 
 REGISTRY: dict[str, Stage] = {m.STAGE.name: m.STAGE for m in (
-    paired_data, link, sweep, counterfactual, quantify, report)}
+    paired_data, link, sweep, counterfactual, quantify, boundary, population, report)}

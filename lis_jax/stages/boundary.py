@@ -369,6 +369,11 @@ def section(ctx) -> str | None:
   return "\n".join(parts)
 
 
+def report_section(config, workdir) -> str | None:
+  """The section for report.SECTIONS (config, workdir) -> html: `section` with a run context."""
+  return section(pipeline.RunContext(config, workdir))
+
+
 STAGE = Stage(name=NAME, requires=("counterfactual", "quantify"), default_config=default_config, run=run,
               load=load, uses=("seed",), section=section,
               ignores=("batch_size", "measure_batch", "strips", "pairs_shown"))

@@ -297,5 +297,10 @@ def section(ctx) -> str | None:
   return "\n".join(h)
 
 
+def report_section(config, workdir) -> str | None:
+  """The section for report.SECTIONS (config, workdir) -> html: `section` with a run context."""
+  return section(pipeline.RunContext(config, workdir))
+
+
 STAGE = Stage(name=NAME, requires=("paired_data", "link", "quantify"), default_config=default_config, run=run,
               load=load, uses=("seed",), section=section)
