@@ -178,7 +178,11 @@ def rsa_matrices(mats: Mapping[str, np.ndarray], cls: np.ndarray, title: str):
 
 
 def boundary_bars(pair_labels: Sequence[str], tops: Sequence[Sequence[Mapping]], per_row: int = 4):
-  """Per pair, horizontal bars of its top concepts' effects (mean change / null rms) with intervals."""
+  """Per pair, horizontal bars of its top concepts' effects (mean change / null rms) with intervals.
+
+  tops: per pair, dicts with part, metric, mean, ci_low, ci_high, selective and null_rms
+  (bars are divided by it, so concepts of different units share an axis; 1 if absent).
+  """
   n = len(pair_labels)
   cols = min(n, per_row)
   rows = -(-n // cols)
@@ -190,9 +194,10 @@ def boundary_bars(pair_labels: Sequence[str], tops: Sequence[Sequence[Mapping]],
       continue
     lst = tops[k]
     y = np.arange(len(lst))[::-1]
-    mean = np.array([c["mean"] for c in lst])
-    lo = np.array([c["ci_low"] for c in lst])
-    hi = np.array([c["ci_high"] for c in lst])
+    scale = np.array([c["null_rms"] if c.get("null_rms") else 1.0 for c in lst])  # effect units
+    mean = np.array([c["mean"] for c in lst]) / scale
+    lo = np.array([c["ci_low"] for c in lst]) / scale
+    hi = np.array([c["ci_high"] for c in lst]) / scale
     err = np.stack([np.nan_to_num(mean - lo), np.nan_to_num(hi - mean)]).clip(0)
     ax.barh(y, np.nan_to_num(mean), xerr=err, capsize=2,
             color=["#e41a1c" if c["selective"] else "#bbbbbb" for c in lst])
@@ -201,8 +206,8 @@ def boundary_bars(pair_labels: Sequence[str], tops: Sequence[Sequence[Mapping]],
     ax.set_yticklabels([f"{c['part']} {c['metric']}" for c in lst], fontsize=6)
     ax.tick_params(axis="x", labelsize=6)
     ax.set_title(pair_labels[k], fontsize=8)
-  fig.suptitle("change across the boundary (mean over searches, 95% interval; red: beyond the "
-               "random-path null)", fontsize=9)
+  fig.suptitle("change across the boundary in units of the random-path null (effect = mean / null rms, "
+               "95% interval; red: selective)", fontsize=9)
   fig.tight_layout()
   return fig
 

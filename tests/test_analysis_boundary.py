@@ -140,3 +140,8 @@ def test_shifted_unit_relation():
   assert [p["units"] for p in res["per_pair"]] == [[1, 2, 3], [4, 5, 6]]
   assert [p["selective_share"] for p in res["per_pair"]] == pytest.approx([2 / 3, 2 / 3])
   assert res["baseline"] == pytest.approx(np.mean([3 / 7, 2 / 7]))
+
+
+def test_first_copies_marks_repeated_points():
+  t = np.array([[0.0, 1.0, 0.3, 0.3], [0.0, 1.0, 1.0, 1.0], [0.0, 1.0, 0.2, 0.4]])
+  np.testing.assert_array_equal(boundary.first_copies(t), [[0, 1, 2, 2], [0, 1, 1, 1], [0, 1, 2, 3]])

@@ -115,6 +115,17 @@ def path_points(t_leave: np.ndarray, t_reach: np.ndarray, n_points: int) -> np.n
                          np.where(np.isfinite(t_reach), t_reach, ct)[:, None]], 1)
 
 
+def first_copies(t: np.ndarray) -> np.ndarray:
+  """[B, T] -> [B, T] index of the first column of each row holding the same t.
+
+  Points equal to an earlier one on the same path (t_leave == t_reach where the
+  prediction goes straight from origin to target, crossings that fell back to t = 1)
+  are measured once and copied.
+  """
+  same = t[:, :, None] == t[:, None, :]  # [B, T, T]: column j equals column k
+  return np.argmax(same, axis=2)
+
+
 def null_ends(w_start: np.ndarray, w_end: np.ndarray, key: jax.Array, search_ids: np.ndarray,
               draws: int) -> np.ndarray:
   """Random paths of the same length from the same starts.
@@ -185,7 +196,7 @@ def top_concepts(stats: Mapping[str, np.ndarray], parts: Sequence[str], metrics:
       p, m = divmod(int(c), len(metrics))
       lst.append({"part": parts[p], "metric": metrics[m], **{
           key: (bool if key == "selective" else float)(np.asarray(stats[key][i]).reshape(-1)[c])
-          for key in ("mean", "ci_low", "ci_high", "effect", "p_null", "selective")}})
+          for key in ("mean", "ci_low", "ci_high", "null_rms", "effect", "p_null", "selective")}})
     out.append(lst)
   return out
 

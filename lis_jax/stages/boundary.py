@@ -143,15 +143,19 @@ def _batch(ctx, c, seg, link, cf: dict, ids: np.ndarray, batch: int) -> dict:
   w_start, w_cross = w_pts[:, 0], w_pts[:, -1]  # the crossing column: t_reach, else t_leave, else 1
   nul = lib.null_ends(w_start, w_cross, ctx.key(NAME, 0), arr["search"], c.null_draws)  # [B, R, w_dim]
   d = w_pts.shape[-1]
-  m = quantify.measure(G, seg, np.concatenate([w_pts.reshape(-1, d), nul.reshape(-1, d)]),
+  first = lib.first_copies(t_pts)  # [B, T']: repeated points are measured once
+  unique = (first == np.arange(t_n)).reshape(-1)
+  m = quantify.measure(G, seg, np.concatenate([w_pts.reshape(-1, d)[unique], nul.reshape(-1, d)]),
                        c.measure_batch, ctx.cfg("quantify").max_components)
   out = {k: arr[k] for k in ("search", "origin", "target")}
   out.update({k: res[k] for k in ("t_leave", "t_reach", "width", "leave_found", "reach_found", "pred_grid")})
   out["t_points"] = t_pts
-  n_pts = b * t_n
+  n_u = int(unique.sum())
+  slot = np.cumsum(unique).reshape(b, t_n) - 1  # measured row of each unique point
+  src = np.take_along_axis(slot, first, axis=1)  # [B, T'] measured row of every point
   for k, v in m.items():
-    out[f"pt.{k}"] = v[:n_pts].reshape(b, t_n, *v.shape[1:])
-    out[f"null.{k}"] = v[n_pts:].reshape(b, c.null_draws, *v.shape[1:])
+    out[f"pt.{k}"] = v[:n_u][src]
+    out[f"null.{k}"] = v[n_u:].reshape(b, c.null_draws, *v.shape[1:])
   if hasattr(G, "decode_factors"):
     f0, _ = _decode(G, jnp.asarray(w_start))
     f1, _ = _decode(G, jnp.asarray(w_cross))
