@@ -56,7 +56,7 @@ def get_config():
   config.boundary = ml_collections.ConfigDict()  # lis_jax/stages/boundary.py: defaults there
   config.boundary.n_grid = 5  # prediction checked at t = 0, .25, .5, .75, 1 for the first bracket
   config.boundary.n_iter = 8  # then 8 bisection steps: crossings known to 1/1024 in t
-  config.boundary.n_points = 3  # path measured at t = 0, .5, 1 and at both crossings
+  config.boundary.n_points = 2  # path measured at t = 0 and 1 and at both crossings
   config.boundary.batch_size = 56  # 112 searches -> 2 batches
 
   config.population = ml_collections.ConfigDict()  # lis_jax/stages/population.py: defaults there
