@@ -6,7 +6,8 @@
 No downloads and no converted checkpoints: the generator is the built-in 'shapes' world
 (8 part-based object classes, known ground truth) and the classifier the shipped
 'shapes-resnet' (128 units). Under 10 minutes on 2 CPU cores. Changes from
-configs/linear.py: the models, the classes, the sizes, and the added report stage.
+configs/linear.py: the models, the classes, the sizes, and the added boundary, population
+and report stages.
 """
 import ml_collections
 

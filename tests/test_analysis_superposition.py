@@ -92,3 +92,25 @@ def test_classwise_finds_a_unit_selective_in_one_class_only():
   rows = classwise.summary(pooled, per_class)
   assert [r["class"] for r in rows] == [0, 1] and rows[0]["n_samples"] == s_per
   assert 0.0 <= rows[1]["jaccard"] <= 1.0
+
+
+def test_population_reads_quantify_rows_back_into_arrays():
+  from lis_jax.stages import population
+  st = _planted_stats()
+  full = {k: st[k] if k in st else np.zeros_like(st["effect"]) for k in selectivity.TABLE_COLUMNS[3:]}
+  full["selective"] = st["selective"]
+  rows = selectivity.table_rows(full, [10, 11, 12, 13, 14], PARTS)
+  units, parts, back = population.stats_from_rows(rows[::-1])  # order of rows does not matter
+  assert units == [10, 11, 12, 13, 14] and sorted(parts) == sorted(PARTS)
+  order = [parts.index(p) for p in PARTS]
+  for k in ("selective", "effect", "mean"):
+    np.testing.assert_array_equal(back[k][:, order], st[k])
+
+
+def test_held_out_items_spread_over_classes():
+  from lis_jax.stages import population
+  cls = np.repeat([0, 1, 2], 10)
+  test = np.arange(0, 30, 2)  # 5 held-out rows per class
+  items = population.held_out_items(cls, test, 7)
+  assert items.size == 7 and set(items) <= set(test)
+  assert sorted(np.bincount(cls[items]).tolist()) == [2, 2, 3]
