@@ -17,7 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lis_jax import classifiers, counterfactuals, generators, linking, paired_data
+from lis_jax import classifiers, generators, linking
+from lis_jax.stages import counterfactual as counterfactuals
+from lis_jax.stages import paired_data
 from lis_jax.generators import stylegan_xl
 
 

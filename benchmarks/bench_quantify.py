@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lis_jax import generators, pipeline
-from lis_jax.quantify import metrics, segment, stage
+from lis_jax.quantify import metrics, segment
+from lis_jax.stages import quantify as stage
 
 
 def _time(fn, *args, repeats=3):

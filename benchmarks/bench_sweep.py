@@ -1,7 +1,7 @@
 """Sweep stage overhead over bare synthesis of the same number of images.
 
-Runs the real `sweep` stage (`lis_jax.sweeps.run`: link, vmapped block, re-classification,
-PNG strips, npz blocks, CSV index) on a workdir with synthetic paired data and a random
+Runs the real `sweep` stage (`lis_jax.stages.sweep`: link, vmapped block, re-classification,
+PNG strips, npz blocks, CSV index, unit table) on a workdir with synthetic paired data and a random
 linear link, for a random-weight StyleGAN-XL preset, and compares its wall time with
 jitted `G.synthesis` alone on the same number of images in the same batch size. Both
 are timed after compilation (a one-block warm-up run compiles the block function).
@@ -22,12 +22,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for configs/
 from configs import linear  # noqa: E402
-from lis_jax import classifiers, io, linking, pipeline, sweeps
+from lis_jax import classifiers, images, io, linking, pipeline
 from lis_jax.generators import stylegan_xl
 
 
-def _workdir(root, G, clf, n_per_class, classes, seed=0):
-  """Synthetic paired data (non-negative r like a ResNet's) and a random linear link."""
+def _workdir(root, cfg, G, clf, n_per_class, classes, seed=0):
+  """Synthetic paired data (non-negative r like a ResNet's) and a random linear link,
+  recorded as finished with `cfg` (pipeline.mark_done)."""
   rng = np.random.default_rng(seed)
   pd = os.path.join(root, "paired_data")
   per_class = {}
@@ -44,7 +45,10 @@ def _workdir(root, G, clf, n_per_class, classes, seed=0):
   A = (rng.normal(size=(clf.feature_dim, G.w_dim)) / np.sqrt(clf.feature_dim)).astype(np.float32)
   link = linking.Link(params={"A": A, "b": np.zeros(G.w_dim, np.float32)}, kind="ols")
   linking.save(os.path.join(root, "link", "model"), link)
+  io.savez(os.path.join(root, "link", "split.npz"), train=np.arange(1), test=np.arange(1))
   io.write_json(os.path.join(root, "link", "metrics.json"), {})
+  for name in ("paired_data", "link"):
+    pipeline.mark_done(cfg, root, name)
 
 
 def main():
@@ -64,7 +68,17 @@ def main():
   pipeline.load_models = lambda config, workdir: (G, clf)   # the benchmark's own models
   classes = (1, 2)
   root = tempfile.mkdtemp(prefix="bench_sweep-")
-  _workdir(root, G, clf, max(args.samples, 4), classes)
+
+  def config(reclassify=True, save_png=True):
+    cfg = linear.get_config()
+    cfg.stages = ("sweep",)
+    cfg.classes = ",".join(map(str, classes))
+    s = cfg.sweep
+    s.samples_per_class, s.n_steps, s.batch_size = args.samples, args.steps, args.batch
+    s.units_per_block, s.reclassify, s.save_png = args.units_per_block, reclassify, save_png
+    return cfg
+
+  _workdir(root, config(), G, clf, max(args.samples, 4), classes)
   n_img = args.units * args.samples * len(classes) * args.steps
   print(f"devices: {jax.devices()}; G '{args.arch}' {G.resolution} px, {G.num_ws} ws; "
         f"classifier {args.classifier}; {n_img} images in blocks of "
@@ -73,19 +87,16 @@ def main():
   warm = set()
 
   def sweep_seconds(reclassify, save_png):
-    cfg = linear.get_config()
-    cfg.classes = ",".join(map(str, classes))
+    cfg = config(reclassify, save_png)
     s = cfg.sweep
-    s.samples_per_class, s.n_steps, s.batch_size = args.samples, args.steps, args.batch
-    s.units_per_block, s.reclassify, s.save_png = args.units_per_block, reclassify, save_png
     if (reclassify, save_png) not in warm:
       s.units = f"0:{args.units_per_block}"        # warm-up: one block compiles everything
-      sweeps.run(cfg, root)
+      pipeline.run(cfg, root)
       shutil.rmtree(os.path.join(root, "sweep"))
       warm.add((reclassify, save_png))
     s.units = f"0:{args.units}"
     t = time.perf_counter()
-    sweeps.run(cfg, root)
+    pipeline.run(cfg, root)
     t = time.perf_counter() - t   # includes loading paired data, link and writing index.csv
     shutil.rmtree(os.path.join(root, "sweep"))
     return t
@@ -95,7 +106,7 @@ def main():
   block = args.units_per_block * args.samples * len(classes) * args.steps
   n_chunks = -(-block // args.batch)
   synth = jax.jit(lambda G, w: jax.lax.map(
-      lambda wb: sweeps.to_uint8(G.synthesis(pipeline.broadcast_ws(wb, G.num_ws))), w))
+      lambda wb: images.to_uint8(G.synthesis(pipeline.broadcast_ws(wb, G.num_ws))), w))
   w = jax.random.normal(jax.random.PRNGKey(1), (n_chunks, args.batch, G.w_dim))  # [K, B, w_dim]
   synth(G, w).block_until_ready()
 

@@ -6,13 +6,12 @@
 No downloads and no converted checkpoints: the generator is the built-in 'shapes' world
 (8 part-based object classes, known ground truth) and the classifier the shipped
 'shapes-resnet' (128 units). Under 10 minutes on 2 CPU cores. Changes from
-configs/linear.py: the models, the classes, the sizes, and the added boundary, population
-and report stages.
+configs/linear.py: the models, the classes, the sizes, the quantify settings and the added
+quantify, boundary, population and report stages.
 """
 import ml_collections
 
 from configs import linear
-from lis_jax import report
 
 
 def get_config():
@@ -64,5 +63,4 @@ def get_config():
   config.population.n_items = 240  # held-out pairs in the RSA (30 per class)
   config.population.compare_links = "ols,mlp"  # the MLP link is fitted on the same train split
 
-  config.report = report.default_config()
   return config

@@ -1,4 +1,4 @@
-"""The linking network w = link(r) and stage `link`.
+"""The linking network w = link(r): fits, metrics, save and load (the stage: stages/link.py).
 
 Linear links (`ols`, `ridge`, `elasticnet`) fit w = r A + b with an unpenalised intercept,
 with the objectives of scikit-learn's LinearRegression, Ridge and ElasticNet:
@@ -12,7 +12,6 @@ Outputs: WORKSPACE.md, section `link/`.
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Any, Sequence
 
 import flax.struct
@@ -285,25 +284,11 @@ def load(ckpt_dir: str) -> Link:
   return Link(params=params, kind=meta["link"])
 
 
-def load_fitted(workdir: str) -> Link:
-  """The link the `link` stage wrote into `workdir` (PipelineError if it has not run)."""
-  link_dir = pipeline.stage_dir(workdir, "link")
-  pipeline.require(os.path.join(link_dir, "metrics.json"), "link")
-  return load(os.path.join(link_dir, "model"))
+# ----------------------------------------------------------------------------- fit from a config
 
 
-# ----------------------------------------------------------------------------- stage
-
-
-def fingerprint(config: ml_collections.ConfigDict) -> dict:
-  """Config values the link depends on (paired data's and its own)."""
-  from lis_jax import paired_data
-  return {"paired_data": paired_data._fingerprint(config), "link": config.link.to_dict()}
-
-
-def fit(config: ml_collections.ConfigDict, r: np.ndarray, w: np.ndarray, key: jax.Array) -> Link:
-  """Fits the link named by `config.link.kind` on (r [N, D], w [N, w_dim])."""
-  c = config.link
+def fit(c: ml_collections.ConfigDict, r: np.ndarray, w: np.ndarray, key: jax.Array) -> Link:
+  """Fits the link named by `c.kind` (a `link` config section) on (r [N, D], w [N, w_dim])."""
   if c.kind not in KINDS:
     raise pipeline.PipelineError(f"config.link.kind={c.kind!r}; known: {', '.join(KINDS)}")
   if c.kind == "mlp":
@@ -319,41 +304,3 @@ def fit(config: ml_collections.ConfigDict, r: np.ndarray, w: np.ndarray, key: ja
           f"paired data, try link.float64=True or a ridge link with alpha > 0")
   params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
   return Link(params=params, kind=c.kind)
-
-
-def run(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Stage entry: fits the link on a train split of the paired data, writes `workdir/link/`."""
-  from lis_jax import paired_data
-  out_dir = pipeline.stage_dir(workdir, "link")
-  data = paired_data.load(workdir)
-  metrics_path = os.path.join(out_dir, "metrics.json")
-  if os.path.exists(metrics_path):
-    print(f"[link] {out_dir} is complete; nothing to do")
-    return
-  for k in ("r", "w"):
-    pipeline.check_finite(f"paired data {k}", data[k])
-  n = data["r"].shape[0]
-  rng = np.random.default_rng(config.seed)
-  perm = rng.permutation(n)
-  n_test = int(round(n * config.link.holdout_fraction))
-  if n - n_test < 2 or n_test < 1:
-    raise pipeline.PipelineError(f"{n} paired samples cannot be split with holdout_fraction="
-                                 f"{config.link.holdout_fraction}")
-  test, train = np.sort(perm[:n_test]), np.sort(perm[n_test:])
-  key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
-  link = fit(config, data["r"][train], data["w"][train], key)
-  predict = jax.jit(lambda link, r: link(r))
-  metrics = {"kind": link.kind, "n_train": int(train.size), "n_test": int(test.size),
-             "test": regression_metrics(data["w"][test], predict(link, data["r"][test])),
-             "train": regression_metrics(data["w"][train], predict(link, data["r"][train]))}
-  if config.link.cycle_samples > 0:
-    G, clf = pipeline.load_models(config, workdir)
-    rows = test[: config.link.cycle_samples]
-    r_cyc = jax.jit(cycle)(G, clf, link, data["r"][rows])
-    metrics["cycle"] = {"n": int(rows.size), **cycle_metrics(data["r"][rows], r_cyc)}
-  io.savez(os.path.join(out_dir, "split.npz"), train=train, test=test)
-  save(os.path.join(out_dir, "model"), link, {"n_train": int(train.size)})
-  io.write_json(metrics_path, metrics)
-  t = metrics["test"]
-  print(f"[link] {link.kind}: held-out MSE {t['mse']:.4g}, R^2 {t['r2']:.4f}"
-        + (f", cycle corr {metrics['cycle']['corr_per_sample_mean']:.3f}" if "cycle" in metrics else ""))

@@ -36,7 +36,7 @@ LAYOUT = 2
 # Stage names of earlier layouts -> their names now.
 RENAMED = {"fit_link": "link"}
 
-# ImageNet class groups of the paper (DESIGN.md); `config.classes` may name one.
+# ImageNet class groups of the paper; `config.classes` may name one.
 CLASS_GROUPS: dict[str, tuple[int, ...]] = {
     "dogs": (232, 254, 151, 197, 178),
     "fungi": (992, 993, 994, 997),
@@ -248,6 +248,14 @@ def check_done(ctx: RunContext, name: str, needed_by: str) -> None:
                         f"config.stages to finish it") from None
 
 
+def mark_done(config: ml_collections.ConfigDict, workdir: str, name: str,
+              registry: Mapping[str, Any] | None = None) -> None:
+  """Records that stage `name`'s outputs in `workdir` were made with `config`, as the
+  runner does; for tests and benchmarks that build a stage's outputs themselves."""
+  ctx = RunContext(config, workdir, registry)
+  check_stage_config(ctx.out_dir(name), ctx.fingerprint(name))
+
+
 def check_layout(workdir: str) -> None:
   """Refuses a workdir written by an earlier layout of lis_jax (one line naming the fix)."""
   old = [d for d in ("paired_data", "link", "sweep", "counterfactual", "quantify")
@@ -273,14 +281,6 @@ def parse_stages(stages: str | Sequence[str]) -> list[str]:
 # ----------------------------------------------------------------------------- helpers for stages
 
 
-def section_config(config: ml_collections.ConfigDict, name: str,
-                   defaults: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """`defaults` updated with `config.<name>` where the config has that section."""
-  if name in config:
-    defaults.update(config[name])
-  return defaults
-
-
 def config_to_dict(config: Any) -> Any:
   """A JSON-friendly plain copy of a ConfigDict (tuples become lists)."""
   if isinstance(config, (ml_collections.ConfigDict, ml_collections.FrozenConfigDict)):
@@ -291,9 +291,9 @@ def config_to_dict(config: Any) -> Any:
 def check_stage_config(out_dir: str, fingerprint: Mapping[str, Any]) -> None:
   """Records `fingerprint` in `out_dir`, or checks it against the one recorded there.
 
-  A stage calls this before writing anything, with every config value its outputs
-  depend on (its own section and those of the stages it reads). A workdir filled by
-  a different config is refused instead of being silently mixed with new outputs.
+  The runner calls this before a stage runs, with its fingerprint (`RunContext.fingerprint`).
+  A workdir filled by a different config is refused instead of being silently mixed
+  with new outputs.
 
   Raises:
     PipelineError: `out_dir` holds outputs of a different config; names the fields.
@@ -403,10 +403,6 @@ def check_finite(name: str, x: Any) -> None:
   if not np.all(np.isfinite(x)):
     n = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
     raise PipelineError(f"{name}: {n} non-finite value(s) (NaN/inf) out of {np.size(x)}")
-
-
-def stage_dir(workdir: str, name: str) -> str:
-  return os.path.join(workdir, name)
 
 
 def require(path: str, produced_by: str) -> str:

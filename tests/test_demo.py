@@ -18,8 +18,9 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT))  # configs/ is not an installed package.
 from configs import demo  # noqa: E402
-from lis_jax import generators, io, pipeline, report  # noqa: E402
-from lis_jax.generators import shapes
+from lis_jax import classifiers, generators, io, linking, pipeline  # noqa: E402
+from lis_jax.generators import shapes  # noqa: E402
+from lis_jax.stages import sweep  # noqa: E402
 from tests.browser import browser, console_errors  # noqa: F401,E402  (fixture)
 
 SCREENSHOT = "report_1280.png"  # saved beside the page, for a person to look at
@@ -64,8 +65,19 @@ def reduced_demo(tmp_path_factory):
   return workdir
 
 
-def test_reduced_demo_end_to_end(reduced_demo):
+def test_reduced_demo_end_to_end(reduced_demo, monkeypatch):
   workdir = reduced_demo
+  config = reduced_config()
+  # A fresh report (a new run of the report stage alone) loads each model once.
+  loads = []
+  for module in (generators, classifiers):
+    real = module.load
+    monkeypatch.setattr(module, "load", lambda *a, real=real, **k: loads.append(a[0]) or real(*a, **k))
+  os.remove(os.path.join(workdir, "report", "index.html"))
+  config.stages = ("report",)
+  pipeline.run(config, workdir)
+  assert sorted(loads) == sorted([config.generator, config.classifier])
+
   page = open(os.path.join(workdir, "report", "index.html")).read()
   summary = io.read_json(os.path.join(workdir, "report", "summary.json"))
   metrics = io.read_json(os.path.join(workdir, "link", "metrics.json"))
@@ -78,11 +90,11 @@ def test_reduced_demo_end_to_end(reduced_demo):
   m = re.search(r"Success rate: ([0-9.]+)</b> \((\d+) of (\d+) searches", page)
   assert m and float(m.group(1)) == round(success.mean(), 3) and int(m.group(2)) == success.sum()
   assert "Units and the ground truth" in page and "moves most" in page
-  units = summary["units"]
+  units = summary["sweep"]["units"]
   assert sorted(u["unit"] for u in units) == list(range(8))
   assert all(u["top_factor"] in shapes.FACTOR_NAMES for u in units)
-  for name in ("sweeps.png", "counterfactuals.png", "unit_factors.csv"):
-    assert os.path.getsize(os.path.join(workdir, "report", name)) > 0
+  for name in ("report/sweeps.png", "report/counterfactuals.png", "sweep/unit_factors.csv"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0
 
 
 def test_unit_table_names_the_factor_a_sweep_moves(tmp_path):
@@ -98,12 +110,8 @@ def test_unit_table_names_the_factor_a_sweep_moves(tmp_path):
     z = jnp.repeat(base[:, None], n_steps, 1).at[:, :, k].add(steps)  # [S, T, z_dim]
     ws = G.mapping(z.reshape(-1, G.z_dim), jnp.full((n_samples * n_steps,), 2), psi=1.0)
     w.append(np.asarray(ws[:, 0]).reshape(n_samples, n_steps, -1))
-  workdir = str(tmp_path)
-  io.savez(os.path.join(workdir, "sweep", "block_00000.npz"), units=np.arange(len(picked)),
-           samples=np.arange(n_samples), cls=np.full(n_samples, 2), values=np.tile(steps, (len(picked), 1)),
-           w=np.stack(w))
-  open(os.path.join(workdir, "sweep", "index.csv"), "w").close()
-  rows = report.unit_table(demo.get_config(), workdir)
+  w = np.stack(w)  # [U, S, T, w_dim]
+  rows = sweep.unit_rows([{"units": np.arange(len(picked)), **sweep.factor_analysis(G, w)}])
   got = {r["unit"]: r["top_factor"] for r in rows}
   assert got == dict(enumerate(picked))
   assert all(r["class_change"] < 1e-3 for r in rows)  # the class never moved
@@ -114,15 +122,19 @@ def test_report_shows_only_what_ran_and_checks_section_names(tmp_path):
   metrics = {"kind": "ols", "n_train": 9, "n_test": 1,
              "test": {"r2": 0.5, "mse": 0.25, "r2_per_dim": [0.4, 0.6]},
              "train": {"r2": 0.75, "mse": 0.125}}
+  link = linking.Link(params={"A": np.zeros((2, 3), np.float32), "b": np.zeros(3, np.float32)})
+  linking.save(os.path.join(workdir, "link", "model"), link)
+  io.savez(os.path.join(workdir, "link", "split.npz"), train=np.arange(9), test=np.arange(9, 10))
   io.write_json(os.path.join(workdir, "link", "metrics.json"), metrics)
   config = demo.get_config()
-  report.run(config, workdir)
+  config.stages = ("report",)
+  pipeline.run(config, workdir)
   page = open(os.path.join(workdir, "report", "index.html")).read()
   assert "held-out R^2" in page and "0.5000" in page
   assert "Counterfactuals" not in page and "Unit sweeps" not in page
   config.report.sections = "link,no_such_section"
   with pytest.raises(pipeline.PipelineError, match="no_such_section"):
-    report.run(config, workdir)
+    pipeline.run(config, workdir)
 
 
 # ----------------------------------------------------------------------------- boundary, population, the page

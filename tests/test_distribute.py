@@ -14,7 +14,9 @@ _SCRIPT = r"""
 import json
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh
-from lis_jax import counterfactuals, distribute, linking, paired_data, sweeps
+from lis_jax import distribute, linking
+from lis_jax.stages import counterfactual as counterfactuals
+from lis_jax.stages import paired_data, sweep as sweeps
 from tests import tiny_models
 from lis_jax.stages import boundary
 
@@ -26,7 +28,7 @@ meshes = {1: Mesh(np.asarray(jax.devices()[:1]), ("data",)), 4: Mesh(np.asarray(
 res = {}
 for n, mesh in meshes.items():
   G_r, clf_r = distribute.replicate((G, clf), mesh)
-  pd = paired_data._chunk(G_r, clf_r, key, 2, 0, 20, 8, 0.7, mesh)
+  pd = paired_data.generate_chunk(G_r, clf_r, key, 2, 0, 20, 8, 0.7, mesh)
   link = linking.Link(params=linking.fit_linear(pd["r"], pd["w"], "ridge"), kind="ridge")
   link_r, r0, cls0 = distribute.replicate((link, pd["r"][:3], pd["cls"][:3]), mesh)
   units, values = np.array([0, 3, 7, 11], np.int32), np.linspace(0, 2, 12, dtype=np.float32).reshape(4, 3)

@@ -95,7 +95,7 @@ def test_nan_input_is_reported():
   x, y = _problem(6, n=40, d=3, k=2)
   x[3, 1] = np.nan
   from ml_collections import ConfigDict
-  cfg = ConfigDict({"link": dict(kind="ols", alpha=1.0, l1_ratio=0.5, float64=False, solver="lstsq",
-                                 jitter=1e-6, max_iter=10, tol=1e-6)})
+  cfg = ConfigDict(dict(kind="ols", alpha=1.0, l1_ratio=0.5, float64=False, solver="lstsq",
+                        jitter=1e-6, max_iter=10, tol=1e-6))
   with pytest.raises(pipeline.PipelineError, match="NaN"):
     linking.fit(cfg, x, y, jax.random.PRNGKey(0))

@@ -113,3 +113,45 @@ def test_stream_key_folds_name_then_indices():
                                 jax.random.fold_in(jax.random.fold_in(k, 3), 4))
   assert not np.array_equal(k, pipeline.stream_key(7, "quantify"))
   assert not np.array_equal(k, pipeline.stream_key(8, "counterfactual"))
+
+
+def _fold(keys, idx):
+  """keys [K, 2] x idx [I] -> [K * I, 2]: every key folded with every index."""
+  f = jax.vmap(lambda k: jax.vmap(lambda i: jax.random.fold_in(k, i))(idx))(keys)
+  return f.reshape(-1, 2)
+
+
+def test_named_streams_never_share_a_key():
+  """Every key the stages draw in the demo config, over every index they use: all distinct.
+
+  The old integer tags made counterfactual search i start from fold_in(fold_in(root, 2), i),
+  the latent key of class 2, sample i of paired_data; named streams cannot meet.
+  """
+  from configs import demo
+  config = demo.get_config()
+  seed = config.seed
+  p, cf, q = config.paired_data, config.counterfactual, config.quantify
+  n_classes, n_tries = 8, int(p.n_per_class * p.max_tries_factor)
+  n_pairs = n_classes * (n_classes - 1)
+  n_searches = -(-n_pairs * cf.samples_per_pair // cf.batch_size) * cf.batch_size   # padded batches
+  n_rows = n_classes * p.n_per_class
+  base = lambda name: pipeline.stream_key(seed, name)[None]
+  used = {
+      # paired_data: latent i of class c (stages/paired_data.py: latents).
+      "paired_data": _fold(_fold(base("paired_data"), np.arange(n_classes)), np.arange(n_tries)),
+      # link: the MLP's init (0) and epoch permutations (1..epochs), linking.fit_mlp.
+      "link": _fold(base("link"), np.arange(config.link.epochs + 1)),
+      # counterfactual: the start shift of search i (initial_shift).
+      "counterfactual": _fold(base("counterfactual"), np.arange(n_searches)),
+      # quantify: labelled latents and head init use the stream key itself; null
+      # directions fold unit u, then paired-data row r (null_ends).
+      "quantify.labelled": base("quantify.labelled"),
+      "quantify.init": base("quantify.init"),
+      "quantify.null": _fold(_fold(base("quantify.null"), np.arange(128)), np.arange(n_rows)),
+  }
+  # Streams that fold indices never use their bare key, but it must not be drawn elsewhere.
+  bare = [base(n) for n in ("paired_data", "link", "counterfactual", "quantify.null")]
+  keys = np.concatenate([np.asarray(k) for k in list(used.values()) + bare])
+  assert np.unique(keys, axis=0).shape[0] == keys.shape[0]
+  # The stages draw from exactly these streams.
+  assert set(used) >= {"paired_data", "link", "counterfactual"}

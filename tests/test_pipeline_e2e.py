@@ -17,7 +17,8 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lis_jax import linking, paired_data, pipeline  # noqa: E402
+from lis_jax import linking, pipeline  # noqa: E402
+from lis_jax.stages import paired_data  # noqa: E402
 
 
 def _main(workdir, *overrides, kill_after=None, cache=None, timeout=600):
@@ -54,7 +55,7 @@ def test_main_all_stages_sigkill_and_resume(tmp_path):
   n = cfg.paired_data.n_per_class
   data = paired_data.load(str(work))
   for c in (1, 2, 3):   # keep_only_correct=False: exactly latents 0..n-1 of each class, once
-    np.testing.assert_array_equal(data["seed_index"][data["cls"] == c], np.arange(n))
+    np.testing.assert_array_equal(data.seed_index[data.cls == c], np.arange(n))
   assert (work / "link" / "metrics.json").exists()
   with open(work / "sweep" / "index.csv") as f:
     rows = list(csv.DictReader(f))

@@ -11,7 +11,9 @@ from ml_collections import ConfigDict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lis_jax import counterfactuals, linking, paired_data, pipeline, sweeps  # noqa: E402
+from lis_jax import images, linking, pipeline  # noqa: E402
+from lis_jax.stages import counterfactual as counterfactuals  # noqa: E402
+from lis_jax.stages import paired_data, sweep as sweeps  # noqa: E402
 from tests import tiny_models  # noqa: E402
 
 # Batched vs one-sample evaluation of the same float32 network: only summation order differs.
@@ -52,7 +54,7 @@ def test_generate_matches_one_sample_at_a_time(models):
 def _config(**over):
   cfg = ConfigDict({
       "generator": "tests.tiny_models:generator", "classifier": "tests.tiny_models:classifier",
-      "classes": "0,4", "psi": 0.7, "seed": 0,
+      "stages": ("paired_data",), "classes": "0,4", "psi": 0.7, "seed": 0,
       "paired_data": dict(n_per_class=5, keep_only_correct=True, store_all_ws=True, batch_size=4,
                           shard_size=6, max_tries_factor=40.0),
   })
@@ -63,9 +65,10 @@ def _config(**over):
 def test_paired_data_keeps_first_correct_samples_of_each_stream(tmp_path, models):
   G, clf, _, _ = models
   cfg = _config()
-  paired_data.run(cfg, str(tmp_path))
-  data = paired_data.load(str(tmp_path), with_ws=True)
-  key = jax.random.PRNGKey(cfg.seed)
+  pipeline.run(cfg, str(tmp_path))
+  data = paired_data.load(str(tmp_path))
+  data = {k: getattr(data, k) for k in ("cls", "seed_index", "logits", "w", "ws")}
+  key = pipeline.stream_key(cfg.seed, "paired_data")
   for c in (0, 4):
     stream = np.arange(200, dtype=np.int32)
     _, _, logits = paired_data._generate(G, clf, key, jnp.full((200,), c, jnp.int32), stream, psi=0.7)
@@ -80,7 +83,7 @@ def test_paired_data_gives_up_with_a_clear_message(tmp_path):
   cfg = _config(**{"paired_data.max_tries_factor": 1.0, "paired_data.n_per_class": 50,
                    "paired_data.shard_size": 50, "classes": "3"})
   with pytest.raises(pipeline.PipelineError, match="keep_only_correct=False"):
-    paired_data.run(cfg, str(tmp_path))
+    pipeline.run(cfg, str(tmp_path))
 
 
 # ----------------------------------------------------------------------------- sweeps
@@ -125,7 +128,7 @@ def test_sweep_block_matches_direct_computation(models):
       img = G.synthesis(pipeline.broadcast_ws(jnp.asarray(w), G.num_ws))
       rp = clf.features(clf.preprocess(img))
       np.testing.assert_allclose(out["w"][u, s], w, **F32_TOL)
-      diff = np.abs(out["img"][u, s].astype(int) - np.asarray(sweeps.to_uint8(img), int))
+      diff = np.abs(out["img"][u, s].astype(int) - np.asarray(images.to_uint8(img), int))
       assert diff.max() <= UINT8_TOL
       np.testing.assert_allclose(out["r_prime_unit"][u, s], rp[:, units[u]], **F32_TOL)
       np.testing.assert_allclose(out["r_prime"][u, s], rp, **F32_TOL)
@@ -262,17 +265,18 @@ def test_missing_checkpoint_names_the_converter(tmp_path):
     pipeline.load_models(linear.get_config(), str(tmp_path))
 
 
-def test_nan_paired_data_stops_fit_link(tmp_path, models):
+def test_nan_paired_data_stops_the_link(tmp_path, models):
   cfg = _config(**{"paired_data.keep_only_correct": False})
-  paired_data.run(cfg, str(tmp_path))
+  pipeline.run(cfg, str(tmp_path))
   shard = tmp_path / "paired_data" / "shard_c0000_00000.npz"
   with np.load(shard) as f:
     arrays = {k: f[k] for k in f.files}
   arrays["r"][1, 2] = np.nan
   np.savez(shard, **arrays)
   cfg.link = ConfigDict(dict(kind="ols", holdout_fraction=0.2, cycle_samples=0))
+  cfg.stages = ("link",)
   with pytest.raises(pipeline.PipelineError, match="paired data r: 1 non-finite"):
-    linking.run(cfg, str(tmp_path))
+    pipeline.run(cfg, str(tmp_path))
   assert not (tmp_path / "link" / "metrics.json").exists()
 
 

@@ -12,9 +12,10 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT))  # configs/ is not an installed package.
 from configs import demo  # noqa: E402
-from lis_jax import generators, io, pipeline  # noqa: E402
+from lis_jax import blocks, generators, io, pipeline  # noqa: E402
 from lis_jax.generators import shapes  # noqa: E402
-from lis_jax.quantify import segment, selectivity, stage  # noqa: E402
+from lis_jax.quantify import segment, selectivity  # noqa: E402
+from lis_jax.stages import quantify as stage, sweep  # noqa: E402
 
 N_UNITS, N_SAMPLES, N_STEPS, PER_BLOCK = 4, 4, 3, 2
 
@@ -32,8 +33,7 @@ def small_config():
 def fake_sweep(workdir, config):
   """Sweep blocks as the sweep stage writes them (WORKSPACE.md), from mapped latents."""
   G = generators.load(config.generator)
-  out = pipeline.stage_dir(workdir, "sweep")
-  os.makedirs(out)
+  store = blocks.BlockStore(os.path.join(workdir, "sweep"))
   key = jax.random.PRNGKey(3)
   cls = np.arange(N_SAMPLES) % G.num_classes
   start = np.asarray(G.mapping(jax.random.normal(key, (N_SAMPLES, G.z_dim)), cls))[:, 0]
@@ -42,13 +42,14 @@ def fake_sweep(workdir, config):
     dirs = np.asarray(jax.random.normal(jax.random.fold_in(key, b), (PER_BLOCK, G.w_dim))) * 0.5
     steps = np.linspace(0, 1, N_STEPS)
     w = start[None, :, None] + dirs[:, None, None] * steps[None, None, :, None]  # [U, S, T, w_dim]
-    io.savez(os.path.join(out, f"block_{b:05d}.npz"), units=units, samples=np.arange(N_SAMPLES),
-             cls=cls, values=np.tile(steps, (PER_BLOCK, 1)), w=w.astype(np.float32))
-  io.savez(os.path.join(out, "samples.npz"), rows=np.arange(N_SAMPLES), cls=cls,
+    w = w.astype(np.float32)
+    store.write(b, units=units, samples=np.arange(N_SAMPLES), cls=cls,
+                values=np.tile(steps, (PER_BLOCK, 1)).astype(np.float32), w=w,
+                **sweep.factor_analysis(G, w))
+  io.savez(os.path.join(store.directory, "samples.npz"), rows=np.arange(N_SAMPLES), cls=cls,
            r=np.zeros((N_SAMPLES, 1), np.float32))
-  open(os.path.join(out, "index.csv"), "w").write("block\n")
-  # Recorded as finished with this config, as the runner does after a real sweep.
-  pipeline.check_stage_config(out, pipeline.RunContext(config, workdir).fingerprint("sweep"))
+  sweep.finish(store, N_UNITS // PER_BLOCK)
+  pipeline.mark_done(config, workdir, "sweep")   # as the runner does after a real sweep
 
 
 def _read(path):
@@ -76,13 +77,13 @@ def test_stage_resumes_after_a_crash_and_matches_a_clean_run(tmp_path, monkeypat
   with pytest.raises(RuntimeError, match="simulated crash"):
     pipeline.run(config, crashed)
   monkeypatch.setattr(io, "savez", real_savez)
-  qdir = pipeline.stage_dir(crashed, "quantify")
+  qdir = os.path.join(crashed, "quantify")
   assert os.path.exists(os.path.join(qdir, "block_00000.npz"))
   assert not os.path.exists(os.path.join(qdir, "block_00001.npz"))
   assert not os.path.exists(os.path.join(qdir, "selectivity.csv"))
   pipeline.run(config, crashed)  # resumes: block 0 kept, block 1 written
 
-  a = _read(os.path.join(pipeline.stage_dir(clean, "quantify"), "selectivity.csv"))
+  a = _read(os.path.join(os.path.join(clean, "quantify"), "selectivity.csv"))
   b = _read(os.path.join(qdir, "selectivity.csv"))
   parts = len(shapes.PART_NAMES) - 1  # background is not measured (as the reference)
   assert len(a) == len(b) == N_UNITS * parts * len(selectivity.CONCEPT_METRICS)
@@ -104,7 +105,7 @@ def test_stage_resumes_after_a_crash_and_matches_a_clean_run(tmp_path, monkeypat
     pipeline.run(config, crashed)
 
   # The report section renders cards from these outputs.
-  html = stage.report_section(small_config(), clean)
+  html = stage.section(pipeline.RunContext(small_config(), clean))
   assert "Unit cards" in html and "precision@" in html and "mean IoU" in html
 
 
@@ -136,16 +137,16 @@ def test_precision_at_k_with_a_planted_truth():
       {"unit": 2, "part": "body", "metric": "luminance", "rank": 2, "selective": True},
       {"unit": 5, "part": "body", "metric": "luminance", "rank": 3, "selective": False},
   ]
-  check = stage.precision_at_k(rows, blocks, k=2)
+  check = stage.precision_at_k(rows, blocks, k=2, concepts=shapes.FACTOR_CONCEPTS)
   assert check["per_factor"]["pos_x"]["precision"] == 0.5
   assert check["per_factor"]["body_lum"]["precision"] == 1.0
   assert check["mean_precision"] == 0.75 and check["chance"] == 2 / 6
 
 
-def test_pick_samples_spreads_over_classes():
+def test_pick_starts_spreads_over_classes():
   cls = np.array([0, 0, 0, 1, 1, 2])
-  np.testing.assert_array_equal(stage.pick_samples(cls, 3), [0, 3, 5])
-  np.testing.assert_array_equal(stage.pick_samples(cls, 5), [0, 1, 3, 4, 5])
+  np.testing.assert_array_equal(sweep.pick_starts(cls, 3), [0, 3, 5])
+  np.testing.assert_array_equal(sweep.pick_starts(cls, 5), [0, 1, 3, 4, 5])
 
 
 def test_measure_compiles_once_for_any_number_of_images():

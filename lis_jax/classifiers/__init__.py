@@ -1,6 +1,6 @@
 """torchvision-compatible classifiers in Flax (NHWC), plus built-in demo classifiers.
 
-Every classifier `clf` returned by `load` or `build` exposes (see ../shared/DESIGN.md):
+Every classifier `clf` returned by `load` or `build` exposes (classifier.py):
   clf.arch, clf.num_classes, clf.feature_dim
   clf.features(x) -> r        # [N, H, W, 3] preprocessed -> [N, D] penultimate
   clf.head(r) -> logits       # [N, D] -> [N, num_classes] (the last Linear layer)
@@ -14,9 +14,8 @@ state_dicts through `python -m converters.torchvision`.
 """
 from __future__ import annotations
 
-import importlib
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -26,22 +25,9 @@ from lis_jax.classifiers.archs import ARCHS, module_for
 from lis_jax.classifiers.classifier import (Classifier, init_variables, random_variables,
                                            variable_shapes)
 from lis_jax.classifiers.preprocess import IMAGENET_MEAN, IMAGENET_STD, InputSpec, preprocess
+from lis_jax.classifiers import resnet
+from lis_jax.classifiers import shapes_resnet
 
-# Built-in classifiers: name -> "module:function" returning a classifier (no file needed).
-BUILTINS: dict[str, str] = {
-    "tiny-resnet-random": "lis_jax.classifiers.resnet:tiny_resnet_random",
-    "shapes-resnet": "lis_jax.classifiers.shapes_resnet:load_shapes_resnet",  # trained on 'shapes'
-}
-
-# Checkpoint kinds (meta.json "kind") -> "module:function(ckpt_dir) -> classifier".
-LOADERS: dict[str, str] = {
-    "torchvision": "lis_jax.classifiers:load_torchvision",
-}
-
-
-def _resolve(spec: str):
-  module, fn = spec.split(":")
-  return getattr(importlib.import_module(module), fn)
 
 
 def build(arch: str, num_classes: int = 1000, *, key: jax.Array, **overrides: Any) -> Classifier:
@@ -69,7 +55,7 @@ def load(path_or_name: str, **kwargs: Any) -> Classifier:
       that do not match the architecture (the message lists the differences).
   """
   if path_or_name in BUILTINS:
-    return _resolve(BUILTINS[path_or_name])(**kwargs)
+    return BUILTINS[path_or_name](**kwargs)
   if not os.path.exists(path_or_name):
     raise io.CheckpointError(
         f"classifier {path_or_name!r} is neither a checkpoint directory nor a built-in "
@@ -78,7 +64,7 @@ def load(path_or_name: str, **kwargs: Any) -> Classifier:
   kind = meta.get("kind")
   if kind not in LOADERS:
     raise io.CheckpointError(f"{path_or_name}: checkpoint kind {kind!r} is not a classifier")
-  return _resolve(LOADERS[kind])(path_or_name, **kwargs)
+  return LOADERS[kind](path_or_name, **kwargs)
 
 
 def load_torchvision(ckpt_dir: str) -> Classifier:
@@ -93,3 +79,15 @@ def load_torchvision(ckpt_dir: str) -> Classifier:
   variables, _ = io.load_checkpoint(ckpt_dir, expected=variable_shapes(module))
   variables = jax.tree_util.tree_map(jnp.asarray, variables)    # Device arrays, once.
   return Classifier.create(module, variables, arch=arch)
+
+
+# Built-in classifiers: name -> function returning a classifier (no file needed).
+BUILTINS: dict[str, Callable[..., Classifier]] = {
+    "tiny-resnet-random": resnet.tiny_resnet_random,
+    "shapes-resnet": shapes_resnet.load_shapes_resnet,  # trained on 'shapes'
+}
+
+# Checkpoint kinds (meta.json "kind") -> function(ckpt_dir) -> classifier.
+LOADERS: dict[str, Callable[..., Classifier]] = {
+    "torchvision": load_torchvision,
+}

@@ -2,7 +2,7 @@
 
 A small stand-in for StyleGAN-XL that ships with the package, so the whole pipeline
 runs offline and its findings can be checked against a known truth. It has exactly
-the Generator interface of DESIGN.md:
+the `Generator` and `GroundTruthWorld` protocols of generators/base.py:
 
     G = generators.load('shapes')
     ws = G.mapping(z, classes, psi=0.7)   # [N, z_dim], [N] -> [N, num_ws, w_dim]
@@ -103,6 +103,17 @@ _COLOUR_FACTORS = FACTOR_NAMES[10:18]  # Get a per-class prior offset.
 # (cx, cy, half-width, half-height, roundness 0 box..1 ellipse, taper -1 apex up..1 apex
 #  down, cut 1 whole..0 upper half only, mirror offset (0 one part, >0 a pair at +-x),
 #  angle in radians).
+# Factor -> the (part, metric) concept that shows it in the image (quantify's truth check).
+FACTOR_CONCEPTS = {
+    "pos_x": ("body", "centre_x"),
+    "pos_y": ("body", "centre_y"),
+    "scale": ("body", "area"),
+    "rotation": ("body", "angle"),
+    "body_lum": ("body", "luminance"),
+    "top_lum": ("top", "luminance"),
+    "extra_lum": ("extra", "luminance"),
+    "stripe_contrast": ("body", "entropy"),
+}
 _TEMPLATE_FIELDS = ("cx", "cy", "hw", "hh", "round", "taper", "cut", "mirror", "angle")
 _TEMPLATES = np.array([
     # mushroom: stem, domed cap, a pair of spots on the cap
@@ -210,6 +221,7 @@ class ShapesWorld(struct.PyTreeNode):
   factor_ranges = {name: (lo, hi) for name, lo, hi in FACTORS}
   circular_factors = tuple(n for n in FACTOR_NAMES if n.endswith("_hue"))  # hue wraps at 1
   class_names = CLASS_NAMES
+  factor_concepts = FACTOR_CONCEPTS
 
   @property
   def w_dim(self) -> int:

@@ -36,6 +36,7 @@ import numpy as np
 import optax
 
 from lis_jax import io
+from lis_jax.generators.base import GroundTruthWorld
 
 CHECKPOINT_KIND = "part_segmenter"
 
@@ -335,7 +336,7 @@ def ground_truth_labels(G: Any, ws: jax.Array, size: int | None = None
 
   size: label resolution (coverages are resampled first); None: G.resolution.
   """
-  if not hasattr(G, "ground_truth"):
+  if not isinstance(G, GroundTruthWorld):
     raise SegmentationError("quantify.labels='ground_truth' needs a generator with ground truth "
                             "(the built-in world); point quantify.labels at a labelled-mask directory")
   truth = G.ground_truth(ws)

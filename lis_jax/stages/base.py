@@ -32,6 +32,7 @@ class Stage:
   section: (ctx) -> HTML of its report section, or None when there is nothing to show.
   ignores: fields of its own section that do not change its outputs (batch sizes, PNG
     switches); left out of its fingerprint, so changing them never invalidates a workdir.
+  summary: (ctx) -> its headline numbers (JSON-able dict) for report/summary.json, or None.
   """
   name: str
   requires: tuple[str, ...]
@@ -41,3 +42,4 @@ class Stage:
   uses: tuple[str, ...] = ()
   section: Callable[[Any], str | None] | None = None
   ignores: tuple[str, ...] = ()
+  summary: Callable[[Any], dict | None] | None = None

@@ -43,9 +43,11 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from lis_jax import counterfactuals, distribute, io, pipeline
+from lis_jax import blocks, distribute, images, io, page, pipeline
 from lis_jax.analysis import boundary as lib
+from lis_jax.generators.base import GroundTruthWorld
 from lis_jax.quantify import selectivity
+from lis_jax.stages import counterfactual, quantify
 from lis_jax.stages.base import Stage
 
 NAME = "boundary"
@@ -80,18 +82,13 @@ class BoundaryResult:
     return load_batches(self.workdir)
 
 
-def _batch_path(out_dir: str, b: int) -> str:
-  return os.path.join(out_dir, f"batch_{b:05d}.npz")
+def _store(workdir: str) -> blocks.BlockStore:
+  return blocks.BlockStore(os.path.join(workdir, NAME), "batch")
 
 
 def load_batches(workdir: str) -> list[dict]:
-  out_dir = os.path.join(workdir, NAME)
-  out, b = [], 0
-  while os.path.exists(_batch_path(out_dir, b)):
-    with np.load(_batch_path(out_dir, b)) as f:
-      out.append({k: f[k] for k in f.files})
-    b += 1
-  return out
+  """The batch files written so far, in order."""
+  return [{k: v for k, v in b.items() if k != "block"} for b in _store(workdir)]
 
 
 def load(workdir: str) -> BoundaryResult:
@@ -111,7 +108,7 @@ def load(workdir: str) -> BoundaryResult:
 @functools.partial(jax.jit, static_argnames=("n_grid", "n_iter"))
 def _crossings(G, clf, link, r, shift, origin, target, *, n_grid, n_iter):
   def predict(t, rows):
-    return counterfactuals.image_logits(G, clf, link, r[rows] - t[:, None] * shift[rows]).argmax(-1)
+    return counterfactual.image_logits(G, clf, link, r[rows] - t[:, None] * shift[rows]).argmax(-1)
   return lib.crossings(predict, origin, target, n_grid=n_grid, n_iter=n_iter)
 
 
@@ -127,7 +124,6 @@ def _decode(G, w):
 
 def _batch(ctx, c, seg, link, cf: dict, ids: np.ndarray, batch: int) -> dict:
   """Crossings, measured path points, null ends and true changes of searches `ids`."""
-  from lis_jax.quantify import stage as quantify
   G, clf, mesh = ctx.G, ctx.clf, ctx.mesh
   arr = {k: cf[k][ids] for k in ("search", "origin", "target", "r", "shift")}
   pad = {k: distribute.pad_batch(v, batch) for k, v in arr.items()}
@@ -156,11 +152,11 @@ def _batch(ctx, c, seg, link, cf: dict, ids: np.ndarray, batch: int) -> dict:
   for k, v in m.items():
     out[f"pt.{k}"] = v[:n_u][src]
     out[f"null.{k}"] = v[n_u:].reshape(b, c.null_draws, *v.shape[1:])
-  if hasattr(G, "decode_factors"):
+  if isinstance(G, GroundTruthWorld):
     f0, _ = _decode(G, jnp.asarray(w_start))
     f1, _ = _decode(G, jnp.asarray(w_cross))
     ch = lib.factor_changes({k: np.asarray(v) for k, v in f0.items()}, {k: np.asarray(v) for k, v in f1.items()},
-                            getattr(G, "factor_ranges", {}), getattr(G, "circular_factors", ()))
+                            G.factor_ranges, G.circular_factors)
     out["truth_factors"] = np.asarray(list(ch))
     out["truth_change"] = np.stack(list(ch.values()), -1)
   return out
@@ -169,7 +165,6 @@ def _batch(ctx, c, seg, link, cf: dict, ids: np.ndarray, batch: int) -> dict:
 def run(ctx) -> None:
   """Stage entry: all searches batch by batch (resumable), then the pair statistics."""
   from lis_jax.quantify import segment
-  from lis_jax.quantify import stage as quantify
   c = ctx.cfg(NAME)
   if c.n_grid < 2 or c.n_iter < 0 or c.n_points < 2 or c.null_draws < 1 or c.batch_size < 1:
     raise pipeline.PipelineError("boundary: n_grid and n_points must be >= 2, n_iter >= 0, "
@@ -177,23 +172,19 @@ def run(ctx) -> None:
   cf = ctx.result("counterfactual").arrays
   link = ctx.result("link").link
   try:
-    seg = quantify.segmenter(ctx.config, ctx.workdir, ctx.G)
+    seg = quantify.segmenter(ctx)
   except segment.SegmentationError as e:
     raise pipeline.PipelineError(str(e)) from None
-  out_dir = ctx.out_dir(NAME)
-  os.makedirs(out_dir, exist_ok=True)
+  store = _store(ctx.workdir)
   batch = distribute.round_up(c.batch_size, ctx.mesh)
   n = cf["search"].size
   n_batches = -(-n // batch)
-  for b in tqdm(range(n_batches), unit="batch", desc=NAME):
-    path = _batch_path(out_dir, b)
-    if os.path.exists(path):
-      continue
+  for b in tqdm(store.todo(n_batches), unit="batch", desc=NAME):
     ids = np.arange(b * batch, min(n, (b + 1) * batch))
     out = _batch(ctx, c, seg, link, cf, ids, batch)
     pipeline.check_finite(f"boundary batch {b} areas", out["pt.area"])
     pipeline.maybe_interrupt(NAME, b + 1)
-    io.savez(path, **out)
+    store.write(b, **out)
   summarise(ctx, seg.part_names[1:])
 
 
@@ -216,7 +207,6 @@ def changes(arrays: dict) -> tuple[np.ndarray, np.ndarray]:
 
 def summarise(ctx, parts) -> None:
   """pairs.csv and summary.json from all batches."""
-  from lis_jax.quantify import stage as quantify
   c = ctx.cfg(NAME)
   out_dir = ctx.out_dir(NAME)
   batches = load_batches(ctx.workdir)
@@ -251,7 +241,7 @@ def summarise(ctx, parts) -> None:
     names = [str(x) for x in batches[0]["truth_factors"]]
     truth = {n: a["truth_change"][:, i] for i, n in enumerate(names)}
     summary["validation"] = lib.validate(stats, truth, a["origin"], a["target"], list(parts), metrics,
-                                         quantify.FACTOR_CONCEPTS)
+                                         ctx.G.factor_concepts)
   io.write_json(os.path.join(out_dir, "summary.json"), summary)
   v = summary.get("validation")
   print(f"[boundary] {summary['n_searches']} searches, target reached on {summary['reach_found']:.2f} of "
@@ -292,7 +282,6 @@ def _show_pairs(summary: dict, n: int) -> list[int]:
 
 def _strip_rows(ctx, c, batches) -> list:
   """Image rows w_before | path start | leave | reach | w_after for `c.strips` searches."""
-  from lis_jax import report
   a = _concat(batches)
   cf = ctx.result("counterfactual").arrays
   G = ctx.G
@@ -305,7 +294,7 @@ def _strip_rows(ctx, c, batches) -> list:
     t = a["t_points"][i]
     w_path = np.asarray(_path(link, jnp.asarray(cf["r"][[s, s, s]]), jnp.asarray(cf["shift"][[s, s, s]]),
                               jnp.asarray([0.0, t[-2], t[-1]], jnp.float32)))
-    imgs = report.render(G, np.concatenate([cf["w_before"][[s]], w_path, cf["w_after"][[s]]]), 8)
+    imgs = images.render(G, np.concatenate([cf["w_before"][[s]], w_path, cf["w_after"][[s]]]), 8) / 255.0
     caps = ["w_before", "path t=0", f"leaves {_class_name(G, int(a['origin'][i]))}\nt={t[-2]:.3f}",
             f"reaches {_class_name(G, int(a['target'][i]))}\nt={t[-1]:.3f}", "w_after (t=1)"]
     rows.append((f"search {s}", list(zip(caps, imgs))))
@@ -314,7 +303,7 @@ def _strip_rows(ctx, c, batches) -> list:
 
 def section(ctx) -> str | None:
   """HTML: crossings, the concepts that change per pair (bars, strips), validation, shifted units."""
-  from lis_jax import plots, report
+  from lis_jax import plots
   if not os.path.exists(os.path.join(ctx.out_dir(NAME), "summary.json")):
     return None
   c = ctx.cfg(NAME)
@@ -368,16 +357,24 @@ def section(ctx) -> str | None:
     table_rows.append([name(p["origin"]), name(p["target"]), top]
                       + ([_fmt(val["spearman"], 2), "yes" if val["right"] else "no"] if val else []))
   cols = ["origin", "target", "top concepts (effect; *: selective)"] + (["Spearman vs truth", "right top"] if v else [])
-  parts.append(f"<details><summary>all {len(s['pairs'])} pairs</summary>" + report._table(cols, table_rows, escape=False)
+  parts.append(f"<details><summary>all {len(s['pairs'])} pairs</summary>" + page.table(cols, table_rows, escape_cells=False)
                + "</details>")
   return "\n".join(parts)
 
 
-def report_section(config, workdir) -> str | None:
-  """The section for report.SECTIONS (config, workdir) -> html: `section` with a run context."""
-  return section(pipeline.RunContext(config, workdir))
+def summary(ctx) -> dict | None:
+  """Headline numbers for report/summary.json."""
+  if not os.path.exists(os.path.join(ctx.out_dir(NAME), "summary.json")):
+    return None
+  s = ctx.result(NAME).summary
+  out = {k: s[k] for k in ("n_searches", "n_pairs", "leave_found", "reach_found", "t_reach_median")}
+  out["shifted_units_selective"] = s["shifted_units"]["mean_share"]
+  out["shifted_units_baseline"] = s["shifted_units"]["baseline"]
+  if "validation" in s:
+    out.update({f"validation_{k}": s["validation"][k] for k in ("mean_spearman", "share_right_top", "chance")})
+  return out
 
 
 STAGE = Stage(name=NAME, requires=("counterfactual", "quantify"), default_config=default_config, run=run,
-              load=load, uses=("seed",), section=section,
-              ignores=("batch_size", "measure_batch", "strips", "pairs_shown"))
+              load=load, uses=("seed",), section=section, summary=summary,
+              ignores=("measure_batch", "strips", "pairs_shown"))  # batch_size: batch files partition the searches

@@ -1,19 +1,43 @@
 """Stage `counterfactual`: shift r until the generated image is classified as a target.
 
-The search code is `lis_jax.counterfactuals`; outputs: WORKSPACE.md, `counterfactual/`.
+The reference's search, for a representation r of an origin-class image: find a shift s
+(starting uniform in [0, 1)) by SGD on
+  loss(s) = -logit_target(r - s) + w_origin * logit_origin(r - s) - w_cos * cos(link(r), link(r - s))
+(logits from the classifier's head on the shifted representation) and stop as soon as
+the classifier applied to the generated image G.synthesis(link(relu(r - s))) predicts
+the target, or after max_steps. Here many searches run in one jitted `lax.while_loop`,
+each stopping on its own; the image-domain check runs every `check_every` steps (1: the
+reference). Mode 'image' is the fully differentiable variant: the logits in the loss
+are the classifier's on the regenerated image itself (gradient through G and clf).
+
+Outputs: WORKSPACE.md, section `counterfactual/`.
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
+import functools
 import os
+from typing import Any
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from tqdm import tqdm
 
-from lis_jax import counterfactuals
+from lis_jax import blocks
+from lis_jax import distribute
+from lis_jax import images
 from lis_jax import io
+from lis_jax import page
 from lis_jax import pipeline
+from lis_jax.generators.base import GroundTruthWorld
 from lis_jax.stages.base import Stage
+
+NAME = "counterfactual"
+
+MODES = ("reference", "image")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -45,17 +69,307 @@ class CounterfactualResult:
   summary: dict
 
 
+def _pick(x: jax.Array, idx: jax.Array) -> jax.Array:
+  """x [B, C], idx [B] -> x[b, idx[b]] [B]."""
+  return jnp.take_along_axis(x, idx[:, None], axis=1)[:, 0]
+
+
+def _cos(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Row-wise cosine similarity of [B, K] arrays (torch's eps convention)."""
+  den = jnp.maximum(jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1), 1e-8)
+  return (a * b).sum(-1) / den
+
+
+def image_logits(G: Any, clf: Any, link: Any, r_shifted: jax.Array) -> jax.Array:
+  """The classifier's logits [B, C] on the image generated from link(relu(r_shifted)) [B, D]."""
+  ws = pipeline.broadcast_ws(link(jax.nn.relu(r_shifted)), G.num_ws)
+  return clf(clf.preprocess(G.synthesis(ws)))
+
+
+def search_loss(G: Any, clf: Any, link: Any, r: jax.Array, shift: jax.Array, origin: jax.Array,
+                target: jax.Array, *, w_origin: float, w_cos: float, mode: str) -> jax.Array:
+  """Per-search loss [B] (see the module docstring); r, shift [B, D], origin/target [B]."""
+  r_shifted = r - shift
+  logits = clf.head(r_shifted) if mode == "reference" else image_logits(G, clf, link, r_shifted)
+  cos = _cos(link(r), link(r_shifted))
+  return -_pick(logits, target) + w_origin * _pick(logits, origin) - w_cos * cos
+
+
+def _on_rows(fn: Any, rows: jax.Array, n: int) -> jax.Array:
+  """fn(rows) [k, ...] scattered into zeros [n, ...] at `rows` [k]."""
+  out = fn(rows)
+  return jnp.zeros((n,) + out.shape[1:], out.dtype).at[rows].set(out)
+
+
+def search(G: Any, clf: Any, link: Any, r: jax.Array, origin: jax.Array, target: jax.Array,
+           shift0: jax.Array, active: jax.Array, *, lr: float, max_steps: int, check_every: int,
+           w_origin: float, w_cos: float, mode: str, compact_rows: int = 0) -> dict[str, jax.Array]:
+  """Runs B counterfactual searches at once (jit with the keyword-only args static).
+
+  Args:
+    G, clf, link: generator, classifier, link (pytrees).
+    r: [B, D] start representations. origin, target: [B] class ids.
+    shift0: [B, D] initial shifts (the reference: uniform in [0, 1)).
+    active: [B] bool; False rows (batch padding) are finished from the start.
+    lr: SGD learning rate. max_steps: per-search step cap.
+    check_every: run the image-domain stopping check every this many steps.
+    w_origin, w_cos: loss weights. mode: 'reference' or 'image'.
+    compact_rows: once at most this many searches are still running, the expensive
+      parts (the image check; in 'image' mode also the gradient) run on those rows only,
+      in compiled branches of compact_rows, compact_rows / 4, ..., 1 rows (the smallest
+      that fits). 0: always on all B rows. The results are the same either way.
+  Returns:
+    shift [B, D] (final), steps [B] (SGD steps taken), success [B] bool.
+  """
+  n = r.shape[0]
+  all_rows = jnp.arange(n)
+
+  def grad_rows(s, rows):   # searches are independent: row b gets its own gradient
+    loss = lambda sub: search_loss(G, clf, link, r[rows], sub, origin[rows], target[rows],
+                                   w_origin=w_origin, w_cos=w_cos, mode=mode).sum()
+    return jax.grad(loss)(s[rows])
+
+  def check_rows(s, rows):
+    return image_logits(G, clf, link, r[rows] - s[rows]).argmax(-1) == target[rows]
+
+  # Row counts the compacted branches run on: compact_rows, compact_rows / 4, ..., 1.
+  levels = sorted({max(1, compact_rows // 4 ** i) for i in range(16)}) if compact_rows else []
+
+  def on_running(fn, s, done, expensive):
+    """fn(s, rows) for all rows, or only for the running ones when few are left."""
+    if not (levels and expensive and levels[-1] < n):
+      return fn(s, all_rows)
+    running = jnp.argsort(done, stable=True)[:levels[-1]]      # running rows first
+    branches = [functools.partial(_on_rows, lambda rows: fn(s, rows), running[:k], n) for k in levels]
+    branches.append(lambda: fn(s, all_rows))
+    level = jnp.searchsorted(jnp.asarray(levels), (~done).sum())   # smallest level that fits
+    return jax.lax.switch(level, branches)
+
+  def sgd(j, carry):
+    s, steps, done, it = carry
+    move = ~done & (it + j < max_steps)
+    g = on_running(grad_rows, s, done, expensive=mode == "image")
+    s = jnp.where(move[:, None], s - lr * g, s)
+    return s, steps + move.astype(jnp.int32), done, it
+
+  def body(state):
+    s, steps, done, success, it = state
+    s, steps, _, _ = jax.lax.fori_loop(0, check_every, sgd, (s, steps, done, it))
+    hit = ~done & on_running(check_rows, s, done, expensive=True)
+    return s, steps, done | hit, success | hit, it + check_every
+
+  def cond(state):
+    return (state[4] < max_steps) & ~jnp.all(state[2])
+
+  init = (shift0, jnp.zeros((n,), jnp.int32), ~active, jnp.zeros((n,), bool), jnp.zeros((), jnp.int32))
+  s, steps, _, success, _ = jax.lax.while_loop(cond, body, init)
+  return {"shift": s, "steps": steps, "success": success}
+
+
+def outcome(G: Any, clf: Any, link: Any, w_before: jax.Array, r: jax.Array, shift: jax.Array,
+            *, top_units: int) -> dict[str, jax.Array]:
+  """Images and class probabilities before/after, and the most shifted units.
+
+  Args:
+    w_before: [B, w_dim] the origin images' w. r, shift: [B, D].
+  Returns:
+    img_before, img_after uint8 [B, H, W, 3]; w_after [B, w_dim] = link(relu(r - shift));
+    probs_before, probs_after [B, C]; top_units int32, top_shift [B, top_units] (by |shift|).
+  """
+  w_after = link(jax.nn.relu(r - shift))
+  out = {"w_after": w_after}
+  for name, w in (("before", w_before), ("after", w_after)):
+    img = G.synthesis(pipeline.broadcast_ws(w, G.num_ws))
+    out[f"img_{name}"] = images.to_uint8(img)
+    out[f"probs_{name}"] = jax.nn.softmax(clf(clf.preprocess(img)), axis=-1)
+  _, idx = jax.lax.top_k(jnp.abs(shift), top_units)
+  out["top_units"] = idx.astype(jnp.int32)
+  out["top_shift"] = jnp.take_along_axis(shift, idx, axis=1)
+  return out
+
+
+_search = jax.jit(search, static_argnames=("lr", "max_steps", "check_every", "w_origin", "w_cos", "mode",
+                                          "compact_rows"))
+_outcome = jax.jit(outcome, static_argnames=("top_units",))
+
+
+def initial_shift(key: jax.Array, search_ids: jax.Array, dim: int) -> jax.Array:
+  """Uniform [0, 1) start shifts [B, dim], a pure function of (key, search id);
+  key: the stage's stream key `ctx.key("counterfactual")`."""
+  return jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i), (dim,)))(search_ids)
+
+
+def parse_pairs(spec: str, classes: np.ndarray) -> list[tuple[int, int]]:
+  """(origin, target) pairs: 'all' ordered pairs of `classes`, or '232>254,151>197'."""
+  if spec == "all":
+    return [(int(o), int(t)) for o in classes for t in classes if o != t]
+  pairs = []
+  for part in spec.split(","):
+    try:
+      o, t = (int(x) for x in part.split(">"))
+    except ValueError:
+      raise pipeline.PipelineError(f"counterfactual.pairs: {part!r} is not 'origin>target'") from None
+    for x in (o, t):
+      if x not in classes:
+        raise pipeline.PipelineError(f"counterfactual.pairs: class {x} is not in config.classes "
+                                     f"{classes.tolist()} (no paired data for it)")
+    if o == t:
+      raise pipeline.PipelineError(f"counterfactual.pairs: origin and target are both {o}")
+    pairs.append((o, t))
+  return pairs
+
+
+def plan(cls: np.ndarray, pairs: list[tuple[int, int]], per_pair: int) -> dict[str, np.ndarray]:
+  """The searches: for each pair, the first `per_pair` paired-data rows of the origin class."""
+  sample, origin, target = [], [], []
+  for o, t in pairs:
+    rows = np.flatnonzero(cls == o)[:per_pair]
+    if rows.size < per_pair:
+      raise pipeline.PipelineError(f"counterfactual.samples_per_pair={per_pair} but class {o} "
+                                   f"has only {rows.size} paired samples")
+    sample += rows.tolist()
+    origin += [o] * per_pair
+    target += [t] * per_pair
+  return {"sample": np.asarray(sample, np.int32), "origin": np.asarray(origin, np.int32),
+          "target": np.asarray(target, np.int32)}
+
+
+def run(ctx) -> None:
+  """Runs the planned searches batch by batch into `workdir/counterfactual/`."""
+  c = ctx.cfg(NAME)
+  out_dir = ctx.out_dir(NAME)
+  if c.mode not in MODES:
+    raise pipeline.PipelineError(f"counterfactual.mode={c.mode!r}; known: {', '.join(MODES)}")
+  if c.max_steps < 1 or c.check_every < 1 or c.batch_size < 1 or c.samples_per_pair < 1:
+    raise pipeline.PipelineError("counterfactual max_steps, check_every, batch_size and "
+                                 "samples_per_pair must be >= 1")
+  data = ctx.result("paired_data")
+  link = ctx.result("link").link
+  G, clf = ctx.G, ctx.clf
+  todo_plan = plan(data.cls, parse_pairs(c.pairs, ctx.classes), c.samples_per_pair)
+
+  mesh = ctx.mesh
+  batch = distribute.round_up(c.batch_size, mesh)
+  G_r, clf_r, link_r = distribute.replicate((G, clf, link), mesh)
+  key = ctx.key(NAME)
+  n = todo_plan["sample"].size
+  n_batches = -(-n // batch)
+  store = blocks.BlockStore(out_dir, "batch")
+  statics = dict(lr=c.lr, max_steps=c.max_steps, check_every=c.check_every,
+                 w_origin=c.w_origin, w_cos=c.w_cos, mode=c.mode, compact_rows=c.compact_rows)
+  for b in tqdm(store.todo(n_batches), unit="batch", desc="counterfactual"):
+    ids = np.arange(b * batch, min(n, (b + 1) * batch), dtype=np.int32)
+    rows = todo_plan["sample"][ids]
+    arrays = {"search": ids, "sample": rows, "origin": todo_plan["origin"][ids],
+              "target": todo_plan["target"][ids], "r": data.r[rows], "w_before": data.w[rows]}
+    pad = {k: distribute.pad_batch(v, batch) for k, v in arrays.items()}
+    active = np.arange(batch) < ids.size
+    shift0 = initial_shift(key, jnp.asarray(pad["search"]), clf.feature_dim)
+    ins = distribute.shard_batch((pad["r"], pad["origin"], pad["target"], shift0, active), mesh)
+    res = _search(G_r, clf_r, link_r, *ins, **statics)
+    pipeline.check_finite(f"counterfactual batch {b} shift", res["shift"])
+    w_b, r_b = distribute.shard_batch((pad["w_before"], pad["r"]), mesh)
+    post = _outcome(G_r, clf_r, link_r, w_b, r_b, res["shift"], top_units=c.top_units)
+    host = {k: np.asarray(v)[:ids.size] for k, v in {**res, **post}.items()}
+    arrays.update(host)
+    if c.save_png:
+      for i, s in enumerate(ids):
+        images.save_png(os.path.join(out_dir, "images", f"cf_{s:05d}.png"),
+                        images.row([host["img_before"][i], host["img_after"][i]]))
+    pipeline.maybe_interrupt(NAME, b + 1)
+    store.write(b, **{k: v for k, v in arrays.items() if not k.startswith("img_")})
+  _finish(store, n_batches, c.save_png)
+
+
+def _finish(store: blocks.BlockStore, n_batches: int, save_png: bool) -> None:
+  """Concatenates the batches into results.npz, writes summary.json and index.csv."""
+  out_dir = store.directory
+  res = store.concat(n_batches)
+  io.savez(os.path.join(out_dir, "results.npz"), **res)
+  ok = res["success"]
+  summary = {"n": int(ok.size), "success_rate": float(ok.mean()),
+             "steps_median_success": float(np.median(res["steps"][ok])) if ok.any() else None,
+             "steps_mean_success": float(res["steps"][ok].mean()) if ok.any() else None}
+  io.write_json(os.path.join(out_dir, "summary.json"), summary)
+  with io.atomic_file(os.path.join(out_dir, "index.csv"), "w") as f:
+    wr = csv.writer(f)
+    wr.writerow(["search", "sample", "origin", "target", "success", "steps", "p_origin",
+                 "p_target", "png"])
+    for i in range(ok.size):
+      o, t = res["origin"][i], res["target"][i]
+      wr.writerow([int(res["search"][i]), int(res["sample"][i]), int(o), int(t), int(ok[i]),
+                   int(res["steps"][i]), repr(float(res["probs_after"][i, o])),
+                   repr(float(res["probs_after"][i, t])),
+                   f"images/cf_{int(res['search'][i]):05d}.png" if save_png else ""])
+  print(f"[counterfactual] {summary['n']} searches, success rate {summary['success_rate']:.2f}")
+
+
 def load(workdir: str) -> CounterfactualResult:
-  out_dir = os.path.join(workdir, "counterfactual")
-  path = pipeline.require(os.path.join(out_dir, "results.npz"), "counterfactual")
+  out_dir = os.path.join(workdir, NAME)
+  path = pipeline.require(os.path.join(out_dir, "results.npz"), NAME)
   with np.load(path) as f:
     arrays = {k: f[k] for k in f.files}
   return CounterfactualResult(arrays=arrays, summary=io.read_json(os.path.join(out_dir, "summary.json")))
 
 
-def run(ctx) -> None:
-  counterfactuals.run(ctx.config, ctx.workdir)
+# ----------------------------------------------------------------------------- report
 
 
-STAGE = Stage(name="counterfactual", requires=("link",), default_config=default_config, run=run,
-              load=load, uses=("classes", "seed"), ignores=("save_png", "compact_rows", "batch_size"))
+def section(ctx) -> str | None:
+  """Success rate of the counterfactual searches and before/after pairs."""
+  if not os.path.exists(os.path.join(ctx.out_dir(NAME), "results.npz")):
+    return None
+  c = ctx.cfg("report")
+  G = ctx.G
+  names = G.class_names if isinstance(G, GroundTruthWorld) else None
+  name = (lambda k: f"{names[k]} ({k})") if names else str
+  res = ctx.result(NAME).arrays
+  ok = res["success"].astype(bool)
+  n_fail = min(int((~ok).sum()), max(c.n_counterfactuals // 4, 1)) if ok.any() else c.n_counterfactuals
+  # One search per origin class in turn, each origin's nearest-numbered target first, so
+  # the pairs shown cover many origins and targets.
+  offset = (res["target"] - res["origin"]) % (int(res["target"].max()) + 1)
+  by_offset = np.lexsort((res["origin"], offset))
+  pick = lambda mask: _round_robin(by_offset[mask[by_offset]], res["origin"])
+  show = np.concatenate([pick(ok)[:c.n_counterfactuals - n_fail], pick(~ok)[:n_fail]])
+  before = images.render(G, res["w_before"][show], c.batch_size)
+  after = images.render(G, res["w_after"][show], c.batch_size)
+  rows, fig = [], []
+  for j, i in enumerate(show):
+    o, t = int(res["origin"][i]), int(res["target"][i])
+    pair = images.row([before[j], after[j]])
+    fig.append((f"{names[o] if names else o} > {names[t] if names else t}"
+                + ("" if ok[i] else "\n(failed)"), pair))
+    rows.append((page.img(pair, c.image_scale), page.escape(name(o)),
+                 page.escape(name(t)), f"{res['probs_before'][i, o]:.3f}",
+                 f"{res['probs_after'][i, t]:.3f}", int(res["steps"][i]),
+                 "yes" if ok[i] else "no"))
+  images.save_png(os.path.join(ctx.out_dir("report"), "counterfactuals.png"), images.labelled_grid(fig))
+  steps = res["steps"][ok]
+  stats = (f"median {np.median(steps):.0f} steps to success" if ok.any() else "no success")
+  return ("<h2>Counterfactuals</h2>"
+          f"<p><b>Success rate: {ok.mean():.3f}</b> ({int(ok.sum())} of {ok.size} searches; {stats}). "
+          "A search shifts the representation r until the classifier, applied to the image "
+          "generated from link(relu(r - shift)), predicts the target class.</p>"
+          + page.table(["before | after", "origin", "target", "p(origin) before", "p(target) after",
+                        "steps", "success"], rows, escape_cells=False))
+
+
+def _round_robin(idx: np.ndarray, key: np.ndarray) -> np.ndarray:
+  """idx reordered so that consecutive entries cycle through the values of key[idx] (order kept within a value)."""
+  groups = [list(idx[key[idx] == k]) for k in np.unique(key[idx])]
+  out = []
+  while any(groups):
+    out += [g.pop(0) for g in groups if g]
+  return np.asarray(out, np.int64)
+
+
+def summary(ctx) -> dict | None:
+  if not os.path.exists(os.path.join(ctx.out_dir(NAME), "results.npz")):
+    return None
+  return ctx.result(NAME).summary
+
+
+STAGE = Stage(name=NAME, requires=("link",), default_config=default_config, run=run, load=load,
+              uses=("classes", "seed"), section=section, summary=summary,
+              ignores=("save_png", "compact_rows", "batch_size"))

@@ -1,5 +1,8 @@
 """Stage `link`: fits the linking network w = link(r) on the paired data.
 
+A held-out split of the pairs gives MSE / R^2; `cycle_samples` held-out r go round
+r -> w -> image -> r'. On a generator that knows its factors (`GroundTruthWorld`), a
+linear read-out of each true factor from r says which factors r carries at all.
 The fitting library is `lis_jax.linking`; outputs: WORKSPACE.md, `link/`.
 """
 from __future__ import annotations
@@ -7,13 +10,19 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lis_jax import page
 from lis_jax import io
 from lis_jax import linking
 from lis_jax import pipeline
+from lis_jax.generators.base import GroundTruthWorld
 from lis_jax.stages.base import Stage
+
+NAME = "link"
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -41,25 +50,138 @@ class LinkResult:
 
   link: the `linking.Link` (a pytree). metrics: metrics.json (test/train regression
   metrics, optional cycle). train, test: [N_train], [N_test] paired-data rows.
+  factor_readout: {factor: held-out R^2 of a linear read-out from r}, or None when the
+  generator does not know its factors.
   """
   link: linking.Link
   metrics: dict
   train: np.ndarray
   test: np.ndarray
+  factor_readout: dict | None
 
 
 def load(workdir: str) -> LinkResult:
-  out_dir = os.path.join(workdir, "link")
-  metrics = io.read_json(pipeline.require(os.path.join(out_dir, "metrics.json"), "link"))
+  out_dir = os.path.join(workdir, NAME)
+  metrics = io.read_json(pipeline.require(os.path.join(out_dir, "metrics.json"), NAME))
   with np.load(os.path.join(out_dir, "split.npz")) as f:
     train, test = f["train"], f["test"]
+  readout = os.path.join(out_dir, "factor_readout.json")
   return LinkResult(link=linking.load(os.path.join(out_dir, "model")), metrics=metrics,
-                    train=train, test=test)
+                    train=train, test=test,
+                    factor_readout=io.read_json(readout) if os.path.exists(readout) else None)
+
+
+def split(n: int, holdout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(train, test) sorted row ids: a seeded permutation, its first part held out."""
+  perm = np.random.default_rng(seed).permutation(n)
+  n_test = int(round(n * holdout_fraction))
+  if n - n_test < 2 or n_test < 1:
+    raise pipeline.PipelineError(f"{n} paired samples cannot be split with holdout_fraction="
+                                 f"{holdout_fraction}")
+  return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+
+
+def factor_readout(G: GroundTruthWorld, w: np.ndarray, r: np.ndarray, train: np.ndarray,
+                   test: np.ndarray) -> dict[str, float]:
+  """Held-out R^2 of a least-squares read-out of each true factor of w [N, w_dim] from r [N, D].
+
+  Says which factors the classifier's representation carries at all: those it does not
+  carry cannot be reached by the link either.
+  """
+  factors, _ = _decode(G, pipeline.broadcast_ws(jnp.asarray(w), G.num_ws))
+  y = np.stack([np.asarray(v, np.float64) for v in factors.values()], -1)  # [N, F]
+  x = np.concatenate([r.astype(np.float64), np.ones((len(y), 1))], -1)
+  coef = np.linalg.lstsq(x[train], y[train], rcond=None)[0]
+  res = ((y[test] - x[test] @ coef) ** 2).sum(0)
+  tot = ((y[test] - y[test].mean(0)) ** 2).sum(0)
+  return {n: float(1 - res[i] / max(tot[i], 1e-12)) for i, n in enumerate(factors)}
+
+
+@jax.jit
+def _decode(G, ws):
+  return G.decode_factors(ws)
 
 
 def run(ctx) -> None:
-  linking.run(ctx.config, ctx.workdir)
+  """Fits the link on a train split of the paired data, writes `workdir/link/`."""
+  c = ctx.cfg(NAME)
+  out_dir = ctx.out_dir(NAME)
+  metrics_path = os.path.join(out_dir, "metrics.json")
+  if os.path.exists(metrics_path):
+    print(f"[link] {out_dir} is complete; nothing to do")
+    return
+  data = ctx.result("paired_data")
+  for k in ("r", "w"):
+    pipeline.check_finite(f"paired data {k}", getattr(data, k))
+  train, test = split(data.r.shape[0], c.holdout_fraction, int(ctx.config.seed))
+  link = linking.fit(c, data.r[train], data.w[train], ctx.key(NAME))
+  predict = jax.jit(lambda link, r: link(r))
+  metrics = {"kind": link.kind, "n_train": int(train.size), "n_test": int(test.size),
+             "test": linking.regression_metrics(data.w[test], predict(link, data.r[test])),
+             "train": linking.regression_metrics(data.w[train], predict(link, data.r[train]))}
+  if c.cycle_samples > 0:
+    rows = test[: c.cycle_samples]
+    r_cyc = jax.jit(linking.cycle)(ctx.G, ctx.clf, link, data.r[rows])
+    metrics["cycle"] = {"n": int(rows.size), **linking.cycle_metrics(data.r[rows], r_cyc)}
+  if isinstance(ctx.G, GroundTruthWorld):
+    io.write_json(os.path.join(out_dir, "factor_readout.json"),
+                  factor_readout(ctx.G, data.w, data.r, train, test))
+  io.savez(os.path.join(out_dir, "split.npz"), train=train, test=test)
+  linking.save(os.path.join(out_dir, "model"), link, {"n_train": int(train.size)})
+  io.write_json(metrics_path, metrics)
+  t = metrics["test"]
+  print(f"[link] {link.kind}: held-out MSE {t['mse']:.4g}, R^2 {t['r2']:.4f}"
+        + (f", cycle corr {metrics['cycle']['corr_per_sample_mean']:.3f}" if "cycle" in metrics else ""))
 
 
-STAGE = Stage(name="link", requires=("paired_data",), default_config=default_config, run=run,
-              load=load, uses=("seed",))
+def section(ctx) -> str | None:
+  """Held-out fit of the link: R^2, MSE, cycle consistency; what r carries."""
+  if not os.path.exists(os.path.join(ctx.out_dir(NAME), "metrics.json")):
+    return None
+  res = ctx.result(NAME)
+  m = res.metrics
+  t, tr = m["test"], m["train"]
+  rows = [("held-out R^2 (mean over w dims)", f"{t['r2']:.4f}"),
+          ("held-out R^2 (variance weighted)", f"{t.get('r2_variance_weighted', float('nan')):.4f}"),
+          ("held-out MSE", f"{t['mse']:.5f}"), ("train R^2", f"{tr['r2']:.4f}"),
+          ("train MSE", f"{tr['mse']:.5f}"),
+          ("pairs (train / held-out)", f"{m.get('n_train')} / {m.get('n_test')}")]
+  if "cycle" in m:
+    cyc = m["cycle"]
+    rows.append(("cycle r -> w -> image -> r': mean correlation per sample",
+                 f"{cyc['corr_per_sample_mean']:.4f} (n={cyc['n']})"))
+  r2 = np.asarray(t.get("r2_per_dim", []))
+  extra = (f"<p>Per w dimension, held-out R^2 ranges from {r2.min():.3f} to {r2.max():.3f} "
+           f"(median {np.median(r2):.3f}).</p>" if r2.size else "")
+  if r2.size:
+    from lis_jax import plots
+    png = plots.save(plots.r2_histogram(r2), ctx.out_dir("report"), "link_r2")
+    extra += plots.img_tag(png, "Held-out R^2 of each w dimension", "link_r2")
+  out = (f"<h2>Linking network ({page.escape(str(m.get('kind')))})</h2>"
+         f"<p>w = link(r), fitted on the paired data, evaluated on held-out pairs.</p>"
+         + page.table(["metric", "value"], rows) + extra)
+  if res.factor_readout:
+    ro = [(n, f"{v:.3f}") for n, v in sorted(res.factor_readout.items(), key=lambda kv: -kv[1])]
+    out += ("<h2>What r carries</h2><p>Held-out R^2 of a linear read-out of each true factor "
+            "from the classifier's representation r (least squares on the link's train pairs, "
+            "scored on its held-out pairs). Factors that r does not carry cannot be "
+            "reached through the link, which bounds its R^2.</p>" + page.table(["factor", "R^2"], ro))
+  return out
+
+
+def summary(ctx) -> dict | None:
+  """The link's headline numbers for report/summary.json."""
+  if not os.path.exists(os.path.join(ctx.out_dir(NAME), "metrics.json")):
+    return None
+  m = ctx.result(NAME).metrics
+  out = {"kind": m.get("kind"), "heldout_r2": m["test"]["r2"], "heldout_mse": m["test"]["mse"],
+         "n_train": m.get("n_train"), "n_test": m.get("n_test")}
+  if "cycle" in m:
+    out["cycle_corr"] = m["cycle"]["corr_per_sample_mean"]
+  if ctx.result(NAME).factor_readout:
+    out["factor_readout_r2"] = ctx.result(NAME).factor_readout
+  return out
+
+
+STAGE = Stage(name=NAME, requires=("paired_data",), default_config=default_config, run=run,
+              load=load, uses=("seed",), section=section, summary=summary)

@@ -33,7 +33,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from lis_jax import io, pipeline
+from lis_jax import io, page, pipeline
 from lis_jax.analysis import classwise, rsa, superposition
 from lis_jax.quantify import selectivity
 from lis_jax.stages.base import Stage
@@ -139,7 +139,7 @@ def semantic_order(ctx, c, pd, split) -> tuple[dict, dict]:
 
 def class_wise(ctx, c, pd, parts: list[str]) -> tuple[list[dict], list[dict]] | None:
   """(summary rows, selective rows) per start-sample class, or None if samples differ per block."""
-  from lis_jax.quantify import stage as quantify
+  from lis_jax.stages import quantify
   blocks = ctx.result("quantify").blocks()
   samples = blocks[0]["samples"]
   if any(not np.array_equal(b["samples"], samples) for b in blocks):
@@ -224,7 +224,7 @@ def section(ctx) -> str | None:
   """HTML: superposition (histogram, heatmap, unit bars), semantic order (tables, RSA matrices), class-wise."""
   import csv
 
-  from lis_jax import plots, report
+  from lis_jax import plots
   out = ctx.out_dir(NAME)
   if not os.path.exists(os.path.join(out, "summary.json")):
     return None
@@ -263,7 +263,7 @@ def section(ctx) -> str | None:
            f"{p['rsa']['n_perm']} item permutations (mean +- sd, one-sided p). Linear CKA: 1 = the same space "
            "up to rotation and scale. k-NN class agreement: share of each item's nearest neighbours of its "
            f"class (chance {p['chance_class']:.2f}).</p>")
-  h.append(report._table(["compared", "RSA Spearman", "null", "p", "linear CKA", "k-NN class (first)",
+  h.append(page.table(["compared", "RSA Spearman", "null", "p", "linear CKA", "k-NN class (first)",
                           "k-NN class (second)", "shared neighbours"],
                          [["r vs w (pooled)", *_rsa_cells(p), _fmt(p["knn_class_x"]), _fmt(p["knn_class_y"]),
                            _fmt(p["knn_overlap"])]]
@@ -272,12 +272,12 @@ def section(ctx) -> str | None:
                             for k, v in so["links"].items()]))
   if so["links"]:
     h.append("<p>The link kinds side by side (held-out R^2 of w; the first is the pipeline's link, the others are "
-             "fitted here on the same train split):</p>" + report._table(
+             "fitted here on the same train split):</p>" + page.table(
                  ["link", "fitted by", "held-out R^2", "RSA link(r) vs w", "RSA r vs link(r)", "CKA r vs link(r)"],
                  [[k, v["fitted_by"], _fmt(v["heldout_r2"]), _fmt(v["vs_w"]["rsa"]["spearman"]),
                    _fmt(v["vs_r"]["rsa"]["spearman"]), _fmt(v["vs_r"]["cka"])] for k, v in so["links"].items()]))
   names = getattr(ctx.G, "class_names", None)
-  h.append(report._table(["class", "items", "RSA Spearman", "null", "p", "linear CKA"],
+  h.append(page.table(["class", "items", "RSA Spearman", "null", "p", "linear CKA"],
                          [[names[int(k)] if names else k, v["n"], *_rsa_cells(v)]
                           for k, v in so["per_class"].items()]))
   with np.load(os.path.join(out, "rsa.npz")) as f:
@@ -290,17 +290,26 @@ def section(ctx) -> str | None:
              "alone (with that class's share of the null). <i>Jaccard</i>: overlap of the selective (unit, "
              "concept) pairs with the pooled ones; <i>top agreement</i>: share of concepts whose top unit is the "
              "pooled top unit. Selective pairs per class: <code>population/classwise.csv</code>.</p>"
-             + report._table(["class", "start samples per unit", "selective pairs", "Jaccard vs pooled",
+             + page.table(["class", "start samples per unit", "selective pairs", "Jaccard vs pooled",
                               "top agreement"],
                              [[names[r["class"]] if names else r["class"], r["n_samples"], r["n_selective"],
                                _fmt(r["jaccard"], 2), _fmt(r["top_agreement"], 2)] for r in s["classwise"]]))
   return "\n".join(h)
 
 
-def report_section(config, workdir) -> str | None:
-  """The section for report.SECTIONS (config, workdir) -> html: `section` with a run context."""
-  return section(pipeline.RunContext(config, workdir))
+def summary(ctx) -> dict | None:
+  """Headline numbers for report/summary.json."""
+  if not os.path.exists(os.path.join(ctx.out_dir(NAME), "summary.json")):
+    return None
+  s = ctx.result(NAME).summary
+  sup, so = s["superposition"], s["semantic_order"]
+  r = so["pooled"]["rsa"]
+  return {"fraction_superposed": sup["fraction_superposed"], "counts": sup["counts"],
+          "rsa_spearman": r["spearman"], "rsa_null_mean": r["null_mean"], "rsa_null_sd": r["null_sd"],
+          "rsa_p": r["p"], "cka": so["pooled"]["cka"],
+          "links": {k: {"heldout_r2": v["heldout_r2"], "rsa_vs_w": v["vs_w"]["rsa"]["spearman"]}
+                    for k, v in so["links"].items()}}
 
 
 STAGE = Stage(name=NAME, requires=("paired_data", "link", "quantify"), default_config=default_config, run=run,
-              load=load, uses=("seed",), section=section)
+              load=load, uses=("seed",), section=section, summary=summary)

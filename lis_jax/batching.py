@@ -1,0 +1,35 @@
+"""The batch-and-pad map: a jitted function over many rows in fixed-size batches.
+
+Every batch has the same shape (the last is padded by repeating its last row and the
+padded results are dropped), so the function compiles once whatever the row count.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from lis_jax.distribute import pad_batch
+
+
+def map_batches(fn: Callable[..., Any], rows: Any, batch_size: int, *args: Any) -> Any:
+  """fn(*args, batch) over `rows` in batches of exactly `batch_size` rows.
+
+  Args:
+    fn: a (jitted) function `fn(*args, batch) -> pytree of [B, ...]` arrays.
+    rows: a pytree of [N, ...] arrays (the same N), split along axis 0.
+    batch_size: rows per call; the last batch is padded to it.
+    *args: passed unchanged before the batch (models, params).
+  Returns:
+    the pytree of [N, ...] numpy results, in row order.
+  """
+  leaves = jax.tree_util.tree_leaves(rows)
+  n = leaves[0].shape[0]
+  out = []
+  for s in range(0, n, batch_size):
+    m = min(batch_size, n - s)
+    batch = jax.tree_util.tree_map(lambda x: pad_batch(np.asarray(x)[s:s + m], batch_size), rows)
+    out.append((m, fn(*args, batch)))   # dispatched asynchronously
+  res = [jax.tree_util.tree_map(lambda x: np.asarray(x)[:m], r) for m, r in out]
+  return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *res)
