@@ -193,7 +193,7 @@ def test_report_page_in_browser(reduced_demo, browser):  # noqa: F811  (fixture)
   index = os.path.join(reduced_demo, "report", "index.html")
   browser.get("file://" + index)
   sections = browser.execute_script("return Array.from(document.querySelectorAll('section')).map(s => s.id)")
-  for name in ("link", "sweeps", "counterfactuals", "quantify", "boundary", "population"):
+  for name in ("link", "sweep", "counterfactual", "quantify", "boundary", "population"):
     assert name in sections, sections
   toc = browser.execute_script("return Array.from(document.querySelectorAll('nav.toc a')).map(a => a.hash)")
   assert toc == [f"#{s}" for s in sections]
