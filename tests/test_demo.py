@@ -47,7 +47,8 @@ def reduced_config():
   config.quantify.samples_per_unit = 2
   config.quantify.cards = 2
   config.boundary.batch_size = 16  # 56 searches -> 4 batches (resumption is tested between them)
-  config.boundary.n_iter = 6
+  config.boundary.n_grid = 3
+  config.boundary.n_iter = 4
   config.boundary.n_points = 2
   config.boundary.n_boot = 200
   config.population.n_items = 48
@@ -148,7 +149,7 @@ def test_boundary_and_population_outputs(reduced_demo):
   a = boundary._concat(b.batches())
   found = a["reach_found"]
   # The crossing is where the prediction reaches the target: known to within the bracket.
-  assert np.all(a["t_reach"][found] <= 1.0) and np.all(a["width"] <= 0.25 / 2 ** 6 + 1e-7)
+  assert np.all(a["t_reach"][found] <= 1.0) and np.all(a["width"] <= 0.5 / 2 ** 4 + 1e-7)
   assert "validation" in s and -1.0 <= s["validation"]["mean_spearman"] <= 1.0
   assert len(b.rows) == 56 * 3 * 13  # pairs x parts x metrics
   p = population.load(reduced_demo).summary
