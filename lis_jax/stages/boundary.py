@@ -137,7 +137,7 @@ def _batch(ctx, c, seg, link, cf: dict, ids: np.ndarray, batch: int) -> dict:
                            jnp.repeat(jnp.asarray(arr["shift"]), t_n, 0),
                            jnp.asarray(t_pts.reshape(-1), jnp.float32))).reshape(b, t_n, -1)
   w_start, w_cross = w_pts[:, 0], w_pts[:, -1]  # the crossing column: t_reach, else t_leave, else 1
-  nul = lib.null_ends(w_start, w_cross, ctx.key(NAME, 0), arr["search"], c.null_draws)  # [B, R, w_dim]
+  nul = lib.null_ends(w_start, w_cross, ctx.key(f"{NAME}.null"), arr["search"], c.null_draws)  # [B, R, w_dim]
   d = w_pts.shape[-1]
   first = lib.first_copies(t_pts)  # [B, T']: repeated points are measured once
   unique = (first == np.arange(t_n)).reshape(-1)
