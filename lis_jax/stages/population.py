@@ -97,9 +97,9 @@ def _links(ctx, kinds: list[str], pd, train: np.ndarray) -> dict:
     if kind == fitted.kind:
       out[kind] = fitted
       continue
-    cfg = copy.deepcopy(ctx.config)
-    cfg.link.kind = kind
-    out[kind] = linking.fit(cfg, pd.r[train], pd.w[train], ctx.key(f"{NAME}.link.{kind}"))
+    section = copy.deepcopy(ctx.cfg("link"))
+    section.kind = kind
+    out[kind] = linking.fit(section, pd.r[train], pd.w[train], ctx.key(f"{NAME}.link.{kind}"))
   return out
 
 
