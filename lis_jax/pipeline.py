@@ -177,7 +177,10 @@ def _merge_section(config: ml_collections.ConfigDict, stage: Any) -> ml_collecti
     if unknown:
       raise PipelineError(f"config.{stage.name} has unknown field(s) {unknown}; known: "
                           f"{', '.join(sorted(section.keys()))}")
-    section.update(given)
+    try:
+      section.update(given)
+    except (TypeError, ValueError) as e:   # ConfigDict refuses a value of another type
+      raise PipelineError(f"config.{stage.name}: {e}") from None
   return section
 
 

@@ -77,6 +77,8 @@ def test_runner_checks_requirements_before_running(tmp_path, registry):
     pipeline.run(_config(("b",), a={"start": 2}), str(tmp_path), reg)
   with pytest.raises(pipeline.PipelineError, match="unknown field"):
     pipeline.run(_config(("a",), a={"strat": 2}), str(tmp_path), reg)
+  with pytest.raises(pipeline.PipelineError, match="config.a: .*start"):   # a type the default refuses
+    pipeline.run(_config(("a",), a={"start": "two"}), str(tmp_path), reg)
 
 
 def test_fingerprint_is_own_section_uses_and_requirements(registry):

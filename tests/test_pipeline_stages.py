@@ -282,3 +282,47 @@ def test_nan_paired_data_stops_the_link(tmp_path, models):
 
 def _root():
   return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----------------------------------------------------------------------------- stages on the same inputs
+
+# OLS in float32 (SVD) vs scikit-learn's float64 fit of the same well-posed problem.
+OLS_TOL = dict(rtol=1e-3, atol=1e-4)
+
+
+def test_link_and_sweep_stages_depend_only_on_their_inputs(tmp_path, models):
+  """The link and sweep stages draw no random numbers (OLS): given the paired data, the
+  link is scikit-learn's LinearRegression on the seeded split, and every sweep w is the
+  link of the start r with the unit set to linspace(min, max) of its paired-data values."""
+  from sklearn.linear_model import LinearRegression
+  from sklearn.metrics import r2_score
+  from lis_jax.stages import link as link_stage
+  cfg = _config(**{"paired_data.keep_only_correct": False, "paired_data.n_per_class": 30,
+                   "paired_data.shard_size": 30})
+  cfg.stages = ("paired_data", "link", "sweep")
+  cfg.link = ConfigDict(dict(holdout_fraction=0.2, cycle_samples=0))
+  cfg.sweep = ConfigDict(dict(units="1,6,3", samples_per_class=2, n_steps=3, units_per_block=2,
+                              batch_size=4, save_png=False))
+  pipeline.run(cfg, str(tmp_path))
+  data = paired_data.load(str(tmp_path))
+  res = link_stage.load(str(tmp_path))
+  perm = np.random.default_rng(cfg.seed).permutation(data.r.shape[0])
+  np.testing.assert_array_equal(res.test, np.sort(perm[:12]))      # 20% of 60 pairs
+  sk = LinearRegression().fit(data.r[res.train].astype(np.float64), data.w[res.train])
+  np.testing.assert_allclose(res.link.params["A"], sk.coef_.T, **OLS_TOL)
+  np.testing.assert_allclose(res.link.params["b"], sk.intercept_, **OLS_TOL)
+  want_r2 = r2_score(data.w[res.test], sk.predict(data.r[res.test]))
+  assert res.metrics["test"]["r2"] == pytest.approx(want_r2, abs=1e-4)
+
+  sw = sweeps.load(str(tmp_path))
+  units = np.array([1, 6, 3])
+  lo, hi = data.r[:, units].min(0), data.r[:, units].max(0)
+  blocks = list(sw.blocks())
+  got_units = np.concatenate([b["units"] for b in blocks])
+  np.testing.assert_array_equal(got_units, units)
+  w = np.concatenate([b["w"] for b in blocks])                       # [U, S, T, w_dim]
+  for u in range(3):
+    for s, row in enumerate(sw.rows):
+      r = np.repeat(data.r[row][None], 3, 0)
+      r[:, units[u]] = np.linspace(lo[u], hi[u], 3)
+      np.testing.assert_allclose(w[u, s], r @ res.link.params["A"] + res.link.params["b"], **F32_TOL)

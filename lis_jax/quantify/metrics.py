@@ -44,7 +44,7 @@ are NaN; `area` is then 0.
 
 Images are the generator's [-1, 1] float images; they are first quantised to the 8-bit
 levels a saved PNG has (the reference's `(x + 1) * 255 / 2`, clipped, truncated, as
-`lis_jax.sweeps.to_uint8`), because the reference measures saved PNGs.
+`lis_jax.images.to_uint8`), because the reference measures saved PNGs.
 """
 from __future__ import annotations
 
@@ -54,6 +54,8 @@ from typing import Dict
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from lis_jax import images
 
 # Rec. 601 luma weights of the reference's luminance, divided by LUMA_DIVISOR there.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
@@ -88,7 +90,7 @@ def to_levels(img: jax.Array) -> jax.Array:
     [..., 3] float32 with integer values in [0, 255] (`(x + 1) * 255/2`, clipped,
     truncated, as the reference's tune_units.py saves images).
   """
-  return jnp.floor(jnp.clip((img + 1.0) * (255.0 / 2.0), 0.0, 255.0))
+  return images.to_uint8(img).astype(jnp.float32)
 
 
 def grey_levels(levels: jax.Array) -> jax.Array:

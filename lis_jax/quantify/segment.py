@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lis_jax import batching
 from lis_jax import io
 from lis_jax.generators.base import GroundTruthWorld
 
@@ -380,12 +381,10 @@ def _predict(G, params, ws, layers, size, num_parts, head_size):
 
 
 def predict_labels(seg: Segmenter, G: Any, ws: jax.Array, batch_size: int = 32) -> np.ndarray:
-  """Argmax part labels [N, H, W] int32 for `G.synthesis(ws)`, in batches."""
-  out = []
-  for i in range(0, ws.shape[0], batch_size):
-    out.append(np.asarray(_predict(G, seg.params, ws[i:i + batch_size], seg.layers,
-                                   seg.resolution, seg.num_parts, seg.size)))
-  return np.concatenate(out)
+  """Argmax part labels [N, H, W] int32 for `G.synthesis(ws)`, in fixed-size batches."""
+  fn = functools.partial(_predict, layers=seg.layers, size=seg.resolution, num_parts=seg.num_parts,
+                         head_size=seg.size)
+  return batching.map_batches(fn, np.asarray(ws), batch_size, G, seg.params)
 
 
 def evaluate(seg: Segmenter, G: Any, ws: jax.Array, labels: np.ndarray) -> dict:
