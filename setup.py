@@ -20,6 +20,7 @@ setuptools.setup(
         "ml-collections",
         "pillow",
         "tqdm",
+        "matplotlib",  # report plots (Agg backend, no display)
     ],
     extras_require={
         # torch is only needed by converters/ and their tests. Pinned: a bare

@@ -28,21 +28,37 @@ def fmt(x, digits: int = 3) -> str:
   return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}g}"
 
 
+def toc(body: str) -> str:
+  """A table of contents: a link to each <section id=...> of `body`, titled by its first <h2>."""
+  import re
+  items = []
+  for m in re.finditer(r'<section id="([^"]+)">(.*?)</section>', body, re.S):
+    h2 = re.search(r"<h2>(.*?)</h2>", m.group(2), re.S)
+    title = re.sub(r"<[^>]+>", "", h2.group(1)) if h2 else m.group(1)
+    items.append(f'<li><a href="#{m.group(1)}">{title}</a></li>')
+  return f'<nav class="toc"><b>Contents</b><ul>{"".join(items)}</ul></nav>' if items else ""
+
+
 def document(title: str, workdir: str, body: str) -> str:
-  return _PAGE.format(title=_html.escape(title), workdir=_html.escape(workdir), body=body)
+  """The page: title, workdir, a table of contents of the sections, the sections."""
+  return _PAGE.format(title=_html.escape(title), workdir=_html.escape(workdir), toc=toc(body), body=body)
 
 
 _PAGE = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{title}</title>
 <style>
-body {{ font-family: sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }}
-table {{ border-collapse: collapse; margin: 0.5em 0; }}
+body {{ font-family: sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5em 0; display: block; max-width: 100%; overflow-x: auto; }}
 td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; font-size: 0.9em; }}
-img {{ image-rendering: pixelated; }}
-figure {{ margin: 0.6em 0; }} figcaption {{ font-size: 0.85em; color: #555; }}
+img {{ image-rendering: pixelated; max-width: 100%; height: auto; }}
+figure.plot img {{ image-rendering: auto; }}
+figure {{ margin: 0.6em 0; max-width: 100%; }} figcaption {{ font-size: 0.85em; color: #555; }}
 section {{ border-top: 2px solid #ddd; padding-top: 0.5em; }}
+.card {{ max-width: 100%; overflow-x: auto; }}
+nav.toc {{ background: #f6f6f6; padding: 0.4em 1em; }} nav.toc li {{ margin: 0.15em 0; }}
 </style></head>
 <body><h1>{title}</h1><p>workdir: <code>{workdir}</code></p>
+{toc}
 {body}
 </body></html>
 """

@@ -6,6 +6,7 @@ world moves, the unit -> factor table must name that factor.
 """
 import os
 import re
+import shutil
 import sys
 
 import jax
@@ -20,6 +21,9 @@ from configs import demo  # noqa: E402
 from lis_jax import classifiers, generators, io, linking, pipeline  # noqa: E402
 from lis_jax.generators import shapes  # noqa: E402
 from lis_jax.stages import sweep  # noqa: E402
+from tests.browser import browser, console_errors  # noqa: F401,E402  (fixture)
+
+SCREENSHOT = "report_1280.png"  # saved beside the page, for a person to look at
 
 
 def reduced_config():
@@ -44,13 +48,29 @@ def reduced_config():
   config.quantify.cards = 2
   config.invariances.update(dict(n_blocks=2, hidden=32, epochs=2, n_conditions=8,  # 24 held-out pairs
                                  samples_per_condition=3, conditions_per_block=8, n_mix=2))
+  config.boundary.batch_size = 16  # 56 searches -> 4 batches (resumption is tested between them)
+  config.boundary.n_grid = 3
+  config.boundary.n_iter = 4
+  config.boundary.n_points = 2
+  config.boundary.n_boot = 200
+  config.population.n_items = 48
+  config.population.n_perm = 200
+  config.population.n_boot = 100
+  config.population.compare_links = "ols"  # the MLP side by side runs in the demo itself
   return config
 
 
-def test_reduced_demo_end_to_end(tmp_path, monkeypatch):
-  workdir = str(tmp_path / "demo")
+@pytest.fixture(scope="module")
+def reduced_demo(tmp_path_factory):
+  """One reduced demo run shared by the tests of this module (its workdir)."""
+  workdir = str(tmp_path_factory.mktemp("reduced") / "demo")
+  pipeline.run(reduced_config(), workdir)
+  return workdir
+
+
+def test_reduced_demo_end_to_end(reduced_demo, monkeypatch):
+  workdir = reduced_demo
   config = reduced_config()
-  pipeline.run(config, workdir)
   # A fresh report (a new run of the report stage alone) loads each model once.
   loads = []
   for module in (generators, classifiers):
@@ -121,3 +141,87 @@ def test_report_shows_only_what_ran_and_checks_section_names(tmp_path):
   config.report.sections = "link,no_such_section"
   with pytest.raises(pipeline.PipelineError, match="no_such_section"):
     pipeline.run(config, workdir)
+
+
+# ----------------------------------------------------------------------------- boundary, population, the page
+
+
+def test_boundary_and_population_outputs(reduced_demo):
+  from lis_jax.stages import boundary, population
+  b = boundary.load(reduced_demo)
+  s = b.summary
+  assert s["n_searches"] == 56 and s["n_pairs"] == 56
+  a = boundary._concat(b.batches())
+  found = a["reach_found"]
+  # The crossing is where the prediction reaches the target: known to within the bracket.
+  assert np.all(a["t_reach"][found] <= 1.0) and np.all(a["width"] <= 0.5 / 2 ** 4 + 1e-7)
+  assert "validation" in s and -1.0 <= s["validation"]["mean_spearman"] <= 1.0
+  assert len(b.rows) == 56 * 3 * 13  # pairs x parts x metrics
+  p = population.load(reduced_demo).summary
+  assert set(p["superposition"]["counts"]) == {"none", "single-concept", "superposed"}
+  assert sum(p["superposition"]["counts"].values()) == 8  # units 0..7 swept
+  assert 0.0 <= p["semantic_order"]["pooled"]["rsa"]["p"] <= 1.0
+
+
+def test_boundary_resumes_after_a_crash_and_matches_a_clean_run(reduced_demo, tmp_path, monkeypatch):
+  crashed = str(tmp_path / "crashed")
+  shutil.copytree(reduced_demo, crashed)
+  shutil.rmtree(os.path.join(crashed, "boundary"))
+  config = reduced_config()
+  config.stages = ("boundary",)
+  real_savez, calls = io.savez, []
+
+  def failing_savez(path, **arrays):
+    if os.path.basename(path).startswith("batch_") and f"{os.sep}boundary{os.sep}" in path:
+      calls.append(path)
+      if len(calls) == 3:
+        raise RuntimeError("simulated crash while writing the third batch")
+    real_savez(path, **arrays)
+
+  monkeypatch.setattr(io, "savez", failing_savez)
+  with pytest.raises(RuntimeError, match="simulated crash"):
+    pipeline.run(config, crashed)
+  monkeypatch.setattr(io, "savez", real_savez)
+  bdir = os.path.join(crashed, "boundary")
+  assert sorted(f for f in os.listdir(bdir) if f.startswith("batch_")) == ["batch_00000.npz", "batch_00001.npz"]
+  pipeline.run(config, crashed)
+  for name in sorted(os.listdir(os.path.join(reduced_demo, "boundary"))):
+    if name.endswith(".npz"):
+      with np.load(os.path.join(reduced_demo, "boundary", name)) as x, np.load(os.path.join(bdir, name)) as y:
+        assert x.files == y.files
+        for k in x.files:
+          np.testing.assert_array_equal(x[k], y[k], err_msg=f"{name}:{k}")
+  with open(os.path.join(reduced_demo, "boundary", "pairs.csv")) as f, open(os.path.join(bdir, "pairs.csv")) as g:
+    assert f.read() == g.read()
+
+
+def test_report_page_in_browser(reduced_demo, browser):  # noqa: F811  (fixture)
+  index = os.path.join(reduced_demo, "report", "index.html")
+  browser.get("file://" + index)
+  sections = browser.execute_script("return Array.from(document.querySelectorAll('section')).map(s => s.id)")
+  for name in ("link", "sweep", "counterfactual", "quantify", "boundary", "population"):
+    assert name in sections, sections
+  toc = browser.execute_script("return Array.from(document.querySelectorAll('nav.toc a')).map(a => a.hash)")
+  assert toc == [f"#{s}" for s in sections]
+  # No horizontal overflow at 1280 px.
+  width = browser.execute_script("return window.innerWidth")
+  assert width <= 1280
+  scroll, client = browser.execute_script(
+      "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+  assert scroll <= client, f"page is {scroll} px wide in a {client} px window"
+  wide = browser.execute_script(
+      "return Array.from(document.querySelectorAll('body *')).filter(e => e.getBoundingClientRect().right > "
+      "document.documentElement.clientWidth + 1).map(e => e.tagName + '.' + e.className).slice(0, 5)")
+  assert not wide, wide
+  # Every image decoded.
+  images = browser.execute_script(
+      "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt || i.src.slice(0, 40)])")
+  assert len(images) >= 8
+  bad = [i for i in images if not (i[0] and i[1] > 0)]
+  assert not bad, bad
+  for plot in ("boundary_pairs", "boundary_strips", "superposition", "selectivity_heatmap", "rsa"):
+    for ext in ("png", "svg"):
+      assert os.path.getsize(os.path.join(reduced_demo, "report", f"{plot}.{ext}")) > 0
+  assert console_errors(browser) == []
+  browser.save_screenshot(os.path.join(reduced_demo, "report", SCREENSHOT))
+  assert os.path.getsize(os.path.join(reduced_demo, "report", SCREENSHOT)) > 0

@@ -18,6 +18,7 @@ from lis_jax import distribute, linking
 from lis_jax.stages import counterfactual as counterfactuals
 from lis_jax.stages import paired_data, sweep as sweeps
 from tests import tiny_models
+from lis_jax.stages import boundary
 
 assert len(jax.devices()) == 4, jax.devices()
 G, clf = tiny_models.generator(), tiny_models.classifier()
@@ -41,11 +42,14 @@ for n, mesh in meshes.items():
                                w_origin=0.6, w_cos=10.0, mode="reference")
   cfc = counterfactuals._search(G_r, clf_r, link_r, *ins, lr=0.01, max_steps=30, check_every=3,
                                 w_origin=0.6, w_cos=10.0, mode="reference", compact_rows=4)
+  bd = boundary._crossings(G_r, clf_r, link_r, ins[0], cf["shift"], ins[1], ins[2], n_grid=3, n_iter=4)
   res[n] = dict(pd_r=pd["r"], pd_w=pd["w"], sw_w=sw["w"], sw_img=sw["img"], sw_rp=sw["r_prime"],
                 cf_shift=cf["shift"], cf_steps=cf["steps"], cf_success=cf["success"],
-                cfc_shift=cfc["shift"], cfc_steps=cfc["steps"], cfc_success=cfc["success"])
+                cfc_shift=cfc["shift"], cfc_steps=cfc["steps"], cfc_success=cfc["success"],
+                bd_leave=np.nan_to_num(bd["t_leave"], nan=-1.0), bd_reach=np.nan_to_num(bd["t_reach"], nan=-1.0))
   out[f"devices_{n}"] = {"sweep_img": len(sw["img"].sharding.device_set),
-                         "cf_shift": len(cf["shift"].sharding.device_set)}
+                         "cf_shift": len(cf["shift"].sharding.device_set),
+                         "bd_leave": len(bd["t_leave"].sharding.device_set)}
 out["max_abs_diff"] = {k: float(np.max(np.abs(np.asarray(res[1][k], np.float64) - np.asarray(res[4][k], np.float64))))
                        for k in res[1]}
 out["max_abs"] = {k: float(np.max(np.abs(np.asarray(res[1][k], np.float64)))) for k in res[1]}
@@ -60,10 +64,10 @@ def test_sharded_equals_single_device():
                        text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   res = json.loads(out.stdout.split("RESULT", 1)[1])
-  assert res["devices_4"] == {"sweep_img": 4, "cf_shift": 4}, res   # really spread over 4 devices
+  assert res["devices_4"] == {"sweep_img": 4, "cf_shift": 4, "bd_leave": 4}, res   # really spread over 4 devices
   assert 4 <= res["cf_successes"] < 8, res   # both outcomes, and the compacted branch (<= 4 left) runs
   for k, diff in res["max_abs_diff"].items():
-    if k in ("cf_steps", "cf_success", "cfc_steps", "cfc_success"):
+    if k in ("cf_steps", "cf_success", "cfc_steps", "cfc_success", "bd_leave", "bd_reach"):
       assert diff == 0, (k, diff)        # discrete outcomes must agree exactly
     elif k == "sw_img":
       assert diff <= 1, (k, diff)        # uint8: float noise may truncate to a neighbour

@@ -92,7 +92,8 @@ def test_fingerprint_is_own_section_uses_and_requirements(registry):
 
 def test_new_stage_is_one_import_line():
   assert list(stages.REGISTRY) == ["paired_data", "link", "sweep", "counterfactual", "quantify",
-                                   "invariances", "report"]
+                                   "boundary", "population", "invariances",
+                                   "report"]
   for name, st in stages.REGISTRY.items():
     assert st.name == name and st.run.__module__ == f"lis_jax.stages.{name}"
     assert all(r in stages.REGISTRY for r in st.requires)
@@ -150,9 +151,14 @@ def test_named_streams_never_share_a_key():
       "quantify.labelled": base("quantify.labelled"),
       "quantify.init": base("quantify.init"),
       "quantify.null": _fold(_fold(base("quantify.null"), np.arange(128)), np.arange(n_rows)),
+      # boundary: the random-path directions of search i (analysis.boundary.null_ends).
+      "boundary.null": _fold(base("boundary.null"), np.arange(n_searches)),
+      # population: the MLP link fitted for the side-by-side comparison (as link's).
+      "population.link.mlp": _fold(base("population.link.mlp"), np.arange(config.link.epochs + 1)),
   }
   # Streams that fold indices never use their bare key, but it must not be drawn elsewhere.
-  bare = [base(n) for n in ("paired_data", "link", "counterfactual", "quantify.null")]
+  bare = [base(n) for n in ("paired_data", "link", "counterfactual", "quantify.null", "boundary.null",
+                            "population.link.mlp")]
   keys = np.concatenate([np.asarray(k) for k in list(used.values()) + bare])
   assert np.unique(keys, axis=0).shape[0] == keys.shape[0]
   # The stages draw from exactly these streams.

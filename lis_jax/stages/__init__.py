@@ -6,8 +6,11 @@ from lis_jax.stages import link
 from lis_jax.stages import sweep
 from lis_jax.stages import counterfactual
 from lis_jax.stages import quantify
+from lis_jax.stages import boundary
+from lis_jax.stages import population
 from lis_jax.stages import invariances
 from lis_jax.stages import report
 
 REGISTRY: dict[str, Stage] = {m.STAGE.name: m.STAGE for m in (
-    paired_data, link, sweep, counterfactual, quantify, invariances, report)}
+    paired_data, link, sweep, counterfactual, quantify, boundary, population,
+    invariances, report)}

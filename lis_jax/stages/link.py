@@ -178,6 +178,10 @@ def section(ctx) -> str | None:
   r2 = np.asarray(t.get("r2_per_dim", []))
   extra = (f"<p>Per w dimension, held-out R^2 ranges from {r2.min():.3f} to {r2.max():.3f} "
            f"(median {np.median(r2):.3f}).</p>" if r2.size else "")
+  if r2.size:
+    from lis_jax import plots
+    png = plots.save(plots.r2_histogram(r2), ctx.out_dir("report"), "link_r2")
+    extra += plots.img_tag(png, "Held-out R^2 of each w dimension", "link_r2")
   out = (f"<h2>Linking network ({page.escape(str(m.get('kind')))})</h2>"
          f"<p>w = link(r), fitted on the paired data, evaluated on held-out pairs.</p>"
          + page.table(["metric", "value"], rows) + extra)

@@ -1,0 +1,283 @@
+"""The decision boundary along a counterfactual path: where it is crossed, what changes.
+
+A counterfactual search (lis_jax.counterfactuals) ends with a shift s of the origin
+image's representation r; its path is
+  w(t) = link(relu(r - t s)),  t in [0, 1]   (w(0) ~ w_before, w(1) = w_after).
+The classifier's prediction on the image generated from w(t) starts at the origin
+class; `crossings` finds, per search,
+  t_leave  the first t where the prediction is no longer the origin class
+  t_reach  the first t where it is the target class
+("first": the first bracket on a grid of `n_grid` points, then `n_iter` bisection
+steps inside it, so t is known to (1 / (n_grid - 1)) / 2^n_iter; each bisection step
+classifies the midpoints of both crossings of every search in one batch).
+
+What changes across the boundary: a concept's (part x metric) change from w_before to
+the image where the target is reached (`crossing_t`: t_reach, else t_leave, else 1),
+normalised as quantify's sweep changes are; per (origin -> target) pair, a mean with a
+bootstrap interval over the pair's searches and a null of random paths of the same
+length from the same starts (`pair_statistics`, the statistics of
+quantify.selectivity with pairs in place of units).
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lis_jax.analysis import rsa
+
+
+def path_w(link, r: jax.Array, shift: jax.Array, t: jax.Array) -> jax.Array:
+  """w on the counterfactual path: r, shift [B, D], t [B] -> link(relu(r - t shift)) [B, w_dim]."""
+  return link(jax.nn.relu(r - t[:, None] * shift))
+
+
+def bisect(cond: Callable[[jax.Array], jax.Array], lo: jax.Array, hi: jax.Array, n_iter: int
+           ) -> tuple[jax.Array, jax.Array]:
+  """Bisection of a per-row condition that is False at lo and True at hi.
+
+  Args:
+    cond: t [N] -> bool [N] (row-wise; called once per step on all rows).
+    lo, hi: [N] bracket ends.
+    n_iter: halvings.
+  Returns:
+    (lo, hi) [N], hi - lo = (hi0 - lo0) / 2^n_iter, still False at lo and True at hi.
+  """
+  def step(_, c):
+    lo, hi = c
+    mid = (lo + hi) / 2
+    ok = cond(mid)
+    return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
+  return jax.lax.fori_loop(0, n_iter, step, (lo, hi))
+
+
+def _first_bracket(hit: jax.Array, grid: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """hit [B, K] bool on grid [K] -> (lo, hi, found) [B]: grid points around the first hit.
+
+  A hit at the first grid point gives lo = hi = grid[0] (nothing to bisect).
+  """
+  found = hit.any(1)
+  k = jnp.argmax(hit, axis=1)
+  return grid[jnp.maximum(k - 1, 0)], grid[k], found
+
+
+def crossings(predict: Callable[[jax.Array, jax.Array], jax.Array], origin: jax.Array,
+              target: jax.Array, *, n_grid: int, n_iter: int) -> dict[str, jax.Array]:
+  """Where the prediction leaves the origin class and where it reaches the target.
+
+  Args:
+    predict: (t [N], rows [N]) -> predicted class [N] of search `rows[i]` at t[i].
+    origin, target: [B] class ids.
+    n_grid: grid points on [0, 1] (>= 2) searched for the first bracket.
+    n_iter: bisection steps inside it.
+  Returns:
+    t_leave, t_reach [B] (NaN where never found: the crossing's upper bracket end, the
+    first t known to satisfy it); leave_found, reach_found [B] bool; width [B] the
+    bracket width the crossings are known to; pred_grid [B, K] int predictions on the grid.
+  """
+  b = origin.shape[0]
+  rows = jnp.arange(b)
+  grid = jnp.linspace(0.0, 1.0, n_grid)
+  pred = jax.lax.map(lambda t: predict(jnp.full((b,), t), rows), grid).T  # [B, K]
+  lo_l, hi_l, found_l = _first_bracket(pred != origin[:, None], grid)
+  lo_r, hi_r, found_r = _first_bracket(pred == target[:, None], grid)
+  both = jnp.concatenate([rows, rows])
+  is_leave = jnp.arange(2 * b) < b
+  orig2, targ2 = jnp.concatenate([origin, origin]), jnp.concatenate([target, target])
+
+  def cond(t):
+    p = predict(t, both)
+    return jnp.where(is_leave, p != orig2, p == targ2)
+
+  lo, hi = bisect(cond, jnp.concatenate([lo_l, lo_r]), jnp.concatenate([hi_l, hi_r]), n_iter)
+  t_leave = jnp.where(found_l, hi[:b], jnp.nan)
+  t_reach = jnp.where(found_r, hi[b:], jnp.nan)
+  return {"t_leave": t_leave, "t_reach": t_reach, "leave_found": found_l, "reach_found": found_r,
+          "width": (hi - lo)[:b], "pred_grid": pred}
+
+
+def crossing_t(t_leave: np.ndarray, t_reach: np.ndarray) -> np.ndarray:
+  """[B] the t whose image is compared with w_before: t_reach, else t_leave, else 1."""
+  return np.where(np.isfinite(t_reach), t_reach, np.where(np.isfinite(t_leave), t_leave, 1.0))
+
+
+def path_points(t_leave: np.ndarray, t_reach: np.ndarray, n_points: int) -> np.ndarray:
+  """[B, n_points + 2] the t measured per search: a grid on [0, 1] and both crossings.
+
+  Columns: n_points grid values (0 and 1 included), then t_leave, then t_reach (NaN
+  crossings replaced by crossing_t so every column can be rendered).
+  """
+  grid = np.broadcast_to(np.linspace(0.0, 1.0, n_points), (t_leave.size, n_points))
+  ct = crossing_t(t_leave, t_reach)
+  return np.concatenate([grid, np.where(np.isfinite(t_leave), t_leave, ct)[:, None],
+                         np.where(np.isfinite(t_reach), t_reach, ct)[:, None]], 1)
+
+
+def first_copies(t: np.ndarray) -> np.ndarray:
+  """[B, T] -> [B, T] index of the first column of each row holding the same t.
+
+  Points equal to an earlier one on the same path (t_leave == t_reach where the
+  prediction goes straight from origin to target, crossings that fell back to t = 1)
+  are measured once and copied.
+  """
+  same = t[:, :, None] == t[:, None, :]  # [B, T, T]: column j equals column k
+  return np.argmax(same, axis=2)
+
+
+def null_ends(w_start: np.ndarray, w_end: np.ndarray, key: jax.Array, search_ids: np.ndarray,
+              draws: int) -> np.ndarray:
+  """Random paths of the same length from the same starts.
+
+  Args:
+    w_start, w_end: [B, w_dim]; search_ids [B] (with key, they seed each direction, so a
+      resumed or re-batched run draws the same ones); draws: R per search.
+  Returns:
+    [B, R, w_dim] = w_start + |w_end - w_start| d / |d|, d ~ N(0, I).
+  """
+  def one(i):
+    d = jax.random.normal(jax.random.fold_in(key, i), (draws, w_start.shape[-1]))
+    return d / jnp.linalg.norm(d, axis=-1, keepdims=True)
+  d = np.asarray(jax.vmap(one)(jnp.asarray(search_ids)))
+  length = np.linalg.norm(w_end - w_start, axis=-1)[:, None, None]
+  return w_start[:, None] + length * d
+
+
+def group_by_pair(origin: np.ndarray, target: np.ndarray) -> tuple[list[tuple[int, int]], np.ndarray]:
+  """(pairs in first-seen order, [n_pairs, S] search indices; -1 pads unequal groups)."""
+  pairs = list(dict.fromkeys(zip(origin.tolist(), target.tolist())))
+  groups = [np.flatnonzero((origin == o) & (target == t)) for o, t in pairs]
+  s = max(g.size for g in groups)
+  idx = np.full((len(pairs), s), -1)
+  for i, g in enumerate(groups):
+    idx[i, :g.size] = g
+  return pairs, idx
+
+
+def _take(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
+  """x [B, ...] gathered at idx [...] (-1 -> NaN rows)."""
+  out = x[np.maximum(idx, 0)].astype(np.float64)
+  out[idx < 0] = np.nan
+  return out
+
+
+def pair_statistics(deltas: np.ndarray, null_deltas: np.ndarray, origin: np.ndarray,
+                    target: np.ndarray, *, seed: int, n_boot: int = 1000, level: float = 0.95,
+                    alpha: float = 0.05) -> tuple[list[tuple[int, int]], dict[str, np.ndarray]]:
+  """Per (origin, target) pair and concept: mean change, bootstrap interval, null p, effect.
+
+  Args:
+    deltas: [B, P, M] change of each concept per search; null_deltas: [B, R, P, M].
+    origin, target: [B].
+  Returns:
+    (pairs, stats): stats as quantify.selectivity.unit_statistics with pairs as units
+    ([n_pairs, P, M]: mean, ci_low, ci_high, n, null_rms, effect, p_null, selective, rank).
+  """
+  from lis_jax.quantify import selectivity
+  pairs, idx = group_by_pair(np.asarray(origin), np.asarray(target))
+  d = _take(deltas, idx)  # [n_pairs, S, P, M]
+  r = null_deltas.shape[1]
+  n = _take(null_deltas, idx).reshape(len(pairs), idx.shape[1] * r, *null_deltas.shape[2:])
+  return pairs, selectivity.unit_statistics(d, n, seed=seed, n_boot=n_boot, level=level, alpha=alpha)
+
+
+def top_concepts(stats: Mapping[str, np.ndarray], parts: Sequence[str], metrics: Sequence[str],
+                 k: int) -> list[list[dict]]:
+  """Per pair, the k concepts with the largest |effect| (selective first): dicts of part, metric, stats."""
+  eff = np.asarray(stats["effect"], np.float64)
+  out = []
+  for i in range(eff.shape[0]):
+    flat = np.where(np.isfinite(eff[i]), np.abs(eff[i]), -1.0).reshape(-1)
+    sel = np.asarray(stats["selective"][i]).reshape(-1)
+    order = np.lexsort((-flat, ~sel))[:k]
+    lst = []
+    for c in order:
+      p, m = divmod(int(c), len(metrics))
+      lst.append({"part": parts[p], "metric": metrics[m], **{
+          key: (bool if key == "selective" else float)(np.asarray(stats[key][i]).reshape(-1)[c])
+          for key in ("mean", "ci_low", "ci_high", "null_rms", "effect", "p_null", "selective")}})
+    out.append(lst)
+  return out
+
+
+def factor_changes(factors_start: Mapping[str, np.ndarray], factors_end: Mapping[str, np.ndarray],
+                   ranges: Mapping[str, tuple[float, float]], circular: Sequence[str]) -> dict[str, np.ndarray]:
+  """True factor change end - start as a fraction of each factor's range (hues wrap)."""
+  out = {}
+  for n, a in factors_start.items():
+    lo, hi = ranges.get(n, (0.0, 1.0))
+    d = np.asarray(factors_end[n], np.float64) - np.asarray(a, np.float64)
+    if n in circular:
+      d = (d + (hi - lo) / 2) % (hi - lo) - (hi - lo) / 2
+    out[n] = d / (hi - lo)
+  return out
+
+
+def validate(stats: Mapping[str, np.ndarray], true_change: Mapping[str, np.ndarray], origin: np.ndarray,
+             target: np.ndarray, parts: Sequence[str], metrics: Sequence[str],
+             factor_concepts: Mapping[str, tuple[str, str]]) -> dict:
+  """Measured concept changes against the world's true factor changes, per pair.
+
+  Per pair: the Spearman correlation, over the factors of `factor_concepts` (factor ->
+  the (part, metric) concept that shows it), of |effect| of the concept with |mean true
+  change| of the factor; and whether the concept with the largest |effect| is the one
+  of the factor that truly changes most.
+
+  Args:
+    stats: pair_statistics output ([n_pairs, P, M]); true_change: {factor: [B]} per search.
+    origin, target: [B] (the same searches, to group them as pair_statistics does).
+  Returns:
+    per_pair: [{origin, target, spearman, top_measured, top_true, right}], mean_spearman,
+    share_right_top, chance (1 / number of factors compared), factors.
+  """
+  pairs, idx = group_by_pair(np.asarray(origin), np.asarray(target))
+  factors = [f for f in factor_concepts if f in true_change]
+  eff = np.asarray(stats["effect"], np.float64)
+  per_pair = []
+  for i, (o, t) in enumerate(pairs):
+    measured = np.array([abs(eff[i, parts.index(factor_concepts[f][0]), metrics.index(factor_concepts[f][1])])
+                         for f in factors])
+    truth = np.array([abs(np.nanmean(_take(np.asarray(true_change[f]), idx[i]))) for f in factors])
+    ok = np.isfinite(measured)
+    rho = rsa.spearman(measured[ok], truth[ok]) if ok.sum() >= 3 else float("nan")
+    top_m = factors[int(np.argmax(np.where(ok, measured, -1.0)))]
+    top_t = factors[int(np.argmax(truth))]
+    per_pair.append({"origin": int(o), "target": int(t), "spearman": rho, "top_measured": top_m,
+                     "top_true": top_t, "right": top_m == top_t})
+  rhos = np.array([p["spearman"] for p in per_pair])
+  return {"per_pair": per_pair, "factors": factors,
+          "mean_spearman": float(np.nanmean(rhos)) if np.isfinite(rhos).any() else float("nan"),
+          "share_right_top": float(np.mean([p["right"] for p in per_pair])),
+          "chance": 1.0 / len(factors) if factors else float("nan")}
+
+
+def shifted_unit_relation(top_units: np.ndarray, origin: np.ndarray, target: np.ndarray,
+                          pair_top: Sequence[Sequence[dict]], unit_selective: Mapping[int, set]
+                          ) -> dict:
+  """Are the counterfactual's most shifted units selective for the concepts that change?
+
+  Args:
+    top_units: [B, K] the units with the largest |shift| per search.
+    origin, target: [B]; pair_top: per pair (group_by_pair order), its top changing
+      concepts (dicts with part, metric); unit_selective: {unit: {(part, metric), ...}}
+      the concepts each quantified unit is selective for (quantify's table).
+  Returns:
+    per_pair: [{origin, target, units, selective_share}] (share of the pair's shifted,
+    quantified units that are selective for one of its top concepts); mean_share;
+    baseline (the same share over all quantified units, averaged over pairs).
+  """
+  pairs, idx = group_by_pair(np.asarray(origin), np.asarray(target))
+  known = sorted(unit_selective)
+  rows, base = [], []
+  for i, (o, t) in enumerate(pairs):
+    concepts = {(c["part"], c["metric"]) for c in pair_top[i]}
+    units = sorted({int(u) for s in idx[i] if s >= 0 for u in top_units[s]} & set(known))
+    hit = [bool(unit_selective[u] & concepts) for u in units]
+    rows.append({"origin": int(o), "target": int(t), "units": units,
+                 "selective_share": float(np.mean(hit)) if hit else float("nan")})
+    base.append(np.mean([bool(unit_selective[u] & concepts) for u in known]) if known else np.nan)
+  shares = np.array([r["selective_share"] for r in rows])
+  return {"per_pair": rows,
+          "mean_share": float(np.nanmean(shares)) if np.isfinite(shares).any() else float("nan"),
+          "baseline": float(np.nanmean(base)) if base else float("nan")}

@@ -1,0 +1,380 @@
+"""Stage `boundary`: what changes across the classifier's decision boundary.
+
+For every counterfactual search (successful or not) the path
+w(t) = link(relu(r - t shift)), t in [0, 1], is followed: the t where the classifier's
+prediction on the regenerated image leaves the origin class and where it reaches the
+target are found by bisection (lis_jax.analysis.boundary.crossings, jitted, the batch
+sharded over ctx.mesh); the images at `n_points` grid points of the path and at both
+crossings are regenerated, segmented by quantify's few-shot segmenter and measured;
+so are the ends of `null_draws` random paths of the same length from the same start.
+The change of every concept (part x metric) from the path's start to the crossing,
+per (origin -> target) pair, gets a bootstrap interval over the pair's searches and a
+null p-value (quantify.selectivity's statistics with pairs in place of units), and is
+related to the counterfactual's most shifted units and their selectivity (quantify).
+On a world that knows its factors (decode_factors), the true factor changes along the
+same paths validate the measured ones.
+
+Outputs (workdir/boundary/, atomic; layout: WORKSPACE.md):
+  config.json             the fingerprint (written by the runner)
+  batch_<b:05d>.npz       one batch of searches (existence = done): search, origin,
+                          target [B]; t_leave, t_reach, width [B]; leave_found,
+                          reach_found [B] bool; pred_grid [B, n_grid]; t_points
+                          [B, n_points + 2] (grid, t_leave, t_reach); 'pt.<metric>'
+                          [B, n_points + 2, P(, K)] part metrics at those points;
+                          'null.<metric>' [B, R, P(, K)]; with ground truth
+                          truth_change [B, F] (factor change start -> crossing, fraction
+                          of range) and truth_factors [F]
+  pairs.csv               one row per pair x part x metric: origin, target, part, metric,
+                          mean, ci_low, ci_high, n, null_rms, effect, p_null, selective, rank
+  summary.json            crossings found, per pair top concepts, the relation to the
+                          most shifted units, validation (built-in world)
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import html
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from lis_jax import blocks, distribute, images, io, page, pipeline
+from lis_jax.analysis import boundary as lib
+from lis_jax.generators.base import GroundTruthWorld
+from lis_jax.quantify import selectivity
+from lis_jax.stages import counterfactual, quantify
+from lis_jax.stages.base import Stage
+
+NAME = "boundary"
+TABLE_COLUMNS = ("origin", "target") + selectivity.TABLE_COLUMNS[1:]
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.n_grid = 5  # points on [0, 1] classified to find the first bracket of each crossing
+  c.n_iter = 8  # bisection steps inside it: crossings known to 1 / (n_grid - 1) / 2^n_iter
+  c.n_points = 3  # grid points of the path measured (0 and 1 included), besides both crossings
+  c.null_draws = 1  # random paths per search (same start, same length as start -> crossing)
+  c.batch_size = 64  # searches per batch (one file; rounded up to the device count)
+  c.measure_batch = 64  # images per segment-and-measure call
+  c.n_boot = 1000  # bootstrap resamples over a pair's searches
+  c.level = 0.95  # interval coverage
+  c.alpha = 0.05  # null p-value threshold
+  c.top_k = 3  # concepts listed per pair
+  c.strips = 4  # searches shown as image strips in the report
+  c.pairs_shown = 8  # pairs shown in the report's bar charts
+  return c
+
+
+@dataclasses.dataclass(frozen=True)
+class BoundaryResult:
+  """summary.json and the per-pair table (pairs.csv rows, typed) of a finished stage."""
+  summary: dict
+  rows: list
+  workdir: str
+
+  def batches(self) -> list[dict]:
+    return load_batches(self.workdir)
+
+
+def _store(workdir: str) -> blocks.BlockStore:
+  return blocks.BlockStore(os.path.join(workdir, NAME), "batch")
+
+
+def load_batches(workdir: str) -> list[dict]:
+  """The batch files written so far, in order."""
+  return [{k: v for k, v in b.items() if k != "block"} for b in _store(workdir)]
+
+
+def load(workdir: str) -> BoundaryResult:
+  import csv
+  out_dir = os.path.join(workdir, NAME)
+  summary = io.read_json(pipeline.require(os.path.join(out_dir, "summary.json"), NAME))
+  with open(os.path.join(out_dir, "pairs.csv")) as f:
+    rows = [{k: (v == "True" if k == "selective" else int(v) if k in ("origin", "target", "n", "rank")
+                 else v if k in ("part", "metric") else float(v)) for k, v in r.items()}
+            for r in csv.DictReader(f)]
+  return BoundaryResult(summary=summary, rows=rows, workdir=workdir)
+
+
+# ----------------------------------------------------------------------------- compute
+
+
+@functools.partial(jax.jit, static_argnames=("n_grid", "n_iter"))
+def _crossings(G, clf, link, r, shift, origin, target, *, n_grid, n_iter):
+  def predict(t, rows):
+    return counterfactual.image_logits(G, clf, link, r[rows] - t[:, None] * shift[rows]).argmax(-1)
+  return lib.crossings(predict, origin, target, n_grid=n_grid, n_iter=n_iter)
+
+
+@jax.jit
+def _path(link, r, shift, t):
+  return lib.path_w(link, r, shift, t)
+
+
+@jax.jit
+def _decode(G, w):
+  return G.decode_factors(pipeline.broadcast_ws(w, G.num_ws))
+
+
+def _batch(ctx, c, seg, link, cf: dict, ids: np.ndarray, batch: int) -> dict:
+  """Crossings, measured path points, null ends and true changes of searches `ids`."""
+  G, clf, mesh = ctx.G, ctx.clf, ctx.mesh
+  arr = {k: cf[k][ids] for k in ("search", "origin", "target", "r", "shift")}
+  pad = {k: distribute.pad_batch(v, batch) for k, v in arr.items()}
+  G_r, clf_r, link_r = distribute.replicate((G, clf, link), mesh)
+  ins = distribute.shard_batch((pad["r"], pad["shift"], pad["origin"], pad["target"]), mesh)
+  res = _crossings(G_r, clf_r, link_r, *ins, n_grid=c.n_grid, n_iter=c.n_iter)
+  res = {k: np.asarray(v)[:ids.size] for k, v in res.items()}
+  t_pts = lib.path_points(res["t_leave"], res["t_reach"], c.n_points)  # [B, T']
+  b, t_n = t_pts.shape
+  w_pts = np.asarray(_path(link, jnp.repeat(jnp.asarray(arr["r"]), t_n, 0),
+                           jnp.repeat(jnp.asarray(arr["shift"]), t_n, 0),
+                           jnp.asarray(t_pts.reshape(-1), jnp.float32))).reshape(b, t_n, -1)
+  w_start, w_cross = w_pts[:, 0], w_pts[:, -1]  # the crossing column: t_reach, else t_leave, else 1
+  nul = lib.null_ends(w_start, w_cross, ctx.key(f"{NAME}.null"), arr["search"], c.null_draws)  # [B, R, w_dim]
+  d = w_pts.shape[-1]
+  first = lib.first_copies(t_pts)  # [B, T']: repeated points are measured once
+  unique = (first == np.arange(t_n)).reshape(-1)
+  m = quantify.measure(G, seg, np.concatenate([w_pts.reshape(-1, d)[unique], nul.reshape(-1, d)]),
+                       c.measure_batch, ctx.cfg("quantify").max_components)
+  out = {k: arr[k] for k in ("search", "origin", "target")}
+  out.update({k: res[k] for k in ("t_leave", "t_reach", "width", "leave_found", "reach_found", "pred_grid")})
+  out["t_points"] = t_pts
+  n_u = int(unique.sum())
+  slot = np.cumsum(unique).reshape(b, t_n) - 1  # measured row of each unique point
+  src = np.take_along_axis(slot, first, axis=1)  # [B, T'] measured row of every point
+  for k, v in m.items():
+    out[f"pt.{k}"] = v[:n_u][src]
+    out[f"null.{k}"] = v[n_u:].reshape(b, c.null_draws, *v.shape[1:])
+  if isinstance(G, GroundTruthWorld):
+    f0, _ = _decode(G, jnp.asarray(w_start))
+    f1, _ = _decode(G, jnp.asarray(w_cross))
+    ch = lib.factor_changes({k: np.asarray(v) for k, v in f0.items()}, {k: np.asarray(v) for k, v in f1.items()},
+                            G.factor_ranges, G.circular_factors)
+    out["truth_factors"] = np.asarray(list(ch))
+    out["truth_change"] = np.stack(list(ch.values()), -1)
+  return out
+
+
+def run(ctx) -> None:
+  """Stage entry: all searches batch by batch (resumable), then the pair statistics."""
+  from lis_jax.quantify import segment
+  c = ctx.cfg(NAME)
+  if c.n_grid < 2 or c.n_iter < 0 or c.n_points < 2 or c.null_draws < 1 or c.batch_size < 1:
+    raise pipeline.PipelineError("boundary: n_grid and n_points must be >= 2, n_iter >= 0, "
+                                 "null_draws and batch_size >= 1")
+  cf = ctx.result("counterfactual").arrays
+  link = ctx.result("link").link
+  try:
+    seg = quantify.segmenter(ctx)
+  except segment.SegmentationError as e:
+    raise pipeline.PipelineError(str(e)) from None
+  store = _store(ctx.workdir)
+  batch = distribute.round_up(c.batch_size, ctx.mesh)
+  n = cf["search"].size
+  n_batches = -(-n // batch)
+  for b in tqdm(store.todo(n_batches), unit="batch", desc=NAME):
+    ids = np.arange(b * batch, min(n, (b + 1) * batch))
+    out = _batch(ctx, c, seg, link, cf, ids, batch)
+    pipeline.check_finite(f"boundary batch {b} areas", out["pt.area"])
+    pipeline.maybe_interrupt(NAME, b + 1)
+    store.write(b, **out)
+  summarise(ctx, seg.part_names[1:])
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def _concat(batches: list[dict]) -> dict:
+  return {k: np.concatenate([bt[k] for bt in batches]) for k in batches[0] if k != "truth_factors"}
+
+
+def changes(arrays: dict) -> tuple[np.ndarray, np.ndarray]:
+  """(deltas [B, P, M] start -> crossing, null deltas [B, R, P, M]) from the batches' metrics."""
+  pts = selectivity.concept_values({k[3:]: v for k, v in arrays.items() if k.startswith("pt.")})  # [B, T', P, M']
+  null = selectivity.concept_values({k[5:]: v for k, v in arrays.items() if k.startswith("null.")})
+  first = pts[:, 0]
+  deltas = selectivity.sweep_changes(first.copy(), pts[:, -1].copy())
+  null_d = selectivity.sweep_changes(np.broadcast_to(first[:, None], null.shape).copy(), null)
+  return deltas, null_d
+
+
+def summarise(ctx, parts) -> None:
+  """pairs.csv and summary.json from all batches."""
+  c = ctx.cfg(NAME)
+  out_dir = ctx.out_dir(NAME)
+  batches = load_batches(ctx.workdir)
+  a = _concat(batches)
+  deltas, null_d = changes(a)
+  metrics = list(selectivity.CONCEPT_METRICS)
+  pairs, stats = lib.pair_statistics(deltas, null_d, a["origin"], a["target"], seed=int(ctx.config.seed),
+                                     n_boot=c.n_boot, level=c.level, alpha=c.alpha)
+  rows = []
+  for i, (o, t) in enumerate(pairs):
+    for r in selectivity.table_rows({k: v[i:i + 1] for k, v in stats.items()}, [0], list(parts)):
+      r.pop("unit")
+      rows.append({"origin": o, "target": t, **r})
+  selectivity.write_csv(os.path.join(out_dir, "pairs.csv"), rows, TABLE_COLUMNS)
+  tops = lib.top_concepts(stats, list(parts), metrics, c.top_k)
+  cf = ctx.result("counterfactual").arrays
+  q_rows = ctx.result("quantify").rows
+  unit_sel: dict[int, set] = {}
+  for r in q_rows:
+    unit_sel.setdefault(r["unit"], set())
+    if r["selective"]:
+      unit_sel[r["unit"]].add((r["part"], r["metric"]))
+  relation = lib.shifted_unit_relation(cf["top_units"][a["search"]], a["origin"], a["target"], tops, unit_sel)
+  summary: dict[str, Any] = {
+      "n_searches": int(a["search"].size), "n_pairs": len(pairs),
+      "leave_found": float(a["leave_found"].mean()), "reach_found": float(a["reach_found"].mean()),
+      "t_leave_median": _nanmedian(a["t_leave"]), "t_reach_median": _nanmedian(a["t_reach"]),
+      "bracket_width": float(np.max(a["width"])),
+      "pairs": [{"origin": o, "target": t, "top": tops[i]} for i, (o, t) in enumerate(pairs)],
+      "shifted_units": relation}
+  if "truth_change" in a:
+    names = [str(x) for x in batches[0]["truth_factors"]]
+    truth = {n: a["truth_change"][:, i] for i, n in enumerate(names)}
+    summary["validation"] = lib.validate(stats, truth, a["origin"], a["target"], list(parts), metrics,
+                                         ctx.G.factor_concepts)
+  io.write_json(os.path.join(out_dir, "summary.json"), summary)
+  v = summary.get("validation")
+  print(f"[boundary] {summary['n_searches']} searches, target reached on {summary['reach_found']:.2f} of "
+        f"the paths" + (f"; vs truth: Spearman {v['mean_spearman']:.2f}, right top concept "
+                        f"{v['share_right_top']:.2f} (chance {v['chance']:.2f})" if v else ""), flush=True)
+
+
+def _nanmedian(x: np.ndarray) -> float | None:
+  x = x[np.isfinite(x)]
+  return float(np.median(x)) if x.size else None
+
+
+# ----------------------------------------------------------------------------- report section
+
+
+def _class_name(G, k: int) -> str:
+  names = getattr(G, "class_names", None)
+  return f"{names[k]}" if names else str(k)
+
+
+def _fmt(x, digits: int = 3) -> str:
+  return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}g}"
+
+
+def _show_pairs(summary: dict, n: int) -> list[int]:
+  """Indices of up to n pairs with the largest top |effect|, one per origin class first."""
+  eff = [max((abs(t["effect"]) if np.isfinite(t["effect"]) else 0.0) for t in p["top"]) if p["top"] else 0.0
+         for p in summary["pairs"]]
+  order = sorted(range(len(eff)), key=lambda i: -eff[i])
+  first, seen = [], set()
+  for i in order:
+    if summary["pairs"][i]["origin"] not in seen:
+      first.append(i)
+      seen.add(summary["pairs"][i]["origin"])
+  rest = [i for i in order if i not in first]
+  return (first + rest)[:n]
+
+
+def _strip_rows(ctx, c, batches) -> list:
+  """Image rows w_before | path start | leave | reach | w_after for `c.strips` searches."""
+  a = _concat(batches)
+  cf = ctx.result("counterfactual").arrays
+  G = ctx.G
+  ok = np.flatnonzero(a["reach_found"])
+  pick = ok[np.unique(a["origin"][ok], return_index=True)[1]][:c.strips] if ok.size else np.arange(min(c.strips, a["search"].size))
+  link = ctx.result("link").link
+  rows = []
+  for i in pick:
+    s = int(a["search"][i])
+    t = a["t_points"][i]
+    w_path = np.asarray(_path(link, jnp.asarray(cf["r"][[s, s, s]]), jnp.asarray(cf["shift"][[s, s, s]]),
+                              jnp.asarray([0.0, t[-2], t[-1]], jnp.float32)))
+    imgs = images.render(G, np.concatenate([cf["w_before"][[s]], w_path, cf["w_after"][[s]]]), 8) / 255.0
+    caps = ["w_before", "path t=0", f"leaves {_class_name(G, int(a['origin'][i]))}\nt={t[-2]:.3f}",
+            f"reaches {_class_name(G, int(a['target'][i]))}\nt={t[-1]:.3f}", "w_after (t=1)"]
+    rows.append((f"search {s}", list(zip(caps, imgs))))
+  return rows
+
+
+def section(ctx) -> str | None:
+  """HTML: crossings, the concepts that change per pair (bars, strips), validation, shifted units."""
+  from lis_jax import plots
+  if not os.path.exists(os.path.join(ctx.out_dir(NAME), "summary.json")):
+    return None
+  c = ctx.cfg(NAME)
+  res = load(ctx.workdir)
+  s = res.summary
+  G = ctx.G
+  out_dir = ctx.out_dir("report")
+  name = lambda k: html.escape(_class_name(G, k))
+  parts = ["<h2>The decision boundary</h2>",
+           f"<p>Each of the {s['n_searches']} counterfactual searches is followed along its path "
+           "w(t) = link(relu(r - t shift)), t from 0 to 1. Bisection finds where the classifier's "
+           "prediction on the regenerated image leaves the origin class and where it reaches the target "
+           f"(to {_fmt(s['bracket_width'], 2)} in t). The origin class is left on "
+           f"<b>{s['leave_found']:.0%}</b> of the paths (median t {_fmt(s['t_leave_median'])}), the target "
+           f"reached on <b>{s['reach_found']:.0%}</b> (median t {_fmt(s['t_reach_median'])}). The images at "
+           "the path's start and where the target is reached are segmented and measured; each concept's "
+           f"change is averaged over a pair's searches ({int(c.level * 100)}% bootstrap interval) and "
+           "compared with random paths of the same length from the same start (effect = mean / null rms)."
+           "</p>"]
+  v = s.get("validation")
+  if v:
+    parts.append(
+        f"<h3>Check against the ground truth</h3><p>The world's own factors, decoded from w at the path's "
+        f"start and at the crossing, say what truly changed. Per pair, the Spearman correlation over the "
+        f"{len(v['factors'])} factors that a concept shows ({', '.join(v['factors'])}) of measured |effect| "
+        f"and true |change|: <b>mean {_fmt(v['mean_spearman'], 2)}</b>. The concept that changes most is the "
+        f"one of the factor that truly changes most in <b>{v['share_right_top']:.0%}</b> of the pairs "
+        f"(chance {v['chance']:.0%}).</p>")
+  rel = s["shifted_units"]
+  parts.append(
+      f"<h3>The most shifted units</h3><p>Of the units the counterfactual shifts most, "
+      f"<b>{_fmt(rel['mean_share'], 2)}</b> (mean over pairs) are selective (quantify) for one of the "
+      f"pair's top {c.top_k} changing concepts, against {_fmt(rel['baseline'], 2)} of all quantified units.</p>")
+  show = _show_pairs(s, c.pairs_shown)
+  if show:
+    labels = [f"{_class_name(G, s['pairs'][i]['origin'])} > {_class_name(G, s['pairs'][i]['target'])}" for i in show]
+    png = plots.save(plots.boundary_bars(labels, [s["pairs"][i]["top"] for i in show]), out_dir, "boundary_pairs")
+    parts.append(plots.img_tag(png, f"Top {c.top_k} concepts changing across the boundary, {len(show)} pairs",
+                               "boundary_pairs"))
+  rows = _strip_rows(ctx, c, res.batches())
+  if rows:
+    png = plots.save(plots.image_strips(rows), out_dir, "boundary_strips")
+    parts.append(plots.img_tag(png, "From w_before through the path's start and both crossings to w_after",
+                               "boundary_strips"))
+  table_rows = []
+  per_pair = {(p["origin"], p["target"]): p for p in (v["per_pair"] if v else [])}
+  for p in s["pairs"]:
+    top = ", ".join(f"{t['part']} {t['metric']} ({t['effect']:+.2f}{'*' if t['selective'] else ''})"
+                    for t in p["top"])
+    val = per_pair.get((p["origin"], p["target"]))
+    table_rows.append([name(p["origin"]), name(p["target"]), top]
+                      + ([_fmt(val["spearman"], 2), "yes" if val["right"] else "no"] if val else []))
+  cols = ["origin", "target", "top concepts (effect; *: selective)"] + (["Spearman vs truth", "right top"] if v else [])
+  parts.append(f"<details><summary>all {len(s['pairs'])} pairs</summary>" + page.table(cols, table_rows, escape_cells=False)
+               + "</details>")
+  return "\n".join(parts)
+
+
+def summary(ctx) -> dict | None:
+  """Headline numbers for report/summary.json."""
+  if not os.path.exists(os.path.join(ctx.out_dir(NAME), "summary.json")):
+    return None
+  s = ctx.result(NAME).summary
+  out = {k: s[k] for k in ("n_searches", "n_pairs", "leave_found", "reach_found", "t_reach_median")}
+  out["shifted_units_selective"] = s["shifted_units"]["mean_share"]
+  out["shifted_units_baseline"] = s["shifted_units"]["baseline"]
+  if "validation" in s:
+    out.update({f"validation_{k}": s["validation"][k] for k in ("mean_spearman", "share_right_top", "chance")})
+  return out
+
+
+STAGE = Stage(name=NAME, requires=("counterfactual", "quantify"), default_config=default_config, run=run,
+              load=load, uses=("seed",), section=section, summary=summary,
+              ignores=("measure_batch", "strips", "pairs_shown"))  # batch_size: batch files partition the searches

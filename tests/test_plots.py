@@ -1,0 +1,45 @@
+"""Every plot renders to a decodable PNG and an SVG beside it."""
+import numpy as np
+from PIL import Image
+
+from lis_jax import plots
+
+
+def _check(tmp_path, fig, name):
+  png = plots.save(fig, str(tmp_path), name)
+  img = Image.open(tmp_path / f"{name}.png")
+  assert img.size[0] <= plots.FIG_WIDTH * plots.DPI + 50, img.size  # fits a 1280 px page
+  assert png == (tmp_path / f"{name}.png").read_bytes()
+  assert (tmp_path / f"{name}.svg").read_text().lstrip().startswith("<?xml")
+  assert "data:image/png;base64," in plots.img_tag(png, "x", name)
+  return img
+
+
+def test_all_plots_render(tmp_path):
+  rng = np.random.default_rng(0)
+  _check(tmp_path, plots.r2_histogram(rng.uniform(0, 1, 64)), "r2")
+  eff = rng.normal(size=(20, 12))
+  _check(tmp_path, plots.selectivity_heatmap(eff, list(range(20)), [f"c{i}" for i in range(12)],
+                                             np.abs(eff) > 1.5), "heat")
+  mean = rng.normal(size=(3, 13))
+  _check(tmp_path, plots.unit_bars(4, ["a", "b", "c"], [f"m{i}" for i in range(13)], mean, mean - 0.5,
+                                   mean + 0.5, mean > 1), "unit")
+  _check(tmp_path, plots.superposition_histogram(np.array([0, 1, 1, 2, 3]), rng.uniform(0, 1, 5),
+                                                 ["none", "single-concept", "single-concept", "superposed",
+                                                  "superposed"]), "sup")
+  cls = np.repeat([0, 1], 5)
+  d = rng.uniform(size=(10, 10))
+  _check(tmp_path, plots.rsa_matrices({"r": d, "w": d.T}, cls, "rsa"), "rsa")
+  top = [{"part": "body", "metric": "area", "mean": 0.3, "ci_low": 0.1, "ci_high": 0.5, "selective": True}]
+  _check(tmp_path, plots.boundary_bars(["a > b", "b > a", "c > a"], [top, top, top]), "bars")
+  img = rng.uniform(size=(8, 8, 3))
+  _check(tmp_path, plots.image_strips([("s0", [("t=0", img), ("t=1", img)]), ("s1", [("t=0", img)])]), "strip")
+
+
+def test_cluster_order_groups_similar_rows():
+  rng = np.random.default_rng(1)
+  a, b = rng.normal(size=8), rng.normal(size=8)
+  x = np.stack([a, b, a + 0.01 * rng.normal(size=8), b + 0.01 * rng.normal(size=8)])
+  order = list(plots.cluster_order(x))
+  pos = {r: order.index(r) for r in range(4)}
+  assert abs(pos[0] - pos[2]) == 1 and abs(pos[1] - pos[3]) == 1
