@@ -106,8 +106,7 @@ def load(workdir: str) -> InvariancesResult:
   link = linking.load(os.path.join(workdir, "link", "model"))
   baseline = _load_baseline(out_dir, link)
   flow = flows.load(os.path.join(out_dir, "flow"), base=baseline if summary["refine_baseline"] else None)
-  with np.load(os.path.join(out_dir, "mixing.npz")) as f:
-    mixing = dict(f)
+  mixing = io.load_npz(os.path.join(out_dir, "mixing.npz"), finite=False)
   return InvariancesResult(flow=flow, baseline=baseline, summary=summary,
                            samples=_concat_blocks(out_dir, summary["n_blocks"]), mixing=mixing)
 
@@ -249,15 +248,15 @@ def _train_spec(c) -> flows.TrainSpec:
 
 
 def _load_baseline(out_dir: str, link) -> flows.GaussianBaseline:
-  with np.load(pipeline.require(os.path.join(out_dir, "baseline.npz"), NAME)) as f:
-    return flows.GaussianBaseline(link=link, chol=jnp.asarray(f["chol"]))
+  f = io.load_npz(pipeline.require(os.path.join(out_dir, "baseline.npz"), NAME))
+  return flows.GaussianBaseline(link=link, chol=jnp.asarray(f["chol"]))
 
 
 def _baseline(ctx, out_dir: str, data, lk) -> flows.GaussianBaseline:
   path = os.path.join(out_dir, "baseline.npz")
-  if not os.path.exists(path):
+  if not io.npz_ok(path):   # absent or damaged: (re)computed
     base = flows.fit_baseline(lk.link, data.r[lk.train], data.w[lk.train])
-    io.savez(path, chol=np.asarray(base.chol))
+    io.save_npz(path, chol=np.asarray(base.chol))
   return _load_baseline(out_dir, lk.link)
 
 
@@ -308,7 +307,7 @@ def _concat_blocks(out_dir: str, n_blocks: int) -> dict:
 def _mixing(ctx, out_dir: str, flow, data, conds: np.ndarray) -> dict:
   """v of conds[:M] (rows of the grid) with r of conds[M:2M] (columns)."""
   path = os.path.join(out_dir, "mixing.npz")
-  if not os.path.exists(path):
+  if not io.npz_ok(path, finite=False):   # absent or damaged: (re)computed
     c = ctx.cfg(NAME)
     a, b = conds[:c.n_mix], conds[c.n_mix:2 * c.n_mix]
     v_a = map_sharded(_forward, (data.w[a], data.r[a]), c.render_batch_size, ctx.mesh, flow)   # [M, d]
@@ -316,10 +315,9 @@ def _mixing(ctx, out_dir: str, flow, data, conds: np.ndarray) -> dict:
     rb = np.tile(data.r[b], (len(a), 1))                                                  # [M * M, D]
     w = map_sharded(_inverse, (vv, rb), c.render_batch_size, ctx.mesh, flow)
     rp, pred = map_sharded(_reclassify, (w,), c.render_batch_size, ctx.mesh, ctx.G, ctx.clf)
-    io.savez(path, rows_a=a, rows_b=b, w_mix=w.reshape(len(a), len(b), -1),
-             r_mix=rp.reshape(len(a), len(b), -1), pred_mix=pred.reshape(len(a), len(b)))
-  with np.load(path) as f:
-    return dict(f)
+    io.save_npz(path, rows_a=a, rows_b=b, w_mix=w.reshape(len(a), len(b), -1),
+                r_mix=rp.reshape(len(a), len(b), -1), pred_mix=pred.reshape(len(a), len(b)))
+  return io.load_npz(path, finite=False)
 
 
 @jax.jit

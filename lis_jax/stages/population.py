@@ -35,6 +35,7 @@ import numpy as np
 
 from lis_jax import io, page, pipeline
 from lis_jax.analysis import classwise, rsa, superposition
+from lis_jax.generators.base import GroundTruthWorld
 from lis_jax.quantify import selectivity
 from lis_jax.stages.base import Stage
 
@@ -173,7 +174,7 @@ def run(ctx) -> None:
   selectivity.write_csv(os.path.join(out_dir, "concept_map.csv"), sup["concept_map"],
                         ["unit", "part", "metric", "family", "effect", "mean"])
   order, mats = semantic_order(ctx, c, pd, split)
-  io.savez(os.path.join(out_dir, "rsa.npz"), **mats)
+  io.save_npz(os.path.join(out_dir, "rsa.npz"), **mats)
   cw = class_wise(ctx, c, pd, parts)
   if cw is not None:
     selectivity.write_csv(os.path.join(out_dir, "classwise.csv"), cw[1],
@@ -276,14 +277,14 @@ def section(ctx) -> str | None:
                  ["link", "fitted by", "held-out R^2", "RSA link(r) vs w", "RSA r vs link(r)", "CKA r vs link(r)"],
                  [[k, v["fitted_by"], _fmt(v["heldout_r2"]), _fmt(v["vs_w"]["rsa"]["spearman"]),
                    _fmt(v["vs_r"]["rsa"]["spearman"]), _fmt(v["vs_r"]["cka"])] for k, v in so["links"].items()]))
-  names = getattr(ctx.G, "class_names", None)
+  names = ctx.G.class_names if isinstance(ctx.G, GroundTruthWorld) else None
   h.append(page.table(["class", "items", "RSA Spearman", "null", "p", "linear CKA"],
                          [[names[int(k)] if names else k, v["n"], *_rsa_cells(v)]
                           for k, v in so["per_class"].items()]))
-  with np.load(os.path.join(out, "rsa.npz")) as f:
-    png = plots.save(plots.rsa_matrices({"r (classifier)": f["d_r"], "w (generator)": f["d_w"]}, f["cls"],
-                                        f"dissimilarity ({so['metric']}) of held-out items, sorted by class"),
-                     rep_dir, "rsa")
+  f = io.load_npz(os.path.join(out, "rsa.npz"), finite=False)
+  png = plots.save(plots.rsa_matrices({"r (classifier)": f["d_r"], "w (generator)": f["d_w"]}, f["cls"],
+                                      f"dissimilarity ({so['metric']}) of held-out items, sorted by class"),
+                   rep_dir, "rsa")
   h.append(plots.img_tag(png, "Representational dissimilarity matrices of r and w", "rsa"))
   if s.get("classwise"):
     h.append("<h3>Class-wise selectivity</h3><p>quantify's statistics recomputed on each class's start samples "
