@@ -24,7 +24,7 @@ def _planted_stats():
   eff = np.full((u, P, M), 0.1)
   plant = {1: [("body", "area")], 2: [("top", "area"), ("top", "width"), ("top", "height")],
            3: [("body", "luminance"), ("extra", "luminance")],
-           4: [("body", "centre_x"), ("body", "angle"), ("top", "entropy")]}
+           4: [("body", "centre_x"), ("body", "angle"), ("top", "texture")]}
   for unit, concepts in plant.items():
     for c in concepts:
       sel[(unit, *_idx(*c))] = True
@@ -65,30 +65,34 @@ def test_profile_entropy_closed_forms():
 def test_split_by_class_keeps_each_samples_null_draws():
   u, s, r = 2, 4, 3
   deltas = np.arange(u * s * P * M, dtype=float).reshape(u, s, P, M)
-  null = np.arange(u * s * r * P * M, dtype=float).reshape(u, s * r, P, M)
+  null = np.arange(r * s * P * M, dtype=float).reshape(r, s, P, M)
   cls = np.array([5, 7, 5, 7])
   out = classwise.split_by_class(deltas, null, cls)
   d5, n5 = out[5]
   np.testing.assert_array_equal(d5, deltas[:, [0, 2]])
-  np.testing.assert_array_equal(n5, null.reshape(u, s, r, P, M)[:, [0, 2]].reshape(u, 2 * r, P, M))
+  np.testing.assert_array_equal(n5, null[:, [0, 2]])
+
+
+NULL_DRAWS = 59   # random directions: permutation p-values down to 1/60
 
 
 def test_classwise_finds_a_unit_selective_in_one_class_only():
   rng = np.random.default_rng(0)
-  u, s_per, r = 6, 12, 2
+  u, s_per = 6, 12
   cls = np.repeat([0, 1], s_per)
   deltas = rng.normal(size=(u, 2 * s_per, P, M))
-  null = rng.normal(size=(u, 2 * s_per * r, P, M))
+  null = rng.normal(size=(NULL_DRAWS, 2 * s_per, P, M))
+  lengths, null_lengths = np.ones(u), np.ones(NULL_DRAWS)
   planted = (3, *_idx("top", "area"))
   deltas[planted[0], :s_per, planted[1], planted[2]] += 2.0  # class 0 only
-  per_class = classwise.statistics(deltas, null, cls, seed=0, n_boot=400)
+  per_class = classwise.statistics(deltas, lengths, null, null_lengths, cls, seed=0, n_boot=400)
   assert per_class[0]["selective"][planted] and per_class[0]["rank"][planted] == 1
   assert not per_class[1]["selective"][planted]
   for c in (0, 1):
     others = np.ones((u, P, M), bool)
     others[planted] = False
     assert np.mean(per_class[c]["selective"][others]) < FALSE_POSITIVE_MAX
-  pooled = selectivity.unit_statistics(deltas, null, seed=0, n_boot=400)
+  pooled = selectivity.shared_null_statistics(deltas, lengths, null, null_lengths, seed=0, n_boot=400)
   rows = classwise.summary(pooled, per_class)
   assert [r["class"] for r in rows] == [0, 1] and rows[0]["n_samples"] == s_per
   assert 0.0 <= rows[1]["jaccard"] <= 1.0
@@ -114,3 +118,8 @@ def test_held_out_items_spread_over_classes():
   items = population.held_out_items(cls, test, 7)
   assert items.size == 7 and set(items) <= set(test)
   assert sorted(np.bincount(cls[items]).tolist()) == [2, 2, 3]
+
+
+def test_every_concept_has_a_measure_family():
+  """The families cover quantify's concepts exactly (a renamed concept must not fall out)."""
+  assert set(superposition.FAMILIES) == set(selectivity.CONCEPT_METRICS)

@@ -19,26 +19,25 @@ def split_by_class(deltas: np.ndarray, null_deltas: np.ndarray, sample_cls: np.n
   """Splits changes by the class of their start sample.
 
   Args:
-    deltas: [U, S, P, M] changes; null_deltas: [U, S * R, P, M] null changes, sample-major
-      (R draws of sample 0, then of sample 1, ...), as quantify stores them.
+    deltas: [U, S, P, M] changes over the units' sweeps; null_deltas: [R, S, P, M] changes
+      along R random directions from the same S starts (quantify's shared null).
     sample_cls: [S] class of each start sample.
   Returns:
-    {class: (deltas [U, S_c, P, M], null [U, S_c * R, P, M])}.
+    {class: (deltas [U, S_c, P, M], null [R, S_c, P, M])}.
   """
-  u, s = deltas.shape[:2]
-  r = null_deltas.shape[1] // s
-  null = null_deltas.reshape(u, s, r, *null_deltas.shape[2:])
   out = {}
   for c in np.unique(sample_cls):
     idx = np.flatnonzero(sample_cls == c)
-    out[int(c)] = (deltas[:, idx], null[:, idx].reshape(u, idx.size * r, *null.shape[3:]))
+    out[int(c)] = (deltas[:, idx], null_deltas[:, idx])
   return out
 
 
-def statistics(deltas: np.ndarray, null_deltas: np.ndarray, sample_cls: np.ndarray, *, seed: int,
-               n_boot: int = 1000, level: float = 0.95, alpha: float = 0.05) -> dict[int, dict]:
-  """{class: selectivity.unit_statistics on that class's start samples}."""
-  return {c: selectivity.unit_statistics(d, n, seed=seed + c, n_boot=n_boot, level=level, alpha=alpha)
+def statistics(deltas: np.ndarray, lengths: np.ndarray, null_deltas: np.ndarray,
+               null_lengths: np.ndarray, sample_cls: np.ndarray, *, seed: int,
+               **kwargs) -> dict[int, dict]:
+  """{class: selectivity.shared_null_statistics on that class's start samples}; `kwargs`
+  (n_boot, level, alpha, rank_by, average, per_length) as there."""
+  return {c: selectivity.shared_null_statistics(d, lengths, n, null_lengths, seed=seed + c, **kwargs)
           for c, (d, n) in split_by_class(deltas, null_deltas, sample_cls).items()}
 
 

@@ -29,7 +29,7 @@ FAMILIES = {
     "luminance": "colour", "colour_r": "colour", "colour_g": "colour", "colour_b": "colour",
     "centre_x": "position", "centre_y": "position", "motion": "position",
     "eccentricity": "shape", "angle": "shape",
-    "entropy": "texture",
+    "texture": "texture",
 }
 LABELS = ("none", "single-concept", "superposed")
 

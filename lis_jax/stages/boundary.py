@@ -83,7 +83,9 @@ class BoundaryResult:
 
 
 def _store(workdir: str) -> blocks.BlockStore:
-  return blocks.BlockStore(os.path.join(workdir, NAME), "batch")
+  """Boundary batches: crossing times are NaN where a path never crosses and part metrics
+  where a part is absent, so only the checksums are verified on read."""
+  return blocks.BlockStore(os.path.join(workdir, NAME), "batch", finite=False)
 
 
 def load_batches(workdir: str) -> list[dict]:
@@ -141,8 +143,9 @@ def _batch(ctx, c, seg, link, cf: dict, ids: np.ndarray, batch: int) -> dict:
   d = w_pts.shape[-1]
   first = lib.first_copies(t_pts)  # [B, T']: repeated points are measured once
   unique = (first == np.arange(t_n)).reshape(-1)
+  qc = ctx.cfg("quantify")
   m = quantify.measure(G, seg, np.concatenate([w_pts.reshape(-1, d)[unique], nul.reshape(-1, d)]),
-                       c.measure_batch, ctx.cfg("quantify").max_components)
+                       c.measure_batch, qc.max_components, entropy=quantify.uses_entropy(qc))
   out = {k: arr[k] for k in ("search", "origin", "target")}
   out.update({k: res[k] for k in ("t_leave", "t_reach", "width", "leave_found", "reach_found", "pred_grid")})
   out["t_points"] = t_pts
@@ -185,7 +188,7 @@ def run(ctx) -> None:
     pipeline.check_finite(f"boundary batch {b} areas", out["pt.area"])
     pipeline.maybe_interrupt(NAME, b + 1)
     store.write(b, **out)
-  summarise(ctx, seg.part_names[1:])
+  summarise(ctx, quantify.measured_parts(seg))
 
 
 # ----------------------------------------------------------------------------- summary
@@ -195,13 +198,17 @@ def _concat(batches: list[dict]) -> dict:
   return {k: np.concatenate([bt[k] for bt in batches]) for k in batches[0] if k != "truth_factors"}
 
 
-def changes(arrays: dict) -> tuple[np.ndarray, np.ndarray]:
-  """(deltas [B, P, M] start -> crossing, null deltas [B, R, P, M]) from the batches' metrics."""
-  pts = selectivity.concept_values({k[3:]: v for k, v in arrays.items() if k.startswith("pt.")})  # [B, T', P, M']
-  null = selectivity.concept_values({k[5:]: v for k, v in arrays.items() if k.startswith("null.")})
+def changes(arrays: dict, sources: dict[str, str] = selectivity.CONCEPT_SOURCES
+            ) -> tuple[np.ndarray, np.ndarray]:
+  """(deltas [B, P, M] start -> crossing, null deltas [B, R, P, M]) from the batches'
+  metrics, read with the concept set `sources` (quantify's: `quantify.concept_sources`)."""
+  pts = selectivity.concept_values({k[3:]: v for k, v in arrays.items() if k.startswith("pt.")},
+                                   sources)  # [B, T', P, M']
+  null = selectivity.concept_values({k[5:]: v for k, v in arrays.items() if k.startswith("null.")},
+                                    sources)
   first = pts[:, 0]
-  deltas = selectivity.sweep_changes(first.copy(), pts[:, -1].copy())
-  null_d = selectivity.sweep_changes(np.broadcast_to(first[:, None], null.shape).copy(), null)
+  deltas = selectivity.sweep_changes(first.copy(), pts[:, -1].copy(), sources)
+  null_d = selectivity.sweep_changes(np.broadcast_to(first[:, None], null.shape).copy(), null, sources)
   return deltas, null_d
 
 
@@ -211,7 +218,7 @@ def summarise(ctx, parts) -> None:
   out_dir = ctx.out_dir(NAME)
   batches = load_batches(ctx.workdir)
   a = _concat(batches)
-  deltas, null_d = changes(a)
+  deltas, null_d = changes(a, quantify.concept_sources(ctx))
   metrics = list(selectivity.CONCEPT_METRICS)
   pairs, stats = lib.pair_statistics(deltas, null_d, a["origin"], a["target"], seed=int(ctx.config.seed),
                                      n_boot=c.n_boot, level=c.level, alpha=c.alpha)

@@ -353,13 +353,11 @@ def _part_metric_values(ctx, data, rows: np.ndarray) -> tuple[list[str], np.ndar
   seg_dir = os.path.join(ctx.workdir, "quantify", "segmenter")
   if not os.path.exists(os.path.join(seg_dir, io.META_FILE)):
     return None
-  from lis_jax.quantify import segment, selectivity
+  from lis_jax.quantify import segment
   from lis_jax.stages import quantify
   seg = segment.load(seg_dir)
-  m = quantify.measure(ctx.G, seg, data.w[rows], ctx.cfg(NAME).render_batch_size,
-                           ctx.cfg("quantify").max_components)
-  vals = selectivity.concept_values(m)                                          # [n, P, M']
-  names = [f"{p}.{k}" for p in seg.part_names[1:] for k in selectivity.CONCEPT_SOURCES]
+  vals = quantify.measure_concepts(ctx, seg, data.w[rows], ctx.cfg(NAME).render_batch_size)   # [n, P, M']
+  names = [f"{p}.{k}" for p in quantify.measured_parts(seg) for k in quantify.concept_sources(ctx)]
   return names, vals.reshape(len(rows), -1)
 
 

@@ -145,12 +145,14 @@ def class_wise(ctx, c, pd, parts: list[str]) -> tuple[list[dict], list[dict]] | 
   samples = blocks[0]["samples"]
   if any(not np.array_equal(b["samples"], samples) for b in blocks):
     return None
-  units, deltas, null_d = quantify.deltas_from_blocks(blocks)
-  q = ctx.cfg("quantify")
-  per = classwise.statistics(deltas, null_d, pd.cls[samples], seed=int(ctx.config.seed), n_boot=c.n_boot,
-                             level=q.level, alpha=q.alpha)
-  pooled = selectivity.unit_statistics(deltas, null_d, seed=int(ctx.config.seed), n_boot=c.n_boot,
-                                       level=q.level, alpha=q.alpha)
+  null = quantify.load_null(ctx.out_dir("quantify"))
+  units, deltas, lengths, null_d, null_len = quantify.deltas_from_blocks(
+      blocks, null, quantify.concept_sources(ctx))
+  opts = dict(n_boot=c.n_boot, **quantify.statistics_options(ctx.cfg("quantify")))
+  per = classwise.statistics(deltas, lengths, null_d, null_len, pd.cls[samples],
+                             seed=int(ctx.config.seed), **opts)
+  pooled = selectivity.shared_null_statistics(deltas, lengths, null_d, null_len,
+                                              seed=int(ctx.config.seed), **opts)
   rows = []
   for k, st in per.items():
     for r in selectivity.table_rows(st, units, parts):

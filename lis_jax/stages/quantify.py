@@ -219,8 +219,29 @@ def null_ws(w_start: np.ndarray, lengths: np.ndarray, draws: int, key: jax.Array
   return (w_start[None] + length[:, None, None] * d[:, None]).astype(np.float32), length
 
 
-def _uses_entropy(c) -> bool:
+def uses_entropy(c) -> bool:
+  """Whether quantify section `c`'s concept set reads the (costly) local entropy."""
   return "entropy_mean" in selectivity.concept_sources(c.concepts).values()
+
+
+def measured_parts(seg: segment.Segmenter) -> list[str]:
+  """The parts `measure` reports, in order: the segmenter's without the background, then
+  the object (the union of the parts)."""
+  return list(seg.part_names[1:]) + [metrics.OBJECT_PART]
+
+
+def measure_concepts(ctx, seg: segment.Segmenter, w: np.ndarray, batch_size: int) -> np.ndarray:
+  """[N, P + 1, M'] concept values of the images of w [N, w_dim], read with the run's
+  quantify settings (its concept set, its components), as quantify itself reads them;
+  M' = len(concept_sources(ctx)). Other stages measure images through this."""
+  c = ctx.cfg(NAME)
+  m = measure(ctx.G, seg, w, batch_size, c.max_components, entropy=uses_entropy(c))
+  return selectivity.concept_values(m, concept_sources(ctx))
+
+
+def concept_sources(ctx) -> dict[str, str]:
+  """The run's concept set (quantify.concepts): concept -> metric key."""
+  return selectivity.concept_sources(ctx.cfg(NAME).concepts)
 
 
 def _quantify_block(c, G, seg, blk) -> dict:
@@ -229,7 +250,7 @@ def _quantify_block(c, G, seg, blk) -> dict:
   w = w[:, pick]  # [U, S', T, w_dim]
   u_n, s_n, _, d = w.shape
   ends = w[:, :, [0, -1]].reshape(-1, d)  # [U * S' * 2, w_dim]
-  m = measure(G, seg, ends, c.batch_size, c.max_components, _uses_entropy(c), _has_truth(G))
+  m = measure(G, seg, ends, c.batch_size, c.max_components, uses_entropy(c), _has_truth(G))
   out = {"units": blk["units"], "samples": blk["samples"][pick],
          "length": np.linalg.norm(w[:, 0, -1] - w[:, 0, 0], axis=-1)}  # [U]
   for k, v in m.items():
@@ -260,7 +281,7 @@ def _quantify_null(c, G, seg, sweep_blocks: list[dict], key: jax.Array) -> dict:
   ends, null_len = null_ws(w_start, lengths, c.null_draws, key)
   s_n, d = w_start.shape
   m = measure(G, seg, np.concatenate([w_start, ends.reshape(-1, d)]), c.batch_size, c.max_components,
-              _uses_entropy(c), _has_truth(G))
+              uses_entropy(c), _has_truth(G))
   out = {"samples": sweep_blocks[0]["samples"][pick], "length": null_len}
   for k, v in m.items():
     out[f"start.{k}"] = v[:s_n]
@@ -401,15 +422,20 @@ def merge(ctx) -> None:
   n_blocks = ctx.result("sweep").n_blocks
   io.write_json(os.path.join(ctx.out_dir(NAME), "manifest.json"),
                 {"blocks_done": list(range(n_blocks)), "n_blocks": n_blocks,
-                 "parts": list(seg.part_names[1:]) + [metrics.OBJECT_PART], "null_draws": c.null_draws,
+                 "parts": measured_parts(seg), "null_draws": c.null_draws,
                  "samples_per_unit": c.samples_per_unit})
   summarise(ctx, seg)
 
 
+def statistics_options(c) -> dict:
+  """shared_null_statistics' options from quantify section `c` (seed and n_boot aside)."""
+  return dict(level=c.level, alpha=c.alpha, rank_by=c.rank_by, average=c.average,
+              per_length=c.null_per_length)
+
+
 def _statistics(c, deltas, lengths, null_d, null_len, seed: int) -> dict:
   return selectivity.shared_null_statistics(deltas, lengths, null_d, null_len, seed=seed, n_boot=c.n_boot,
-                                            level=c.level, alpha=c.alpha, rank_by=c.rank_by,
-                                            average=c.average, per_length=c.null_per_length)
+                                            **statistics_options(c))
 
 
 def _store(directory: str) -> blocks.BlockStore:
@@ -425,7 +451,7 @@ def summarise(ctx, seg: segment.Segmenter) -> None:
   seed = int(ctx.config.seed)
   blks, null = list(_store(out_dir).blocks(ctx.result("sweep").n_blocks)), load_null(out_dir)
   sources = selectivity.concept_sources(c.concepts)
-  parts = list(seg.part_names[1:]) + [metrics.OBJECT_PART]
+  parts = measured_parts(seg)
   units, deltas, lengths, null_d, null_len = deltas_from_blocks(blks, null, sources)
   stats = _statistics(c, deltas, lengths, null_d, null_len, seed)
   rows = selectivity.table_rows(stats, units, parts)
