@@ -21,7 +21,6 @@ Errors a user can fix (bad config, bad input, incompatible workdir) are raised a
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib
 import json

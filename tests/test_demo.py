@@ -22,6 +22,7 @@ from lis_jax import classifiers, generators, io, linking, pipeline  # noqa: E402
 from lis_jax.generators import shapes  # noqa: E402
 from lis_jax.stages import sweep  # noqa: E402
 from tests.browser import browser, console_errors  # noqa: F401,E402  (fixture)
+from tests import interrupt  # noqa: E402
 
 SCREENSHOT = "report_1280.png"  # saved beside the page, for a person to look at
 
@@ -169,19 +170,7 @@ def test_boundary_resumes_after_a_crash_and_matches_a_clean_run(reduced_demo, tm
   shutil.rmtree(os.path.join(crashed, "boundary"))
   config = reduced_config()
   config.stages = ("boundary",)
-  real_savez, calls = io.savez, []
-
-  def failing_savez(path, **arrays):
-    if os.path.basename(path).startswith("batch_") and f"{os.sep}boundary{os.sep}" in path:
-      calls.append(path)
-      if len(calls) == 3:
-        raise RuntimeError("simulated crash while writing the third batch")
-    real_savez(path, **arrays)
-
-  monkeypatch.setattr(io, "savez", failing_savez)
-  with pytest.raises(RuntimeError, match="simulated crash"):
-    pipeline.run(config, crashed)
-  monkeypatch.setattr(io, "savez", real_savez)
+  interrupt.run_until(monkeypatch, config, crashed, "boundary:3")   # batch 2 measured, not written
   bdir = os.path.join(crashed, "boundary")
   assert sorted(f for f in os.listdir(bdir) if f.startswith("batch_")) == ["batch_00000.npz", "batch_00001.npz"]
   pipeline.run(config, crashed)

@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 from lis_jax import io, pipeline  # noqa: E402
 from lis_jax.stages import invariances  # noqa: E402
+from tests import interrupt  # noqa: E402
 
 # float64 closed forms vs scikit-learn's / scipy's float64 paths.
 CLOSED_FORM_TOL = 1e-9
@@ -37,10 +38,6 @@ def _config():
   return cfg
 
 
-class _Interrupted(Exception):
-  pass
-
-
 def test_resumes_after_kills_to_the_clean_run(tmp_path, monkeypatch):
   cfg = _config()
   ref, work = tmp_path / "ref", tmp_path / "work"
@@ -48,16 +45,8 @@ def test_resumes_after_kills_to_the_clean_run(tmp_path, monkeypatch):
   for d in ("paired_data", "link"):   # the stages it requires, done once
     shutil.copytree(ref / d, work / d)
   cfg.stages = ("invariances",)
-  real = pipeline.maybe_interrupt
   for point in ("invariances.train:2", "invariances:2"):   # mid-training, mid-sampling
-    def hook(stage, done, point=point):
-      if f"{stage}:{done}" == point:
-        raise _Interrupted(point)
-      real(stage, done)
-    monkeypatch.setattr(pipeline, "maybe_interrupt", hook)
-    with pytest.raises(_Interrupted):
-      pipeline.run(cfg, str(work))
-  monkeypatch.setattr(pipeline, "maybe_interrupt", real)
+    interrupt.run_until(monkeypatch, cfg, str(work), point)
   pipeline.run(cfg, str(work))
 
   out_ref, out_work = ref / "invariances", work / "invariances"

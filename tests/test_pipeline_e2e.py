@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from lis_jax import linking, pipeline  # noqa: E402
 from lis_jax.stages import paired_data  # noqa: E402
+from tests import interrupt  # noqa: E402
 
 
 def _main(workdir, *overrides, kill_after=None, cache=None, timeout=600):
@@ -74,25 +75,13 @@ def _tiny_models_config(**flat):
                        "sweep.units": "0:5", **flat})
 
 
-class _Interrupted(Exception):
-  pass
-
-
 @pytest.mark.parametrize("kill_points", [("paired_data:3", "sweep:2", "counterfactual:1")])
 def test_each_stage_resumes_to_identical_outputs(tmp_path, monkeypatch, kill_points):
   cfg = _tiny_models_config()
   ref, work = tmp_path / "ref", tmp_path / "work"
   pipeline.run(cfg, str(ref))
-  real = pipeline.maybe_interrupt
   for point in kill_points:
-    def hook(stage, done, point=point):
-      if f"{stage}:{done}" == point:
-        raise _Interrupted(point)
-      real(stage, done)
-    monkeypatch.setattr(pipeline, "maybe_interrupt", hook)
-    with pytest.raises(_Interrupted):
-      pipeline.run(cfg, str(work))
-  monkeypatch.setattr(pipeline, "maybe_interrupt", real)
+    interrupt.run_until(monkeypatch, cfg, str(work), point)
   pipeline.run(cfg, str(work))
   def files(d):   # Orbax names its files at random: the link is compared by value below.
     return sorted(p.relative_to(d) for p in d.rglob("*")

@@ -30,7 +30,6 @@ Outputs (`workdir/invariances/`, every file atomic; WORKSPACE.md):
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from typing import Any, Callable
 
