@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT))  # configs/ is not an installed package.
 from configs import demo  # noqa: E402
 from lis_jax import classifiers, generators, io, linking, pipeline  # noqa: E402
 from lis_jax.generators import shapes  # noqa: E402
+from lis_jax.quantify import selectivity  # noqa: E402
 from lis_jax.stages import sweep  # noqa: E402
 from tests.browser import browser, console_errors  # noqa: F401,E402  (fixture)
 from tests import interrupt  # noqa: E402
@@ -157,7 +158,9 @@ def test_boundary_and_population_outputs(reduced_demo):
   # The crossing is where the prediction reaches the target: known to within the bracket.
   assert np.all(a["t_reach"][found] <= 1.0) and np.all(a["width"] <= 0.5 / 2 ** 4 + 1e-7)
   assert "validation" in s and -1.0 <= s["validation"]["mean_spearman"] <= 1.0
-  assert len(b.rows) == 56 * 3 * 13  # pairs x parts x metrics
+  # pairs x measured parts (the world's 3 + the object; PART_NAMES counts the background
+  # instead) x concepts
+  assert len(b.rows) == 56 * len(shapes.PART_NAMES) * len(selectivity.CONCEPT_METRICS)
   p = population.load(reduced_demo).summary
   assert set(p["superposition"]["counts"]) == {"none", "single-concept", "superposed"}
   assert sum(p["superposition"]["counts"].values()) == 8  # units 0..7 swept

@@ -24,9 +24,10 @@ RESOLUTION = 32  # the world at 32 px (the demo's 64 px costs 4x); both runs get
 # (on the same images: only the labels' way in differs).
 IOU_TOLERANCE = 0.02
 # labels='ground_truth' trains and evaluates on other images (the stage samples its own):
-# measured |difference| 0.004, 0.011 and 0.033 for config.seed 0, 1, 2 (16 training images
-# at 32 px: the choice of images moves the IoU by a few hundredths).
-SAMPLING_TOLERANCE = 0.05
+# issue 12's bar is 0.02 too, and holds at this test's config.seed 0 (|difference| 0.004);
+# for seeds 1 and 2 it measured 0.011 and 0.033 (16 training images at 32 px: the choice
+# of images moves the IoU by a few hundredths), so the bar is met here, not for any seed.
+SAMPLING_TOLERANCE = 0.02
 
 
 def small_world():
