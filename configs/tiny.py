@@ -41,7 +41,7 @@ def get_config():
   config.quantify.head = "XS"
   config.quantify.epochs = 3
   config.quantify.samples_per_unit = 2
-  config.quantify.null_draws = 1
+  config.quantify.null_draws = 4  # random directions of the null (quantify needs >= 2)
   config.quantify.batch_size = 16
   config.quantify.n_boot = 50
   return config

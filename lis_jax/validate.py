@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
+from lis_jax.quantify import selectivity
+
 _INF = None
 Rule = tuple[str, float | None, float | None]
 
@@ -63,10 +65,17 @@ RULES: dict[str, dict[str, Rule]] = {
         "n_labelled": _pos_int(), "n_heldout": _nonneg_int(), "resolution": _nonneg_int(),
         "epochs": _pos_int(), "train_batch": _pos_int(), "lr": _pos_float(),
         "weight_decay": ("float", 0.0, _INF), "lr_step_epochs": _pos_int(), "lr_gamma": _pos_float(),
-        "samples_per_unit": ("int", 2, _INF), "null_draws": _pos_int(), "max_components": _pos_int(),
+        "samples_per_unit": ("int", 2, _INF), "null_draws": ("int", 2, _INF), "max_components": _pos_int(),
         "batch_size": _pos_int(), "n_boot": _pos_int(), "level": _unit_open(), "alpha": _unit_open(),
         "top_k": _pos_int(), "cards": _nonneg_int(),
     },
+}
+
+
+# Per stage section: field -> the values it may take.
+CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
+    "quantify": {"rank_by": ("mean", "effect"), "average": ("mean", "median"),
+                 "concepts": tuple(selectivity.CONCEPT_SETS)},
 }
 
 
@@ -114,6 +123,12 @@ def check(config: Mapping[str, Any], stages: Sequence[str]) -> None:
     for field, rule in rules.items():
       if section is not None and field in section:
         check_value(f"{stage}.{field}", section[field], rule)
+  for stage, choices in CHOICES.items():
+    section = config[stage] if stage in config else None
+    for field, allowed in choices.items():
+      if section is not None and field in section and section[field] not in allowed:
+        raise ValueError(f"config.{stage}.{field}={section[field]!r} must be one of "
+                         f"{', '.join(allowed)}")
 
 
 def check_top_units(top_units: int, feature_dim: int) -> None:

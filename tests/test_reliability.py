@@ -290,6 +290,9 @@ BAD_VALUES = {
     "top_units_too_many": ("counterfactual.top_units=1000",   # tests.tiny_models' classifier: 12 units
                            r"counterfactual\.top_units=1000 must be in \[1, 12\]"),
     "empty_stages": ("stages=", r"config\.stages is empty"),
+    "null_draws_one": ("quantify.null_draws=1", r"quantify\.null_draws=1 must be >= 2"),
+    "unknown_concept_set": ("quantify.concepts=fancy",
+                            r"quantify\.concepts='fancy' must be one of reference, calibrated"),
 }
 
 
