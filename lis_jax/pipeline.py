@@ -318,8 +318,10 @@ def _workdir_lock(workdir: str):
 def _run_stage(ctx: RunContext, name: str, recomputed: tuple[str, ...] = ()) -> None:
   """Runs stage `name`; if it finds a corrupt or missing file of an earlier stage, that
   stage is run again (it recomputes what is missing, and says so), then `name` again."""
-  # Every process checks the recorded fingerprint; process 0 records it.
+  # Every process checks the recorded fingerprint; process 0 records it, and no process
+  # writes an output before it is recorded.
   check_stage_config(ctx.out_dir(name), ctx.fingerprint(name), write=ctx.is_main)
+  ctx.barrier(f"{name}:config")
   ctx.forget(name)
   try:
     _run_on_processes(ctx, ctx.registry[name])

@@ -32,7 +32,9 @@ def save(fig, out_dir: str, name: str) -> bytes:
   fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
   png = buf.getvalue()
   svg = _io.StringIO()
-  fig.savefig(svg, format="svg", bbox_inches="tight")
+  # No date and fixed element ids: the same figure gives the same file (resumed runs).
+  with matplotlib.rc_context({"svg.hashsalt": "lis_jax"}):
+    fig.savefig(svg, format="svg", bbox_inches="tight", metadata={"Date": None})
   plt.close(fig)
   with io.atomic_file(os.path.join(out_dir, f"{name}.png"), "wb") as f:
     f.write(png)

@@ -43,3 +43,15 @@ def test_cluster_order_groups_similar_rows():
   order = list(plots.cluster_order(x))
   pos = {r: order.index(r) for r in range(4)}
   assert abs(pos[0] - pos[2]) == 1 and abs(pos[1] - pos[3]) == 1
+
+
+def test_saved_figures_are_byte_identical_across_saves(tmp_path):
+  """No date, fixed ids: a resumed run rewrites the page's figures to the same bytes."""
+  import matplotlib.pyplot as plt
+  got = []
+  for d in ("a", "b"):
+    fig, ax = plt.subplots()
+    ax.plot(np.arange(5.0))
+    plots.save(fig, str(tmp_path / d), "fig")
+    got.append(((tmp_path / d / "fig.svg").read_bytes(), (tmp_path / d / "fig.png").read_bytes()))
+  assert got[0] == got[1]
