@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lis_jax import generators, pipeline
+from lis_jax import generators
 from lis_jax.quantify import metrics, segment
 from lis_jax.stages import quantify as stage
 
@@ -57,7 +57,7 @@ def main():
         f"({', '.join(f'{k} {v:.3f}' for k, v in ev['iou'].items())})")
 
   w = np.asarray(segment.sample_ws(G, classes, args.batch, 0.7, jax.random.fold_in(key, 2))[:, 0])
-  ws = pipeline.broadcast_ws(jnp.asarray(w), G.num_ws)
+  ws = generators.broadcast_ws(jnp.asarray(w), G.num_ws)
   n = args.batch
   synth = jax.jit(lambda G, ws: G.synthesis(ws))
   feats = jax.jit(lambda G, ws: segment.feature_stack(G, ws, seg.layers, seg.resolution))

@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for configs/
 from configs import linear  # noqa: E402
-from lis_jax import classifiers, images, io, linking, pipeline
+from lis_jax import classifiers, generators, images, io, linking, pipeline
 from lis_jax.generators import stylegan_xl
 
 
@@ -106,7 +106,7 @@ def main():
   block = args.units_per_block * args.samples * len(classes) * args.steps
   n_chunks = -(-block // args.batch)
   synth = jax.jit(lambda G, w: jax.lax.map(
-      lambda wb: images.to_uint8(G.synthesis(pipeline.broadcast_ws(wb, G.num_ws))), w))
+      lambda wb: images.to_uint8(G.synthesis(generators.broadcast_ws(wb, G.num_ws))), w))
   w = jax.random.normal(jax.random.PRNGKey(1), (n_chunks, args.batch, G.w_dim))  # [K, B, w_dim]
   synth(G, w).block_until_ready()
 

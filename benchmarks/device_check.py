@@ -162,7 +162,7 @@ def bench_sweep(G, size: dict, root: str) -> dict:
   batch = size["sweep_batch"]
   n_chunks = -(-block // batch)
   synth = jax.jit(lambda G, w: jax.lax.map(
-      lambda wb: jnp.clip((G.synthesis(pipeline.broadcast_ws(wb, G.num_ws)) + 1) * 127.5, 0, 255)
+      lambda wb: jnp.clip((G.synthesis(generators.broadcast_ws(wb, G.num_ws)) + 1) * 127.5, 0, 255)
       .astype(jnp.uint8), w))
   w = jax.random.normal(jax.random.PRNGKey(1), (n_chunks, batch, G.w_dim))  # [K, B, w_dim]
   jax.block_until_ready(synth(G, w))

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lis_jax import generators, pipeline
+from lis_jax import generators
 from lis_jax.generators import shapes
 from lis_jax.quantify import metrics, segment, selectivity
 from lis_jax.stages import link as link_stage, quantify as stage, sweep as sweep_stage
@@ -50,7 +50,7 @@ CANDIDATES = {
 def make_measure(G, seg):
   @jax.jit
   def fn(G, params, w):
-    ws = pipeline.broadcast_ws(w, G.num_ws)
+    ws = generators.broadcast_ws(w, G.num_ws)
     img = segment.resize_images(G.synthesis(ws), seg.resolution)
     true = segment.resize_images(G.ground_truth(ws)["masks"], seg.resolution)  # [B, R, R, 4]
     true = jax.nn.one_hot(jnp.argmax(true, -1), true.shape[-1])[..., 1:]
@@ -106,7 +106,7 @@ def collect(args):
   z2 = z + 0.6 * rng.normal(size=z.shape).astype(np.float32)
   wp = np.concatenate([np.asarray(G.mapping(z, cls, 0.7)[:, 0]), np.asarray(G.mapping(z2, cls, 0.7)[:, 0])])
   mp = measure(wp)
-  fac, _ = G.decode_factors(pipeline.broadcast_ws(jnp.asarray(wp), G.num_ws))
+  fac, _ = G.decode_factors(generators.broadcast_ws(jnp.asarray(wp), G.num_ws))
   fac = np.stack([np.asarray(fac[n]) for n in names], -1)
   np.savez(args.cache, units=units, lengths=lengths, dir_len=dir_len, truth=delta, names=np.asarray(names),
            parts=np.asarray(list(seg.part_names[1:]) + ["object"]), n_units=u, n_samples=s,
@@ -116,7 +116,7 @@ def collect(args):
 def _truth(G, ends):
   """Per unit and sample: change of each factor over the sweep / the factor's range [U, S, F]."""
   u, s_n, _, wd = ends.shape
-  f, _ = G.decode_factors(pipeline.broadcast_ws(jnp.asarray(ends.reshape(-1, wd)), G.num_ws))
+  f, _ = G.decode_factors(generators.broadcast_ws(jnp.asarray(ends.reshape(-1, wd)), G.num_ws))
   names = list(f)
   out = []
   for n in names:

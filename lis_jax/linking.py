@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from lis_jax import io
-from lis_jax import pipeline
+from lis_jax import errors, generators
 
 LINEAR_KINDS = ("ols", "ridge", "elasticnet")
 KINDS = LINEAR_KINDS + ("mlp",)
@@ -73,9 +73,9 @@ def fit_linear(r: np.ndarray, w: np.ndarray, kind: str = "ols", alpha: float = 1
     {'A': [D, w_dim], 'b': [w_dim]} numpy, float64 if `float64` else float32.
   """
   if kind not in LINEAR_KINDS:
-    raise pipeline.PipelineError(f"link kind {kind!r} is not linear ({', '.join(LINEAR_KINDS)})")
+    raise errors.PipelineError(f"link kind {kind!r} is not linear ({', '.join(LINEAR_KINDS)})")
   if r.ndim != 2 or w.ndim != 2 or r.shape[0] != w.shape[0]:
-    raise pipeline.PipelineError(f"fit_linear: r {r.shape} and w {w.shape} must be [N, D] and [N, w_dim]")
+    raise errors.PipelineError(f"fit_linear: r {r.shape} and w {w.shape} must be [N, D] and [N, w_dim]")
   dtype = np.float64 if float64 else np.float32
   with _x64(float64):
     x = jnp.asarray(np.asarray(r, dtype))
@@ -84,7 +84,7 @@ def fit_linear(r: np.ndarray, w: np.ndarray, kind: str = "ols", alpha: float = 1
       A, b = _ols_lstsq(x, y)
     elif kind in ("ols", "ridge"):
       if solver not in ("lstsq", "cholesky"):
-        raise pipeline.PipelineError(f"unknown solver {solver!r} (lstsq, cholesky)")
+        raise errors.PipelineError(f"unknown solver {solver!r} (lstsq, cholesky)")
       A, b = _ridge_cholesky(x, y, alpha if kind == "ridge" else 0.0, jitter if kind == "ols" else 0.0)
     else:
       A, b = _elasticnet_fista(x, y, alpha, l1_ratio, max_iter, tol)
@@ -236,7 +236,7 @@ def regression_metrics(w_true: np.ndarray, w_pred: np.ndarray) -> dict[str, Any]
 
 def cycle(G: Any, clf: Any, link: Link, r: jax.Array) -> jax.Array:
   """r [N, D] -> w = link(r) -> image -> r' [N, D] (the classifier's view of it)."""
-  ws = pipeline.broadcast_ws(link(r), G.num_ws)
+  ws = generators.broadcast_ws(link(r), G.num_ws)
   return clf.features(clf.preprocess(G.synthesis(ws)))
 
 
@@ -290,7 +290,7 @@ def load(ckpt_dir: str, verify: bool = False) -> Link:
 def fit(c: ml_collections.ConfigDict, r: np.ndarray, w: np.ndarray, key: jax.Array) -> Link:
   """Fits the link named by `c.kind` (a `link` config section) on (r [N, D], w [N, w_dim])."""
   if c.kind not in KINDS:
-    raise pipeline.PipelineError(f"config.link.kind={c.kind!r}; known: {', '.join(KINDS)}")
+    raise errors.PipelineError(f"config.link.kind={c.kind!r}; known: {', '.join(KINDS)}")
   if c.kind == "mlp":
     params = fit_mlp(r, w, key, hidden=tuple(c.hidden), epochs=c.epochs,
                      batch_size=c.batch_size, learning_rate=c.learning_rate)
@@ -299,7 +299,7 @@ def fit(c: ml_collections.ConfigDict, r: np.ndarray, w: np.ndarray, key: jax.Arr
                         solver=c.solver, jitter=c.jitter, max_iter=c.max_iter, tol=c.tol)
   for name, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     if not np.all(np.isfinite(leaf)):
-      raise pipeline.PipelineError(
+      raise errors.PipelineError(
           f"the {c.kind} link fit produced NaN/inf ({jax.tree_util.keystr(name)}); check the "
           f"paired data, try link.float64=True or a ridge link with alpha > 0")
   params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)

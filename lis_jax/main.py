@@ -24,7 +24,7 @@ from ml_collections import config_flags
 
 from lis_jax import distribute
 from lis_jax import io
-from lis_jax import pipeline
+from lis_jax import errors, pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Pipeline config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and all stage outputs.")
@@ -99,7 +99,7 @@ def main(argv):
     distribute.initialize(distribute.process_setup(
         _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value))
     pipeline.run(_CONFIG.value, _WORKDIR.value)
-  except (pipeline.PipelineError, io.CheckpointError, io.CorruptFileError, io.WorkdirBusy,
+  except (errors.PipelineError, io.CheckpointError, io.CorruptFileError, io.WorkdirBusy,
           distribute.DistributedError) as e:
     _fail(str(e))
   except OSError as e:

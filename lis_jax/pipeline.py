@@ -34,6 +34,8 @@ import numpy as np
 from lis_jax import distribute
 from lis_jax import io
 from lis_jax import validate
+from lis_jax.errors import PipelineError, check_finite, maybe_interrupt, require  # noqa: F401 (moved; re-exported until callers move)
+from lis_jax.spec import CLASS_GROUPS, as_tuple, parse_classes, parse_stages, parse_units  # noqa: F401
 
 # Each stage records its fingerprint here (inside its own output directory).
 STAGE_CONFIG_FILE = "config.json"
@@ -42,19 +44,6 @@ STAGE_CONFIG_FILE = "config.json"
 LAYOUT = 2
 # Stage names of earlier layouts -> their names now.
 RENAMED = {"fit_link": "link"}
-
-# ImageNet class groups of the paper; `config.classes` may name one.
-CLASS_GROUPS: dict[str, tuple[int, ...]] = {
-    "dogs": (232, 254, 151, 197, 178),
-    "fungi": (992, 993, 994, 997),
-    "birds": (10, 12, 14, 92, 95, 96),
-    "cars": (468, 609, 627, 717, 779, 817),
-}
-
-
-class PipelineError(ValueError):
-  """A problem the user can fix: bad config, bad input, incompatible workdir, NaNs."""
-
 
 def resolve(spec: str) -> Callable[..., Any]:
   """Imports "module:function" (a custom model named in the config) and returns it."""
@@ -438,17 +427,6 @@ def check_layout(workdir: str) -> None:
                         f"use a fresh --workdir or delete those directories")
 
 
-def parse_stages(stages: str | Sequence[str]) -> list[str]:
-  """`config.stages` as a list of names; each entry may itself be comma-separated.
-
-  A command-line override `--config.stages=sweep,report` arrives from ml_collections
-  as the one-element tuple ('sweep,report',).
-  """
-  if isinstance(stages, str):
-    stages = (stages,)
-  return [s.strip() for entry in stages for s in entry.split(",") if s.strip()]
-
-
 # ----------------------------------------------------------------------------- helpers for stages
 
 
@@ -551,90 +529,6 @@ def resolve_path(workdir: str, path: str) -> str:
   return inside if os.path.exists(inside) or os.sep in path else path
 
 
-def parse_classes(spec: Any, num_classes: int) -> np.ndarray:
-  """Class ids from a group name ('dogs'), a comma list ('1,2,3') or a sequence of ints.
-
-  Raises:
-    PipelineError: unknown group, unparsable list, or an id outside [0, num_classes).
-  """
-  if isinstance(spec, str):
-    if spec in CLASS_GROUPS:
-      ids = CLASS_GROUPS[spec]
-    else:
-      try:
-        ids = [int(s) for s in spec.split(",") if s.strip()]
-      except ValueError:
-        raise PipelineError(f"config.classes={spec!r} is neither a class group "
-                            f"({', '.join(CLASS_GROUPS)}) nor a comma list of ids") from None
-  else:
-    ids = [int(c) for c in spec]
-  ids = np.asarray(ids, np.int32)
-  if ids.size == 0:
-    raise PipelineError("config.classes is empty")
-  bad = ids[(ids < 0) | (ids >= num_classes)]
-  if bad.size:
-    raise PipelineError(f"unknown class id(s) {bad.tolist()}: the generator and classifier "
-                        f"have {num_classes} classes (ids 0..{num_classes - 1})")
-  if len(set(ids.tolist())) != ids.size:
-    raise PipelineError(f"config.classes has duplicates: {ids.tolist()}")
-  return ids
-
-
-def parse_units(spec: Any, num_units: int) -> np.ndarray:
-  """Unit ids from 'all', a comma list with ranges ('0,1,5:9') or a sequence of ints.
-
-  Raises:
-    PipelineError: unparsable spec or a unit outside [0, num_units).
-  """
-  if isinstance(spec, str):
-    ids: list[int] = []
-    if spec.strip() == "all":
-      ids = list(range(num_units))
-    else:
-      try:
-        for part in spec.split(","):
-          part = part.strip()
-          if ":" in part:
-            a, b = part.split(":")
-            ids += list(range(int(a), int(b)))
-          elif part:
-            ids.append(int(part))
-      except ValueError:
-        raise PipelineError(f"units={spec!r}: expected 'all' or a comma list like '0,1,5:9'") from None
-  elif isinstance(spec, int):
-    ids = [spec]
-  else:
-    ids = [int(u) for u in spec]
-  ids = np.asarray(ids, np.int32)
-  if ids.size == 0:
-    raise PipelineError(f"units={spec!r} selects no unit")
-  bad = ids[(ids < 0) | (ids >= num_units)]
-  if bad.size:
-    raise PipelineError(f"unit(s) {bad[:10].tolist()} out of range: the classifier "
-                        f"representation has {num_units} units (0..{num_units - 1})")
-  return ids
-
-
-def check_finite(name: str, x: Any) -> None:
-  """Raises PipelineError if the array `x` holds NaN or inf."""
-  x = np.asarray(x)
-  if not np.all(np.isfinite(x)):
-    n = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
-    raise PipelineError(f"{name}: {n} non-finite value(s) (NaN/inf) out of {np.size(x)}")
-
-
-def require(path: str, produced_by: str) -> str:
-  """Returns `path`, or raises PipelineError naming the stage that must run first."""
-  if not os.path.exists(path):
-    raise PipelineError(f"{path} not found: run the '{produced_by}' stage first "
-                        f"(add it to config.stages)")
-  return path
-
-
-def as_tuple(x: Any) -> Sequence:
-  return tuple(x) if isinstance(x, (list, tuple)) else (x,)
-
-
 # ----------------------------------------------------------------------------- models
 
 
@@ -668,21 +562,3 @@ def load_models(config: ml_collections.ConfigDict, workdir: str):
     raise PipelineError(f"generator has {G.num_classes} classes but classifier has "
                         f"{clf.num_classes}: they must share the label space")
   return G, clf
-
-
-def broadcast_ws(w: Any, num_ws: int) -> Any:
-  """w [..., w_dim] -> ws [..., num_ws, w_dim] (the same w for every synthesis layer)."""
-  import jax.numpy as jnp
-  return jnp.broadcast_to(w[..., None, :], (*w.shape[:-1], num_ws, w.shape[-1]))
-
-
-def maybe_interrupt(stage: str, done: int) -> None:
-  """Test hook: SIGKILLs this process when LIS_JAX_TEST_KILL_AFTER="stage:n" and done == n.
-
-  Stages call it right after writing a unit of output and before recording it as done,
-  the worst moment to die; tests use it to prove resumption loses and duplicates nothing.
-  """
-  spec = os.environ.get("LIS_JAX_TEST_KILL_AFTER")
-  if spec and spec == f"{stage}:{done}":
-    import signal
-    os.kill(os.getpid(), signal.SIGKILL)

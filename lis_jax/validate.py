@@ -2,7 +2,7 @@
 
 `check(config, stages)` looks at the top-level fields and every stage section the
 config has (a wrong value is refused even in a section this run skips), and raises `ValueError` with one line naming the first bad field, its
-value and what it must be (the runner turns it into `pipeline.PipelineError`).
+value and what it must be (the runner turns it into `errors.PipelineError`).
 Fields a config does not have are skipped, so a rule never invents a default.
 
 A rule is `(kind, low, high)`: `int` and `float` values must lie in [low, high]

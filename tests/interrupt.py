@@ -1,13 +1,13 @@
 """Stopping a run at a kill point, in the test's own process.
 
-Stages call `pipeline.maybe_interrupt(stage, n)` right after writing a unit of output and
+Stages call `errors.maybe_interrupt(stage, n)` right after writing a unit of output and
 before recording it as done, the worst moment to die. `run_until(...)` makes that call
 raise `Interrupted` at the named point, so a test can stop a run there and resume it.
 (The end-to-end tests SIGKILL a subprocess at the same points via LIS_JAX_TEST_KILL_AFTER.)
 """
 import pytest
 
-from lis_jax import pipeline
+from lis_jax import errors, pipeline
 
 
 class Interrupted(Exception):
@@ -17,7 +17,7 @@ class Interrupted(Exception):
 def run_until(monkeypatch, config, workdir: str, point: str) -> None:
   """Runs `pipeline.run(config, workdir)` and stops it at kill point `point` ('stage:n');
   fails the test if the run never reaches that point."""
-  real = pipeline.maybe_interrupt
+  real = errors.maybe_interrupt
 
   def hook(stage, done):
     if f"{stage}:{done}" == point:

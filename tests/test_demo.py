@@ -18,7 +18,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT))  # configs/ is not an installed package.
 from configs import demo  # noqa: E402
-from lis_jax import classifiers, generators, io, linking, pipeline  # noqa: E402
+from lis_jax import classifiers, errors, generators, io, linking, pipeline  # noqa: E402
 from lis_jax.generators import shapes  # noqa: E402
 from lis_jax.quantify import selectivity  # noqa: E402
 from lis_jax.stages import sweep  # noqa: E402
@@ -141,7 +141,7 @@ def test_report_shows_only_what_ran_and_checks_section_names(tmp_path):
   assert "held-out R^2" in page and "0.5000" in page
   assert "Counterfactuals" not in page and "Unit sweeps" not in page
   config.report.sections = "link,no_such_section"
-  with pytest.raises(pipeline.PipelineError, match="no_such_section"):
+  with pytest.raises(errors.PipelineError, match="no_such_section"):
     pipeline.run(config, workdir)
 
 

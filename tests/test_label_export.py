@@ -11,7 +11,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT))  # configs/ is not an installed package.
 from configs import tiny  # noqa: E402
-from lis_jax import images, pipeline  # noqa: E402
+from lis_jax import errors, images, pipeline  # noqa: E402
 from lis_jax.label import export, layout  # noqa: E402
 
 
@@ -42,5 +42,5 @@ def test_export_is_seeded_resumable_and_refuses_another_config(tmp_path):
   assert all(os.path.getmtime(d.w(n)) == t for n, t in before.items())  # done ones untouched
   more = layout.read_export(d)["names"]
   assert more[:len(names)] == names and len(more) == 12
-  with pytest.raises(pipeline.PipelineError, match="psi"):
+  with pytest.raises(errors.PipelineError, match="psi"):
     export.export(_ctx(tmp_path, psi=0.5), 4)

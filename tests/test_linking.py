@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn import linear_model, metrics
 
-from lis_jax import linking, pipeline
+from lis_jax import errors, linking
 
 # The agreement bar for OLS/Ridge coefficients and the ElasticNet objective.
 REL_TOL = 1e-4
@@ -97,5 +97,5 @@ def test_nan_input_is_reported():
   from ml_collections import ConfigDict
   cfg = ConfigDict(dict(kind="ols", alpha=1.0, l1_ratio=0.5, float64=False, solver="lstsq",
                         jitter=1e-6, max_iter=10, tol=1e-6))
-  with pytest.raises(pipeline.PipelineError, match="NaN"):
+  with pytest.raises(errors.PipelineError, match="NaN"):
     linking.fit(cfg, x, y, jax.random.PRNGKey(0))

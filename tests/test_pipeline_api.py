@@ -13,7 +13,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT))  # configs/ is not an installed package.
 from configs import tiny  # noqa: E402
-from lis_jax import io, pipeline, stages  # noqa: E402
+from lis_jax import errors, io, pipeline, stages  # noqa: E402
 from lis_jax.stages.base import Stage  # noqa: E402
 
 
@@ -34,7 +34,7 @@ def _toy(name, requires=(), calls=None):
     io.write_json(os.path.join(ctx.out_dir(name), "n.json"), {"n": n})
 
   def load(workdir):
-    path = pipeline.require(os.path.join(workdir, name, "n.json"), name)
+    path = errors.require(os.path.join(workdir, name, "n.json"), name)
     return Count(io.read_json(path)["n"])
 
   return Stage(name=name, requires=requires, default_config=default_config, run=run, load=load,
@@ -67,17 +67,17 @@ def test_toy_stage_runs_and_reads_its_requirement(tmp_path, registry):
 
 def test_runner_checks_requirements_before_running(tmp_path, registry):
   reg, calls = registry
-  with pytest.raises(pipeline.PipelineError, match="requires 'a', which has not run"):
+  with pytest.raises(errors.PipelineError, match="requires 'a', which has not run"):
     pipeline.run(_config(("b",)), str(tmp_path), reg)
-  with pytest.raises(pipeline.PipelineError, match="list 'a' before 'b'"):
+  with pytest.raises(errors.PipelineError, match="list 'a' before 'b'"):
     pipeline.run(_config(("b", "a")), str(tmp_path), reg)
   assert calls == []
   pipeline.run(_config(("a",)), str(tmp_path), reg)
-  with pytest.raises(pipeline.PipelineError, match=r"a\.start: 1 -> 2"):   # a changed since
+  with pytest.raises(errors.PipelineError, match=r"a\.start: 1 -> 2"):   # a changed since
     pipeline.run(_config(("b",), a={"start": 2}), str(tmp_path), reg)
-  with pytest.raises(pipeline.PipelineError, match="unknown field"):
+  with pytest.raises(errors.PipelineError, match="unknown field"):
     pipeline.run(_config(("a",), a={"strat": 2}), str(tmp_path), reg)
-  with pytest.raises(pipeline.PipelineError, match="config.a: .*start"):   # a type the default refuses
+  with pytest.raises(errors.PipelineError, match="config.a: .*start"):   # a type the default refuses
     pipeline.run(_config(("a",), a={"start": "two"}), str(tmp_path), reg)
 
 
@@ -102,11 +102,11 @@ def test_new_stage_is_one_import_line():
 def test_old_stage_name_and_old_layout_get_one_line_errors(tmp_path):
   config = tiny.get_config()
   config.stages = ("paired_data", "fit_link")
-  with pytest.raises(pipeline.PipelineError, match=r"\['fit_link'\] are now called \['link'\]"):
+  with pytest.raises(errors.PipelineError, match=r"\['fit_link'\] are now called \['link'\]"):
     pipeline.run(config, str(tmp_path))
   io.write_json(str(tmp_path / "link" / "config.json"), {"paired_data": {}, "link": {}})
   config.stages = ("paired_data",)
-  with pytest.raises(pipeline.PipelineError, match="earlier version of lis_jax.*fresh --workdir"):
+  with pytest.raises(errors.PipelineError, match="earlier version of lis_jax.*fresh --workdir"):
     pipeline.run(config, str(tmp_path))
 
 

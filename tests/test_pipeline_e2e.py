@@ -1,7 +1,7 @@
 """All four stages end to end: through `python -m lis_jax.main`, killed and resumed.
 
 Interruptions happen at the worst moment: right after a stage wrote an output file and
-before it recorded it as done (`pipeline.maybe_interrupt`).
+before it recorded it as done (`errors.maybe_interrupt`).
 """
 import csv
 import filecmp
@@ -17,7 +17,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lis_jax import linking, pipeline  # noqa: E402
+from lis_jax import errors, linking, pipeline  # noqa: E402
 from lis_jax.stages import paired_data  # noqa: E402
 from tests import interrupt  # noqa: E402
 
@@ -104,7 +104,7 @@ def test_incompatible_workdir_is_refused_and_untouched(tmp_path):
   cfg = _tiny_models_config(stages=("paired_data",))
   pipeline.run(cfg, str(tmp_path))
   before = {p: p.read_bytes() for p in (tmp_path / "paired_data").iterdir()}
-  with pytest.raises(pipeline.PipelineError, match=r"psi: 0.7 -> 0.5"):
+  with pytest.raises(errors.PipelineError, match=r"psi: 0.7 -> 0.5"):
     pipeline.run(_tiny_models_config(stages=("paired_data",), psi=0.5), str(tmp_path))
   assert before == {p: p.read_bytes() for p in (tmp_path / "paired_data").iterdir()}
 

@@ -11,7 +11,7 @@ from ml_collections import ConfigDict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lis_jax import images, io, linking, pipeline  # noqa: E402
+from lis_jax import errors, generators, images, io, linking, pipeline, spec  # noqa: E402
 from lis_jax.stages import counterfactual as counterfactuals  # noqa: E402
 from lis_jax.stages import paired_data, sweep as sweeps  # noqa: E402
 from tests import tiny_models  # noqa: E402
@@ -82,7 +82,7 @@ def test_paired_data_keeps_first_correct_samples_of_each_stream(tmp_path, models
 def test_paired_data_gives_up_with_a_clear_message(tmp_path):
   cfg = _config(**{"paired_data.max_tries_factor": 1.0, "paired_data.n_per_class": 50,
                    "paired_data.shard_size": 50, "classes": "3"})
-  with pytest.raises(pipeline.PipelineError, match="keep_only_correct=False"):
+  with pytest.raises(errors.PipelineError, match="keep_only_correct=False"):
     pipeline.run(cfg, str(tmp_path))
 
 
@@ -125,7 +125,7 @@ def test_sweep_block_matches_direct_computation(models):
       r = np.repeat(r_start[s][None], 4, 0)
       r[:, units[u]] = values[u]
       w = r @ link.params["A"] + link.params["b"]
-      img = G.synthesis(pipeline.broadcast_ws(jnp.asarray(w), G.num_ws))
+      img = G.synthesis(generators.broadcast_ws(jnp.asarray(w), G.num_ws))
       rp = clf.features(clf.preprocess(img))
       np.testing.assert_allclose(out["w"][u, s], w, **F32_TOL)
       diff = np.abs(out["img"][u, s].astype(int) - np.asarray(images.to_uint8(img), int))
@@ -235,20 +235,20 @@ def test_image_mode_gradient_matches_finite_differences(models):
 
 
 @pytest.mark.parametrize("fn,spec,limit,match", [
-    (pipeline.parse_classes, "1,1000", 1000, r"unknown class id\(s\) \[1000\]"),
-    (pipeline.parse_classes, "pets", 1000, "neither a class group"),
-    (pipeline.parse_classes, "-1", 1000, "unknown class id"),
-    (pipeline.parse_units, "0,5:9,2048", 2048, r"unit\(s\) \[2048\] out of range"),
-    (pipeline.parse_units, "a:b", 2048, "expected 'all'"),
+    (spec.parse_classes, "1,1000", 1000, r"unknown class id\(s\) \[1000\]"),
+    (spec.parse_classes, "pets", 1000, "neither a class group"),
+    (spec.parse_classes, "-1", 1000, "unknown class id"),
+    (spec.parse_units, "0,5:9,2048", 2048, r"unit\(s\) \[2048\] out of range"),
+    (spec.parse_units, "a:b", 2048, "expected 'all'"),
 ])
 def test_bad_specs(fn, spec, limit, match):
-  with pytest.raises(pipeline.PipelineError, match=match):
+  with pytest.raises(errors.PipelineError, match=match):
     fn(spec, limit)
 
 
 def test_parse_units_ranges():
-  np.testing.assert_array_equal(pipeline.parse_units("0,5:8, 2", 10), [0, 5, 6, 7, 2])
-  np.testing.assert_array_equal(pipeline.parse_classes("dogs", 1000), [232, 254, 151, 197, 178])
+  np.testing.assert_array_equal(spec.parse_units("0,5:8, 2", 10), [0, 5, 6, 7, 2])
+  np.testing.assert_array_equal(spec.parse_classes("dogs", 1000), [232, 254, 151, 197, 178])
 
 
 def test_incompatible_workdir_is_refused(tmp_path):
@@ -257,14 +257,14 @@ def test_incompatible_workdir_is_refused(tmp_path):
   # Nothing made with the first config yet: a corrected config replaces it.
   pipeline.check_stage_config(str(tmp_path), {"psi": 0.5, "link": {"kind": "ols"}})
   (tmp_path / "block_00000.npz").write_bytes(b"an output made with psi 0.5")
-  with pytest.raises(pipeline.PipelineError, match=r"link.kind: 'ols' -> 'ridge'"):
+  with pytest.raises(errors.PipelineError, match=r"link.kind: 'ols' -> 'ridge'"):
     pipeline.check_stage_config(str(tmp_path), {"psi": 0.5, "link": {"kind": "ridge"}})
 
 
 def test_missing_checkpoint_names_the_converter(tmp_path):
   sys.path.insert(0, _root())
   from configs import linear
-  with pytest.raises(pipeline.PipelineError, match="python -m converters.stylegan_xl --pkl imagenet256.pkl"):
+  with pytest.raises(errors.PipelineError, match="python -m converters.stylegan_xl --pkl imagenet256.pkl"):
     pipeline.load_models(linear.get_config(), str(tmp_path))
 
 
@@ -277,7 +277,7 @@ def test_nan_paired_data_stops_the_link(tmp_path, models):
   io.save_npz(str(shard), **arrays)   # NaN with a valid checksum: caught by the check on read
   cfg.link = ConfigDict(dict(kind="ols", holdout_fraction=0.2, cycle_samples=0))
   cfg.stages = ("link",)
-  with pytest.raises(pipeline.PipelineError,
+  with pytest.raises(errors.PipelineError,
                      match=r"shard_c0000_00000.npz: 'r' holds 1 NaN/inf.*add 'paired_data' to config"):
     pipeline.run(cfg, str(tmp_path))
   assert not (tmp_path / "link" / "metrics.json").exists()

@@ -112,10 +112,10 @@ def _world_changes(G, w_start, ends, sources):
   import jax
   import jax.numpy as jnp
 
-  from lis_jax import pipeline
+  from lis_jax import generators
 
   w = np.concatenate([w_start, ends.reshape(-1, w_start.shape[-1])])
-  ws = pipeline.broadcast_ws(jnp.asarray(w), G.num_ws)
+  ws = generators.broadcast_ws(jnp.asarray(w), G.num_ws)
   true = G.ground_truth(ws)["masks"]
   masks = metrics.with_object(jax.nn.one_hot(jnp.argmax(true, -1), true.shape[-1])[..., 1:])
   m = metrics.part_metrics(G.synthesis(ws), masks, max_components=1, entropy=False)

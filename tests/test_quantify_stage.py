@@ -12,7 +12,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT))  # configs/ is not an installed package.
 from configs import demo  # noqa: E402
-from lis_jax import blocks, generators, io, pipeline  # noqa: E402
+from lis_jax import blocks, errors, generators, io, pipeline  # noqa: E402
 from lis_jax.generators import shapes  # noqa: E402
 from lis_jax.quantify import segment, selectivity  # noqa: E402
 from lis_jax.stages import quantify as stage, sweep  # noqa: E402
@@ -92,7 +92,7 @@ def test_stage_resumes_after_a_crash_and_matches_a_clean_run(tmp_path, monkeypat
 
   # A different quantify config on the same workdir is refused, naming the field.
   config.quantify.null_draws = 5
-  with pytest.raises(pipeline.PipelineError, match="null_draws"):
+  with pytest.raises(errors.PipelineError, match="null_draws"):
     pipeline.run(config, crashed)
 
   # The report section renders cards from these outputs.

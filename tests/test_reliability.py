@@ -91,7 +91,7 @@ import shutil  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from lis_jax import io, pipeline  # noqa: E402
+from lis_jax import errors, io, pipeline  # noqa: E402
 
 TINY_MODELS = {"generator": "tests.tiny_models:generator", "classifier": "tests.tiny_models:classifier",
                "classes": "0,2,4", "sweep.units": "0:5"}
@@ -429,7 +429,7 @@ def test_checkpoint_swapped_between_kill_and_resume_is_refused(tmp_path):
   pipeline.mark_done(cfg, str(work), "paired_data")   # as the killed run recorded it
   (work / "paired_data" / "shard_c0001_00000.npz").write_bytes(b"an output made with A")
   _save_sgxl_tiny(ckpt, seed=1)   # other weights at the same path
-  with pytest.raises(pipeline.PipelineError, match=r"the model weights changed.*generator\.params_sha256"):
+  with pytest.raises(errors.PipelineError, match=r"the model weights changed.*generator\.params_sha256"):
     pipeline.run(cfg, str(work))
   _save_sgxl_tiny(ckpt, seed=0)
   fingerprint = pipeline.RunContext(cfg, str(work)).fingerprint("paired_data")

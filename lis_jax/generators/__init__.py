@@ -17,7 +17,7 @@ from typing import Any, Callable
 from lis_jax import io
 from lis_jax.generators import shapes
 from lis_jax.generators import stylegan_xl
-from lis_jax.generators.base import Generator, GroundTruthWorld  # noqa: F401 (re-exported)
+from lis_jax.generators.base import Generator, GroundTruthWorld, broadcast_ws  # noqa: F401 (re-exported)
 
 # Built-in generators: name -> function returning a generator (no file needed).
 BUILTINS: dict[str, Callable[..., Any]] = {

@@ -57,3 +57,9 @@ class GroundTruthWorld(Generator, Protocol):
   def ground_truth(self, ws: Any) -> Mapping[str, Any]: ...
 
   def decode_factors(self, ws: Any) -> tuple[Mapping[str, Any], Any]: ...
+
+
+def broadcast_ws(w: Any, num_ws: int) -> Any:
+  """w [..., w_dim] -> ws [..., num_ws, w_dim] (the same w for every synthesis layer)."""
+  import jax.numpy as jnp
+  return jnp.broadcast_to(w[..., None, :], (*w.shape[:-1], num_ws, w.shape[-1]))

@@ -16,7 +16,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from lis_jax import io
-from lis_jax import pipeline
+from lis_jax import errors, pipeline
 from lis_jax.quantify.segment import SegmentationError
 
 COMMANDS = ("export", "import", "suggest")
@@ -65,7 +65,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   try:
     run(argv[1])
-  except (pipeline.PipelineError, io.CheckpointError, SegmentationError) as e:
+  except (errors.PipelineError, io.CheckpointError, SegmentationError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
 

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from lis_jax import images, io, pipeline
+from lis_jax import errors, images, io, pipeline, spec
 from lis_jax.generators import base
 from lis_jax.label import layout, page
 
@@ -44,7 +44,7 @@ def starting_parts(config: ml_collections.ConfigDict, G: Any, classes: np.ndarra
     return tuple(G.part_names)
   spec = config.classes
   group = spec if isinstance(spec, str) and spec in GROUP_PARTS else next(
-      (g for g, ids in pipeline.CLASS_GROUPS.items() if sorted(ids) == sorted(classes.tolist())), None)
+      (g for g, ids in spec.CLASS_GROUPS.items() if sorted(ids) == sorted(classes.tolist())), None)
   return GROUP_PARTS.get(group, PLACEHOLDER_PARTS)
 
 
@@ -73,7 +73,7 @@ def export(ctx: pipeline.RunContext, n: int, batch_size: int = 16) -> layout.Lab
   generator / classes / psi / seed / resolution.
   """
   if n < 1:
-    raise pipeline.PipelineError(f"--n={n}: export at least one image per class")
+    raise errors.PipelineError(f"--n={n}: export at least one image per class")
   c = ctx.cfg("quantify")
   d = layout.label_dir(c.labels, ctx.workdir)
   G, classes, config = ctx.G, ctx.classes, ctx.config
@@ -98,7 +98,7 @@ def export(ctx: pipeline.RunContext, n: int, batch_size: int = 16) -> layout.Lab
       _write(d.image_small(name), images.png_bytes(small[j]))
       with io.atomic_file(d.w(name)) as f:
         np.save(f, ws[j].astype(np.float32))
-      pipeline.maybe_interrupt("label_export", s + j + 1)
+      errors.maybe_interrupt("label_export", s + j + 1)
   if not os.path.exists(d.part_names_file):
     io.write_json(d.part_names_file, list(starting_parts(config, G, classes)))
   old = io.read_json(d.export_file)["names"] if os.path.exists(d.export_file) else []

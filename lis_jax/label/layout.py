@@ -24,7 +24,7 @@ import dataclasses
 import json
 import os
 
-from lis_jax import io, pipeline
+from lis_jax import errors, io
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +80,7 @@ def label_dir(labels: str, workdir: str) -> LabelDir:
   """The labelling directory `labels` (config.quantify.labels): an absolute path, else the
   one inside the workdir (or, if only that exists, relative to the current directory)."""
   if labels == "ground_truth":
-    raise pipeline.PipelineError(
+    raise errors.PipelineError(
         "config.quantify.labels is 'ground_truth' (the built-in world's own masks); name a "
         "directory to label into, e.g. --config.quantify.labels=seg_labels/mine")
   if os.path.isabs(labels):
@@ -116,12 +116,12 @@ def read_part_names(d: LabelDir) -> tuple[str, ...]:
     with open(path) as f:
       names = json.load(f)
   except FileNotFoundError:
-    raise pipeline.PipelineError(f"{path} not found: run `python -m lis_jax.label export` first") from None
+    raise errors.PipelineError(f"{path} not found: run `python -m lis_jax.label export` first") from None
   except ValueError as e:
-    raise pipeline.PipelineError(f"{path}: not valid JSON ({e})") from None
+    raise errors.PipelineError(f"{path}: not valid JSON ({e})") from None
   if (not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) and n for n in names)
       or len(set(names)) != len(names)):
-    raise pipeline.PipelineError(f"{path}: expected a list of at least 2 distinct part names, "
+    raise errors.PipelineError(f"{path}: expected a list of at least 2 distinct part names, "
                                  f"background first, e.g. [\"background\", \"head\"]")
   return tuple(names)
 
@@ -129,6 +129,6 @@ def read_part_names(d: LabelDir) -> tuple[str, ...]:
 def read_export(d: LabelDir) -> dict:
   """export.json; PipelineError naming the export command if absent."""
   if not os.path.exists(d.export_file):
-    raise pipeline.PipelineError(f"{d.export_file} not found: run `python -m lis_jax.label export "
+    raise errors.PipelineError(f"{d.export_file} not found: run `python -m lis_jax.label export "
                                  f"--config=CONFIG --workdir=DIR` first")
   return io.read_json(d.export_file)

@@ -26,7 +26,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from lis_jax import pipeline
+from lis_jax import errors
 
 FORMATS = ("auto", "indexed", "rgb", "labelme", "cvat")
 CVAT_LABELMAP = "labelmap.txt"
@@ -35,7 +35,7 @@ CVAT_MASK_DIR = "SegmentationClass"
 _DOWNLOAD_COPY = re.compile(r"^(.*) \((\d+)\)$")
 
 
-class LabelError(pipeline.PipelineError):
+class LabelError(errors.PipelineError):
   """A mask file that cannot be imported; the message names the file."""
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from lis_jax import io, pipeline
+from lis_jax import errors, io, pipeline
 from lis_jax.label import export, layout, masks
 from lis_jax.quantify import segment
 
@@ -57,13 +57,13 @@ def suggest(ctx: pipeline.RunContext, folds: int = 3) -> dict:
   part_names = layout.read_part_names(d)
   names = d.labelled_names()
   if not names:
-    raise pipeline.PipelineError(f"no labels in {d.sub('labels')}: label some images in "
+    raise errors.PipelineError(f"no labels in {d.sub('labels')}: label some images in "
                                  f"{d.page} and run `python -m lis_jax.label import` first")
   G = ctx.G
   ws = segment.as_ws(np.stack([np.load(d.w(n)) for n in names]), G.num_ws)
   labels = np.stack([np.load(d.labels(n)) for n in names]).astype(np.int32)
   if labels.max() >= len(part_names):
-    raise pipeline.PipelineError(f"{d.sub('labels')}: label {labels.max()} outside part_names.json "
+    raise errors.PipelineError(f"{d.sub('labels')}: label {labels.max()} outside part_names.json "
                                  f"(0..{len(part_names) - 1}); import the masks again")
   ev = held_out_iou(G, ws, labels, part_names, c, folds, ctx.key("label_suggest", 0))
   seg = _fit(G, ws, labels, part_names, c, ctx.key("label_suggest", 1))

@@ -43,7 +43,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from lis_jax import blocks, distribute, images, io, page, pipeline
+from lis_jax import blocks, distribute, errors, generators, images, io, page
 from lis_jax.analysis import boundary as lib
 from lis_jax.generators.base import GroundTruthWorld
 from lis_jax.quantify import selectivity
@@ -96,7 +96,7 @@ def load_batches(workdir: str) -> list[dict]:
 def load(workdir: str) -> BoundaryResult:
   import csv
   out_dir = os.path.join(workdir, NAME)
-  summary = io.read_json(pipeline.require(os.path.join(out_dir, "summary.json"), NAME))
+  summary = io.read_json(errors.require(os.path.join(out_dir, "summary.json"), NAME))
   with open(os.path.join(out_dir, "pairs.csv")) as f:
     rows = [{k: (v == "True" if k == "selective" else int(v) if k in ("origin", "target", "n", "rank")
                  else v if k in ("part", "metric") else float(v)) for k, v in r.items()}
@@ -121,7 +121,7 @@ def _path(link, r, shift, t):
 
 @jax.jit
 def _decode(G, w):
-  return G.decode_factors(pipeline.broadcast_ws(w, G.num_ws))
+  return G.decode_factors(generators.broadcast_ws(w, G.num_ws))
 
 
 def _batch(ctx, c, seg, link, cf: dict, ids: np.ndarray, batch: int) -> dict:
@@ -170,14 +170,14 @@ def run(ctx) -> None:
   from lis_jax.quantify import segment
   c = ctx.cfg(NAME)
   if c.n_grid < 2 or c.n_iter < 0 or c.n_points < 2 or c.null_draws < 1 or c.batch_size < 1:
-    raise pipeline.PipelineError("boundary: n_grid and n_points must be >= 2, n_iter >= 0, "
+    raise errors.PipelineError("boundary: n_grid and n_points must be >= 2, n_iter >= 0, "
                                  "null_draws and batch_size >= 1")
   cf = ctx.result("counterfactual").arrays
   link = ctx.result("link").link
   try:
     seg = quantify.segmenter(ctx)
   except segment.SegmentationError as e:
-    raise pipeline.PipelineError(str(e)) from None
+    raise errors.PipelineError(str(e)) from None
   store = _store(ctx.workdir)
   batch = distribute.round_up(c.batch_size, ctx.mesh)
   n = cf["search"].size
@@ -185,8 +185,8 @@ def run(ctx) -> None:
   for b in tqdm(store.todo(n_batches), unit="batch", desc=NAME):
     ids = np.arange(b * batch, min(n, (b + 1) * batch))
     out = _batch(ctx, c, seg, link, cf, ids, batch)
-    pipeline.check_finite(f"boundary batch {b} areas", out["pt.area"])
-    pipeline.maybe_interrupt(NAME, b + 1)
+    errors.check_finite(f"boundary batch {b} areas", out["pt.area"])
+    errors.maybe_interrupt(NAME, b + 1)
     store.write(b, **out)
   summarise(ctx, quantify.measured_parts(seg))
 

@@ -30,7 +30,7 @@ from lis_jax import distribute
 from lis_jax import images
 from lis_jax import io
 from lis_jax import page
-from lis_jax import pipeline
+from lis_jax import errors, generators
 from lis_jax.generators.base import GroundTruthWorld
 from lis_jax.stages.base import Stage
 
@@ -81,7 +81,7 @@ def _cos(a: jax.Array, b: jax.Array) -> jax.Array:
 
 def image_logits(G: Any, clf: Any, link: Any, r_shifted: jax.Array) -> jax.Array:
   """The classifier's logits [B, C] on the image generated from link(relu(r_shifted)) [B, D]."""
-  ws = pipeline.broadcast_ws(link(jax.nn.relu(r_shifted)), G.num_ws)
+  ws = generators.broadcast_ws(link(jax.nn.relu(r_shifted)), G.num_ws)
   return clf(clf.preprocess(G.synthesis(ws)))
 
 
@@ -178,7 +178,7 @@ def outcome(G: Any, clf: Any, link: Any, w_before: jax.Array, r: jax.Array, shif
   w_after = link(jax.nn.relu(r - shift))
   out = {"w_after": w_after}
   for name, w in (("before", w_before), ("after", w_after)):
-    img = G.synthesis(pipeline.broadcast_ws(w, G.num_ws))
+    img = G.synthesis(generators.broadcast_ws(w, G.num_ws))
     out[f"img_{name}"] = images.to_uint8(img)
     out[f"probs_{name}"] = jax.nn.softmax(clf(clf.preprocess(img)), axis=-1)
   _, idx = jax.lax.top_k(jnp.abs(shift), top_units)
@@ -207,13 +207,13 @@ def parse_pairs(spec: str, classes: np.ndarray) -> list[tuple[int, int]]:
     try:
       o, t = (int(x) for x in part.split(">"))
     except ValueError:
-      raise pipeline.PipelineError(f"counterfactual.pairs: {part!r} is not 'origin>target'") from None
+      raise errors.PipelineError(f"counterfactual.pairs: {part!r} is not 'origin>target'") from None
     for x in (o, t):
       if x not in classes:
-        raise pipeline.PipelineError(f"counterfactual.pairs: class {x} is not in config.classes "
+        raise errors.PipelineError(f"counterfactual.pairs: class {x} is not in config.classes "
                                      f"{classes.tolist()} (no paired data for it)")
     if o == t:
-      raise pipeline.PipelineError(f"counterfactual.pairs: origin and target are both {o}")
+      raise errors.PipelineError(f"counterfactual.pairs: origin and target are both {o}")
     pairs.append((o, t))
   return pairs
 
@@ -224,7 +224,7 @@ def plan(cls: np.ndarray, pairs: list[tuple[int, int]], per_pair: int) -> dict[s
   for o, t in pairs:
     rows = np.flatnonzero(cls == o)[:per_pair]
     if rows.size < per_pair:
-      raise pipeline.PipelineError(f"counterfactual.samples_per_pair={per_pair} but class {o} "
+      raise errors.PipelineError(f"counterfactual.samples_per_pair={per_pair} but class {o} "
                                    f"has only {rows.size} paired samples")
     sample += rows.tolist()
     origin += [o] * per_pair
@@ -238,9 +238,9 @@ def run(ctx) -> None:
   c = ctx.cfg(NAME)
   out_dir = ctx.out_dir(NAME)
   if c.mode not in MODES:
-    raise pipeline.PipelineError(f"counterfactual.mode={c.mode!r}; known: {', '.join(MODES)}")
+    raise errors.PipelineError(f"counterfactual.mode={c.mode!r}; known: {', '.join(MODES)}")
   if c.max_steps < 1 or c.check_every < 1 or c.batch_size < 1 or c.samples_per_pair < 1:
-    raise pipeline.PipelineError("counterfactual max_steps, check_every, batch_size and "
+    raise errors.PipelineError("counterfactual max_steps, check_every, batch_size and "
                                  "samples_per_pair must be >= 1")
   data = ctx.result("paired_data")
   link = ctx.result("link").link
@@ -269,7 +269,7 @@ def run(ctx) -> None:
     shift0 = initial_shift(key, jnp.asarray(pad["search"]), clf.feature_dim)
     ins = distribute.shard_batch((pad["r"], pad["origin"], pad["target"], shift0, active), mesh)
     res = _search(G_r, clf_r, link_r, *ins, **statics)
-    pipeline.check_finite(f"counterfactual batch {b} shift", res["shift"])
+    errors.check_finite(f"counterfactual batch {b} shift", res["shift"])
     w_b, r_b = distribute.shard_batch((pad["w_before"], pad["r"]), mesh)
     post = _outcome(G_r, clf_r, link_r, w_b, r_b, res["shift"], top_units=c.top_units)
     host = {k: np.asarray(v)[:ids.size] for k, v in {**res, **post}.items()}
@@ -278,7 +278,7 @@ def run(ctx) -> None:
       for i, s in enumerate(ids):
         images.save_png(_image_path(out_dir, int(s)),
                         images.row([host["img_before"][i], host["img_after"][i]]))
-    pipeline.maybe_interrupt(NAME, b + 1)
+    errors.maybe_interrupt(NAME, b + 1)
     store.write(b, **{k: v for k, v in arrays.items() if not k.startswith("img_")})
 
 
@@ -336,7 +336,7 @@ def _finish(store: blocks.BlockStore, n_batches: int, save_png: bool) -> None:
 
 def load(workdir: str) -> CounterfactualResult:
   out_dir = os.path.join(workdir, NAME)
-  path = pipeline.require(os.path.join(out_dir, "results.npz"), NAME)
+  path = errors.require(os.path.join(out_dir, "results.npz"), NAME)
   arrays = io.load_npz(path)
   return CounterfactualResult(arrays=arrays, summary=io.read_json(os.path.join(out_dir, "summary.json")))
 

@@ -47,7 +47,7 @@ from lis_jax import images
 from lis_jax import io
 from lis_jax import linking
 from lis_jax import page
-from lis_jax import pipeline
+from lis_jax import errors, generators
 from lis_jax.generators.base import GroundTruthWorld
 from lis_jax.stages.base import Stage
 
@@ -101,7 +101,7 @@ class InvariancesResult:
 
 def load(workdir: str) -> InvariancesResult:
   out_dir = os.path.join(workdir, NAME)
-  summary = io.read_json(pipeline.require(os.path.join(out_dir, "summary.json"), NAME))
+  summary = io.read_json(errors.require(os.path.join(out_dir, "summary.json"), NAME))
   link = linking.load(os.path.join(workdir, "link", "model"))
   baseline = _load_baseline(out_dir, link)
   flow = flows.load(os.path.join(out_dir, "flow"), base=baseline if summary["refine_baseline"] else None)
@@ -197,7 +197,7 @@ def pick_conditions(rows: np.ndarray, cls: np.ndarray, n: int) -> np.ndarray:
 @jax.jit
 def _reclassify(G, clf, w):
   """w [B, w_dim] -> r' [B, D], pred [B] of the classifier on G's image of w."""
-  img = G.synthesis(pipeline.broadcast_ws(w, G.num_ws))
+  img = G.synthesis(generators.broadcast_ws(w, G.num_ws))
   r = clf.features(clf.preprocess(img))
   return r, jnp.argmax(clf.head(r), -1).astype(jnp.int32)
 
@@ -247,7 +247,7 @@ def _train_spec(c) -> flows.TrainSpec:
 
 
 def _load_baseline(out_dir: str, link) -> flows.GaussianBaseline:
-  f = io.load_npz(pipeline.require(os.path.join(out_dir, "baseline.npz"), NAME))
+  f = io.load_npz(errors.require(os.path.join(out_dir, "baseline.npz"), NAME))
   return flows.GaussianBaseline(link=link, chol=jnp.asarray(f["chol"]))
 
 
@@ -269,7 +269,7 @@ def _flow(ctx, out_dir: str, data, lk, base) -> flows.Flow:
   flow, losses = flows.train(
       _flow_module(c), data.w[lk.train], data.r[lk.train], ctx.key(f"{NAME}.train"), _train_spec(c),
       base=base, state_dir=os.path.join(out_dir, "train_state"),
-      after_save=lambda epoch: pipeline.maybe_interrupt(f"{NAME}.train", epoch),
+      after_save=lambda epoch: errors.maybe_interrupt(f"{NAME}.train", epoch),
       log=lambda s: print(f"[{NAME}] {s}", flush=True))
   flows.save(ckpt, flow, {"train_losses": losses})
   return flow
@@ -321,7 +321,7 @@ def _mixing(ctx, out_dir: str, flow, data, conds: np.ndarray) -> dict:
 
 @jax.jit
 def _decode(G, w):
-  return G.decode_factors(pipeline.broadcast_ws(w, G.num_ws))
+  return G.decode_factors(generators.broadcast_ws(w, G.num_ws))
 
 
 def _factor_values(G, w: np.ndarray) -> tuple[list[str], np.ndarray]:
@@ -413,7 +413,7 @@ def run(ctx) -> None:
 
   conds = pick_conditions(lk.test, data.cls, max(c.n_conditions, 2 * c.n_mix))
   if len(conds) < 2 * c.n_mix or len(conds) < c.n_conditions:
-    raise pipeline.PipelineError(f"{NAME}: {len(lk.test)} held-out pairs cannot give n_conditions="
+    raise errors.PipelineError(f"{NAME}: {len(lk.test)} held-out pairs cannot give n_conditions="
                                  f"{c.n_conditions} and 2 x n_mix={2 * c.n_mix} conditions")
   sampled = conds[:c.n_conditions]
   pool = {int(k): data.w[lk.train][data.cls[lk.train] == k] for k in np.unique(data.cls)}
@@ -422,7 +422,7 @@ def run(ctx) -> None:
   store = blocks.BlockStore(out_dir)
   for b in store.todo(n_blocks):
     store.write(b, **_sample_block(ctx, models, data, sampled[b * per:(b + 1) * per], pool))
-    pipeline.maybe_interrupt(NAME, b + 1)
+    errors.maybe_interrupt(NAME, b + 1)
     print(f"[{NAME}] sampled block {b + 1}/{n_blocks}", flush=True)
   samples = _concat_blocks(out_dir, n_blocks)
   mixing = _mixing(ctx, out_dir, flow, data, conds)

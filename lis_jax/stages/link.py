@@ -19,7 +19,7 @@ import numpy as np
 from lis_jax import page
 from lis_jax import io
 from lis_jax import linking
-from lis_jax import pipeline
+from lis_jax import errors, generators
 from lis_jax.generators.base import GroundTruthWorld
 from lis_jax.stages.base import Stage
 
@@ -63,7 +63,7 @@ class LinkResult:
 
 def load(workdir: str) -> LinkResult:
   out_dir = os.path.join(workdir, NAME)
-  metrics = io.read_json_checked(pipeline.require(os.path.join(out_dir, "metrics.json"), NAME))
+  metrics = io.read_json_checked(errors.require(os.path.join(out_dir, "metrics.json"), NAME))
   f = io.load_npz(os.path.join(out_dir, "split.npz"), keys=("train", "test"))
   train, test = f["train"], f["test"]
   readout = os.path.join(out_dir, "factor_readout.json")
@@ -99,7 +99,7 @@ def split(n: int, holdout_fraction: float, seed: int) -> tuple[np.ndarray, np.nd
   perm = np.random.default_rng(seed).permutation(n)
   n_test = int(round(n * holdout_fraction))
   if n - n_test < 2 or n_test < 1:
-    raise pipeline.PipelineError(f"{n} paired samples cannot be split with holdout_fraction="
+    raise errors.PipelineError(f"{n} paired samples cannot be split with holdout_fraction="
                                  f"{holdout_fraction}")
   return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
@@ -111,7 +111,7 @@ def factor_readout(G: GroundTruthWorld, w: np.ndarray, r: np.ndarray, train: np.
   Says which factors the classifier's representation carries at all: those it does not
   carry cannot be reached by the link either.
   """
-  factors, _ = _decode(G, pipeline.broadcast_ws(jnp.asarray(w), G.num_ws))
+  factors, _ = _decode(G, generators.broadcast_ws(jnp.asarray(w), G.num_ws))
   y = np.stack([np.asarray(v, np.float64) for v in factors.values()], -1)  # [N, F]
   x = np.concatenate([r.astype(np.float64), np.ones((len(y), 1))], -1)
   coef = np.linalg.lstsq(x[train], y[train], rcond=None)[0]
@@ -135,7 +135,7 @@ def run(ctx) -> None:
     return
   data = ctx.result("paired_data")
   for k in ("r", "w"):
-    pipeline.check_finite(f"paired data {k}", getattr(data, k))
+    errors.check_finite(f"paired data {k}", getattr(data, k))
   train, test = split(data.r.shape[0], c.holdout_fraction, int(ctx.config.seed))
   link = linking.fit(c, data.r[train], data.w[train], ctx.key(NAME))
   predict = jax.jit(lambda link, r: link(r))

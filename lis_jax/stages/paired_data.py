@@ -22,7 +22,7 @@ import numpy as np
 
 from lis_jax import distribute
 from lis_jax import io
-from lis_jax import pipeline
+from lis_jax import errors
 from lis_jax.stages.base import Stage
 
 NAME = "paired_data"
@@ -147,7 +147,7 @@ def run(ctx) -> None:
   p = ctx.cfg(NAME)
   out_dir = ctx.out_dir(NAME)
   if p.n_per_class < 1 or p.shard_size < 1 or p.batch_size < 1:
-    raise pipeline.PipelineError("paired_data.n_per_class, shard_size and batch_size must be >= 1")
+    raise errors.PipelineError("paired_data.n_per_class, shard_size and batch_size must be >= 1")
   G, clf, classes = ctx.G, ctx.clf, ctx.classes
   mpath = os.path.join(out_dir, MANIFEST)
   if os.path.exists(mpath):
@@ -186,10 +186,10 @@ def run(ctx) -> None:
         keep = (pred == c) if p.keep_only_correct else np.ones_like(pred, bool)
         shard = {k_: v[keep] for k_, v in arrays.items() if k_ != "ws" or p.store_all_ws}
         for k_ in FINITE:
-          pipeline.check_finite(f"paired_data class {c} {k_}", shard[k_])
+          errors.check_finite(f"paired_data class {c} {k_}", shard[k_])
         io.save_npz(os.path.join(out_dir, name), **shard)
         written += 1
-        pipeline.maybe_interrupt(NAME, written)
+        errors.maybe_interrupt(NAME, written)
         bar.set_postfix(img_s=f"{n_img / max(time.time() - t0, 1e-9):.1f}")
       next_k[c] = k + count
 
@@ -225,7 +225,7 @@ def merge(ctx) -> None:
       present = [n for n in (_shard_name(c, k) for k in range(max_chunks(p)))
                  if _kept(out_dir, n, cache) is not None]
       kept = sum(_kept(out_dir, n, cache) for n in present)
-      raise pipeline.PipelineError(
+      raise errors.PipelineError(
           f"class {c}: only {kept} of {len(present) * p.shard_size} generated images were "
           f"classified as {c} (need {p.n_per_class}); raise paired_data.max_tries_factor or set "
           f"paired_data.keep_only_correct=False")
@@ -243,7 +243,7 @@ def _read_manifest(mpath: str) -> dict:
   try:
     return io.read_json_checked(mpath)
   except io.CorruptFileError as e:
-    raise pipeline.PipelineError(f"{e}: the record of which shards are done is lost; delete "
+    raise errors.PipelineError(f"{e}: the record of which shards are done is lost; delete "
                                  f"{os.path.dirname(mpath)} and run again") from None
 
 
@@ -298,9 +298,9 @@ def load(workdir: str) -> PairedData:
       runs this stage again, which regenerates it).
   """
   out_dir = os.path.join(workdir, NAME)
-  manifest = _read_manifest(pipeline.require(os.path.join(out_dir, MANIFEST), NAME))
+  manifest = _read_manifest(errors.require(os.path.join(out_dir, MANIFEST), NAME))
   if not manifest["complete"]:
-    raise pipeline.PipelineError(f"{out_dir} is incomplete: run the 'paired_data' stage again "
+    raise errors.PipelineError(f"{out_dir} is incomplete: run the 'paired_data' stage again "
                                  f"to finish it")
   parts: dict[str, list] = {}
   for c in manifest["classes"]:

@@ -33,7 +33,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from lis_jax import io, page, pipeline
+from lis_jax import errors, io, page
 from lis_jax.analysis import classwise, rsa, superposition
 from lis_jax.generators.base import GroundTruthWorld
 from lis_jax.quantify import selectivity
@@ -60,7 +60,7 @@ class PopulationResult:
 
 
 def load(workdir: str) -> PopulationResult:
-  path = pipeline.require(os.path.join(workdir, NAME, "summary.json"), NAME)
+  path = errors.require(os.path.join(workdir, NAME, "summary.json"), NAME)
   return PopulationResult(summary=io.read_json(path), workdir=workdir)
 
 
@@ -122,7 +122,7 @@ def semantic_order(ctx, c, pd, split) -> tuple[dict, dict]:
   kinds = [k.strip() for k in c.compare_links.split(",") if k.strip()]
   unknown = [k for k in kinds if k not in linking.KINDS]
   if unknown:
-    raise pipeline.PipelineError(f"population.compare_links: unknown kind(s) {unknown}; known: "
+    raise errors.PipelineError(f"population.compare_links: unknown kind(s) {unknown}; known: "
                                  f"{', '.join(linking.KINDS)}")
   links = {}
   test_rows = split.test
@@ -164,7 +164,7 @@ def class_wise(ctx, c, pd, parts: list[str]) -> tuple[list[dict], list[dict]] | 
 def run(ctx) -> None:
   c = ctx.cfg(NAME)
   if c.n_items < 4 or c.n_perm < 1 or c.k < 1:
-    raise pipeline.PipelineError("population: n_items must be >= 4, n_perm and k >= 1")
+    raise errors.PipelineError("population: n_items must be >= 4, n_perm and k >= 1")
   out_dir = ctx.out_dir(NAME)
   os.makedirs(out_dir, exist_ok=True)
   pd = ctx.result("paired_data")

@@ -52,7 +52,7 @@ from lis_jax import blocks
 from lis_jax import images
 from lis_jax import io
 from lis_jax import page
-from lis_jax import pipeline
+from lis_jax import errors, generators
 from lis_jax.generators.base import GroundTruthWorld
 from lis_jax.quantify import metrics, segment, selectivity
 from lis_jax.stages import sweep
@@ -170,7 +170,7 @@ def _measure(G, seg_params, w, *, layers, resolution, num_parts, head_size, max_
   (a GroundTruthWorld), the same again from the world's true masks (2 (P + 1) parts in
   all; the costly per-image work, e.g. the entropy image, is shared).
   """
-  ws = pipeline.broadcast_ws(w, G.num_ws)
+  ws = generators.broadcast_ws(w, G.num_ws)
   img = segment.resize_images(G.synthesis(ws), resolution)  # [B, R, R, 3]
   logits = segment.apply_head(seg_params, segment.feature_stack(G, ws, layers, resolution),
                               num_parts, head_size)
@@ -386,7 +386,7 @@ def run(ctx) -> None:
   if (c.samples_per_unit < 2 or c.null_draws < 2 or c.batch_size < 1 or c.n_labelled < 1
       or c.rank_by not in ("mean", "effect") or c.average not in ("mean", "median")
       or c.concepts not in selectivity.CONCEPT_SETS):
-    raise pipeline.PipelineError("quantify: samples_per_unit and null_draws must be >= 2, batch_size "
+    raise errors.PipelineError("quantify: samples_per_unit and null_draws must be >= 2, batch_size "
                                  "and n_labelled >= 1, rank_by 'mean' or 'effect', average 'mean' or "
                                  f"'median', concepts one of {', '.join(selectivity.CONCEPT_SETS)}")
   out_dir = ctx.out_dir(NAME)
@@ -399,7 +399,7 @@ def run(ctx) -> None:
     if not ctx.is_main:
       seg = segmenter(ctx)
   except segment.SegmentationError as e:
-    raise pipeline.PipelineError(str(e)) from None
+    raise errors.PipelineError(str(e)) from None
   if not io.npz_ok(_null_path(out_dir), finite=False):   # absent, or damaged: (re)computed
     io.save_npz(_null_path(out_dir), **_quantify_null(c, G, seg, sweep_blocks, ctx.key("quantify.null")))
   store = _store(out_dir)
@@ -409,8 +409,8 @@ def run(ctx) -> None:
                     desc="quantify") as bar:
     for b in todo:
       out = _quantify_block(c, G, seg, sweep_blocks[b])
-      pipeline.check_finite(f"quantify block {b} areas", out["first.area"])
-      pipeline.maybe_interrupt(NAME, b + 1)
+      errors.check_finite(f"quantify block {b} areas", out["first.area"])
+      errors.maybe_interrupt(NAME, b + 1)
       store.write(b, **out)
       bar.update(1)
 
@@ -509,7 +509,7 @@ def _typed(r: dict) -> dict:
 
 def load(workdir: str) -> QuantifyResult:
   out_dir = os.path.join(workdir, NAME)
-  with open(pipeline.require(os.path.join(out_dir, "selectivity.csv"), NAME)) as f:
+  with open(errors.require(os.path.join(out_dir, "selectivity.csv"), NAME)) as f:
     rows = [_typed(r) for r in csv.DictReader(f)]
   opt = lambda name: (io.read_json(os.path.join(out_dir, name))
                       if os.path.exists(os.path.join(out_dir, name)) else None)
@@ -617,7 +617,7 @@ def _cards(ctx, res: QuantifyResult, card_units: list[int]) -> list[str]:
     w, values = where[u]
     img = images.render(G, w, batch).astype(np.float32) / 255   # [T, H, W, 3] in [0, 1]
     img = np.asarray(segment.resize_images(jnp.asarray(img), seg.resolution))
-    lab = segment.predict_labels(seg, G, pipeline.broadcast_ws(jnp.asarray(w), G.num_ws))
+    lab = segment.predict_labels(seg, G, generators.broadcast_ws(jnp.asarray(w), G.num_ws))
     strip = images.unit_to_uint8(np.concatenate([images.row(img), images.row(overlay(img, lab))], 0))
     mine = sorted((r for r in res.rows if r["unit"] == u), key=lambda r: -abs(r["effect"])
                   if np.isfinite(r["effect"]) else 0.0)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from lis_jax import images
 from lis_jax import io
 from lis_jax import page
-from lis_jax import pipeline
+from lis_jax import errors
 from lis_jax.stages.base import Stage
 
 NAME = "report"
@@ -54,7 +54,7 @@ class ReportResult:
 
 
 def load(workdir: str) -> ReportResult:
-  index = pipeline.require(os.path.join(workdir, NAME, "index.html"), NAME)
+  index = errors.require(os.path.join(workdir, NAME, "index.html"), NAME)
   return ReportResult(summary=io.read_json(os.path.join(workdir, NAME, "summary.json")), index=index)
 
 
@@ -65,7 +65,7 @@ def section_names(ctx) -> list[str]:
   names = have if spec == "all" else [s.strip() for s in spec.split(",") if s.strip()]
   unknown = [n for n in names if n not in have]
   if unknown:
-    raise pipeline.PipelineError(f"report.sections: unknown {unknown}; known: {', '.join(have)}")
+    raise errors.PipelineError(f"report.sections: unknown {unknown}; known: {', '.join(have)}")
   return names
 
 
@@ -83,7 +83,7 @@ def run(ctx) -> None:
     if part:
       parts.append(f'<section id="{page.escape(name)}">\n{part}\n</section>')
   if not parts:
-    raise pipeline.PipelineError("nothing to report: run the link, sweep or counterfactual stage first")
+    raise errors.PipelineError("nothing to report: run the link, sweep or counterfactual stage first")
   html = page.document("Linking in Style: report", os.path.abspath(ctx.workdir), "\n".join(parts))
   with io.atomic_file(os.path.join(out_dir, "index.html"), "w") as f:
     f.write(html)

@@ -32,7 +32,7 @@ from lis_jax import distribute
 from lis_jax import images
 from lis_jax import io
 from lis_jax import page
-from lis_jax import pipeline
+from lis_jax import errors, generators, spec
 from lis_jax.generators.base import GroundTruthWorld
 from lis_jax.stages.base import Stage
 
@@ -154,7 +154,7 @@ def sweep_block(G: Any, clf: Any, link: Any, r_start: jax.Array, units: jax.Arra
         chunks, NamedSharding(mesh, PartitionSpec(None, distribute.DATA_AXIS, None)))
 
   def process(wb):
-    img = G.synthesis(pipeline.broadcast_ws(wb, G.num_ws))  # [B, H, W, 3]
+    img = G.synthesis(generators.broadcast_ws(wb, G.num_ws))  # [B, H, W, 3]
     out = {"img": images.to_uint8(img)}
     if reclassify:
       r = clf.features(clf.preprocess(img))                 # [B, D]
@@ -193,7 +193,7 @@ def sweep_values(r: np.ndarray, units: np.ndarray, n_steps: int, mode: str = "mi
   elif mode == "std":
     lo, hi = stats["mean"] - k_std * stats["std"], stats["mean"] + k_std * stats["std"]
   else:
-    raise pipeline.PipelineError(f"sweep.range={mode!r}: expected 'minmax' or 'std'")
+    raise errors.PipelineError(f"sweep.range={mode!r}: expected 'minmax' or 'std'")
   values = np.linspace(lo, hi, n_steps, axis=1).astype(np.float32)
   return values, stats
 
@@ -204,7 +204,7 @@ def start_rows(cls: np.ndarray, classes: np.ndarray, per_class: int) -> np.ndarr
   for c in classes:
     found = np.flatnonzero(cls == c)
     if found.size < per_class:
-      raise pipeline.PipelineError(f"sweep.samples_per_class={per_class} but the paired data "
+      raise errors.PipelineError(f"sweep.samples_per_class={per_class} but the paired data "
                                    f"has only {found.size} samples of class {c}")
     rows.append(found[:per_class])
   return np.concatenate(rows).astype(np.int32)
@@ -226,7 +226,7 @@ def factor_deltas(G: GroundTruthWorld, w: np.ndarray) -> tuple[np.ndarray, list[
   """
   u_n, s_n, _, d = w.shape
   ends = jnp.asarray(w[:, :, [0, -1]].reshape(-1, d))
-  factors, cw = _decode(G, pipeline.broadcast_ws(ends, G.num_ws))
+  factors, cw = _decode(G, generators.broadcast_ws(ends, G.num_ws))
   names = list(factors)
   out = []
   for n in names:
@@ -302,9 +302,9 @@ def run(ctx) -> None:
   data = ctx.result("paired_data")
   link = ctx.result("link").link
   G, clf = ctx.G, ctx.clf
-  units = pipeline.parse_units(c.units, clf.feature_dim)
+  units = spec.parse_units(c.units, clf.feature_dim)
   if c.n_steps < 2 or c.units_per_block < 1 or c.batch_size < 1:
-    raise pipeline.PipelineError("sweep.n_steps must be >= 2, units_per_block and batch_size >= 1")
+    raise errors.PipelineError("sweep.n_steps must be >= 2, units_per_block and batch_size >= 1")
   rows = start_rows(data.cls, ctx.classes, c.samples_per_class)
   r_start, cls_start = data.r[rows], data.cls[rows]
   values, stats = sweep_values(data.r, units, c.n_steps, c.range, c.k_std)
@@ -344,7 +344,7 @@ def run(ctx) -> None:
       if pending is not None:
         pb, n_valid, out = pending
         host = {k: np.asarray(v)[:n_valid] for k, v in out.items()}
-        pipeline.check_finite(f"sweep block {pb} w", host["w"])
+        errors.check_finite(f"sweep block {pb} w", host["w"])
         meta = dict(units=units[pb * U:pb * U + n_valid], samples=rows, cls=cls_start,
                     values=values[pb * U:pb * U + n_valid])
         meta.update(unit_analysis(G, host, meta["values"], meta["units"]))
@@ -363,7 +363,7 @@ def merge(ctx) -> None:
   """Process 0, after every process wrote its blocks: missing strips, index.csv and
   unit_factors.csv."""
   c = ctx.cfg(NAME)
-  units = pipeline.parse_units(c.units, ctx.clf.feature_dim)
+  units = spec.parse_units(c.units, ctx.clf.feature_dim)
   n_blocks = -(-units.size // c.units_per_block)
   blocks_ = store(ctx.out_dir(NAME))
   if c.save_png:
@@ -417,7 +417,7 @@ def _write_block(store: blocks.BlockStore, b: int, host: dict, meta: dict,
       arrays["r_prime"] = host["r_prime"]
     if c.store_logits:
       arrays["logits"] = host["logits"]
-  pipeline.maybe_interrupt(NAME, b + 1)
+  errors.maybe_interrupt(NAME, b + 1)
   store.write(b, **arrays)
 
 
@@ -450,7 +450,7 @@ def _write_units(out_dir: str, rows: list[dict]) -> None:
 
 def load(workdir: str) -> SweepResult:
   out_dir = os.path.join(workdir, NAME)
-  pipeline.require(os.path.join(out_dir, "unit_factors.csv"), NAME)
+  errors.require(os.path.join(out_dir, "unit_factors.csv"), NAME)
   with open(os.path.join(out_dir, "unit_factors.csv")) as f:
     units = [{k: _parse(v) for k, v in r.items()} for r in csv.DictReader(f)]
   f = io.load_npz(os.path.join(out_dir, "samples.npz"), keys=("rows", "cls", "r", "n_blocks"))
