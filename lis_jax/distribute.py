@@ -19,8 +19,8 @@ process prints one line of its own when it is done (`process_line`).
 
 `global_mesh` is the mesh over all global devices, axes (PROCESS_AXIS, DATA_AXIS): row
 p holds process p's devices (`data_mesh` in process p). The pipeline's work items are
-independent, so each process computes on its own row without cross-process collectives
-in the hot loop; the only collective is the barrier.
+independent, so each process computes on its own row without cross-process collectives;
+the processes meet only at barriers of the coordination service (`barrier`).
 
 Agreement and deadlines (README, "Multi-process runs"). Before `jax.distributed` starts,
 `handshake` has every process say hello to process 0 over a plain TCP socket on the
@@ -276,7 +276,8 @@ def _handshake_serve(port: int, n: int, deadline: float, timeout: float) -> None
       if left <= 0:
         missing = sorted(set(range(1, n)) - set(peers))
         problems.append(f"process(es) {_ids(missing)} did not join within --connect_timeout="
-                        f"{timeout:g} s (not started, given another --coordinator_address, or two processes given the same --process_id)")
+                        f"{timeout:g} s (not started, given another --coordinator_address, "
+                        f"or two processes given the same --process_id)")
         break
       srv.settimeout(min(left, 1.0))
       try:
@@ -335,7 +336,8 @@ def _handshake_join(host: str, port: int, n: int, pid: int, deadline: float,
     if answer is None:
       continue
   if answer != "ok":
-    msg = answer[len("error "):] if answer.startswith("error ") else f"unexpected answer {answer[:80]!r}"
+    msg = (answer[len("error "):] if answer.startswith("error ")
+           else f"unexpected answer {answer[:80]!r}")
     raise DistributedError(f"process {pid}: process 0 refused the start: {msg}", abandon=True)
 
 

@@ -114,3 +114,40 @@ def test_single_process_meshes():
   assert distribute.process_count() == 1 and distribute.is_main()
   assert distribute.global_mesh().devices.shape == (1, jax.device_count())
   assert list(distribute.data_mesh().devices) == jax.local_devices()
+
+
+def test_coordinator_address_needs_a_port():
+  assert distribute.parse_address("10.0.0.1:1234") == ("10.0.0.1", 1234)
+  assert distribute.parse_address("[::1]:80") == ("::1", 80)
+  for bad in ("10.0.0.1", "host:", ":123", "host:http", "host:70000", "host:0"):
+    with pytest.raises(distribute.DistributedError, match="is not host:port"):
+      distribute.parse_address(bad)
+  with pytest.raises(distribute.DistributedError, match="is not host:port"):
+    distribute.process_setup("localhost", 2, 1, environ={})
+
+
+def test_differences_name_fields_and_processes():
+  a = {"config": {"seed": 0, "paired_data": {"n_per_class": 48}, "stages": ["a", "b"]}, "code": "x"}
+  b = {"config": {"seed": 7, "paired_data": {"n_per_class": 48}, "stages": ["a", "b"]}, "code": "x"}
+  c = {"config": {"seed": 0, "paired_data": {"n_per_class": 40}, "stages": ["a"]}, "code": "x"}
+  assert distribute.differences({0: a, 1: a}) == ""
+  assert distribute.differences({0: a, 1: b, 2: a}) == "config.seed (processes 0, 2: 0; process 1: 7)"
+  assert distribute.differences({0: a, 1: c}) == (
+      'config.paired_data.n_per_class (process 0: 48; process 1: 40), '
+      'config.stages (process 0: ["a","b"]; process 1: ["a"])')
+  assert distribute.differences({0: a, 1: {**a, "extra": 1}}) == (
+      'extra (process 0: "<absent>"; process 1: 1)')
+  # sha256 per top-level field, over canonical JSON (key order does not matter)
+  assert distribute.fingerprint({"c": {"x": 1, "y": 2}}) == distribute.fingerprint({"c": {"y": 2, "x": 1}})
+
+
+def test_timeouts_are_whole_positive_seconds():
+  assert distribute.Timeouts().barrier >= 600   # generous: a merge at the paper's scale
+  for bad in (0, -5, 1.5, True):
+    with pytest.raises(distribute.DistributedError, match="whole number of seconds"):
+      distribute.Timeouts(barrier=bad)
+
+
+def test_agree_and_barrier_do_nothing_with_one_process():
+  distribute.agree({"config": {"seed": 0}})   # no jax.distributed needed
+  distribute.barrier("x", timeout=0)

@@ -64,7 +64,8 @@ def finish(procs, timeout: float) -> list[tuple[int, str, float]]:
   for p in procs:
     if p.poll() is None:
       p.kill()
-  return [(p.returncode, p.communicate()[1], ends.get(i, float("inf"))) for i, p in enumerate(procs)]
+  return [(p.returncode, p.communicate()[1], ends.get(i, float("inf")))
+          for i, p in enumerate(procs)]
 
 
 def _one_error_line(err: str) -> str:
@@ -142,3 +143,62 @@ def test_address_without_port_is_one_line(tmp_path):
                        capture_output=True, text=True, timeout=BAR_SECONDS)
   assert out.returncode == 1
   assert "coordinator address '127.0.0.1' is not host:port" in _one_error_line(out.stderr)
+
+
+# ----------------------------------------------------------------------------- a lost peer, load
+
+# Busy loops per core of the load generator (the issue's "2 busy-loop processes per core").
+LOAD_PER_CORE = 2
+# The load generator stops by itself after this long, whatever happens to the test.
+LOAD_SECONDS = 600
+
+
+def _busy_loops(n: int, seconds: float) -> list[subprocess.Popen]:
+  code = f"import time\nend = time.time() + {seconds}\nwhile time.time() < end: pass\n"
+  return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(n)]
+
+
+def _shards(work: pathlib.Path) -> dict[str, bytes]:
+  return {p.name: p.read_bytes() for p in (work / "paired_data").glob("shard_*.npz")}
+
+
+def test_lost_peer_stops_the_survivor_then_a_rerun_under_load_resumes(tmp_path):
+  """Process 1 is killed mid-stage: process 0 ends at the stage's barrier with one line
+  within --barrier_timeout, nothing merged. The same command then finishes the run, with
+  the finished shards kept, while busy loops load every core (2 per core)."""
+  work, cache = tmp_path / "work", tmp_path / "jax_cache"
+  procs = launch(work, [["--process_id=0"], ["--process_id=1"]], _free_port(), cache=cache,
+                 kill_after={1: "paired_data:1"})
+  outs = finish(procs, 900)
+  assert outs[1][0] == -9, outs[1][1][-3000:]   # SIGKILLed after its first shard
+  rc, err, _ = outs[0]
+  assert rc == 1, err[-3000:]
+  line = _the_error_line(err)
+  assert ("waited" in line and "barrier 'paired_data:run'" in line and "process(es) 1" in line
+          and f"--barrier_timeout={BARRIER_TIMEOUT} s" in line), line
+  before = _shards(work)
+  assert before and not (work / "paired_data" / "manifest.json").exists(), sorted(before)
+
+  load = _busy_loops(LOAD_PER_CORE * os.cpu_count(), LOAD_SECONDS)
+  try:
+    procs = launch(work, [["--process_id=0"], ["--process_id=1"]], _free_port(), cache=cache,
+                   common=("--config.stages=paired_data,link",))
+    outs = finish(procs, LOAD_SECONDS)
+  finally:
+    for p in load:
+      p.kill()
+      p.wait()
+  for pid, (rc, err, _) in enumerate(outs):
+    assert rc == 0, (pid, rc, err[-3000:])
+  after = _shards(work)
+  assert (work / "paired_data" / "manifest.json").exists() and (work / "link" / "model").exists()
+  assert set(before) < set(after) and all(after[k] == v for k, v in before.items())   # resumed
+
+
+
+def _the_error_line(err: str) -> str:
+  """The one error line of a run's stderr, which also holds progress bars and per-process
+  lines; no traceback and no abort of the runtime."""
+  lines = [l for l in err.replace("\r", "\n").splitlines() if l.startswith("error: ")]
+  assert len(lines) == 1 and "Traceback" not in err and "Check failure" not in err, err[-3000:]
+  return lines[0]
