@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import shutil
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -485,6 +486,35 @@ def save(out_dir: str, flow: Flow, meta: Mapping[str, Any] | None = None) -> Non
 def load(ckpt_dir: str, base: GaussianBaseline | None = None) -> Flow:
   """Reads a flow written by `save`; `base` is required iff it was trained with one."""
   params, meta = io.load_checkpoint(ckpt_dir)
+  return _saved_flow(ckpt_dir, params, meta, base)
+
+
+def load_or_none(ckpt_dir: str, base: GaussianBaseline | None = None,
+                 log: Callable[[str], None] = print) -> Flow | None:
+  """The flow saved in `ckpt_dir`, or None when there is none or it is damaged.
+
+  Damaged (a truncated or invalid meta.json, missing or unreadable params, params that
+  do not match their checksum): the directory is removed and one line logged, so the
+  caller trains it again (a flow is recomputable from its stage's inputs).
+  Raises:
+    io.CheckpointError: an intact checkpoint of something else, or with(out) a base
+      other than `base` says (a different config, not damage).
+  """
+  if not os.path.lexists(ckpt_dir):
+    return None
+  try:
+    params, meta = io.load_checkpoint(ckpt_dir, verify=True)
+  except (io.CheckpointError, io.CorruptFileError) as e:
+    if os.path.islink(ckpt_dir) or not os.path.isdir(ckpt_dir):
+      raise   # not a directory this code wrote: left for the user
+    log(f"[flows] {e}; recomputing it")
+    shutil.rmtree(ckpt_dir)
+    return None
+  return _saved_flow(ckpt_dir, params, meta, base)
+
+
+def _saved_flow(ckpt_dir: str, params: Any, meta: Mapping[str, Any],
+                base: GaussianBaseline | None) -> Flow:
   if meta.get("kind") != "flow":
     raise io.CheckpointError(f"{ckpt_dir} is not a flow checkpoint (kind {meta.get('kind')!r})")
   if bool(meta.get("has_base")) != (base is not None):

@@ -184,3 +184,34 @@ def test_singular_residual_covariance_and_flow_size_warn():
 def test_well_determined_fit_does_not_warn(n_train, r_dim, w_dim):
   nll, ref, warnings = _linear_case(n_train, r_dim, w_dim)
   assert warnings == [] and nll < ref, (nll, ref, warnings)   # r explains part of w
+
+
+@pytest.mark.parametrize("damage", ["truncate_meta", "empty_meta", "no_params", "checksum_mismatch"])
+def test_damaged_flow_checkpoint_is_removed_to_be_recomputed(tmp_path, damage):
+  import os
+  import shutil
+  flow, w, r = _perturbed_flow(learned_mixing=True)
+  ckpt = tmp_path / "flow"
+  flows.save(str(ckpt), flow)
+  loaded = flows.load_or_none(str(ckpt))
+  np.testing.assert_array_equal(_nll(loaded, w, r), _nll(flow, w, r))   # intact: loaded
+  meta = ckpt / "meta.json"
+  if damage == "truncate_meta":
+    meta.write_bytes(meta.read_bytes()[:len(meta.read_bytes()) // 2])
+  elif damage == "empty_meta":
+    meta.write_bytes(b"")
+  elif damage == "no_params":
+    shutil.rmtree(ckpt / "params")
+  else:   # a changed weight: the restored params no longer hash to params_sha256
+    import json
+    m = json.loads(meta.read_text())
+    m["params_sha256"] = "0" * 64
+    meta.write_text(json.dumps(m))
+  logged = []
+  assert flows.load_or_none(str(ckpt), log=logged.append) is None
+  assert not os.path.exists(ckpt) and len(logged) == 1 and "recomputing it" in logged[0], logged
+  assert flows.load_or_none(str(tmp_path / "absent")) is None
+  flows.save(str(ckpt), flow)   # an intact flow of another kind of base is refused, not removed
+  with pytest.raises(flows.io.CheckpointError, match="Gaussian base"):
+    flows.load_or_none(str(ckpt), base=flows.GaussianBaseline(link=None, chol=jnp.eye(6)))
+  assert ckpt.exists()
