@@ -30,9 +30,9 @@ line within `Timeouts.connect`. After it, `agree` exchanges each process's resol
 config, flags and model hashes through the coordination service's key-value store and
 stops every process, naming the fields and the processes, if any differ. `barrier` is a
 key-value barrier with a deadline (`Timeouts.barrier`) that also sees a peer's failure
-(`report_failure`), not an XLA collective: XLA's CPU collectives abort the process
-(SIGABRT, exit -6) when a peer is late by more than their fixed timeouts, which a loaded
-machine reaches (README, "Multi-process runs").
+(`report_failure`), not an XLA collective (which waits without a deadline for a peer
+that stopped, until `jax.distributed` aborts the process, SIGABRT: README,
+"Multi-process runs").
 """
 from __future__ import annotations
 
@@ -184,7 +184,6 @@ def initialize(setup: ProcessSetup, timeouts: Timeouts = Timeouts()) -> None:
   # Cross-process collectives of the CPU backend (only the model code's, if any: the
   # runner's barriers go through the key-value store); the accelerator backends bring their own.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  _raise_xla_collective_timeouts(timeouts.barrier)
   kwargs = dict(initialization_timeout=timeouts.connect,
                 heartbeat_timeout_seconds=max(timeouts.heartbeat, timeouts.barrier + 1),
                 shutdown_timeout_seconds=timeouts.barrier)
@@ -199,20 +198,6 @@ def initialize(setup: ProcessSetup, timeouts: Timeouts = Timeouts()) -> None:
     raise DistributedError(f"process {setup.process_id}: jax.distributed did not start "
                            f"({_first_line(e)}) within --connect_timeout={timeouts.connect} s",
                            abandon=True) from None
-
-
-# XLA's CPU collectives abort the process (LOG(FATAL), SIGABRT) when a peer is late by
-# more than these (defaults 20 s warn / 40 s terminate in the XLA we pin); raised to the
-# barrier deadline for any cross-process collective the model code may run.
-_XLA_COLLECTIVE_FLAGS = ("xla_cpu_collective_call_terminate_timeout_seconds",
-                         "xla_cpu_collective_timeout_seconds")
-
-
-def _raise_xla_collective_timeouts(seconds: int) -> None:
-  flags = os.environ.get("XLA_FLAGS", "")
-  extra = [f"--{f}={seconds}" for f in _XLA_COLLECTIVE_FLAGS if f not in flags]
-  if extra:
-    os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
 
 
 def _first_line(e: BaseException) -> str:
@@ -543,9 +528,8 @@ def barrier(name: str, timeout: float | None = None) -> None:
   """Blocks until every process reaches the barrier `name` (nothing with one process).
 
   Every process must call the same barriers in the same order. A key-value barrier of the
-  coordination service, polled: no XLA collective (whose fixed timeouts abort a late
-  process, -6), a deadline (`Timeouts.barrier`, or `timeout` s) and a peer's failure
-  (`report_failure`) each end the wait with one line.
+  coordination service, polled, not an XLA collective: a deadline (`Timeouts.barrier`,
+  or `timeout` s) and a peer's failure (`report_failure`) each end the wait with one line.
   Raises:
     DistributedError: a peer failed, the deadline passed (naming the processes that did
       not arrive), or the processes are at different barriers.
@@ -576,6 +560,26 @@ def barrier(name: str, timeout: float | None = None) -> None:
   if len(names) > 1:
     raise DistributedError(f"processes reached different barriers: "
                            f"{'; '.join(f'process {p}: {v}' for p, v in sorted(arrived.items()))}")
+
+
+def check_wait(since: float, what: str) -> None:
+  """For a stage that polls for files other processes write (nothing with one process).
+
+  Call it in the polling loop; `since` is `time.monotonic()` when the wait began.
+  Raises:
+    DistributedError: a peer failed (`report_failure`), or the wait has lasted longer
+      than `Timeouts.barrier` (`what` names what is awaited, e.g. "process 1's chunk 2").
+  """
+  if process_count() <= 1:
+    return
+  me = process_index()
+  _raise_peer_failure(_client(), me)
+  waited = time.monotonic() - since
+  if waited > _timeouts.barrier:
+    raise DistributedError(
+        f"process {me}: waited {waited:.0f} s for {what} (stopped, killed or too slow; "
+        f"--barrier_timeout={_timeouts.barrier} s); rerun the same command: finished work "
+        f"items are kept", abandon=True)
 
 
 def _raise_peer_failure(client, me: int) -> None:

@@ -151,3 +151,4 @@ def test_timeouts_are_whole_positive_seconds():
 def test_agree_and_barrier_do_nothing_with_one_process():
   distribute.agree({"config": {"seed": 0}})   # no jax.distributed needed
   distribute.barrier("x", timeout=0)
+  distribute.check_wait(0.0, "nothing")
