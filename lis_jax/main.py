@@ -132,16 +132,21 @@ def startup_fields(config, workdir: str) -> dict:
   params hash of each converted checkpoint (its meta.json cache), else the name given;
   code: a hash of lis_jax's own source files.
   """
-  fields = {"config": pipeline.config_to_dict(config),
-            "workdir": os.path.abspath(workdir),
-            "flags": {f: flags.FLAGS[f].value for f in _SHARED_FLAGS}, "models": {},
+  fields = {"config": config.to_dict(), "workdir": os.path.abspath(workdir),
+            "flags": {f: flags.FLAGS[f].value for f in _SHARED_FLAGS},
+            "models": {w: _model_id(str(config.get(w, "")), workdir)
+                       for w in ("generator", "classifier")},
             "code": _code_sha256()}
-  for what in ("generator", "classifier"):
-    spec = str(config.get(what, ""))
-    path = pipeline.resolve_path(workdir, spec) if spec else spec
-    meta = os.path.join(path, io.META_FILE) if path else ""
-    fields["models"][what] = io.params_sha256(path) if meta and os.path.isfile(meta) else spec
   return fields
+
+
+def _model_id(spec: str, workdir: str) -> str:
+  """A converted checkpoint's params hash (relative paths inside the workdir first, as the
+  runner resolves them), else the name as given (a built-in or "module:function")."""
+  for path in ((spec,) if os.path.isabs(spec) else (os.path.join(workdir, spec), spec)):
+    if spec and os.path.isfile(os.path.join(path, io.META_FILE)):
+      return io.params_sha256(path)
+  return spec
 
 
 def _code_sha256() -> str:

@@ -152,3 +152,22 @@ def test_agree_and_barrier_do_nothing_with_one_process():
   distribute.agree({"config": {"seed": 0}})   # no jax.distributed needed
   distribute.barrier("x", timeout=0)
   distribute.check_wait(0.0, "nothing")
+
+
+def test_startup_fields_tell_model_files_apart(tmp_path):
+  """Two processes whose converted generator checkpoints differ (same path, other weights)
+  disagree on models.generator; the same weights agree."""
+  import ml_collections
+  from lis_jax import io, main
+  fields = {}
+  for p, scale in ((0, 1.0), (1, 2.0), (2, 1.0)):
+    wd = tmp_path / f"w{p}"
+    io.save_checkpoint(str(wd / "gen"), {"w": np.full((3,), scale, np.float32)}, {"kind": "test"})
+    config = ml_collections.ConfigDict({"generator": "gen", "classifier": "tiny-resnet-random",
+                                        "seed": 0, "stages": ("paired_data",)})
+    fields[p] = main.startup_fields(config, str(wd))
+    fields[p]["workdir"] = "/shared/study"   # one --workdir, seen by each process on its host
+  assert fields[0]["models"]["generator"] == io.params_sha256(str(tmp_path / "w0" / "gen"))
+  diff = distribute.differences(fields)
+  assert diff.startswith("models.generator (processes 0, 2: ") and "process 1: " in diff, diff
+  assert "config" not in diff and "code" not in diff
