@@ -195,7 +195,8 @@ def initialize(setup: ProcessSetup, timeouts: Timeouts = Timeouts()) -> None:
                                  num_processes=setup.num_processes, process_id=setup.process_id,
                                  **kwargs)
   except (RuntimeError, ValueError) as e:   # JaxRuntimeError is a RuntimeError
-    raise DistributedError(f"process {setup.process_id}: jax.distributed did not start "
+    who = "this process" if setup.process_id is None else f"process {setup.process_id}"
+    raise DistributedError(f"{who}: jax.distributed did not start "
                            f"({_first_line(e)}) within --connect_timeout={timeouts.connect} s",
                            abandon=True) from None
 

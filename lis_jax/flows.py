@@ -484,27 +484,41 @@ def save(out_dir: str, flow: Flow, meta: Mapping[str, Any] | None = None) -> Non
 
 
 def load(ckpt_dir: str, base: GaussianBaseline | None = None) -> Flow:
-  """Reads a flow written by `save`; `base` is required iff it was trained with one."""
-  params, meta = io.load_checkpoint(ckpt_dir)
+  """Reads a flow written by `save`; `base` is required iff it was trained with one.
+
+  Raises:
+    io.CorruptFileError: the checkpoint is missing or damaged (meta.json truncated or not
+      JSON, params missing, unreadable or not matching their checksum): recomputable, so
+      the runner has the stage that owns it run again.
+    io.CheckpointError: an intact checkpoint of something else, or with(out) a base other
+      than `base` says.
+  """
+  params, meta = _read_saved(ckpt_dir)
   return _saved_flow(ckpt_dir, params, meta, base)
+
+
+def _read_saved(ckpt_dir: str) -> tuple[Any, dict]:
+  meta_path = os.path.join(ckpt_dir, io.META_FILE)
+  try:
+    return io.load_checkpoint(ckpt_dir, verify=True)
+  except io.CheckpointError as e:
+    raise io.CorruptFileError(meta_path, f"flow checkpoint missing or damaged ({e})") from None
 
 
 def load_or_none(ckpt_dir: str, base: GaussianBaseline | None = None,
                  log: Callable[[str], None] = print) -> Flow | None:
   """The flow saved in `ckpt_dir`, or None when there is none or it is damaged.
 
-  Damaged (a truncated or invalid meta.json, missing or unreadable params, params that
-  do not match their checksum): the directory is removed and one line logged, so the
-  caller trains it again (a flow is recomputable from its stage's inputs).
+  Damaged (see `load`): the directory is removed and one line logged, so the caller
+  trains it again (a flow is recomputable from its stage's inputs).
   Raises:
-    io.CheckpointError: an intact checkpoint of something else, or with(out) a base
-      other than `base` says (a different config, not damage).
+    io.CheckpointError: as `load` (a different config, not damage).
   """
   if not os.path.lexists(ckpt_dir):
     return None
   try:
-    params, meta = io.load_checkpoint(ckpt_dir, verify=True)
-  except (io.CheckpointError, io.CorruptFileError) as e:
+    params, meta = _read_saved(ckpt_dir)
+  except io.CorruptFileError as e:
     if os.path.islink(ckpt_dir) or not os.path.isdir(ckpt_dir):
       raise   # not a directory this code wrote: left for the user
     log(f"[flows] {e}; recomputing it")

@@ -215,3 +215,16 @@ def test_damaged_flow_checkpoint_is_removed_to_be_recomputed(tmp_path, damage):
   with pytest.raises(flows.io.CheckpointError, match="Gaussian base"):
     flows.load_or_none(str(ckpt), base=flows.GaussianBaseline(link=None, chol=jnp.eye(6)))
   assert ckpt.exists()
+
+
+def test_damaged_flow_is_a_corrupt_file_for_the_runner(tmp_path):
+  """`load` (what later stages call) reports damage as CorruptFileError on meta.json, which
+  the runner answers by running the owning stage again (pipeline.remove_corrupt removes
+  the whole checkpoint directory for a meta.json)."""
+  flow, _, _ = _perturbed_flow(learned_mixing=False)
+  ckpt = tmp_path / "flow"
+  flows.save(str(ckpt), flow)
+  (ckpt / "meta.json").write_bytes((ckpt / "meta.json").read_bytes()[:20])
+  with pytest.raises(flows.io.CorruptFileError) as e:
+    flows.load(str(ckpt))
+  assert e.value.path == str(ckpt / "meta.json")
