@@ -172,7 +172,8 @@ def main(argv):
     distribute.initialize(distribute.process_setup(
         _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value),
         timeouts)
-    distribute.agree(startup_fields(_CONFIG.value, _WORKDIR.value), "the run's setup")
+    if distribute.process_count() > 1:
+      distribute.agree(startup_fields(_CONFIG.value, _WORKDIR.value), "the run's setup")
     pipeline.run(_CONFIG.value, _WORKDIR.value)
   except distribute.DistributedError as e:
     _fail(str(e), abandon=e.abandon)
