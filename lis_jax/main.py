@@ -132,8 +132,8 @@ def startup_fields(config, workdir: str) -> dict:
   params hash of each converted checkpoint (its meta.json cache), else the name given;
   code: a hash of lis_jax's own source files.
   """
-  fields = {"config": config.to_dict(), "workdir": os.path.abspath(workdir),
-            "flags": {f: flags.FLAGS[f].value for f in _SHARED_FLAGS},
+  fields = {"config": config.to_dict(),
+            "flags": {f: flags.FLAGS[f].value for f in _SHARED_FLAGS},   # --workdir as given
             "models": {w: _model_id(str(config.get(w, "")), workdir)
                        for w in ("generator", "classifier")},
             "code": _code_sha256()}

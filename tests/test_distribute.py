@@ -165,8 +165,7 @@ def test_startup_fields_tell_model_files_apart(tmp_path):
     io.save_checkpoint(str(wd / "gen"), {"w": np.full((3,), scale, np.float32)}, {"kind": "test"})
     config = ml_collections.ConfigDict({"generator": "gen", "classifier": "tiny-resnet-random",
                                         "seed": 0, "stages": ("paired_data",)})
-    fields[p] = main.startup_fields(config, str(wd))
-    fields[p]["workdir"] = "/shared/study"   # one --workdir, seen by each process on its host
+    fields[p] = main.startup_fields(config, str(wd))   # the same relative path on each host
   assert fields[0]["models"]["generator"] == io.params_sha256(str(tmp_path / "w0" / "gen"))
   diff = distribute.differences(fields)
   assert diff.startswith("models.generator (processes 0, 2: ") and "process 1: " in diff, diff
