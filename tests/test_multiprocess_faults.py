@@ -44,14 +44,14 @@ def _env(cache: pathlib.Path | None = None, kill_after: str | None = None) -> di
 
 def launch(workdir, per_process: list[list[str]], port: int, n: int = 2, cache=None,
            kill_after: dict | None = None, common=("--config.stages=paired_data",),
-           connect_timeout: int = CONNECT_TIMEOUT):
+           connect_timeout: int = CONNECT_TIMEOUT, barrier_timeout: int = BARRIER_TIMEOUT):
   """One lis_jax.main per entry of `per_process` (its own flags, e.g. --process_id)."""
   procs = []
   for i, own in enumerate(per_process):
     cmd = [sys.executable, "-m", "lis_jax.main", "--config=configs/tiny.py",
            f"--workdir={workdir}", f"--coordinator_address=127.0.0.1:{port}",
            f"--num_processes={n}", f"--connect_timeout={connect_timeout}",
-           f"--barrier_timeout={BARRIER_TIMEOUT}", *common, *own]
+           f"--barrier_timeout={barrier_timeout}", *common, *own]
     procs.append(subprocess.Popen(cmd, cwd=ROOT, env=_env(cache, (kill_after or {}).get(i)),
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
   return procs
@@ -155,7 +155,8 @@ def test_address_without_port_is_one_line(tmp_path):
 
 # Busy loops per core of the load generator (the issue's "2 busy-loop processes per core").
 LOAD_PER_CORE = 2
-# The load generator stops by itself after this long, whatever happens to the test.
+# The load generator stops by itself after this long, whatever happens to the test; also
+# the rerun's barrier deadline (a process's share under this load took over 20 s).
 LOAD_SECONDS = 600
 
 
@@ -164,31 +165,40 @@ def _busy_loops(n: int, seconds: float) -> list[subprocess.Popen]:
   return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(n)]
 
 
-def _shards(work: pathlib.Path) -> dict[str, bytes]:
-  return {p.name: p.read_bytes() for p in (work / "paired_data").glob("shard_*.npz")}
+# Where process 1 is killed (`errors.maybe_interrupt`: sweep counts block index + 1, and
+# block 1 is process 1's first),
+# the stages run, and the stage's directory and item files. sweep: its items are blocks,
+# and the survivor then waits at the barrier after the stage's run.
+KILL_AT, STAGES, ITEMS = "sweep:2", "paired_data,link,sweep", ("sweep", "block_*.npz")
+
+
+def _items(work: pathlib.Path) -> dict[str, bytes]:
+  return {p.name: p.read_bytes() for p in (work / ITEMS[0]).glob(ITEMS[1])}
 
 
 def test_lost_peer_stops_the_survivor_then_a_rerun_under_load_resumes(tmp_path):
   """Process 1 is killed mid-stage: process 0 ends at the stage's barrier with one line
   within --barrier_timeout, nothing merged. The same command then finishes the run, with
-  the finished shards kept, while busy loops load every core (2 per core)."""
+  the finished items kept, while busy loops load every core (2 per core)."""
   work, cache = tmp_path / "work", tmp_path / "jax_cache"
+  common = (f"--config.stages={STAGES}",)
   procs = launch(work, [["--process_id=0"], ["--process_id=1"]], _free_port(), cache=cache,
-                 kill_after={1: "paired_data:1"}, connect_timeout=START_TIMEOUT)
+                 kill_after={1: KILL_AT}, connect_timeout=START_TIMEOUT, common=common)
   outs = finish(procs, 900)
-  assert outs[1][0] == -9, outs[1][1][-3000:]   # SIGKILLed after its first shard
+  assert outs[1][0] == -9, outs[1][1][-3000:]   # SIGKILLed after its first item
   rc, err, _ = outs[0]
   assert rc == 1, err[-3000:]
   line = _the_error_line(err)
-  assert ("waited" in line and "barrier 'paired_data:run'" in line and "process(es) 1" in line
+  stage = KILL_AT.split(":")[0]
+  assert ("waited" in line and f"barrier '{stage}:run'" in line and "process(es) 1" in line
           and f"--barrier_timeout={BARRIER_TIMEOUT} s" in line), line
-  before = _shards(work)
-  assert before and not (work / "paired_data" / "manifest.json").exists(), sorted(before)
+  before = _items(work)
+  assert before and not (work / stage / "index.csv").exists(), sorted(before)   # not merged
 
   load = _busy_loops(LOAD_PER_CORE * os.cpu_count(), LOAD_SECONDS)
   try:
     procs = launch(work, [["--process_id=0"], ["--process_id=1"]], _free_port(), cache=cache,
-                   common=("--config.stages=paired_data,link",), connect_timeout=START_TIMEOUT)
+                   common=common, connect_timeout=START_TIMEOUT, barrier_timeout=LOAD_SECONDS)
     outs = finish(procs, LOAD_SECONDS)
   finally:
     for p in load:
@@ -196,10 +206,9 @@ def test_lost_peer_stops_the_survivor_then_a_rerun_under_load_resumes(tmp_path):
       p.wait()
   for pid, (rc, err, _) in enumerate(outs):
     assert rc == 0, (pid, rc, err[-3000:])
-  after = _shards(work)
-  assert (work / "paired_data" / "manifest.json").exists() and (work / "link" / "model").exists()
+  after = _items(work)
+  assert (work / stage / "index.csv").exists()
   assert set(before) < set(after) and all(after[k] == v for k, v in before.items())   # resumed
-
 
 
 def _the_error_line(err: str) -> str:
