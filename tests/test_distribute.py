@@ -170,3 +170,55 @@ def test_startup_fields_tell_model_files_apart(tmp_path):
   diff = distribute.differences(fields)
   assert diff.startswith("models.generator (processes 0, 2: ") and "process 1: " in diff, diff
   assert "config" not in diff and "code" not in diff
+
+
+class _FakeStore:
+  """The coordination service's key-value store as `distribute` uses it (one process's view)."""
+
+  def __init__(self):
+    self.kv = {}
+
+  def key_value_set(self, key, value, allow_overwrite=False):
+    assert allow_overwrite or key not in self.kv, key
+    self.kv[key] = value
+
+  def key_value_dir_get(self, prefix):
+    return [(k, v) for k, v in sorted(self.kv.items()) if k.startswith(prefix)]
+
+
+def _as_process(monkeypatch, store, index, count=2, barrier_s=1):
+  monkeypatch.setattr(distribute, "_client", lambda: store)
+  monkeypatch.setattr(distribute, "process_index", lambda: index)
+  monkeypatch.setattr(distribute, "process_count", lambda: count)
+  monkeypatch.setattr(distribute, "_timeouts", distribute.Timeouts(barrier=barrier_s))
+  monkeypatch.setattr(distribute, "_calls", {"agree": 0, "barrier": 0})
+
+
+def test_barrier_passes_when_all_arrive_and_names_the_missing(monkeypatch):
+  store = _FakeStore()
+  _as_process(monkeypatch, store, 1)
+  store.kv["lis_jax/barrier/1/0"] = "sweep:run"   # process 0 is there already
+  distribute.barrier("sweep:run")
+  with pytest.raises(distribute.DistributedError) as e:   # process 0 never comes to the next
+    distribute.barrier("sweep:merge")
+  assert e.value.abandon and "process 1: waited 1 s at barrier 'sweep:merge' for process(es) 0" in str(e.value)
+
+
+def test_barrier_stops_when_a_peer_failed(monkeypatch):
+  store = _FakeStore()
+  _as_process(monkeypatch, store, 0, barrier_s=3600)
+  distribute.report_failure("disk full\n  on /data")
+  store.kv["lis_jax/error/1"] = "process 1: /data/w: No space left on device"
+  with pytest.raises(distribute.DistributedError, match="process 0 stops: process 1 failed: "
+                                                        "process 1: /data/w: No space left"):
+    distribute.barrier("sweep:run")   # at once, not after the deadline
+  assert store.kv["lis_jax/error/0"] == "disk full on /data"   # one line for the others
+
+
+def test_barrier_names_processes_at_different_barriers(monkeypatch):
+  store = _FakeStore()
+  _as_process(monkeypatch, store, 0)
+  store.kv["lis_jax/barrier/1/1"] = "link:done"
+  with pytest.raises(distribute.DistributedError, match="different barriers: process 0: "
+                                                        "sweep:run; process 1: link:done"):
+    distribute.barrier("sweep:run")
