@@ -12,7 +12,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT))  # configs/ is not an installed package.
 from configs import demo  # noqa: E402
-from lis_jax import blocks, errors, generators, io, pipeline  # noqa: E402
+from lis_jax import blocks, errors, generators, io, pipeline, stages  # noqa: E402
 from lis_jax.generators import shapes  # noqa: E402
 from lis_jax.quantify import segment, selectivity  # noqa: E402
 from lis_jax.stages import quantify as stage, sweep  # noqa: E402
@@ -96,7 +96,7 @@ def test_stage_resumes_after_a_crash_and_matches_a_clean_run(tmp_path, monkeypat
     pipeline.run(config, crashed)
 
   # The report section renders cards from these outputs.
-  html = stage.section(pipeline.RunContext(small_config(), clean))
+  html = stage.section(stages.context(small_config(), clean))
   assert "Unit cards" in html and "precision@" in html and "mean IoU" in html
 
 

@@ -3,7 +3,8 @@
 A stage module `lis_jax/stages/<name>.py` defines `STAGE = Stage(name="<name>", ...)`;
 `lis_jax/stages/__init__.py` imports it (one line) into `REGISTRY`. The runner
 (`lis_jax.pipeline.run`) checks `requires`, records each stage's fingerprint in
-`workdir/<name>/config.json` and calls `run(ctx)` with a `pipeline.RunContext`.
+`workdir/<name>/config.json` and calls `run(ctx)` with a `context.RunContext`. A stage
+module imports libraries and `lis_jax.context`, never another stage or the runner.
 Recipes: docs/architecture.md.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ class Stage:
     same config.
   default_config: () -> ConfigDict, the only home of its section's defaults; the run's
     `config.<name>` is merged over it (unknown keys are an error).
-  run: (ctx: pipeline.RunContext) -> None; writes workdir/<name>/ atomically, resumable.
+  run: (ctx: context.RunContext) -> None; writes workdir/<name>/ atomically, resumable.
   load: (workdir) -> its typed result (a dataclass); raises PipelineError if it has not run.
   uses: top-level config fields its outputs depend on ('generator', 'classifier',
     'classes', 'psi', 'seed'); part of its fingerprint.
@@ -39,6 +40,8 @@ class Stage:
     process 0 alone and writes what spans all items (manifest, index, summary). Without
     `merge`, `run` runs in process 0 alone while the others wait. With one process: `run`,
     then `merge`.
+  check: (ctx) -> None, run before any stage of a run that lists it runs; raises
+    PipelineError for a value that can only be checked with the models loaded.
   """
   name: str
   requires: tuple[str, ...]
@@ -50,3 +53,4 @@ class Stage:
   ignores: tuple[str, ...] = ()
   summary: Callable[[Any], dict | None] | None = None
   merge: Callable[[Any], None] | None = None
+  check: Callable[[Any], None] | None = None

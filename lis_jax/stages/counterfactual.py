@@ -30,7 +30,7 @@ from lis_jax import distribute
 from lis_jax import images
 from lis_jax import io
 from lis_jax import page
-from lis_jax import errors, generators
+from lis_jax import errors, generators, validate
 from lis_jax.generators.base import GroundTruthWorld
 from lis_jax.stages.base import Stage
 
@@ -399,7 +399,15 @@ def summary(ctx) -> dict | None:
   return ctx.result(NAME).summary
 
 
+def check(ctx) -> None:
+  """top_units must be at most the classifier's number of units (checked before any stage runs)."""
+  try:
+    validate.check_top_units(ctx.cfg(NAME).top_units, ctx.clf.feature_dim)
+  except ValueError as e:
+    raise errors.PipelineError(str(e)) from None
+
+
 STAGE = Stage(name=NAME, requires=("link",), default_config=default_config, run=run, load=load,
               uses=("classes", "seed"), section=section, summary=summary,
               ignores=("save_png", "compact_rows"),   # batch_size: which searches share a file
-              merge=merge)
+              merge=merge, check=check)
