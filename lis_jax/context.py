@@ -60,6 +60,13 @@ def stream_key(seed: int, stream: str, *indices: int) -> Any:
     key = jax.random.fold_in(key, i)
   return key
 
+def stream_seed(seed: int, stream: str, *indices: int) -> int:
+  """`stream_key(seed, stream, *indices)` as an integer in [0, 2^31): the seed of the
+  NumPy generators drawn from the named stream (`RunContext.seed`, `RunContext.rng`)."""
+  import jax
+  return int(jax.random.randint(stream_key(seed, stream, *indices), (), 0, 2**31 - 1))
+
+
 # ----------------------------------------------------------------------------- run context
 
 
@@ -74,7 +81,9 @@ class RunContext:
   mesh: the 1-D data mesh over this process's devices (all devices with one process).
   process_index, process_count, is_main, my_items(n), barrier(name), log, progress:
     multi-process runs (lis_jax/distribute.py; `stages.base.Stage.merge`).
-  key(stream, *indices): a named random stream (`stream_key`).
+  key(stream, *indices): a named random stream (`stream_key`); seed(stream, ...) and
+    rng(stream, ...): an integer seed / NumPy generator from it. Every random draw of a
+    stage comes from these (docs/architecture.md lists the streams).
   result(name): that stage's `load(workdir)`, cached.
   """
 
@@ -181,6 +190,15 @@ class RunContext:
     """The PRNG key of `indices` in the named stream (see `stream_key`)."""
     return stream_key(int(self.config.seed), stream, *indices)
 
+  def seed(self, stream: str, *indices: int) -> int:
+    """An integer seed in [0, 2^31) drawn from the named stream, for a library that takes
+    `seed=` (its NumPy generator is then seeded from the stream, not the raw config.seed)."""
+    return stream_seed(int(self.config.seed), stream, *indices)
+
+  def rng(self, stream: str, *indices: int) -> np.random.Generator:
+    """A NumPy generator seeded from the named stream (`seed`)."""
+    return np.random.default_rng(self.seed(stream, *indices))
+
   def result(self, name: str) -> Any:
     """Stage `name`'s typed result, loaded once per run (PipelineError if it has not run)."""
     if name not in self._results:
@@ -197,9 +215,16 @@ class RunContext:
     st = self.registry[name]
     own = {k: v for k, v in self.cfg(name).to_dict().items() if k not in st.ignores}
     fp = {"layout": LAYOUT, name: own, **{u: self.uses_value(u) for u in st.uses}}
-    if st.requires:
-      fp["requires"] = {r: self.fingerprint(r) for r in st.requires}
+    requires = self.requires(name)
+    if requires:
+      fp["requires"] = {r: self.fingerprint(r) for r in requires}
     return config_to_dict(fp)
+
+  def requires(self, name: str) -> tuple[str, ...]:
+    """The stages stage `name` requires under this config (`Stage.requirements`)."""
+    st = self.registry[name]
+    get = getattr(st, "requirements", None)
+    return tuple(get(self.cfg(name))) if get is not None else tuple(st.requires)
 
   def uses_value(self, field: str) -> Any:
     """A top-level field as fingerprints record it: the models by content, not by path."""

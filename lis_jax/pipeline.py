@@ -62,7 +62,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   os.makedirs(workdir, exist_ok=True)
   with _workdir_lock(workdir):
     for i, name in enumerate(names):
-      for req in ctx.registry[name].requires:
+      for req in ctx.requires(name):
         if req in names[i:]:
           raise PipelineError(f"stage '{name}' requires '{req}': list '{req}' before '{name}' "
                               f"in config.stages")

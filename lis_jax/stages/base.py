@@ -40,6 +40,9 @@ class Stage:
     process 0 alone and writes what spans all items (manifest, index, summary). Without
     `merge`, `run` runs in process 0 alone while the others wait. With one process: `run`,
     then `merge`.
+  requires_when: (its config section) -> more stages it requires under that config (a
+    stage that reads another's outputs only for some settings); part of `requires`
+    wherever the runner and the fingerprint read it (`requirements`).
   check: (ctx) -> None, run before any stage of a run that lists it runs; raises
     PipelineError for a value that can only be checked with the models loaded.
   """
@@ -54,3 +57,9 @@ class Stage:
   summary: Callable[[Any], dict | None] | None = None
   merge: Callable[[Any], None] | None = None
   check: Callable[[Any], None] | None = None
+  requires_when: Callable[[ml_collections.ConfigDict], tuple[str, ...]] | None = None
+
+  def requirements(self, section: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """`requires`, plus what `requires_when(section)` adds under this config section."""
+    extra = self.requires_when(section) if self.requires_when is not None else ()
+    return tuple(self.requires) + tuple(r for r in extra if r not in self.requires)

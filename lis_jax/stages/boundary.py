@@ -47,7 +47,8 @@ from lis_jax import blocks, distribute, errors, generators, images, io, page
 from lis_jax.analysis import boundary as lib
 from lis_jax.generators.base import GroundTruthWorld
 from lis_jax.quantify import selectivity
-from lis_jax.stages import counterfactual, quantify
+from lis_jax.analysis.counterfactual import image_logits
+from lis_jax.quantify import measuring
 from lis_jax.stages.base import Stage
 
 NAME = "boundary"
@@ -110,7 +111,7 @@ def load(workdir: str) -> BoundaryResult:
 @functools.partial(jax.jit, static_argnames=("n_grid", "n_iter"))
 def _crossings(G, clf, link, r, shift, origin, target, *, n_grid, n_iter):
   def predict(t, rows):
-    return counterfactual.image_logits(G, clf, link, r[rows] - t[:, None] * shift[rows]).argmax(-1)
+    return image_logits(G, clf, link, r[rows] - t[:, None] * shift[rows]).argmax(-1)
   return lib.crossings(predict, origin, target, n_grid=n_grid, n_iter=n_iter)
 
 
@@ -144,8 +145,8 @@ def _batch(ctx, c, seg, link, cf: dict, ids: np.ndarray, batch: int) -> dict:
   first = lib.first_copies(t_pts)  # [B, T']: repeated points are measured once
   unique = (first == np.arange(t_n)).reshape(-1)
   qc = ctx.cfg("quantify")
-  m = quantify.measure(G, seg, np.concatenate([w_pts.reshape(-1, d)[unique], nul.reshape(-1, d)]),
-                       c.measure_batch, qc.max_components, entropy=quantify.uses_entropy(qc))
+  m = measuring.measure(G, seg, np.concatenate([w_pts.reshape(-1, d)[unique], nul.reshape(-1, d)]),
+                        c.measure_batch, qc.max_components, entropy=measuring.uses_entropy(qc))
   out = {k: arr[k] for k in ("search", "origin", "target")}
   out.update({k: res[k] for k in ("t_leave", "t_reach", "width", "leave_found", "reach_found", "pred_grid")})
   out["t_points"] = t_pts
@@ -175,7 +176,7 @@ def run(ctx) -> None:
   cf = ctx.result("counterfactual").arrays
   link = ctx.result("link").link
   try:
-    seg = quantify.segmenter(ctx)
+    seg = ctx.result("quantify").segmenter()   # trained by the quantify stage (required)
   except segment.SegmentationError as e:
     raise errors.PipelineError(str(e)) from None
   store = _store(ctx.workdir)
@@ -188,7 +189,7 @@ def run(ctx) -> None:
     errors.check_finite(f"boundary batch {b} areas", out["pt.area"])
     errors.maybe_interrupt(NAME, b + 1)
     store.write(b, **out)
-  summarise(ctx, quantify.measured_parts(seg))
+  summarise(ctx, measuring.measured_parts(seg))
 
 
 # ----------------------------------------------------------------------------- summary
@@ -201,7 +202,7 @@ def _concat(batches: list[dict]) -> dict:
 def changes(arrays: dict, sources: dict[str, str] = selectivity.CONCEPT_SOURCES
             ) -> tuple[np.ndarray, np.ndarray]:
   """(deltas [B, P, M] start -> crossing, null deltas [B, R, P, M]) from the batches'
-  metrics, read with the concept set `sources` (quantify's: `quantify.concept_sources`)."""
+  metrics, read with the concept set `sources` (quantify's: `measuring.concept_sources`)."""
   pts = selectivity.concept_values({k[3:]: v for k, v in arrays.items() if k.startswith("pt.")},
                                    sources)  # [B, T', P, M']
   null = selectivity.concept_values({k[5:]: v for k, v in arrays.items() if k.startswith("null.")},
@@ -218,9 +219,9 @@ def summarise(ctx, parts) -> None:
   out_dir = ctx.out_dir(NAME)
   batches = load_batches(ctx.workdir)
   a = _concat(batches)
-  deltas, null_d = changes(a, quantify.concept_sources(ctx))
+  deltas, null_d = changes(a, measuring.concept_sources(ctx.cfg("quantify")))
   metrics = list(selectivity.CONCEPT_METRICS)
-  pairs, stats = lib.pair_statistics(deltas, null_d, a["origin"], a["target"], seed=int(ctx.config.seed),
+  pairs, stats = lib.pair_statistics(deltas, null_d, a["origin"], a["target"], seed=ctx.seed(f"{NAME}.statistics"),
                                      n_boot=c.n_boot, level=c.level, alpha=c.alpha)
   rows = []
   for i, (o, t) in enumerate(pairs):

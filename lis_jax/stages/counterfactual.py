@@ -32,6 +32,7 @@ from lis_jax import io
 from lis_jax import page
 from lis_jax import errors, generators, validate
 from lis_jax.generators.base import GroundTruthWorld
+from lis_jax.analysis.counterfactual import image_logits
 from lis_jax.stages.base import Stage
 
 NAME = "counterfactual"
@@ -77,12 +78,6 @@ def _cos(a: jax.Array, b: jax.Array) -> jax.Array:
   """Row-wise cosine similarity of [B, K] arrays (torch's eps convention)."""
   den = jnp.maximum(jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1), 1e-8)
   return (a * b).sum(-1) / den
-
-
-def image_logits(G: Any, clf: Any, link: Any, r_shifted: jax.Array) -> jax.Array:
-  """The classifier's logits [B, C] on the image generated from link(relu(r_shifted)) [B, D]."""
-  ws = generators.broadcast_ws(link(jax.nn.relu(r_shifted)), G.num_ws)
-  return clf(clf.preprocess(G.synthesis(ws)))
 
 
 def search_loss(G: Any, clf: Any, link: Any, r: jax.Array, shift: jax.Array, origin: jax.Array,

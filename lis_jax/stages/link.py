@@ -136,7 +136,7 @@ def run(ctx) -> None:
   data = ctx.result("paired_data")
   for k in ("r", "w"):
     errors.check_finite(f"paired data {k}", getattr(data, k))
-  train, test = split(data.r.shape[0], c.holdout_fraction, int(ctx.config.seed))
+  train, test = split(data.r.shape[0], c.holdout_fraction, ctx.seed(f"{NAME}.split"))
   link = linking.fit(c, data.r[train], data.w[train], ctx.key(NAME))
   predict = jax.jit(lambda link, r: link(r))
   metrics = {"kind": link.kind, "n_train": int(train.size), "n_test": int(test.size),

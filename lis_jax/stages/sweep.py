@@ -34,6 +34,7 @@ from lis_jax import io
 from lis_jax import page
 from lis_jax import errors, generators, spec
 from lis_jax.generators.base import GroundTruthWorld
+from lis_jax.sweeps import pick_starts
 from lis_jax.stages.base import Stage
 
 NAME = "sweep"
@@ -91,18 +92,6 @@ FINITE = ("w", "values")
 def store(directory: str) -> blocks.BlockStore:
   """The sweep's block store (`block_<b:05d>.npz`)."""
   return blocks.BlockStore(directory, finite=FINITE)
-
-
-def pick_starts(cls: np.ndarray, n: int) -> np.ndarray:
-  """The start-sample picker: indices of n samples spread over the classes (round robin
-  over classes, each class's first samples first), sorted. Used by every consumer of
-  the sweep (quantify, the report) so they look at the same samples."""
-  rank = np.zeros(cls.size, int)
-  for c in np.unique(cls):
-    idx = np.flatnonzero(cls == c)
-    rank[idx] = np.arange(idx.size)
-  order = np.lexsort((np.arange(cls.size), rank))
-  return np.sort(order[:min(n, cls.size)])
 
 
 def unit_trajectories(r_start: jax.Array, units: jax.Array, values: jax.Array) -> jax.Array:
