@@ -175,7 +175,7 @@ class RunContext:
   def validate(self, names) -> None:
     """Checks the config's values (`validate.check`; PipelineError, one line)."""
     try:
-      validate.check(self.config, names)
+      validate.check(self.config, names, self.registry)
     except ValueError as e:
       raise PipelineError(str(e)) from None
 

@@ -20,6 +20,13 @@ REGISTRY: dict[str, Stage] = {m.STAGE.name: m.STAGE for m in (
 RENAMED = {"fit_link": "link"}
 
 
+def default_sections():
+  """{stage name: its default_config()} as one ConfigDict: every section at the paper's
+  setting (configs/linear.py starts from it, so `--config.<stage>.<field>=` works for all)."""
+  import ml_collections
+  return ml_collections.ConfigDict({name: st.default_config() for name, st in REGISTRY.items()})
+
+
 def context(config, workdir: str) -> RunContext:
   """The run context of the registered stages over `workdir` (config sections merged over
   their defaults; values not yet validated: `ctx.validate(names)`)."""

@@ -10,7 +10,7 @@ Recipes: docs/architecture.md.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import ml_collections
 
@@ -43,6 +43,8 @@ class Stage:
   requires_when: (its config section) -> more stages it requires under that config (a
     stage that reads another's outputs only for some settings); part of `requires`
     wherever the runner and the fingerprint read it (`requirements`).
+  rules: field -> rule (lis_jax/validate.py's kinds: bounds, choices) of its section,
+    defined beside its `default_config()`; checked before anything runs.
   check: (ctx) -> None, run before any stage of a run that lists it runs; raises
     PipelineError for a value that can only be checked with the models loaded.
   """
@@ -58,6 +60,7 @@ class Stage:
   merge: Callable[[Any], None] | None = None
   check: Callable[[Any], None] | None = None
   requires_when: Callable[[ml_collections.ConfigDict], tuple[str, ...]] | None = None
+  rules: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
 
   def requirements(self, section: ml_collections.ConfigDict) -> tuple[str, ...]:
     """`requires`, plus what `requires_when(section)` adds under this config section."""

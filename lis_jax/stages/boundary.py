@@ -49,6 +49,7 @@ from lis_jax.generators.base import GroundTruthWorld
 from lis_jax.quantify import selectivity
 from lis_jax.analysis.counterfactual import image_logits
 from lis_jax.quantify import measuring
+from lis_jax import validate as V
 from lis_jax.stages.base import Stage
 
 NAME = "boundary"
@@ -70,6 +71,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.strips = 4  # searches shown as image strips in the report
   c.pairs_shown = 8  # pairs shown in the report's bar charts
   return c
+
+
+# Values a run accepts (lis_jax/validate.py's rule kinds), checked before anything runs.
+RULES = {
+    "n_grid": V.int_at_least(2), "n_iter": V.nonneg_int(), "n_points": V.int_at_least(2),
+    "null_draws": V.pos_int(), "batch_size": V.pos_int(), "measure_batch": V.pos_int(),
+    "n_boot": V.pos_int(), "level": V.unit_open(), "alpha": V.unit_open(),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,9 +179,6 @@ def run(ctx) -> None:
   """Stage entry: all searches batch by batch (resumable), then the pair statistics."""
   from lis_jax.quantify import segment
   c = ctx.cfg(NAME)
-  if c.n_grid < 2 or c.n_iter < 0 or c.n_points < 2 or c.null_draws < 1 or c.batch_size < 1:
-    raise errors.PipelineError("boundary: n_grid and n_points must be >= 2, n_iter >= 0, "
-                                 "null_draws and batch_size >= 1")
   cf = ctx.result("counterfactual").arrays
   link = ctx.result("link").link
   try:
@@ -385,4 +391,5 @@ def summary(ctx) -> dict | None:
 
 STAGE = Stage(name=NAME, requires=("counterfactual", "quantify"), default_config=default_config, run=run,
               load=load, uses=("seed",), section=section, summary=summary,
-              ignores=("measure_batch", "strips", "pairs_shown"))  # batch_size: batch files partition the searches
+              ignores=("measure_batch", "strips", "pairs_shown"),  # batch_size: batch files partition the searches
+              rules=RULES)

@@ -30,9 +30,10 @@ from lis_jax import distribute
 from lis_jax import images
 from lis_jax import io
 from lis_jax import page
-from lis_jax import errors, generators, validate
+from lis_jax import errors, generators
 from lis_jax.generators.base import GroundTruthWorld
 from lis_jax.analysis.counterfactual import image_logits
+from lis_jax import validate as V
 from lis_jax.stages.base import Stage
 
 NAME = "counterfactual"
@@ -55,6 +56,15 @@ def default_config() -> ml_collections.ConfigDict:
   c.top_units = 10  # units with the largest |shift| to record
   c.save_png = True  # before | after PNG per search
   return c
+
+
+# Values a run accepts (lis_jax/validate.py's rule kinds), checked before anything runs;
+# top_units is also checked against the classifier's width (`check`).
+RULES = {
+    "samples_per_pair": V.pos_int(), "lr": V.pos_float(), "max_steps": V.pos_int(),
+    "check_every": V.pos_int(), "w_origin": V.any_float(), "w_cos": V.any_float(),
+    "batch_size": V.pos_int(), "compact_rows": V.nonneg_int(), "top_units": V.pos_int(),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -397,7 +407,7 @@ def summary(ctx) -> dict | None:
 def check(ctx) -> None:
   """top_units must be at most the classifier's number of units (checked before any stage runs)."""
   try:
-    validate.check_top_units(ctx.cfg(NAME).top_units, ctx.clf.feature_dim)
+    V.check_top_units(ctx.cfg(NAME).top_units, ctx.clf.feature_dim)
   except ValueError as e:
     raise errors.PipelineError(str(e)) from None
 
@@ -405,4 +415,5 @@ def check(ctx) -> None:
 STAGE = Stage(name=NAME, requires=("link",), default_config=default_config, run=run, load=load,
               uses=("classes", "seed"), section=section, summary=summary,
               ignores=("save_png", "compact_rows"),   # batch_size: which searches share a file
-              merge=merge, check=check)
+              merge=merge, check=check,
+              rules=RULES)

@@ -21,6 +21,7 @@ from lis_jax import io
 from lis_jax import linking
 from lis_jax import errors, generators
 from lis_jax.generators.base import GroundTruthWorld
+from lis_jax import validate as V
 from lis_jax.stages.base import Stage
 
 NAME = "link"
@@ -43,6 +44,15 @@ def default_config() -> ml_collections.ConfigDict:
   c.holdout_fraction = 0.1  # held-out pairs for MSE / R^2
   c.cycle_samples = 256  # held-out samples for r -> w -> image -> r' (0: skip)
   return c
+
+
+# Values a run accepts (lis_jax/validate.py's rule kinds), checked before anything runs.
+RULES = {
+    "alpha": V.nonneg_float(), "l1_ratio": V.unit_closed(), "jitter": V.nonneg_float(),
+    "max_iter": V.pos_int(), "tol": V.pos_float(), "epochs": V.pos_int(), "batch_size": V.pos_int(),
+    "learning_rate": V.pos_float(), "holdout_fraction": V.unit_open(),
+    "cycle_samples": V.nonneg_int(),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,4 +219,5 @@ def summary(ctx) -> dict | None:
 
 
 STAGE = Stage(name=NAME, requires=("paired_data",), default_config=default_config, run=run,
-              load=load, uses=("seed",), section=section, summary=summary)
+              load=load, uses=("seed",), section=section, summary=summary,
+              rules=RULES)

@@ -55,41 +55,55 @@ from lis_jax import sweeps
 from lis_jax.quantify import segment, selectivity
 from lis_jax.quantify.measuring import (deltas_from_blocks, measure, measured_parts, null_ws,  # noqa: F401
                                        rank_correlation, statistics_options, truth_check, uses_entropy)
+from lis_jax import validate as V
 from lis_jax.stages.base import Stage
 
 NAME = "quantify"
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """The quantify stage's settings, sized for the built-in world on a CPU (configs/linear.py
-  sets the reference's)."""
+  """The quantify stage's settings: the reference's (the paper's) segmenter and measures."""
   c = ml_collections.ConfigDict()
-  c.labels = "ground_truth"  # labelled-mask dir (segment.py docstring) or 'ground_truth' (built-in world)
-  c.n_labelled = 16  # labelled images the head is trained on (the reference: 10-30)
-  c.n_heldout = 64  # held-out images for the IoU (ground truth; a label dir uses what is left)
-  c.resolution = 0  # side of the segmented, measured images (the reference: 128); 0: G's own
-  c.layers = "all"  # synthesis-feature layers: 'all', 'every_other' (the reference) or names
-  c.head = "XS"  # head size: XS, S (the reference), M, L
-  c.epochs = 40  # passes over the labelled images
+  c.labels = "seg_labels/dogs"  # labelled-mask dir in the workdir (made by python -m lis_jax.label
+  #   export / import; segment.py docstring) or 'ground_truth' (the built-in world's own masks)
+  c.n_labelled = 20  # labelled images the head is trained on (the reference: 10-30)
+  c.n_heldout = 0  # held-out images for the IoU: ground-truth worlds only (a label dir holds out what is left)
+  c.resolution = 128  # side of the segmented, measured images; 0: G's own
+  c.layers = "every_other"  # synthesis-feature layers: 'all', 'every_other' (the reference) or names
+  c.head = "S"  # head size: XS, S (the reference's FewShotCNN), M, L
+  c.epochs = 100  # passes over the labelled images (reference training: Adam, one image per step)
   c.train_batch = 1  # images per step (1: the reference)
-  c.lr = 3e-3  # Adam learning rate (the reference: 1e-3 for 100 epochs)
+  c.lr = 1e-3  # Adam learning rate
   c.weight_decay = 1e-3  # L2 added to the gradient (torch Adam's weight_decay)
-  c.lr_step_epochs = 30  # lr x lr_gamma every this many epochs
+  c.lr_step_epochs = 50  # lr x lr_gamma every this many epochs (torch StepLR)
   c.lr_gamma = 0.1
-  c.samples_per_unit = 8  # start samples per unit measured (of the sweep's), spread over classes
+  c.samples_per_unit = 10  # start samples per unit measured (of the sweep's), spread over classes
   c.null_draws = 59  # random directions of the null, each applied to every start sample, shared by all units
-  c.concepts = "calibrated"  # metrics per concept: 'calibrated' or 'reference' (selectivity.CONCEPT_SETS)
+  c.concepts = "reference"  # metrics per concept: 'reference' (the paper's) or 'calibrated' (README)
   c.rank_by = "mean"  # units ranked by |average change| ('mean', the reference's) or 'effect' (vs the null)
-  c.average = "median"  # average of a unit's changes over its start samples: 'median' or 'mean' (the reference)
+  c.average = "mean"  # average of a unit's changes over its start samples: 'mean' (the reference) or 'median'
   c.null_per_length = False  # True: compare changes per unit of sweep length with the null's
   c.max_components = 3  # ellipse slots per part (largest components)
-  c.batch_size = 64  # images per segment-and-measure call
+  c.batch_size = 32  # images per segment-and-measure call
   c.n_boot = 1000  # bootstrap resamples
   c.level = 0.95  # bootstrap interval coverage
   c.alpha = 0.05  # null p-value threshold for 'selective'
-  c.top_k = 5  # units listed per concept; also k of precision@k
-  c.cards = 6  # unit cards in the report
+  c.top_k = 10  # units listed per concept; also k of precision@k
+  c.cards = 8  # unit cards in the report
   return c
+
+
+# Values a run accepts (lis_jax/validate.py's rule kinds), checked before anything runs.
+RULES = {
+    "n_labelled": V.pos_int(), "n_heldout": V.nonneg_int(), "resolution": V.nonneg_int(),
+    "epochs": V.pos_int(), "train_batch": V.pos_int(), "lr": V.pos_float(),
+    "weight_decay": V.nonneg_float(), "lr_step_epochs": V.pos_int(), "lr_gamma": V.pos_float(),
+    "samples_per_unit": V.int_at_least(2), "null_draws": V.int_at_least(2),
+    "max_components": V.pos_int(), "batch_size": V.pos_int(), "n_boot": V.pos_int(),
+    "level": V.unit_open(), "alpha": V.unit_open(), "top_k": V.pos_int(), "cards": V.nonneg_int(),
+    "rank_by": V.choice("mean", "effect"), "average": V.choice("mean", "median"),
+    "concepts": V.choice(*selectivity.CONCEPT_SETS),
+}
 
 
 # ----------------------------------------------------------------------------- segmenter
@@ -219,12 +233,6 @@ def load_null(out_dir: str) -> dict:
 def run(ctx) -> None:
   """Quantifies every sweep block into `workdir/quantify/` (resumable)."""
   c = ctx.cfg(NAME)
-  if (c.samples_per_unit < 2 or c.null_draws < 2 or c.batch_size < 1 or c.n_labelled < 1
-      or c.rank_by not in ("mean", "effect") or c.average not in ("mean", "median")
-      or c.concepts not in selectivity.CONCEPT_SETS):
-    raise errors.PipelineError("quantify: samples_per_unit and null_draws must be >= 2, batch_size "
-                                 "and n_labelled >= 1, rank_by 'mean' or 'effect', average 'mean' or "
-                                 f"'median', concepts one of {', '.join(selectivity.CONCEPT_SETS)}")
   out_dir = ctx.out_dir(NAME)
   sweep_blocks = list(ctx.result("sweep").blocks())
   G = ctx.G
@@ -486,4 +494,5 @@ def summary(ctx) -> dict | None:
 
 STAGE = Stage(name=NAME, requires=("sweep",), default_config=default_config, run=run, load=load,
               uses=("classes", "psi", "seed"), section=section, summary=summary,
-              ignores=("batch_size", "cards"), merge=merge)
+              ignores=("batch_size", "cards"), merge=merge,
+              rules=RULES)

@@ -35,6 +35,7 @@ from lis_jax import page
 from lis_jax import errors, generators, spec
 from lis_jax.generators.base import GroundTruthWorld
 from lis_jax.sweeps import pick_starts
+from lis_jax import validate as V
 from lis_jax.stages.base import Stage
 
 NAME = "sweep"
@@ -58,6 +59,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.store_logits = False  # store logits [U, S, T, C] (large)
   c.save_png = True  # PNG strips per (unit, sample)
   return c
+
+
+# Values a run accepts (lis_jax/validate.py's rule kinds), checked before anything runs.
+RULES = {
+    "samples_per_class": V.pos_int(), "n_steps": V.int_at_least(2), "k_std": V.pos_float(),
+    "units_per_block": V.pos_int(), "batch_size": V.pos_int(),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -551,4 +559,5 @@ def summary(ctx) -> dict | None:
 
 STAGE = Stage(name=NAME, requires=("link",), default_config=default_config, run=run, load=load,
               uses=("classes",), section=section, summary=summary, ignores=("batch_size",),
-              merge=merge)
+              merge=merge,
+              rules=RULES)
