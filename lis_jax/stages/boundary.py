@@ -43,11 +43,12 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from lis_jax import blocks, distribute, errors, generators, images, io, page
+from lis_jax import blocks, distribute, errors, images, io, page
 from lis_jax.analysis import boundary as lib
 from lis_jax.generators.base import GroundTruthWorld
 from lis_jax.quantify import selectivity
 from lis_jax.analysis.counterfactual import image_logits
+from lis_jax.analysis.readout import decode_factors
 from lis_jax.quantify import measuring
 from lis_jax import validate as V
 from lis_jax.stages.base import Stage
@@ -129,11 +130,6 @@ def _path(link, r, shift, t):
   return lib.path_w(link, r, shift, t)
 
 
-@jax.jit
-def _decode(G, w):
-  return G.decode_factors(generators.broadcast_ws(w, G.num_ws))
-
-
 def _batch(ctx, c, seg, link, cf: dict, ids: np.ndarray, batch: int) -> dict:
   """Crossings, measured path points, null ends and true changes of searches `ids`."""
   G, clf, mesh = ctx.G, ctx.clf, ctx.mesh
@@ -166,8 +162,8 @@ def _batch(ctx, c, seg, link, cf: dict, ids: np.ndarray, batch: int) -> dict:
     out[f"pt.{k}"] = v[:n_u][src]
     out[f"null.{k}"] = v[n_u:].reshape(b, c.null_draws, *v.shape[1:])
   if isinstance(G, GroundTruthWorld):
-    f0, _ = _decode(G, jnp.asarray(w_start))
-    f1, _ = _decode(G, jnp.asarray(w_cross))
+    f0, _ = decode_factors(G, jnp.asarray(w_start))
+    f1, _ = decode_factors(G, jnp.asarray(w_cross))
     ch = lib.factor_changes({k: np.asarray(v) for k, v in f0.items()}, {k: np.asarray(v) for k, v in f1.items()},
                             G.factor_ranges, G.circular_factors)
     out["truth_factors"] = np.asarray(list(ch))

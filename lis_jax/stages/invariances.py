@@ -48,6 +48,7 @@ from lis_jax import io
 from lis_jax import page
 from lis_jax import errors, generators
 from lis_jax.generators.base import GroundTruthWorld
+from lis_jax.analysis.readout import decode_factors, readout_r2
 from lis_jax.quantify import measuring
 from lis_jax.stages.base import Stage
 
@@ -139,31 +140,6 @@ def r_consistency(r: np.ndarray, r_prime: np.ndarray, pred: np.ndarray, pred_pri
   cos = cosine(r_prime, np.asarray(r)[:, None])
   return {"median_cos": float(np.median(cos)), "mean_cos": float(cos.mean()),
           "agreement": float((np.asarray(pred_prime) == np.asarray(pred)[:, None]).mean())}
-
-
-def readout_r2(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray,
-               alpha: float = 0.0) -> np.ndarray:
-  """Held-out R^2 of a linear read-out (with intercept) of each column of y from x.
-
-  x: [N, D] inputs, y: [N, F] targets; fitted on rows `train`, scored on rows `test`.
-  alpha: 0: least squares. > 0: ridge on x standardised over the train rows, penalty
-    alpha * n_train ||coef||^2 (scikit-learn's Ridge(alpha * n_train) on those inputs), for
-    read-outs from fewer rows than dimensions.
-  Returns [F] (1 - SS_res / SS_tot on the test rows).
-  """
-  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-  if alpha > 0:
-    mu, sd = x[train].mean(0), x[train].std(0)
-    xs = (x - mu) / np.where(sd > 0, sd, 1.0)
-    ym = y[train].mean(0)
-    gram = xs[train].T @ xs[train] + alpha * len(train) * np.eye(x.shape[1])
-    pred = xs[test] @ np.linalg.solve(gram, xs[train].T @ (y[train] - ym)) + ym
-  else:
-    x1 = np.concatenate([x, np.ones((len(x), 1))], -1)
-    pred = x1[test] @ np.linalg.lstsq(x1[train], y[train], rcond=None)[0]
-  res = ((y[test] - pred) ** 2).sum(0)
-  tot = ((y[test] - y[test].mean(0)) ** 2).sum(0)
-  return 1.0 - res / np.maximum(tot, 1e-12)
 
 
 def factor_std(x: np.ndarray, axis: int, periods: np.ndarray | None = None) -> np.ndarray:
@@ -326,14 +302,9 @@ def _mixing(ctx, out_dir: str, flow, data, conds: np.ndarray) -> dict:
   return io.load_npz(path, finite=False)
 
 
-@jax.jit
-def _decode(G, w):
-  return G.decode_factors(generators.broadcast_ws(w, G.num_ws))
-
-
 def _factor_values(G, w: np.ndarray) -> tuple[list[str], np.ndarray]:
   """The true factors of w [..., w_dim] on a ground-truth world: names, values [..., F]."""
-  factors, _ = _decode(G, np.asarray(w, np.float32).reshape(-1, w.shape[-1]))
+  factors, _ = decode_factors(G, np.asarray(w, np.float32).reshape(-1, w.shape[-1]))
   names = list(factors)
   vals = np.stack([np.asarray(factors[n], np.float64) for n in names], -1)
   return names, vals.reshape(*w.shape[:-1], len(names))

@@ -19,9 +19,10 @@ import numpy as np
 from lis_jax import page
 from lis_jax import io
 from lis_jax import linking
-from lis_jax import errors, generators
+from lis_jax import errors
 from lis_jax.generators.base import GroundTruthWorld
 from lis_jax import validate as V
+from lis_jax.analysis.readout import decode_factors, readout_r2
 from lis_jax.stages.base import Stage
 
 NAME = "link"
@@ -121,18 +122,10 @@ def factor_readout(G: GroundTruthWorld, w: np.ndarray, r: np.ndarray, train: np.
   Says which factors the classifier's representation carries at all: those it does not
   carry cannot be reached by the link either.
   """
-  factors, _ = _decode(G, generators.broadcast_ws(jnp.asarray(w), G.num_ws))
+  factors, _ = decode_factors(G, jnp.asarray(w))
   y = np.stack([np.asarray(v, np.float64) for v in factors.values()], -1)  # [N, F]
-  x = np.concatenate([r.astype(np.float64), np.ones((len(y), 1))], -1)
-  coef = np.linalg.lstsq(x[train], y[train], rcond=None)[0]
-  res = ((y[test] - x[test] @ coef) ** 2).sum(0)
-  tot = ((y[test] - y[test].mean(0)) ** 2).sum(0)
-  return {n: float(1 - res[i] / max(tot[i], 1e-12)) for i, n in enumerate(factors)}
-
-
-@jax.jit
-def _decode(G, ws):
-  return G.decode_factors(ws)
+  r2 = readout_r2(r, y, train, test)   # least squares with an intercept
+  return {n: float(r2[i]) for i, n in enumerate(factors)}
 
 
 def run(ctx) -> None:

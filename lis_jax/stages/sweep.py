@@ -34,6 +34,7 @@ from lis_jax import io
 from lis_jax import page
 from lis_jax import errors, generators, spec
 from lis_jax.generators.base import GroundTruthWorld
+from lis_jax.analysis.readout import decode_factors
 from lis_jax.sweeps import pick_starts
 from lis_jax import validate as V
 from lis_jax.stages.base import Stage
@@ -223,7 +224,7 @@ def factor_deltas(G: GroundTruthWorld, w: np.ndarray) -> tuple[np.ndarray, list[
   """
   u_n, s_n, _, d = w.shape
   ends = jnp.asarray(w[:, :, [0, -1]].reshape(-1, d))
-  factors, cw = _decode(G, generators.broadcast_ws(ends, G.num_ws))
+  factors, cw = decode_factors(G, ends)
   names = list(factors)
   out = []
   for n in names:
@@ -236,11 +237,6 @@ def factor_deltas(G: GroundTruthWorld, w: np.ndarray) -> tuple[np.ndarray, list[
   cw = np.asarray(cw).reshape(u_n, s_n, 2, -1)
   class_tv = 0.5 * np.abs(cw[:, :, 1] - cw[:, :, 0]).sum(-1).mean(1)
   return np.stack(out, -1), names, class_tv
-
-
-@jax.jit
-def _decode(G, ws):
-  return G.decode_factors(ws)
 
 
 def unit_analysis(G: Any, host: dict, values: np.ndarray, units: np.ndarray) -> dict[str, np.ndarray]:
