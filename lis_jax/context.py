@@ -299,8 +299,8 @@ def check_stage_config(out_dir: str, fingerprint: Mapping[str, Any], write: bool
     _remove_stale_temps(out_dir)
     if io.create_json(path, fingerprint):   # atomic: written whole, before any output
       return
-  old = _read_stage_config(path)
-  diffs = _diff(old, fingerprint)
+  old = read_stage_config(path)
+  diffs = config_diff(old, fingerprint)
   if diffs and not outputs:   # nothing made with the old config: record the new one
     if write:
       io.write_json(path, fingerprint)
@@ -308,7 +308,7 @@ def check_stage_config(out_dir: str, fingerprint: Mapping[str, Any], write: bool
   if diffs:
     weights = " (the model weights changed)" if any("params_sha256" in d for d in diffs) else ""
     raise PipelineError(
-        f"{out_dir} was written by a different config{weights} ({_shown(diffs)}); use a fresh "
+        f"{out_dir} was written by a different config{weights} ({shown_diffs(diffs)}); use a fresh "
         f"--workdir or delete {out_dir}")
 
 
@@ -323,7 +323,7 @@ def _remove_stale_temps(out_dir: str) -> None:
         pass
 
 
-def _read_stage_config(path: str) -> dict:
+def read_stage_config(path: str) -> dict:
   """A stage's config.json; PipelineError (one line) if it is empty or not JSON."""
   try:
     old = io.read_json_checked(path)
@@ -344,15 +344,15 @@ def _outputs(out_dir: str) -> list[str]:
                 if n != STAGE_CONFIG_FILE and not n.startswith(f".{STAGE_CONFIG_FILE}."))
 
 
-def _shown(diffs: list[str]) -> str:
+def shown_diffs(diffs: list[str]) -> str:
   return "; ".join(diffs[:4]) + (f"; ... {len(diffs)} differences" if len(diffs) > 4 else "")
 
 
-def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+def config_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
   if isinstance(old, dict) and isinstance(new, dict):
     out = []
     for k in sorted(set(old) | set(new)):
-      out += _diff(old.get(k, "<absent>"), new.get(k, "<absent>"), f"{prefix}{k}.")
+      out += config_diff(old.get(k, "<absent>"), new.get(k, "<absent>"), f"{prefix}{k}.")
     return out
   return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
 

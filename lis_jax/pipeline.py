@@ -1,4 +1,4 @@
-"""The runner and the run context: `config.stages` run in order over one workdir.
+"""The runner: `config.stages` run in order over one workdir.
 
 A stage is a `stages.base.Stage` object in `lis_jax/stages/<name>.py`, registered by an
 import line in `lis_jax/stages/__init__.py` (docs/architecture.md). `run` builds one
@@ -33,8 +33,8 @@ import ml_collections
 from lis_jax import distribute
 from lis_jax import io
 from lis_jax import stages
-from lis_jax.context import (LAYOUT, STAGE_CONFIG_FILE, RunContext, _diff, _read_stage_config,
-                             _shown, check_stage_config, config_to_dict)
+from lis_jax.context import (LAYOUT, STAGE_CONFIG_FILE, RunContext, check_stage_config,
+                             config_diff, config_to_dict, read_stage_config, shown_diffs)
 from lis_jax.errors import PipelineError
 from lis_jax.spec import parse_stages
 
@@ -179,10 +179,10 @@ def check_done(ctx: RunContext, name: str, needed_by: str) -> None:
   if not os.path.exists(path):
     raise PipelineError(f"stage '{needed_by}' requires '{name}', which has not run in "
                         f"{ctx.workdir}: add '{name}' to config.stages")
-  diffs = _diff(_read_stage_config(path), ctx.fingerprint(name))
+  diffs = config_diff(read_stage_config(path), ctx.fingerprint(name))
   if diffs:
     raise PipelineError(f"stage '{needed_by}' requires '{name}', but {ctx.out_dir(name)} was "
-                        f"written by a different config ({_shown(diffs)}): add '{name}' to "
+                        f"written by a different config ({shown_diffs(diffs)}): add '{name}' to "
                         f"config.stages with a fresh --workdir")
   try:
     ctx.result(name)
@@ -207,7 +207,7 @@ def check_layout(workdir: str, registry: Mapping[str, Any]) -> None:
   """Refuses a workdir written by an earlier layout of lis_jax (one line naming the fix)."""
   old = [d for d in registry
          if os.path.exists(os.path.join(workdir, d, STAGE_CONFIG_FILE))
-         and _read_stage_config(os.path.join(workdir, d, STAGE_CONFIG_FILE)).get("layout") != LAYOUT]
+         and read_stage_config(os.path.join(workdir, d, STAGE_CONFIG_FILE)).get("layout") != LAYOUT]
   if old:
     raise PipelineError(f"{workdir} was written by an earlier version of lis_jax (layout 1: "
                         f"stage fit_link, integer random streams; found {', '.join(old)}/); "
