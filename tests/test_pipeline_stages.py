@@ -295,7 +295,7 @@ OLS_TOL = dict(rtol=1e-3, atol=1e-4)
 
 def test_link_and_sweep_stages_depend_only_on_their_inputs(tmp_path, models):
   """The link and sweep stages draw no random numbers (OLS): given the paired data, the
-  link is scikit-learn's LinearRegression on the seeded split, and every sweep w is the
+  link is scikit-learn's LinearRegression on the split seeded from its stream, and every sweep w is the
   link of the start r with the unit set to linspace(min, max) of its paired-data values."""
   from sklearn.linear_model import LinearRegression
   from sklearn.metrics import r2_score
@@ -309,7 +309,8 @@ def test_link_and_sweep_stages_depend_only_on_their_inputs(tmp_path, models):
   pipeline.run(cfg, str(tmp_path))
   data = paired_data.load(str(tmp_path))
   res = link_stage.load(str(tmp_path))
-  perm = np.random.default_rng(cfg.seed).permutation(data.r.shape[0])
+  # the split's generator is seeded from the run's stream 'link.split' (docs/architecture.md)
+  perm = np.random.default_rng(context.stream_seed(cfg.seed, "link.split")).permutation(data.r.shape[0])
   np.testing.assert_array_equal(res.test, np.sort(perm[:12]))      # 20% of 60 pairs
   sk = LinearRegression().fit(data.r[res.train].astype(np.float64), data.w[res.train])
   np.testing.assert_allclose(res.link.params["A"], sk.coef_.T, **OLS_TOL)
