@@ -42,8 +42,8 @@ def starting_parts(config: ml_collections.ConfigDict, G: Any, classes: np.ndarra
   """The world's own parts, a class group's list, or background + a placeholder."""
   if isinstance(G, base.GroundTruthWorld):
     return tuple(G.part_names)
-  spec = config.classes
-  group = spec if isinstance(spec, str) and spec in GROUP_PARTS else next(
+  given = config.classes   # not `spec`: that is the module
+  group = given if isinstance(given, str) and given in GROUP_PARTS else next(
       (g for g, ids in spec.CLASS_GROUPS.items() if sorted(ids) == sorted(classes.tolist())), None)
   return GROUP_PARTS.get(group, PLACEHOLDER_PARTS)
 
