@@ -100,3 +100,17 @@ def test_choice_rule():
   with pytest.raises(ValueError, match=r"config\.q\.x='c' must be one of a, b"):
     validate.check_value("q.x", "c", validate.choice("a", "b"))
   validate.check_value("q.x", "b", validate.choice("a", "b"))
+
+
+def test_invariances_requires_quantify_exactly_when_it_measures_parts():
+  """Its part-metric read-outs use quantify's segmenter: then quantify is a requirement
+  (the runner checks it) and its fingerprint is part of invariances' own."""
+  from configs import tiny   # built-in models: the fingerprints hash them
+  config = tiny.get_config()
+  ctx = stages.context(config, "/nonexistent")
+  assert "quantify" in ctx.requires("invariances")
+  assert "quantify" in ctx.fingerprint("invariances")["requires"]
+  config.invariances.part_metric_train = 0
+  ctx = stages.context(config, "/nonexistent")
+  assert ctx.requires("invariances") == ("paired_data", "link")
+  assert set(ctx.fingerprint("invariances")["requires"]) == {"paired_data", "link"}
