@@ -55,9 +55,10 @@ _BARRIER_TIMEOUT = flags.DEFINE_integer(
 _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
     "heartbeat_timeout", _T.heartbeat, "Multi-process: seconds of silence after which "
     "jax.distributed takes a process as dead (kept above --barrier_timeout).")
-# Flags every process of one run must share (process_id differs by design).
-_SHARED_FLAGS = ("workdir", "num_processes", "coordinator_address", "distributed",
-                 "connect_timeout", "barrier_timeout", "heartbeat_timeout")
+# Flags every process of one run must share (process_id differs by design, and the
+# coordinator's address may be spelled differently on its own host: localhost).
+_SHARED_FLAGS = ("workdir", "num_processes", "distributed", "connect_timeout",
+                 "barrier_timeout", "heartbeat_timeout")
 
 
 def _fail(message: str, abandon: bool = False) -> None:
