@@ -1,5 +1,6 @@
 """io.remove_leftovers: the temp files and directories of killed atomic writes are removed,
 nothing else (real outputs, look-alike names, symbolic links and what they point to)."""
+import dataclasses
 import os
 import pathlib
 import subprocess
@@ -59,3 +60,22 @@ def test_killed_writes_leave_temps_that_the_next_run_removes(tmp_path):
   assert all(p.read_text() == "keep" for p in keep)
   assert (wd / ".linked.tmp-abcdefgh").is_symlink() and (outside / "data").read_text() == "keep"
   assert io.remove_leftovers(str(wd)) == []   # idempotent
+
+
+def test_the_runner_removes_leftovers_before_its_stages(tmp_path, capsys):
+  """pipeline.run, holding the workdir lock, removes a killed run's temp files (a toy stage
+  from tests/test_pipeline_api.py: no models)."""
+  import tempfile
+  from test_pipeline_api import _config, _toy
+  from lis_jax import pipeline
+  calls = []
+  reg = {"a": _toy("a", calls=calls)}
+  pipeline.run(_config(("a",)), str(tmp_path), reg)
+  fd, tmp = tempfile.mkstemp(prefix=".n.json.tmp-", dir=tmp_path / "a")   # a killed write
+  os.close(fd)
+  seen = []
+  reg["a"] = dataclasses.replace(reg["a"], run=lambda ctx: seen.append(os.path.exists(tmp)))
+  pipeline.run(_config(("a",)), str(tmp_path), reg)
+  assert seen == [False] and not os.path.exists(tmp)   # gone before the stage ran
+  assert "removed temp files of an interrupted run: a/.n.json.tmp-" in capsys.readouterr().out
+
