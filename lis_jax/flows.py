@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import shutil
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -280,6 +281,73 @@ def fit_baseline(link: Any, r: np.ndarray, w: np.ndarray, jitter: float = 1e-6) 
   return GaussianBaseline(link=link, chol=jnp.asarray(np.linalg.cholesky(sigma), jnp.float32))
 
 
+# ----------------------------------------------------------------------------- plausibility
+
+# A held-out NLL more than this many nats per w dimension above the r-blind reference
+# (a diagonal Gaussian of w fitted on the training pairs, `reference_nll`) is implausible:
+# a model that ignored r would do that well, so a density e^2 ~ 7x lower per dimension
+# means a singular covariance or a diverged flow, not a weak fit. Measured on synthetic
+# data (tests/test_flows.py): like the issue's small config (129 link unknowns, 108
+# pairs, which gave 6.7e12), w_dim 16: baseline 1.3e13 vs a reference of 24.1; 150 pairs,
+# r_dim 64, w_dim 64 (overfitted): 433 vs 98; well-determined fits stay below their
+# reference (600 pairs, r_dim 8, w_dim 4: 3.1 vs 5.4; 300, 20, 8: 5.8 vs 12.5).
+# The demo (README): flow -32.9 and baseline -28.3 against a reference of about 42.3
+# (w_dim 64, its 5400 training / 600 held-out pairs): far below the threshold.
+IMPLAUSIBLE_NATS_PER_DIM = 2.0
+
+
+def reference_nll(w_train: np.ndarray, w_test: np.ndarray, eps: float = 1e-6) -> float:
+  """Mean held-out NLL (nats per sample) of w under N(mean, diag(var)) of the training w.
+
+  The r-blind yardstick of `fit_warnings`: well defined from 2 training pairs on,
+  whatever w_dim. w_train: [N, w_dim], w_test: [M, w_dim].
+  """
+  w_train, w_test = np.asarray(w_train, np.float64), np.asarray(w_test, np.float64)
+  mu, var = w_train.mean(0), w_train.var(0)
+  var = var + eps * max(float(var.mean()), 1e-12)
+  z = (w_test - mu) ** 2 / var
+  const = 0.5 * np.sum(np.log(var)) + 0.5 * w_train.shape[1] * LOG_2PI
+  return float(np.mean(0.5 * z.sum(-1)) + const)
+
+
+def fit_warnings(n_train: int, r_dim: int, w_dim: int, nll: Mapping[str, float],
+                 reference: float | None = None) -> list[str]:
+  """One-line warnings for fits of w | r whose numbers cannot be trusted, each saying
+  what to change.
+
+  Underdetermined: the link has r_dim + 1 unknowns per w dimension (with its intercept):
+  with as many or more than the n_train training pairs it interpolates them, so the
+  baseline's residual covariance (rank <= n_train - r_dim - 1) is singular; the flow is
+  fitted to n_train points in w_dim dimensions. Implausible: a held-out NLL that is not
+  finite or exceeds `reference` (`reference_nll`) by IMPLAUSIBLE_NATS_PER_DIM * w_dim.
+  Args:
+    nll: model name ('flow', 'baseline') -> mean held-out NLL in nats per sample.
+  """
+  out = []
+  unknowns = r_dim + 1
+  more = "add training pairs (paired_data.n_per_class, or more classes)"
+  if unknowns >= n_train:
+    out.append(f"the link has {unknowns} unknowns per w dimension but {n_train} training "
+               f"pairs: it is underdetermined and fits them exactly; {more} (at least "
+               f"{2 * unknowns} pairs), or use link.kind='ridge'")
+  elif n_train - unknowns < w_dim:
+    out.append(f"the baseline's {w_dim}x{w_dim} residual covariance has rank at most "
+               f"{n_train - unknowns} ({n_train} training pairs less {unknowns} link unknowns): "
+               f"it is singular; {more} (at least {unknowns + 2 * w_dim} pairs)")
+  if n_train <= w_dim:
+    out.append(f"the flow is trained on {n_train} pairs in {w_dim} dimensions: "
+               f"underdetermined; {more}")
+  for name, v in sorted(nll.items()):
+    if not np.isfinite(v):
+      out.append(f"held-out NLL of the {name} is {v}: the fit failed; {more}, or lower the "
+                 f"learning rate")
+    elif reference is not None and v > reference + IMPLAUSIBLE_NATS_PER_DIM * w_dim:
+      out.append(f"held-out NLL of the {name} is {v:.4g} nats, implausibly above {reference:.4g} "
+                 f"for a Gaussian that ignores r: the fit is degenerate (overfitted or "
+                 f"singular); {more}")
+  return out
+
+
 # ----------------------------------------------------------------------------- training
 
 
@@ -418,8 +486,51 @@ def save(out_dir: str, flow: Flow, meta: Mapping[str, Any] | None = None) -> Non
 
 
 def load(ckpt_dir: str, base: GaussianBaseline | None = None) -> Flow:
-  """Reads a flow written by `save`; `base` is required iff it was trained with one."""
-  params, meta = io.load_checkpoint(ckpt_dir)
+  """Reads a flow written by `save`; `base` is required iff it was trained with one.
+
+  Raises:
+    io.CorruptFileError: the checkpoint is missing or damaged (meta.json truncated or not
+      JSON, params missing, unreadable or not matching their checksum): recomputable, so
+      the runner has the stage that owns it run again.
+    io.CheckpointError: an intact checkpoint of something else, or with(out) a base other
+      than `base` says.
+  """
+  params, meta = _read_saved(ckpt_dir)
+  return _saved_flow(ckpt_dir, params, meta, base)
+
+
+def _read_saved(ckpt_dir: str) -> tuple[Any, dict]:
+  meta_path = os.path.join(ckpt_dir, io.META_FILE)
+  try:
+    return io.load_checkpoint(ckpt_dir, verify=True)
+  except io.CheckpointError as e:
+    raise io.CorruptFileError(meta_path, f"flow checkpoint missing or damaged ({e})") from None
+
+
+def load_or_none(ckpt_dir: str, base: GaussianBaseline | None = None,
+                 log: Callable[[str], None] = print) -> Flow | None:
+  """The flow saved in `ckpt_dir`, or None when there is none or it is damaged.
+
+  Damaged (see `load`): the directory is removed and one line logged, so the caller
+  trains it again (a flow is recomputable from its stage's inputs).
+  Raises:
+    io.CheckpointError: as `load` (a different config, not damage).
+  """
+  if not os.path.lexists(ckpt_dir):
+    return None
+  try:
+    params, meta = _read_saved(ckpt_dir)
+  except io.CorruptFileError as e:
+    if os.path.islink(ckpt_dir) or not os.path.isdir(ckpt_dir):
+      raise   # not a directory this code wrote: left for the user
+    log(f"[flows] {e}; recomputing it")
+    shutil.rmtree(ckpt_dir)
+    return None
+  return _saved_flow(ckpt_dir, params, meta, base)
+
+
+def _saved_flow(ckpt_dir: str, params: Any, meta: Mapping[str, Any],
+                base: GaussianBaseline | None) -> Flow:
   if meta.get("kind") != "flow":
     raise io.CheckpointError(f"{ckpt_dir} is not a flow checkpoint (kind {meta.get('kind')!r})")
   if bool(meta.get("has_base")) != (base is not None):

@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -450,6 +451,46 @@ def verify_checkpoint(ckpt_dir: str, params: Any, meta: Mapping[str, Any]) -> No
   if tree_sha256(params) != stored:
     raise CorruptFileError(os.path.join(ckpt_dir, PARAMS_DIR),
                            "params checksum mismatch (the files changed after they were written)")
+
+
+# ----------------------------------------------------------------------------- leftovers
+
+# Names of the temp files and directories this module makes (`atomic_dir`, `atomic_file`,
+# `create_json`): "." + the target's name + ".tmp-" / ".old-" / ".new-" + the 8 random
+# characters tempfile adds ([a-z0-9_]). Nothing else is matched.
+_LEFTOVER = re.compile(r"^\..+\.(tmp|old|new)-[a-z0-9_]{8}$")
+
+
+def is_leftover(name: str) -> bool:
+  """True for a temp file/directory name of an atomic write (`atomic_dir`, `atomic_file`,
+  `create_json`)."""
+  return bool(_LEFTOVER.match(name))
+
+
+def remove_leftovers(root: str) -> list[str]:
+  """Removes the temp files and directories that killed runs left under `root`.
+
+  Call it only while holding `root`'s `workdir_lock` (no other writer can own a temp
+  file then). Symbolic links are never followed or removed, and nothing but names of
+  the atomic writes' temp files is touched (`is_leftover`).
+  Returns:
+    the removed paths, relative to `root`, sorted.
+  """
+  removed = []
+  for d, dirs, files in os.walk(root):
+    for name in [n for n in dirs if is_leftover(n)]:
+      path = os.path.join(d, name)
+      dirs.remove(name)   # not walked into
+      if not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(os.path.relpath(path, root))
+    for name in files:
+      path = os.path.join(d, name)
+      if is_leftover(name) and not os.path.islink(path):
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(path)
+          removed.append(os.path.relpath(path, root))
+  return sorted(removed)
 
 
 # ----------------------------------------------------------------------------- workdir lock

@@ -10,10 +10,16 @@ detect the cluster:
   python -m lis_jax.main ... --coordinator_address=HOST:PORT --num_processes=N --process_id=I
   python -m lis_jax.main ... --distributed
 
+Before any work, the processes check that they agree (`distribute.agree`): config,
+workdir, flags, model files and lis_jax's own code. Deadlines: --connect_timeout,
+--barrier_timeout, --heartbeat_timeout (README, "Multi-process runs").
+
 Problems the user can fix (bad config file or override, bad config value, missing
 checkpoints, incompatible or busy workdir, corrupt files, NaNs, a full disk, missing
-permissions) print one `error: ...` line to stderr and exit 1.
+permissions, processes that disagree or lost each other) print one `error: ...` line to
+stderr and exit 1; in a multi-process run, the other processes stop too.
 """
+import hashlib
 import os
 import sys
 
@@ -40,11 +46,40 @@ _PROCESS_ID = flags.DEFINE_integer(
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Multi-process with JAX's cluster auto-detection (TPU pod slices, "
     "SLURM, Open MPI) when no coordinator/processes/id are given.")
+_T = distribute.Timeouts()
+_CONNECT_TIMEOUT = flags.DEFINE_integer(
+    "connect_timeout", _T.connect, "Multi-process: seconds for every process to start and join.")
+_BARRIER_TIMEOUT = flags.DEFINE_integer(
+    "barrier_timeout", _T.barrier, "Multi-process: longest wait at a barrier, in seconds (the "
+    "slowest process's share of a stage plus process 0's merge).")
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout", _T.heartbeat, "Multi-process: seconds of silence after which "
+    "jax.distributed takes a process as dead (kept above --barrier_timeout).")
+# Flags every process of one run must share (process_id differs by design, and the
+# coordinator's address may be spelled differently on its own host: localhost).
+_SHARED_FLAGS = ("workdir", "num_processes", "distributed", "connect_timeout",
+                 "barrier_timeout", "heartbeat_timeout")
 
 
-def _fail(message: str) -> None:
-  print(f"error: {' '.join(message.split())}", file=sys.stderr)
+def _fail(message: str, abandon: bool = False) -> None:
+  """Prints one error line and exits 1; in a multi-process run the others are told first.
+
+  abandon: a peer may be gone: exit at once, without jax.distributed's shutdown barrier.
+  """
+  line = " ".join(message.split())
+  _tell_peers(line)
+  print(f"error: {line}", file=sys.stderr, flush=True)
+  if abandon:
+    sys.stdout.flush()
+    os._exit(1)
   sys.exit(1)
+
+
+def _tell_peers(line: str) -> None:
+  try:
+    distribute.report_failure(line)
+  except Exception:   # jax.distributed never started: nobody to tell
+    pass
 
 
 def _config_path(argv: list[str]) -> str:
@@ -91,19 +126,65 @@ def _config_load_failed(argv: list[str], e: Exception) -> None:
   _fail(f"cannot load the config file {path}: {type(cause).__name__}: {cause}")
 
 
+def startup_fields(config, workdir: str) -> dict:
+  """What every process of a run must agree on (`distribute.agree`), JSON-able.
+
+  config: the config with its overrides; flags: those in `_SHARED_FLAGS`; models: the
+  params hash of each converted checkpoint (its meta.json cache), else the name given;
+  code: a hash of lis_jax's own source files.
+  """
+  fields = {"config": config.to_dict(),
+            "flags": {f: flags.FLAGS[f].value for f in _SHARED_FLAGS},   # --workdir as given
+            "models": {w: _model_id(str(config.get(w, "")), workdir)
+                       for w in ("generator", "classifier")},
+            "code": _code_sha256()}
+  return fields
+
+
+def _model_id(spec: str, workdir: str) -> str:
+  """A converted checkpoint's params hash (relative paths inside the workdir first, as the
+  runner resolves them), else the name as given (a built-in or "module:function")."""
+  for path in ((spec,) if os.path.isabs(spec) else (os.path.join(workdir, spec), spec)):
+    if spec and os.path.isfile(os.path.join(path, io.META_FILE)):
+      return io.params_sha256(path)
+  return spec
+
+
+def _code_sha256() -> str:
+  root = os.path.dirname(os.path.abspath(__file__))
+  h = hashlib.sha256()
+  for d, dirs, files in sorted(os.walk(root)):
+    dirs.sort()
+    for f in sorted(files):
+      if f.endswith(".py"):
+        h.update(os.path.relpath(os.path.join(d, f), root).encode())
+        with open(os.path.join(d, f), "rb") as fh:
+          h.update(fh.read())
+  return h.hexdigest()
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO.
   try:
+    timeouts = distribute.Timeouts(connect=_CONNECT_TIMEOUT.value, barrier=_BARRIER_TIMEOUT.value,
+                                   heartbeat=_HEARTBEAT_TIMEOUT.value)
     distribute.initialize(distribute.process_setup(
-        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value))
+        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value),
+        timeouts)
+    if distribute.process_count() > 1:
+      distribute.agree(startup_fields(_CONFIG.value, _WORKDIR.value), "the run's setup")
     pipeline.run(_CONFIG.value, _WORKDIR.value)
-  except (errors.PipelineError, io.CheckpointError, io.CorruptFileError, io.WorkdirBusy,
-          distribute.DistributedError) as e:
+  except distribute.DistributedError as e:
+    _fail(str(e), abandon=e.abandon)
+  except (errors.PipelineError, io.CheckpointError, io.CorruptFileError, io.WorkdirBusy) as e:
     _fail(str(e))
   except OSError as e:
     _fail(io.describe_os_error(e))
+  except Exception as e:   # a bug: the traceback is shown, and the other processes stop too
+    _tell_peers(f"{type(e).__name__}: {e}")
+    raise
 
 
 if __name__ == "__main__":

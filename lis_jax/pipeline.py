@@ -61,6 +61,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   check_workdir(workdir, names)
   os.makedirs(workdir, exist_ok=True)
   with _workdir_lock(workdir):
+    if ctx.is_main:   # under the lock, before any process writes: no live writer owns them
+      _remove_leftovers(ctx, workdir)
     for i, name in enumerate(names):
       for req in ctx.requires(name):
         if req in names[i:]:
@@ -83,6 +85,14 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   return ctx
 
 
+def _remove_leftovers(ctx: RunContext, workdir: str) -> None:
+  """Temp files and directories of killed runs (`io.remove_leftovers`), with one log line."""
+  removed = io.remove_leftovers(workdir)
+  if removed:
+    more = f" and {len(removed) - 1} more" if len(removed) > 1 else ""
+    ctx.log(f"[lis_jax] removed temp files of an interrupted run: {removed[0]}{more}")
+
+
 def _workdir_lock(workdir: str):
   """The workdir lock (`io.workdir_lock`), held by process 0 of a multi-process run."""
   import contextlib
@@ -95,10 +105,14 @@ def _workdir_lock(workdir: str):
 def _run_stage(ctx: RunContext, name: str, recomputed: tuple[str, ...] = ()) -> None:
   """Runs stage `name`; if it finds a corrupt or missing file of an earlier stage, that
   stage is run again (it recomputes what is missing, and says so), then `name` again."""
-  # Every process checks the recorded fingerprint; process 0 records it, and no process
+  # Process 0 checks and records the fingerprint; the others check it once it is recorded
+  # (before, they could see process 0's temp file of it as an output), and no process
   # writes an output before it is recorded.
-  check_stage_config(ctx.out_dir(name), ctx.fingerprint(name), write=ctx.is_main)
+  if ctx.is_main:
+    check_stage_config(ctx.out_dir(name), ctx.fingerprint(name), write=True)
   ctx.barrier(f"{name}:config")
+  if not ctx.is_main:
+    check_stage_config(ctx.out_dir(name), ctx.fingerprint(name), write=False)
   ctx.forget(name)
   try:
     _run_on_processes(ctx, ctx.registry[name])

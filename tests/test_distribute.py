@@ -114,3 +114,111 @@ def test_single_process_meshes():
   assert distribute.process_count() == 1 and distribute.is_main()
   assert distribute.global_mesh().devices.shape == (1, jax.device_count())
   assert list(distribute.data_mesh().devices) == jax.local_devices()
+
+
+def test_coordinator_address_needs_a_port():
+  assert distribute.parse_address("10.0.0.1:1234") == ("10.0.0.1", 1234)
+  assert distribute.parse_address("[::1]:80") == ("::1", 80)
+  for bad in ("10.0.0.1", "host:", ":123", "host:http", "host:70000", "host:0"):
+    with pytest.raises(distribute.DistributedError, match="is not host:port"):
+      distribute.parse_address(bad)
+  with pytest.raises(distribute.DistributedError, match="is not host:port"):
+    distribute.process_setup("localhost", 2, 1, environ={})
+
+
+def test_differences_name_fields_and_processes():
+  a = {"config": {"seed": 0, "paired_data": {"n_per_class": 48}, "stages": ["a", "b"]}, "code": "x"}
+  b = {"config": {"seed": 7, "paired_data": {"n_per_class": 48}, "stages": ["a", "b"]}, "code": "x"}
+  c = {"config": {"seed": 0, "paired_data": {"n_per_class": 40}, "stages": ["a"]}, "code": "x"}
+  assert distribute.differences({0: a, 1: a}) == ""
+  assert distribute.differences({0: a, 1: b, 2: a}) == "config.seed (processes 0, 2: 0; process 1: 7)"
+  assert distribute.differences({0: a, 1: c}) == (
+      'config.paired_data.n_per_class (process 0: 48; process 1: 40), '
+      'config.stages (process 0: ["a","b"]; process 1: ["a"])')
+  assert distribute.differences({0: a, 1: {**a, "extra": 1}}) == (
+      'extra (process 0: "<absent>"; process 1: 1)')
+  # sha256 per top-level field, over canonical JSON (key order does not matter)
+  assert distribute.fingerprint({"c": {"x": 1, "y": 2}}) == distribute.fingerprint({"c": {"y": 2, "x": 1}})
+
+
+def test_timeouts_are_whole_positive_seconds():
+  assert distribute.Timeouts().barrier >= 600   # generous: a merge at the paper's scale
+  for bad in (0, -5, 1.5, True):
+    with pytest.raises(distribute.DistributedError, match="whole number of seconds"):
+      distribute.Timeouts(barrier=bad)
+
+
+def test_agree_and_barrier_do_nothing_with_one_process():
+  distribute.agree({"config": {"seed": 0}})   # no jax.distributed needed
+  distribute.barrier("x", timeout=0)
+  distribute.check_wait(0.0, "nothing")
+
+
+def test_startup_fields_tell_model_files_apart(tmp_path):
+  """Two processes whose converted generator checkpoints differ (same path, other weights)
+  disagree on models.generator; the same weights agree."""
+  import ml_collections
+  from lis_jax import io, main
+  fields = {}
+  for p, scale in ((0, 1.0), (1, 2.0), (2, 1.0)):
+    wd = tmp_path / f"w{p}"
+    io.save_checkpoint(str(wd / "gen"), {"w": np.full((3,), scale, np.float32)}, {"kind": "test"})
+    config = ml_collections.ConfigDict({"generator": "gen", "classifier": "tiny-resnet-random",
+                                        "seed": 0, "stages": ("paired_data",)})
+    fields[p] = main.startup_fields(config, str(wd))   # the same relative path on each host
+  assert fields[0]["models"]["generator"] == io.params_sha256(str(tmp_path / "w0" / "gen"))
+  diff = distribute.differences(fields)
+  assert diff.startswith("models.generator (processes 0, 2: ") and "process 1: " in diff, diff
+  assert "config" not in diff and "code" not in diff
+
+
+class _FakeStore:
+  """The coordination service's key-value store as `distribute` uses it (one process's view)."""
+
+  def __init__(self):
+    self.kv = {}
+
+  def key_value_set(self, key, value, allow_overwrite=False):
+    assert allow_overwrite or key not in self.kv, key
+    self.kv[key] = value
+
+  def key_value_dir_get(self, prefix):
+    return [(k, v) for k, v in sorted(self.kv.items()) if k.startswith(prefix)]
+
+
+def _as_process(monkeypatch, store, index, count=2, barrier_s=1):
+  monkeypatch.setattr(distribute, "_client", lambda: store)
+  monkeypatch.setattr(distribute, "process_index", lambda: index)
+  monkeypatch.setattr(distribute, "process_count", lambda: count)
+  monkeypatch.setattr(distribute, "_timeouts", distribute.Timeouts(barrier=barrier_s))
+  monkeypatch.setattr(distribute, "_calls", {"agree": 0, "barrier": 0})
+
+
+def test_barrier_passes_when_all_arrive_and_names_the_missing(monkeypatch):
+  store = _FakeStore()
+  _as_process(monkeypatch, store, 1)
+  store.kv["lis_jax/barrier/1/0"] = "sweep:run"   # process 0 is there already
+  distribute.barrier("sweep:run")
+  with pytest.raises(distribute.DistributedError) as e:   # process 0 never comes to the next
+    distribute.barrier("sweep:merge")
+  assert e.value.abandon and "process 1: waited 1 s at barrier 'sweep:merge' for process(es) 0" in str(e.value)
+
+
+def test_barrier_stops_when_a_peer_failed(monkeypatch):
+  store = _FakeStore()
+  _as_process(monkeypatch, store, 0, barrier_s=3600)
+  distribute.report_failure("disk full\n  on /data")
+  store.kv["lis_jax/error/1"] = "process 1: /data/w: No space left on device"
+  with pytest.raises(distribute.DistributedError, match="process 0 stops: process 1 failed: "
+                                                        "process 1: /data/w: No space left"):
+    distribute.barrier("sweep:run")   # at once, not after the deadline
+  assert store.kv["lis_jax/error/0"] == "disk full on /data"   # one line for the others
+
+
+def test_barrier_names_processes_at_different_barriers(monkeypatch):
+  store = _FakeStore()
+  _as_process(monkeypatch, store, 0)
+  store.kv["lis_jax/barrier/1/1"] = "link:done"
+  with pytest.raises(distribute.DistributedError, match="different barriers: process 0: "
+                                                        "sweep:run; process 1: link:done"):
+    distribute.barrier("sweep:run")

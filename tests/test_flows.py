@@ -134,3 +134,97 @@ def test_training_resumes_to_the_clean_result(tmp_path):
   flows.save(str(tmp_path / "flow"), resumed)
   loaded = flows.load(str(tmp_path / "flow"))
   np.testing.assert_array_equal(_nll(loaded, w, r), _nll(resumed, w, r))
+
+
+# ----------------------------------------------------------------------------- fit warnings
+
+
+def _linear_case(n_train: int, r_dim: int, w_dim: int, n_test: int = 60, seed: int = 0):
+  """w = r B / sqrt(r_dim) + 0.5 noise; an OLS link and its Gaussian baseline fitted on the
+  first n_train pairs. Returns (held-out baseline NLL, reference NLL, warnings)."""
+  rng = np.random.default_rng(seed)
+  n = n_train + n_test
+  r = rng.normal(size=(n, r_dim)).astype(np.float32)
+  w = (r @ rng.normal(size=(r_dim, w_dim)) / np.sqrt(r_dim)
+       + 0.5 * rng.normal(size=(n, w_dim))).astype(np.float32)
+  tr, te = slice(0, n_train), slice(n_train, n)
+  link = linking.Link(params=linking.fit_linear(r[tr], w[tr], "ols"), kind="ols")
+  base = flows.fit_baseline(link, r[tr], w[tr])
+  nll = float(np.mean(_nll(base, w[te], r[te])))
+  ref = flows.reference_nll(w[tr], w[te])
+  return nll, ref, flows.fit_warnings(n_train, r_dim, w_dim, {"baseline": nll}, ref)
+
+
+def test_reference_nll_is_a_diagonal_gaussian_per_scipy():
+  rng = np.random.default_rng(4)
+  w_train, w_test = rng.normal(2, 3, size=(200, 5)), rng.normal(2, 3, size=(40, 5))
+  mu, sd = w_train.mean(0), w_train.std(0)
+  ref = -np.mean(scipy.stats.norm(mu, sd).logpdf(w_test).sum(-1))
+  assert flows.reference_nll(w_train, w_test) == pytest.approx(ref, rel=1e-5)   # eps 1e-6 of var
+
+
+def test_underdetermined_link_warns_and_says_what_to_change():
+  # The issue's small config: 129 unknowns per w dimension (128 + intercept), 108 pairs.
+  nll, ref, warnings = _linear_case(108, 128, 16)
+  assert nll > 1e9 and ref < 100, (nll, ref)   # degenerate, as the issue's 6.7e12
+  assert any("129 unknowns" in w and "108 training pairs" in w and "paired_data.n_per_class" in w
+             for w in warnings), warnings
+  assert any("implausibly" in w and "baseline" in w for w in warnings), warnings
+
+
+def test_singular_residual_covariance_and_flow_size_warn():
+  warnings = flows.fit_warnings(n_train=60, r_dim=40, w_dim=64, nll={})
+  assert len(warnings) == 2, warnings
+  assert "rank at most 19" in warnings[0] and "the flow is trained on 60 pairs" in warnings[1]
+  bad = flows.fit_warnings(n_train=1000, r_dim=4, w_dim=2, nll={"flow": float("nan")})
+  assert len(bad) == 1 and "flow is nan" in bad[0], bad
+
+
+@pytest.mark.parametrize("n_train,r_dim,w_dim", [(600, 8, 4), (300, 20, 8)])
+def test_well_determined_fit_does_not_warn(n_train, r_dim, w_dim):
+  nll, ref, warnings = _linear_case(n_train, r_dim, w_dim)
+  assert warnings == [] and nll < ref, (nll, ref, warnings)   # r explains part of w
+
+
+@pytest.mark.parametrize("damage", ["truncate_meta", "empty_meta", "no_params", "checksum_mismatch"])
+def test_damaged_flow_checkpoint_is_removed_to_be_recomputed(tmp_path, damage):
+  import os
+  import shutil
+  flow, w, r = _perturbed_flow(learned_mixing=True)
+  ckpt = tmp_path / "flow"
+  flows.save(str(ckpt), flow)
+  loaded = flows.load_or_none(str(ckpt))
+  np.testing.assert_array_equal(_nll(loaded, w, r), _nll(flow, w, r))   # intact: loaded
+  meta = ckpt / "meta.json"
+  if damage == "truncate_meta":
+    meta.write_bytes(meta.read_bytes()[:len(meta.read_bytes()) // 2])
+  elif damage == "empty_meta":
+    meta.write_bytes(b"")
+  elif damage == "no_params":
+    shutil.rmtree(ckpt / "params")
+  else:   # a changed weight: the restored params no longer hash to params_sha256
+    import json
+    m = json.loads(meta.read_text())
+    m["params_sha256"] = "0" * 64
+    meta.write_text(json.dumps(m))
+  logged = []
+  assert flows.load_or_none(str(ckpt), log=logged.append) is None
+  assert not os.path.exists(ckpt) and len(logged) == 1 and "recomputing it" in logged[0], logged
+  assert flows.load_or_none(str(tmp_path / "absent")) is None
+  flows.save(str(ckpt), flow)   # an intact flow of another kind of base is refused, not removed
+  with pytest.raises(flows.io.CheckpointError, match="Gaussian base"):
+    flows.load_or_none(str(ckpt), base=flows.GaussianBaseline(link=None, chol=jnp.eye(6)))
+  assert ckpt.exists()
+
+
+def test_damaged_flow_is_a_corrupt_file_for_the_runner(tmp_path):
+  """`load` (what later stages call) reports damage as CorruptFileError on meta.json, which
+  the runner answers by running the owning stage again (pipeline.remove_corrupt removes
+  the whole checkpoint directory for a meta.json)."""
+  flow, _, _ = _perturbed_flow(learned_mixing=False)
+  ckpt = tmp_path / "flow"
+  flows.save(str(ckpt), flow)
+  (ckpt / "meta.json").write_bytes((ckpt / "meta.json").read_bytes()[:20])
+  with pytest.raises(flows.io.CorruptFileError) as e:
+    flows.load(str(ckpt))
+  assert e.value.path == str(ckpt / "meta.json")

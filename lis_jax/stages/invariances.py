@@ -247,8 +247,9 @@ def _flow(ctx, out_dir: str, data, lk, base) -> flows.Flow:
   c = ctx.cfg(NAME)
   base = base if c.refine_baseline else None
   ckpt = os.path.join(out_dir, "flow")
-  if os.path.exists(os.path.join(ckpt, io.META_FILE)):
-    return flows.load(ckpt, base=base)
+  flow = flows.load_or_none(ckpt, base=base, log=lambda s: print(f"[{NAME}] {s}", flush=True))
+  if flow is not None:   # None: not trained yet, or damaged (removed: trained again)
+    return flow
   flow, losses = flows.train(
       _flow_module(c), data.w[lk.train], data.r[lk.train], ctx.key(f"{NAME}.train"), _train_spec(c),
       base=base, state_dir=os.path.join(out_dir, "train_state"),
@@ -421,7 +422,13 @@ def _summarise(ctx, models, data, lk, samples, mixing, n_blocks) -> dict:
   test = lk.test
   nll = {m: float(np.mean(map_sharded(_nll, (data.w[test], data.r[test]), c.render_batch_size,
                                       ctx.mesh, models[m]))) for m in ("flow", "baseline")}
-  nll.update(n_test=int(test.size), w_dim=int(data.w.shape[1]))
+  nll.update(n_test=int(test.size), w_dim=int(data.w.shape[1]),
+             reference=flows.reference_nll(data.w[lk.train], data.w[test]))
+  warnings = flows.fit_warnings(int(np.size(lk.train)), int(data.r.shape[1]),
+                                int(data.w.shape[1]), {m: nll[m] for m in ("flow", "baseline")},
+                                nll["reference"])
+  for w in warnings:
+    print(f"[{NAME}] warning: {w}", flush=True)
   cons = {m: r_consistency(samples["r"], samples[f"r_{m}"], samples["pred"], samples[f"pred_{m}"])
           for m in METHODS}
   pred_a = np.asarray(_predict(ctx.clf, jnp.asarray(data.r[mixing["rows_a"]])))
@@ -431,7 +438,7 @@ def _summarise(ctx, models, data, lk, samples, mixing, n_blocks) -> dict:
          "median_cos_with_r_image": float(np.median(cosine(mixing["r_mix"], data.r[mixing["rows_b"]][None]))),
          "median_cos_with_v_image": float(np.median(cosine(mixing["r_mix"], data.r[mixing["rows_a"]][:, None])))}
   concepts = _concepts(ctx, models["flow"], models["baseline"], data, lk)
-  out = {"nll": nll, "r_consistency": cons, "mixing": mix, "concepts": concepts,
+  out = {"nll": nll, "warnings": warnings, "r_consistency": cons, "mixing": mix, "concepts": concepts,
          "part_concepts": _part_concepts(ctx, models["flow"], data, lk),
          "n_blocks": n_blocks, "refine_baseline": bool(c.refine_baseline),
          "n_conditions": int(samples["rows"].size), "samples_per_condition": int(c.samples_per_condition)}
@@ -540,7 +547,8 @@ def summary(ctx) -> dict | None:
   if not os.path.exists(path):
     return None
   s = io.read_json(path)
-  out = {"nll": s["nll"], "r_consistency": s["r_consistency"], "mixing": s["mixing"]}
+  out = {"nll": s["nll"], "warnings": s.get("warnings", []), "r_consistency": s["r_consistency"],
+         "mixing": s["mixing"]}
   if s.get("validation"):
     out["spearman_spread_vs_1_minus_r2"] = {m: s["validation"][f"spearman_{m}"] for m in ("flow", "baseline")}
   return out

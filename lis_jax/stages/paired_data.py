@@ -202,15 +202,20 @@ def run(ctx) -> None:
       next_k[c] = k + count
 
   pending = classes.tolist()
+  waiting_since = None
   with ctx.progress(total=len(pending), unit="class", desc="paired_data") as bar:
     while pending:
-      n_before = written
+      n_before, n_pending = written, len(pending)
       for c in list(pending):
         if advance(c):
           pending.remove(c)
           bar.update(1)
-      if pending and written == n_before:
+      if pending and written == n_before and len(pending) == n_pending:
+        waiting_since = waiting_since or time.monotonic()
+        distribute.check_wait(waiting_since, f"other processes' chunks of class(es) {pending}")
         time.sleep(POLL_SECONDS)   # waiting for other processes' chunks
+      else:
+        waiting_since = None
   distribute.add_assigned(written)
 
 
