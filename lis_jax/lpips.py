@@ -124,10 +124,14 @@ def load(ckpt_dir: str) -> LPIPS:
 def random_lpips(key: jax.Array, width_divisor: int = 1) -> LPIPS:
   """A random-weight LPIPS: VGG16 trunk (torchvision's init, widths / `width_divisor`)
   with unit lin weights (the package's `lpips=False` baseline: sum over channels)."""
+  from lis_jax.classifiers import classifier  # pylint: disable=import-outside-toplevel
   cfg = tuple(v if v == "M" else max(1, v // width_divisor) for v in VGG16_CFG)
-  trunk = VGGTrunk(cfg).init(key, jnp.zeros((1, 32, 32, 3), jnp.float32))
+  module = vgg.VGG(cfg=cfg, hidden=8, num_classes=1)
+  params = classifier.random_variables(module, key, size=32)["params"]
+  trunk = {"params": {k: jax.tree_util.tree_map(jnp.asarray, v)
+                      for k, v in params.items() if k.startswith("features_")}}
   lins = tuple(jnp.ones((c,), jnp.float32) for c in _tap_widths(cfg))
-  return LPIPS(trunk=jax.tree_util.tree_map(jnp.asarray, dict(trunk)), lins=lins, cfg=cfg)
+  return LPIPS(trunk=trunk, lins=lins, cfg=cfg)
 
 
 def _tap_widths(cfg) -> list[int]:
