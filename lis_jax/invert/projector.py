@@ -263,18 +263,17 @@ def _target_features(P, target):
   return P.features(_downsample(target))
 
 
-def project_batch(G, clf, P, targets: np.ndarray, num_steps: np.ndarray, key: jax.Array,
+def project_batch(G, clf, P, targets: np.ndarray, num_steps: np.ndarray, keys: jax.Array,
                   config: ml_collections.ConfigDict, stats: Callable,
                   progress: Optional[Callable[[int], None]] = None) -> Projection:
   """One batch: targets [B, H, W, 3] in [-1, 1] (H = G.resolution), num_steps [B] int
-  (0: skip, e.g. padding rows). `stats` as in `start_points`; `progress(k)` is called
-  with the number of images finished after each chunk."""
+  (0: skip, e.g. padding rows), keys [B] the PRNG key of each image's noise. `stats` as
+  in `start_points`; `progress(k)` is called with the number of images finished."""
   s = _Schedule.of(config)
   target = jnp.asarray(targets, jnp.float32)
   num_steps = jnp.asarray(num_steps, jnp.int32)
   w_avg, w_std = start_points(np.asarray(_probs(clf, target)), config.class_top_k, stats)
   feats = _target_features(P, target)
-  keys = jax.random.split(key, target.shape[0])
   state = _init_state(jnp.asarray(w_avg), num_steps)
   reported = int(np.sum(np.asarray(state["done"])))
   while not bool(np.all(np.asarray(state["done"]))):
@@ -292,18 +291,21 @@ def project_batch(G, clf, P, targets: np.ndarray, num_steps: np.ndarray, key: ja
 def project(G, clf, P, targets: np.ndarray, *, key: jax.Array,
             config: Optional[ml_collections.ConfigDict] = None,
             num_steps: Any = None, progress: Optional[Callable[[int], None]] = None,
-            stats_key: Optional[jax.Array] = None) -> Projection:
+            stats_key: Optional[jax.Array] = None, keys: Optional[jax.Array] = None,
+            stats: Optional["StatsCache"] = None) -> Projection:
   """Projects images into W, `config.batch_size` at a time (padded: one compile).
 
   Args:
     G: a generator (`Generator` protocol); clf: a classifier (class start, predictions);
     P: an `lpips.LPIPS` (loss and metric).
     targets: [N, H, W, 3] float in [-1, 1], H = W = G.resolution.
-    key: PRNG key of the noise ramp (image i uses fold of its row in the batch).
+    key: PRNG key: image i's noise uses `fold_in(fold_in(key, 0), i)`, whatever its batch.
     config: `default_config()` or an override of it.
     num_steps: int or [N] ints (default config.num_steps).
     progress: called with the number of images finished, as they finish.
-    stats_key: PRNG key of the z samples for w_avg / w_std (default: derived from key).
+    stats_key: PRNG key of the z samples for w_avg / w_std (default `fold_in(key, 1)`).
+    keys: [N] per-image noise keys, replacing the ones derived from `key`.
+    stats: a `StatsCache` to share class statistics across calls (replaces stats_key).
   Returns:
     a `Projection` with N rows.
   """
@@ -315,20 +317,23 @@ def project(G, clf, P, targets: np.ndarray, *, key: jax.Array,
   steps = np.broadcast_to(np.asarray(config.num_steps if num_steps is None else num_steps,
                                      np.int32), (n,))
   stats_key = jax.random.fold_in(key, 1) if stats_key is None else stats_key
-  stats = _StatsCache(G, int(config.w_avg_samples), stats_key)
+  stats = stats or StatsCache(G, int(config.w_avg_samples), stats_key)
   bs = int(config.batch_size)
+  if keys is None:
+    noise_key = jax.random.fold_in(key, 0)
+    keys = jax.vmap(lambda i: jax.random.fold_in(noise_key, i))(jnp.arange(n))
   out = []
-  for b, s0 in enumerate(range(0, n, bs)):
+  for s0 in range(0, n, bs):
     m = min(bs, n - s0)
-    tb = np.concatenate([targets[s0:s0 + m], np.repeat(targets[s0 + m - 1:s0 + m], bs - m, 0)])
-    nb = np.concatenate([steps[s0:s0 + m], np.zeros(bs - m, np.int32)])
-    res = project_batch(G, clf, P, tb, nb, jax.random.fold_in(key, b), config, stats, progress)
+    rows = np.minimum(np.arange(s0, s0 + bs), s0 + m - 1)   # pads repeat the last row ...
+    nb = np.where(np.arange(s0, s0 + bs) < s0 + m, steps[rows], 0)  # ... and run no steps
+    res = project_batch(G, clf, P, targets[rows], nb, keys[rows], config, stats, progress)
     out.append(res[:m])
   return Projection(**{f.name: np.concatenate([getattr(r, f.name) for r in out])
                        for f in dataclasses.fields(Projection)})
 
 
-class _StatsCache:
+class StatsCache:
   """Class w statistics computed once per class (`class_w_stats`), shared by batches."""
 
   def __init__(self, G, n_samples: int, key: jax.Array):
