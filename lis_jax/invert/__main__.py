@@ -40,29 +40,16 @@ flags.mark_flags_as_required(["images"])
 OUT = "invert"
 
 
-def _settings(config):
-  from lis_jax import errors  # pylint: disable=import-outside-toplevel
-  from lis_jax.invert import projector  # pylint: disable=import-outside-toplevel
-  c = projector.default_config()
-  c.lpips = "checkpoints/lpips_vgg16"  # python -m converters.lpips --vgg vgg16.pth --out ...
-  c.max_pixels = 40_000_000
-  c.seed = 0
-  c.update(dict(config.get("invert", {})))
-  for name, flag in (("lpips", _LPIPS), ("num_steps", _STEPS), ("batch_size", _BATCH),
-                     ("lpips_weight", _LPIPS_W), ("mse_weight", _MSE_W),
-                     ("max_pixels", _MAX_PIXELS)):
-    if flag.value is not None:
-      c[name] = flag.value
-  for name in ("num_steps", "batch_size", "w_avg_samples", "class_top_k", "chunk_steps",
-               "max_pixels"):
-    if int(c[name]) < 1:
-      raise errors.PipelineError(f"invert.{name} must be >= 1, got {c[name]}")
-  return c
+def _overrides() -> dict:
+  return {name: flag.value for name, flag in (
+      ("lpips", _LPIPS), ("num_steps", _STEPS), ("batch_size", _BATCH),
+      ("lpips_weight", _LPIPS_W), ("mse_weight", _MSE_W), ("max_pixels", _MAX_PIXELS))
+          if flag.value is not None}
 
 
 def run(config, workdir: str, images_dir: str) -> int:
   from lis_jax.invert import cli  # pylint: disable=import-outside-toplevel
-  return cli.run(config, _settings(config), workdir, images_dir)
+  return cli.run(config, cli.settings(config, _overrides()), workdir, images_dir)
 
 
 def main(argv):

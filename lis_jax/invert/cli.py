@@ -35,6 +35,22 @@ RANDOM_LPIPS = "random"
 RANDOM_LPIPS_WIDTH_DIVISOR = 8  # a 1/8-width random VGG16: cheap, and only a texture prior
 
 
+def settings(config, overrides: dict):
+  """The inversion's settings: `projector.default_config()` plus the CLI's own fields,
+  then `config.invert` (if the config has that section), then `overrides` (the flags)."""
+  c = proj.default_config()
+  c.lpips = "checkpoints/lpips_vgg16"  # python -m converters.lpips --vgg vgg16.pth --out ...
+  c.max_pixels = photos.MAX_PIXELS     # larger photos are refused (checked from the header)
+  c.seed = 0                           # noise keys and the class statistics' z samples
+  c.update(dict(config.get("invert", {})))
+  c.update(overrides)
+  for name in ("num_steps", "batch_size", "w_avg_samples", "class_top_k", "chunk_steps",
+               "max_pixels"):
+    if int(c[name]) < 1:
+      raise errors.PipelineError(f"invert.{name} must be >= 1, got {c[name]}")
+  return c
+
+
 def load_lpips(spec: str, workdir: str, seed: int) -> tuple[lpips.LPIPS, str]:
   """The LPIPS named by `spec` and its identity for the fingerprint."""
   if spec == RANDOM_LPIPS:
@@ -118,7 +134,7 @@ def run(config, settings, workdir: str, images_dir: str) -> int:
       if not is_done(out_dir, key, sha):
         todo.append((path, key, sha))
     print(f"{len(files)} files in {images_dir}: {len(files) - len(todo) - len(refused)} done "
-          f"before, {len(todo)} to invert", file=sys.stderr)
+          f"before, {len(todo)} to read and invert", file=sys.stderr)
     stats = proj.StatsCache(G, int(settings.w_avg_samples),
                             jax.random.fold_in(jax.random.key(int(settings.seed)), 1))
     bar = tqdm(total=len(todo), desc="invert", unit="photo", file=sys.stderr)

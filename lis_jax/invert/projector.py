@@ -39,7 +39,7 @@ import numpy as np
 
 from lis_jax.generators.base import broadcast_ws
 
-ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8  # torch.optim.Adam defaults (the reference's)
+ADAM_B1, ADAM_B2 = 0.9, 0.999  # torch.optim.Adam defaults (the reference's)
 LPIPS_MAX_RES = 256  # the reference downsamples larger images to 256 px (area) for VGG
 
 
@@ -50,6 +50,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.w_avg_samples = 10000          # reference: 10000 z samples for w_avg / w_std (per class here)
   c.class_top_k = 5                # classes of the start mixture (reference: sampled from p)
   c.initial_learning_rate = 0.1    # reference
+  c.adam_eps = 1e-8                # reference (torch.optim.Adam's default)
   c.lr_rampdown_length = 0.25      # reference
   c.lr_rampup_length = 0.05        # reference
   c.initial_noise_factor = 0.05    # StyleGAN2/3 projector
@@ -94,6 +95,7 @@ class _Schedule:
   noise_ramp: float
   lpips_weight: float
   mse_weight: float
+  eps: float
   patience: int
   rel_tol: float
   chunk: int
@@ -103,7 +105,7 @@ class _Schedule:
     return cls(float(c.initial_learning_rate), float(c.lr_rampdown_length),
                float(c.lr_rampup_length), float(c.initial_noise_factor),
                float(c.noise_ramp_length), float(c.lpips_weight), float(c.mse_weight),
-               int(c.plateau_patience), float(c.plateau_rel_tol), int(c.chunk_steps))
+               float(c.adam_eps), int(c.plateau_patience), float(c.plateau_rel_tol), int(c.chunk_steps))
 
 
 def learning_rate(step, num_steps, s: _Schedule):
@@ -222,7 +224,7 @@ def _run_chunk(G, P, state, target, target_feats, num_steps, w_std, key, s: _Sch
     m = ADAM_B1 * st["m"] + (1 - ADAM_B1) * g
     v = ADAM_B2 * st["v"] + (1 - ADAM_B2) * g * g
     lr = learning_rate(step, num_steps, s)[:, None]
-    upd = lr * (m / (1 - ADAM_B1 ** t)) / (jnp.sqrt(v / (1 - ADAM_B2 ** t)) + ADAM_EPS)
+    upd = lr * (m / (1 - ADAM_B1 ** t)) / (jnp.sqrt(v / (1 - ADAM_B2 ** t)) + s.eps)
     a = active[:, None]
     improved = losses < st["best"] * (1 - s.rel_tol)
     quiet = step >= s.noise_ramp * num_steps   # plateaus count once the noise is off
