@@ -1,6 +1,6 @@
 """Inversion on the built-in world: how well W projection recovers known w and factors.
 
-    python benchmarks/bench_invert.py [--n 32] [--steps 1000] [--timing]
+    python benchmarks/bench_invert.py [--n 32] [--steps 1000] [--restarts 1] [--timing]
 
 Images are rendered by the `shapes` world (64 px, the demo's) from known w (psi 0.7, the
 pipeline's truncation, n / 8 per class), then degraded as a photo would be: JPEG (quality
@@ -121,6 +121,7 @@ def main():
   ap.add_argument("--n", type=int, default=32)
   ap.add_argument("--steps", type=int, default=1000)
   ap.add_argument("--conditions", default=",".join(CONDITIONS))
+  ap.add_argument("--restarts", type=int, default=1, help="starts per image (lowest loss kept)")
   ap.add_argument("--timing", action="store_true")
   ap.add_argument("--timing_steps", type=int, default=100)
   args = ap.parse_args()
@@ -133,8 +134,10 @@ def main():
   w_true = np.asarray(ws[:, 0])
   u8 = images.to_uint8(np.asarray(G.synthesis(ws)))
   cfg = projector.default_config()
-  cfg.update(num_steps=args.steps, lpips_weight=0.0, batch_size=min(args.n, 32))
-  print(f"shapes world 64 px, {args.n} images (psi 0.7), {args.steps} steps, loss: MSE; "
+  cfg.update(num_steps=args.steps, lpips_weight=0.0, batch_size=min(args.n * args.restarts, 64),
+             restarts=args.restarts)
+  print(f"shapes world 64 px, {args.n} images (psi 0.7), {args.steps} steps, "
+        f"{args.restarts} start(s) per image, loss: MSE; "
         f"LPIPS: random VGG16/8; backend {jax.default_backend()}")
   rows = []
   for kind in args.conditions.split(","):

@@ -197,3 +197,17 @@ def test_cli_refuses_bad_files_one_by_one_and_resumes(tmp_path, capsys):
   assert r.returncode == 1 and r.stderr.strip().splitlines() == [
       f"error: {out} was written by a different config (invert.lpips_weight: 0.0 -> 0.5); "
       "use another --workdir or delete that directory"], r.stderr
+
+
+def test_restarts_keep_the_lowest_loss(world):
+  """restarts=3: restart 0 is the single-start run; the kept run has the lowest loss."""
+  G, clf, P = world
+  _, img = _renders(G, 2, seed=21)
+  cfg = projector.default_config()
+  # adam_eps 1e-4: restart 0 then follows the single-start run across batch layouts (see above)
+  cfg.update(num_steps=30, w_avg_samples=500, lpips_weight=0.0, batch_size=6, chunk_steps=10,
+             adam_eps=1e-4)
+  one = projector.project(G, clf, P, img, key=jax.random.key(5), config=cfg)
+  cfg.restarts = 3
+  best = projector.project(G, clf, P, img, key=jax.random.key(5), config=cfg)
+  assert best.w.shape == one.w.shape and (best.loss <= one.loss * (1 + 1e-5)).all()

@@ -60,7 +60,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.plateau_patience = 100         # early stop: steps without relative improvement ...
   c.plateau_rel_tol = 1e-4         # ... of the loss by more than this fraction
   c.chunk_steps = 25               # steps per jitted call (progress / early-stop granularity)
-  c.batch_size = 16                # images optimised together
+  c.batch_size = 16                # images optimised together (restarts count as images)
+  c.restarts = 1                   # starts per image, the lowest final loss kept (reference: 1)
+  c.restart_spread = 1.0           # restart r >= 1 starts at w_avg + spread * w_std * u, u a
+                                   # random unit direction
   return c
 
 
@@ -267,14 +270,18 @@ def _target_features(P, target):
 
 def project_batch(G, clf, P, targets: np.ndarray, num_steps: np.ndarray, keys: jax.Array,
                   config: ml_collections.ConfigDict, stats: Callable,
-                  progress: Optional[Callable[[int], None]] = None) -> Projection:
+                  progress: Optional[Callable[[int], None]] = None,
+                  start_dirs: Optional[np.ndarray] = None) -> Projection:
   """One batch: targets [B, H, W, 3] in [-1, 1] (H = G.resolution), num_steps [B] int
   (0: skip, e.g. padding rows), keys [B] the PRNG key of each image's noise. `stats` as
-  in `start_points`; `progress(k)` is called with the number of images finished."""
+  in `start_points`; `progress(k)` is called with the number of images finished;
+  start_dirs [B, w_dim]: the start is w_avg + restart_spread * w_std * start_dirs."""
   s = _Schedule.of(config)
   target = jnp.asarray(targets, jnp.float32)
   num_steps = jnp.asarray(num_steps, jnp.int32)
   w_avg, w_std = start_points(np.asarray(_probs(clf, target)), config.class_top_k, stats)
+  if start_dirs is not None:
+    w_avg = w_avg + float(config.restart_spread) * w_std[:, None] * start_dirs
   feats = _target_features(P, target)
   state = _init_state(jnp.asarray(w_avg), num_steps)
   reported = int(np.sum(np.asarray(state["done"])))
@@ -294,7 +301,8 @@ def project(G, clf, P, targets: np.ndarray, *, key: jax.Array,
             config: Optional[ml_collections.ConfigDict] = None,
             num_steps: Any = None, progress: Optional[Callable[[int], None]] = None,
             stats_key: Optional[jax.Array] = None, keys: Optional[jax.Array] = None,
-            stats: Optional["StatsCache"] = None) -> Projection:
+            stats: Optional["StatsCache"] = None,
+            start_dirs: Optional[np.ndarray] = None) -> Projection:
   """Projects images into W, `config.batch_size` at a time (padded: one compile).
 
   Args:
@@ -308,6 +316,8 @@ def project(G, clf, P, targets: np.ndarray, *, key: jax.Array,
     stats_key: PRNG key of the z samples for w_avg / w_std (default `fold_in(key, 1)`).
     keys: [N] per-image noise keys, replacing the ones derived from `key`.
     stats: a `StatsCache` to share class statistics across calls (replaces stats_key).
+    start_dirs: [N, w_dim] start offsets (in units of restart_spread * w_std); used by
+      `config.restarts` > 1, which runs every image from that many starts.
   Returns:
     a `Projection` with N rows.
   """
@@ -324,15 +334,52 @@ def project(G, clf, P, targets: np.ndarray, *, key: jax.Array,
   if keys is None:
     noise_key = jax.random.fold_in(key, 0)
     keys = jax.vmap(lambda i: jax.random.fold_in(noise_key, i))(jnp.arange(n))
+  n_restarts = int(config.restarts)
+  if n_restarts > 1:
+    return _best_of_restarts(G, clf, P, targets, steps, keys, config, stats, progress, n_restarts)
   out = []
   for s0 in range(0, n, bs):
     m = min(bs, n - s0)
     rows = np.minimum(np.arange(s0, s0 + bs), s0 + m - 1)   # pads repeat the last row ...
     nb = np.where(np.arange(s0, s0 + bs) < s0 + m, steps[rows], 0)  # ... and run no steps
-    res = project_batch(G, clf, P, targets[rows], nb, keys[rows], config, stats, progress)
+    dirs = None if start_dirs is None else start_dirs[rows]
+    res = project_batch(G, clf, P, targets[rows], nb, keys[rows], config, stats, progress, dirs)
     out.append(res[:m])
   return Projection(**{f.name: np.concatenate([getattr(r, f.name) for r in out])
                        for f in dataclasses.fields(Projection)})
+
+
+RESTART_KEY = 0x7FFFFFFF  # fold_in(image key, this): the restarts' root (never a step index)
+
+
+def _best_of_restarts(G, clf, P, targets, steps, keys, config, stats, progress, n_restarts):
+  """Each image from `n_restarts` starts (restart 0: w_avg, as the reference); the run with
+  the lowest final loss is kept. Row i * R + r is image i's restart r."""
+  n, w_dim = targets.shape[0], G.w_dim
+  roots = jax.vmap(lambda k: jax.random.fold_in(k, RESTART_KEY))(keys)
+  r_keys, dirs = [], []
+  for r in range(n_restarts):
+    r_keys.append(keys if r == 0 else jax.vmap(lambda k: jax.random.fold_in(k, 2 * r))(roots))
+    u = np.asarray(jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 2 * r + 1),
+                                                        (w_dim,)))(roots))
+    dirs.append(np.zeros_like(u) if r == 0 else u / np.linalg.norm(u, axis=1, keepdims=True))
+  rep = lambda a: np.repeat(a, n_restarts, axis=0)
+  all_keys = jnp.stack(r_keys, axis=1).reshape((n * n_restarts,))
+  counted = [0, 0]
+
+  def rows_done(k):   # report whole images: restarts finish at different times
+    counted[0] += k
+    if progress is not None and counted[0] // n_restarts > counted[1]:
+      progress(counted[0] // n_restarts - counted[1])
+      counted[1] = counted[0] // n_restarts
+
+  single = config.copy_and_resolve_references()
+  single.restarts = 1
+  res = project(G, clf, P, rep(targets), key=jax.random.key(0), config=single,
+                num_steps=rep(steps), progress=rows_done, keys=all_keys, stats=stats,
+                start_dirs=np.stack(dirs, axis=1).reshape(n * n_restarts, w_dim))
+  best = np.argmin(res.loss.reshape(n, n_restarts), axis=1) + np.arange(n) * n_restarts
+  return res[best]
 
 
 class StatsCache:
