@@ -24,7 +24,7 @@ from lis_jax import errors
 from lis_jax import images
 from lis_jax import io
 from lis_jax import lpips
-from lis_jax import pipeline
+from lis_jax import context
 from lis_jax.invert import photos
 from lis_jax.invert import projector as proj
 
@@ -57,7 +57,7 @@ def load_lpips(spec: str, workdir: str, seed: int) -> tuple[lpips.LPIPS, str]:
     key = jax.random.key(seed)
     return (lpips.random_lpips(key, RANDOM_LPIPS_WIDTH_DIVISOR),
             f"random vgg16/{RANDOM_LPIPS_WIDTH_DIVISOR} seed {seed}")
-  path = pipeline.resolve_path(workdir, spec)
+  path = context.resolve_path(workdir, spec)
   if not os.path.exists(path):
     raise errors.PipelineError(f"LPIPS checkpoint not found: {path}; convert it first: "
                                f"{LPIPS_HINT.format(path=path)} (or --lpips=random)")
@@ -115,7 +115,7 @@ def run(config, settings, workdir: str, images_dir: str) -> int:
     raise errors.PipelineError(f"--images {images_dir} is not a directory")
   os.makedirs(workdir, exist_ok=True)
   with io.workdir_lock(workdir):
-    G, clf = pipeline.load_models(config, workdir)
+    G, clf = context.load_models(config, workdir)
     P, lpips_id = load_lpips(str(settings.lpips), workdir, int(settings.seed))
     out_dir = os.path.join(workdir, OUT)
     os.makedirs(out_dir, exist_ok=True)
