@@ -2,6 +2,7 @@
 
   python -m lis_jax.invert --config=configs/demo.py --images=DIR --workdir=WORKDIR \
       [--lpips=random] [--num_steps=1000] [--batch_size=16] [--lpips_weight=1] [--mse_weight=1]
+      [--restarts=1] [--max_pixels=40000000]
 
 The generator and classifier are the config's (`config.generator`, `config.classifier`;
 the inversion's settings: `config.invert` if the config has that section, else
@@ -35,6 +36,8 @@ _BATCH = flags.DEFINE_integer("batch_size", None, "Photos optimised together (de
 _LPIPS_W = flags.DEFINE_float("lpips_weight", None, "Weight of LPIPS in the loss.")
 _MSE_W = flags.DEFINE_float("mse_weight", None, "Weight of the pixel MSE in the loss.")
 _MAX_PIXELS = flags.DEFINE_integer("max_pixels", None, "Refuse larger photos (default: config).")
+_RESTARTS = flags.DEFINE_integer("restarts", None, "Starts per photo, lowest loss kept "
+                                 "(default: config; the reference: 1).")
 flags.mark_flags_as_required(["images"])
 
 OUT = "invert"
@@ -43,7 +46,8 @@ OUT = "invert"
 def _overrides() -> dict:
   return {name: flag.value for name, flag in (
       ("lpips", _LPIPS), ("num_steps", _STEPS), ("batch_size", _BATCH),
-      ("lpips_weight", _LPIPS_W), ("mse_weight", _MSE_W), ("max_pixels", _MAX_PIXELS))
+      ("lpips_weight", _LPIPS_W), ("mse_weight", _MSE_W), ("max_pixels", _MAX_PIXELS),
+      ("restarts", _RESTARTS))
           if flag.value is not None}
 
 

@@ -45,7 +45,7 @@ def settings(config, overrides: dict):
   c.update(dict(config.get("invert", {})))
   c.update(overrides)
   for name in ("num_steps", "batch_size", "w_avg_samples", "class_top_k", "chunk_steps",
-               "max_pixels"):
+               "max_pixels", "restarts"):
     if int(c[name]) < 1:
       raise errors.PipelineError(f"invert.{name} must be >= 1, got {c[name]}")
   return c
