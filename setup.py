@@ -28,6 +28,10 @@ setuptools.setup(
         "convert": ["torch==2.13.0"],
         "test": ["torch==2.13.0", "pytest", "scikit-learn", "chex", "scipy", "scikit-image",
                  # browser tests; 4.38: newer releases need a certifi the registry may lack
-                 "selenium==4.38.0"],
+                 "selenium==4.38.0",
+                 # tests/test_lpips.py: parity with the lpips package (its calibrated VGG
+                 # lin weights ship in the wheel). It requires torchvision, which the test
+                 # replaces with a stand-in module (torchvision does not load on CPU torch here).
+                 "lpips==0.1.4"],
     },
 )
