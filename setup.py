@@ -28,10 +28,9 @@ setuptools.setup(
         "convert": ["torch==2.13.0"],
         "test": ["torch==2.13.0", "pytest", "scikit-learn", "chex", "scipy", "scikit-image",
                  # browser tests; 4.38: newer releases need a certifi the registry may lack
-                 "selenium==4.38.0",
-                 # tests/test_lpips.py: parity with the lpips package (its calibrated VGG
-                 # lin weights ship in the wheel). It requires torchvision, which the test
-                 # replaces with a stand-in module (torchvision does not load on CPU torch here).
-                 "lpips==0.1.4"],
+                 "selenium==4.38.0"],
+        # lpips==0.1.4 (tests/test_lpips.py, converters/lpips.py) is installed by
+        # scripts/test.sh with --no-deps: it declares torchvision, whose wheels would replace
+        # the pinned CPU torch with a CUDA build; the test gives it a stand-in torchvision.
     },
 )

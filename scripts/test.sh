@@ -9,4 +9,6 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 python -m pip install -q -e ".[test]"
+# lpips without its torchvision requirement (see setup.py); its own needs are in the test extra.
+python -m pip install -q --no-deps lpips==0.1.4
 python -m pytest -q tests "$@"
