@@ -112,17 +112,18 @@ def fit_linear_info(r: np.ndarray, w: np.ndarray, kind: str = "ols", alpha: floa
     raise errors.PipelineError(f"fit_linear: r {r.shape} and w {w.shape} must be [N, D] and [N, w_dim]")
   if solver not in ("lstsq", "cholesky"):
     raise errors.PipelineError(f"unknown solver {solver!r} (lstsq, cholesky)")
-  x = np.asarray(r, np.float64)
-  y = np.asarray(w, np.float64)
-  errors.check_finite("link fit inputs r", x)
-  errors.check_finite("link fit targets w", y)
-  xm, ym = x.mean(0), y.mean(0)
-  xc, yc = x - xm, y - ym
+  xc = np.array(r, np.float64)                             # copies, centred in place
+  yc = np.array(w, np.float64)
+  errors.check_finite("link fit inputs r", xc)
+  errors.check_finite("link fit targets w", yc)
+  xm, ym = xc.mean(0), yc.mean(0)
+  xc -= xm
+  yc -= ym
   if kind == "elasticnet" or solver == "cholesky":
     gram = xc.T @ xc                                       # [D, D], float64 accumulation
     s = np.sqrt(np.clip(np.linalg.eigvalsh(gram)[::-1], 0.0, None))
     if kind == "elasticnet":
-      n = x.shape[0]
+      n = xc.shape[0]
       with _x64(float64):
         dt = jnp.float64 if float64 else jnp.float32
         A = np.asarray(_elasticnet_fista(jnp.asarray(gram / n, dt), jnp.asarray(xc.T @ yc / n, dt),
@@ -141,7 +142,7 @@ def fit_linear_info(r: np.ndarray, w: np.ndarray, kind: str = "ols", alpha: floa
     A = vt.T @ (f[:, None] * uty)                          # [D, w_dim]
   dtype = np.float64 if float64 else np.float32
   b = ym - xm @ A
-  info = fit_diagnostics(s, x.shape[0], x.shape[1], kind, alpha, rcond)
+  info = fit_diagnostics(s, xc.shape[0], xc.shape[1], kind, alpha, rcond)
   return {"A": np.asarray(A, dtype), "b": np.asarray(b, dtype)}, info
 
 
