@@ -80,12 +80,12 @@ def fit_linear_info(r: np.ndarray, w: np.ndarray, kind: str = "ols", alpha: floa
                     rcond: float = RCOND) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   """Fits w = r A + b and says how well determined the fit is.
 
-  OLS and ridge are solved in float64 on the host whatever `float64` says: r and w are
-  centred, then a Householder QR of [r_c | w_c] and an SVD of its D x D factor give the
-  singular values s of r_c (no Gram matrix is formed), and A = V diag(f(s)) U^T w_c with
-  f = 1/s above rcond x s_max (ols) or s/(s^2 + alpha) (ridge). The `cholesky` solver forms
-  the Gram matrix in float64. Elastic net iterates on a float64 Gram matrix, in float32
-  unless `float64`.
+  OLS and ridge are solved in float64 on the host whatever `float64` says, on centred r
+  and w, without forming a Gram matrix: OLS by LAPACK's gelsd (a QR, then an SVD; as
+  scikit-learn's LinearRegression) with singular values below rcond x the largest dropped;
+  ridge by a Householder QR of [r_c | w_c] and an SVD of its D x D factor,
+  A = V diag(s / (s^2 + alpha)) U^T w_c. The `cholesky` solver forms the Gram matrix in
+  float64. Elastic net iterates on a float64 Gram matrix, in float32 unless `float64`.
 
   Args:
     r: [N, D] inputs (classifier representations).
@@ -101,7 +101,8 @@ def fit_linear_info(r: np.ndarray, w: np.ndarray, kind: str = "ols", alpha: floa
     jitter: cholesky only: added diagonal, relative to the mean eigenvalue of r^T r.
     max_iter, tol: elasticnet only: FISTA iterations cap, and the stopping threshold on
       the largest coefficient change relative to the largest coefficient.
-    rcond: ols (and ridge with alpha 0) lstsq: singular values below rcond x the largest are dropped (RCOND).
+    rcond: ols (and ridge with alpha 0), lstsq: singular values below rcond x the largest
+      are dropped (RCOND).
   Returns:
     ({'A': [D, w_dim], 'b': [w_dim]} numpy, float64 if `float64` else float32,
      info: see `fit_diagnostics`).
@@ -112,8 +113,8 @@ def fit_linear_info(r: np.ndarray, w: np.ndarray, kind: str = "ols", alpha: floa
     raise errors.PipelineError(f"fit_linear: r {r.shape} and w {w.shape} must be [N, D] and [N, w_dim]")
   if solver not in ("lstsq", "cholesky"):
     raise errors.PipelineError(f"unknown solver {solver!r} (lstsq, cholesky)")
-  xc = np.array(r, np.float64)                             # copies, centred in place
-  yc = np.array(w, np.float64)
+  xc = np.array(r, np.float64, order="F")                  # copies, centred in place
+  yc = np.array(w, np.float64, order="F")
   errors.check_finite("link fit inputs r", xc)
   errors.check_finite("link fit targets w", yc)
   xm, ym = xc.mean(0), yc.mean(0)
@@ -132,17 +133,20 @@ def fit_linear_info(r: np.ndarray, w: np.ndarray, kind: str = "ols", alpha: floa
     else:
       A = _ridge_cholesky(gram, xc.T @ yc, alpha if kind == "ridge" else 0.0,
                           jitter if kind == "ols" else 0.0)
+  elif kind == "ols":                                      # LAPACK gelsd: QR, then an SVD
+    A, _, _, s = scipy.linalg.lstsq(xc, yc, cond=rcond, lapack_driver="gelsd",
+                                    overwrite_a=True, overwrite_b=True, check_finite=False)
   else:
     s, vt, uty = _centred_svd(xc, yc)
-    if kind == "ridge" and alpha > 0:
+    if alpha > 0:
       f = s / (s * s + alpha)
-    else:                                                  # ols: drop s <= rcond x s_max
+    else:                                                  # no penalty: ols's cutoff
       keep = s > rcond * s[0] if s.size else s > 0
       f = np.where(keep, 1.0 / np.where(keep, s, 1.0), 0.0)
     A = vt.T @ (f[:, None] * uty)                          # [D, w_dim]
   dtype = np.float64 if float64 else np.float32
   b = ym - xm @ A
-  info = fit_diagnostics(s, xc.shape[0], xc.shape[1], kind, alpha, rcond)
+  info = fit_diagnostics(s, r.shape[0], r.shape[1], kind, alpha, rcond)
   return {"A": np.asarray(A, dtype), "b": np.asarray(b, dtype)}, info
 
 
@@ -154,8 +158,9 @@ def _centred_svd(xc: np.ndarray, yc: np.ndarray) -> tuple[np.ndarray, np.ndarray
   """
   n, d = xc.shape
   if n >= d + yc.shape[1]:
-    r_aug = scipy.linalg.qr(np.concatenate([xc, yc], 1), mode="r", overwrite_a=True,
-                            check_finite=False)[0]
+    aug = np.empty((n, d + yc.shape[1]), order="F")        # LAPACK's order: no copy
+    aug[:, :d], aug[:, d:] = xc, yc
+    r_aug = scipy.linalg.qr(aug, mode="r", overwrite_a=True, check_finite=False)[0]
     u, s, vt = scipy.linalg.svd(r_aug[:d, :d], full_matrices=False, check_finite=False,
                                 lapack_driver="gesdd")
     return s, vt, u.T @ r_aug[:d, d:]

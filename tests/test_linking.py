@@ -104,7 +104,7 @@ def test_nan_input_is_reported():
 # ----------------------------------------------------------------------------- ill-conditioned fits
 
 # Predictions (of the float64 params) held to scikit-learn's float64 fit (issue 20's bar).
-# Measured: 2e-11 (ols) and 4e-10 (ridge) on _ill_conditioned below; the old N-dependent
+# Measured: 0 (ols: the same LAPACK gelsd solve) and 4e-10 (ridge) on _ill_conditioned below; the old N-dependent
 # cutoff: 0.38. The bar leaves 7 orders of magnitude for other LAPACK/BLAS kernels.
 PRED_REL_TOL = 1e-3
 
