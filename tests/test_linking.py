@@ -104,8 +104,8 @@ def test_nan_input_is_reported():
 # ----------------------------------------------------------------------------- ill-conditioned fits
 
 # Predictions (of the float64 params) held to scikit-learn's float64 fit (issue 20's bar).
-# Measured: 0 (ols: the same LAPACK gelsd solve) and 4e-10 (ridge) on _ill_conditioned below; the old N-dependent
-# cutoff: 0.38. The bar leaves 7 orders of magnitude for other LAPACK/BLAS kernels.
+# Measured on _ill_conditioned below: 0 (ols: the same LAPACK gelsd solve), 4e-10 (ridge);
+# the old N-dependent cutoff: 0.38. 7 orders of magnitude left for other BLAS kernels.
 PRED_REL_TOL = 1e-3
 
 
