@@ -25,29 +25,34 @@ from lis_jax import io
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # What agrees with what (measured; README, "Reproducibility"). Runs of configs/tiny.py on the
-# 2-core Xeon (AVX-512) build machine, 1 device vs 4 devices vs 2 processes x 2 devices, and
-# 1 device vs the same machine emulating other CPU kernels (XLA --xla_cpu_max_isa=AVX2 with
-# OpenBLAS Haswell kernels; SSE4_2 with Nehalem, 4 devices):
-# - bit-identical across device and process counts here: everything but the classifier's
-#   probabilities and the sweep's r' (the paired data, the link's params and metrics, the
-#   counterfactual searches, every image). Not asserted: another CPU changes them.
-# - float arrays: |a - b| <= ARRAY_TOL x max|a| per array. Measured max: 2.4e-7 across
-#   device/process counts, MEASURED_ISA across the emulated CPU kernels.
-ARRAY_TOL = 1e-4
-# - single numbers in JSON and CSV (no array to scale by): |a - b| <= NUM_RTOL |a| + NUM_ATOL.
-#   A probability of 3e-12 moved by 2e-6 of itself (it is exp of a logit that moved by 2e-6).
-NUM_RTOL, NUM_ATOL = 1e-4, 1e-7
-# - uint8 images: float noise may truncate a pixel to its neighbour value (none did here).
+# 2-core Xeon (AVX-512) build machine: 1 device vs 4 devices vs 2 processes x 2 devices, a
+# rerun, and the same machine emulating other CPUs' kernels (XLA --xla_cpu_max_isa=AVX2 with
+# OpenBLAS's Haswell kernels, 1 device; SSE4_2 (no FMA) with Nehalem's, 4 devices):
+# - bit-identical here across reruns, device and process counts, and with AVX2 kernels:
+#   everything but, across device/process counts, the classifier's probabilities and the
+#   sweep's r' (2.4e-7 of their largest value). Not asserted: other kernels change them.
+# - SSE4_2 kernels: paired data (w, r, logits) within 8.6e-7 of each array's largest value,
+#   the link's predictions 9.0e-6 (its A 1.0e-5), sweep arrays 3.3e-5, single numbers
+#   4.1e-5 relative (one w dim's held-out R^2 of -0.0279 moved by 6.5e-6), pixels by 1.
+# Float arrays: |a - b| <= ARRAY_TOL x max|a| per array.
+ARRAY_TOL = 1e-3
+# Single numbers in JSON and CSV (no array to scale by): |a - b| <= NUM_RTOL |a| + NUM_ATOL.
+NUM_RTOL, NUM_ATOL = 1e-3, 1e-5
+# uint8 images: float noise may truncate a pixel to its neighbour value.
 PIXEL_ATOL = 1
-# - the link is compared by what is identifiable, its predictions on every paired r (held-out
-#   R^2 is in metrics.json, compared as a number): |p - p_ref| <= LINK_PRED_TOL x max|p_ref|.
-#   Its coefficients A are not (condition number 8.6e3 on the tiny run: r perturbed by 1e-6
-#   of itself, more than float32 summation order leaves, moved max|dA|/max|A| by 2.7e-5 and
-#   the predictions by 3.4e-5 of their largest value).
+# The link is compared by what is identifiable, its predictions on every paired r (held-out
+# R^2 is in metrics.json, compared as a number): |p - p_ref| <= LINK_PRED_TOL x max|p_ref|.
+# Its coefficients are not (condition number 8.6e3 on the tiny run: r perturbed by 1e-6 of
+# itself moved max|dA|/max|A| by 2.7e-5, the predictions by 3.4e-5).
 LINK_PRED_TOL = 1e-3
-# - discrete outcomes (ints, bools, strings: success, steps, top units, CSV labels) agree
-#   exactly: none flipped in the runs above, but one can on another machine where a
-#   decision sits within float noise of its threshold.
+# Discrete outcomes (ints, bools, strings) agree exactly.
+# The counterfactual search of this config is chaotic (random weights: w runs off to 1e3 in
+# 20 SGD steps): with the SSE4_2 kernels' inputs (r 5e-7 off) its final shifts moved by 55%
+# and 9 of 48 top units changed. Its outcomes are compared only when its inputs (r, w_before)
+# are bit-identical, as they are across device and process counts here; else its inputs are.
+CHAOTIC = {"counterfactual": ("shift", "top_shift", "top_units", "w_after", "probs_after", "steps",
+                              "success")}
+CHAOTIC_INPUTS = ("r", "w_before")
 # Files and JSON fields that say how a run went rather than what it computed.
 RUN_RECORDS = ("last_config.json",)
 RUN_FIELDS = ("train_seconds",)
@@ -150,19 +155,34 @@ def assert_same_link(ref: pathlib.Path, other: pathlib.Path) -> None:
                              err_msg="link predictions")
 
 
+def _diverged(ref: pathlib.Path, other: pathlib.Path) -> set[str]:
+  """The CHAOTIC stages whose inputs differ between the runs (their outcomes may too)."""
+  out = set()
+  for stage in CHAOTIC:
+    fa, fb = (io.load_npz(str(d / stage / "results.npz"), finite=False) for d in (ref, other))
+    if any(not np.array_equal(fa[k], fb[k]) for k in CHAOTIC_INPUTS):
+      out.add(stage)
+  return out
+
+
 def assert_same_results(ref: pathlib.Path, other: pathlib.Path) -> None:
   """Same files; arrays, CSV and JSON numbers, PNG pixels and link predictions within the
-  tolerances above."""
+  tolerances above (a diverged chaotic stage: its inputs and bookkeeping only)."""
   assert _files(ref) == _files(other)
   if (ref / "link").exists():
     assert_same_link(ref, other)
+  diverged = _diverged(ref, other) if all((ref / s).exists() for s in CHAOTIC) else set()
   for rel in _files(ref):
     x, y = ref / rel, other / rel
+    chaotic = CHAOTIC[rel.parts[0]] if rel.parts[0] in diverged else ()
+    if chaotic and rel.suffix in (".png", ".csv"):
+      continue   # images and tables of the diverged outcomes
     if rel.suffix == ".npz":   # read verified; the embedded checksums differ with the values
       fa, fb = io.load_npz(str(x), finite=False), io.load_npz(str(y), finite=False)
       assert sorted(fa) == sorted(fb), rel
       for k in fa:
-        _close(fa[k], fb[k], f"{rel}:{k}")
+        if k not in chaotic:
+          _close(fa[k], fb[k], f"{rel}:{k}")
     elif rel.suffix == ".png":
       _close(np.asarray(Image.open(x)), np.asarray(Image.open(y)), str(rel))
     elif rel.suffix == ".csv":
