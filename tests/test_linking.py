@@ -194,3 +194,30 @@ def test_underdetermined_link_warns_and_says_what_to_change(capsys):
   # the minimum-norm solution interpolates its train pairs
   np.testing.assert_allclose(np.asarray(link(x)), y, atol=1e-3 * np.abs(y).max())
   assert np.allclose(link.params["A"], np.linalg.pinv(x - x.mean(0)) @ (y - y.mean(0)), atol=1e-4)
+
+
+def test_link_stage_reports_an_underdetermined_fit(tmp_path, capsys):
+  """Issue 26: 13 unknowns per w dim (12 units + intercept) on 10 train pairs: the stage logs
+  the warning, and metrics.json's `fit` (what the report's summary and section show) says so."""
+  import os
+  from ml_collections import ConfigDict
+  from lis_jax import pipeline
+  from lis_jax.stages import link as link_stage
+  cfg = ConfigDict({
+      "generator": "tests.tiny_models:generator", "classifier": "tests.tiny_models:classifier",
+      "stages": ("paired_data", "link"), "classes": "0,4", "psi": 0.7, "seed": 0,
+      "paired_data": dict(n_per_class=6, keep_only_correct=False, batch_size=4, shard_size=6),
+      "link": dict(cycle_samples=0, holdout_fraction=0.2)})
+  pipeline.run(cfg, str(tmp_path))
+  assert "[link] warning: the ols link is underdetermined: 13 unknowns" in capsys.readouterr().out
+
+  class Ctx:   # what summary() reads of the run context
+    def out_dir(self, name):
+      return os.path.join(str(tmp_path), name)
+
+    def result(self, name):
+      return link_stage.load(str(tmp_path))
+
+  s = link_stage.summary(Ctx())
+  assert s["underdetermined"] and s["unknowns"] == 13 and s["rank"] == 9   # centred: 10 - 1
+  assert any("paired_data.n_per_class" in w for w in s["warnings"])
