@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import scipy.linalg
 
 from lis_jax import io
 from lis_jax import errors, generators
@@ -46,6 +47,19 @@ class Link(flax.struct.PyTreeNode):
 
 # ----------------------------------------------------------------------------- linear fits
 
+# OLS drops the directions of the centred train r whose singular value is below RCOND x the
+# largest (they are treated as carrying no variance; the minimum-norm solution is taken).
+# A constant, unlike LAPACK's default eps x max(N, D), which in float32 grows with N to
+# 3e-3 at N = 25000 and dropped 126 of 512 real directions (issue 20). The paired r are
+# float32: a direction under ~1e-7 of the largest is float32 rounding of r itself, and 1e-6
+# keeps everything 10x above that floor (a spectrum down to 1e-4 keeps every direction).
+RCOND = 1e-6
+# A's entries move by about cond x the relative perturbation of r. r computed on another
+# device count differs by float32 summation order, ~1e-7 relative (measured: 1 vs 4 devices
+# of configs/tiny.py, tests/test_multiprocess.py); above a condition number of 1e4 that
+# is > 1e-3 relative in A: its entries are not identifiable (predictions still are).
+COND_IDENTIFIABLE = 1e4
+
 
 def _x64(enabled: bool):
   return jax.enable_x64(True) if enabled else contextlib.nullcontext()
@@ -53,8 +67,25 @@ def _x64(enabled: bool):
 
 def fit_linear(r: np.ndarray, w: np.ndarray, kind: str = "ols", alpha: float = 1.0,
                l1_ratio: float = 0.5, float64: bool = False, solver: str = "lstsq",
-               jitter: float = 1e-6, max_iter: int = 5000, tol: float = 1e-7) -> dict[str, np.ndarray]:
-  """Fits w = r A + b.
+               jitter: float = 1e-6, max_iter: int = 5000, tol: float = 1e-7,
+               rcond: float = RCOND) -> dict[str, np.ndarray]:
+  """Fits w = r A + b; the params of `fit_linear_info` (same arguments)."""
+  return fit_linear_info(r, w, kind, alpha, l1_ratio, float64, solver, jitter, max_iter, tol,
+                         rcond)[0]
+
+
+def fit_linear_info(r: np.ndarray, w: np.ndarray, kind: str = "ols", alpha: float = 1.0,
+                    l1_ratio: float = 0.5, float64: bool = False, solver: str = "lstsq",
+                    jitter: float = 1e-6, max_iter: int = 5000, tol: float = 1e-7,
+                    rcond: float = RCOND) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+  """Fits w = r A + b and says how well determined the fit is.
+
+  OLS and ridge are solved in float64 on the host whatever `float64` says, on centred r
+  and w, without forming a Gram matrix: OLS by LAPACK's gelsd (a QR, then an SVD; as
+  scikit-learn's LinearRegression) with singular values below rcond x the largest dropped;
+  ridge by a Householder QR of [r_c | w_c] and an SVD of its D x D factor,
+  A = V diag(s / (s^2 + alpha)) U^T w_c. The `cholesky` solver forms the Gram matrix in
+  float64. Elastic net iterates on a float64 Gram matrix, in float32 unless `float64`.
 
   Args:
     r: [N, D] inputs (classifier representations).
@@ -62,64 +93,144 @@ def fit_linear(r: np.ndarray, w: np.ndarray, kind: str = "ols", alpha: float = 1
     kind: 'ols', 'ridge' or 'elasticnet' (objectives in the module docstring).
     alpha: penalty strength (ridge, elasticnet); ignored by ols.
     l1_ratio: elasticnet's share of the L1 penalty in [0, 1].
-    float64: solve in float64 (inside a `jax.enable_x64` context; the global flag is
-      left alone). False: float32.
-    solver: ols only: 'lstsq' (SVD, stable for rank-deficient r) or 'cholesky' (normal
-      equations with a relative `jitter` on the diagonal; fast for N >> D).
+    float64: elasticnet only: iterate in float64 (inside a `jax.enable_x64` context; the
+      global flag is left alone). False: float32.
+    solver: ols and ridge: 'lstsq' (QR + SVD, stable for rank-deficient r) or 'cholesky'
+      (normal equations in float64 with, for ols, a relative `jitter` on the diagonal;
+      faster for N >> D, squares the condition number).
     jitter: cholesky only: added diagonal, relative to the mean eigenvalue of r^T r.
     max_iter, tol: elasticnet only: FISTA iterations cap, and the stopping threshold on
       the largest coefficient change relative to the largest coefficient.
+    rcond: ols (and ridge with alpha 0), lstsq: singular values below rcond x the largest
+      are dropped (RCOND).
   Returns:
-    {'A': [D, w_dim], 'b': [w_dim]} numpy, float64 if `float64` else float32.
+    ({'A': [D, w_dim], 'b': [w_dim]} numpy, float64 if `float64` else float32,
+     info: see `fit_diagnostics`).
   """
   if kind not in LINEAR_KINDS:
     raise errors.PipelineError(f"link kind {kind!r} is not linear ({', '.join(LINEAR_KINDS)})")
   if r.ndim != 2 or w.ndim != 2 or r.shape[0] != w.shape[0]:
     raise errors.PipelineError(f"fit_linear: r {r.shape} and w {w.shape} must be [N, D] and [N, w_dim]")
-  dtype = np.float64 if float64 else np.float32
-  with _x64(float64):
-    x = jnp.asarray(np.asarray(r, dtype))
-    y = jnp.asarray(np.asarray(w, dtype))
-    if kind == "ols" and solver == "lstsq":
-      A, b = _ols_lstsq(x, y)
-    elif kind in ("ols", "ridge"):
-      if solver not in ("lstsq", "cholesky"):
-        raise errors.PipelineError(f"unknown solver {solver!r} (lstsq, cholesky)")
-      A, b = _ridge_cholesky(x, y, alpha if kind == "ridge" else 0.0, jitter if kind == "ols" else 0.0)
+  if solver not in ("lstsq", "cholesky"):
+    raise errors.PipelineError(f"unknown solver {solver!r} (lstsq, cholesky)")
+  xc = np.array(r, np.float64, order="F")                  # copies, centred in place
+  yc = np.array(w, np.float64, order="F")
+  errors.check_finite("link fit inputs r", xc)
+  errors.check_finite("link fit targets w", yc)
+  xm, ym = xc.mean(0), yc.mean(0)
+  xc -= xm
+  yc -= ym
+  if kind == "elasticnet" or solver == "cholesky":
+    gram = xc.T @ xc                                       # [D, D], float64 accumulation
+    s = np.sqrt(np.clip(np.linalg.eigvalsh(gram)[::-1], 0.0, None))
+    if kind == "elasticnet":
+      n = xc.shape[0]
+      with _x64(float64):
+        dt = jnp.float64 if float64 else jnp.float32
+        A = np.asarray(_elasticnet_fista(jnp.asarray(gram / n, dt), jnp.asarray(xc.T @ yc / n, dt),
+                                         jnp.asarray(s[0] ** 2 / n, dt), alpha, l1_ratio, max_iter,
+                                         tol), np.float64)
     else:
-      A, b = _elasticnet_fista(x, y, alpha, l1_ratio, max_iter, tol)
-    return {"A": np.asarray(A, dtype), "b": np.asarray(b, dtype)}
+      A = _ridge_cholesky(gram, xc.T @ yc, alpha if kind == "ridge" else 0.0,
+                          jitter if kind == "ols" else 0.0)
+  elif kind == "ols":                                      # LAPACK gelsd: QR, then an SVD
+    A, _, _, s = scipy.linalg.lstsq(xc, yc, cond=rcond, lapack_driver="gelsd",
+                                    overwrite_a=True, overwrite_b=True, check_finite=False)
+  else:
+    s, vt, uty = _centred_svd(xc, yc)
+    if alpha > 0:
+      f = s / (s * s + alpha)
+    else:                                                  # no penalty: ols's cutoff
+      keep = s > rcond * s[0] if s.size else s > 0
+      f = np.where(keep, 1.0 / np.where(keep, s, 1.0), 0.0)
+    A = vt.T @ (f[:, None] * uty)                          # [D, w_dim]
+  dtype = np.float64 if float64 else np.float32
+  b = ym - xm @ A
+  info = fit_diagnostics(s, r.shape[0], r.shape[1], kind, alpha, rcond)
+  return {"A": np.asarray(A, dtype), "b": np.asarray(b, dtype)}, info
 
 
-@jax.jit
-def _ols_lstsq(x, y):
-  xm, ym = x.mean(0), y.mean(0)
-  A = jnp.linalg.lstsq(x - xm, y - ym)[0]                  # [D, w_dim]
-  return A, ym - xm @ A
+def _centred_svd(xc: np.ndarray, yc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Thin SVD xc = U diag(s) V^T of centred float64 xc [N, D], and U^T yc.
+
+  Returns s [m] (descending), vt [m, D], uty [m, k], m = min(N, D). For N >= D + k the
+  QR of [xc | yc] gives R (D x D, same singular values as xc) and Q^T yc without Q.
+  """
+  n, d = xc.shape
+  if n >= d + yc.shape[1]:
+    aug = np.empty((n, d + yc.shape[1]), order="F")        # LAPACK's order: no copy
+    aug[:, :d], aug[:, d:] = xc, yc
+    r_aug = scipy.linalg.qr(aug, mode="r", overwrite_a=True, check_finite=False)[0]
+    u, s, vt = scipy.linalg.svd(r_aug[:d, :d], full_matrices=False, check_finite=False,
+                                lapack_driver="gesdd")
+    return s, vt, u.T @ r_aug[:d, d:]
+  u, s, vt = scipy.linalg.svd(xc, full_matrices=False, check_finite=False, lapack_driver="gesdd")
+  return s, vt, u.T @ yc
 
 
-@jax.jit
-def _ridge_cholesky(x, y, alpha, jitter):
-  xm, ym = x.mean(0), y.mean(0)
-  xc = x - xm
-  gram = xc.T @ xc                                         # [D, D]
+def _ridge_cholesky(gram, cross, alpha, jitter):
+  """Solves (gram + (alpha + jitter tr(gram)/D) I) A = cross in float64; A [D, w_dim]."""
   d = gram.shape[0]
-  reg = alpha + jitter * jnp.trace(gram) / d
-  chol = jax.scipy.linalg.cho_factor(gram + reg * jnp.eye(d, dtype=x.dtype))
-  A = jax.scipy.linalg.cho_solve(chol, xc.T @ (y - ym))    # [D, w_dim]
-  return A, ym - xm @ A
+  reg = alpha + jitter * np.trace(gram) / d
+  try:
+    chol = scipy.linalg.cho_factor(gram + reg * np.eye(d), check_finite=False)
+  except np.linalg.LinAlgError:
+    raise errors.PipelineError(
+        "the Gram matrix of the paired r is singular: use link.solver=lstsq, a jitter > 0 or "
+        "a ridge link with alpha > 0") from None
+  return scipy.linalg.cho_solve(chol, cross, check_finite=False)
+
+
+def fit_diagnostics(s: np.ndarray, n: int, d: int, kind: str, alpha: float = 0.0,
+                    rcond: float = RCOND) -> dict[str, Any]:
+  """How well a linear fit on N pairs of D inputs is determined.
+
+  Args:
+    s: singular values of the centred inputs, descending. n, d: N and D.
+  Returns:
+    n_train; unknowns (D + 1 per w dimension); underdetermined (unknowns >= n_train);
+    rank (singular values above rcond x the largest; D - rank directions carry no
+    variance); condition_number (largest / smallest kept singular value; the factor by
+    which A amplifies a relative perturbation of r); rcond; identifiable (ols: rank D and
+    condition_number < COND_IDENTIFIABLE; ridge/elasticnet with alpha > 0: the penalty
+    makes A unique); warnings (sentences saying what to change; empty when none).
+  """
+  s = np.asarray(s, np.float64)
+  rank = int((s > rcond * s[0]).sum()) if s.size and s[0] > 0 else 0
+  cond = float(s[0] / s[rank - 1]) if rank else float("inf")
+  unknowns = d + 1
+  under = unknowns >= n
+  penalised = kind != "ols" and alpha > 0
+  identifiable = penalised or (rank == d and cond < COND_IDENTIFIABLE)
+  warnings = []
+  if under:
+    warnings.append(
+        f"the {kind} link is underdetermined: {unknowns} unknowns per w dimension ({d} r units "
+        f"+ intercept) and {n} training pairs; it can interpolate its train pairs and its "
+        f"held-out R^2 means little. Change: more than {unknowns} train pairs (raise "
+        f"paired_data.n_per_class), fewer units, or link.kind=ridge with link.alpha > 0")
+  if not identifiable:
+    why = (f"rank {rank} of {d} at rcond {rcond:g}" if rank < d
+           else f"condition number {cond:.3g} >= {COND_IDENTIFIABLE:g}")
+    warnings.append(
+        f"the {kind} link's coefficients A are not identifiable ({why}): they can move by more "
+        f"than float noise between runs on other device counts; its predictions are (compare "
+        f"those). Change: more paired data, or link.kind=ridge with link.alpha > 0")
+  return {"n_train": int(n), "unknowns": unknowns, "underdetermined": bool(under),
+          "rank": rank, "dims": int(d),
+          "condition_number": cond if np.isfinite(cond) else None, "rcond": float(rcond),
+          "identifiable": bool(identifiable), "warnings": warnings}
 
 
 @jax.jit
-def _elasticnet_fista(x, y, alpha, l1_ratio, max_iter, tol):
-  """FISTA with gradient-based adaptive restart on the centred problem (Gram form)."""
-  n = x.shape[0]
-  xm, ym = x.mean(0), y.mean(0)
-  xc, yc = x - xm, y - ym
-  gram = xc.T @ xc / n                                     # [D, D]
-  cross = xc.T @ yc / n                                    # [D, w_dim]
+def _elasticnet_fista(gram, cross, lmax, alpha, l1_ratio, max_iter, tol):
+  """FISTA with gradient-based adaptive restart on the centred problem, in Gram form.
+
+  gram [D, D] = r_c^T r_c / N, cross [D, w_dim] = r_c^T w_c / N, lmax: gram's largest
+  eigenvalue; returns A [D, w_dim].
+  """
   l2 = alpha * (1.0 - l1_ratio)
-  step = 1.0 / (jnp.linalg.eigvalsh(gram)[-1] + l2)
+  step = 1.0 / (lmax + l2)
   thresh = step * alpha * l1_ratio
 
   def prox_step(v):
@@ -141,10 +252,9 @@ def _elasticnet_fista(x, y, alpha, l1_ratio, max_iter, tol):
     return (state[3] < max_iter) & (state[4] > tol)
 
   a0 = jnp.zeros_like(cross)
-  one = jnp.ones((), x.dtype)
-  init = (a0, a0, one, jnp.zeros((), jnp.int32), jnp.asarray(jnp.inf, x.dtype))
-  A = jax.lax.while_loop(cond, body, init)[0]
-  return A, ym - xm @ A
+  one = jnp.ones((), gram.dtype)
+  init = (a0, a0, one, jnp.zeros((), jnp.int32), jnp.asarray(jnp.inf, gram.dtype))
+  return jax.lax.while_loop(cond, body, init)[0]
 
 
 def elasticnet_objective(r, w, A, b, alpha, l1_ratio) -> float:
@@ -288,19 +398,36 @@ def load(ckpt_dir: str, verify: bool = False) -> Link:
 
 
 def fit(c: ml_collections.ConfigDict, r: np.ndarray, w: np.ndarray, key: jax.Array) -> Link:
-  """Fits the link named by `c.kind` (a `link` config section) on (r [N, D], w [N, w_dim])."""
+  """Fits the link named by `c.kind` (a `link` config section) on (r [N, D], w [N, w_dim]);
+  prints the fit's warnings (`fit_info`)."""
+  return fit_info(c, r, w, key)[0]
+
+
+def fit_info(c: ml_collections.ConfigDict, r: np.ndarray, w: np.ndarray, key: jax.Array,
+             log: bool = True) -> tuple[Link, dict[str, Any]]:
+  """(the link named by `c.kind` fitted on (r [N, D], w [N, w_dim]), info).
+
+  info: {'kind'} plus, for linear kinds, `fit_diagnostics`; `log`: print its warnings as
+  `[link] warning: ...` lines. `c.rcond` (default RCOND) is the ols cutoff.
+  """
   if c.kind not in KINDS:
     raise errors.PipelineError(f"config.link.kind={c.kind!r}; known: {', '.join(KINDS)}")
+  info: dict[str, Any] = {"kind": c.kind}
   if c.kind == "mlp":
     params = fit_mlp(r, w, key, hidden=tuple(c.hidden), epochs=c.epochs,
                      batch_size=c.batch_size, learning_rate=c.learning_rate)
   else:
-    params = fit_linear(r, w, c.kind, alpha=c.alpha, l1_ratio=c.l1_ratio, float64=c.float64,
-                        solver=c.solver, jitter=c.jitter, max_iter=c.max_iter, tol=c.tol)
+    params, diag = fit_linear_info(r, w, c.kind, alpha=c.alpha, l1_ratio=c.l1_ratio,
+                                   float64=c.float64, solver=c.solver, jitter=c.jitter,
+                                   max_iter=c.max_iter, tol=c.tol, rcond=c.get("rcond", RCOND))
+    info.update(diag)
   for name, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     if not np.all(np.isfinite(leaf)):
       raise errors.PipelineError(
           f"the {c.kind} link fit produced NaN/inf ({jax.tree_util.keystr(name)}); check the "
-          f"paired data, try link.float64=True or a ridge link with alpha > 0")
+          f"paired data, or try a ridge link with alpha > 0")
+  if log:
+    for line in info.get("warnings", ()):
+      print(f"[link] warning: {line}", flush=True)
   params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
-  return Link(params=params, kind=c.kind)
+  return Link(params=params, kind=c.kind), info

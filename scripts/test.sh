@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The README's test command: set up (CPU torch pinned for the converters, headless Chromium
-# for the browser tests) and run the suite.
+# The README's test command: set up (the pinned versions of constraints.txt, CPU torch for the
+# converters, headless Chromium for the browser tests) and run the suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
@@ -8,7 +8,8 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
-python -m pip install -q -e ".[test]"
-# lpips without its torchvision requirement (see setup.py); its own needs are in the test extra.
+# constraints.txt: the versions the suite passed with (README, "Reproducibility").
+python -m pip install -q -c constraints.txt -e ".[test]"
+# lpips without its torchvision requirement (see setup.py).
 python -m pip install -q --no-deps lpips==0.1.4
 python -m pytest -q tests "$@"

@@ -2,8 +2,9 @@
 
 The same stages run (1) in one process on 1 device, (2) in one process on 4 simulated
 devices, (3) in 2 processes of 2 devices each on localhost; all three write the same
-results. Then a 2-process run loses one process mid-stage (SIGKILL) and is finished by a
-single process: the final outputs are those of the uninterrupted runs.
+results, within tolerances measured here and on emulated other CPUs (below). Then a
+2-process run loses one process mid-stage (SIGKILL) and is finished by a single process:
+the final outputs are those of the uninterrupted runs.
 """
 import csv
 import io as _io
@@ -23,14 +24,40 @@ from lis_jax import io
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-# Sharded and single-device runs of the same float32 programs differ only in per-device
-# summation order (tests/test_distribute.py uses the same bounds).
-RTOL, ATOL = 1e-5, 1e-5
+# What agrees with what (measured; README, "Reproducibility"). Runs of configs/tiny.py on the
+# 2-core Xeon (AVX-512) build machine: 1 device vs 4 devices vs 2 processes x 2 devices, a
+# rerun, and the same machine emulating other CPUs' kernels (XLA --xla_cpu_max_isa=AVX2 with
+# OpenBLAS's Haswell kernels, 1 device; SSE4_2 (no FMA) with Nehalem's, 4 devices):
+# - bit-identical here across reruns, device and process counts, and with AVX2 kernels:
+#   everything but, across device/process counts, the classifier's probabilities and the
+#   sweep's r' (2.4e-7 of their largest value). Not asserted: other kernels change them.
+# - SSE4_2 kernels: paired data (w, r, logits) within 8.6e-7 of each array's largest value,
+#   the link's predictions 9.0e-6 (its A 1.0e-5), sweep arrays 3.3e-5, single numbers
+#   4.1e-5 relative (one w dim's held-out R^2 of -0.0279 moved by 6.5e-6), pixels by 1.
+# Float arrays: |a - b| <= ARRAY_TOL x max|a| per array.
+ARRAY_TOL = 1e-3
+# Single numbers in JSON and CSV (no array to scale by): |a - b| <= NUM_RTOL |a| + NUM_ATOL.
+NUM_RTOL, NUM_ATOL = 1e-3, 1e-5
 # uint8 images: float noise may truncate a pixel to its neighbour value.
 PIXEL_ATOL = 1
+# The link is compared by what is identifiable, its predictions on every paired r (held-out
+# R^2 is in metrics.json, compared as a number): |p - p_ref| <= LINK_PRED_TOL x max|p_ref|.
+# Its coefficients are not (condition number 8.6e3 on the tiny run: r perturbed by 1e-6 of
+# itself moved max|dA|/max|A| by 2.7e-5, the predictions by 3.4e-5).
+LINK_PRED_TOL = 1e-3
+# Discrete outcomes (ints, bools, strings) agree exactly.
+# The counterfactual search of this config is chaotic (random weights: w runs off to 1e3 in
+# 20 SGD steps): with the SSE4_2 kernels' inputs (r 5e-7 off) its final shifts moved by 55%
+# and 9 of 48 top units changed. Its outcomes are compared only when its inputs (r, w_before)
+# are bit-identical, as they are across device and process counts here; else its inputs are.
+CHAOTIC = {"counterfactual": ("shift", "top_shift", "top_units", "w_after", "probs_after", "steps",
+                              "success")}
+CHAOTIC_INPUTS = ("r", "w_before")
 # Files and JSON fields that say how a run went rather than what it computed.
 RUN_RECORDS = ("last_config.json",)
 RUN_FIELDS = ("train_seconds",)
+# Checksums of values compared within tolerances above (the link's, by its predictions).
+VALUE_CHECKSUMS = {"link/model/meta.json": ("params_sha256",)}
 
 
 def _free_port() -> int:
@@ -99,7 +126,10 @@ def _close(a, b, what):
   if a.dtype == np.uint8:
     np.testing.assert_allclose(a.astype(int), b.astype(int), rtol=0, atol=PIXEL_ATOL, err_msg=what)
   elif np.issubdtype(a.dtype, np.floating):
-    np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL, err_msg=what)
+    np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b), err_msg=what)
+    ok = np.isfinite(a)
+    scale = float(np.abs(a[ok]).max()) if ok.any() else 0.0
+    np.testing.assert_allclose(a[ok], b[ok], rtol=0, atol=ARRAY_TOL * scale, err_msg=what)
   else:   # ints, bools, strings: discrete outcomes agree exactly
     np.testing.assert_array_equal(a, b, err_msg=what)
 
@@ -109,20 +139,50 @@ def _csv_rows(path):
     return list(csv.reader(f))
 
 
+def _paired_r(workdir: pathlib.Path) -> np.ndarray:
+  """Every paired r [N, D] of a run (shard order does not matter: both links see the same)."""
+  shards = sorted((workdir / "paired_data").glob("shard_*.npz"))
+  return np.concatenate([io.load_npz(str(f), keys=("r",))["r"] for f in shards])
+
+
+def assert_same_link(ref: pathlib.Path, other: pathlib.Path) -> None:
+  """The two runs' links predict the same w from the same r (A itself is not identifiable)."""
+  from lis_jax import linking
+  a, b = (linking.load(str(d / "link" / "model")) for d in (ref, other))
+  r = _paired_r(ref)
+  pa, pb = np.asarray(a(r)), np.asarray(b(r))
+  np.testing.assert_allclose(pb, pa, rtol=0, atol=LINK_PRED_TOL * np.abs(pa).max(),
+                             err_msg="link predictions")
+
+
+def _diverged(ref: pathlib.Path, other: pathlib.Path) -> set[str]:
+  """The CHAOTIC stages whose inputs differ between the runs (their outcomes may too)."""
+  out = set()
+  for stage in CHAOTIC:
+    fa, fb = (io.load_npz(str(d / stage / "results.npz"), finite=False) for d in (ref, other))
+    if any(not np.array_equal(fa[k], fb[k]) for k in CHAOTIC_INPUTS):
+      out.add(stage)
+  return out
+
+
 def assert_same_results(ref: pathlib.Path, other: pathlib.Path) -> None:
-  """Same files; arrays, CSV numbers and PNG pixels within the sharding tolerances."""
+  """Same files; arrays, CSV and JSON numbers, PNG pixels and link predictions within the
+  tolerances above (a diverged chaotic stage: its inputs and bookkeeping only)."""
   assert _files(ref) == _files(other)
   if (ref / "link").exists():
-    from lis_jax import linking
-    a, b = (linking.load(str(d / "link" / "model")) for d in (ref, other))
-    _close(a.params["A"], b.params["A"], "link A")
+    assert_same_link(ref, other)
+  diverged = _diverged(ref, other) if all((ref / s).exists() for s in CHAOTIC) else set()
   for rel in _files(ref):
     x, y = ref / rel, other / rel
+    chaotic = CHAOTIC[rel.parts[0]] if rel.parts[0] in diverged else ()
+    if chaotic and rel.suffix in (".png", ".csv"):
+      continue   # images and tables of the diverged outcomes
     if rel.suffix == ".npz":   # read verified; the embedded checksums differ with the values
       fa, fb = io.load_npz(str(x), finite=False), io.load_npz(str(y), finite=False)
       assert sorted(fa) == sorted(fb), rel
       for k in fa:
-        _close(fa[k], fb[k], f"{rel}:{k}")
+        if k not in chaotic:
+          _close(fa[k], fb[k], f"{rel}:{k}")
     elif rel.suffix == ".png":
       _close(np.asarray(Image.open(x)), np.asarray(Image.open(y)), str(rel))
     elif rel.suffix == ".csv":
@@ -139,6 +199,8 @@ def assert_same_results(ref: pathlib.Path, other: pathlib.Path) -> None:
     elif rel.suffix == ".json":
       import json
       ja, jb = json.loads(x.read_text()), json.loads(y.read_text())
+      for k in VALUE_CHECKSUMS.get(str(rel), ()):
+        assert isinstance(ja.pop(k), str) and isinstance(jb.pop(k), str), (rel, k)
       _json_close(ja, jb, str(rel))
     else:
       assert x.read_bytes() == y.read_bytes(), rel
@@ -147,7 +209,7 @@ def assert_same_results(ref: pathlib.Path, other: pathlib.Path) -> None:
 def _num_close(a: float, b: float) -> bool:
   if np.isnan(a) or np.isnan(b):
     return bool(np.isnan(a) and np.isnan(b))   # an undefined statistic is undefined in both
-  return abs(a - b) <= ATOL + RTOL * abs(a)
+  return abs(a - b) <= NUM_ATOL + NUM_RTOL * abs(a)
 
 
 def _json_close(a, b, where):

@@ -33,8 +33,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.kind = "ols"  # ols | ridge | elasticnet | mlp
   c.alpha = 1.0  # ridge / elasticnet penalty (scikit-learn's meaning)
   c.l1_ratio = 0.5  # elasticnet L1 share
-  c.float64 = False  # solve the linear fit in float64
-  c.solver = "lstsq"  # ols: lstsq (SVD) | cholesky (normal equations + jitter)
+  c.float64 = False  # elasticnet: iterate in float64 (ols and ridge always solve in float64)
+  c.solver = "lstsq"  # ols, ridge: lstsq (QR + SVD) | cholesky (float64 normal equations)
+  c.rcond = linking.RCOND  # ols: drop singular values below rcond x the largest
   c.jitter = 1e-6  # cholesky diagonal, relative to the mean eigenvalue
   c.max_iter = 5000  # elasticnet FISTA iterations cap
   c.tol = 1e-7  # elasticnet relative coefficient change to stop at
@@ -51,7 +52,7 @@ def default_config() -> ml_collections.ConfigDict:
 RULES = {
     "alpha": V.nonneg_float(), "l1_ratio": V.unit_closed(), "jitter": V.nonneg_float(),
     "max_iter": V.pos_int(), "tol": V.pos_float(), "epochs": V.pos_int(), "batch_size": V.pos_int(),
-    "learning_rate": V.pos_float(), "holdout_fraction": V.unit_open(),
+    "learning_rate": V.pos_float(), "holdout_fraction": V.unit_open(), "rcond": V.unit_open(),
     "cycle_samples": V.nonneg_int(),
 }
 
@@ -140,9 +141,10 @@ def run(ctx) -> None:
   for k in ("r", "w"):
     errors.check_finite(f"paired data {k}", getattr(data, k))
   train, test = split(data.r.shape[0], c.holdout_fraction, ctx.seed(f"{NAME}.split"))
-  link = linking.fit(c, data.r[train], data.w[train], ctx.key(NAME))
+  link, fit = linking.fit_info(c, data.r[train], data.w[train], ctx.key(NAME))   # logs warnings
   predict = jax.jit(lambda link, r: link(r))
   metrics = {"kind": link.kind, "n_train": int(train.size), "n_test": int(test.size),
+             "fit": {k: v for k, v in fit.items() if k != "kind"},
              "test": linking.regression_metrics(data.w[test], predict(link, data.r[test])),
              "train": linking.regression_metrics(data.w[train], predict(link, data.r[train]))}
   if c.cycle_samples > 0:
@@ -159,7 +161,21 @@ def run(ctx) -> None:
   io.write_json(metrics_path, metrics)
   t = metrics["test"]
   print(f"[link] {link.kind}: held-out MSE {t['mse']:.4g}, R^2 {t['r2']:.4f}"
-        + (f", cycle corr {metrics['cycle']['corr_per_sample_mean']:.3f}" if "cycle" in metrics else ""))
+        + (f", cycle corr {metrics['cycle']['corr_per_sample_mean']:.3f}" if "cycle" in metrics else "")
+        + _fit_note(fit))
+
+
+def _cond_text(fit: dict) -> str:
+  """'8.6e+03 (rank 64/64)': a linear fit's condition number and effective rank."""
+  cond = fit.get("condition_number")
+  shown = f"{cond:.3g}" if cond is not None else "inf"
+  return f"{shown} (rank {fit['rank']}/{fit['dims']})"
+
+
+def _fit_note(fit: dict) -> str:
+  """', condition number 8.6e+03 (rank 64/64)' for a linear fit (metrics.json's 'fit');
+  '' for an mlp."""
+  return f", condition number {_cond_text(fit)}" if "rank" in fit else ""
 
 
 def section(ctx) -> str | None:
@@ -178,6 +194,11 @@ def section(ctx) -> str | None:
     cyc = m["cycle"]
     rows.append(("cycle r -> w -> image -> r': mean correlation per sample",
                  f"{cyc['corr_per_sample_mean']:.4f} (n={cyc['n']})"))
+  fit = m.get("fit", {})
+  if "rank" in fit:
+    rows.append(("condition number of the centred train r (rank)", _cond_text(fit)))
+    rows.append(("unknowns per w dim / train pairs", f"{fit['unknowns']} / {fit['n_train']}"))
+  warn = "".join(f"<p><b>Warning:</b> {page.escape(w)}.</p>" for w in fit.get("warnings", ()))
   r2 = np.asarray(t.get("r2_per_dim", []))
   extra = (f"<p>Per w dimension, held-out R^2 ranges from {r2.min():.3f} to {r2.max():.3f} "
            f"(median {np.median(r2):.3f}).</p>" if r2.size else "")
@@ -187,7 +208,7 @@ def section(ctx) -> str | None:
     extra += plots.img_tag(png, "Held-out R^2 of each w dimension", "link_r2")
   out = (f"<h2>Linking network ({page.escape(str(m.get('kind')))})</h2>"
          f"<p>w = link(r), fitted on the paired data, evaluated on held-out pairs.</p>"
-         + page.table(["metric", "value"], rows) + extra)
+         + warn + page.table(["metric", "value"], rows) + extra)
   if res.factor_readout:
     ro = [(n, f"{v:.3f}") for n, v in sorted(res.factor_readout.items(), key=lambda kv: -kv[1])]
     out += ("<h2>What r carries</h2><p>Held-out R^2 of a linear read-out of each true factor "
@@ -206,6 +227,10 @@ def summary(ctx) -> dict | None:
          "n_train": m.get("n_train"), "n_test": m.get("n_test")}
   if "cycle" in m:
     out["cycle_corr"] = m["cycle"]["corr_per_sample_mean"]
+  fit = m.get("fit", {})
+  for k in ("condition_number", "rank", "unknowns", "underdetermined", "identifiable", "warnings"):
+    if k in fit:
+      out[k] = fit[k]
   if ctx.result(NAME).factor_readout:
     out["factor_readout_r2"] = ctx.result(NAME).factor_readout
   return out
