@@ -84,3 +84,320 @@ def test_script_json_round_trips_and_hides_markup():
   s = lis_page.script_json(obj)
   assert json.loads(s) == obj
   assert not any(ch in s for ch in "<>&\u2028\u2029")
+
+
+# ----------------------------------------------------------------------------- label import
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from lis_jax import errors, io  # noqa: E402
+from lis_jax.label import importer, layout, masks  # noqa: E402
+from tests.conftest import ROOT  # noqa: E402
+
+PARTS = ["background", "cap", "stem"]
+IMAGE, RES = 64, 16  # exported image side, quantify.resolution
+# A refused import of a hostile file must not grow the process by more than this (the
+# importer holds at most a few masks of IMAGE^2 pixels; the issue's cases allocated
+# 4-15 GB). Checked under RLIMIT_AS in a subprocess, so a regression fails instead of
+# exhausting the machine.
+IMPORT_AS_LIMIT = 3 << 30
+
+
+@pytest.fixture
+def d(tmp_path):
+  """A label directory as export leaves it (one image 'a', 64 px, quantify resolution 16)."""
+  d = layout.LabelDir(str(tmp_path / "labels_dir"))
+  io.write_json(d.part_names_file, PARTS)
+  io.write_json(d.export_file, {"names": ["a"], "image_size": IMAGE, "resolution": RES})
+  os.makedirs(d.sub("w"))
+  np.save(d.w("a"), np.zeros((3, 4), np.float32))
+  return d
+
+
+def _labelme(shapes, h=IMAGE, w=IMAGE):
+  return {"imageHeight": h, "imageWidth": w, "shapes": shapes}
+
+
+def _square(x0=10, y0=10, side=40, label="cap"):
+  return {"label": label, "shape_type": "polygon",
+          "points": [[x0, y0], [x0 + side, y0], [x0 + side, y0 + side], [x0, y0 + side]]}
+
+
+def _import(d, src, **kw):
+  with pytest.raises(masks.LabelError) as e:
+    importer.import_masks(d, str(src), **kw)
+  text = str(e.value)
+  assert "\n" not in text, text
+  assert not os.path.exists(d.sub("labels"))  # nothing written
+  return text
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), 1e300, -1e300])
+def test_silent_labelme_non_finite_or_huge_vertex_refused(d, tmp_path, bad):
+  src = tmp_path / "src"
+  src.mkdir()
+  sq = _square()
+  sq["points"][2] = [bad, 50]
+  # json.dumps writes NaN / Infinity, which LabelMe's Python json.load reads back.
+  (src / "a.json").write_text(json.dumps(_labelme([sq])))
+  text = _import(d, src)
+  assert text.startswith(str(src / "a.json")) and "point 2" in text and "finite" in text
+
+
+def test_silent_labelme_square_drawn_as_declared(d, tmp_path):
+  """The control: the 41 x 41 px square the hostile vertex replaced (PIL polygons include
+  their edges)."""
+  src = tmp_path / "src"
+  src.mkdir()
+  (src / "a.json").write_text(json.dumps(_labelme([_square()])))
+  got = masks.read_labelme(str(src / "a.json"), PARTS, (IMAGE, RES))
+  assert (got == 1).sum() == 41 * 41 and got[10:51, 10:51].all()
+
+
+def test_silent_two_label_files_for_one_image_refused(d, tmp_path):
+  src = tmp_path / "src"
+  src.mkdir()
+  (src / "a.json").write_text(json.dumps(_labelme([_square()])))
+  y = np.zeros((IMAGE, IMAGE), np.int32)
+  y[:20] = 2
+  (src / "a.png").write_bytes(masks.indexed_png(y, len(PARTS)))
+  text = _import(d, src)
+  assert "two label files for image 'a'" in text and "a.json" in text and "a.png" in text
+
+
+def test_browser_copies_of_one_format_still_newest_wins(d, tmp_path):
+  src = tmp_path / "src"
+  src.mkdir()
+  y1, y2 = np.zeros((IMAGE, IMAGE), np.int32), np.zeros((IMAGE, IMAGE), np.int32)
+  y1[:8], y2[:8] = 1, 2
+  (src / "a.png").write_bytes(masks.indexed_png(y1, 3))
+  (src / "a (1).png").write_bytes(masks.indexed_png(y2, 3))
+  now = time.time()
+  os.utime(src / "a.png", (now - 60, now - 60))
+  importer.import_masks(d, str(src))
+  assert np.load(d.labels("a")).max() == 2
+
+
+def _cvat(src, labelmap: bytes):
+  (src / "SegmentationClass").mkdir(parents=True)
+  (src / "labelmap.txt").write_bytes(labelmap)
+  rgb = np.zeros((IMAGE, IMAGE, 3), np.uint8)
+  rgb[:10] = (250, 50, 83)
+  Image.fromarray(rgb).save(src / "SegmentationClass" / "a.png")
+
+
+def test_silent_cvat_duplicate_colour_refused(d, tmp_path):
+  src = tmp_path / "cvat"
+  _cvat(src, b"background:0,0,0::\ncap:250,50,83::\nstem:250,50,83::\n")
+  text = _import(d, src)
+  assert "colour (250, 50, 83) is given to both 'cap' and 'stem'" in text
+
+
+def test_silent_colour_table_duplicate_colour_refused(d, tmp_path):
+  src = tmp_path / "src"
+  src.mkdir()
+  Image.fromarray(np.zeros((IMAGE, IMAGE, 3), np.uint8)).save(src / "a.png")
+  with pytest.raises(masks.LabelError, match="given to both 'cap' and 'stem'"):
+    importer.import_masks(d, str(src), colours={"cap": "#ff0000", "stem": [255, 0, 0]})
+  # a part's colour equal to another part's palette colour: the same ambiguity
+  with pytest.raises(masks.LabelError, match="given to both"):
+    importer.import_masks(d, str(src), colours={"cap": [0, 128, 0]})  # stem's palette colour
+
+
+def test_traceback_cvat_labelmap_not_utf8(d, tmp_path):
+  src = tmp_path / "cvat"
+  _cvat(src, b"background:0,0,0::\ncap\xff\xfe:250,50,83::\n")
+  text = _import(d, src)
+  assert text.startswith(str(src / "labelmap.txt")) and "not UTF-8" in text
+
+
+@pytest.mark.parametrize("value", [None, [1, [2]], {"r": 1}, "nope", [True, 0, 0]])
+def test_traceback_colours_null_or_malformed(tmp_path, value):
+  path = tmp_path / "colours.json"
+  path.write_text(json.dumps({"cap": value}))
+  with pytest.raises(masks.LabelError, match="is not '#rrggbb'"):
+    importer.read_colours(str(path))
+  path.write_text("null")
+  with pytest.raises(masks.LabelError, match="expected {part name: colour}, got NoneType"):
+    importer.read_colours(str(path))
+
+
+LABELME_MALFORMED = {
+    # name: (document, what the one line says)
+    "shapes-dict": (_labelme({"label": "cap"}), "'shapes' is a dict"),
+    "shapes-string": (_labelme("cap"), "'shapes' is a str"),
+    "shape-string": (_labelme(["cap"]), "shape 0 is a str"),
+    "points-3d": (_labelme([{**_square(), "points": [[1, 2, 3], [4, 5, 6], [7, 8, 9]]}]), "points must be"),
+    "points-string": (_labelme([{**_square(), "points": "1,2 3,4 5,6"}]), "points must be"),
+    "points-strings": (_labelme([{**_square(), "points": [["1", "2"], ["3", "4"], ["5", "6"]]}]), "points must be"),
+    "points-null": (_labelme([{**_square(), "points": None}]), "points must be"),
+    "points-scalar": (_labelme([{**_square(), "points": 5}]), "points must be"),
+    "points-scalars": (_labelme([{**_square(), "points": [1, 2, 3]}]), "points must be"),
+    "points-null-pair": (_labelme([{**_square(), "points": [None, None, None]}]), "points must be"),
+    "negative-size": (_labelme([_square()], h=-64, w=-64), "imageHeight -64 is not a positive"),
+    "zero-size": (_labelme([_square()], h=0, w=64), "imageHeight 0 is not a positive"),
+    "string-size": (_labelme([_square()], h="64", w=64), "imageHeight '64' is not a positive"),
+    "not-an-object": ([1, 2, 3], "not a LabelMe JSON file"),
+    "label-not-string": (_labelme([{**_square(), "label": ["cap"]}]), "label ['cap'], which is not"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LABELME_MALFORMED))
+def test_traceback_labelme_malformed_shapes(d, tmp_path, case):
+  doc, message = LABELME_MALFORMED[case]
+  src = tmp_path / "src"
+  src.mkdir()
+  (src / "a.json").write_text(json.dumps(doc))
+  text = _import(d, src)
+  assert text.startswith(str(src / "a.json")) and message in text, text
+
+
+def test_traceback_labelme_deep_nesting(d, tmp_path):
+  src = tmp_path / "src"
+  src.mkdir()
+  depth = 100_000  # json's recursive decoder needs far more than Python's default limit
+  (src / "a.json").write_text('{"imageHeight": 64, "imageWidth": 64, "shapes": ' + "[" * depth + "]" * depth + "}")
+  text = _import(d, src)
+  assert text.startswith(str(src / "a.json")) and "nested too deeply" in text
+
+
+def _run_capped(args, limit=IMPORT_AS_LIMIT, timeout=120):
+  import resource
+  cap = lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+  return subprocess.run([sys.executable, "-c", args], cwd=ROOT, capture_output=True, text=True,
+                        timeout=timeout, preexec_fn=cap)
+
+
+_IMPORT_SCRIPT = """
+import sys
+from lis_jax.label import importer, layout, masks
+try:
+  importer.import_masks(layout.LabelDir(sys.argv[1]), sys.argv[2])
+except masks.LabelError as e:
+  print(f"error: {e}", file=sys.stderr)
+  sys.exit(1)
+"""
+
+
+def _capped_import(d, src):
+  proc = _run_capped(_IMPORT_SCRIPT.replace("sys.argv[1]", repr(d.root)).replace("sys.argv[2]", repr(str(src))))
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+  assert not os.path.exists(d.sub("labels"))
+  return lines[0]
+
+
+@pytest.mark.parametrize("side", [1_000_000, 30_000])
+def test_memory_labelme_declared_size_checked_before_canvas(d, tmp_path, side):
+  src = tmp_path / "src"
+  src.mkdir()
+  (src / "a.json").write_text(json.dumps(_labelme([_square()], h=side, w=side)))  # ~200 bytes
+  line = _capped_import(d, src)
+  assert f"size mismatch: the mask is {side} x {side} but its image is 64 x 64 or 16 x 16" in line
+
+
+def _big_png(path, side):
+  """A tiny file declaring a side x side RGBA image (one zlib stream of zero rows)."""
+  import struct
+  import zlib
+  def chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+  comp = zlib.compressobj(9)
+  row = b"\0" * (1 + 4 * side)
+  body = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+  path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 6, 0, 0, 0))
+                   + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+def test_memory_png_dimensions_checked_before_decoding(d, tmp_path):
+  src = tmp_path / "src"
+  src.mkdir()
+  _big_png(src / "a.png", 12_000)
+  assert (src / "a.png").stat().st_size < 1_000_000
+  line = _capped_import(d, src)
+  assert "size mismatch: the mask is 12000 x 12000" in line
+
+
+@pytest.mark.parametrize("side", [12_000, 20_000])
+def test_traceback_png_bomb_without_known_size(tmp_path, side):
+  """Read without an image size (masks.read_png): PIL's bomb limit is ours, caught (12000^2
+  is past the limit, 20000^2 past twice it, where PIL raises DecompressionBombError)."""
+  _big_png(tmp_path / "a.png", side)
+  with pytest.raises(masks.LabelError, match="beyond the .* pixels read|too large to read"):
+    masks.read_png(str(tmp_path / "a.png"), PARTS)
+
+
+# ----------------------------------------------------------------------------- label export / suggest
+
+# python + jax + the tiny config loaded, no generator run: ~0.5 GiB resident; the issue's
+# --n=1e8 built 2e8 names (>10 GB) and --batch_size=1e6 asked for 98 GB.
+EXPORT_AS_LIMIT = 6 << 30
+
+
+def _label_cli(tmp_path, *flags):
+  import resource
+  cap = lambda: resource.setrlimit(resource.RLIMIT_AS, (EXPORT_AS_LIMIT, EXPORT_AS_LIMIT))
+  return subprocess.run(
+      [sys.executable, "-m", "lis_jax.label", "export", "--config=configs/tiny.py",
+       f"--workdir={tmp_path / 'work'}", "--config.quantify.labels=seg", *flags],
+      cwd=ROOT, capture_output=True, text=True, timeout=180, preexec_fn=cap)
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--n=100000000", "--n=100000000: 100000000 x 3 classes = 300000000 images"),
+    ("--batch_size=1000000", "--batch_size=1000000: expected 1..1024"),
+    ("--batch_size=0", "--batch_size=0: expected 1..1024"),
+    ("--n=0", "--n=0: export at least one image per class")])
+def test_memory_label_export_counts_refused_first(tmp_path, flag, message):
+  proc = _label_cli(tmp_path, flag)
+  lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("error: ")]
+  assert proc.returncode == 1 and len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert not os.path.exists(tmp_path / "work" / "seg" / "images")  # nothing exported
+
+
+def _object_npy(path):
+  with open(path, "wb") as f:
+    np.save(f, np.array([{"x": 1}, None], dtype=object), allow_pickle=True)
+
+
+@pytest.mark.parametrize("which", ["w", "labels"])
+def test_traceback_object_arrays_in_label_dir(d, which):
+  os.makedirs(d.sub("labels"), exist_ok=True)
+  np.save(d.labels("a"), np.ones((RES, RES), np.int32))
+  _object_npy(d.w("a") if which == "w" else d.labels("a"))
+  path = d.w("a") if which == "w" else d.labels("a")
+  with pytest.raises(errors.PipelineError, match="not a numeric .npy array") as e:
+    layout.load_array(path)
+  assert str(e.value).startswith(path) and "\n" not in str(e.value)
+
+
+def test_traceback_object_array_refused_by_suggest(tmp_path):
+  """`label suggest` on a label dir whose w/a.npy is a pickled object array: one line."""
+  from configs import tiny
+  from lis_jax import pipeline
+  from lis_jax.label import suggest
+  config = tiny.get_config()
+  config.quantify.labels = "seg"
+  ctx = pipeline.RunContext(config, str(tmp_path))
+  d = layout.label_dir("seg", str(tmp_path))
+  io.write_json(d.part_names_file, PARTS)
+  io.write_json(d.export_file, {"names": ["a", "b"], "image_size": 16, "resolution": 16})
+  os.makedirs(d.sub("w"))
+  os.makedirs(d.sub("labels"))
+  np.save(d.labels("a"), np.ones((16, 16), np.int32))
+  _object_npy(d.w("a"))
+  with pytest.raises(errors.PipelineError, match="not a numeric .npy array"):
+    suggest.suggest(ctx)
+
+
+@pytest.mark.parametrize("doc", [{"names": "a", "image_size": 64, "resolution": 16},
+                                 {"names": ["a"], "image_size": 10 ** 9, "resolution": 16},
+                                 {"names": ["a"], "image_size": 64, "resolution": -1},
+                                 {"names": ["../../x"], "image_size": 64, "resolution": 16}])
+def test_traceback_export_json_checked(d, doc):
+  io.write_json(d.export_file, doc)
+  with pytest.raises(errors.PipelineError, match="expected {names"):
+    layout.read_export(d)

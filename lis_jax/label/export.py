@@ -31,6 +31,25 @@ GROUP_PARTS: dict[str, tuple[str, ...]] = {
     "cars": ("background", "body", "windows", "wheels", "lights"),
 }
 PLACEHOLDER_PARTS = ("background", "part_1")
+# Labelling is by hand (tens to hundreds of images); past this many the list of names alone
+# is a memory problem (--n=1e8 with two classes: 2e8 names). Export more later: a larger
+# --n keeps the images already written.
+MAX_EXPORT_IMAGES = 1_000_000
+# Images per generator call; a [1e6, 3, 256, 256] float32 batch is 98 GB.
+MAX_BATCH = 1024
+
+
+def check_counts(n: int, batch_size: int, n_classes: int) -> None:
+  """Refuses --n / --batch_size before anything is loaded or written (one line)."""
+  if not isinstance(n, int) or n < 1:
+    raise errors.PipelineError(f"--n={n}: export at least one image per class")
+  if n * n_classes > MAX_EXPORT_IMAGES:
+    raise errors.PipelineError(f"--n={n}: {n} x {n_classes} classes = {n * n_classes} images to "
+                               f"label by hand; at most {MAX_EXPORT_IMAGES} per export (a later, "
+                               f"larger --n keeps the images already written)")
+  if not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH:
+    raise errors.PipelineError(f"--batch_size={batch_size}: expected 1..{MAX_BATCH} images per "
+                               f"generator call")
 
 
 def names_in_order(classes: Sequence[int], n: int) -> list[str]:
@@ -42,8 +61,8 @@ def starting_parts(config: ml_collections.ConfigDict, G: Any, classes: np.ndarra
   """The world's own parts, a class group's list, or background + a placeholder."""
   if isinstance(G, base.GroundTruthWorld):
     return tuple(G.part_names)
-  spec = config.classes
-  group = spec if isinstance(spec, str) and spec in GROUP_PARTS else next(
+  wanted = config.classes
+  group = wanted if isinstance(wanted, str) and wanted in GROUP_PARTS else next(
       (g for g, ids in spec.CLASS_GROUPS.items() if sorted(ids) == sorted(classes.tolist())), None)
   return GROUP_PARTS.get(group, PLACEHOLDER_PARTS)
 
@@ -72,19 +91,21 @@ def export(ctx: pipeline.RunContext, n: int, batch_size: int = 16) -> layout.Lab
   Raises PipelineError for a bad config or a directory exported with a different
   generator / classes / psi / seed / resolution.
   """
-  if n < 1:
-    raise errors.PipelineError(f"--n={n}: export at least one image per class")
+  check_counts(n, batch_size, len(ctx.classes))
   c = ctx.cfg("quantify")
   d = layout.label_dir(c.labels, ctx.workdir)
   G, classes, config = ctx.G, ctx.classes, ctx.config
   res = int(c.resolution or G.resolution)
-  pipeline.check_stage_config(d.root, {"generator": config.generator, "classes": classes.tolist(),
-                                       "psi": config.psi, "seed": config.seed, "resolution": res})
+  # The generator by content (its weights' sha256), not by path: a moved checkpoint is the
+  # same generator, a replaced one at the same path is not.
+  pipeline.check_stage_config(d.root, {"generator": ctx.uses_value("generator"),
+                                       "classes": classes.tolist(), "psi": config.psi,
+                                       "seed": config.seed, "resolution": res})
   names = names_in_order(classes, n)
   todo = [(i, int(k)) for i in range(n) for k in classes
           if not os.path.exists(d.w(layout.image_name(i, int(k))))]
   key = ctx.key("label")
-  batch_size = max(1, batch_size)
+  batch_size = max(1, min(batch_size, len(todo)))  # fixed shapes; no padding past the work
   for s in tqdm(range(0, len(todo), batch_size), desc="[label] export", unit="batch",
                 disable=not todo):
     chunk = todo[s:s + batch_size]
@@ -120,7 +141,7 @@ def write_page(d: layout.LabelDir) -> int:
       png = f.read()
     start, status = None, "new"
     if os.path.exists(d.labels(name)):
-      start, status = np.load(d.labels(name)), "labelled"
+      start, status = layout.load_array(d.labels(name), "iu"), "labelled"
     elif os.path.exists(d.suggestion(name)):
       start, status = np.asarray(Image.open(d.suggestion(name))), "suggested"
     if start is not None:

@@ -24,6 +24,8 @@ import dataclasses
 import json
 import os
 
+import numpy as np
+
 from lis_jax import errors, io
 
 
@@ -89,19 +91,9 @@ def label_dir(labels: str, workdir: str) -> LabelDir:
   return LabelDir(labels if os.path.isdir(labels) and not os.path.exists(inside) else inside)
 
 
-def _config_arg() -> str:
-  """The --config file of this process if absl parsed one, else a placeholder."""
-  from absl import flags
-  from ml_collections import config_flags
-  try:
-    return config_flags.get_config_filename(flags.FLAGS["config"]) or "CONFIG"
-  except (KeyError, AttributeError, flags.Error):  # no --config flag in this process
-    return "CONFIG"
-
-
-def missing_labels_message(d: LabelDir, labels: str, workdir: str) -> str:
-  """One line: where the labels should be and the commands that make them."""
-  cfg = _config_arg()
+def missing_labels_message(d: LabelDir, labels: str, workdir: str, cfg: str = "CONFIG") -> str:
+  """One line: where the labels should be and the commands that make them (`cfg`: the
+  --config file to name in them, when the caller knows it)."""
   return (f"quantify.labels={labels!r}: no labelled masks in {d.sub('labels')}; make them with "
           f"`python -m lis_jax.label export --config={cfg} --workdir={workdir} --n=30`, paint "
           f"{d.page} and save the masks into {d.masks}, then `python -m lis_jax.label import "
@@ -113,8 +105,10 @@ def read_part_names(d: LabelDir) -> tuple[str, ...]:
   """part_names.json as a tuple; PipelineError naming the file if absent or malformed."""
   path = d.part_names_file
   try:
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
       names = json.load(f)
+  except RecursionError:
+    raise errors.PipelineError(f"{path}: not a list of part names (nested too deeply)") from None
   except FileNotFoundError:
     raise errors.PipelineError(f"{path} not found: run `python -m lis_jax.label export` first") from None
   except ValueError as e:
@@ -127,8 +121,38 @@ def read_part_names(d: LabelDir) -> tuple[str, ...]:
 
 
 def read_export(d: LabelDir) -> dict:
-  """export.json; PipelineError naming the export command if absent."""
+  """export.json; PipelineError naming the export command if absent, or the file if its
+  names, image_size or resolution are not what export writes."""
   if not os.path.exists(d.export_file):
     raise errors.PipelineError(f"{d.export_file} not found: run `python -m lis_jax.label export "
                                  f"--config=CONFIG --workdir=DIR` first")
-  return io.read_json(d.export_file)
+  try:
+    meta = io.read_json_checked(d.export_file)
+  except io.CorruptFileError as e:
+    raise errors.PipelineError(str(e)) from None
+  side = lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIDE
+  if (not isinstance(meta, dict) or not isinstance(meta.get("names"), list)
+      or not all(isinstance(n, str) and n and os.sep not in n for n in meta["names"])
+      or not side(meta.get("image_size")) or not side(meta.get("resolution"))):
+    raise errors.PipelineError(f"{d.export_file}: expected {{names: [image names], image_size: "
+                               f"1..{MAX_SIDE}, resolution: 1..{MAX_SIDE}}} as export writes it")
+  return meta
+
+
+# The largest image side a label directory holds (StyleGAN-XL's largest is 1024).
+MAX_SIDE = 8192
+
+
+def load_array(path: str, kinds: str = "fiu") -> np.ndarray:
+  """A .npy file written by export / import (w, labels): never a pickle (allow_pickle=False),
+  of a numeric dtype kind in `kinds`, finite. PipelineError naming the file otherwise."""
+  try:
+    a = np.load(path, allow_pickle=False)
+  except (OSError, ValueError, EOFError) as e:
+    raise errors.PipelineError(f"{path}: not a numeric .npy array ({io._one_line(e)})") from None
+  if not isinstance(a, np.ndarray) or a.dtype.kind not in kinds:
+    raise errors.PipelineError(f"{path}: holds {getattr(a, 'dtype', type(a).__name__)}, expected "
+                               f"numbers")
+  if a.dtype.kind == "f" and not np.isfinite(a).all():
+    raise errors.PipelineError(f"{path}: holds NaN or inf")
+  return a
