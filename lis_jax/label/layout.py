@@ -91,9 +91,22 @@ def label_dir(labels: str, workdir: str) -> LabelDir:
   return LabelDir(labels if os.path.isdir(labels) and not os.path.exists(inside) else inside)
 
 
-def missing_labels_message(d: LabelDir, labels: str, workdir: str, cfg: str = "CONFIG") -> str:
+def _config_arg() -> str:
+  """The --config file of this process if absl parsed one, else a placeholder (only for
+  callers that do not pass it; nothing else in label/ reads flags)."""
+  from absl import flags
+  from ml_collections import config_flags
+  try:
+    return config_flags.get_config_filename(flags.FLAGS["config"]) or "CONFIG"
+  except (KeyError, AttributeError, flags.Error):  # no --config flag in this process
+    return "CONFIG"
+
+
+def missing_labels_message(d: LabelDir, labels: str, workdir: str, cfg: str | None = None) -> str:
   """One line: where the labels should be and the commands that make them (`cfg`: the
-  --config file to name in them, when the caller knows it)."""
+  --config file to name in them; None: this process's --config flag, read by `_config_arg`
+  until the quantify stage passes it)."""
+  cfg = cfg or _config_arg()
   return (f"quantify.labels={labels!r}: no labelled masks in {d.sub('labels')}; make them with "
           f"`python -m lis_jax.label export --config={cfg} --workdir={workdir} --n=30`, paint "
           f"{d.page} and save the masks into {d.masks}, then `python -m lis_jax.label import "
