@@ -401,3 +401,19 @@ def test_traceback_export_json_checked(d, doc):
   io.write_json(d.export_file, doc)
   with pytest.raises(errors.PipelineError, match="expected {names"):
     layout.read_export(d)
+
+
+def test_silent_label_content_hash_changes_with_a_mask(d):
+  """The segmenter's fingerprint input: a changed mask, part list or w changes it."""
+  os.makedirs(d.sub("labels"))
+  y = np.zeros((RES, RES), np.int32)
+  y[:4] = 1
+  np.save(d.labels("a"), y)
+  first = d.content_sha256()
+  assert d.content_sha256() == first  # deterministic
+  y[4, 0] = 2
+  np.save(d.labels("a"), y)
+  second = d.content_sha256()
+  assert second != first
+  io.write_json(d.part_names_file, PARTS + ["gills"])
+  assert d.content_sha256() not in (first, second)

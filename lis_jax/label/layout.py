@@ -68,6 +68,25 @@ class LabelDir:
   def masks(self) -> str:
     return self.sub("masks")
 
+  def content_sha256(self) -> str:
+    """sha256 of what a segmenter trained on this directory learns from: part_names.json
+    and every labels/<name>.npy with its w/<name>.npy (names and bytes, in name order).
+    A re-imported mask, a new label or an edited part list changes it."""
+    import hashlib
+    h = hashlib.sha256()
+    files = [self.part_names_file] + [p for n in self.labelled_names()
+                                      for p in (self.labels(n), self.w(n))]
+    for path in files:
+      h.update(os.path.relpath(path, self.root).encode() + b"\0")
+      try:
+        with open(path, "rb") as f:
+          for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+      except FileNotFoundError:
+        h.update(b"<missing>")
+      h.update(b"\0")
+    return h.hexdigest()
+
   def labelled_names(self) -> list[str]:
     """Names with an imported label map, sorted."""
     d = self.sub("labels")
