@@ -16,12 +16,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from lis_jax import errors, images, io, pipeline, spec
 from lis_jax.generators import base
-from lis_jax.label import layout, page
+from lis_jax.label import layout, masks, page
 
 # Starting part lists for the paper's class groups (edit part_names.json before labelling).
 GROUP_PARTS: dict[str, tuple[str, ...]] = {
@@ -143,7 +142,8 @@ def write_page(d: layout.LabelDir) -> int:
     if os.path.exists(d.labels(name)):
       start, status = layout.load_array(d.labels(name), "iu"), "labelled"
     elif os.path.exists(d.suggestion(name)):
-      start, status = np.asarray(Image.open(d.suggestion(name))), "suggested"
+      sizes = (int(meta["image_size"]), int(meta["resolution"]))
+      start, status = np.asarray(masks.open_png(d.suggestion(name), sizes)), "suggested"
     if start is not None:
       start = np.where(start < len(part_names), start, 0)  # part_names.json may have shrunk
     items.append(page.item(name, png, meta["image_size"], start, status))

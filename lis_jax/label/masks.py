@@ -144,6 +144,9 @@ def _check_indices(path: str, labels: np.ndarray, n_parts: int) -> np.ndarray:
   return labels.astype(np.int32)
 
 
+open_png = _open_png  # public: a PNG whose declared size is checked before it is decoded
+
+
 def rgb_to_labels(path: str, rgb: np.ndarray, table: Mapping[tuple[int, int, int], int]) -> np.ndarray:
   """[H, W, 3] uint8 colours -> [H, W] int32 part indices through `table`; unknown colours raise."""
   code = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
