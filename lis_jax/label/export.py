@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from lis_jax import errors, images, io, pipeline, spec
+from lis_jax import context, errors, images, io, spec
 from lis_jax.generators import base
 from lis_jax.label import layout, masks, page
 
@@ -60,8 +60,8 @@ def starting_parts(config: ml_collections.ConfigDict, G: Any, classes: np.ndarra
   """The world's own parts, a class group's list, or background + a placeholder."""
   if isinstance(G, base.GroundTruthWorld):
     return tuple(G.part_names)
-  wanted = config.classes
-  group = wanted if isinstance(wanted, str) and wanted in GROUP_PARTS else next(
+  given = config.classes   # not `spec`: that is the module
+  group = given if isinstance(given, str) and given in GROUP_PARTS else next(
       (g for g, ids in spec.CLASS_GROUPS.items() if sorted(ids) == sorted(classes.tolist())), None)
   return GROUP_PARTS.get(group, PLACEHOLDER_PARTS)
 
@@ -83,7 +83,7 @@ def _write(path: str, data: bytes) -> None:
     f.write(data)
 
 
-def export(ctx: pipeline.RunContext, n: int, batch_size: int = 16) -> layout.LabelDir:
+def export(ctx: context.RunContext, n: int, batch_size: int = 16) -> layout.LabelDir:
   """Writes n images per class of config.classes into config.quantify.labels (resumable).
 
   Models come from the run context (the pipeline's loader). Returns the label directory.
@@ -97,7 +97,7 @@ def export(ctx: pipeline.RunContext, n: int, batch_size: int = 16) -> layout.Lab
   res = int(c.resolution or G.resolution)
   # The generator by content (its weights' sha256), not by path: a moved checkpoint is the
   # same generator, a replaced one at the same path is not.
-  pipeline.check_stage_config(d.root, {"generator": ctx.uses_value("generator"),
+  context.check_stage_config(d.root, {"generator": ctx.uses_value("generator"),
                                        "classes": classes.tolist(), "psi": config.psi,
                                        "seed": config.seed, "resolution": res})
   names = names_in_order(classes, n)

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from lis_jax import errors, io, pipeline
+from lis_jax import context, errors, io
 from lis_jax.label import export, layout, masks
 from lis_jax.quantify import segment
 
@@ -56,7 +56,7 @@ def _stack(arrays: list, what: str) -> np.ndarray:
   return np.stack(arrays)
 
 
-def suggest(ctx: pipeline.RunContext, folds: int = 3) -> dict:
+def suggest(ctx: context.RunContext, folds: int = 3) -> dict:
   """Evaluates, trains, writes suggestions and the page; returns the held-out IoU dict
   (`held_out_iou`) with 'n_suggested' added."""
   c = ctx.cfg("quantify")
