@@ -377,11 +377,11 @@ def test_traceback_object_arrays_in_label_dir(d, which):
 def test_traceback_object_array_refused_by_suggest(tmp_path):
   """`label suggest` on a label dir whose w/a.npy is a pickled object array: one line."""
   from configs import tiny
-  from lis_jax import pipeline
+  from lis_jax import stages
   from lis_jax.label import suggest
   config = tiny.get_config()
   config.quantify.labels = "seg"
-  ctx = pipeline.RunContext(config, str(tmp_path))
+  ctx = stages.context(config, str(tmp_path))
   d = layout.label_dir("seg", str(tmp_path))
   io.write_json(d.part_names_file, PARTS)
   io.write_json(d.export_file, {"names": ["a", "b"], "image_size": 16, "resolution": 16})
