@@ -417,3 +417,53 @@ def test_silent_label_content_hash_changes_with_a_mask(d):
   assert second != first
   io.write_json(d.part_names_file, PARTS + ["gills"])
   assert d.content_sha256() not in (first, second)
+
+
+# ----------------------------------------------------------------------------- stage settings
+
+SETTINGS = [
+    # (section, field, value, what the one line says)
+    ("invariances", "batch_size", 0, "config.invariances.batch_size=0 must be"),
+    ("invariances", "save_every", 0, "config.invariances.save_every=0 must be"),
+    ("invariances", "conditions_per_block", 0, "config.invariances.conditions_per_block=0 must be"),
+    ("invariances", "n_mix", 0, "config.invariances.n_mix=0 must be"),
+    ("invariances", "samples_per_condition", 0, "config.invariances.samples_per_condition=0 must be"),
+    ("invariances", "n_conditions", 0, "config.invariances.n_conditions=0 must be"),
+    ("invariances", "hidden", 0, "config.invariances.hidden=0 must be"),
+    ("boundary", "n_boot", 0, "config.boundary.n_boot=0 must be"),
+    ("boundary", "level", float("nan"), "config.boundary.level=nan must be a finite number"),
+    ("boundary", "level", 15.0, "config.boundary.level=15.0 must be in (0.0, 1.0)"),
+    ("boundary", "n_points", 10 ** 9, "config.boundary.n_points=1000000000 must be"),
+    ("boundary", "batch_size", 10 ** 9, "config.boundary.batch_size=1000000000 must be"),
+    ("boundary", "measure_batch", 0, "config.boundary.measure_batch=0 must be"),
+    ("boundary", "n_iter", 100000, "float32"),
+    ("boundary", "alpha", -1.0, "config.boundary.alpha=-1.0 must be in (0.0, 1.0)"),
+    ("boundary", "top_k", 0, "config.boundary.top_k=0 must be"),
+    ("boundary", "top_k", -1, "config.boundary.top_k=-1 must be"),
+    ("population", "n_boot", 0, "config.population.n_boot=0 must be"),
+    ("population", "n_boot", -5, "config.population.n_boot=-5 must be"),
+    ("population", "n_perm", 10 ** 8, "config.population.n_perm=100000000 must be"),
+    ("quantify", "head", "XXL", "config.quantify.head='XXL' must be one of XS, S, M, L"),
+]
+
+
+@pytest.mark.parametrize("section,field,value,message", SETTINGS,
+                         ids=[f"{s}.{f}={v}" for s, f, v, _ in SETTINGS])
+def test_settings_refused_before_anything_runs(tmp_path, section, field, value, message):
+  from configs import tiny
+  from lis_jax import stages
+  config = tiny.get_config()
+  config[section][field] = value
+  ctx = stages.context(config, str(tmp_path))
+  with pytest.raises(errors.PipelineError) as e:
+    ctx.validate(list(stages.REGISTRY))
+  assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+  assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_settings_cli_one_line(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "lis_jax.main", "--config=configs/tiny.py", f"--workdir={tmp_path / 'w'}",
+       "--config.boundary.n_iter=100000"], cwd=ROOT, capture_output=True, text=True, timeout=180)
+  lines = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower() or "Traceback" in ln]
+  assert proc.returncode == 1 and len(lines) == 1 and "n_iter" in lines[0], proc.stderr[-2000:]

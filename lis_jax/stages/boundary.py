@@ -75,10 +75,18 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 # Values a run accepts (lis_jax/validate.py's rule kinds), checked before anything runs.
+# t is float32: 24 bits of mantissa, so past ~24 halvings of [0, 1] a bisection step no
+# longer moves t (the bracket stops shrinking and the loop only costs time).
+MAX_HALVINGS = 24
 RULES = {
-    "n_grid": V.int_at_least(2), "n_iter": V.nonneg_int(), "n_points": V.int_at_least(2),
-    "null_draws": V.pos_int(), "batch_size": V.pos_int(), "measure_batch": V.pos_int(),
-    "n_boot": V.pos_int(), "level": V.unit_open(), "alpha": V.unit_open(),
+    "n_grid": V.int_at_least(2), "n_iter": V.why(("int", 0, MAX_HALVINGS),
+                                                "float32 t resolves about 24 halvings of [0, 1]"),
+    "n_points": V.why(("int", 2, 1024), "images measured per search"),
+    "null_draws": ("int", 1, 1024),
+    "batch_size": V.why(("int", 1, 65536), "searches held in memory at once"),
+    "measure_batch": ("int", 1, 65536),
+    "n_boot": ("int", 1, 1_000_000), "level": V.unit_open(), "alpha": V.unit_open(),
+    "top_k": ("int", 1, 1000), "strips": V.nonneg_int(), "pairs_shown": V.nonneg_int(),
 }
 
 

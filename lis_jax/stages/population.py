@@ -37,6 +37,7 @@ from lis_jax import errors, io, page
 from lis_jax.analysis import classwise, rsa, superposition
 from lis_jax.generators.base import GroundTruthWorld
 from lis_jax.quantify import measuring, selectivity
+from lis_jax import validate as V
 from lis_jax.stages.base import Stage
 
 NAME = "population"
@@ -314,5 +315,13 @@ def summary(ctx) -> dict | None:
                     for k, v in so["links"].items()}}
 
 
+# Values a run accepts (lis_jax/validate.py's rule kinds), checked before anything runs.
+RULES = {
+    "n_items": V.int_at_least(4), "metric": V.choice("correlation", "euclidean"),
+    "n_perm": V.why(("int", 1, 100_000), "a p-value of 1e-5 needs no more; each permutation "
+                    "recomputes every comparison"),
+    "k": V.pos_int(), "n_boot": ("int", 1, 1_000_000),
+}
+
 STAGE = Stage(name=NAME, requires=("paired_data", "link", "quantify"), default_config=default_config, run=run,
-              load=load, uses=("seed",), section=section, summary=summary)
+              load=load, uses=("seed",), section=section, summary=summary, rules=RULES)

@@ -103,6 +103,7 @@ RULES = {
     "level": V.unit_open(), "alpha": V.unit_open(), "top_k": V.pos_int(), "cards": V.nonneg_int(),
     "rank_by": V.choice("mean", "effect"), "average": V.choice("mean", "median"),
     "concepts": V.choice(*selectivity.CONCEPT_SETS),
+    "head": V.choice(*segment.HEAD_DILATIONS),
 }
 
 
