@@ -467,3 +467,55 @@ def test_settings_cli_one_line(tmp_path):
        "--config.boundary.n_iter=100000"], cwd=ROOT, capture_output=True, text=True, timeout=180)
   lines = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower() or "Traceback" in ln]
   assert proc.returncode == 1 and len(lines) == 1 and "n_iter" in lines[0], proc.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------- report swap
+
+
+class _FakeCtx:
+  """Just what report.run reads: a registry of sections, cfg('report'), out_dir, workdir."""
+
+  def __init__(self, workdir, registry):
+    import ml_collections
+    self.workdir, self.registry = str(workdir), registry
+    self._cfg = ml_collections.ConfigDict({"sections": "all"})
+
+  def cfg(self, name):
+    return self._cfg
+
+  def out_dir(self, name):
+    return os.path.join(self.workdir, name)
+
+
+def _stage(section):
+  import types
+  return types.SimpleNamespace(section=section, summary=None)
+
+
+def test_data_loss_failed_report_run_deletes_nothing(tmp_path):
+  from lis_jax.stages import report
+  rep = tmp_path / "report"
+  rep.mkdir()
+  old = {n: f"old {n}".encode() for n in report.FIGURES + ("index.html", "summary.json")}
+  for n, data in old.items():
+    (rep / n).write_bytes(data)
+
+  def sweep_section(ctx):  # writes its figure, as the sweep stage does
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(os.path.join(ctx.out_dir("report"), "sweeps.png"))
+    return "<h2>sweeps</h2>"
+
+  def failing_section(ctx):
+    raise errors.PipelineError("boundary: outputs of a different config (generator)")
+
+  ctx = _FakeCtx(tmp_path, {"sweep": _stage(sweep_section), "boundary": _stage(failing_section)})
+  with pytest.raises(errors.PipelineError, match="different config"):
+    report.run(ctx)
+  assert {n: (rep / n).read_bytes() for n in old} == old  # every old file as it was
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no staging left
+
+  ctx = _FakeCtx(tmp_path, {"sweep": _stage(sweep_section)})  # a run that succeeds
+  report.run(ctx)
+  assert "<h2>sweeps</h2>" in (rep / "index.html").read_text()
+  assert (rep / "sweeps.png").read_bytes() != old["sweeps.png"]
+  assert not (rep / "counterfactuals.png").exists()  # not made by this run: removed at the swap
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
