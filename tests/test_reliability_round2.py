@@ -519,3 +519,61 @@ def test_data_loss_failed_report_run_deletes_nothing(tmp_path):
   assert (rep / "sweeps.png").read_bytes() != old["sweeps.png"]
   assert not (rep / "counterfactuals.png").exists()  # not made by this run: removed at the swap
   assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+
+
+# ----------------------------------------------------------------------------- quantify labels
+
+
+def _labelled_workdir(tmp_path, parts=None):
+  """A tiny run context whose quantify.labels directory holds the world's own masks of
+  the images `label export` wrote (one per class)."""
+  from configs import demo
+  from lis_jax import stages
+  from lis_jax.label import export
+  from lis_jax.quantify import segment
+  config = demo.get_config()
+  config.generator = "tests.test_label_roundtrip:small_world"  # the shapes world at 32 px
+  config.quantify.resolution = 0
+  config.quantify.labels = "seg"
+  config.quantify.epochs = 1
+  config.quantify.n_labelled = 2
+  ctx = stages.context(config, str(tmp_path))
+  d = export.export(ctx, 1, batch_size=4)
+  names = layout.read_export(d)["names"]
+  ws = np.stack([np.load(d.w(n)) for n in names])
+  res = ctx.cfg("quantify").resolution or ctx.G.resolution
+  labels, world_parts = segment.ground_truth_labels(ctx.G, segment.as_ws(ws, ctx.G.num_ws), res)
+  os.makedirs(d.sub("labels"), exist_ok=True)
+  for n, y in zip(names, np.asarray(labels)):
+    np.save(d.labels(n), y.astype(np.int32))
+  io.write_json(d.part_names_file, list(parts or world_parts))
+  os.makedirs(ctx.out_dir("quantify"), exist_ok=True)
+  return ctx, d, names
+
+
+def test_silent_changed_mask_retrains_the_segmenter(tmp_path, capsys):
+  from lis_jax.stages import quantify
+  ctx, d, names = _labelled_workdir(tmp_path)
+  quantify.segmenter(ctx)
+  assert "segmenter:" in capsys.readouterr().out  # trained
+  quantify.segmenter(ctx)
+  assert capsys.readouterr().out == ""  # the same labels: loaded
+  y = np.load(d.labels(names[0]))
+  y[0, :] = 1 - (y[0, :] > 0)  # one row of one mask changed
+  np.save(d.labels(names[0]), y)
+  (tmp_path / "quantify" / "block_00000.npz").write_bytes(b"measured by the old segmenter")
+  quantify.segmenter(ctx)
+  out = capsys.readouterr().out
+  assert "labels in seg changed since the segmenter was trained" in out and "segmenter:" in out
+  assert not (tmp_path / "quantify" / "block_00000.npz").exists()  # measured again
+
+
+def test_traceback_labels_parts_differ_from_the_world(tmp_path):
+  from lis_jax.quantify import segment
+  from lis_jax.stages import quantify
+  ctx, d, _ = _labelled_workdir(tmp_path)
+  world = layout.read_part_names(d)
+  io.write_json(d.part_names_file, [p if p != world[1] else "head" for p in world])
+  with pytest.raises(segment.SegmentationError, match="differ from the world's") as e:
+    quantify.segmenter(ctx)
+  assert "\n" not in str(e.value)
