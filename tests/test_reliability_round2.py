@@ -577,3 +577,35 @@ def test_traceback_labels_parts_differ_from_the_world(tmp_path):
   with pytest.raises(segment.SegmentationError, match="differ from the world's") as e:
     quantify.segmenter(ctx)
   assert "\n" not in str(e.value)
+
+
+# ----------------------------------------------------------------------------- readers downstream
+
+
+def _boundary_batch(**change):
+  b = {"search": np.arange(4), "origin": np.zeros(4, np.int64), "target": np.ones(4, np.int64),
+       "t_leave": np.array([0.2, 0.3, np.nan, 0.5]), "t_reach": np.array([0.4, np.nan, np.nan, 0.6]),
+       "leave_found": np.array([True, True, False, True]), "reach_found": np.array([True, False, False, True]),
+       "width": np.full(4, 0.01), "pred_grid": np.zeros((4, 3), np.int64),
+       "pt.area": np.full((4, 4, 2), 0.1), "null.area": np.full((4, 1, 2), 0.1)}
+  b.update(change)
+  return b
+
+
+@pytest.mark.parametrize("case,change,message", [
+    ("nan-area", {"pt.area": np.full((4, 4, 2), np.nan)}, "pt.area holds NaN"),
+    ("nan-search", {"width": np.array([0.01, np.nan, 0.01, 0.01])}, "width holds NaN"),
+    ("reach-found-nan-t", {"t_reach": np.array([np.nan, np.nan, np.nan, 0.6])}, "reach_found disagrees with t_reach"),
+    ("leave-found-nan-t", {"leave_found": np.array([True, True, True, True])}, "leave_found disagrees with t_leave")])
+def test_silent_boundary_batch_checked_on_read(tmp_path, capsys, case, change, message):
+  from lis_jax.stages import boundary
+  store = boundary._store(str(tmp_path))
+  os.makedirs(store.directory)
+  store.write(0, **_boundary_batch())
+  store.write(1, **_boundary_batch(**change))  # a valid checksum over a value never written
+  with pytest.raises(io.CorruptFileError, match=message):
+    boundary.load_batches(str(tmp_path))
+  boundary.drop_bad_batches(str(tmp_path), 2)
+  assert "recomputing it" in capsys.readouterr().out
+  assert os.path.exists(store.path(0)) and not os.path.exists(store.path(1))
+  assert len(boundary.load_batches(str(tmp_path))) == 1
