@@ -609,3 +609,24 @@ def test_silent_boundary_batch_checked_on_read(tmp_path, capsys, case, change, m
   assert "recomputing it" in capsys.readouterr().out
   assert os.path.exists(store.path(0)) and not os.path.exists(store.path(1))
   assert len(boundary.load_batches(str(tmp_path))) == 1
+
+
+def test_silent_truncated_selectivity_csv_refused(tmp_path):
+  from lis_jax.stages import quantify
+  q = tmp_path / "quantify"
+  q.mkdir()
+  cols = ["unit", "part", "metric", "mean", "ci_low", "ci_high", "n", "null_rms", "effect", "p_null",
+          "selective", "rank"]
+  rows = [[u, "cap", "area", 0.1, 0.0, 0.2, 8, 0.1, 1.0, 0.01, True, 1] for u in range(40)]
+  text = ",".join(cols) + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows)
+  (q / "selectivity.csv").write_text(text)
+  io.write_json(str(q / "manifest.json"), {"n_blocks": 1, "selectivity_sha256": io.sha256_file(str(q / "selectivity.csv"))})
+  assert len(quantify.load(str(tmp_path)).rows) == 40  # intact: read
+  lines = text.splitlines(keepends=True)
+  (q / "selectivity.csv").write_text("".join(lines[:21]))  # cut to half its rows
+  with pytest.raises(io.CorruptFileError, match="does not match the checksum"):
+    quantify.load(str(tmp_path))
+  (q / "selectivity.csv").write_text(text[:len(text) // 2])  # cut mid-row, no checksum recorded
+  io.write_json(str(q / "manifest.json"), {"n_blocks": 1})
+  with pytest.raises(io.CorruptFileError, match="unreadable row"):
+    quantify.load(str(tmp_path))

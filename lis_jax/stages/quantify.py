@@ -298,11 +298,16 @@ def merge(ctx) -> None:
   c = ctx.cfg(NAME)
   seg = segmenter(ctx)
   n_blocks = ctx.result("sweep").n_blocks
-  io.write_json(os.path.join(ctx.out_dir(NAME), "manifest.json"),
-                {"blocks_done": list(range(n_blocks)), "n_blocks": n_blocks,
-                 "parts": measured_parts(seg), "null_draws": c.null_draws,
-                 "samples_per_unit": c.samples_per_unit})
+  manifest = {"blocks_done": list(range(n_blocks)), "n_blocks": n_blocks,
+              "parts": measured_parts(seg), "null_draws": c.null_draws,
+              "samples_per_unit": c.samples_per_unit}
+  path = os.path.join(ctx.out_dir(NAME), "manifest.json")
+  io.write_json(path, manifest)
   summarise(ctx, seg)
+  # The table's checksum: a reader downstream (boundary, population) refuses a cut or
+  # edited selectivity.csv and the runner recomputes it.
+  manifest["selectivity_sha256"] = io.sha256_file(os.path.join(ctx.out_dir(NAME), "selectivity.csv"))
+  io.write_json(path, manifest)
 
 
 def _statistics(c, deltas, lengths, null_d, null_len, seed: int) -> dict:
@@ -386,11 +391,18 @@ def _typed(r: dict) -> dict:
 
 def load(workdir: str) -> QuantifyResult:
   out_dir = os.path.join(workdir, NAME)
-  with open(errors.require(os.path.join(out_dir, "selectivity.csv"), NAME)) as f:
-    rows = [_typed(r) for r in csv.DictReader(f)]
+  table = errors.require(os.path.join(out_dir, "selectivity.csv"), NAME)
+  manifest = io.read_json_checked(os.path.join(out_dir, "manifest.json"))
+  want = manifest.get("selectivity_sha256") if isinstance(manifest, dict) else None
+  if want and io.sha256_file(table) != want:
+    raise io.CorruptFileError(table, "does not match the checksum in manifest.json (cut or edited)")
+  try:
+    with open(table) as f:
+      rows = [_typed(r) for r in csv.DictReader(f)]
+  except (ValueError, KeyError, TypeError, AttributeError) as e:
+    raise io.CorruptFileError(table, f"unreadable row ({type(e).__name__}: {e})") from None
   opt = lambda name: (io.read_json(os.path.join(out_dir, name))
                       if os.path.exists(os.path.join(out_dir, name)) else None)
-  manifest = io.read_json_checked(os.path.join(out_dir, "manifest.json"))
   return QuantifyResult(directory=out_dir, rows=rows, segmenter_eval=opt("segmenter_eval.json"),
                         truth_check=opt("truth_check.json"), n_blocks=int(manifest["n_blocks"]))
 
