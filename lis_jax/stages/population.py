@@ -111,6 +111,8 @@ def semantic_order(ctx, c, pd, split) -> tuple[dict, dict]:
   items = held_out_items(pd.cls, split.test, c.n_items)
   r, w, cls = pd.r[items], pd.w[items], pd.cls[items]
   rng = ctx.rng(f"{NAME}.rsa")   # the RSA permutations
+  print(f"[{NAME}] RSA over {len(items)} items: {c.n_perm} permutations per comparison "
+        f"(pooled, per class, per link kind)", flush=True)
   pooled = rsa.compare(r, w, cls, metric=c.metric, k=c.k, n_perm=c.n_perm, rng=rng)
   per_class = {}
   for k in np.unique(cls):
