@@ -209,6 +209,47 @@ def _normalise_keys(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return out
 
 
+def check_storage(key: str, v: Any, what: str = "state_dict") -> None:
+  """Refuses a torch tensor whose memory is not its own: a dimension of stride 0 (an `expand`ed
+  1-element storage posing as [1e8, 512]) or a storage smaller than its elements (or than
+  the extent its strides reach). Checked before anything is materialised, so a small file
+  cannot make the converter allocate what it does not hold.
+  Raises:
+    ConversionError: one line naming `key`.
+  """
+  if not hasattr(v, "untyped_storage"):
+    return  # a numpy array is the caller's own memory (tests pass zero-memory broadcasts)
+  shape = tuple(int(n) for n in v.shape)
+  strides, item = tuple(int(t) for t in v.stride()), v.element_size()
+  have, offset = v.untyped_storage().nbytes(), int(v.storage_offset())
+  numel = int(np.prod(shape, dtype=object)) if shape else 1
+  if numel == 0:
+    return
+  if any(n > 1 and t == 0 for n, t in zip(shape, strides)):
+    raise ConversionError(f"{what}: {key} {list(shape)} repeats its memory (a stride-0 "
+                          f"dimension, strides {list(strides)}); save real tensors "
+                          "(e.g. .clone()) instead of expanded views")
+  extent = offset + 1 + sum((n - 1) * abs(t) for n, t in zip(shape, strides))
+  if have < numel * item or have < extent * item:
+    raise ConversionError(f"{what}: {key} {list(shape)} needs {max(numel, extent) * item} bytes "
+                          f"but its storage holds {have}; the file is corrupt or crafted")
+
+
+def check_values(key: str, v: np.ndarray, what: str = "state_dict") -> None:
+  """Refuses NaN / inf in a float tensor and a negative BatchNorm running_var (one line
+  naming `key`): eval-mode BatchNorm divides by sqrt(var + eps), so either makes every
+  prediction NaN or silently wrong."""
+  if not np.issubdtype(v.dtype, np.floating) or v.size == 0:
+    return
+  bad = ~np.isfinite(v)
+  if bad.any():
+    raise ConversionError(f"{what}: {key} {list(v.shape)} has {int(bad.sum())} non-finite "
+                          f"value(s) (NaN or inf) of {v.size}; refusing to convert it")
+  if key.endswith("running_var") and (v < 0).any():
+    raise ConversionError(f"{what}: {key} has {int((v < 0).sum())} negative variance(s) "
+                          f"(min {float(v.min()):.3g}); a running variance is >= 0")
+
+
 def _to_numpy(v: Any) -> np.ndarray:
   if hasattr(v, "detach"):                                       # a torch.Tensor
     v = v.detach().cpu()
@@ -253,7 +294,12 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any],
   """
   if arch not in archs.ARCHS:
     raise ConversionError(f"unknown --arch {arch!r}; known: {', '.join(sorted(archs.ARCHS))}")
-  sd = _normalise_keys({k: _to_numpy(v) for k, v in _check_state_dict(state_dict, what).items()})
+  state_dict = _check_state_dict(state_dict, what)
+  for k, v in state_dict.items():
+    check_storage(k, v, what)                  # before anything is copied or converted
+  sd = _normalise_keys({k: _to_numpy(v) for k, v in state_dict.items()})
+  for k, v in sd.items():
+    check_values(k, v, what)
 
   # The head's output size is the number of classes; the rest of the table is fixed.
   head = name_table(archs.module_for(arch))[-1]

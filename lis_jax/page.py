@@ -1,26 +1,78 @@
-"""HTML building blocks of the report page (tables, figures, the page itself)."""
+"""HTML building blocks of the report page (tables, figures, the page itself).
+
+Text is escaped where it lands: `table` escapes every cell that is not `Raw` (markup this
+module built: `escape`, `img`, `raw`), so a part, class or file name from a user's file
+(`<img src=x onerror=...>`, `<!--<script>`) is shown as text, never run.
+"""
 from __future__ import annotations
 
 import html as _html
+import json
+import re
 
 import numpy as np
 
 from lis_jax import images
 
-escape = _html.escape
+
+class Raw(str):
+  """A string that is already HTML (escaped text or markup built here): `table` keeps it."""
+
+
+def raw(s: str) -> Raw:
+  """Marks trusted markup (built from escaped parts) as HTML for `table`."""
+  return Raw(s)
+
+
+def escape(s, quote: bool = True) -> Raw:
+  """Text -> HTML text (&, <, >, and quotes escaped), marked `Raw` so it is not escaped twice."""
+  return Raw(_html.escape(str(s), quote))
+
+
+# An HTML character reference: left alone by `escape_once`.
+_ENTITY = re.compile(r"&(?!(?:#[0-9]+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);)")
+
+
+def escape_once(s) -> Raw:
+  """Like `escape`, but character references already in `s` (`&amp;`, `&#x27;`) are kept:
+  safe for text that may or may not have been escaped (no tag or attribute can survive)."""
+  s = _ENTITY.sub("&amp;", str(s))
+  return Raw(s.replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;").replace("'", "&#x27;"))
+
+
+def script_json(obj) -> str:
+  """`obj` as JSON safe inside <script> (also type=application/json): <, >, & and U+2028/9
+  become JSON unicode escapes, so no `</script>`, `<!--` or `<script>` can reach the HTML
+  parser (the value JSON.parse returns is unchanged)."""
+  s = json.dumps(obj, ensure_ascii=True, allow_nan=False)
+  for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                  ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+    s = s.replace(ch, esc)
+  return s
+
+
+def _cell(v, escape_cells: bool) -> str:
+  if isinstance(v, Raw):
+    return v
+  return _html.escape(str(v)) if escape_cells else escape_once(v)
 
 
 def table(cols, rows, escape_cells: bool = True) -> str:
-  """An HTML table: header `cols`, one <tr> per row of `rows`."""
-  esc = _html.escape if escape_cells else (lambda s: s)
-  head = "".join(f"<th>{_html.escape(str(c))}</th>" for c in cols)
-  body = "".join("<tr>" + "".join(f"<td>{esc(str(v))}</td>" for v in r) + "</tr>" for r in rows)
+  """An HTML table: header `cols`, one <tr> per row of `rows`.
+
+  Cells that are `Raw` (from `escape`, `img`, `raw`) go in as they are; any other cell is
+  escaped (escape_cells=False: with `escape_once`, for callers that escaped some cells with
+  html.escape themselves; a tag in such a cell is still shown as text).
+  """
+  head = "".join(f"<th>{_cell(c, True)}</th>" for c in cols)
+  body = "".join("<tr>" + "".join(f"<td>{_cell(v, escape_cells)}</td>" for v in r) + "</tr>"
+                 for r in rows)
   return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def img(uint8: np.ndarray, scale: int = 1) -> str:
+def img(uint8: np.ndarray, scale: int = 1) -> Raw:
   """An inline <img> of a uint8 [H, W, 3] image."""
-  return f"<img src='{images.png_uri(uint8, scale)}'>"
+  return Raw(f"<img src='{images.png_uri(uint8, scale)}'>")
 
 
 def fmt(x, digits: int = 3) -> str:

@@ -64,8 +64,20 @@ TOP_RULES: dict[str, Rule] = {
 }
 
 
+def why(rule: Rule, reason: str) -> tuple:
+  """`rule` with the reason for its bound, said in the error line."""
+  return (*rule[:3], reason)
+
+
 def check_value(name: str, value: Any, rule: Rule) -> None:
   """Raises ValueError (one line) if `value` breaks `rule`."""
+  try:
+    _check_value(name, value, rule[:3])
+  except ValueError as e:
+    raise ValueError(f"{e} ({rule[3]})" if len(rule) > 3 else str(e)) from None
+
+
+def _check_value(name: str, value: Any, rule: Rule) -> None:
   kind, lo, hi = rule
   if kind == "choice":
     if value not in lo:

@@ -30,7 +30,9 @@ def sources(fixtures_dir, tmp_path_factory):
   """converter name -> argv that converts a small source (without --out)."""
   tmp = tmp_path_factory.mktemp("sources")
   torch.manual_seed(0)  # random weights: zeros would compress to fit the small tmpfs
-  weights = {k: torch.randn_like(v) if v.is_floating_point() else v
+  # (|randn| for running variances: the converter refuses negative ones.)
+  weights = {k: (torch.randn_like(v).abs() if k.endswith("running_var") else torch.randn_like(v))
+             if v.is_floating_point() else v
              for k, v in zeros_state_dict("resnet18", num_classes=3).items()}
   torch.save(weights, tmp / "w.pth")
   return {"stylegan_xl": ["--pkl", str(fixtures_dir / "sgxl_stem16.pkl")],

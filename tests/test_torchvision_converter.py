@@ -127,7 +127,9 @@ def test_every_architecture_converts(arch):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 def test_other_float_dtypes_convert_to_float32(dtype):
-  sd = {k: v.normal_() if v.is_floating_point() else v
+  # Running variances are >= 0 (the converter refuses negative ones): |normal|.
+  sd = {k: (v.normal_().abs_() if k.endswith("running_var") else v.normal_())
+        if v.is_floating_point() else v
         for k, v in zeros_state_dict("resnet18", num_classes=4).items()}
   variables, _ = tvc.convert("resnet18", {k: v.to(dtype) if v.is_floating_point() else v
                                           for k, v in sd.items()})
@@ -212,4 +214,94 @@ def test_command_line_error_is_one_line(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 1
   assert proc.stderr.strip().splitlines() == [f"error: weights file not found: {tmp_path / 'nope.pth'}"]
+  assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- round 2 (issue 22)
+
+# A 2-core test machine's python + torch + jax import and a refused conversion stay below
+# 0.5 GiB resident (measured 0.40 GiB, /usr/bin/time -v); an address-space cap of 6 GiB
+# leaves room for JAX's reservations while a [1e8, 512] float32 weight (205 GB) cannot fit.
+CONVERTER_AS_LIMIT = 6 << 30
+
+
+def _with(**changes):
+  def make():
+    sd = zeros_state_dict("resnet18")
+    for key, value in changes.items():
+      sd[key.replace("__", ".")] = value() if callable(value) else value
+    return sd
+  return make
+
+
+def _nan(shape):
+  a = torch.zeros(shape)
+  a.view(-1)[3] = float("nan")
+  return a
+
+
+def _short_record(tmp_path):
+  """A .pth whose pickled fc.weight claims more elements than its storage holds."""
+  import io as _io
+  import zipfile
+  sd = zeros_state_dict("resnet18")
+  sd["fc.weight"] = torch.arange(15.).reshape(3, 5)
+  buf = _io.BytesIO()
+  torch.save(sd, buf)
+  zin = zipfile.ZipFile(_io.BytesIO(buf.getvalue()))
+  with zipfile.ZipFile(tmp_path / "w.pth", "w") as zout:
+    for info in zin.infolist():
+      data = zin.read(info.filename)
+      if info.filename.endswith("data.pkl"):
+        assert data.count(b"K\x03K\x05\x86") == 1  # the pickled size (3, 5) -> (5, 5)
+        data = data.replace(b"K\x03K\x05\x86", b"K\x05K\x05\x86")
+      zout.writestr(info, data)
+  return tmp_path / "w.pth"
+
+
+ROUND2 = {
+    # name: (make the weights file, what the one-line error must say)
+    "nan-weight": (_save(_with(layer1__0__conv1__weight=lambda: _nan((64, 64, 3, 3)))),
+                   "layer1.0.conv1.weight [64, 64, 3, 3] has 1 non-finite"),
+    "all-inf-fc": (_save(_with(fc__weight=lambda: torch.full((1000, 512), float("inf")))),
+                   "fc.weight [1000, 512] has 512000 non-finite"),
+    "nan-running-mean": (_save(_with(bn1__running_mean=lambda: _nan((64,)))),
+                         "bn1.running_mean [64] has 1 non-finite"),
+    "negative-running-var": (_save(_with(bn1__running_var=lambda: -torch.ones(64))),
+                             "bn1.running_var has 64 negative variance(s)"),
+    "stride0-fc": (_save(_with(fc__weight=lambda: torch.zeros(1).expand(1000, 512))),
+                   "fc.weight [1000, 512] repeats its memory (a stride-0 dimension"),
+    "short-storage": (_short_record, "cannot read"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ROUND2))
+def test_round2_bad_weights_refused_naming_the_key(case, tmp_path, capsys):
+  make, message = ROUND2[case]
+  weights = make(tmp_path)
+  out = tmp_path / "out"
+  rc = tvc.main(["--arch", "resnet18", "--weights", str(weights), "--out", str(out)])
+  err = capsys.readouterr().err
+  assert rc == 1 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+  assert message in err, err
+  assert not out.exists()
+
+
+@pytest.mark.parametrize("n_classes", [1_500_000, 100_000_000])
+def test_round2_expanded_head_bounded_memory(tmp_path, n_classes):
+  """The issue's 44 MB .pth: fc.weight a 1-element storage expanded to [n, 512] (num_classes
+  read as n). Refused in one line under a 6 GiB address-space cap."""
+  import resource
+  sd = zeros_state_dict("resnet18")
+  sd["fc.weight"] = torch.zeros(1).expand(n_classes, 512)
+  sd["fc.bias"] = torch.zeros(1).expand(n_classes)
+  torch.save(sd, tmp_path / "w.pth")
+  cap = lambda: resource.setrlimit(resource.RLIMIT_AS, (CONVERTER_AS_LIMIT, CONVERTER_AS_LIMIT))
+  proc = subprocess.run(
+      [sys.executable, "-m", "converters.torchvision", "--arch", "resnet18",
+       "--weights", str(tmp_path / "w.pth"), "--out", str(tmp_path / "out")],
+      cwd=ROOT, capture_output=True, text=True, timeout=180, preexec_fn=cap)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and "fc.weight" in lines[0] and "stride-0" in lines[0], lines
   assert not (tmp_path / "out").exists()

@@ -16,12 +16,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from lis_jax import context, errors, images, io, spec
 from lis_jax.generators import base
-from lis_jax.label import layout, page
+from lis_jax.label import layout, masks, page
 
 # Starting part lists for the paper's class groups (edit part_names.json before labelling).
 GROUP_PARTS: dict[str, tuple[str, ...]] = {
@@ -31,6 +30,25 @@ GROUP_PARTS: dict[str, tuple[str, ...]] = {
     "cars": ("background", "body", "windows", "wheels", "lights"),
 }
 PLACEHOLDER_PARTS = ("background", "part_1")
+# Labelling is by hand (tens to hundreds of images); past this many the list of names alone
+# is a memory problem (--n=1e8 with two classes: 2e8 names). Export more later: a larger
+# --n keeps the images already written.
+MAX_EXPORT_IMAGES = 1_000_000
+# Images per generator call; a [1e6, 3, 256, 256] float32 batch is 98 GB.
+MAX_BATCH = 1024
+
+
+def check_counts(n: int, batch_size: int, n_classes: int) -> None:
+  """Refuses --n / --batch_size before anything is loaded or written (one line)."""
+  if not isinstance(n, int) or n < 1:
+    raise errors.PipelineError(f"--n={n}: export at least one image per class")
+  if n * n_classes > MAX_EXPORT_IMAGES:
+    raise errors.PipelineError(f"--n={n}: {n} x {n_classes} classes = {n * n_classes} images to "
+                               f"label by hand; at most {MAX_EXPORT_IMAGES} per export (a later, "
+                               f"larger --n keeps the images already written)")
+  if not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH:
+    raise errors.PipelineError(f"--batch_size={batch_size}: expected 1..{MAX_BATCH} images per "
+                               f"generator call")
 
 
 def names_in_order(classes: Sequence[int], n: int) -> list[str]:
@@ -72,19 +90,21 @@ def export(ctx: context.RunContext, n: int, batch_size: int = 16) -> layout.Labe
   Raises PipelineError for a bad config or a directory exported with a different
   generator / classes / psi / seed / resolution.
   """
-  if n < 1:
-    raise errors.PipelineError(f"--n={n}: export at least one image per class")
+  check_counts(n, batch_size, len(ctx.classes))
   c = ctx.cfg("quantify")
   d = layout.label_dir(c.labels, ctx.workdir)
   G, classes, config = ctx.G, ctx.classes, ctx.config
   res = int(c.resolution or G.resolution)
-  context.check_stage_config(d.root, {"generator": config.generator, "classes": classes.tolist(),
-                                      "psi": config.psi, "seed": config.seed, "resolution": res})
+  # The generator by content (its weights' sha256), not by path: a moved checkpoint is the
+  # same generator, a replaced one at the same path is not.
+  context.check_stage_config(d.root, {"generator": ctx.uses_value("generator"),
+                                       "classes": classes.tolist(), "psi": config.psi,
+                                       "seed": config.seed, "resolution": res})
   names = names_in_order(classes, n)
   todo = [(i, int(k)) for i in range(n) for k in classes
           if not os.path.exists(d.w(layout.image_name(i, int(k))))]
   key = ctx.key("label")
-  batch_size = max(1, batch_size)
+  batch_size = max(1, min(batch_size, len(todo)))  # fixed shapes; no padding past the work
   for s in tqdm(range(0, len(todo), batch_size), desc="[label] export", unit="batch",
                 disable=not todo):
     chunk = todo[s:s + batch_size]
@@ -120,9 +140,10 @@ def write_page(d: layout.LabelDir) -> int:
       png = f.read()
     start, status = None, "new"
     if os.path.exists(d.labels(name)):
-      start, status = np.load(d.labels(name)), "labelled"
+      start, status = layout.load_array(d.labels(name), "iu"), "labelled"
     elif os.path.exists(d.suggestion(name)):
-      start, status = np.asarray(Image.open(d.suggestion(name))), "suggested"
+      sizes = (int(meta["image_size"]), int(meta["resolution"]))
+      start, status = np.asarray(masks.open_png(d.suggestion(name), sizes)), "suggested"
     if start is not None:
       start = np.where(start < len(part_names), start, 0)  # part_names.json may have shrunk
     items.append(page.item(name, png, meta["image_size"], start, status))

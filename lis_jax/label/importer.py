@@ -20,12 +20,16 @@ def read_colours(path: str | None) -> dict | None:
   if not path:
     return None
   try:
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
       table = json.load(f)
+  except RecursionError:
+    raise masks.LabelError(f"{path}: cannot read the colour table (nested too deeply)") from None
   except (OSError, ValueError) as e:
     raise masks.LabelError(f"{path}: cannot read the colour table ({e})") from None
   if not isinstance(table, dict):
-    raise masks.LabelError(f"{path}: expected {{part name: colour}}")
+    raise masks.LabelError(f"{path}: expected {{part name: colour}}, got {type(table).__name__}")
+  for name, value in table.items():
+    masks.parse_colour(path, value)  # null, nested lists, ...: one line before any mask is read
   return table
 
 
@@ -33,7 +37,8 @@ def import_masks(d: layout.LabelDir, source: str | None = None, fmt: str = "auto
                  colours: Mapping[str, object] | None = None) -> list[str]:
   """Reads every mask under `source` (default d/masks), writes d/labels/<name>.npy.
 
-  Masks must be the exported image's size or quantify.resolution; they are resampled with
+  Masks must be the exported image's size or quantify.resolution (checked from each file's
+  header before its pixels are read); they are resampled with
   nearest neighbour to quantify.resolution. Returns the names imported.
   Raises:
     masks.LabelError: naming the file: unreadable, unknown colour, a label outside
@@ -43,11 +48,11 @@ def import_masks(d: layout.LabelDir, source: str | None = None, fmt: str = "auto
   meta = layout.read_export(d)
   part_names = layout.read_part_names(d)
   source = source or d.masks
-  found = masks.collect(source, fmt, part_names, colours)
+  res, sizes = int(meta["resolution"]), (int(meta["image_size"]), int(meta["resolution"]))
+  found = masks.collect(source, fmt, part_names, colours, sizes)
   if not found:
     raise masks.LabelError(f"{source}: no masks found (.png, LabelMe .json, or a CVAT export "
                            f"directory with {masks.CVAT_LABELMAP})")
-  res, sizes = int(meta["resolution"]), (int(meta["image_size"]), int(meta["resolution"]))
   out = {}
   for name, (path, read) in found.items():
     if not os.path.exists(d.w(name)):

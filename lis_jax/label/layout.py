@@ -24,6 +24,8 @@ import dataclasses
 import json
 import os
 
+import numpy as np
+
 from lis_jax import errors, io
 
 
@@ -66,6 +68,25 @@ class LabelDir:
   def masks(self) -> str:
     return self.sub("masks")
 
+  def content_sha256(self) -> str:
+    """sha256 of what a segmenter trained on this directory learns from: part_names.json
+    and every labels/<name>.npy with its w/<name>.npy (names and bytes, in name order).
+    A re-imported mask, a new label or an edited part list changes it."""
+    import hashlib
+    h = hashlib.sha256()
+    files = [self.part_names_file] + [p for n in self.labelled_names()
+                                      for p in (self.labels(n), self.w(n))]
+    for path in files:
+      h.update(os.path.relpath(path, self.root).encode() + b"\0")
+      try:
+        with open(path, "rb") as f:
+          for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+      except FileNotFoundError:
+        h.update(b"<missing>")
+      h.update(b"\0")
+    return h.hexdigest()
+
   def labelled_names(self) -> list[str]:
     """Names with an imported label map, sorted."""
     d = self.sub("labels")
@@ -90,7 +111,8 @@ def label_dir(labels: str, workdir: str) -> LabelDir:
 
 
 def _config_arg() -> str:
-  """The --config file of this process if absl parsed one, else a placeholder."""
+  """The --config file of this process if absl parsed one, else a placeholder (only for
+  callers that do not pass it; nothing else in label/ reads flags)."""
   from absl import flags
   from ml_collections import config_flags
   try:
@@ -99,9 +121,11 @@ def _config_arg() -> str:
     return "CONFIG"
 
 
-def missing_labels_message(d: LabelDir, labels: str, workdir: str) -> str:
-  """One line: where the labels should be and the commands that make them."""
-  cfg = _config_arg()
+def missing_labels_message(d: LabelDir, labels: str, workdir: str, cfg: str | None = None) -> str:
+  """One line: where the labels should be and the commands that make them (`cfg`: the
+  --config file to name in them; None: this process's --config flag, read by `_config_arg`
+  until the quantify stage passes it)."""
+  cfg = cfg or _config_arg()
   return (f"quantify.labels={labels!r}: no labelled masks in {d.sub('labels')}; make them with "
           f"`python -m lis_jax.label export --config={cfg} --workdir={workdir} --n=30`, paint "
           f"{d.page} and save the masks into {d.masks}, then `python -m lis_jax.label import "
@@ -113,8 +137,10 @@ def read_part_names(d: LabelDir) -> tuple[str, ...]:
   """part_names.json as a tuple; PipelineError naming the file if absent or malformed."""
   path = d.part_names_file
   try:
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
       names = json.load(f)
+  except RecursionError:
+    raise errors.PipelineError(f"{path}: not a list of part names (nested too deeply)") from None
   except FileNotFoundError:
     raise errors.PipelineError(f"{path} not found: run `python -m lis_jax.label export` first") from None
   except ValueError as e:
@@ -127,8 +153,38 @@ def read_part_names(d: LabelDir) -> tuple[str, ...]:
 
 
 def read_export(d: LabelDir) -> dict:
-  """export.json; PipelineError naming the export command if absent."""
+  """export.json; PipelineError naming the export command if absent, or the file if its
+  names, image_size or resolution are not what export writes."""
   if not os.path.exists(d.export_file):
     raise errors.PipelineError(f"{d.export_file} not found: run `python -m lis_jax.label export "
                                  f"--config=CONFIG --workdir=DIR` first")
-  return io.read_json(d.export_file)
+  try:
+    meta = io.read_json_checked(d.export_file)
+  except io.CorruptFileError as e:
+    raise errors.PipelineError(str(e)) from None
+  side = lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIDE
+  if (not isinstance(meta, dict) or not isinstance(meta.get("names"), list)
+      or not all(isinstance(n, str) and n and os.sep not in n for n in meta["names"])
+      or not side(meta.get("image_size")) or not side(meta.get("resolution"))):
+    raise errors.PipelineError(f"{d.export_file}: expected {{names: [image names], image_size: "
+                               f"1..{MAX_SIDE}, resolution: 1..{MAX_SIDE}}} as export writes it")
+  return meta
+
+
+# The largest image side a label directory holds (StyleGAN-XL's largest is 1024).
+MAX_SIDE = 8192
+
+
+def load_array(path: str, kinds: str = "fiu") -> np.ndarray:
+  """A .npy file written by export / import (w, labels): never a pickle (allow_pickle=False),
+  of a numeric dtype kind in `kinds`, finite. PipelineError naming the file otherwise."""
+  try:
+    a = np.load(path, allow_pickle=False)
+  except (OSError, ValueError, EOFError) as e:
+    raise errors.PipelineError(f"{path}: not a numeric .npy array ({io._one_line(e)})") from None
+  if not isinstance(a, np.ndarray) or a.dtype.kind not in kinds:
+    raise errors.PipelineError(f"{path}: holds {getattr(a, 'dtype', type(a).__name__)}, expected "
+                               f"numbers")
+  if a.dtype.kind == "f" and not np.isfinite(a).all():
+    raise errors.PipelineError(f"{path}: holds NaN or inf")
+  return a

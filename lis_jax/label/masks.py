@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -64,9 +65,12 @@ def parse_colour(path: str, value) -> tuple[int, int, int]:
       rgb = tuple(int(value[i:i + 2], 16) for i in (1, 3, 5))
     elif isinstance(value, str):
       rgb = tuple(int(v) for v in value.split(","))
+    elif isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool)
+                                                  for v in value):
+      rgb = tuple(value)
     else:
-      rgb = tuple(int(v) for v in value)
-  except ValueError:
+      rgb = ()
+  except (ValueError, TypeError):
     rgb = ()
   if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
     raise LabelError(f"{path}: colour {value!r} is not '#rrggbb', 'r,g,b' or [r, g, b]")
@@ -83,17 +87,49 @@ def colour_table(part_names: Sequence[str], colours: Mapping[str, object] | None
       raise LabelError(f"{path}: label(s) {unknown} not in part_names.json ({', '.join(part_names)})")
     table = {rgb: i for rgb, i in table.items() if part_names[i] not in colours}
     for name, value in colours.items():
-      table[parse_colour(path, value)] = part_names.index(name)
+      _add_colour(path, table, parse_colour(path, value), part_names.index(name), part_names)
   return table
+
+
+def _add_colour(path: str, table: dict, rgb: tuple[int, int, int], index: int,
+                part_names: Sequence[str]) -> None:
+  """table[rgb] = index; LabelError if `rgb` already stands for another part (one colour
+  for two parts would import all of one as the other)."""
+  other = table.get(rgb)
+  if other is not None and other != index:
+    raise LabelError(f"{path}: colour {rgb} is given to both {part_names[other]!r} and "
+                     f"{part_names[index]!r}; each part needs its own colour")
+  table[rgb] = index
 
 
 # ----------------------------------------------------------------------------- readers
 
 
-def _open_png(path: str) -> Image.Image:
+# The largest mask read when no image size is known: PIL's own decompression-bomb limit
+# (89 Mpx); with the exported image's size known, only that size (or quantify's) is read.
+MAX_MASK_PIXELS = Image.MAX_IMAGE_PIXELS
+
+
+def check_size(path: str, width: int, height: int, sizes: Sequence[int] | None) -> None:
+  """Refuses a declared mask size other than the image's (any of `sizes`, square), or more
+  than MAX_MASK_PIXELS when no size is known; called before any pixel is allocated."""
+  if sizes:
+    if width != height or width not in sizes:
+      want = " or ".join(f"{s} x {s}" for s in sorted(set(sizes), reverse=True))
+      raise LabelError(f"{path}: size mismatch: the mask is {width} x {height} but its image is {want}")
+  elif width < 1 or height < 1 or width * height > (MAX_MASK_PIXELS or 1 << 30):
+    raise LabelError(f"{path}: a {width} x {height} mask is beyond the {MAX_MASK_PIXELS} pixels read")
+
+
+def _open_png(path: str, sizes: Sequence[int] | None = None) -> Image.Image:
   try:
-    img = Image.open(path)
+    with warnings.catch_warnings():        # PIL's bomb warning: check_size decides instead
+      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+      img = Image.open(path)               # reads the header only
+    check_size(path, *img.size, sizes)     # before the pixels are decoded
     img.load()
+  except Image.DecompressionBombError as e:
+    raise LabelError(f"{path}: image too large to read ({e})") from None
   except (OSError, SyntaxError, ValueError) as e:
     raise LabelError(f"{path}: not a readable image ({e})") from None
   return img
@@ -106,6 +142,9 @@ def _check_indices(path: str, labels: np.ndarray, n_parts: int) -> np.ndarray:
     raise LabelError(f"{path}: label {int(labels[y, x])} at pixel (x={x}, y={y}) is outside "
                      f"part_names.json (0..{n_parts - 1})")
   return labels.astype(np.int32)
+
+
+open_png = _open_png  # public: a PNG whose declared size is checked before it is decoded
 
 
 def rgb_to_labels(path: str, rgb: np.ndarray, table: Mapping[tuple[int, int, int], int]) -> np.ndarray:
@@ -131,9 +170,10 @@ def _describe(table: Mapping[tuple[int, int, int], int]) -> str:
 
 
 def read_png(path: str, part_names: Sequence[str],
-             colours: Mapping[str, object] | None = None) -> np.ndarray:
+             colours: Mapping[str, object] | None = None,
+             sizes: Sequence[int] | None = None) -> np.ndarray:
   """An indexed / grayscale PNG (values = part indices) or an RGB(A) one (colour per part)."""
-  img = _open_png(path)
+  img = _open_png(path, sizes)
   if img.mode in ("P", "L", "I", "I;16"):
     return _check_indices(path, np.asarray(img).astype(np.int64), len(part_names))
   if img.mode in ("RGB", "RGBA"):
@@ -141,55 +181,113 @@ def read_png(path: str, part_names: Sequence[str],
   raise LabelError(f"{path}: image mode {img.mode!r} is neither indexed (P, L) nor RGB")
 
 
-def read_labelme(path: str, part_names: Sequence[str]) -> np.ndarray:
-  """A LabelMe JSON file -> [imageHeight, imageWidth] label map, shapes drawn in file order."""
-  try:
-    with open(path) as f:
-      doc = json.load(f)
-    h, w = int(doc["imageHeight"]), int(doc["imageWidth"])
-    shapes = list(doc.get("shapes") or [])
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise LabelError(f"{path}: not a LabelMe JSON file with imageHeight, imageWidth and shapes "
-                     f"({type(e).__name__}: {e})") from None
+def read_labelme(path: str, part_names: Sequence[str],
+                 sizes: Sequence[int] | None = None) -> np.ndarray:
+  """A LabelMe JSON file -> [imageHeight, imageWidth] label map, shapes drawn in file order.
+
+  The declared size is checked (against `sizes`, the image's) before the canvas is made;
+  shapes must be objects with a label, a type and a list of [x, y] pairs of finite numbers
+  within the image (give or take one image size); anything else is one LabelError line.
+  """
+  doc = _read_json(path)
+  if not isinstance(doc, dict) or "imageHeight" not in doc or "imageWidth" not in doc:
+    raise LabelError(f"{path}: not a LabelMe JSON file (an object with imageHeight, imageWidth "
+                     f"and shapes)")
+  h, w = _dimension(path, doc, "imageHeight"), _dimension(path, doc, "imageWidth")
+  check_size(path, w, h, sizes)
+  shapes = doc.get("shapes")
+  shapes = [] if shapes is None else shapes
+  if not isinstance(shapes, list):
+    raise LabelError(f"{path}: 'shapes' is a {type(shapes).__name__}, expected a list of shapes")
+  drawn = [_labelme_shape(path, k, shape, part_names, w, h) for k, shape in enumerate(shapes)]
   canvas = Image.new("I", (w, h), 0)
   draw = ImageDraw.Draw(canvas)
-  for k, shape in enumerate(shapes):
-    label = shape.get("label")
-    if label not in part_names:
-      raise LabelError(f"{path}: shape {k} has label {label!r}, which is not in part_names.json "
-                       f"({', '.join(part_names)})")
-    kind = shape.get("shape_type") or "polygon"
-    pts = [tuple(float(v) for v in p) for p in shape.get("points", [])]
-    value = part_names.index(label)
-    if kind == "polygon" and len(pts) >= 3:
+  for kind, pts, value in drawn:
+    if kind == "polygon":
       draw.polygon(pts, fill=value)
-    elif kind == "rectangle" and len(pts) == 2:
+    elif kind == "rectangle":
       (x0, y0), (x1, y1) = pts
       draw.rectangle([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], fill=value)
-    elif kind == "circle" and len(pts) == 2:
+    else:
       (cx, cy), (px, py) = pts
       r = float(np.hypot(px - cx, py - cy))
       draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=value)
-    else:
-      raise LabelError(f"{path}: shape {k} ({label!r}) is a {kind} with {len(pts)} points; "
-                       f"only polygons (>= 3 points), rectangles and circles are read")
   return np.asarray(canvas).astype(np.int32)
+
+
+def _read_json(path: str):
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except RecursionError:
+    raise LabelError(f"{path}: JSON nested too deeply to be a LabelMe file") from None
+  except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+    raise LabelError(f"{path}: not a LabelMe JSON file ({type(e).__name__}: {e})") from None
+
+
+def _dimension(path: str, doc: dict, key: str) -> int:
+  v = doc[key]
+  ok = isinstance(v, int) and not isinstance(v, bool)
+  ok = ok or (isinstance(v, float) and np.isfinite(v) and v == int(v))
+  if not ok or int(v) < 1:
+    raise LabelError(f"{path}: {key} {v!r} is not a positive whole number of pixels")
+  return int(v)
+
+
+def _is_number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _labelme_shape(path, k, shape, part_names, w, h):
+  """One LabelMe shape -> (kind, [(x, y), ...], part index), or a LabelError line."""
+  if not isinstance(shape, dict):
+    raise LabelError(f"{path}: shape {k} is a {type(shape).__name__}, expected an object with "
+                     f"label, shape_type and points")
+  label = shape.get("label")
+  if not isinstance(label, str) or label not in part_names:
+    raise LabelError(f"{path}: shape {k} has label {label!r}, which is not in part_names.json "
+                     f"({', '.join(part_names)})")
+  kind = shape.get("shape_type") or "polygon"
+  points = shape.get("points")
+  if not isinstance(points, list) or not all(
+      isinstance(p, list) and len(p) == 2 and all(_is_number(v) for v in p) for p in points):
+    raise LabelError(f"{path}: shape {k} ({label!r}): points must be a list of [x, y] number "
+                     f"pairs, got {_preview(points)}")
+  pts = [(float(x), float(y)) for x, y in points]
+  for j, (x, y) in enumerate(pts):
+    # LabelMe keeps points near the image; one image size beyond each edge is generous.
+    if not (np.isfinite(x) and np.isfinite(y) and -w <= x <= 2 * w and -h <= y <= 2 * h):
+      raise LabelError(f"{path}: shape {k} ({label!r}) point {j} ({x!r}, {y!r}) is not a finite "
+                       f"coordinate near the {w} x {h} image")
+  need = {"polygon": (3, None), "rectangle": (2, 2), "circle": (2, 2)}.get(kind)
+  if need is None or len(pts) < need[0] or (need[1] is not None and len(pts) != need[1]):
+    raise LabelError(f"{path}: shape {k} ({label!r}) is a {kind} with {len(pts)} points; "
+                     f"only polygons (>= 3 points), rectangles and circles are read")
+  return kind, pts, part_names.index(label)
+
+
+def _preview(v, n: int = 60) -> str:
+  text = repr(v)
+  return text if len(text) <= n else text[:n] + "..."
 
 
 def read_cvat_labelmap(path: str, part_names: Sequence[str]) -> dict[tuple[int, int, int], int]:
   """CVAT's labelmap.txt ('name:r,g,b:parts:actions' lines) -> (r, g, b) -> part index."""
   table: dict[tuple[int, int, int], int] = {}
   try:
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
       lines = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
   except OSError as e:
     raise LabelError(f"{path}: cannot read ({e})") from None
+  except UnicodeDecodeError as e:
+    raise LabelError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); CVAT writes "
+                     f"labelmap.txt as UTF-8") from None
   for ln in lines:
     name, _, rest = ln.partition(":")
     rgb = parse_colour(path, rest.split(":")[0])
     if name not in part_names:
       raise LabelError(f"{path}: label {name!r} is not in part_names.json ({', '.join(part_names)})")
-    table[rgb] = part_names.index(name)
+    _add_colour(path, table, rgb, part_names.index(name), part_names)
   if not table:
     raise LabelError(f"{path}: no labels")
   return table
@@ -206,12 +304,16 @@ def mask_name(path: str) -> str:
 
 
 def collect(path: str, fmt: str, part_names: Sequence[str],
-            colours: Mapping[str, object] | None = None) -> dict[str, tuple[str, Callable[[], np.ndarray]]]:
+            colours: Mapping[str, object] | None = None,
+            sizes: Sequence[int] | None = None) -> dict[str, tuple[str, Callable[[], np.ndarray]]]:
   """Mask files under `path` (a directory or one file) -> {image name: (file, reader)}.
 
   fmt: 'auto' (CVAT if `path` holds labelmap.txt, else by extension: .json LabelMe,
   .png indexed or RGB by the image mode), or one of FORMATS to insist on.
-  Of several browser copies of one name ('x.png', 'x (1).png') the newest file wins.
+  Of several browser copies of one name ('x.png', 'x (1).png') the newest file wins; files
+  of two formats for one image (x.json and x.png) are refused (LabelError naming both).
+  sizes: the image's allowed mask sides; a reader checks a file's declared size against
+  them before it allocates anything.
   """
   if fmt not in FORMATS:
     raise LabelError(f"--format={fmt!r}: expected one of {', '.join(FORMATS)}")
@@ -219,7 +321,7 @@ def collect(path: str, fmt: str, part_names: Sequence[str],
     raise LabelError(f"{path}: no such file or directory")
   if os.path.isdir(path) and (fmt == "cvat" or (fmt == "auto" and
                                                 os.path.exists(os.path.join(path, CVAT_LABELMAP)))):
-    return _collect_cvat(path, part_names)
+    return _collect_cvat(path, part_names, sizes)
   if fmt == "cvat":
     raise LabelError(f"{path}: a CVAT export is a directory with {CVAT_LABELMAP} and {CVAT_MASK_DIR}/")
   files = ([os.path.join(path, f) for f in sorted(os.listdir(path))] if os.path.isdir(path) else [path])
@@ -227,29 +329,35 @@ def collect(path: str, fmt: str, part_names: Sequence[str],
   files = [f for f in files if f.lower().endswith(want) and os.path.isfile(f)]
   newest: dict[str, str] = {}
   for f in sorted(files, key=os.path.getmtime):
+    other = newest.get(mask_name(f))
+    if other is not None and os.path.splitext(other)[1].lower() != os.path.splitext(f)[1].lower():
+      a, b = sorted((other, f))
+      raise LabelError(f"{a}: two label files for image {mask_name(f)!r} ({a} and {b}); "
+                       f"keep the one you mean and move the other away")
     newest[mask_name(f)] = f
   out = {}
   for name, f in sorted(newest.items()):
     if f.lower().endswith(".json"):
-      out[name] = (f, lambda f=f: read_labelme(f, part_names))
+      out[name] = (f, lambda f=f: read_labelme(f, part_names, sizes))
     elif fmt == "indexed":
-      out[name] = (f, lambda f=f: _read_indexed_only(f, part_names))
+      out[name] = (f, lambda f=f: _read_indexed_only(f, part_names, sizes))
     elif fmt == "rgb":
-      out[name] = (f, lambda f=f: rgb_to_labels(f, np.asarray(_open_png(f).convert("RGB")),
+      out[name] = (f, lambda f=f: rgb_to_labels(f, np.asarray(_open_png(f, sizes).convert("RGB")),
                                                  colour_table(part_names, colours)))
     else:
-      out[name] = (f, lambda f=f: read_png(f, part_names, colours))
+      out[name] = (f, lambda f=f: read_png(f, part_names, colours, sizes))
   return out
 
 
-def _read_indexed_only(path: str, part_names: Sequence[str]) -> np.ndarray:
-  img = _open_png(path)
+def _read_indexed_only(path: str, part_names: Sequence[str],
+                       sizes: Sequence[int] | None = None) -> np.ndarray:
+  img = _open_png(path, sizes)
   if img.mode not in ("P", "L", "I", "I;16"):
     raise LabelError(f"{path}: --format=indexed but the PNG is {img.mode} (use --format=rgb)")
   return _check_indices(path, np.asarray(img).astype(np.int64), len(part_names))
 
 
-def _collect_cvat(path: str, part_names: Sequence[str]) -> dict:
+def _collect_cvat(path: str, part_names: Sequence[str], sizes: Sequence[int] | None = None) -> dict:
   table = read_cvat_labelmap(os.path.join(path, CVAT_LABELMAP), part_names)
   mask_dir = os.path.join(path, CVAT_MASK_DIR)
   if not os.path.isdir(mask_dir):
@@ -259,7 +367,7 @@ def _collect_cvat(path: str, part_names: Sequence[str]) -> dict:
     if f.lower().endswith(".png"):
       full = os.path.join(mask_dir, f)
       out[mask_name(full)] = (full, lambda full=full: rgb_to_labels(
-          full, np.asarray(_open_png(full).convert("RGB")), table))
+          full, np.asarray(_open_png(full, sizes).convert("RGB")), table))
   return out
 
 

@@ -4,13 +4,13 @@ starting masks embedded as JSON, so the written `label.html` needs no server or 
 from __future__ import annotations
 
 import base64
-import json
 import os
 from typing import Sequence
 
 import numpy as np
 
 from lis_jax import io
+from lis_jax import page as lis_page
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "labeller.html")
 PLACEHOLDER = "__LIS_DATA__"
@@ -38,8 +38,10 @@ def render(items: Sequence[dict], part_names: Sequence[str], title: str = "lis_j
   """The page's HTML with `items` (see `item`) and `part_names` embedded."""
   with open(TEMPLATE, encoding="utf-8") as f:
     html = f.read()
-  data = json.dumps({"title": title, "parts": list(part_names), "images": list(items)})
-  data = data.replace("</", "<\\/")  # Keeps the JSON block from closing its <script> early.
+  # <, >, & and U+2028/9 as JSON escapes: no name can close the <script> block or put the
+  # HTML parser into a comment / double-escaped state (`<!--<script>`).
+  data = lis_page.script_json({"title": str(title), "parts": [str(p) for p in part_names],
+                               "images": list(items)})
   return html.replace(PLACEHOLDER, data, 1)
 
 

@@ -48,6 +48,14 @@ def held_out_iou(G: Any, ws: jax.Array, labels: np.ndarray, part_names, c, folds
           "mean_iou": float(np.nanmean(iou)), "folds": k, "n_images": m}
 
 
+def _stack(arrays: list, what: str) -> np.ndarray:
+  shapes = sorted({a.shape for a in arrays})
+  if len(shapes) != 1:
+    raise errors.PipelineError(f"label {what} files of different shapes {shapes[:4]}: export and "
+                               f"import them again")
+  return np.stack(arrays)
+
+
 def suggest(ctx: context.RunContext, folds: int = 3) -> dict:
   """Evaluates, trains, writes suggestions and the page; returns the held-out IoU dict
   (`held_out_iou`) with 'n_suggested' added."""
@@ -60,8 +68,11 @@ def suggest(ctx: context.RunContext, folds: int = 3) -> dict:
     raise errors.PipelineError(f"no labels in {d.sub('labels')}: label some images in "
                                  f"{d.page} and run `python -m lis_jax.label import` first")
   G = ctx.G
-  ws = segment.as_ws(np.stack([np.load(d.w(n)) for n in names]), G.num_ws)
-  labels = np.stack([np.load(d.labels(n)) for n in names]).astype(np.int32)
+  ws = segment.as_ws(_stack([layout.load_array(d.w(n), "f") for n in names], "w"), G.num_ws)
+  labels = _stack([layout.load_array(d.labels(n), "iu") for n in names], "labels").astype(np.int32)
+  if labels.ndim != 3 or labels.min() < 0:
+    raise errors.PipelineError(f"{d.sub('labels')}: label maps must be [H, W] part indices >= 0; "
+                               f"import the masks again")
   if labels.max() >= len(part_names):
     raise errors.PipelineError(f"{d.sub('labels')}: label {labels.max()} outside part_names.json "
                                  f"(0..{len(part_names) - 1}); import the masks again")
@@ -71,7 +82,7 @@ def suggest(ctx: context.RunContext, folds: int = 3) -> dict:
   todo = [n for n in meta["names"] if n not in labelled]
   for s in range(0, len(todo), c.batch_size):
     chunk = todo[s:s + c.batch_size]
-    ws_u = segment.as_ws(np.stack([np.load(d.w(n)) for n in chunk]), G.num_ws)
+    ws_u = segment.as_ws(_stack([layout.load_array(d.w(n), "f") for n in chunk], "w"), G.num_ws)
     pred = segment.predict_labels(seg, G, ws_u, batch_size=c.batch_size)
     for name, p in zip(chunk, pred):
       with io.atomic_file(d.suggestion(name)) as f:

@@ -75,10 +75,18 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 # Values a run accepts (lis_jax/validate.py's rule kinds), checked before anything runs.
+# t is float32: 24 bits of mantissa, so past ~24 halvings of [0, 1] a bisection step no
+# longer moves t (the bracket stops shrinking and the loop only costs time).
+MAX_HALVINGS = 24
 RULES = {
-    "n_grid": V.int_at_least(2), "n_iter": V.nonneg_int(), "n_points": V.int_at_least(2),
-    "null_draws": V.pos_int(), "batch_size": V.pos_int(), "measure_batch": V.pos_int(),
-    "n_boot": V.pos_int(), "level": V.unit_open(), "alpha": V.unit_open(),
+    "n_grid": V.int_at_least(2), "n_iter": V.why(("int", 0, MAX_HALVINGS),
+                                                "float32 t resolves about 24 halvings of [0, 1]"),
+    "n_points": V.why(("int", 2, 1024), "images measured per search"),
+    "null_draws": ("int", 1, 1024),
+    "batch_size": V.why(("int", 1, 65536), "searches held in memory at once"),
+    "measure_batch": ("int", 1, 65536),
+    "n_boot": ("int", 1, 1_000_000), "level": V.unit_open(), "alpha": V.unit_open(),
+    "top_k": ("int", 1, 1000), "strips": V.nonneg_int(), "pairs_shown": V.nonneg_int(),
 }
 
 
@@ -99,9 +107,44 @@ def _store(workdir: str) -> blocks.BlockStore:
   return blocks.BlockStore(os.path.join(workdir, NAME), "batch", finite=False)
 
 
+# Arrays of a batch that are never NaN (the others are NaN only where documented).
+_FINITE = ("search", "origin", "target", "width", "pred_grid", "pt.area", "null.area")
+
+
+def check_batch(path: str, b: dict) -> None:
+  """What `_batch` writes, checked on read (a checksum cannot tell a NaN the writer never
+  writes): io.CorruptFileError naming the file otherwise. t_leave / t_reach are NaN
+  exactly where leave_found / reach_found are false."""
+  for k in _FINITE:
+    if k in b and not np.isfinite(b[k]).all():
+      raise io.CorruptFileError(path, f"{k} holds NaN or inf (the stage never writes them)")
+  for t, found in (("t_leave", "leave_found"), ("t_reach", "reach_found")):
+    if t in b and found in b and not np.array_equal(np.isfinite(b[t]), b[found].astype(bool)):
+      raise io.CorruptFileError(path, f"{found} disagrees with {t} (NaN exactly where not found)")
+
+
+def drop_bad_batches(workdir: str, n_batches: int) -> None:
+  """Removes batch files that pass their checksum but not `check_batch` (say so): they are
+  computed again."""
+  store = _store(workdir)
+  for b in range(n_batches):
+    if not os.path.exists(store.path(b)):
+      continue
+    try:
+      check_batch(store.path(b), store.read(b))
+    except io.CorruptFileError as e:
+      print(f"[{NAME}] {' '.join(str(e).split())[:300]}; recomputing it", flush=True)
+      os.remove(store.path(b))
+
+
 def load_batches(workdir: str) -> list[dict]:
-  """The batch files written so far, in order."""
-  return [{k: v for k, v in b.items() if k != "block"} for b in _store(workdir)]
+  """The batch files written so far, in order, each checked (`check_batch`)."""
+  store = _store(workdir)
+  out = []
+  for b in store:
+    check_batch(store.path(int(b["block"])) if "block" in b else store.directory, b)
+    out.append({k: v for k, v in b.items() if k != "block"})
+  return out
 
 
 def load(workdir: str) -> BoundaryResult:
@@ -185,6 +228,7 @@ def run(ctx) -> None:
   batch = distribute.round_up(c.batch_size, ctx.mesh)
   n = cf["search"].size
   n_batches = -(-n // batch)
+  drop_bad_batches(ctx.workdir, n_batches)
   for b in tqdm(store.todo(n_batches), unit="batch", desc=NAME):
     ids = np.arange(b * batch, min(n, (b + 1) * batch))
     out = _batch(ctx, c, seg, link, cf, ids, batch)

@@ -50,6 +50,7 @@ from lis_jax import errors, generators
 from lis_jax.generators.base import GroundTruthWorld
 from lis_jax.analysis.readout import decode_factors, readout_r2
 from lis_jax.quantify import measuring
+from lis_jax import validate as V
 from lis_jax.stages.base import Stage
 
 NAME = "invariances"
@@ -554,6 +555,17 @@ def summary(ctx) -> dict | None:
   return out
 
 
+# Values a run accepts (lis_jax/validate.py's rule kinds): every count and width >= 1.
+RULES = {
+    **{k: V.pos_int() for k in ("n_blocks", "hidden", "depth", "embed_dim", "embed_hidden", "epochs",
+                                "batch_size", "save_every", "n_conditions", "samples_per_condition",
+                                "conditions_per_block", "render_batch_size", "grid_rows")},
+    "n_mix": V.int_at_least(2), "clamp": V.pos_float(), "learning_rate": V.pos_float(),
+    "warmup_steps": V.nonneg_int(), "weight_decay": V.nonneg_float(), "clip_norm": V.pos_float(),
+    "temperature": V.pos_float(), "part_metric_train": V.nonneg_int(),
+    "part_metric_test": V.nonneg_int(), "part_metric_alpha": V.pos_float(),
+}
+
 STAGE = Stage(name=NAME, requires=("paired_data", "link"), default_config=default_config, run=run,
               load=load, uses=("seed",), section=section, summary=summary,
-              ignores=("render_batch_size", "grid_rows"), requires_when=_requires_when)
+              ignores=("render_batch_size", "grid_rows"), requires_when=_requires_when, rules=RULES)

@@ -37,6 +37,7 @@ from lis_jax import errors, io, page
 from lis_jax.analysis import classwise, rsa, superposition
 from lis_jax.generators.base import GroundTruthWorld
 from lis_jax.quantify import measuring, selectivity
+from lis_jax import validate as V
 from lis_jax.stages.base import Stage
 
 NAME = "population"
@@ -110,6 +111,8 @@ def semantic_order(ctx, c, pd, split) -> tuple[dict, dict]:
   items = held_out_items(pd.cls, split.test, c.n_items)
   r, w, cls = pd.r[items], pd.w[items], pd.cls[items]
   rng = ctx.rng(f"{NAME}.rsa")   # the RSA permutations
+  print(f"[{NAME}] RSA over {len(items)} items: {c.n_perm} permutations per comparison "
+        f"(pooled, per class, per link kind)", flush=True)
   pooled = rsa.compare(r, w, cls, metric=c.metric, k=c.k, n_perm=c.n_perm, rng=rng)
   per_class = {}
   for k in np.unique(cls):
@@ -314,5 +317,13 @@ def summary(ctx) -> dict | None:
                     for k, v in so["links"].items()}}
 
 
+# Values a run accepts (lis_jax/validate.py's rule kinds), checked before anything runs.
+RULES = {
+    "n_items": V.int_at_least(4), "metric": V.choice("correlation", "euclidean"),
+    "n_perm": V.why(("int", 1, 100_000), "a p-value of 1e-5 needs no more; each permutation "
+                    "recomputes every comparison"),
+    "k": V.pos_int(), "n_boot": ("int", 1, 1_000_000),
+}
+
 STAGE = Stage(name=NAME, requires=("paired_data", "link", "quantify"), default_config=default_config, run=run,
-              load=load, uses=("seed",), section=section, summary=summary)
+              load=load, uses=("seed",), section=section, summary=summary, rules=RULES)

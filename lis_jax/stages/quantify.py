@@ -103,6 +103,7 @@ RULES = {
     "level": V.unit_open(), "alpha": V.unit_open(), "top_k": V.pos_int(), "cards": V.nonneg_int(),
     "rank_by": V.choice("mean", "effect"), "average": V.choice("mean", "median"),
     "concepts": V.choice(*selectivity.CONCEPT_SETS),
+    "head": V.choice(*segment.HEAD_DILATIONS),
 }
 
 
@@ -123,6 +124,12 @@ def _labelled(ctx, c, key):
   if not d.labelled_names():
     raise segment.SegmentationError(layout.missing_labels_message(d, c.labels, workdir))
   w, labels, names = segment.load_label_dir(d.root)
+  world = tuple(getattr(G, "part_names", ()) or ())
+  if isinstance(G, GroundTruthWorld) and tuple(names) != world:
+    raise segment.SegmentationError(
+        f"{d.part_names_file}: parts {list(names)} differ from the world's {list(world)}; the "
+        f"checks against the world's truth (quantify, boundary) need its parts: label them, or "
+        f"use quantify.labels='ground_truth'")
   ws = segment.as_ws(w, G.num_ws)
   if labels.shape[1:] != (res, res):
     raise segment.SegmentationError(f"labelled masks are {labels.shape[1:]} but images are "
@@ -137,8 +144,15 @@ def segmenter(ctx) -> segment.Segmenter:
   c = ctx.cfg(NAME)
   out_dir = ctx.out_dir(NAME)
   ckpt = os.path.join(out_dir, "segmenter")
+  labels_sha = _labels_sha256(ctx, c)
   if _segmenter_done(out_dir, ckpt):
-    return segment.load(ckpt)
+    trained_on = io.read_json(os.path.join(out_dir, "segmenter_eval.json")).get("labels_sha256")
+    if trained_on == labels_sha or (trained_on is None and labels_sha is None):
+      return segment.load(ckpt)
+    print(f"[{NAME}] the labels in {c.labels} changed since the segmenter was trained (content "
+          f"sha256 {str(trained_on)[:12]} -> {str(labels_sha)[:12]}); training it again and "
+          f"measuring every block again", flush=True)
+    _forget_measurements(out_dir)
   G = ctx.G
   ws_tr, y_tr, ws_te, y_te, names = _labelled(ctx, c, ctx.key("quantify.labelled"))
   t0 = time.time()
@@ -148,13 +162,33 @@ def segmenter(ctx) -> segment.Segmenter:
   train_s = time.time() - t0
   ev = segment.evaluate(seg, G, ws_te, y_te) if y_te.shape[0] else {"iou": {}, "mean_iou": None,
                                                                      "n_images": 0}
-  ev.update(train_seconds=train_s, n_labelled=int(y_tr.shape[0]), labels=c.labels)
+  ev.update(train_seconds=train_s, n_labelled=int(y_tr.shape[0]), labels=c.labels,
+            labels_sha256=labels_sha)
   io.write_json(os.path.join(out_dir, "segmenter_eval.json"), ev)
   seg.save(ckpt)   # last: the checkpoint existing means its evaluation is recorded too
   miou = ev["mean_iou"]
   print(f"[quantify] segmenter: {y_tr.shape[0]} labelled images, {train_s:.0f} s, held-out mean IoU "
         f"{'n/a' if miou is None else f'{miou:.3f}'}", flush=True)
   return seg
+
+
+def _labels_sha256(ctx, c) -> str | None:
+  """The content of a labelling directory (`LabelDir.content_sha256`); None for the world's
+  own masks (their content follows from the fingerprinted config)."""
+  if c.labels == "ground_truth":
+    return None
+  from lis_jax.label import layout  # Local: the labelling tools are only needed here.
+  return layout.label_dir(c.labels, ctx.workdir).content_sha256()
+
+
+def _forget_measurements(out_dir: str) -> None:
+  """Removes what the previous segmenter measured (blocks, null, tables), keeping config.json."""
+  import shutil
+  for name in os.listdir(out_dir):
+    if name == "config.json":
+      continue
+    path = os.path.join(out_dir, name)
+    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
 def _segmenter_done(out_dir: str, ckpt: str) -> bool:
@@ -264,11 +298,16 @@ def merge(ctx) -> None:
   c = ctx.cfg(NAME)
   seg = segmenter(ctx)
   n_blocks = ctx.result("sweep").n_blocks
-  io.write_json(os.path.join(ctx.out_dir(NAME), "manifest.json"),
-                {"blocks_done": list(range(n_blocks)), "n_blocks": n_blocks,
-                 "parts": measured_parts(seg), "null_draws": c.null_draws,
-                 "samples_per_unit": c.samples_per_unit})
+  manifest = {"blocks_done": list(range(n_blocks)), "n_blocks": n_blocks,
+              "parts": measured_parts(seg), "null_draws": c.null_draws,
+              "samples_per_unit": c.samples_per_unit}
+  path = os.path.join(ctx.out_dir(NAME), "manifest.json")
+  io.write_json(path, manifest)
   summarise(ctx, seg)
+  # The table's checksum: a reader downstream (boundary, population) refuses a cut or
+  # edited selectivity.csv and the runner recomputes it.
+  manifest["selectivity_sha256"] = io.sha256_file(os.path.join(ctx.out_dir(NAME), "selectivity.csv"))
+  io.write_json(path, manifest)
 
 
 def _statistics(c, deltas, lengths, null_d, null_len, seed: int) -> dict:
@@ -352,11 +391,18 @@ def _typed(r: dict) -> dict:
 
 def load(workdir: str) -> QuantifyResult:
   out_dir = os.path.join(workdir, NAME)
-  with open(errors.require(os.path.join(out_dir, "selectivity.csv"), NAME)) as f:
-    rows = [_typed(r) for r in csv.DictReader(f)]
+  table = errors.require(os.path.join(out_dir, "selectivity.csv"), NAME)
+  manifest = io.read_json_checked(os.path.join(out_dir, "manifest.json"))
+  want = manifest.get("selectivity_sha256") if isinstance(manifest, dict) else None
+  if want and io.sha256_file(table) != want:
+    raise io.CorruptFileError(table, "does not match the checksum in manifest.json (cut or edited)")
+  try:
+    with open(table) as f:
+      rows = [_typed(r) for r in csv.DictReader(f)]
+  except (ValueError, KeyError, TypeError, AttributeError) as e:
+    raise io.CorruptFileError(table, f"unreadable row ({type(e).__name__}: {e})") from None
   opt = lambda name: (io.read_json(os.path.join(out_dir, name))
                       if os.path.exists(os.path.join(out_dir, name)) else None)
-  manifest = io.read_json_checked(os.path.join(out_dir, "manifest.json"))
   return QuantifyResult(directory=out_dir, rows=rows, segmenter_eval=opt("segmenter_eval.json"),
                         truth_check=opt("truth_check.json"), n_blocks=int(manifest["n_blocks"]))
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import tempfile
 
 import ml_collections
 import numpy as np
@@ -69,28 +71,61 @@ def section_names(ctx) -> list[str]:
   return names
 
 
+class _Staged:
+  """The run context with `report/` redirected to a staging directory beside it: sections
+  write their figures there, and nothing in `report/` changes until the page is built."""
+
+  def __init__(self, ctx, staging: str):
+    self._ctx, self._staging = ctx, staging
+
+  def out_dir(self, name: str) -> str:
+    return self._staging if name == NAME else self._ctx.out_dir(name)
+
+  def __getattr__(self, attr):
+    return getattr(self._ctx, attr)
+
+
 def run(ctx) -> None:
-  """Writes `workdir/report/` from whatever earlier stages wrote."""
+  """Writes `workdir/report/` from whatever earlier stages wrote.
+
+  The new report is written beside the old one (`workdir/.report.new-*`) and swapped in
+  file by file at the end, index.html last: a run that fails (a section's error, a
+  different config) leaves the earlier report as it was.
+  """
   names = section_names(ctx)
   out_dir = ctx.out_dir(NAME)
   os.makedirs(out_dir, exist_ok=True)
-  for name in FIGURES:  # Sections rewrite theirs; none may survive from an earlier run.
-    if os.path.exists(os.path.join(out_dir, name)):
-      os.remove(os.path.join(out_dir, name))
-  parts = []
-  for name in tqdm(names, unit="section", desc="report"):
-    part = ctx.registry[name].section(ctx)
-    if part:
-      parts.append(f'<section id="{page.escape(name)}">\n{part}\n</section>')
-  if not parts:
-    raise errors.PipelineError("nothing to report: run the link, sweep or counterfactual stage first")
-  html = page.document("Linking in Style: report", os.path.abspath(ctx.workdir), "\n".join(parts))
-  with io.atomic_file(os.path.join(out_dir, "index.html"), "w") as f:
-    f.write(html)
-  summaries = {n: st.summary(ctx) for n, st in ctx.registry.items() if st.summary is not None}
-  io.write_json(os.path.join(out_dir, "summary.json"), {n: s for n, s in summaries.items() if s})
-  _write_overview(out_dir)
+  staging = tempfile.mkdtemp(prefix=f".{NAME}.new-", dir=os.path.dirname(os.path.abspath(out_dir)))
+  try:
+    sctx = _Staged(ctx, staging)
+    parts = []
+    for name in tqdm(names, unit="section", desc="report"):
+      part = ctx.registry[name].section(sctx)
+      if part:
+        parts.append(f'<section id="{page.escape(name)}">\n{part}\n</section>')
+    if not parts:
+      raise errors.PipelineError("nothing to report: run the link, sweep or counterfactual stage first")
+    html = page.document("Linking in Style: report", os.path.abspath(ctx.workdir), "\n".join(parts))
+    with io.atomic_file(os.path.join(staging, "index.html"), "w") as f:
+      f.write(html)
+    summaries = {n: st.summary(sctx) for n, st in ctx.registry.items() if st.summary is not None}
+    io.write_json(os.path.join(staging, "summary.json"), {n: s for n, s in summaries.items() if s})
+    _write_overview(staging)
+    _swap(staging, out_dir)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
   print(f"[report] wrote {os.path.join(out_dir, 'index.html')}")
+
+
+def _swap(staging: str, out_dir: str) -> None:
+  """Moves the new report's files into `out_dir` (index.html last) and removes the figures
+  of FIGURES that this run did not make (none may survive from an earlier run)."""
+  new = set(os.listdir(staging))
+  for name in FIGURES:
+    if name not in new and os.path.exists(os.path.join(out_dir, name)):
+      os.remove(os.path.join(out_dir, name))
+  for name in sorted(new - {"index.html"}) + ["index.html"]:
+    os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
 
 
 def _write_overview(out_dir: str) -> None:
