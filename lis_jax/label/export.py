@@ -24,12 +24,7 @@ from lis_jax.generators import base
 from lis_jax.label import layout, page
 
 # Starting part lists for the paper's class groups (edit part_names.json before labelling).
-GROUP_PARTS: dict[str, tuple[str, ...]] = {
-    "dogs": ("background", "head", "ears", "eyes", "nose", "body", "legs", "tail"),
-    "fungi": ("background", "cap", "gills", "stem"),
-    "birds": ("background", "head", "beak", "eyes", "body", "wings", "legs", "tail"),
-    "cars": ("background", "body", "windows", "wheels", "lights"),
-}
+GROUP_PARTS: dict[str, tuple[str, ...]] = spec.SEG_LABELS   # the reference's lists
 PLACEHOLDER_PARTS = ("background", "part_1")
 
 
@@ -42,8 +37,8 @@ def starting_parts(config: ml_collections.ConfigDict, G: Any, classes: np.ndarra
   """The world's own parts, a class group's list, or background + a placeholder."""
   if isinstance(G, base.GroundTruthWorld):
     return tuple(G.part_names)
-  spec = config.classes
-  group = spec if isinstance(spec, str) and spec in GROUP_PARTS else next(
+  wanted = config.classes
+  group = wanted if isinstance(wanted, str) and wanted in GROUP_PARTS else next(
       (g for g, ids in spec.CLASS_GROUPS.items() if sorted(ids) == sorted(classes.tolist())), None)
   return GROUP_PARTS.get(group, PLACEHOLDER_PARTS)
 
