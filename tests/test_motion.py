@@ -80,3 +80,13 @@ def test_sweep_features_refuses_an_unknown_layer(world):
   assert motion.sweep_features(world, ws, "image+L1_32").shape == (1, 64, 64, 3 + 32)
   with pytest.raises(ValueError, match="not 'image' nor a synthesis layer"):
     motion.sweep_features(world, ws, "L9")
+
+
+def test_draw_arrows_marks_the_segment_and_keeps_the_input():
+  img = np.zeros((1, 16, 16, 3), np.uint8)
+  out = motion.draw_arrows(img, np.array([[[2.0, 8.0], [np.nan, np.nan]]]),
+                           np.array([[[10.0, 0.0], [1.0, 1.0]]]), np.array([[255, 0, 0], [0, 255, 0]]))
+  assert img.max() == 0                                        # not drawn in place
+  assert (out[0, 8, 2:13, 0] == 255).all()                     # the shaft, centroid to tip
+  assert out[0, :, :, 1].max() == 0                            # NaN part: no arrow
+  assert out[0, 7:10, 8:12, 0].sum() > out[0, 8, 8:12, 0].sum()  # the head's barbs

@@ -37,6 +37,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 LEVELS = 3          # pyramid levels (the coarsest is 1/4 of the feature map's side)
 ITERS = 4           # Gauss-Newton updates per level
@@ -169,7 +170,8 @@ def part_motion(flow: jnp.ndarray, masks: jnp.ndarray) -> dict[str, jnp.ndarray]
     'displacement': [N, P, 2] weighted mean flow (dx, dy) in pixels;
     'affine': [N, P, 2, 3] [A | t], pixel coordinates (x, y) of frame 1 -> frame 2;
     'rotation': radians, positive from +x toward +y (clockwise on screen, y down);
-    'scale': sqrt |det A|; 'weight': total mask weight (pixels).
+    'scale': sqrt |det A|; 'centroid': [N, P, 2] the part's weighted centroid (x, y) in
+    frame 1; 'weight': total mask weight (pixels).
   """
   n, h, w, _ = flow.shape
   xy = jnp.broadcast_to(pixel_grid(h, w), (n, h, w, 2))
@@ -195,6 +197,7 @@ def part_motion(flow: jnp.ndarray, masks: jnp.ndarray) -> dict[str, jnp.ndarray]
       "affine": nan(jnp.concatenate([a, t[..., None]], -1)),
       "rotation": nan(rot),
       "scale": nan(jnp.sqrt(jnp.abs(jnp.linalg.det(a)))),
+      "centroid": nan(cx),
       "weight": wsum,
   }
 
@@ -271,3 +274,36 @@ def pose_flow(pose1: dict, pose2: dict, resolution: int) -> jnp.ndarray:
   x2 = g(pose2, "pos_x") + k * (c * ox - s * oy)
   y2 = g(pose2, "pos_y") + k * (s * ox + c * oy)
   return jnp.stack([x2 - u[..., 0], y2 - u[..., 1]], -1) * (resolution / 2)
+
+
+def draw_arrows(img: np.ndarray, starts: np.ndarray, moves: np.ndarray, colours: np.ndarray,
+                gain: float = 1.0) -> np.ndarray:
+  """A copy of uint8 images with one arrow per part: from its centroid along its displacement.
+
+  Args:
+    img: [N, H, W, 3] uint8. starts, moves: [N, P, 2] (x, y) pixels (NaN rows are skipped).
+    colours: [P, 3] uint8 per part. gain: arrow length per pixel of displacement.
+  Returns:
+    [N, H, W, 3] uint8.
+  """
+  out = np.array(img, copy=True)
+  n, h, w, _ = out.shape
+  for i in range(n):
+    for p in range(starts.shape[1]):
+      a, d = starts[i, p], moves[i, p] * gain
+      if not (np.isfinite(a).all() and np.isfinite(d).all()):
+        continue
+      b = a + d
+      length = float(np.hypot(*d))
+      head = [] if length < 1e-6 else [b - 0.35 * length * _rot(d / length, s) for s in (0.5, -0.5)]
+      for q in [a] + head:
+        t = np.linspace(0.0, 1.0, int(2 * np.hypot(*(b - q))) + 2)[:, None]
+        pts = np.rint(q + t * (b - q)).astype(int)
+        ok = (pts[:, 0] >= 0) & (pts[:, 0] < w) & (pts[:, 1] >= 0) & (pts[:, 1] < h)
+        out[i, pts[ok, 1], pts[ok, 0]] = colours[p]
+  return out
+
+
+def _rot(u: np.ndarray, angle: float) -> np.ndarray:
+  c, s = np.cos(angle), np.sin(angle)
+  return np.array([c * u[0] - s * u[1], s * u[0] + c * u[1]])
