@@ -73,6 +73,8 @@ def test_reference_layer_matches_children_minus_last(fixtures_dir, arch):
   r, logits = _ours(clf, np.transpose(x, (0, 2, 3, 1)))
   _close(r, r_ref_t)
   _close(logits, ref["logits_224"])          # the head maps the reference r to the logits
+  if clf.features_nonnegative:
+    assert np.asarray(r).min() >= 0
 
 
 def test_reference_layer_densenet201():
@@ -90,6 +92,8 @@ def test_reference_layer_densenet201():
   r, logits = _ours(clf, np.transpose(x, (0, 2, 3, 1)))
   _close(r, r_ref_t)
   _close(logits, logits_t)
+  assert np.asarray(r).min() < 0 and not clf.features_nonnegative      # before norm5's ReLU
+  assert clf.with_settings(feature_layer="penultimate").features_nonnegative
   # At the ImageNet crop (224 px) the width is the reference's 1920 x 7 x 7.
   assert classifiers.reference_dim(clf.module, 224) == REFERENCE_DIMS["densenet201"]
 

@@ -45,6 +45,9 @@ class ClassifierModule(nn.Module):
   constant `HEAD`, the torchvision name of the last Linear layer ('fc', 'classifier_6').
   """
   HEAD: ClassVar[str] = "fc"
+  # Is the reference layer's r >= 0 (a pooled ReLU output)? False for DenseNet (norm5
+  # before its ReLU). Every penultimate layer here is a ReLU output.
+  REFERENCE_NONNEGATIVE: ClassVar[bool] = True
 
   def setup(self):
     setattr(self, self.HEAD, nn.Dense(self.num_classes))
@@ -132,6 +135,12 @@ class Classifier(struct.PyTreeNode):
              else reference_dim(self.module, _input_side(self.input_spec)))
       out = out.replace(feature_layer=feature_layer, feature_dim=dim)
     return out
+
+  @property
+  def features_nonnegative(self) -> bool:
+    """r >= 0 for every input (a ReLU output), so `relu(r)` (the counterfactual's
+    `link(relu(r - s))`) leaves an unshifted r unchanged."""
+    return self.feature_layer == "penultimate" or getattr(self.module, "REFERENCE_NONNEGATIVE", True)
 
   def features(self, x: jnp.ndarray) -> jnp.ndarray:
     """[N, H, W, 3] preprocessed input -> [N, feature_dim] representation at `feature_layer`."""

@@ -61,6 +61,7 @@ class DenseNet(ClassifierModule):
   num_classes: int = 1000
 
   HEAD = "classifier"
+  REFERENCE_NONNEGATIVE = False   # the reference r is norm5's output before the ReLU
 
   @property
   def feature_dim(self) -> int:
