@@ -61,12 +61,18 @@ def choice(*values: str) -> Rule:
 # Top-level fields (every stage reads them).
 TOP_RULES: dict[str, Rule] = {
     "psi": ("float", 0.0, _INF),
+    "feature_layer": ("choice", ("penultimate", "reference"), None),
+    "quantize": ("bool", None, None),
 }
 
 
 def check_value(name: str, value: Any, rule: Rule) -> None:
   """Raises ValueError (one line) if `value` breaks `rule`."""
   kind, lo, hi = rule
+  if kind == "bool":
+    if not isinstance(value, bool):
+      raise ValueError(f"config.{name}={value!r} must be True or False")
+    return
   if kind == "choice":
     if value not in lo:
       raise ValueError(f"config.{name}={value!r} must be one of {', '.join(lo)}")
