@@ -17,6 +17,7 @@ def get_config():
   config.generator = "shapes"
   config.classifier = "shapes-resnet"
   config.classes = "0,1,2,3,4,5,6,7"  # all 8 classes of the world
+  config.quantize = False  # 'shapes-resnet' was trained on the continuous image
 
   config.paired_data.n_per_class = 750  # 6000 pairs for a 128 -> 64 linear fit
   config.paired_data.batch_size = 128
@@ -25,6 +26,8 @@ def get_config():
   config.link.cycle_samples = 128
 
   config.sweep.samples_per_class = 4  # 32 start samples
+  config.sweep.starts = "paired"  # the demo's numbers (README) use these starts and range
+  config.sweep.range = "minmax"
   config.sweep.n_steps = 5
   config.sweep.units_per_block = 16
   config.sweep.batch_size = 128

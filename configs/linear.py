@@ -34,4 +34,6 @@ def get_config() -> ml_collections.ConfigDict:
   })
   config.classes = "dogs"  # a class group (dogs, fungi, birds, cars) or ids '232,254'
   config.psi = 0.7  # truncation toward the class's w_avg
+  config.feature_layer = "reference"  # r: the reference's children()[:-1] output ('penultimate')
+  config.quantize = True  # classify the reference's 8-bit image (straight-through gradient)
   return config

@@ -393,6 +393,9 @@ def load_models(config: ml_collections.ConfigDict, workdir: str):
       raise PipelineError(f"{what} checkpoint not found: {path}{how}")
     out.append(registry.load(path))
   G, clf = out
+  if hasattr(clf, "with_settings"):   # config.feature_layer / config.quantize (README)
+    clf = clf.with_settings(feature_layer=config.get("feature_layer"),
+                            quantize=config.get("quantize"))
   if G.num_classes != clf.num_classes:
     raise PipelineError(f"generator has {G.num_classes} classes but classifier has "
                         f"{clf.num_classes}: they must share the label space")

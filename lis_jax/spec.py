@@ -16,6 +16,15 @@ CLASS_GROUPS: dict[str, tuple[int, ...]] = {
     "cars": (468, 609, 627, 717, 779, 817),
 }
 
+# The reference's part lists per class group (kaschube-lab/LinkingInStyle, src/metadata.py
+# SEG_LABELS), in its order: a part's label value is its index, background is 0.
+SEG_LABELS: dict[str, tuple[str, ...]] = {
+    "dogs": ("background", "leg", "body", "tail", "tongue", "eye", "nose", "snout", "ear", "head"),
+    "fungi": ("background", "cap", "stem"),
+    "birds": ("background", "beak", "eye", "head", "leg", "wing", "body", "tail"),
+    "cars": ("background", "shell", "tire", "window"),
+}
+
 
 def parse_classes(spec: Any, num_classes: int) -> np.ndarray:
   """Class ids from a group name ('dogs'), a comma list ('1,2,3') or a sequence of ints.

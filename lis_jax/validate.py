@@ -61,6 +61,8 @@ def choice(*values: str) -> Rule:
 # Top-level fields (every stage reads them).
 TOP_RULES: dict[str, Rule] = {
     "psi": ("float", 0.0, _INF),
+    "feature_layer": ("choice", ("penultimate", "reference"), None),
+    "quantize": ("bool", None, None),
 }
 
 
@@ -79,6 +81,10 @@ def check_value(name: str, value: Any, rule: Rule) -> None:
 
 def _check_value(name: str, value: Any, rule: Rule) -> None:
   kind, lo, hi = rule
+  if kind == "bool":
+    if not isinstance(value, bool):
+      raise ValueError(f"config.{name}={value!r} must be True or False")
+    return
   if kind == "choice":
     if value not in lo:
       raise ValueError(f"config.{name}={value!r} must be one of {', '.join(lo)}")

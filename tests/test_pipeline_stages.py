@@ -305,7 +305,7 @@ def test_link_and_sweep_stages_depend_only_on_their_inputs(tmp_path, models):
   cfg.stages = ("paired_data", "link", "sweep")
   cfg.link = ConfigDict(dict(holdout_fraction=0.2, cycle_samples=0))
   cfg.sweep = ConfigDict(dict(units="1,6,3", samples_per_class=2, n_steps=3, units_per_block=2,
-                              batch_size=4, save_png=False))
+                              batch_size=4, save_png=False, starts="paired", range="minmax"))
   pipeline.run(cfg, str(tmp_path))
   data = paired_data.load(str(tmp_path))
   res = link_stage.load(str(tmp_path))

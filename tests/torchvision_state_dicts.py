@@ -10,9 +10,14 @@ from converters import torchvision as tvc
 def fixture_state_dict(fixtures_dir, arch):
   """(spec, state_dict) of the fixture `tv_<arch>.json`, rebuilt with FIXTURES.md's recipe."""
   spec = json.loads((fixtures_dir / f"tv_{arch}.json").read_text())
-  rng = np.random.default_rng(spec["seed"])
+  return spec, recipe_state_dict(spec["keys_shapes"], spec["seed"])
+
+
+def recipe_state_dict(keys_shapes, seed):
+  """key -> torch tensor by FIXTURES.md's recipe, for (key, shape) pairs in order."""
+  rng = np.random.default_rng(seed)
   sd = {}
-  for key, shape in spec["keys_shapes"]:
+  for key, shape in keys_shapes:
     shape = tuple(shape)
     if key.endswith("num_batches_tracked"):
       sd[key] = torch.from_numpy(np.array(0, np.int64))
@@ -28,7 +33,7 @@ def fixture_state_dict(fixtures_dir, arch):
     else:
       a = _scaled_normal_float32(rng, shape, np.sqrt(1.0 / np.prod(shape[1:])))
     sd[key] = torch.from_numpy(a.astype(np.float32, copy=False))
-  return spec, sd
+  return sd
 
 
 def _scaled_normal_float32(rng, shape, scale, chunk=1 << 22):

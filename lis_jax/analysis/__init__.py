@@ -5,4 +5,6 @@
   superposition.py  concepts per unit, entropy of the |effect| profile, the
                     single-concept / superposed rule, the unit-to-concept table
   classwise.py      selectivity statistics per start-sample class
+  motion.py         dense flow between consecutive images of a sweep (JAX, jitted) and each
+                    part's affine motion: displacement, rotation, scale
 """

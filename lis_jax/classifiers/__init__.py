@@ -2,8 +2,10 @@
 
 Every classifier `clf` returned by `load` or `build` exposes (classifier.py):
   clf.arch, clf.num_classes, clf.feature_dim
-  clf.features(x) -> r        # [N, H, W, 3] preprocessed -> [N, D] penultimate
-  clf.head(r) -> logits       # [N, D] -> [N, num_classes] (the last Linear layer)
+  clf.features(x) -> r        # [N, H, W, 3] preprocessed -> [N, D] at clf.feature_layer
+  clf.head(r) -> logits       # [N, D] -> [N, num_classes] (the classifier after that layer)
+  clf.feature_layer           # 'penultimate' (input of the last Linear layer) or 'reference'
+                              # (the reference code's children()[:-1], flattened): `load`
   clf(x) -> logits            # == clf.head(clf.features(x))
   clf.preprocess(img)         # [-1, 1] generator image -> this classifier's input
 `clf` is a pytree (params are leaves), so it can be passed to `jax.jit`.
@@ -22,8 +24,8 @@ import jax.numpy as jnp
 
 from lis_jax import io
 from lis_jax.classifiers.archs import ARCHS, module_for
-from lis_jax.classifiers.classifier import (Classifier, init_variables, random_variables,
-                                           variable_shapes)
+from lis_jax.classifiers.classifier import (FEATURE_LAYERS, Classifier, init_variables,
+                                           random_variables, reference_dim, variable_shapes)
 from lis_jax.classifiers.preprocess import IMAGENET_MEAN, IMAGENET_STD, InputSpec, preprocess
 from lis_jax.classifiers import resnet
 from lis_jax.classifiers import shapes_resnet
@@ -43,17 +45,31 @@ def build(arch: str, num_classes: int = 1000, *, key: jax.Array, **overrides: An
   return Classifier.create(module, random_variables(module, key), arch=arch)
 
 
-def load(path_or_name: str, **kwargs: Any) -> Classifier:
+def load(path_or_name: str, feature_layer: str = "penultimate", quantize: bool | None = None,
+         **kwargs: Any) -> Classifier:
   """Loads a classifier from a converted checkpoint dir or by built-in name.
 
   Args:
     path_or_name: a directory written by `python -m converters.torchvision` (meta.json
       kind "torchvision"), or one of `BUILTINS`.
+    feature_layer: 'penultimate' (the input of the last Linear layer) or 'reference' (the
+      reference code's `children()[:-1]` output, flattened; see classifier.py). `features`
+      returns it and `head` maps it to the logits.
+    quantize: True: `preprocess` hands the classifier the reference's 8-bit image
+      (straight-through gradient); False: the continuous image; None: the model's default.
     **kwargs: passed to the built-in's constructor or the kind's loader.
   Raises:
     io.CheckpointError: unknown name, missing or malformed checkpoint, or parameters
       that do not match the architecture (the message lists the differences).
+    ValueError: unknown feature_layer.
   """
+  if feature_layer not in FEATURE_LAYERS:
+    raise ValueError(f"feature_layer={feature_layer!r}: expected one of {', '.join(FEATURE_LAYERS)}")
+  clf = _load(path_or_name, **kwargs)
+  return clf.with_settings(feature_layer=feature_layer, quantize=quantize)
+
+
+def _load(path_or_name: str, **kwargs: Any) -> Classifier:
   if path_or_name in BUILTINS:
     return BUILTINS[path_or_name](**kwargs)
   if not os.path.exists(path_or_name):

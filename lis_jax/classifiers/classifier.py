@@ -1,12 +1,28 @@
 """The `Classifier` pytree (a Flax classifier module bound to its variables) and
 `ClassifierModule`, the base of the modules it wraps.
 
-Any Flax module can be wrapped if it has the methods `features(x, train=False)` ->
-[N, D] (the input of the last Linear layer) and `head(r)` -> [N, num_classes], and the
-attributes `num_classes` and `feature_dim` (all modules in this package do).
+Any Flax module can be wrapped if it has the methods `features(x, train=False,
+layer='penultimate')` -> [N, D] (the input of the last Linear layer), `head(r)` ->
+[N, num_classes], `reference_features(x)` / `reference_head(r)` and the attributes
+`num_classes` and `feature_dim` (all modules in this package do: `ClassifierModule`).
+
+Feature layers (`FEATURE_LAYERS`, chosen per classifier with `feature_layer`):
+  'penultimate': the input of the last Linear layer (ResNet-50 2048, VGG/AlexNet 4096,
+    DenseNet-201 1920); `head` is that Linear layer.
+  'reference': what the reference code (kaschube-lab/LinkingInStyle) takes as r:
+    `nn.Sequential(*list(net.children())[:-1])(x)` flattened. ResNet: the global average
+    pool (the same as 'penultimate'); VGG: the adaptive average pool, 512x7x7 = 25088;
+    AlexNet: the adaptive average pool, 256x6x6 = 9216; DenseNet: `features`, i.e. norm5
+    without the ReLU and the pool that torchvision's forward applies after it
+    (densenet201 1920x7x7 = 94080 at 224 px). Flattened in torch's (C, H, W) order. The head
+    is then the rest of the classifier after that layer, exactly: VGG/AlexNet the three
+    Linear layers with their ReLUs (dropout is the identity in eval mode), DenseNet
+    ReLU + global mean + `classifier`; so `clf.head(clf.features(x))` gives the same logits
+    for both layers.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, ClassVar
 
@@ -18,6 +34,8 @@ from flax import struct
 
 from lis_jax.classifiers.preprocess import InputSpec, preprocess
 
+FEATURE_LAYERS = ("penultimate", "reference")
+
 
 class ClassifierModule(nn.Module):
   """Base of the classifier modules: a `features` stack and a last Linear layer, the head.
@@ -27,6 +45,9 @@ class ClassifierModule(nn.Module):
   constant `HEAD`, the torchvision name of the last Linear layer ('fc', 'classifier_6').
   """
   HEAD: ClassVar[str] = "fc"
+  # Is the reference layer's r >= 0 (a pooled ReLU output)? False for DenseNet (norm5
+  # before its ReLU). Every penultimate layer here is a ReLU output.
+  REFERENCE_NONNEGATIVE: ClassVar[bool] = True
 
   def setup(self):
     setattr(self, self.HEAD, nn.Dense(self.num_classes))
@@ -34,6 +55,17 @@ class ClassifierModule(nn.Module):
   def head(self, r: jnp.ndarray) -> jnp.ndarray:
     """[N, feature_dim] -> [N, num_classes]: the last Linear layer."""
     return getattr(self, self.HEAD)(r)
+
+  def reference_features(self, x: jnp.ndarray) -> jnp.ndarray:
+    """[N, H, W, 3] normalised image -> [N, D_ref]: the reference's children()[:-1] output."""
+    return self.features(x, layer="reference")
+
+  def reference_head(self, r: jnp.ndarray) -> jnp.ndarray:
+    """[N, D_ref] -> [N, num_classes]: the classifier after the reference layer.
+
+    Default (ResNets): the reference layer is the penultimate one, so this is `head`.
+    """
+    return self.head(r)
 
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     """[N, H, W, 3] normalised image -> [N, num_classes] logits."""
@@ -59,6 +91,7 @@ class Classifier(struct.PyTreeNode):
     num_classes: number of logits.
     feature_dim: D, the size of the penultimate representation.
     input_spec: what `preprocess` does to a [-1, 1] generator image for this model.
+    feature_layer: which layer `features` returns and `head` starts from (FEATURE_LAYERS).
   """
   variables: Any
   module: nn.Module = struct.field(pytree_node=False)
@@ -66,23 +99,60 @@ class Classifier(struct.PyTreeNode):
   num_classes: int = struct.field(pytree_node=False)
   feature_dim: int = struct.field(pytree_node=False)
   input_spec: InputSpec = struct.field(pytree_node=False)
+  feature_layer: str = struct.field(pytree_node=False, default="penultimate")
 
   @classmethod
   def create(cls, module: nn.Module, variables: Any, arch: str,
-             input_spec: InputSpec = InputSpec()) -> "Classifier":
-    """Wraps `module` and its `variables`; num_classes and feature_dim come from the module."""
-    return cls(variables=variables, module=module, arch=arch, num_classes=module.num_classes,
-               feature_dim=module.feature_dim, input_spec=input_spec)
+             input_spec: InputSpec = InputSpec(),
+             feature_layer: str = "penultimate") -> "Classifier":
+    """Wraps `module` and its `variables`; num_classes and feature_dim come from the module.
+
+    Raises:
+      ValueError: `feature_layer` not in FEATURE_LAYERS.
+    """
+    clf = cls(variables=variables, module=module, arch=arch, num_classes=module.num_classes,
+              feature_dim=module.feature_dim, input_spec=input_spec)
+    return clf.with_settings(feature_layer=feature_layer)
+
+  def with_settings(self, feature_layer: str | None = None,
+                    quantize: bool | None = None) -> "Classifier":
+    """This classifier with another feature layer and/or 8-bit input (None: keep).
+
+    Args:
+      feature_layer: 'penultimate' or 'reference' (module docstring).
+      quantize: `preprocess` turns the image into the reference's 8-bit levels first.
+    Raises:
+      ValueError: unknown feature_layer.
+    """
+    out = self
+    if quantize is not None:
+      out = out.replace(input_spec=dataclasses.replace(out.input_spec, quantize=bool(quantize)))
+    if feature_layer is not None:
+      if feature_layer not in FEATURE_LAYERS:
+        raise ValueError(f"feature_layer={feature_layer!r}: expected one of "
+                         f"{', '.join(FEATURE_LAYERS)}")
+      dim = (self.module.feature_dim if feature_layer == "penultimate"
+             else reference_dim(self.module, _input_side(self.input_spec)))
+      out = out.replace(feature_layer=feature_layer, feature_dim=dim)
+    return out
+
+  @property
+  def features_nonnegative(self) -> bool:
+    """r >= 0 for every input (a ReLU output), so `relu(r)` (the counterfactual's
+    `link(relu(r - s))`) leaves an unshifted r unchanged."""
+    return self.feature_layer == "penultimate" or getattr(self.module, "REFERENCE_NONNEGATIVE", True)
 
   def features(self, x: jnp.ndarray) -> jnp.ndarray:
-    """[N, H, W, 3] preprocessed input -> [N, feature_dim] penultimate representation."""
+    """[N, H, W, 3] preprocessed input -> [N, feature_dim] representation at `feature_layer`."""
     assert x.ndim == 4 and x.shape[-1] == 3, f"expected [N, H, W, 3], got {x.shape}"
-    return _apply(self.module, "features", self.variables, x)
+    method = "features" if self.feature_layer == "penultimate" else "reference_features"
+    return _apply(self.module, method, self.variables, x)
 
   def head(self, r: jnp.ndarray) -> jnp.ndarray:
-    """[N, feature_dim] -> [N, num_classes] logits (the last Linear layer)."""
+    """[N, feature_dim] -> [N, num_classes] logits (the classifier after `feature_layer`)."""
     assert r.ndim == 2 and r.shape[-1] == self.feature_dim, f"expected [N, {self.feature_dim}], got {r.shape}"
-    return _apply(self.module, "head", self.variables, r)
+    method = "head" if self.feature_layer == "penultimate" else "reference_head"
+    return _apply(self.module, method, self.variables, r)
 
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     """[N, H, W, 3] preprocessed input -> [N, num_classes] logits."""
@@ -163,3 +233,20 @@ def variable_shapes(module: nn.Module, size: int = 224) -> Any:
   """
   x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
   return jax.eval_shape(module.init, jax.random.key(0), x)
+
+
+def _input_side(spec: InputSpec) -> int:
+  """Side of the square input the classifier sees (the crop, else the resize, else 224)."""
+  return spec.crop or spec.resize or 224
+
+
+@functools.lru_cache(maxsize=32)
+def reference_dim(module: nn.Module, size: int = 224) -> int:
+  """D_ref: the width of `module.reference_features` for [1, size, size, 3] inputs (no FLOPs).
+
+  Depends on the input size only for DenseNets (their r keeps the spatial map).
+  """
+  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  out = jax.eval_shape(lambda v, x: module.apply(v, x, method="reference_features"),
+                       variable_shapes(module, size), x)
+  return int(out.shape[-1])

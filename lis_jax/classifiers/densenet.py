@@ -4,6 +4,9 @@ Names follow torchvision's `features.*` with the dots of nested containers joine
 underscores: `conv0`, `norm0`, `denseblock1_denselayer1/{norm1,conv1,norm2,conv2}`,
 `transition1/{norm,conv}`, ..., `norm5`, `classifier`. After `norm5` torchvision applies
 ReLU and a global (1x1 adaptive) average pool: that vector is the penultimate representation.
+The reference layer (`layer='reference'`, the reference code's children()[:-1], i.e.
+`features`) is norm5's output before that ReLU, flattened in (C, H, W) order (densenet201
+at 224 px: 1920x7x7 = 94080); `reference_head` applies the ReLU, the pool and `classifier`.
 """
 from __future__ import annotations
 
@@ -58,6 +61,7 @@ class DenseNet(ClassifierModule):
   num_classes: int = 1000
 
   HEAD = "classifier"
+  REFERENCE_NONNEGATIVE = False   # the reference r is norm5's output before the ReLU
 
   @property
   def feature_dim(self) -> int:
@@ -68,9 +72,16 @@ class DenseNet(ClassifierModule):
         c //= 2
     return c
 
+  def reference_head(self, r: jnp.ndarray) -> jnp.ndarray:
+    """[N, feature_dim * h * w] flattened norm5 output -> [N, num_classes]: ReLU, mean, classifier."""
+    x = r.reshape(r.shape[0], self.feature_dim, -1)                     # [N, C, h * w]
+    return self.head(jnp.mean(nn.relu(x), axis=-1))
+
   @nn.compact
-  def features(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    """[N, H, W, 3] normalised image -> [N, feature_dim] (ReLU + global mean after norm5)."""
+  def features(self, x: jnp.ndarray, train: bool = False,
+               layer: str = "penultimate") -> jnp.ndarray:
+    """[N, H, W, 3] normalised image -> [N, feature_dim] (ReLU + global mean after norm5);
+    'reference': [N, feature_dim * h * w], norm5's output flattened (C, H, W)."""
     x = layers.conv(self.num_init_features, 7, 2, 3, name="conv0")(x)   # [N, H/2, W/2, C]
     x = nn.relu(layers.batch_norm(train, name="norm0")(x))
     x = layers.max_pool(x, 3, 2, 1)                                     # [N, H/4, W/4, C]
@@ -84,8 +95,10 @@ class DenseNet(ClassifierModule):
       if i != len(self.block_config) - 1:
         c //= 2
         x = Transition(c, name=f"transition{i + 1}")(x, train)
-    x = nn.relu(layers.batch_norm(train, name="norm5")(x))
-    return jnp.mean(x, axis=(1, 2))                                      # [N, feature_dim]
+    x = layers.batch_norm(train, name="norm5")(x)                       # [N, h, w, C]
+    if layer == "reference":
+      return layers.flatten_chw(x)                                       # [N, C * h * w]
+    return jnp.mean(nn.relu(x), axis=(1, 2))                                      # [N, feature_dim]
 
 
 ARCHS = {

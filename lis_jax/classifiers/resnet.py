@@ -132,8 +132,13 @@ class ResNet(ClassifierModule):
     return plan
 
   @nn.compact
-  def features(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    """[N, H, W, 3] normalised image -> [N, feature_dim] (global mean after the last stage)."""
+  def features(self, x: jnp.ndarray, train: bool = False,
+               layer: str = "penultimate") -> jnp.ndarray:
+    """[N, H, W, 3] normalised image -> [N, feature_dim] (global mean after the last stage).
+
+    `layer` 'reference' is the same vector: torchvision's children()[:-1] ends with avgpool.
+    """
+    del layer
     if self.stem == "imagenet":
       x = layers.conv(self.stem_width, 7, 2, 3, name="conv1")(x)       # [N, H/2, W/2, C]
       x = nn.relu(layers.batch_norm(train, name="bn1")(x))

@@ -5,7 +5,10 @@ an adaptive average pool (7x7 for VGG, 6x6 for AlexNet: for other input sizes th
 averages overlapping bins or repeats pixels exactly as torch.nn.AdaptiveAvgPool2d does),
 a flatten in torch's (C, H, W) order, and `classifier` (three Linear layers,
 `classifier_<index>`). The penultimate representation is the input of the last Linear
-layer (4096-d), taken in eval mode (dropout is the identity).
+layer (4096-d), taken in eval mode (dropout is the identity). The reference layer
+(`layer='reference'`, the reference code's children()[:-1]) is the flattened adaptive
+pool output (VGG 512x7x7 = 25088, AlexNet 256x6x6 = 9216); `reference_head` runs the
+whole `classifier` on it.
 """
 from __future__ import annotations
 
@@ -45,14 +48,24 @@ class VGG(ClassifierModule):
   num_classes: int = 1000
 
   HEAD = "classifier_6"
+  HIDDEN = ("classifier_0", "classifier_3")
 
   @property
   def feature_dim(self) -> int:
     return self.hidden
 
+  def setup(self):
+    _setup_hidden(self)
+
+  def reference_head(self, r: jnp.ndarray) -> jnp.ndarray:
+    """[N, 512 * pool_size**2] flattened pool output -> [N, num_classes] (the whole classifier)."""
+    return self.head(_hidden_layers(self, r))
+
   @nn.compact
-  def features(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    """[N, H, W, 3] normalised image -> [N, hidden]: the input of `classifier_6`."""
+  def features(self, x: jnp.ndarray, train: bool = False,
+               layer: str = "penultimate") -> jnp.ndarray:
+    """[N, H, W, 3] normalised image -> [N, hidden]: the input of `classifier_6`
+    ('reference': [N, 512 * pool_size**2], the flattened adaptive pool output)."""
     i = 0   # index in torchvision's `features` Sequential (conv, [bn], relu, pool).
     for v in self.cfg:
       if v == "M":
@@ -66,7 +79,8 @@ class VGG(ClassifierModule):
         i += 1
       x = nn.relu(x)
       i += 1
-    return _pool_and_hidden(x, self.pool_size, self.hidden, ("classifier_0", "classifier_3"))
+    x = layers.flatten_chw(layers.adaptive_avg_pool(x, self.pool_size))
+    return x if layer == "reference" else _hidden_layers(self, x)
 
 
 class AlexNet(ClassifierModule):
@@ -82,14 +96,24 @@ class AlexNet(ClassifierModule):
   num_classes: int = 1000
 
   HEAD = "classifier_6"
+  HIDDEN = ("classifier_1", "classifier_4")
 
   @property
   def feature_dim(self) -> int:
     return self.hidden
 
+  def setup(self):
+    _setup_hidden(self)
+
+  def reference_head(self, r: jnp.ndarray) -> jnp.ndarray:
+    """[N, 256 * pool_size**2] flattened pool output -> [N, num_classes] (the whole classifier)."""
+    return self.head(_hidden_layers(self, r))
+
   @nn.compact
-  def features(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    """[N, H, W, 3] normalised image (at least 63 px) -> [N, hidden]: the input of `classifier_6`."""
+  def features(self, x: jnp.ndarray, train: bool = False,
+               layer: str = "penultimate") -> jnp.ndarray:
+    """[N, H, W, 3] normalised image (at least 63 px) -> [N, hidden]: the input of `classifier_6`
+    ('reference': [N, 256 * pool_size**2], the flattened adaptive pool output)."""
     del train  # No BatchNorm; dropout is the identity in eval mode.
     x = nn.relu(layers.conv(64, 11, 4, 2, bias=True, name="features_0")(x))
     x = layers.max_pool(x, 3, 2)
@@ -99,19 +123,21 @@ class AlexNet(ClassifierModule):
     x = nn.relu(layers.conv(256, 3, 1, 1, bias=True, name="features_8")(x))
     x = nn.relu(layers.conv(256, 3, 1, 1, bias=True, name="features_10")(x))
     x = layers.max_pool(x, 3, 2)                                       # [N, 6, 6, 256] at 224 px
-    return _pool_and_hidden(x, self.pool_size, self.hidden, ("classifier_1", "classifier_4"))
+    x = layers.flatten_chw(layers.adaptive_avg_pool(x, self.pool_size))  # [N, 256 * 36]
+    return x if layer == "reference" else _hidden_layers(self, x)
 
 
-def _pool_and_hidden(x: jnp.ndarray, pool_size: int, hidden: int,
-                     names: tuple[str, str]) -> jnp.ndarray:
-  """Shared tail: adaptive pool, torch-order flatten, two Linear+ReLU (dropout: eval identity).
+def _setup_hidden(module) -> None:
+  """The head and the two hidden Linear layers (named `module.HIDDEN`, torchvision's indices)."""
+  ClassifierModule.setup(module)
+  for name in module.HIDDEN:
+    setattr(module, name, nn.Dense(module.hidden))
 
-  Called inside a compact `features`, so the Dense layers belong to the caller as `names`.
-  [N, h, w, C] -> [N, pool_size, pool_size, C] -> [N, C * pool_size**2] -> [N, hidden].
-  """
-  x = layers.flatten_chw(layers.adaptive_avg_pool(x, pool_size))
-  for name in names:
-    x = nn.relu(nn.Dense(hidden, name=name)(x))
+
+def _hidden_layers(module, x: jnp.ndarray) -> jnp.ndarray:
+  """The two Linear+ReLU of `classifier` (dropout: eval identity): [N, C * p * p] -> [N, hidden]."""
+  for name in module.HIDDEN:
+    x = nn.relu(getattr(module, name)(x))
   return x
 
 

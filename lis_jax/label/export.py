@@ -23,12 +23,7 @@ from lis_jax.generators import base
 from lis_jax.label import layout, masks, page
 
 # Starting part lists for the paper's class groups (edit part_names.json before labelling).
-GROUP_PARTS: dict[str, tuple[str, ...]] = {
-    "dogs": ("background", "head", "ears", "eyes", "nose", "body", "legs", "tail"),
-    "fungi": ("background", "cap", "gills", "stem"),
-    "birds": ("background", "head", "beak", "eyes", "body", "wings", "legs", "tail"),
-    "cars": ("background", "body", "windows", "wheels", "lights"),
-}
+GROUP_PARTS: dict[str, tuple[str, ...]] = spec.SEG_LABELS   # the reference's lists
 PLACEHOLDER_PARTS = ("background", "part_1")
 # Labelling is by hand (tens to hundreds of images); past this many the list of names alone
 # is a memory problem (--n=1e8 with two classes: 2e8 names). Export more later: a larger

@@ -405,11 +405,18 @@ def summary(ctx) -> dict | None:
 
 
 def check(ctx) -> None:
-  """top_units must be at most the classifier's number of units (checked before any stage runs)."""
+  """top_units must be at most the classifier's number of units, and r must be a ReLU
+  output: the search regenerates from link(relu(r - s)), the reference's rule for its
+  non-negative r (checked before any stage runs)."""
   try:
     V.check_top_units(ctx.cfg(NAME).top_units, ctx.clf.feature_dim)
   except ValueError as e:
     raise errors.PipelineError(str(e)) from None
+  if not getattr(ctx.clf, "features_nonnegative", True):
+    raise errors.PipelineError(
+        f"counterfactual: {ctx.clf.arch}'s feature_layer='{ctx.clf.feature_layer}' r can be "
+        f"negative, and the search's link(relu(r - s)) would clip it; use "
+        f"--config.feature_layer=penultimate for this classifier")
 
 
 STAGE = Stage(name=NAME, requires=("link",), default_config=default_config, run=run, load=load,

@@ -328,6 +328,6 @@ def load(workdir: str) -> PairedData:
 
 
 STAGE = Stage(name=NAME, requires=(), default_config=default_config, run=run, load=load,
-              uses=("generator", "classifier", "classes", "psi", "seed"),
+              uses=("generator", "classifier", "feature_layer", "quantize", "classes", "psi", "seed"),
               ignores=("batch_size", "max_tries_factor"), merge=merge,
               rules=RULES)

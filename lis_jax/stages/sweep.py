@@ -1,7 +1,10 @@
 """Stage `sweep`: set one classifier unit to a range of values, link to w, synthesize.
 
-For a unit i and a start representation r, r_i is set to `n_steps` values spaced over
-the unit's observed [min, max] over the paired data (the reference's choice) or over
+The start representations are the reference's own samples (`starts='reference'`: its
+seed 136, `samples_per_class` per class, not filtered for correctness) or the first kept
+paired-data samples of each class ('paired'). For a unit i and a start representation r,
+r_i is set to `n_steps` values spaced over the unit's [min, max] over the start samples
+(`range='starts_minmax'`, the reference's choice), over all paired data ('minmax') or over
 mean +- k std; each r is linked to w, broadcast over the ws and synthesized; the images
 are re-classified (does the swept unit's own activation follow?). One jitted function
 does a whole block of units (vmapped over units, batched over images, sharded over
@@ -35,6 +38,7 @@ from lis_jax import page
 from lis_jax import errors, generators, spec
 from lis_jax.generators.base import GroundTruthWorld
 from lis_jax.analysis.readout import decode_factors
+from lis_jax import sweeps
 from lis_jax.sweeps import pick_starts
 from lis_jax import validate as V
 from lis_jax.stages.base import Stage
@@ -49,9 +53,15 @@ UNIT_COLUMNS = ("unit", "image_change", "r_follow", "top_factor", "top_delta", "
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.units = "all"  # 'all' or a list like '0,1,5:9'
-  c.samples_per_class = 10  # start samples per class (first kept of each class)
+  c.samples_per_class = 10  # start samples per class
+  # reference: the reference's own draw (seed starts_seed, per class, not filtered);
+  # paired: the first kept paired-data samples of each class
+  c.starts = "reference"
+  c.starts_seed = 136  # the reference's gen_seed for its start samples
   c.n_steps = 3  # values per unit
-  c.range = "minmax"  # minmax: the unit's observed [min, max]; std: mean +- k std
+  # starts_minmax: [min, max] over the start samples (the reference); minmax: over all
+  # paired data; std: mean +- k std over all paired data
+  c.range = "starts_minmax"
   c.k_std = 2.0  # for range 'std'
   c.units_per_block = 4  # units per jitted block (U * S * T images)
   c.batch_size = 32  # images per synthesis call inside a block
@@ -64,6 +74,8 @@ def default_config() -> ml_collections.ConfigDict:
 
 # Values a run accepts (lis_jax/validate.py's rule kinds), checked before anything runs.
 RULES = {
+    "starts": V.choice("reference", "paired"), "range": V.choice("starts_minmax", "minmax", "std"),
+    "starts_seed": ("int", 0, 2 ** 32 - 1),
     "samples_per_class": V.pos_int(), "n_steps": V.int_at_least(2), "k_std": V.pos_float(),
     "units_per_block": V.pos_int(), "batch_size": V.pos_int(),
 }
@@ -186,14 +198,29 @@ def sweep_values(r: np.ndarray, units: np.ndarray, n_steps: int, mode: str = "mi
   """
   x = np.asarray(r, np.float64)[:, units]
   stats = {"min": x.min(0), "max": x.max(0), "mean": x.mean(0), "std": x.std(0)}
-  if mode == "minmax":
+  if mode in ("minmax", "starts_minmax"):   # the caller passes the starts' r for the latter
     lo, hi = stats["min"], stats["max"]
   elif mode == "std":
     lo, hi = stats["mean"] - k_std * stats["std"], stats["mean"] + k_std * stats["std"]
   else:
-    raise errors.PipelineError(f"sweep.range={mode!r}: expected 'minmax' or 'std'")
+    raise errors.PipelineError(f"sweep.range={mode!r}: expected 'starts_minmax', 'minmax' or 'std'")
   values = np.linspace(lo, hi, n_steps, axis=1).astype(np.float32)
   return values, stats
+
+
+def starts(ctx, c: ml_collections.ConfigDict, data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(rows [S], r_start [S, D], cls [S]) of `sweep.starts`.
+
+  'paired': paired-data rows. 'reference': the reference's own draw (sweeps.reference_starts);
+  rows are then positions in that draw (class-major), not paired-data rows.
+  """
+  if c.starts == "reference":
+    r, cls = sweeps.reference_starts(ctx.G, ctx.clf, ctx.classes, c.samples_per_class,
+                                     ctx.config.psi, c.starts_seed, c.batch_size)
+    errors.check_finite("sweep reference start r", r)
+    return np.arange(cls.size, dtype=np.int32), r, cls
+  rows = start_rows(data.cls, ctx.classes, c.samples_per_class)
+  return rows, data.r[rows], data.cls[rows]
 
 
 def start_rows(cls: np.ndarray, classes: np.ndarray, per_class: int) -> np.ndarray:
@@ -298,9 +325,9 @@ def run(ctx) -> None:
   units = spec.parse_units(c.units, clf.feature_dim)
   if c.n_steps < 2 or c.units_per_block < 1 or c.batch_size < 1:
     raise errors.PipelineError("sweep.n_steps must be >= 2, units_per_block and batch_size >= 1")
-  rows = start_rows(data.cls, ctx.classes, c.samples_per_class)
-  r_start, cls_start = data.r[rows], data.cls[rows]
-  values, stats = sweep_values(data.r, units, c.n_steps, c.range, c.k_std)
+  rows, r_start, cls_start = starts(ctx, c, data)
+  values, stats = sweep_values(r_start if c.range == "starts_minmax" else data.r, units,
+                               c.n_steps, c.range, c.k_std)
   U = c.units_per_block
   n_blocks = -(-units.size // U)
   if ctx.is_main:   # the same in every process: process 0 writes them
@@ -554,6 +581,6 @@ def summary(ctx) -> dict | None:
 
 
 STAGE = Stage(name=NAME, requires=("link",), default_config=default_config, run=run, load=load,
-              uses=("classes",), section=section, summary=summary, ignores=("batch_size",),
+              uses=("classes", "psi"), section=section, summary=summary, ignores=("batch_size",),
               merge=merge,
               rules=RULES)
