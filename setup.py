@@ -27,6 +27,7 @@ setuptools.setup(
         # `torch` requirement pulls several GB of CUDA wheels on a CPU machine.
         "convert": ["torch==2.13.0"],
         "test": ["torch==2.13.0", "pytest", "scikit-learn", "chex", "scipy", "scikit-image",
+                 "statsmodels==0.15.0",  # multipletests: the reference for BH q-values
                  # browser tests; 4.38: newer releases need a certifi the registry may lack
                  "selenium==4.38.0"],
     },

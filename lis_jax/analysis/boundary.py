@@ -20,13 +20,14 @@ quantify.selectivity with pairs in place of units).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lis_jax.analysis import rsa
+from lis_jax.analysis import calls, rsa
 
 
 def path_w(link, r: jax.Array, shift: jax.Array, t: jax.Array) -> jax.Array:
@@ -162,24 +163,102 @@ def _take(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
   return out
 
 
+def _combined_null(null: np.ndarray, draws: np.ndarray, n_comb: int, rng: np.random.Generator
+                   ) -> np.ndarray:
+  """Null means over a pair's searches: null [S, R, F] per search and draw (NaN rows =
+  padding), draws [R'] the draws allowed -> [n_comb, F] means of one random allowed draw
+  per search (the searches' null paths are independent, so any combination is a draw of
+  the mean's null)."""
+  s = null.shape[0]
+  pick = draws[rng.integers(0, draws.size, size=(n_comb, s))]  # [C, S]
+  vals = null[np.arange(s)[None], pick]  # [C, S, F]
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)
+    return np.nanmean(vals, axis=1)
+
+
 def pair_statistics(deltas: np.ndarray, null_deltas: np.ndarray, origin: np.ndarray,
                     target: np.ndarray, *, seed: int, n_boot: int = 1000, level: float = 0.95,
-                    alpha: float = 0.05) -> tuple[list[tuple[int, int]], dict[str, np.ndarray]]:
-  """Per (origin, target) pair and concept: mean change, bootstrap interval, null p, effect.
+                    alpha: float = 0.05, q_level: float | None = 0.1, n_comb: int = 1000
+                    ) -> tuple[list[tuple[int, int]], dict[str, np.ndarray]]:
+  """Per (origin, target) pair and concept: mean change, bootstrap interval, null p and q.
+
+  The statistic is a pair's mean change over its searches; its null, the mean over the
+  same searches of one null path each (`n_comb` random combinations of the R draws per
+  search); p is two-sided (|mean| against |null means|, a GPD tail where few reach it:
+  analysis.calls) and the (pair x concept) family is corrected by Benjamini-Hochberg.
 
   Args:
     deltas: [B, P, M] change of each concept per search; null_deltas: [B, R, P, M].
     origin, target: [B].
+    q_level: 'selective' is q <= q_level (None: p <= alpha).
   Returns:
-    (pairs, stats): stats as quantify.selectivity.unit_statistics with pairs as units
-    ([n_pairs, P, M]: mean, ci_low, ci_high, n, null_rms, effect, p_null, selective, rank).
+    (pairs, stats): [n_pairs, P, M] arrays mean, ci_low, ci_high, n, null_rms, effect
+    (mean / null_rms), p_null, q_null, selective, rank (of |mean| among pairs).
   """
   from lis_jax.quantify import selectivity
   pairs, idx = group_by_pair(np.asarray(origin), np.asarray(target))
   d = _take(deltas, idx)  # [n_pairs, S, P, M]
-  r = null_deltas.shape[1]
-  n = _take(null_deltas, idx).reshape(len(pairs), idx.shape[1] * r, *null_deltas.shape[2:])
-  return pairs, selectivity.unit_statistics(d, n, seed=seed, n_boot=n_boot, level=level, alpha=alpha)
+  nul = _take(null_deltas, idx)  # [n_pairs, S, R, P, M]
+  n_pairs, _, r = nul.shape[:3]
+  shape = deltas.shape[1:]
+  rng = np.random.default_rng(seed)
+  out = {k: np.empty((n_pairs,) + shape) for k in ("mean", "ci_low", "ci_high", "null_rms", "p_null")}
+  for i in range(n_pairs):
+    out["mean"][i], out["ci_low"][i], out["ci_high"][i] = selectivity.bootstrap_ci(
+        d[i], rng=rng, n_boot=n_boot, level=level)
+    comb = _combined_null(nul[i].reshape(*nul.shape[1:3], -1), np.arange(r), n_comb, rng)  # [C, F]
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", RuntimeWarning)
+      out["null_rms"][i] = np.sqrt(np.nanmean(comb ** 2, axis=0)).reshape(shape)
+    out["p_null"][i] = calls.tail_pvalues(np.abs(out["mean"][i]).reshape(1, -1), np.abs(comb),
+                                          rng=rng)[0].reshape(shape)
+  out["n"] = np.sum(np.isfinite(d), axis=1)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    out["effect"] = np.where(out["null_rms"] > 0, out["mean"] / out["null_rms"], np.nan)
+  out["q_null"] = calls.bh_qvalues(out["p_null"])  # one family: every (pair, concept)
+  with np.errstate(invalid="ignore"):
+    out["selective"] = (out["q_null"] <= q_level) if q_level is not None else (out["p_null"] <= alpha)
+  out["rank"] = selectivity.rank_units(out["mean"])
+  return pairs, out
+
+
+def null_path_calls(null_deltas: np.ndarray, origin: np.ndarray, target: np.ndarray, *, seed: int,
+                    alpha: float = 0.05, q_level: float = 0.1, n_comb: int = 1000) -> dict:
+  """The pair calls made on null paths: each draw j in turn plays the pairs' paths (the
+  mean over a pair's searches of their j-th null path), tested against combinations of
+  the other draws, as `pair_statistics` tests the real paths.
+
+  Args:
+    null_deltas: [B, R, P, M] (R >= 2); origin, target: [B].
+  Returns:
+    {'fpr': share of (draw, pair, concept) with p <= alpha (uncorrected; near alpha when
+     calibrated), 'fpr_q': share with q <= q_level (BH per draw over pair x concept),
+     'fwer': share of draws with any call (every call on a null path is false, so this
+     is the family's chance of a false discovery; BH keeps it <= q_level), 'draws': R}.
+  """
+  pairs, idx = group_by_pair(np.asarray(origin), np.asarray(target))
+  nul = _take(null_deltas, idx)  # [n_pairs, S, R, P, M]
+  n_pairs, s, r = nul.shape[:3]
+  flat = nul.reshape(n_pairs, s, r, -1)
+  rng = np.random.default_rng(seed)
+  ps = []
+  for j in range(r):
+    others = np.delete(np.arange(r), j)
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", RuntimeWarning)
+      obs = np.nanmean(flat[:, :, j], axis=1)  # [n_pairs, F]
+    p = np.stack([calls.tail_pvalues(np.abs(obs[i:i + 1]), np.abs(_combined_null(flat[i], others, n_comb, rng)),
+                                     rng=rng)[0] for i in range(n_pairs)])
+    ps.append(p)
+  ps = np.stack(ps)  # [R, n_pairs, F]
+  ok = np.isfinite(ps)
+  q = np.stack([calls.bh_qvalues(p) for p in ps])
+  with np.errstate(invalid="ignore"):
+    called = q <= q_level
+  return {"fpr": float(np.sum((ps <= alpha) & ok) / max(ok.sum(), 1)),
+          "fpr_q": float(np.sum(called) / max(ok.sum(), 1)),
+          "fwer": float(np.mean(called.reshape(r, -1).any(1))), "draws": int(r)}
 
 
 def top_concepts(stats: Mapping[str, np.ndarray], parts: Sequence[str], metrics: Sequence[str],
@@ -196,7 +275,8 @@ def top_concepts(stats: Mapping[str, np.ndarray], parts: Sequence[str], metrics:
       p, m = divmod(int(c), len(metrics))
       lst.append({"part": parts[p], "metric": metrics[m], **{
           key: (bool if key == "selective" else float)(np.asarray(stats[key][i]).reshape(-1)[c])
-          for key in ("mean", "ci_low", "ci_high", "null_rms", "effect", "p_null", "selective")}})
+          for key in ("mean", "ci_low", "ci_high", "null_rms", "effect", "p_null", "q_null", "selective")
+          if key in stats}})
     out.append(lst)
   return out
 
