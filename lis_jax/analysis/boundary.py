@@ -163,56 +163,86 @@ def _take(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
   return out
 
 
-def _combined_null(null: np.ndarray, draws: np.ndarray, n_comb: int, rng: np.random.Generator
-                   ) -> np.ndarray:
-  """Null means over a pair's searches: null [S, R, F] per search and draw (NaN rows =
-  padding), draws [R'] the draws allowed -> [n_comb, F] means of one random allowed draw
-  per search (the searches' null paths are independent, so any combination is a draw of
-  the mean's null)."""
-  s = null.shape[0]
-  pick = draws[rng.integers(0, draws.size, size=(n_comb, s))]  # [C, S]
-  vals = null[np.arange(s)[None], pick]  # [C, S, F]
+def _standardised(deltas: np.ndarray, null: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Each search's changes in units of its null's RMS: deltas [B, F], null [B, R, F] ->
+  (z [B, F] over the RMS of all R draws, z_null [B, R, F] each draw over the RMS of the
+  other R - 1, so a null draw is scaled as independently of itself as the real change is)."""
+  with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+    warnings.simplefilter("ignore", RuntimeWarning)
+    ok = np.isfinite(null)
+    sq = np.where(ok, null ** 2, 0.0)
+    n = ok.sum(1)  # [B, F]
+    sd = np.sqrt(sq.sum(1) / n)
+    sd_loo = np.sqrt((sq.sum(1)[:, None] - sq) / (n[:, None] - 1))
+    z = deltas / np.where(sd > 0, sd, np.nan)
+    z_null = null / np.where(sd_loo > 0, sd_loo, np.nan)
+  return z, z_null
+
+
+def _pooled_means(pool: np.ndarray, k: int, n_comb: int, rng: np.random.Generator) -> np.ndarray:
+  """[n_comb, F] means of k draws picked at random from pool [N, F] (NaN-aware)."""
+  pick = rng.integers(0, pool.shape[0], size=(n_comb, k))
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", RuntimeWarning)
-    return np.nanmean(vals, axis=1)
+    return np.nanmean(pool[pick], axis=1)
+
+
+def _pair_p(z: np.ndarray, pool: np.ndarray, idx: np.ndarray, n_comb: int, rng: np.random.Generator
+            ) -> np.ndarray:
+  """[n_pairs, F] two-sided p of each pair's mean standardised change z [B, F] (searches
+  idx [n_pairs, S], -1 = padding) against means of as many pooled null draws."""
+  out = np.full((idx.shape[0], z.shape[1]), np.nan)
+  for i, row in enumerate(idx):
+    rows = row[row >= 0]
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", RuntimeWarning)
+      obs = np.nanmean(z[rows], axis=0)
+    comb = _pooled_means(pool, rows.size, n_comb, rng)
+    out[i] = calls.tail_pvalues(np.abs(obs)[None], np.abs(comb), rng=rng)[0]
+  return out
 
 
 def pair_statistics(deltas: np.ndarray, null_deltas: np.ndarray, origin: np.ndarray,
                     target: np.ndarray, *, seed: int, n_boot: int = 1000, level: float = 0.95,
-                    alpha: float = 0.05, q_level: float | None = 0.1, n_comb: int = 1000
+                    alpha: float = 0.05, q_level: float | None = 0.1, n_comb: int = 2000
                     ) -> tuple[list[tuple[int, int]], dict[str, np.ndarray]]:
   """Per (origin, target) pair and concept: mean change, bootstrap interval, null p and q.
 
-  The statistic is a pair's mean change over its searches; its null, the mean over the
-  same searches of one null path each (`n_comb` random combinations of the R draws per
-  search); p is two-sided (|mean| against |null means|, a GPD tail where few reach it:
-  analysis.calls) and the (pair x concept) family is corrected by Benjamini-Hochberg.
+  The test: each search's change is divided by the RMS of its own R null paths (a null
+  path differs from the real one only in its direction: analysis.nulls), and a pair's
+  statistic is the mean of these over its searches. Its null: means of as many
+  standardised null draws, picked from all searches' (`n_comb` combinations; valid where
+  the searches' null distributions differ by their scale, which `null_path_calls`
+  checks on the null paths themselves). p is two-sided (a GPD tail where few null means
+  reach it: analysis.calls) and the (pair x concept) family is corrected by
+  Benjamini-Hochberg.
 
   Args:
     deltas: [B, P, M] change of each concept per search; null_deltas: [B, R, P, M].
     origin, target: [B].
     q_level: 'selective' is q <= q_level (None: p <= alpha).
   Returns:
-    (pairs, stats): [n_pairs, P, M] arrays mean, ci_low, ci_high, n, null_rms, effect
+    (pairs, stats): [n_pairs, P, M] arrays mean (of the raw changes), ci_low, ci_high, n,
+    null_rms (RMS of the pair's mean over its own searches' null paths), effect
     (mean / null_rms), p_null, q_null, selective, rank (of |mean| among pairs).
   """
   from lis_jax.quantify import selectivity
   pairs, idx = group_by_pair(np.asarray(origin), np.asarray(target))
-  d = _take(deltas, idx)  # [n_pairs, S, P, M]
-  nul = _take(null_deltas, idx)  # [n_pairs, S, R, P, M]
-  n_pairs, _, r = nul.shape[:3]
+  b, r = null_deltas.shape[:2]
   shape = deltas.shape[1:]
   rng = np.random.default_rng(seed)
-  out = {k: np.empty((n_pairs,) + shape) for k in ("mean", "ci_low", "ci_high", "null_rms", "p_null")}
-  for i in range(n_pairs):
+  z, z_null = _standardised(deltas.reshape(b, -1), null_deltas.reshape(b, r, -1))
+  d = _take(deltas, idx)  # [n_pairs, S, P, M]
+  out = {k: np.empty((len(pairs),) + shape) for k in ("mean", "ci_low", "ci_high", "null_rms")}
+  for i in range(len(pairs)):
     out["mean"][i], out["ci_low"][i], out["ci_high"][i] = selectivity.bootstrap_ci(
         d[i], rng=rng, n_boot=n_boot, level=level)
-    comb = _combined_null(nul[i].reshape(*nul.shape[1:3], -1), np.arange(r), n_comb, rng)  # [C, F]
+    rows = idx[i][idx[i] >= 0]
     with warnings.catch_warnings():
       warnings.simplefilter("ignore", RuntimeWarning)
-      out["null_rms"][i] = np.sqrt(np.nanmean(comb ** 2, axis=0)).reshape(shape)
-    out["p_null"][i] = calls.tail_pvalues(np.abs(out["mean"][i]).reshape(1, -1), np.abs(comb),
-                                          rng=rng)[0].reshape(shape)
+      ms = np.nanmean(null_deltas[rows].reshape(rows.size, r, -1) ** 2, axis=(0, 1)) / rows.size
+    out["null_rms"][i] = np.sqrt(ms).reshape(shape)
+  out["p_null"] = _pair_p(z, z_null.reshape(b * r, -1), idx, n_comb, rng).reshape((len(pairs),) + shape)
   out["n"] = np.sum(np.isfinite(d), axis=1)
   with np.errstate(invalid="ignore", divide="ignore"):
     out["effect"] = np.where(out["null_rms"] > 0, out["mean"] / out["null_rms"], np.nan)
@@ -224,33 +254,27 @@ def pair_statistics(deltas: np.ndarray, null_deltas: np.ndarray, origin: np.ndar
 
 
 def null_path_calls(null_deltas: np.ndarray, origin: np.ndarray, target: np.ndarray, *, seed: int,
-                    alpha: float = 0.05, q_level: float = 0.1, n_comb: int = 1000) -> dict:
-  """The pair calls made on null paths: each draw j in turn plays the pairs' paths (the
-  mean over a pair's searches of their j-th null path), tested against combinations of
-  the other draws, as `pair_statistics` tests the real paths.
+                    alpha: float = 0.05, q_level: float = 0.1, n_comb: int = 2000) -> dict:
+  """The pair calls made on null paths: each draw j in turn plays the pairs' paths
+  (standardised by the RMS of the other draws), tested against the pooled other draws
+  exactly as `pair_statistics` tests the real paths.
 
   Args:
-    null_deltas: [B, R, P, M] (R >= 2); origin, target: [B].
+    null_deltas: [B, R, P, M] (R >= 3); origin, target: [B].
   Returns:
     {'fpr': share of (draw, pair, concept) with p <= alpha (uncorrected; near alpha when
      calibrated), 'fpr_q': share with q <= q_level (BH per draw over pair x concept),
      'fwer': share of draws with any call (every call on a null path is false, so this
      is the family's chance of a false discovery; BH keeps it <= q_level), 'draws': R}.
   """
-  pairs, idx = group_by_pair(np.asarray(origin), np.asarray(target))
-  nul = _take(null_deltas, idx)  # [n_pairs, S, R, P, M]
-  n_pairs, s, r = nul.shape[:3]
-  flat = nul.reshape(n_pairs, s, r, -1)
+  _, idx = group_by_pair(np.asarray(origin), np.asarray(target))
+  b, r = null_deltas.shape[:2]
+  flat = null_deltas.reshape(b, r, -1)
   rng = np.random.default_rng(seed)
   ps = []
   for j in range(r):
-    others = np.delete(np.arange(r), j)
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore", RuntimeWarning)
-      obs = np.nanmean(flat[:, :, j], axis=1)  # [n_pairs, F]
-    p = np.stack([calls.tail_pvalues(np.abs(obs[i:i + 1]), np.abs(_combined_null(flat[i], others, n_comb, rng)),
-                                     rng=rng)[0] for i in range(n_pairs)])
-    ps.append(p)
+    z, z_null = _standardised(flat[:, j], np.delete(flat, j, axis=1))
+    ps.append(_pair_p(z, z_null.reshape(-1, z.shape[1]), idx, n_comb, rng))
   ps = np.stack(ps)  # [R, n_pairs, F]
   ok = np.isfinite(ps)
   q = np.stack([calls.bh_qvalues(p) for p in ps])

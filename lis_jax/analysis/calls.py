@@ -30,6 +30,7 @@ NaN p-values (an undefined statistic) are left out of a family and stay NaN.
 from __future__ import annotations
 
 import numpy as np
+from scipy import special
 from scipy import stats as sps
 
 MIN_EXCEED = 10  # below this many null draws >= x, the tail fit replaces the count
@@ -98,7 +99,7 @@ def gpd_fit(y: np.ndarray) -> tuple[float, float]:
   if not ok.any():
     return 0.0, float(np.mean(x))
   ll = np.where(ok, ll, -np.inf)
-  wts = 1.0 / np.sum(np.exp(ll[None] - ll[:, None]), axis=1)
+  wts = np.exp(ll - special.logsumexp(ll))  # = 1 / sum_i exp(ll_i - ll_j), without overflow
   theta = float(np.sum(np.where(ok, b, 0.0) * wts))
   k_hat = -float(np.mean(np.log1p(-theta * x)))
   xi = -k_hat
