@@ -163,6 +163,11 @@ def _take(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
   return out
 
 
+# Null paths per search below which the standardisation (by the RMS of the other draws)
+# is too noisy to keep p calibrated.
+MIN_NULL_DRAWS = 8
+
+
 def _standardised(deltas: np.ndarray, null: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Each search's changes in units of its null's RMS: deltas [B, F], null [B, R, F] ->
   (z [B, F] over the RMS of all R draws, z_null [B, R, F] each draw over the RMS of the
@@ -229,6 +234,8 @@ def pair_statistics(deltas: np.ndarray, null_deltas: np.ndarray, origin: np.ndar
   from lis_jax.quantify import selectivity
   pairs, idx = group_by_pair(np.asarray(origin), np.asarray(target))
   b, r = null_deltas.shape[:2]
+  if r < MIN_NULL_DRAWS:
+    raise ValueError(f"pair_statistics needs >= {MIN_NULL_DRAWS} null paths per search, got {r}")
   shape = deltas.shape[1:]
   rng = np.random.default_rng(seed)
   z, z_null = _standardised(deltas.reshape(b, -1), null_deltas.reshape(b, r, -1))

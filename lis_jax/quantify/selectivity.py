@@ -392,7 +392,7 @@ def table_rows(stats: Mapping[str, np.ndarray], units: Sequence[int],
       for k, metric in enumerate(CONCEPT_METRICS):
         row = {"unit": int(u), "part": part, "metric": metric}
         for c in TABLE_COLUMNS[3:]:
-          v = stats[c][i, p, k]
+          v = stats[c][i, p, k] if c in stats else np.nan  # unit_statistics has no q_null
           row[c] = bool(v) if c == "selective" else int(v) if c in ("n", "rank") else float(v)
         rows.append(row)
   return rows
