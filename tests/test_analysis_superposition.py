@@ -164,3 +164,12 @@ def test_held_out_items_spread_over_classes():
 def test_every_concept_has_a_measure_family():
   """The families cover quantify's concepts exactly (a renamed concept must not fall out)."""
   assert set(superposition.FAMILIES) == set(selectivity.CONCEPT_METRICS)
+
+
+def test_classwise_null_counts_scale_the_null_calls_to_the_units():
+  rng = np.random.default_rng(3)
+  cls = np.repeat([0, 1], 6)
+  null = rng.normal(size=(100, 12, P, M))
+  null[0, :6, 0, METRICS.index("area")] += 30.0  # one direction stands out, in class 0 only
+  counts = classwise.null_counts(null, np.ones(100), cls, n_units=20, seed=0, q_level=0.1)
+  assert counts[0] == pytest.approx(1 * 20 / 100) and counts[1] == 0.0

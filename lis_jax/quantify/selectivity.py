@@ -16,25 +16,30 @@ notebooks/LinkingInStyle.ipynb, `get_feat_change_single_unit`):
                 width / height in pixels, eccentricity)
 
 A unit's sweep moves every start sample along the same direction in w (the link is
-linear), so the null is a set of R random directions in w, each applied to every start
-sample and shared by all units, with lengths drawn from the units' sweep lengths
-(`shared_null_statistics`). Per unit and concept:
+linear), so the null is a set of R random directions, each applied to every start
+sample and shared by all units, drawn with the units' geometry (r-space directions with
+the units' swept ranges, pushed through the link: lis_jax.analysis.nulls; the earlier
+isotropic-w directions behind quantify.null_space = 'w') (`shared_null_statistics`).
+Per unit and concept:
   mean, ci_low, ci_high   the average change over the start samples (the median by
                           default, robust to the odd failed measurement; or the mean, the
                           reference's) and its percentile bootstrap interval (resampling
                           start samples)
   null_rms                RMS over the null directions of the same average change
   effect                  mean / null_rms
-  p_null                  permutation p-value: (1 + #{null directions whose |average
-                          change| is at least the unit's}) / (1 + R) (ties broken at
-                          random); valid because under
-                          the null the unit's sweep is one more random-direction sweep
-                          (P(p <= alpha) <= alpha; the tests and truth_check.json measure
-                          the false-positive rate on random-direction sweeps). With
-                          `per_length`, changes per unit of sweep length are compared.
-  selective               p_null <= alpha (the permutation test alone: also requiring the
-                          interval to exclude 0, as the earlier null did, made it
-                          conservative, 0.02-0.025 at alpha 0.05 with 4 start samples)
+  p_null                  two-sided permutation p-value: (#{null directions whose |average
+                          change| exceeds the unit's} + V (1 + ties)) / (1 + R), V ~ U(0, 1),
+                          and where fewer than 10 null directions reach it, a generalized
+                          Pareto tail fitted to the null's largest quarter
+                          (lis_jax.analysis.calls), so p is not capped at 1 / (R + 1);
+                          valid because under the null the unit's sweep is one more
+                          random-direction sweep (P(p <= alpha) ~ alpha: `null_calls`
+                          measures it on the null directions, leave one out)
+  q_null                  Benjamini-Hochberg q-value over the family of every
+                          (unit, concept) pair of the table
+  selective               q_null <= q_level (quantify.q_level, 0.1: the false-discovery
+                          rate of the table's calls is controlled at that level);
+                          q_level None: p_null <= alpha, uncorrected
   rank                    rank among all units for this concept of |mean| (1 = largest
                           change, the reference's quantity) or of |effect|
 
