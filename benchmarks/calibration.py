@@ -48,6 +48,8 @@ from lis_jax.stages import counterfactual, quantify, sweep  # noqa: E402
 from lis_jax.stages import link as link_stage  # noqa: E402
 
 STAGES = "paired_data,link,sweep,counterfactual,quantify,boundary,population"
+# The boundary's pair test needs >= 8 null paths per search (analysis.boundary.MIN_NULL_DRAWS).
+DEMO_OVERRIDES = ["--config.boundary.null_draws=8"]
 KEYS = ("fdr_selective", "power_selective", "superposed_fraction_random", "superposed_fraction_units",
         "cka_debiased_independent", "cka_debiased_null_q95", "boundary_fpr_uncorrected", "boundary_fdr",
         "boundary_spearman", "boundary_right_top", "precision_at_5", "spearman")
@@ -59,7 +61,7 @@ def run_demo(workdir: str, seed: int) -> float:
     return 0.0
   t0 = time.time()
   cmd = [sys.executable, "-m", "lis_jax.main", "--config=configs/demo.py", f"--workdir={workdir}",
-         f"--config.seed={seed}", f"--config.stages={STAGES}"]
+         f"--config.seed={seed}", f"--config.stages={STAGES}", *DEMO_OVERRIDES]
   with open(os.path.join(os.path.dirname(workdir), f"seed{seed}.log"), "w") as log:
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
   return time.time() - t0
@@ -121,6 +123,8 @@ def quantify_figures(wd, G, qc, stats_fn, blks, null, parts, q_level) -> dict:
   status = truth.labels(t, names, G.factor_concepts, parts, metrics)
   r = truth.rates(st["selective"], status)
   check = quantify.truth_check(st, units, parts, t, names, qc.top_k, G.factor_concepts, score=qc.rank_by)
+  ranked = quantify.truth_check({**st, "selective": np.ones_like(st["selective"])}, units, parts, t, names,
+                                qc.top_k, G.factor_concepts, score=qc.rank_by)
   nc = selectivity.null_calls(null_d, null_len, seed=0, alpha=qc.alpha, q_level=q_level,
                               average=qc.average, per_length=qc.null_per_length)
   sup = superposition.analyse(st, units, parts, metrics, null_selective=nc["selective"])
@@ -132,6 +136,8 @@ def quantify_figures(wd, G, qc, stats_fn, blks, null, parts, q_level) -> dict:
           "null_fpr_p05": nc["fpr"], "null_any_call": nc["fdr_any"],
           "n_null_selective": int(np.sum(nc["selective"])),
           "precision_at_5": check["mean_precision"], "spearman": check["mean_spearman"],
+          "precision_at_5_ranked": ranked["mean_precision"],
+          "precision_at_5_per_factor": {f: v["precision"] for f, v in check["per_factor"].items()},
           "superposed_fraction_units": sup["superposed_units"]["fraction"],
           "superposed_units_ci": [sup["superposed_units"]["ci_low"], sup["superposed_units"]["ci_high"]],
           "superposed_fraction_random": sup["superposed_null"]["fraction"],
