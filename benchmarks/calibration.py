@@ -48,8 +48,7 @@ from lis_jax.stages import counterfactual, quantify, sweep  # noqa: E402
 from lis_jax.stages import link as link_stage  # noqa: E402
 
 STAGES = "paired_data,link,sweep,counterfactual,quantify,boundary,population"
-# The boundary's pair test needs >= 8 null paths per search (analysis.boundary.MIN_NULL_DRAWS).
-DEMO_OVERRIDES = ["--config.boundary.null_draws=8"]
+DEMO_OVERRIDES = []  # extra --config overrides of the demo runs
 KEYS = ("fdr_selective", "power_selective", "superposed_fraction_random", "superposed_fraction_units",
         "cka_debiased_independent", "cka_debiased_null_q95", "boundary_fpr_uncorrected", "boundary_fdr",
         "boundary_spearman", "boundary_right_top", "precision_at_5", "spearman")

@@ -71,7 +71,8 @@ def rates(called: np.ndarray, status: np.ndarray) -> dict:
   """FDR and power of boolean calls [N, P, M] against `labels`' status [N, P, M].
 
   Returns:
-    {'fdr' (NaN without calls on decided pairs), 'power' (NaN without truly selective
+    {'fdr' (false / max(calls on decided pairs, 1): 0 without calls, the false-discovery
+     proportion whose expectation BH controls), 'power' (NaN without truly selective
      pairs), 'n_called', 'n_false', 'n_true_selective', 'n_true_null', 'null_call_rate'
      (calls among truly null pairs)}.
   """
@@ -81,7 +82,7 @@ def rates(called: np.ndarray, status: np.ndarray) -> dict:
   n_hit = int(np.sum(c & (s == 1)))
   n_sel, n_null = int(np.sum(s == 1)), int(np.sum(s == 0))
   called_decided = n_false + n_hit
-  return {"fdr": n_false / called_decided if called_decided else float("nan"),
+  return {"fdr": n_false / max(called_decided, 1),  # V / max(R, 1): 0 without calls (BH's definition)
           "power": n_hit / n_sel if n_sel else float("nan"),
           "n_called": called_decided, "n_false": n_false, "n_true_selective": n_sel,
           "n_true_null": n_null, "null_call_rate": n_false / n_null if n_null else float("nan")}
