@@ -14,9 +14,14 @@ classifies the midpoints of both crossings of every search in one batch).
 What changes across the boundary: a concept's (part x metric) change from w_before to
 the image where the target is reached (`crossing_t`: t_reach, else t_leave, else 1),
 normalised as quantify's sweep changes are; per (origin -> target) pair, a mean with a
-bootstrap interval over the pair's searches and a null of random paths of the same
-length from the same starts (`pair_statistics`, the statistics of
-quantify.selectivity with pairs in place of units).
+bootstrap interval over the pair's searches and a test against null paths from the same
+starts (`pair_statistics`): R null paths per search that differ from the real one only
+in their direction in r-space (analysis.nulls.boundary_ends; `null_ends`, random
+directions in w of the same w-length, is the earlier null), each search's change scaled
+by its own null paths' RMS, a pooled null of as many scaled null draws, and
+Benjamini-Hochberg over the (pair x concept) family. `null_path_calls` makes the same
+calls on the null paths themselves: the false-positive rate before correction (near
+alpha when calibrated) and the chance of any call after it (<= q when BH holds).
 """
 from __future__ import annotations
 
