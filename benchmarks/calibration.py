@@ -155,7 +155,7 @@ def boundary_figures(G, a, batch0, null_arrays, sources, parts, seed, q_level, n
   tr = {n: a["truth_change"][:, i] for i, n in enumerate(names)}
   val = blib.validate(st, tr, a["origin"], a["target"], parts, metrics, G.factor_concepts)
   _, idx = blib.group_by_pair(a["origin"], a["target"])
-  pair_truth = np.stack([np.nanmean(blib._take(a["truth_change"], idx[i]), axis=0) for i in range(len(pairs))])
+  pair_truth = np.stack([np.nanmean(blib.take_rows(a["truth_change"], idx[i]), axis=0) for i in range(len(pairs))])
   status = truth.labels(pair_truth, names, G.factor_concepts, parts, metrics)
   r = truth.rates(st["selective"], status)
   return {"boundary_fpr_uncorrected": nc["fpr"], "boundary_fwer_null_paths": nc["fwer"],

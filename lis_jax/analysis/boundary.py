@@ -161,6 +161,11 @@ def group_by_pair(origin: np.ndarray, target: np.ndarray) -> tuple[list[tuple[in
   return pairs, idx
 
 
+def take_rows(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
+  """x [B, ...] gathered at idx [...] (-1 -> NaN rows), e.g. a pair's searches (group_by_pair)."""
+  return _take(x, idx)
+
+
 def _take(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
   """x [B, ...] gathered at idx [...] (-1 -> NaN rows)."""
   out = x[np.maximum(idx, 0)].astype(np.float64)
