@@ -128,6 +128,9 @@ def quantify_figures(wd, G, qc, stats_fn, blks, null, parts, q_level) -> dict:
                               average=qc.average, per_length=qc.null_per_length)
   sup = superposition.analyse(st, units, parts, metrics, null_selective=nc["selective"])
   p_unc = truth.rates(st["p_null"] <= qc.alpha, status)
+  with np.errstate(invalid="ignore"):  # the same rule with uncorrected calls (p <= alpha), for contrast
+    sup_unc = superposition.analyse({**st, "selective": st["p_null"] <= qc.alpha}, units, parts, metrics,
+                                    null_selective=nc["p_null"] <= qc.alpha)
   return {"fdr_selective": r["fdr"], "power_selective": r["power"], "n_called": r["n_called"],
           "n_true_selective": r["n_true_selective"], "n_true_null": r["n_true_null"],
           "n_selective_all": int(np.sum(st["selective"])), "n_tests": int(np.sum(np.isfinite(st["p_null"]))),
@@ -141,7 +144,9 @@ def quantify_figures(wd, G, qc, stats_fn, blks, null, parts, q_level) -> dict:
           "superposed_units_ci": [sup["superposed_units"]["ci_low"], sup["superposed_units"]["ci_high"]],
           "superposed_fraction_random": sup["superposed_null"]["fraction"],
           "superposed_random_ci": [sup["superposed_null"]["ci_low"], sup["superposed_null"]["ci_high"]],
-          "null_draws": int(null_d.shape[0])}
+          "null_draws": int(null_d.shape[0]),
+          "superposed_fraction_units_p05": sup_unc["superposed_units"]["fraction"],
+          "superposed_fraction_random_p05": sup_unc["superposed_null"]["fraction"]}
 
 
 def boundary_figures(G, a, batch0, null_arrays, sources, parts, seed, q_level, n_comb) -> dict:
