@@ -17,9 +17,9 @@ normalised as quantify's sweep changes are; per (origin -> target) pair, a mean 
 bootstrap interval over the pair's searches and a test against null paths from the same
 starts (`pair_statistics`): R null paths per search that differ from the real one only
 in their direction in r-space (analysis.nulls.boundary_ends; `null_ends`, random
-directions in w of the same w-length, is the earlier null), each search's change scaled
-by its own null paths' RMS, a pooled null of as many scaled null draws, and
-Benjamini-Hochberg over the (pair x concept) family. `null_path_calls` makes the same
+directions in w of the same w-length, is the earlier null), each search's change ranked
+among its own null paths (an exact permutation p), the pair's searches combined by
+Fisher's method, and Benjamini-Hochberg over the (pair x concept) family. `null_path_calls` makes the same
 calls on the null paths themselves: the false-positive rate before correction (near
 alpha when calibrated) and the chance of any call after it (<= q when BH holds).
 """
@@ -173,80 +173,65 @@ def _take(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
   return out
 
 
-# Null paths per search below which the standardisation (by the RMS of the other draws)
-# is too noisy to keep p calibrated (with 1, p is NaN: nothing to scale by).
-MIN_NULL_DRAWS = 8
+def search_pvalues(x: np.ndarray, null: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """Each search's two-sided p against its own null paths: x [B, F], null [B, R, F] ->
+  [B, F] p = (#{|null| > |x|} + V (1 + #{|null| = |x|})) / (1 + R'), V ~ U(0, 1), R' the
+  defined draws: exactly uniform when x is one more null path (whatever the search's own
+  distribution of changes), NaN where x is undefined or no draw is."""
+  a = np.abs(np.asarray(x, np.float64))[:, None]  # [B, 1, F]
+  b = np.abs(np.asarray(null, np.float64))
+  ok = np.isfinite(b)
+  with np.errstate(invalid="ignore"):
+    above = np.sum(ok & (b > a), axis=1)
+    ties = np.sum(ok & (b == a), axis=1)
+  n = ok.sum(1)
+  p = (above + rng.uniform(size=above.shape) * (ties + 1.0)) / (n + 1.0)
+  return np.where(np.isfinite(a[:, 0]) & (n > 0), p, np.nan)
 
 
-def _standardised(deltas: np.ndarray, null: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Each search's changes in units of its null's RMS: deltas [B, F], null [B, R, F] ->
-  (z [B, F] over the RMS of all R draws, z_null [B, R, F] each draw over the RMS of the
-  other R - 1, so a null draw is scaled as independently of itself as the real change is)."""
-  with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
-    warnings.simplefilter("ignore", RuntimeWarning)
-    ok = np.isfinite(null)
-    sq = np.where(ok, null ** 2, 0.0)
-    n = ok.sum(1)  # [B, F]
-    sd = np.sqrt(sq.sum(1) / n)
-    sd_loo = np.sqrt((sq.sum(1)[:, None] - sq) / (n[:, None] - 1))
-    z = deltas / np.where(sd > 0, sd, np.nan)
-    z_null = null / np.where(sd_loo > 0, sd_loo, np.nan)
-  return z, z_null
-
-
-def _pooled_means(pool: np.ndarray, k: int, n_comb: int, rng: np.random.Generator) -> np.ndarray:
-  """[n_comb, F] means of k draws picked at random from pool [N, F] (NaN-aware)."""
-  pick = rng.integers(0, pool.shape[0], size=(n_comb, k))
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore", RuntimeWarning)
-    return np.nanmean(pool[pick], axis=1)
-
-
-def _pair_p(z: np.ndarray, pool: np.ndarray, idx: np.ndarray, n_comb: int, rng: np.random.Generator
-            ) -> np.ndarray:
-  """[n_pairs, F] two-sided p of each pair's mean standardised change z [B, F] (searches
-  idx [n_pairs, S], -1 = padding) against means of as many pooled null draws."""
-  out = np.full((idx.shape[0], z.shape[1]), np.nan)
+def fisher_combine(p: np.ndarray, idx: np.ndarray) -> np.ndarray:
+  """Fisher's combination of the searches' p [B, F] per pair (idx [n_pairs, S], -1 =
+  padding): chi2.sf(-2 sum log p, 2 k) over a pair's k defined p -> [n_pairs, F]."""
+  from scipy import stats as sps
+  out = np.full((idx.shape[0], p.shape[1]), np.nan)
   for i, row in enumerate(idx):
-    rows = row[row >= 0]
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore", RuntimeWarning)
-      obs = np.nanmean(z[rows], axis=0)
-    comb = _pooled_means(pool, rows.size, n_comb, rng)
-    out[i] = calls.tail_pvalues(np.abs(obs)[None], np.abs(comb), rng=rng)[0]
+    pp = p[row[row >= 0]]  # [k, F]
+    k = np.isfinite(pp).sum(0)
+    stat = -2.0 * np.nansum(np.log(np.maximum(pp, 1e-300)), axis=0)
+    out[i] = np.where(k > 0, sps.chi2.sf(stat, 2 * np.maximum(k, 1)), np.nan)
   return out
 
 
 def pair_statistics(deltas: np.ndarray, null_deltas: np.ndarray, origin: np.ndarray,
                     target: np.ndarray, *, seed: int, n_boot: int = 1000, level: float = 0.95,
-                    alpha: float = 0.05, q_level: float | None = 0.1, n_comb: int = 2000
+                    alpha: float = 0.05, q_level: float | None = 0.1, n_comb: int | None = None
                     ) -> tuple[list[tuple[int, int]], dict[str, np.ndarray]]:
   """Per (origin, target) pair and concept: mean change, bootstrap interval, null p and q.
 
-  The test: each search's change is divided by the RMS of its own R null paths (a null
-  path differs from the real one only in its direction: analysis.nulls), and a pair's
-  statistic is the mean of these over its searches. Its null: means of as many
-  standardised null draws, picked from all searches' (`n_comb` combinations; valid where
-  the searches' null distributions differ by their scale, which `null_path_calls`
-  checks on the null paths themselves). p is two-sided (a GPD tail where few null means
-  reach it: analysis.calls) and the (pair x concept) family is corrected by
-  Benjamini-Hochberg.
+  The test: each search's |change| is ranked among the |changes| along its own R null
+  paths (paths that differ from the real one only in their direction: analysis.nulls),
+  a randomised permutation p that is exactly uniform under the null whatever that
+  search's distribution (`search_pvalues`); a pair's p combines its searches' by Fisher's
+  method (the searches' null paths are drawn independently), and the (pair x concept)
+  family is corrected by Benjamini-Hochberg. `null_path_calls` makes the same calls on
+  the null paths themselves.
 
   Args:
     deltas: [B, P, M] change of each concept per search; null_deltas: [B, R, P, M].
     origin, target: [B].
-    q_level: 'selective' is q <= q_level (None: p <= alpha).
+    q_level: 'selective' is q <= q_level (None: p <= alpha). n_comb: unused (kept for
+      callers of the earlier pooled test).
   Returns:
     (pairs, stats): [n_pairs, P, M] arrays mean (of the raw changes), ci_low, ci_high, n,
     null_rms (RMS of the pair's mean over its own searches' null paths), effect
     (mean / null_rms), p_null, q_null, selective, rank (of |mean| among pairs).
   """
+  del n_comb
   from lis_jax.quantify import selectivity
   pairs, idx = group_by_pair(np.asarray(origin), np.asarray(target))
   b, r = null_deltas.shape[:2]
   shape = deltas.shape[1:]
   rng = np.random.default_rng(seed)
-  z, z_null = _standardised(deltas.reshape(b, -1), null_deltas.reshape(b, r, -1))
   d = _take(deltas, idx)  # [n_pairs, S, P, M]
   out = {k: np.empty((len(pairs),) + shape) for k in ("mean", "ci_low", "ci_high", "null_rms")}
   for i in range(len(pairs)):
@@ -257,7 +242,8 @@ def pair_statistics(deltas: np.ndarray, null_deltas: np.ndarray, origin: np.ndar
       warnings.simplefilter("ignore", RuntimeWarning)
       ms = np.nanmean(null_deltas[rows].reshape(rows.size, r, -1) ** 2, axis=(0, 1)) / rows.size
     out["null_rms"][i] = np.sqrt(ms).reshape(shape)
-  out["p_null"] = _pair_p(z, z_null.reshape(b * r, -1), idx, n_comb, rng).reshape((len(pairs),) + shape)
+  p_s = search_pvalues(deltas.reshape(b, -1), null_deltas.reshape(b, r, -1), rng)
+  out["p_null"] = fisher_combine(p_s, idx).reshape((len(pairs),) + shape)
   out["n"] = np.sum(np.isfinite(d), axis=1)
   with np.errstate(invalid="ignore", divide="ignore"):
     out["effect"] = np.where(out["null_rms"] > 0, out["mean"] / out["null_rms"], np.nan)
@@ -269,28 +255,27 @@ def pair_statistics(deltas: np.ndarray, null_deltas: np.ndarray, origin: np.ndar
 
 
 def null_path_calls(null_deltas: np.ndarray, origin: np.ndarray, target: np.ndarray, *, seed: int,
-                    alpha: float = 0.05, q_level: float = 0.1, n_comb: int = 2000) -> dict:
-  """The pair calls made on null paths: each draw j in turn plays the pairs' paths
-  (standardised by the RMS of the other draws), tested against the pooled other draws
-  exactly as `pair_statistics` tests the real paths.
+                    alpha: float = 0.05, q_level: float = 0.1, n_comb: int | None = None) -> dict:
+  """The pair calls made on null paths: each draw j in turn plays the pairs' paths (its
+  change ranked among the other R - 1 null paths of its search), combined and corrected
+  exactly as `pair_statistics` does for the real paths.
 
   Args:
-    null_deltas: [B, R, P, M] (R >= 3); origin, target: [B].
+    null_deltas: [B, R, P, M] (R >= 2); origin, target: [B]; n_comb unused.
   Returns:
-    {'fpr': share of (draw, pair, concept) with p <= alpha (uncorrected; near alpha when
-     calibrated), 'fpr_q': share with q <= q_level (BH per draw over pair x concept),
+    {'fpr': share of (draw, pair, concept) with p <= alpha (uncorrected; alpha in
+     expectation), 'fpr_q': share with q <= q_level (BH per draw over pair x concept),
      'fwer': share of draws with any call (every call on a null path is false, so this
-     is the family's chance of a false discovery; BH keeps it <= q_level), 'draws': R}.
+     is the family's chance of a false discovery; BH keeps it <= q_level for independent
+     or positively dependent tests), 'draws': R}.
   """
+  del n_comb
   _, idx = group_by_pair(np.asarray(origin), np.asarray(target))
   b, r = null_deltas.shape[:2]
   flat = null_deltas.reshape(b, r, -1)
   rng = np.random.default_rng(seed)
-  ps = []
-  for j in range(r):
-    z, z_null = _standardised(flat[:, j], np.delete(flat, j, axis=1))
-    ps.append(_pair_p(z, z_null.reshape(-1, z.shape[1]), idx, n_comb, rng))
-  ps = np.stack(ps)  # [R, n_pairs, F]
+  ps = np.stack([fisher_combine(search_pvalues(flat[:, j], np.delete(flat, j, axis=1), rng), idx)
+                 for j in range(r)])  # [R, n_pairs, F]
   ok = np.isfinite(ps)
   q = np.stack([calls.bh_qvalues(p) for p in ps])
   with np.errstate(invalid="ignore"):
