@@ -18,8 +18,9 @@ a second run reuses it), then this script measures:
   semantic order  planted independent spaces at configs/linear.py's sizes (5 classes x
                48 items, 2048 vs 512 dims): debiased CKA and its within-class null's
                95th percentile.
-  boundary     r-space null paths (`--boundary-draws` per search), pair statistics with
-               BH over pair x concept: boundary_fpr_uncorrected (null paths tested as
+  boundary     r-space null paths (`--boundary-draws` per search), pair statistics (each
+               search's exact permutation p, Fisher over the pair's searches) with BH
+               over pair x concept: boundary_fpr_uncorrected (null paths tested as
                pairs, p <= 0.05), boundary_fdr (calls at q <= --q on the real pairs
                against the truth of the pairs' mean true factor change),
                boundary_spearman and boundary_right_top (boundary.validate).
@@ -27,7 +28,6 @@ a second run reuses it), then this script measures:
 Prints one line per figure and writes them as JSON: each key a list, one value per seed.
 """
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -149,13 +149,12 @@ def quantify_figures(wd, G, qc, stats_fn, blks, null, parts, q_level) -> dict:
           "superposed_fraction_random_p05": sup_unc["superposed_null"]["fraction"]}
 
 
-def boundary_figures(G, a, batch0, null_arrays, sources, parts, seed, q_level, n_comb) -> dict:
+def boundary_figures(G, a, batch0, null_arrays, sources, parts, seed, q_level) -> dict:
   arrays = {**{k: v for k, v in a.items() if k.startswith("pt.")}, **null_arrays}
   deltas, null_d = bstage.changes(arrays, sources)
   metrics = list(selectivity.CONCEPT_METRICS)
-  pairs, st = blib.pair_statistics(deltas, null_d, a["origin"], a["target"], seed=seed, q_level=q_level,
-                                   n_comb=n_comb)
-  nc = blib.null_path_calls(null_d, a["origin"], a["target"], seed=seed, q_level=q_level, n_comb=n_comb)
+  pairs, st = blib.pair_statistics(deltas, null_d, a["origin"], a["target"], seed=seed, q_level=q_level)
+  nc = blib.null_path_calls(null_d, a["origin"], a["target"], seed=seed, q_level=q_level)
   names = [str(x) for x in batch0["truth_factors"]]
   tr = {n: a["truth_change"][:, i] for i, n in enumerate(names)}
   val = blib.validate(st, tr, a["origin"], a["target"], parts, metrics, G.factor_concepts)
@@ -207,7 +206,7 @@ def measure_seed(wd: str, seed: int, args) -> dict:
   out["w_null"] = quantify_figures(wd, G, qc, stats_fn, blks, wnull, parts, args.q)
   out.update(planted_cka(seed, args.cka_perm))
   out.update(boundary_figures(G, a, bstage.load_batches(wd)[0], bnull, selectivity.concept_sources(qc.concepts),
-                              parts, seed, args.q, args.n_comb))
+                              parts, seed, args.q))
   return out
 
 
@@ -219,7 +218,6 @@ def main():
   p.add_argument("--q", type=float, default=0.1, help="BH level of the calls")
   p.add_argument("--quantify-draws", type=int, default=200, help="r-space null directions")
   p.add_argument("--boundary-draws", type=int, default=16, help="r-space null paths per search")
-  p.add_argument("--n-comb", type=int, default=1000, help="null combinations per pair")
   p.add_argument("--cka-perm", type=int, default=200, help="within-class permutations of the CKA null")
   args = p.parse_args()
   seeds = [int(s) for s in args.seeds.split(",")]

@@ -204,7 +204,7 @@ def fisher_combine(p: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 def pair_statistics(deltas: np.ndarray, null_deltas: np.ndarray, origin: np.ndarray,
                     target: np.ndarray, *, seed: int, n_boot: int = 1000, level: float = 0.95,
-                    alpha: float = 0.05, q_level: float | None = 0.1, n_comb: int | None = None
+                    alpha: float = 0.05, q_level: float | None = 0.1
                     ) -> tuple[list[tuple[int, int]], dict[str, np.ndarray]]:
   """Per (origin, target) pair and concept: mean change, bootstrap interval, null p and q.
 
@@ -219,14 +219,12 @@ def pair_statistics(deltas: np.ndarray, null_deltas: np.ndarray, origin: np.ndar
   Args:
     deltas: [B, P, M] change of each concept per search; null_deltas: [B, R, P, M].
     origin, target: [B].
-    q_level: 'selective' is q <= q_level (None: p <= alpha). n_comb: unused (kept for
-      callers of the earlier pooled test).
+    q_level: 'selective' is q <= q_level (None: p <= alpha).
   Returns:
     (pairs, stats): [n_pairs, P, M] arrays mean (of the raw changes), ci_low, ci_high, n,
     null_rms (RMS of the pair's mean over its own searches' null paths), effect
     (mean / null_rms), p_null, q_null, selective, rank (of |mean| among pairs).
   """
-  del n_comb
   from lis_jax.quantify import selectivity
   pairs, idx = group_by_pair(np.asarray(origin), np.asarray(target))
   b, r = null_deltas.shape[:2]
@@ -255,13 +253,13 @@ def pair_statistics(deltas: np.ndarray, null_deltas: np.ndarray, origin: np.ndar
 
 
 def null_path_calls(null_deltas: np.ndarray, origin: np.ndarray, target: np.ndarray, *, seed: int,
-                    alpha: float = 0.05, q_level: float = 0.1, n_comb: int | None = None) -> dict:
+                    alpha: float = 0.05, q_level: float = 0.1) -> dict:
   """The pair calls made on null paths: each draw j in turn plays the pairs' paths (its
   change ranked among the other R - 1 null paths of its search), combined and corrected
   exactly as `pair_statistics` does for the real paths.
 
   Args:
-    null_deltas: [B, R, P, M] (R >= 2); origin, target: [B]; n_comb unused.
+    null_deltas: [B, R, P, M] (R >= 2); origin, target: [B].
   Returns:
     {'fpr': share of (draw, pair, concept) with p <= alpha (uncorrected; alpha in
      expectation), 'fpr_q': share with q <= q_level (BH per draw over pair x concept),
@@ -269,7 +267,6 @@ def null_path_calls(null_deltas: np.ndarray, origin: np.ndarray, target: np.ndar
      is the family's chance of a false discovery; BH keeps it <= q_level for independent
      or positively dependent tests), 'draws': R}.
   """
-  del n_comb
   _, idx = group_by_pair(np.asarray(origin), np.asarray(target))
   b, r = null_deltas.shape[:2]
   flat = null_deltas.reshape(b, r, -1)
