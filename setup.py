@@ -28,6 +28,7 @@ EXTRAS_REQUIRE = {
         "torch==2.13.0", "pytest", "scikit-learn", "chex", "scipy", "scikit-image",
         # browser tests; 4.38: newer releases need a certifi the registry may lack
         "selenium==4.38.0",
+        "statsmodels==0.15.0",  # tests/test_analysis_calls.py: BH against multipletests
         # More test dependencies go here, one a line; then refresh constraints.txt.
     ],
     # lpips==0.1.4 (tests/test_lpips.py, converters/lpips.py) is installed by scripts/test.sh

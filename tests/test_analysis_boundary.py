@@ -88,7 +88,7 @@ def _planted_searches(rng, n_per=10):
   origin = np.repeat([0, 1], n_per)
   target = 1 - origin
   deltas = rng.normal(0, 0.1, size=(2 * n_per, len(PARTS), len(METRICS)))
-  null = rng.normal(0, 0.1, size=(2 * n_per, 2, len(PARTS), len(METRICS)))
+  null = rng.normal(0, 0.1, size=(2 * n_per, 16, len(PARTS), len(METRICS)))  # 16 null paths each
   area, lum = METRICS.index("area"), METRICS.index("luminance")
   deltas[:n_per, 0, area] += 1.0
   deltas[n_per:, 1, lum] -= 0.5

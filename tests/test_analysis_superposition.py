@@ -50,6 +50,43 @@ def test_rule_counts_planted_units():
       ("top", "area"), ("top", "width"), ("top", "height")}
 
 
+def test_object_and_its_parts_are_one_family_not_two():
+  parts = ("body", "top", "object")
+  p_, m_ = len(parts), len(METRICS)
+  sel = np.zeros((4, p_, m_), bool)
+  at = lambda part, metric: (parts.index(part), METRICS.index(metric))
+  # 0: the whole object moves: every part's and the object's position -> one family.
+  for part in parts:
+    sel[(0, *at(part, "centre_x"))] = sel[(0, *at(part, "motion"))] = True
+  # 1: the body brightens: body colour and the object's colour (nested) -> one family.
+  sel[(1, *at("body", "luminance"))] = sel[(1, *at("object", "luminance"))] = True
+  # 2: the object grows and the top changes colour -> two families.
+  sel[(2, *at("object", "area"))] = sel[(2, *at("body", "width"))] = True
+  sel[(2, *at("top", "colour_r"))] = True
+  # 3: only a part's own geometry (nested in the object's, which did not pass) -> none counted.
+  sel[(3, *at("top", "height"))] = True
+  stats = {"selective": sel, "effect": sel * 3.0 + 0.1, "mean": sel * 1.0}
+  res = superposition.analyse(stats, [0, 1, 2, 3], parts, METRICS)
+  assert [r["n_groups"] for r in res["units"]] == [1, 1, 2, 0]
+  assert [r["label"] for r in res["units"]] == ["single-concept", "single-concept", "superposed", "none"]
+  groups = superposition.concept_groups(parts, METRICS)
+  # 3 object geometry families + 2 appearance families for each of the 2 parts.
+  assert np.unique(groups[groups >= 0]).size == 3 + 2 * 2
+
+
+def test_population_fractions_come_with_their_null_and_clopper_pearson_interval():
+  from scipy import stats as sps
+  null_sel = np.zeros((40, P, M), bool)
+  null_sel[:3, 0, METRICS.index("luminance")] = True
+  null_sel[:3, 1, METRICS.index("texture")] = True  # 3 of 40 directions superposed
+  res = superposition.analyse(_planted_stats(), [10, 11, 12, 13, 14], PARTS, METRICS, null_selective=null_sel)
+  sn = res["superposed_null"]
+  assert (sn["k"], sn["n"]) == (3, 40) and sn["fraction"] == pytest.approx(3 / 40)
+  ci = sps.binomtest(3, 40).proportion_ci(0.95, method="exact")
+  assert (sn["ci_low"], sn["ci_high"]) == pytest.approx((ci.low, ci.high), abs=ROUNDOFF)
+  assert res["superposed_units"]["k"] == 2 and res["superposed_units"]["n"] == 5
+
+
 def test_profile_entropy_closed_forms():
   c = 8
   eff = np.zeros((4, c))
@@ -95,7 +132,11 @@ def test_classwise_finds_a_unit_selective_in_one_class_only():
   pooled = selectivity.shared_null_statistics(deltas, lengths, null, null_lengths, seed=0, n_boot=400)
   rows = classwise.summary(pooled, per_class)
   assert [r["class"] for r in rows] == [0, 1] and rows[0]["n_samples"] == s_per
-  assert 0.0 <= rows[1]["jaccard"] <= 1.0
+  for r in rows:  # Jaccard of the two selective sets (NaN where both are empty)
+    ps, cs = pooled["selective"], per_class[r["class"]]["selective"]
+    union = np.sum(ps | cs)
+    expected = np.sum(ps & cs) / union if union else np.nan
+    np.testing.assert_equal(r["jaccard"], expected)
 
 
 def test_population_reads_quantify_rows_back_into_arrays():
@@ -123,3 +164,12 @@ def test_held_out_items_spread_over_classes():
 def test_every_concept_has_a_measure_family():
   """The families cover quantify's concepts exactly (a renamed concept must not fall out)."""
   assert set(superposition.FAMILIES) == set(selectivity.CONCEPT_METRICS)
+
+
+def test_classwise_null_counts_scale_the_null_calls_to_the_units():
+  rng = np.random.default_rng(3)
+  cls = np.repeat([0, 1], 6)
+  null = rng.normal(size=(100, 12, P, M))
+  null[0, :6, 0, METRICS.index("area")] += 30.0  # one direction stands out, in class 0 only
+  counts = classwise.null_counts(null, np.ones(100), cls, n_units=20, seed=0, q_level=0.1)
+  assert counts[0] == pytest.approx(1 * 20 / 100) and counts[1] == 0.0

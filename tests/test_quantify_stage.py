@@ -28,6 +28,7 @@ def small_config():
   q.n_labelled, q.n_heldout, q.epochs = 4, 4, 2  # the segmenter's quality is tested elsewhere
   q.resolution = 32  # segmented and measured at half the world's 64 px (exercises resampling)
   q.samples_per_unit, q.null_draws, q.batch_size, q.n_boot, q.cards = 3, 4, 16, 100, 2
+  q.null_space = "w"  # the faked sweep has no link to push r-space directions through
   return config
 
 

@@ -14,19 +14,25 @@ classifies the midpoints of both crossings of every search in one batch).
 What changes across the boundary: a concept's (part x metric) change from w_before to
 the image where the target is reached (`crossing_t`: t_reach, else t_leave, else 1),
 normalised as quantify's sweep changes are; per (origin -> target) pair, a mean with a
-bootstrap interval over the pair's searches and a null of random paths of the same
-length from the same starts (`pair_statistics`, the statistics of
-quantify.selectivity with pairs in place of units).
+bootstrap interval over the pair's searches and a test against null paths from the same
+starts (`pair_statistics`): R null paths per search that differ from the real one only
+in their direction in r-space (analysis.nulls.boundary_ends; `null_ends`, random
+directions in w of the same w-length, is the earlier null), each search's change ranked
+among its own null paths (an exact permutation p), the pair's searches combined by
+Fisher's method, and Benjamini-Hochberg over the (pair x concept) family. `null_path_calls` makes the same
+calls on the null paths themselves: the false-positive rate before correction (near
+alpha when calibrated) and the chance of any call after it (<= q when BH holds).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lis_jax.analysis import rsa
+from lis_jax.analysis import calls, rsa
 
 
 def path_w(link, r: jax.Array, shift: jax.Array, t: jax.Array) -> jax.Array:
@@ -155,6 +161,11 @@ def group_by_pair(origin: np.ndarray, target: np.ndarray) -> tuple[list[tuple[in
   return pairs, idx
 
 
+def take_rows(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
+  """x [B, ...] gathered at idx [...] (-1 -> NaN rows), e.g. a pair's searches (group_by_pair)."""
+  return _take(x, idx)
+
+
 def _take(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
   """x [B, ...] gathered at idx [...] (-1 -> NaN rows)."""
   out = x[np.maximum(idx, 0)].astype(np.float64)
@@ -162,24 +173,113 @@ def _take(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
   return out
 
 
+def search_pvalues(x: np.ndarray, null: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """Each search's two-sided p against its own null paths: x [B, F], null [B, R, F] ->
+  [B, F] p = (#{|null| > |x|} + V (1 + #{|null| = |x|})) / (1 + R'), V ~ U(0, 1), R' the
+  defined draws: exactly uniform when x is one more null path (whatever the search's own
+  distribution of changes), NaN where x is undefined or no draw is."""
+  a = np.abs(np.asarray(x, np.float64))[:, None]  # [B, 1, F]
+  b = np.abs(np.asarray(null, np.float64))
+  ok = np.isfinite(b)
+  with np.errstate(invalid="ignore"):
+    above = np.sum(ok & (b > a), axis=1)
+    ties = np.sum(ok & (b == a), axis=1)
+  n = ok.sum(1)
+  p = (above + rng.uniform(size=above.shape) * (ties + 1.0)) / (n + 1.0)
+  return np.where(np.isfinite(a[:, 0]) & (n > 0), p, np.nan)
+
+
+def fisher_combine(p: np.ndarray, idx: np.ndarray) -> np.ndarray:
+  """Fisher's combination of the searches' p [B, F] per pair (idx [n_pairs, S], -1 =
+  padding): chi2.sf(-2 sum log p, 2 k) over a pair's k defined p -> [n_pairs, F]."""
+  from scipy import stats as sps
+  out = np.full((idx.shape[0], p.shape[1]), np.nan)
+  for i, row in enumerate(idx):
+    pp = p[row[row >= 0]]  # [k, F]
+    k = np.isfinite(pp).sum(0)
+    stat = -2.0 * np.nansum(np.log(np.maximum(pp, 1e-300)), axis=0)
+    out[i] = np.where(k > 0, sps.chi2.sf(stat, 2 * np.maximum(k, 1)), np.nan)
+  return out
+
+
 def pair_statistics(deltas: np.ndarray, null_deltas: np.ndarray, origin: np.ndarray,
                     target: np.ndarray, *, seed: int, n_boot: int = 1000, level: float = 0.95,
-                    alpha: float = 0.05) -> tuple[list[tuple[int, int]], dict[str, np.ndarray]]:
-  """Per (origin, target) pair and concept: mean change, bootstrap interval, null p, effect.
+                    alpha: float = 0.05, q_level: float | None = 0.1
+                    ) -> tuple[list[tuple[int, int]], dict[str, np.ndarray]]:
+  """Per (origin, target) pair and concept: mean change, bootstrap interval, null p and q.
+
+  The test: each search's |change| is ranked among the |changes| along its own R null
+  paths (paths that differ from the real one only in their direction: analysis.nulls),
+  a randomised permutation p that is exactly uniform under the null whatever that
+  search's distribution (`search_pvalues`); a pair's p combines its searches' by Fisher's
+  method (the searches' null paths are drawn independently), and the (pair x concept)
+  family is corrected by Benjamini-Hochberg. `null_path_calls` makes the same calls on
+  the null paths themselves.
 
   Args:
     deltas: [B, P, M] change of each concept per search; null_deltas: [B, R, P, M].
     origin, target: [B].
+    q_level: 'selective' is q <= q_level (None: p <= alpha).
   Returns:
-    (pairs, stats): stats as quantify.selectivity.unit_statistics with pairs as units
-    ([n_pairs, P, M]: mean, ci_low, ci_high, n, null_rms, effect, p_null, selective, rank).
+    (pairs, stats): [n_pairs, P, M] arrays mean (of the raw changes), ci_low, ci_high, n,
+    null_rms (RMS of the pair's mean over its own searches' null paths), effect
+    (mean / null_rms), p_null, q_null, selective, rank (of |mean| among pairs).
   """
   from lis_jax.quantify import selectivity
   pairs, idx = group_by_pair(np.asarray(origin), np.asarray(target))
+  b, r = null_deltas.shape[:2]
+  shape = deltas.shape[1:]
+  rng = np.random.default_rng(seed)
   d = _take(deltas, idx)  # [n_pairs, S, P, M]
-  r = null_deltas.shape[1]
-  n = _take(null_deltas, idx).reshape(len(pairs), idx.shape[1] * r, *null_deltas.shape[2:])
-  return pairs, selectivity.unit_statistics(d, n, seed=seed, n_boot=n_boot, level=level, alpha=alpha)
+  out = {k: np.empty((len(pairs),) + shape) for k in ("mean", "ci_low", "ci_high", "null_rms")}
+  for i in range(len(pairs)):
+    out["mean"][i], out["ci_low"][i], out["ci_high"][i] = selectivity.bootstrap_ci(
+        d[i], rng=rng, n_boot=n_boot, level=level)
+    rows = idx[i][idx[i] >= 0]
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", RuntimeWarning)
+      ms = np.nanmean(null_deltas[rows].reshape(rows.size, r, -1) ** 2, axis=(0, 1)) / rows.size
+    out["null_rms"][i] = np.sqrt(ms).reshape(shape)
+  p_s = search_pvalues(deltas.reshape(b, -1), null_deltas.reshape(b, r, -1), rng)
+  out["p_null"] = fisher_combine(p_s, idx).reshape((len(pairs),) + shape)
+  out["n"] = np.sum(np.isfinite(d), axis=1)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    out["effect"] = np.where(out["null_rms"] > 0, out["mean"] / out["null_rms"], np.nan)
+  out["q_null"] = calls.bh_qvalues(out["p_null"])  # one family: every (pair, concept)
+  with np.errstate(invalid="ignore"):
+    out["selective"] = (out["q_null"] <= q_level) if q_level is not None else (out["p_null"] <= alpha)
+  out["rank"] = selectivity.rank_units(out["mean"])
+  return pairs, out
+
+
+def null_path_calls(null_deltas: np.ndarray, origin: np.ndarray, target: np.ndarray, *, seed: int,
+                    alpha: float = 0.05, q_level: float = 0.1) -> dict:
+  """The pair calls made on null paths: each draw j in turn plays the pairs' paths (its
+  change ranked among the other R - 1 null paths of its search), combined and corrected
+  exactly as `pair_statistics` does for the real paths.
+
+  Args:
+    null_deltas: [B, R, P, M] (R >= 2); origin, target: [B].
+  Returns:
+    {'fpr': share of (draw, pair, concept) with p <= alpha (uncorrected; alpha in
+     expectation), 'fpr_q': share with q <= q_level (BH per draw over pair x concept),
+     'fwer': share of draws with any call (every call on a null path is false, so this
+     is the family's chance of a false discovery; BH keeps it <= q_level for independent
+     or positively dependent tests), 'draws': R}.
+  """
+  _, idx = group_by_pair(np.asarray(origin), np.asarray(target))
+  b, r = null_deltas.shape[:2]
+  flat = null_deltas.reshape(b, r, -1)
+  rng = np.random.default_rng(seed)
+  ps = np.stack([fisher_combine(search_pvalues(flat[:, j], np.delete(flat, j, axis=1), rng), idx)
+                 for j in range(r)])  # [R, n_pairs, F]
+  ok = np.isfinite(ps)
+  q = np.stack([calls.bh_qvalues(p) for p in ps])
+  with np.errstate(invalid="ignore"):
+    called = q <= q_level
+  return {"fpr": float(np.sum((ps <= alpha) & ok) / max(ok.sum(), 1)),
+          "fpr_q": float(np.sum(called) / max(ok.sum(), 1)),
+          "fwer": float(np.mean(called.reshape(r, -1).any(1))), "draws": int(r)}
 
 
 def top_concepts(stats: Mapping[str, np.ndarray], parts: Sequence[str], metrics: Sequence[str],
@@ -196,7 +296,8 @@ def top_concepts(stats: Mapping[str, np.ndarray], parts: Sequence[str], metrics:
       p, m = divmod(int(c), len(metrics))
       lst.append({"part": parts[p], "metric": metrics[m], **{
           key: (bool if key == "selective" else float)(np.asarray(stats[key][i]).reshape(-1)[c])
-          for key in ("mean", "ci_low", "ci_high", "null_rms", "effect", "p_null", "selective")}})
+          for key in ("mean", "ci_low", "ci_high", "null_rms", "effect", "p_null", "q_null", "selective")
+          if key in stats}})
     out.append(lst)
   return out
 

@@ -16,25 +16,30 @@ notebooks/LinkingInStyle.ipynb, `get_feat_change_single_unit`):
                 width / height in pixels, eccentricity)
 
 A unit's sweep moves every start sample along the same direction in w (the link is
-linear), so the null is a set of R random directions in w, each applied to every start
-sample and shared by all units, with lengths drawn from the units' sweep lengths
-(`shared_null_statistics`). Per unit and concept:
+linear), so the null is a set of R random directions, each applied to every start
+sample and shared by all units, drawn with the units' geometry (r-space directions with
+the units' swept ranges, pushed through the link: lis_jax.analysis.nulls; the earlier
+isotropic-w directions behind quantify.null_space = 'w') (`shared_null_statistics`).
+Per unit and concept:
   mean, ci_low, ci_high   the average change over the start samples (the median by
                           default, robust to the odd failed measurement; or the mean, the
                           reference's) and its percentile bootstrap interval (resampling
                           start samples)
   null_rms                RMS over the null directions of the same average change
   effect                  mean / null_rms
-  p_null                  permutation p-value: (1 + #{null directions whose |average
-                          change| is at least the unit's}) / (1 + R) (ties broken at
-                          random); valid because under
-                          the null the unit's sweep is one more random-direction sweep
-                          (P(p <= alpha) <= alpha; the tests and truth_check.json measure
-                          the false-positive rate on random-direction sweeps). With
-                          `per_length`, changes per unit of sweep length are compared.
-  selective               p_null <= alpha (the permutation test alone: also requiring the
-                          interval to exclude 0, as the earlier null did, made it
-                          conservative, 0.02-0.025 at alpha 0.05 with 4 start samples)
+  p_null                  two-sided permutation p-value: (#{null directions whose |average
+                          change| exceeds the unit's} + V (1 + ties)) / (1 + R), V ~ U(0, 1),
+                          and where fewer than 10 null directions reach it, a generalized
+                          Pareto tail fitted to the null's largest quarter
+                          (lis_jax.analysis.calls), so p is not capped at 1 / (R + 1);
+                          valid because under the null the unit's sweep is one more
+                          random-direction sweep (P(p <= alpha) ~ alpha: `null_calls`
+                          measures it on the null directions, leave one out)
+  q_null                  Benjamini-Hochberg q-value over the family of every
+                          (unit, concept) pair of the table
+  selective               q_null <= q_level (quantify.q_level, 0.1: the false-discovery
+                          rate of the table's calls is controlled at that level);
+                          q_level None: p_null <= alpha, uncorrected
   rank                    rank among all units for this concept of |mean| (1 = largest
                           change, the reference's quantity) or of |effect|
 
@@ -54,6 +59,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from lis_jax.analysis import calls
 from lis_jax.quantify import metrics
 
 # Concepts measured per part: name -> source in the metrics dict (ellipse fields, 'ell_*',
@@ -84,7 +90,7 @@ CONCEPT_SETS["calibrated"] = {**CONCEPT_SETS["reference"], "luminance": "brightn
 CONCEPT_SOURCES = CONCEPT_SETS["reference"]
 CONCEPT_METRICS = tuple(CONCEPT_SOURCES) + ("motion",)  # The same names in every set.
 TABLE_COLUMNS = ("unit", "part", "metric", "mean", "ci_low", "ci_high", "n", "null_rms", "effect",
-                 "p_null", "selective", "rank")
+                 "p_null", "q_null", "selective", "rank")
 
 
 def concept_sources(name: str) -> dict[str, str]:
@@ -253,7 +259,8 @@ def rank_units(score: np.ndarray) -> np.ndarray:
 def shared_null_statistics(deltas: np.ndarray, lengths: np.ndarray, null_deltas: np.ndarray,
                            null_lengths: np.ndarray, *, seed: int, n_boot: int = 1000,
                            level: float = 0.95, alpha: float = 0.05, rank_by: str = "mean",
-                           average: str = "median", per_length: bool = False) -> dict[str, np.ndarray]:
+                           average: str = "median", per_length: bool = False,
+                           q_level: float | None = 0.1) -> dict[str, np.ndarray]:
   """Statistics of every (unit, concept) pair against random directions shared by the samples.
 
   A unit's sweep moves every start sample along the same direction in w (the link is
@@ -302,45 +309,83 @@ def shared_null_statistics(deltas: np.ndarray, lengths: np.ndarray, null_deltas:
     warnings.simplefilter("ignore", RuntimeWarning)
     stat = res["mean"] / unit_scale  # [U, P, M]
     null = _average(null_deltas, average, 1) / null_scale  # [R, P, M]
-    valid = np.isfinite(null)
-    a, b = np.abs(stat)[:, None], np.abs(null)[None]  # [U, 1, P, M], [1, R, P, M]
-    above = np.sum(valid[None] & (b > a), axis=1)
-    ties = np.sum(valid[None] & (b == a), axis=1) + 1.0  # the unit itself counts as a tie
-    # Ties (e.g. equal pixel counts) are broken at random, so p is exactly uniform under the null.
-    p = (above + rng.uniform(size=stat.shape) * ties) / (1.0 + valid.sum(0))
-    res["p_null"] = np.where(np.isnan(stat), np.nan, p)
+    res["p_null"] = _pvalues(stat, null, rng)
     rms = np.sqrt(np.nanmean(null ** 2, axis=0))  # [P, M]
     res["null_rms"] = rms[None] * unit_scale
     res["effect"] = np.where(res["null_rms"] > 0, res["mean"] / res["null_rms"], np.nan)
-    res["selective"] = res["p_null"] <= alpha
+  res["q_null"] = calls.bh_qvalues(res["p_null"])  # one family: every (unit, concept)
+  res["selective"] = _called(res, alpha, q_level)
   res["rank"] = rank_units(res[rank_by])
+  return res
+
+
+def _pvalues(stat: np.ndarray, null: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """Two-sided permutation p of stat [K, P, M] against null [R, P, M] (|.| compared; ties
+  broken at random; a GPD tail where few null draws reach |stat|: analysis.calls)."""
+  k = stat.shape[0]
+  p = calls.tail_pvalues(np.abs(stat).reshape(k, -1), np.abs(null).reshape(null.shape[0], -1), rng=rng)
+  return p.reshape(stat.shape)
+
+
+def _called(res: Mapping[str, np.ndarray], alpha: float, q_level: float | None) -> np.ndarray:
+  """'selective': q <= q_level (BH over the family), or p <= alpha when q_level is None."""
+  with np.errstate(invalid="ignore"):
+    if q_level is None:
+      return np.asarray(res["p_null"] <= alpha)
+    return np.asarray(res["q_null"] <= q_level)
+
+
+def _null_stat(null_deltas: np.ndarray, null_lengths: np.ndarray, average: str,
+               per_length: bool) -> np.ndarray:
+  """[R, P, M] the statistic of each null direction (its average change over the samples)."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)
+    scale = null_lengths[:, None, None] if per_length else 1.0
+    return _average(null_deltas, average, 1) / scale
+
+
+def null_calls(null_deltas: np.ndarray, null_lengths: np.ndarray, *, seed: int, alpha: float = 0.05,
+               q_level: float | None = 0.1, average: str = "median",
+               per_length: bool = False) -> dict[str, np.ndarray]:
+  """The calls made on the null directions themselves, as if they were units.
+
+  Each null direction is tested against the other R - 1 (leave one out) with the units'
+  p-value, and the R x concept family is corrected as the units' is.
+
+  Args:
+    null_deltas: [R, S, P, M], null_lengths: [R]; the rest as in `shared_null_statistics`.
+  Returns:
+    {'p_null', 'q_null': [R, P, M], 'selective': [R, P, M] bool (the units' rule),
+     'fpr': share of defined (direction, concept) pairs with p <= alpha (near alpha for a
+     calibrated p), 'fdr_any': 1.0 if any direction is called selective (every call on
+     the null is false, so this is the family's false-discovery proportion > 0)}.
+  """
+  stat = _null_stat(null_deltas, null_lengths, average, per_length)
+  r = stat.shape[0]
+  rng = np.random.default_rng(seed)
+  p = calls.loo_pvalues(np.abs(stat).reshape(r, -1), rng=rng).reshape(stat.shape)
+  res = {"p_null": p, "q_null": calls.bh_qvalues(p)}
+  res["selective"] = _called(res, alpha, q_level)
+  ok = np.isfinite(p)
+  res["fpr"] = float(np.sum((p <= alpha) & ok) / max(ok.sum(), 1))
+  res["fdr_any"] = float(np.any(res["selective"]))
   return res
 
 
 def null_false_positive_rate(null_deltas: np.ndarray, null_lengths: np.ndarray, *, seed: int,
                              n_boot: int = 1000, level: float = 0.95, alpha: float = 0.05,
                              average: str = "median", per_length: bool = False) -> float:
-  """How often `selective` fires on a random-direction sweep: each null direction in turn
-  is tested as a unit against the other R - 1 (leave one out), over all concepts.
+  """How often p <= alpha on a random-direction sweep: each null direction in turn is
+  tested as a unit against the other R - 1 (leave one out), over all concepts
+  (`null_calls`' 'fpr'; n_boot and level are unused, kept for the callers).
 
-  Args:
-    null_deltas: [R, S, P, M], null_lengths: [R]; the other arguments as in
-      `shared_null_statistics`.
   Returns:
-    the fraction of (direction, concept) pairs with a defined change flagged selective;
-    near alpha for a sound null.
+    the fraction of (direction, concept) pairs with a defined change and p <= alpha;
+    near alpha for a calibrated p-value.
   """
-  r = null_deltas.shape[0]
-  flagged, defined = 0, 0
-  for i in range(r):
-    rest = np.arange(r) != i
-    st = shared_null_statistics(null_deltas[i:i + 1], null_lengths[i:i + 1], null_deltas[rest],
-                                null_lengths[rest], seed=seed + i, n_boot=n_boot, level=level,
-                                alpha=alpha, average=average, per_length=per_length)
-    ok = np.isfinite(st["p_null"])
-    flagged += int(np.sum(st["selective"] & ok))
-    defined += int(np.sum(ok))
-  return flagged / max(defined, 1)
+  del n_boot, level
+  return null_calls(null_deltas, null_lengths, seed=seed, alpha=alpha, average=average,
+                    per_length=per_length)["fpr"]
 
 
 def table_rows(stats: Mapping[str, np.ndarray], units: Sequence[int],
@@ -352,7 +397,7 @@ def table_rows(stats: Mapping[str, np.ndarray], units: Sequence[int],
       for k, metric in enumerate(CONCEPT_METRICS):
         row = {"unit": int(u), "part": part, "metric": metric}
         for c in TABLE_COLUMNS[3:]:
-          v = stats[c][i, p, k]
+          v = stats[c][i, p, k] if c in stats else np.nan  # unit_statistics has no q_null
           row[c] = bool(v) if c == "selective" else int(v) if c in ("n", "rank") else float(v)
         rows.append(row)
   return rows

@@ -6,10 +6,14 @@ prediction on the regenerated image leaves the origin class and where it reaches
 target are found by bisection (lis_jax.analysis.boundary.crossings, jitted, the batch
 sharded over ctx.mesh); the images at `n_points` grid points of the path and at both
 crossings are regenerated, segmented by quantify's few-shot segmenter and measured;
-so are the ends of `null_draws` random paths of the same length from the same start.
-The change of every concept (part x metric) from the path's start to the crossing,
-per (origin -> target) pair, gets a bootstrap interval over the pair's searches and a
-null p-value (quantify.selectivity's statistics with pairs in place of units), and is
+so are the ends of `null_draws` null paths per search from the same start (`null_space`
+'r': link(relu(r - t_c |shift| d)) with d random, the path's own shift norm, relu and
+link; 'w': random directions in w of the same length). The change of every concept
+(part x metric) from the path's start to the crossing, per (origin -> target) pair, gets
+a bootstrap interval over the pair's searches, a null p-value (analysis.boundary.
+pair_statistics) and a Benjamini-Hochberg q-value over the pair x concept table
+('selective': q <= `q_level`); the same test on the null paths gives its calibration
+(summary.json 'calls'); it is
 related to the counterfactual's most shifted units and their selectivity (quantify).
 On a world that knows its factors (decode_factors), the true factor changes along the
 same paths validate the measured ones.
@@ -49,6 +53,7 @@ from lis_jax.generators.base import GroundTruthWorld
 from lis_jax.quantify import selectivity
 from lis_jax.analysis.counterfactual import image_logits
 from lis_jax.analysis.readout import decode_factors
+from lis_jax.analysis import nulls, truth as truth_lib
 from lis_jax.quantify import measuring
 from lis_jax import validate as V
 from lis_jax.stages.base import Stage
@@ -62,7 +67,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.n_grid = 5  # points on [0, 1] classified to find the first bracket of each crossing
   c.n_iter = 8  # bisection steps inside it: crossings known to 1 / (n_grid - 1) / 2^n_iter
   c.n_points = 3  # grid points of the path measured (0 and 1 included), besides both crossings
-  c.null_draws = 1  # random paths per search (same start, same length as start -> crossing)
+  c.null_draws = 16  # null paths per search: each search's change is ranked among its own (p resolution 1/17)
+  c.null_space = "r"  # 'r': random r-space shifts of the path's shift norm, through relu and the link; 'w': isotropic in w
+  c.q_level = 0.1  # 'selective': Benjamini-Hochberg q <= q_level over the pair x concept table
   c.batch_size = 64  # searches per batch (one file; rounded up to the device count)
   c.measure_batch = 64  # images per segment-and-measure call
   c.n_boot = 1000  # bootstrap resamples over a pair's searches
@@ -82,7 +89,7 @@ RULES = {
     "n_grid": V.int_at_least(2), "n_iter": V.why(("int", 0, MAX_HALVINGS),
                                                 "float32 t resolves about 24 halvings of [0, 1]"),
     "n_points": V.why(("int", 2, 1024), "images measured per search"),
-    "null_draws": ("int", 1, 1024),
+    "null_draws": ("int", 1, 1024), "q_level": V.unit_open(), "null_space": V.choice("r", "w"),
     "batch_size": V.why(("int", 1, 65536), "searches held in memory at once"),
     "measure_batch": ("int", 1, 65536),
     "n_boot": ("int", 1, 1_000_000), "level": V.unit_open(), "alpha": V.unit_open(),
@@ -188,7 +195,12 @@ def _batch(ctx, c, seg, link, cf: dict, ids: np.ndarray, batch: int) -> dict:
                            jnp.repeat(jnp.asarray(arr["shift"]), t_n, 0),
                            jnp.asarray(t_pts.reshape(-1), jnp.float32))).reshape(b, t_n, -1)
   w_start, w_cross = w_pts[:, 0], w_pts[:, -1]  # the crossing column: t_reach, else t_leave, else 1
-  nul = lib.null_ends(w_start, w_cross, ctx.key(f"{NAME}.null"), arr["search"], c.null_draws)  # [B, R, w_dim]
+  if c.null_space == "r":  # the same shift norm, relu and link as the path; another direction
+    t_c = lib.crossing_t(res["t_leave"], res["t_reach"])
+    nul = nulls.boundary_ends(link, arr["r"], arr["shift"], t_c, ctx.key(f"{NAME}.null"), arr["search"],
+                              c.null_draws)  # [B, R, w_dim]
+  else:
+    nul = lib.null_ends(w_start, w_cross, ctx.key(f"{NAME}.null"), arr["search"], c.null_draws)
   d = w_pts.shape[-1]
   first = lib.first_copies(t_pts)  # [B, T']: repeated points are measured once
   unique = (first == np.arange(t_n)).reshape(-1)
@@ -267,8 +279,9 @@ def summarise(ctx, parts) -> None:
   a = _concat(batches)
   deltas, null_d = changes(a, measuring.concept_sources(ctx.cfg("quantify")))
   metrics = list(selectivity.CONCEPT_METRICS)
-  pairs, stats = lib.pair_statistics(deltas, null_d, a["origin"], a["target"], seed=ctx.seed(f"{NAME}.statistics"),
-                                     n_boot=c.n_boot, level=c.level, alpha=c.alpha)
+  seed = ctx.seed(f"{NAME}.statistics")
+  pairs, stats = lib.pair_statistics(deltas, null_d, a["origin"], a["target"], seed=seed, n_boot=c.n_boot,
+                                     level=c.level, alpha=c.alpha, q_level=c.q_level)
   rows = []
   for i, (o, t) in enumerate(pairs):
     for r in selectivity.table_rows({k: v[i:i + 1] for k, v in stats.items()}, [0], list(parts)):
@@ -290,17 +303,33 @@ def summarise(ctx, parts) -> None:
       "t_leave_median": _nanmedian(a["t_leave"]), "t_reach_median": _nanmedian(a["t_reach"]),
       "bracket_width": float(np.max(a["width"])),
       "pairs": [{"origin": o, "target": t, "top": tops[i]} for i, (o, t) in enumerate(pairs)],
-      "shifted_units": relation}
+      "shifted_units": relation,
+      "calls": {"n_selective": int(np.sum(stats["selective"])), "n_tests": int(np.sum(np.isfinite(stats["p_null"]))),
+                "q_level": c.q_level, "alpha": c.alpha, "null_space": c.null_space, "null_draws": c.null_draws,
+                "null_paths": (lib.null_path_calls(null_d, a["origin"], a["target"], seed=seed, alpha=c.alpha,
+                                                   q_level=c.q_level)
+                               if c.null_draws >= 2 else None)}}
   if "truth_change" in a:
     names = [str(x) for x in batches[0]["truth_factors"]]
     truth = {n: a["truth_change"][:, i] for i, n in enumerate(names)}
     summary["validation"] = lib.validate(stats, truth, a["origin"], a["target"], list(parts), metrics,
                                          ctx.G.factor_concepts)
+    _, idx = lib.group_by_pair(a["origin"], a["target"])
+    pair_truth = np.stack([np.nanmean(lib.take_rows(a["truth_change"], row), axis=0) for row in idx])
+    status = truth_lib.labels(pair_truth, names, ctx.G.factor_concepts, list(parts), metrics)
+    summary["calls"]["vs_truth"] = {**truth_lib.rates(stats["selective"], status),
+                                    "null_below": truth_lib.NULL_BELOW,
+                                    "selective_above": truth_lib.SELECTIVE_ABOVE}
   io.write_json(os.path.join(out_dir, "summary.json"), summary)
   v = summary.get("validation")
+  cl = summary["calls"]
+  npc = cl["null_paths"]
   print(f"[boundary] {summary['n_searches']} searches, target reached on {summary['reach_found']:.2f} of "
         f"the paths" + (f"; vs truth: Spearman {v['mean_spearman']:.2f}, right top concept "
-                        f"{v['share_right_top']:.2f} (chance {v['chance']:.2f})" if v else ""), flush=True)
+                        f"{v['share_right_top']:.2f} (chance {v['chance']:.2f})" if v else "")
+        + f"; selective (q <= {c.q_level}): {cl['n_selective']} of {cl['n_tests']} pair x concept"
+        + (f"; on null paths p <= {c.alpha}: {npc['fpr']:.3f}, any call: {npc['fwer']:.2f} of draws"
+           if npc else ""), flush=True)
 
 
 def _nanmedian(x: np.ndarray) -> float | None:
@@ -375,8 +404,22 @@ def section(ctx) -> str | None:
            f"reached on <b>{s['reach_found']:.0%}</b> (median t {_fmt(s['t_reach_median'])}). The images at "
            "the path's start and where the target is reached are segmented and measured; each concept's "
            f"change is averaged over a pair's searches ({int(c.level * 100)}% bootstrap interval) and "
-           "compared with random paths of the same length from the same start (effect = mean / null rms)."
-           "</p>"]
+           f"compared with {c.null_draws} null paths per search from the same start"
+           + (" (random r-space shifts of the same norm, through the same relu and link)" if c.null_space == "r"
+              else " (random directions in w of the same length)")
+           + " (effect = mean / null rms); a concept changes across the boundary for a pair when its "
+           f"Benjamini-Hochberg q over the whole pair x concept table is &lt;= {c.q_level}.</p>"]
+  cl = s.get("calls")
+  if cl:
+    npc = cl.get("null_paths")
+    parts.append(f"<p><b>{cl['n_selective']} of {cl['n_tests']}</b> (pair, concept) changes are significant "
+                 f"(q &lt;= {cl['q_level']})."
+                 + (f" Beside it, the same test on the null paths: p &lt;= {cl['alpha']} on "
+                    f"{npc['fpr']:.3f} of them (calibrated: near {cl['alpha']}), and a call after the "
+                    f"correction in {npc['fwer']:.0%} of the {npc['draws']} null tables (BH: at most "
+                    f"{cl['q_level']:.0%} expected)." if npc else "")
+                 + (f" Against the world's truth: false-discovery rate {_fmt(cl['vs_truth']['fdr'], 2)}, "
+                    f"power {_fmt(cl['vs_truth']['power'], 2)}." if cl.get("vs_truth") else "") + "</p>")
   v = s.get("validation")
   if v:
     parts.append(

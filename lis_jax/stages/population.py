@@ -121,7 +121,8 @@ def semantic_order(ctx, c, pd, split) -> tuple[dict, dict]:
       per_class[int(k)] = {"n": int(m.sum()),
                            "rsa": rsa.rsa(rsa.dissimilarity(r[m], c.metric), rsa.dissimilarity(w[m], c.metric),
                                           n_perm=c.n_perm, rng=rng),
-                           "cka": rsa.linear_cka(r[m], w[m])}
+                           "cka": rsa.linear_cka(r[m], w[m]),
+                           "cka_debiased": rsa.cka_test(r[m], w[m], n_perm=c.n_perm, rng=rng)}
   kinds = [k.strip() for k in c.compare_links.split(",") if k.strip()]
   unknown = [k for k in kinds if k not in linking.KINDS]
   if unknown:
@@ -151,9 +152,12 @@ def class_wise(ctx, c, pd, parts: list[str]) -> tuple[list[dict], list[dict]] | 
   qc = ctx.cfg("quantify")
   units, deltas, lengths, null_d, null_len = measuring.deltas_from_blocks(
       blocks, null, measuring.concept_sources(qc))
-  opts = dict(n_boot=c.n_boot, **measuring.statistics_options(qc))
+  opts = dict(n_boot=c.n_boot, q_level=qc.q_level, **measuring.statistics_options(qc))
   per = classwise.statistics(deltas, lengths, null_d, null_len, pd.cls[samples],
                              seed=ctx.seed(f"{NAME}.classwise"), **opts)
+  null_count = classwise.null_counts(null_d, null_len, pd.cls[samples], len(units),
+                                     seed=ctx.seed(f"{NAME}.classwise"), alpha=qc.alpha, q_level=qc.q_level,
+                                     average=qc.average, per_length=qc.null_per_length)
   pooled = selectivity.shared_null_statistics(deltas, lengths, null_d, null_len,
                                               seed=ctx.seed(f"{NAME}.classwise"), **opts)
   rows = []
@@ -161,7 +165,16 @@ def class_wise(ctx, c, pd, parts: list[str]) -> tuple[list[dict], list[dict]] | 
     for r in selectivity.table_rows(st, units, parts):
       if r["selective"]:
         rows.append({"class": k, **r})
-  return classwise.summary(pooled, per), rows
+  return classwise.summary(pooled, per, null_count), rows
+
+
+def null_selective(ctx) -> np.ndarray:
+  """[R, P, M] quantify's calls made on its own null directions (selectivity.null_calls)."""
+  qc = ctx.cfg("quantify")
+  q = ctx.result("quantify")
+  _, _, _, null_d, null_len = measuring.deltas_from_blocks(q.blocks(), q.null(), measuring.concept_sources(qc))
+  return selectivity.null_calls(null_d, null_len, seed=ctx.seed(f"{NAME}.superposition"), alpha=qc.alpha,
+                                q_level=qc.q_level, average=qc.average, per_length=qc.null_per_length)["selective"]
 
 
 def run(ctx) -> None:
@@ -173,7 +186,8 @@ def run(ctx) -> None:
   pd = ctx.result("paired_data")
   split = ctx.result("link")
   units, parts, st = stats_from_rows(ctx.result("quantify").rows)
-  sup = superposition.analyse(st, units, parts, list(selectivity.CONCEPT_METRICS))
+  sup = superposition.analyse(st, units, parts, list(selectivity.CONCEPT_METRICS),
+                              null_selective=null_selective(ctx))
   selectivity.write_csv(os.path.join(out_dir, "superposition.csv"), sup["units"],
                         ["unit", "n_concepts", "n_groups", "entropy", "label", "top_concept", "top_effect"])
   selectivity.write_csv(os.path.join(out_dir, "concept_map.csv"), sup["concept_map"],
@@ -188,9 +202,14 @@ def run(ctx) -> None:
              "semantic_order": order, "classwise": cw[0] if cw is not None else None}
   io.write_json(os.path.join(out_dir, "summary.json"), summary)
   p = order["pooled"]["rsa"]
+  sn = sup["superposed_null"]
+  pw, cd = order["pooled"]["rsa_within_class"], order["pooled"]["cka_debiased"]
   print(f"[population] superposed units: {sup['fraction_superposed']:.2f} of all "
-        f"({sup['counts']['superposed']} of {len(units)}); RSA r-w Spearman {p['spearman']:.3f} "
-        f"(null {p['null_mean']:.3f} +- {p['null_sd']:.3f}, p {p['p']:.3g}); CKA {order['pooled']['cka']:.3f}",
+        f"({sup['counts']['superposed']} of {len(units)}; null directions {sn['fraction']:.2f}, "
+        f"95% [{sn['ci_low']:.2f}, {sn['ci_high']:.2f}]); RSA r-w Spearman {p['spearman']:.3f} "
+        f"(null {p['null_mean']:.3f} +- {p['null_sd']:.3f}, p {p['p']:.3g}; within-class null "
+        f"{pw['null_mean']:.3f} +- {pw['null_sd']:.3f}, p {pw['p']:.3g}); debiased CKA {cd['cka']:.3f} "
+        f"(within-class null q95 {cd['null_q95']:.3f}, p {cd['p']:.3g}; biased {order['pooled']['cka']:.3f})",
         flush=True)
 
 
@@ -243,9 +262,14 @@ def section(ctx) -> str | None:
   units, parts, st = stats_from_rows(ctx.result("quantify").rows)
   n_units = len(unit_rows)
   h = ["<h2>Population analyses</h2>", "<h3>Superposition: concepts per unit</h3>",
-       f"<p>Rule: {html.escape(sup['rule'])} (measure families: size, colour, position, shape, texture; "
-       f"measures in one family co-vary by construction). <b>{sup['counts']['superposed']} of {n_units} units "
-       f"({sup['fraction_superposed']:.0%}) are superposed</b>, {sup['counts']['single-concept']} "
+       f"<p>Rule: {html.escape(sup['rule'])} (measures in one family co-vary by construction; "
+       f"'selective' is quantify's call, BH q &lt;= {ctx.cfg('quantify').q_level}). <b>{sup['counts']['superposed']} of {n_units} units "
+       f"({sup['fraction_superposed']:.0%}) are superposed</b>"
+       + (f" (95% interval {sup['superposed_units']['ci_low']:.2f}-{sup['superposed_units']['ci_high']:.2f}); "
+          f"the same rule on the calls made on quantify's {sup['superposed_null']['n']} null directions: "
+          f"<b>{sup['superposed_null']['fraction']:.0%}</b> (95% interval {sup['superposed_null']['ci_low']:.2f}-"
+          f"{sup['superposed_null']['ci_high']:.2f}). " if "superposed_null" in sup else ", ")
+       + f"{sup['counts']['single-concept']} "
        f"single-concept, {sup['counts']['none']} selective for nothing; of the units selective for anything, "
        f"{_fmt(sup['fraction_superposed_of_selective'], 2)} are superposed. Unit-to-concept map: "
        f"<code>population/concept_map.csv</code>.</p>"]
@@ -269,6 +293,15 @@ def section(ctx) -> str | None:
            f"{p['rsa']['n_perm']} item permutations (mean +- sd, one-sided p). Linear CKA: 1 = the same space "
            "up to rotation and scale. k-NN class agreement: share of each item's nearest neighbours of its "
            f"class (chance {p['chance_class']:.2f}).</p>")
+  if "rsa_within_class" in p:
+    pw, pr, cd = p["rsa_within_class"], p["partial_rsa"], p["cka_debiased"]
+    h.append("<p>Beyond the classes (both spaces cluster by class, which alone passes the item-permutation null): "
+             f"RSA against items permuted only within their class: {_fmt(p['rsa']['spearman'])} vs null "
+             f"{_fmt(pw['null_mean'], 2)} +- {_fmt(pw['null_sd'], 2)} (p {_fmt(pw['p'], 2)}); RSA partialled on "
+             f"class: {_fmt(pr['partial_spearman'])} (within-class null {_fmt(pr['null_mean'], 2)} +- "
+             f"{_fmt(pr['null_sd'], 2)}, p {_fmt(pr['p'], 2)}); <b>debiased linear CKA {_fmt(cd['cka'])}</b> "
+             f"(unbiased HSIC; within-class null 95th percentile {_fmt(cd['null_q95'], 2)}, p {_fmt(cd['p'], 2)}; "
+             f"the biased estimator {_fmt(p['cka'])} is far from 0 even for independent spaces).</p>")
   h.append(page.table(["compared", "RSA Spearman", "null", "p", "linear CKA", "k-NN class (first)",
                           "k-NN class (second)", "shared neighbours"],
                          [["r vs w (pooled)", *_rsa_cells(p), _fmt(p["knn_class_x"]), _fmt(p["knn_class_y"]),
@@ -283,8 +316,10 @@ def section(ctx) -> str | None:
                  [[k, v["fitted_by"], _fmt(v["heldout_r2"]), _fmt(v["vs_w"]["rsa"]["spearman"]),
                    _fmt(v["vs_r"]["rsa"]["spearman"]), _fmt(v["vs_r"]["cka"])] for k, v in so["links"].items()]))
   names = ctx.G.class_names if isinstance(ctx.G, GroundTruthWorld) else None
-  h.append(page.table(["class", "items", "RSA Spearman", "null", "p", "linear CKA"],
-                         [[names[int(k)] if names else k, v["n"], *_rsa_cells(v)]
+  h.append(page.table(["class", "items", "RSA Spearman", "null", "p", "linear CKA", "debiased CKA",
+                       "its null q95"],
+                         [[names[int(k)] if names else k, v["n"], *_rsa_cells(v),
+                           _fmt(v.get("cka_debiased", {}).get("cka")), _fmt(v.get("cka_debiased", {}).get("null_q95"), 2)]
                           for k, v in so["per_class"].items()]))
   f = io.load_npz(os.path.join(out, "rsa.npz"), finite=False)
   png = plots.save(plots.rsa_matrices({"r (classifier)": f["d_r"], "w (generator)": f["d_w"]}, f["cls"],
@@ -296,10 +331,11 @@ def section(ctx) -> str | None:
              "alone (with that class's share of the null). <i>Jaccard</i>: overlap of the selective (unit, "
              "concept) pairs with the pooled ones; <i>top agreement</i>: share of concepts whose top unit is the "
              "pooled top unit. Selective pairs per class: <code>population/classwise.csv</code>.</p>"
-             + page.table(["class", "start samples per unit", "selective pairs", "Jaccard vs pooled",
-                              "top agreement"],
+             + page.table(["class", "start samples per unit", "selective pairs (BH per class)",
+                              "same on null directions", "Jaccard vs pooled", "top agreement"],
                              [[names[r["class"]] if names else r["class"], r["n_samples"], r["n_selective"],
-                               _fmt(r["jaccard"], 2), _fmt(r["top_agreement"], 2)] for r in s["classwise"]]))
+                               _fmt(r.get("n_selective_null"), 3), _fmt(r["jaccard"], 2),
+                               _fmt(r["top_agreement"], 2)] for r in s["classwise"]]))
   return "\n".join(h)
 
 
@@ -311,6 +347,8 @@ def summary(ctx) -> dict | None:
   sup, so = s["superposition"], s["semantic_order"]
   r = so["pooled"]["rsa"]
   return {"fraction_superposed": sup["fraction_superposed"], "counts": sup["counts"],
+          "fraction_superposed_null": sup.get("superposed_null", {}).get("fraction"),
+          "cka_debiased": so["pooled"].get("cka_debiased", {}).get("cka"),
           "rsa_spearman": r["spearman"], "rsa_null_mean": r["null_mean"], "rsa_null_sd": r["null_sd"],
           "rsa_p": r["p"], "cka": so["pooled"]["cka"],
           "links": {k: {"heldout_r2": v["heldout_r2"], "rsa_vs_w": v["vs_w"]["rsa"]["spearman"]}

@@ -3,9 +3,11 @@
 For every sweep block (WORKSPACE.md, `sweep/`), the images at the first and last step of
 each unit's sweep are regenerated from the stored w, segmented by the few-shot part
 segmenter and measured (`metrics.part_metrics`); so are the end points of sweeps along
-random directions of the same length (the null). The changes give, per unit and concept
-(part x metric), a mean with a bootstrap interval, a null p-value and a rank
-(`selectivity`). On a generator that knows its factors (the built-in world), the units
+random directions with the units' geometry (the null: `null_space` 'r', random r-space
+directions with the units' swept ranges through the link; 'w', isotropic in w). The
+changes give, per unit and concept (part x metric), a mean with a bootstrap interval, a
+null p-value, a Benjamini-Hochberg q-value over the unit x concept table and a rank
+(`selectivity`); 'selective' is q <= `q_level`. On a generator that knows its factors (the built-in world), the units
 found selective for a concept are compared with the units that truly move the matching
 factor (precision@k; the factor -> concept table is the world's `factor_concepts`, the
 true factor changes are the sweep's `truth_delta`).
@@ -27,10 +29,13 @@ Outputs (`workdir/quantify/`, all written atomically):
                          the world's true masks) and, with ground truth, the sweep's
                          truth_delta [U, F] and truth_factors [F]; existence = block done; checksummed
   manifest.json          n_blocks (every block must be there to summarise), parts, null draws
-  selectivity.csv        one row per unit x part x metric (selectivity.TABLE_COLUMNS)
+  selectivity.csv        one row per unit x part x metric (selectivity.TABLE_COLUMNS: p_null, q_null)
+  calls.json             selective count, tests, the same calls on the null directions
+                         (leave one out) and their p <= alpha rate, null space and draws
   top_units.csv          the top `quantify.top_k` selective units per concept
   truth_check.json       built-in world only: precision@k and Spearman per factor, with the
-                         segmenter's and the true masks, chance level, false-positive rate
+                         segmenter's and the true masks, chance level, false-positive rate,
+                         and the calls' false-discovery rate and power (analysis.truth)
 """
 from __future__ import annotations
 
@@ -52,6 +57,7 @@ from lis_jax import page
 from lis_jax import errors, generators
 from lis_jax.generators.base import GroundTruthWorld
 from lis_jax import sweeps
+from lis_jax.analysis import nulls, truth as truth_lib
 from lis_jax.quantify import segment, selectivity
 from lis_jax.quantify.measuring import (deltas_from_blocks, measure, measured_parts, null_ws,  # noqa: F401
                                        rank_correlation, statistics_options, truth_check, uses_entropy)
@@ -78,7 +84,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.lr_step_epochs = 50  # lr x lr_gamma every this many epochs (torch StepLR)
   c.lr_gamma = 0.1
   c.samples_per_unit = 10  # start samples per unit measured (of the sweep's), spread over classes
-  c.null_draws = 59  # random directions of the null, each applied to every start sample, shared by all units
+  c.null_draws = 200  # random directions of the null, each applied to every start sample, shared by all units
+  c.null_space = "r"  # 'r': directions in r-space with the units' swept ranges, through the link (analysis.nulls); 'w': isotropic in w (the earlier null)
+  c.q_level = 0.1  # 'selective': Benjamini-Hochberg q <= q_level over the unit x concept table (FDR control)
   c.concepts = "reference"  # metrics per concept: 'reference' (the paper's) or 'calibrated' (README)
   c.rank_by = "mean"  # units ranked by |average change| ('mean', the reference's) or 'effect' (vs the null)
   c.average = "mean"  # average of a unit's changes over its start samples: 'mean' (the reference) or 'median'
@@ -100,7 +108,8 @@ RULES = {
     "weight_decay": V.nonneg_float(), "lr_step_epochs": V.pos_int(), "lr_gamma": V.pos_float(),
     "samples_per_unit": V.int_at_least(2), "null_draws": V.int_at_least(2),
     "max_components": V.pos_int(), "batch_size": V.pos_int(), "n_boot": V.pos_int(),
-    "level": V.unit_open(), "alpha": V.unit_open(), "top_k": V.pos_int(), "cards": V.nonneg_int(),
+    "level": V.unit_open(), "alpha": V.unit_open(), "q_level": V.unit_open(),
+    "null_space": V.choice("r", "w"), "top_k": V.pos_int(), "cards": V.nonneg_int(),
     "rank_by": V.choice("mean", "effect"), "average": V.choice("mean", "median"),
     "concepts": V.choice(*selectivity.CONCEPT_SETS),
     "head": V.choice(*segment.HEAD_DILATIONS),
@@ -229,19 +238,27 @@ def _has_truth(G) -> bool:
   return isinstance(G, GroundTruthWorld)
 
 
-def _quantify_null(c, G, seg, sweep_blocks: list[dict], key: jax.Array) -> dict:
+def _quantify_null(c, G, seg, sweep_blocks: list[dict], key: jax.Array, r_start: np.ndarray,
+                   link) -> dict:
   """The null shared by all units: R random-direction end points from each start sample.
 
-  A start sample's null sweeps start at the centre of its unit sweeps (the mean of its
-  sweep w over all units and steps: its own w up to the units' offsets from their mean),
-  so the null needs nothing but the sweep's blocks.
+  null_space 'r' (analysis.nulls.rspace_ends): from each start sample's own r [S, D]
+  (`r_start`, the sweep's), R random r-space directions with lengths drawn from the
+  units' swept ranges, through `link`: a null sweep differs from a unit's only in its
+  direction. 'w' (the earlier null): a start sample's null sweeps start at the centre of
+  its unit sweeps (the mean of its sweep w over all units and steps) and go along random
+  directions in w with lengths drawn from the units' w-space sweep lengths.
   """
   pick = sweeps.pick_starts(sweep_blocks[0]["cls"], c.samples_per_unit)
-  w_start = np.mean([b["w"][:, pick].mean((0, 2)) for b in sweep_blocks], axis=0)  # [S', w_dim]
-  w_start = w_start.astype(np.float32)
-  lengths = np.concatenate([np.linalg.norm(b["w"][:, 0, -1] - b["w"][:, 0, 0], axis=-1)
-                            for b in sweep_blocks])
-  ends, null_len = null_ws(w_start, lengths, c.null_draws, key)
+  if c.null_space == "r":
+    ranges = np.concatenate([np.abs(b["values"][:, -1] - b["values"][:, 0]) for b in sweep_blocks])
+    w_start, ends, null_len = nulls.rspace_ends(link, r_start[pick], ranges, c.null_draws, key)
+  else:
+    w_start = np.mean([b["w"][:, pick].mean((0, 2)) for b in sweep_blocks], axis=0)  # [S', w_dim]
+    w_start = w_start.astype(np.float32)
+    lengths = np.concatenate([np.linalg.norm(b["w"][:, 0, -1] - b["w"][:, 0, 0], axis=-1)
+                              for b in sweep_blocks])
+    ends, null_len = nulls.isotropic_w_ends(w_start, lengths, c.null_draws, key)
   s_n, d = w_start.shape
   m = measure(G, seg, np.concatenate([w_start, ends.reshape(-1, d)]), c.batch_size, c.max_components,
               uses_entropy(c), _has_truth(G))
@@ -279,7 +296,10 @@ def run(ctx) -> None:
   except segment.SegmentationError as e:
     raise errors.PipelineError(str(e)) from None
   if not io.npz_ok(_null_path(out_dir), finite=False):   # absent, or damaged: (re)computed
-    io.save_npz(_null_path(out_dir), **_quantify_null(c, G, seg, sweep_blocks, ctx.key("quantify.null")))
+    r_space = c.null_space == "r"   # the link and the start samples' r are only needed there
+    io.save_npz(_null_path(out_dir), **_quantify_null(
+        c, G, seg, sweep_blocks, ctx.key("quantify.null"), ctx.result("sweep").r_start if r_space else None,
+        ctx.result("link").link if r_space else None))
   store = _store(out_dir)
   mine = ctx.my_items(len(sweep_blocks))   # this process's sweep blocks
   todo = store.todo(len(sweep_blocks), items=mine)
@@ -312,7 +332,7 @@ def merge(ctx) -> None:
 
 def _statistics(c, deltas, lengths, null_d, null_len, seed: int) -> dict:
   return selectivity.shared_null_statistics(deltas, lengths, null_d, null_len, seed=seed, n_boot=c.n_boot,
-                                            **statistics_options(c))
+                                            q_level=c.q_level, **statistics_options(c))
 
 
 def _store(directory: str) -> blocks.BlockStore:
@@ -336,8 +356,19 @@ def summarise(ctx, seg: segment.Segmenter) -> None:
   top = selectivity.top_units(rows, c.top_k)
   selectivity.write_csv(os.path.join(out_dir, "top_units.csv"),
                         [r for concept in sorted(top) for r in top[concept]], selectivity.TABLE_COLUMNS)
-  fpr = selectivity.null_false_positive_rate(null_d, null_len, seed=seed, n_boot=c.n_boot, level=c.level,
-                                             alpha=c.alpha, average=c.average, per_length=c.null_per_length)
+  nc = selectivity.null_calls(null_d, null_len, seed=seed, alpha=c.alpha, q_level=c.q_level,
+                              average=c.average, per_length=c.null_per_length)
+  fpr = nc["fpr"]
+  calls_summary = {"n_selective": int(np.sum(stats["selective"])),
+                   "n_tests": int(np.sum(np.isfinite(stats["p_null"]))),
+                   "n_selective_null": int(np.sum(nc["selective"])), "null_draws": int(null_d.shape[0]),
+                   "null_space": c.null_space, "q_level": c.q_level, "alpha": c.alpha,
+                   "false_positive_rate": fpr}
+  io.write_json(os.path.join(out_dir, "calls.json"), calls_summary)
+  print(f"[quantify] selective (BH q <= {c.q_level} over {calls_summary['n_tests']} unit x concept "
+        f"tests): {calls_summary['n_selective']} units x concepts; on the {null_d.shape[0]} null "
+        f"directions ({c.null_space}-space): {calls_summary['n_selective_null']}; p <= {c.alpha} on "
+        f"the null: {fpr:.3f}", flush=True)
   if not isinstance(ctx.G, GroundTruthWorld) or "truth_delta" not in blks[0]:
     return
   truth = np.concatenate([b["truth_delta"] for b in blks])  # [U, F]
@@ -347,9 +378,13 @@ def summarise(ctx, seg: segment.Segmenter) -> None:
   _, t_deltas, t_len, t_null, t_null_len = deltas_from_blocks(blks, null, sources, "true")
   t_stats = _statistics(c, t_deltas, t_len, t_null, t_null_len, seed)
   check["true_masks"] = truth_check(t_stats, units, parts, truth, names, c.top_k, concepts, score=c.rank_by)
+  status = truth_lib.labels(truth, names, concepts, parts, list(selectivity.CONCEPT_METRICS))
+  check["calls_vs_truth"] = {**truth_lib.rates(stats["selective"], status),
+                             "null_below": truth_lib.NULL_BELOW, "selective_above": truth_lib.SELECTIVE_ABOVE,
+                             "uncorrected": truth_lib.rates(stats["p_null"] <= c.alpha, status)}
   check.update(false_positive_rate=fpr, alpha=c.alpha, concepts=c.concepts, rank_by=c.rank_by,
-               average=c.average, null_per_length=c.null_per_length,
-               samples_per_unit=c.samples_per_unit, null_draws=c.null_draws)
+               average=c.average, null_per_length=c.null_per_length, q_level=c.q_level,
+               null_space=c.null_space, samples_per_unit=c.samples_per_unit, null_draws=c.null_draws)
   io.write_json(os.path.join(out_dir, "truth_check.json"), check)
   f = lambda x: "n/a" if x is None else f"{x:.2f}"
   tm = check["true_masks"]
@@ -386,7 +421,8 @@ class QuantifyResult:
 def _typed(r: dict) -> dict:
   return {**r, "unit": int(r["unit"]), "effect": float(r["effect"]), "mean": float(r["mean"]),
           "ci_low": float(r["ci_low"]), "ci_high": float(r["ci_high"]),
-          "p_null": float(r["p_null"]), "rank": int(r["rank"]), "selective": r["selective"] == "True"}
+          "p_null": float(r["p_null"]), "q_null": float(r.get("q_null") or "nan"), "rank": int(r["rank"]),
+          "selective": r["selective"] == "True"}
 
 
 def load(workdir: str) -> QuantifyResult:
@@ -433,6 +469,12 @@ def _card_units(rows: list[dict], n: int) -> list[int]:
   return [u for u, _ in sorted(score.items(), key=lambda kv: (-kv[1][0], -kv[1][1]))[:n]]
 
 
+def _calls(ctx) -> dict | None:
+  """calls.json (the call counts beside their null), or None for a workdir from before it."""
+  path = os.path.join(ctx.out_dir(NAME), "calls.json")
+  return io.read_json(path) if os.path.exists(path) else None
+
+
 def section(ctx) -> str | None:
   """HTML: segmenter IoU, precision@k on the built-in world, top units, one card per unit."""
   if not os.path.exists(os.path.join(ctx.out_dir(NAME), "selectivity.csv")):
@@ -474,9 +516,25 @@ def section(ctx) -> str | None:
           fmt(tm["per_factor"].get(f, {}).get("spearman"), 2)]
          for f, v in ch["per_factor"].items()]))
   n_sel = sum(r["selective"] for r in rows)
-  parts.append(f"<p>{n_sel} of {len(rows)} unit x concept pairs are selective (permutation p &lt;= "
-               f"{c.alpha} against random-direction sweeps). Full table: "
-               f"<code>quantify/selectivity.csv</code>.</p>")
+  cl = _calls(ctx)
+  beside = (f" Beside it, the same calls on the {cl['null_draws']} null directions themselves (each "
+            f"tested against the others): <b>{cl['n_selective_null']}</b> (direction, concept) pairs "
+            f"selective; p &lt;= {cl['alpha']} on {cl['false_positive_rate']:.3f} of them (calibrated: "
+            f"near {cl['alpha']})." if cl else "")
+  parts.append(f"<p><b>{n_sel} of {len(rows)}</b> unit x concept pairs are selective: Benjamini-Hochberg "
+               f"q &lt;= {c.q_level} over the whole table (false-discovery rate controlled at "
+               f"{c.q_level}), the p-values permutation tests against sweeps along {c.null_draws} random "
+               f"directions {'in r-space with the units&#x27; swept ranges, through the link' if c.null_space == 'r' else 'in w'}"
+               f" (a generalized Pareto tail where few null directions reach the unit).{beside} "
+               f"Full table with p and q: <code>quantify/selectivity.csv</code>.</p>")
+  if ch and ch.get("calls_vs_truth"):
+    tv = ch["calls_vs_truth"]
+    parts.append(f"<p>Against the world's truth (a unit x concept pair is truly null when its factor "
+                 f"moves less than {tv['null_below']:.0%} of its range, truly selective above "
+                 f"{tv['selective_above']:.0%}): false-discovery rate of the calls <b>{fmt(tv['fdr'])}</b> "
+                 f"({tv['n_called']} calls on decided pairs), power <b>{fmt(tv['power'])}</b> of "
+                 f"{tv['n_true_selective']} truly selective pairs; uncorrected p &lt;= {c.alpha}: FDR "
+                 f"{fmt(tv['uncorrected']['fdr'])}, power {fmt(tv['uncorrected']['power'])}.</p>")
   top = selectivity.top_units(rows, 3)
   parts.append(page.table(["part", "metric", "top selective units (mean change)"],
                           [[p, m, ", ".join(f"{r['unit']} ({r['mean']:+.3g})" for r in lst)]
@@ -512,7 +570,8 @@ def _cards(ctx, res: QuantifyResult, card_units: list[int]) -> list[str]:
                   if np.isfinite(r["effect"]) else 0.0)
     sel = [f"{r['part']} {r['metric']}" for r in mine if r["selective"]]
     cells = [[r["part"], r["metric"], f"{r['mean']:+.3g}", f"[{r['ci_low']:+.3g}, {r['ci_high']:+.3g}]",
-              f"{r['effect']:+.2f}", page.fmt(r["p_null"], 2), "yes" if r["selective"] else ""]
+              f"{r['effect']:+.2f}", page.fmt(r["p_null"], 2), page.fmt(r.get("q_null"), 2),
+              "yes" if r["selective"] else ""]
              for r in mine[:6]]
     out.append(
         f'<div class="card"><h4>Unit {u}</h4><figure>{page.img(strip, scale)}'
@@ -520,7 +579,7 @@ def _cards(ctx, res: QuantifyResult, card_units: list[int]) -> list[str]:
         f"segmentation (bottom).</figcaption></figure>"
         f"<p>Selective for: {page.escape(', '.join(sel)) or 'nothing'}</p>"
         + page.table(["part", "metric", "mean change", f"{int(c.level * 100)}% interval", "effect",
-                      "null p", "selective"], cells) + "</div>")
+                      "null p", "q (BH)", "selective"], cells) + "</div>")
   return out
 
 
@@ -530,6 +589,9 @@ def summary(ctx) -> dict | None:
     return None
   res = ctx.result(NAME)
   out = {"n_selective": int(sum(r["selective"] for r in res.rows)), "n_rows": len(res.rows)}
+  cl = _calls(ctx)
+  if cl:
+    out.update(n_selective_null=cl["n_selective_null"], q_level=cl["q_level"])
   if res.segmenter_eval:
     out["mean_iou"] = res.segmenter_eval["mean_iou"]
   if res.truth_check:

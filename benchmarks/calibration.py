@@ -1,0 +1,248 @@
+"""Calibration of the pipeline's calls against the built-in world's truth, on seeds 0, 1, 2.
+
+  python benchmarks/calibration.py --json /tmp/calibration.json [--workdir /tmp/lis_calib]
+
+Per seed, the demo pipeline (configs/demo.py with --config.seed=SEED, the stages up to
+population; invariances and report are not needed) runs into WORKDIR/seed<SEED> (kept:
+a second run reuses it), then this script measures:
+
+  quantify     the r-space null (lis_jax.analysis.nulls.rspace_ends, `--quantify-draws`
+               directions from the same 8 start samples, measured by the run's
+               segmenter), the units' statistics against it with BH q-values, and the
+               calls (q <= --q) against the truth (analysis.truth): fdr_selective,
+               power_selective; precision@5 and Spearman as quantify's truth_check;
+               the same against the run's isotropic-w null side by side (`w_null`).
+  superposition  the units' calls and the null directions' calls (leave one out, the
+               same BH family size rule) labelled by analysis.superposition's rule:
+               superposed_fraction_units, superposed_fraction_random (+ intervals).
+  semantic order  planted independent spaces at configs/linear.py's sizes (5 classes x
+               48 items, 2048 vs 512 dims): debiased CKA and its within-class null's
+               95th percentile.
+  boundary     r-space null paths (`--boundary-draws` per search), pair statistics (each
+               search's exact permutation p, Fisher over the pair's searches) with BH
+               over pair x concept: boundary_fpr_uncorrected (null paths tested as
+               pairs, p <= 0.05), boundary_fdr (calls at q <= --q on the real pairs
+               against the truth of the pairs' mean true factor change),
+               boundary_spearman and boundary_right_top (boundary.validate).
+
+Prints one line per figure and writes them as JSON: each key a list, one value per seed.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from lis_jax import generators, io  # noqa: E402
+from lis_jax.analysis import boundary as blib  # noqa: E402
+from lis_jax.analysis import calls, nulls, rsa, superposition, truth  # noqa: E402
+from lis_jax.quantify import selectivity  # noqa: E402
+from lis_jax.stages import boundary as bstage  # noqa: E402
+from lis_jax.stages import counterfactual, quantify, sweep  # noqa: E402
+from lis_jax.stages import link as link_stage  # noqa: E402
+
+STAGES = "paired_data,link,sweep,counterfactual,quantify,boundary,population"
+DEMO_OVERRIDES = []  # extra --config overrides of the demo runs
+KEYS = ("fdr_selective", "power_selective", "superposed_fraction_random", "superposed_fraction_units",
+        "cka_debiased_independent", "cka_debiased_null_q95", "boundary_fpr_uncorrected", "boundary_fdr",
+        "boundary_spearman", "boundary_right_top", "precision_at_5", "spearman")
+
+
+def run_demo(workdir: str, seed: int) -> float:
+  """The demo's stages into workdir (skipped when done); returns the seconds spent."""
+  if os.path.exists(os.path.join(workdir, "population", "summary.json")):
+    return 0.0
+  t0 = time.time()
+  cmd = [sys.executable, "-m", "lis_jax.main", "--config=configs/demo.py", f"--workdir={workdir}",
+         f"--config.seed={seed}", f"--config.stages={STAGES}", *DEMO_OVERRIDES]
+  with open(os.path.join(os.path.dirname(workdir), f"seed{seed}.log"), "w") as log:
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
+  return time.time() - t0
+
+
+def _measure_cached(path: str, fn):
+  if io.npz_ok(path, finite=False):
+    return io.load_npz(path, finite=False)
+  out = fn()
+  io.save_npz(path, **out)
+  return out
+
+
+def quantify_null(G, seg, qc, link, sres, ranges, draws: int, key) -> dict:
+  """The r-space null in null.npz's layout: start.<m> [S, P], end.<m> [R, S, P], length [R]."""
+  pick = sweep.pick_starts(sres.cls, qc.samples_per_unit)
+  w_start, ends, length = nulls.rspace_ends(link, sres.r_start[pick], ranges, draws, key)
+  s_n, d = w_start.shape
+  m = quantify.measure(G, seg, np.concatenate([w_start, ends.reshape(-1, d)]), qc.batch_size,
+                       qc.max_components, quantify.uses_entropy(qc), truth=True)
+  out = {"samples": sres.rows[pick], "length": length}
+  for k, v in m.items():
+    out[f"start.{k}"] = v[:s_n]
+    out[f"end.{k}"] = v[s_n:].reshape(draws, s_n, *v.shape[1:])
+  return out
+
+
+def boundary_null(G, seg, qc, link, cf, a, draws: int, key) -> dict:
+  """null.<m> [B, R, P] at the ends of r-space null paths of the boundary's searches."""
+  ids = a["search"]
+  pos = {int(s): i for i, s in enumerate(cf["search"])}
+  rows = np.array([pos[int(s)] for s in ids])
+  t_c = blib.crossing_t(a["t_leave"], a["t_reach"])
+  ends = nulls.boundary_ends(link, cf["r"][rows], cf["shift"][rows], t_c, key, ids, draws)
+  b, r, d = ends.shape
+  m = quantify.measure(G, seg, ends.reshape(-1, d), qc.batch_size, qc.max_components,
+                       quantify.uses_entropy(qc))
+  return {f"null.{k}": v.reshape(b, r, *v.shape[1:]) for k, v in m.items()}
+
+
+def planted_cka(seed: int, n_perm: int) -> dict:
+  """configs/linear.py's sizes: 5 classes x 48 items, r 2048-d vs w 512-d, independent."""
+  rng = np.random.default_rng(seed)
+  cls = np.repeat(np.arange(5), 48)
+  x, y = rng.normal(size=(240, 2048)), rng.normal(size=(240, 512))
+  res = rsa.cka_test(x, y, n_perm=n_perm, rng=rng, cls=cls)
+  return {"cka_debiased_independent": res["cka"], "cka_debiased_null_q95": res["null_q95"],
+          "cka_biased_independent": rsa.linear_cka(x, y)}
+
+
+def quantify_figures(wd, G, qc, stats_fn, blks, null, parts, q_level) -> dict:
+  """FDR / power of the calls, precision@5 and Spearman, superposition, for one null."""
+  sources = selectivity.concept_sources(qc.concepts)
+  units, deltas, lengths, null_d, null_len = quantify.deltas_from_blocks(blks, null, sources)
+  st = stats_fn(deltas, lengths, null_d, null_len)
+  t = np.concatenate([b["truth_delta"] for b in blks])
+  names = [str(n) for n in blks[0]["truth_factors"]]
+  metrics = list(selectivity.CONCEPT_METRICS)
+  status = truth.labels(t, names, G.factor_concepts, parts, metrics)
+  r = truth.rates(st["selective"], status)
+  check = quantify.truth_check(st, units, parts, t, names, qc.top_k, G.factor_concepts, score=qc.rank_by)
+  ranked = quantify.truth_check({**st, "selective": np.ones_like(st["selective"])}, units, parts, t, names,
+                                qc.top_k, G.factor_concepts, score=qc.rank_by)
+  nc = selectivity.null_calls(null_d, null_len, seed=0, alpha=qc.alpha, q_level=q_level,
+                              average=qc.average, per_length=qc.null_per_length)
+  sup = superposition.analyse(st, units, parts, metrics, null_selective=nc["selective"])
+  p_unc = truth.rates(st["p_null"] <= qc.alpha, status)
+  with np.errstate(invalid="ignore"):  # the same rule with uncorrected calls (p <= alpha), for contrast
+    sup_unc = superposition.analyse({**st, "selective": st["p_null"] <= qc.alpha}, units, parts, metrics,
+                                    null_selective=nc["p_null"] <= qc.alpha)
+  return {"fdr_selective": r["fdr"], "power_selective": r["power"], "n_called": r["n_called"],
+          "n_true_selective": r["n_true_selective"], "n_true_null": r["n_true_null"],
+          "n_selective_all": int(np.sum(st["selective"])), "n_tests": int(np.sum(np.isfinite(st["p_null"]))),
+          "fdr_uncorrected_p05": p_unc["fdr"], "power_uncorrected_p05": p_unc["power"],
+          "null_fpr_p05": nc["fpr"], "null_any_call": nc["fdr_any"],
+          "n_null_selective": int(np.sum(nc["selective"])),
+          "precision_at_5": check["mean_precision"], "spearman": check["mean_spearman"],
+          "precision_at_5_ranked": ranked["mean_precision"],
+          "precision_at_5_per_factor": {f: v["precision"] for f, v in check["per_factor"].items()},
+          "superposed_fraction_units": sup["superposed_units"]["fraction"],
+          "superposed_units_ci": [sup["superposed_units"]["ci_low"], sup["superposed_units"]["ci_high"]],
+          "superposed_fraction_random": sup["superposed_null"]["fraction"],
+          "superposed_random_ci": [sup["superposed_null"]["ci_low"], sup["superposed_null"]["ci_high"]],
+          "null_draws": int(null_d.shape[0]),
+          "superposed_fraction_units_p05": sup_unc["superposed_units"]["fraction"],
+          "superposed_fraction_random_p05": sup_unc["superposed_null"]["fraction"]}
+
+
+def boundary_figures(G, a, batch0, null_arrays, sources, parts, seed, q_level) -> dict:
+  arrays = {**{k: v for k, v in a.items() if k.startswith("pt.")}, **null_arrays}
+  deltas, null_d = bstage.changes(arrays, sources)
+  metrics = list(selectivity.CONCEPT_METRICS)
+  pairs, st = blib.pair_statistics(deltas, null_d, a["origin"], a["target"], seed=seed, q_level=q_level)
+  nc = blib.null_path_calls(null_d, a["origin"], a["target"], seed=seed, q_level=q_level)
+  names = [str(x) for x in batch0["truth_factors"]]
+  tr = {n: a["truth_change"][:, i] for i, n in enumerate(names)}
+  val = blib.validate(st, tr, a["origin"], a["target"], parts, metrics, G.factor_concepts)
+  _, idx = blib.group_by_pair(a["origin"], a["target"])
+  pair_truth = np.stack([np.nanmean(blib.take_rows(a["truth_change"], idx[i]), axis=0) for i in range(len(pairs))])
+  status = truth.labels(pair_truth, names, G.factor_concepts, parts, metrics)
+  r = truth.rates(st["selective"], status)
+  return {"boundary_fpr_uncorrected": nc["fpr"], "boundary_fwer_null_paths": nc["fwer"],
+          "boundary_fdr": r["fdr"], "boundary_power": r["power"], "boundary_n_called": r["n_called"],
+          "boundary_n_true_null": r["n_true_null"], "boundary_n_true_selective": r["n_true_selective"],
+          "boundary_selective_share": float(np.nanmean(st["selective"])),
+          "boundary_spearman": val["mean_spearman"], "boundary_right_top": val["share_right_top"],
+          "boundary_chance": val["chance"], "boundary_null_draws": int(null_d.shape[1])}
+
+
+def measure_seed(wd: str, seed: int, args) -> dict:
+  from configs import demo
+  cfg = demo.get_config()
+  qc = quantify.default_config()
+  qc.update(cfg.quantify)
+  G = generators.load(cfg.generator)
+  qres = quantify.load(wd)
+  seg = qres.segmenter()
+  parts = quantify.measured_parts(seg)
+  link = link_stage.load_model(os.path.join(wd, "link"))
+  sres = sweep.load(wd)
+  blks = qres.blocks()
+  sweep_blocks = list(sres.blocks())
+  ranges = np.concatenate([np.abs(b["values"][:, -1] - b["values"][:, 0]) for b in sweep_blocks])
+  root = jax.random.PRNGKey(1000 + seed)
+  t0 = time.time()
+  rnull = _measure_cached(os.path.join(wd, f"calib_quantify_null_{args.quantify_draws}.npz"),
+                          lambda: quantify_null(G, seg, qc, link, sres, ranges, args.quantify_draws,
+                                                jax.random.fold_in(root, 0)))
+  a = bstage._concat(bstage.load_batches(wd))
+  cf = counterfactual.load(wd).arrays
+  bnull = _measure_cached(os.path.join(wd, f"calib_boundary_null_{args.boundary_draws}.npz"),
+                          lambda: boundary_null(G, seg, qc, link, cf, a, args.boundary_draws,
+                                                jax.random.fold_in(root, 1)))
+  t_measure = time.time() - t0
+
+  def stats_fn(deltas, lengths, null_d, null_len):
+    return selectivity.shared_null_statistics(deltas, lengths, null_d, null_len, seed=seed, n_boot=qc.n_boot,
+                                              q_level=args.q, **quantify.statistics_options(qc))
+
+  out = {"measure_seconds": t_measure}
+  out.update(quantify_figures(wd, G, qc, stats_fn, blks, rnull, parts, args.q))
+  wnull = quantify.load_null(os.path.join(wd, "quantify"))
+  out["w_null"] = quantify_figures(wd, G, qc, stats_fn, blks, wnull, parts, args.q)
+  out.update(planted_cka(seed, args.cka_perm))
+  out.update(boundary_figures(G, a, bstage.load_batches(wd)[0], bnull, selectivity.concept_sources(qc.concepts),
+                              parts, seed, args.q))
+  return out
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--json", required=True, help="where to write the figures")
+  p.add_argument("--workdir", default="/tmp/lis_calibration", help="cached demo workdirs (one per seed)")
+  p.add_argument("--seeds", default="0,1,2")
+  p.add_argument("--q", type=float, default=0.1, help="BH level of the calls")
+  p.add_argument("--quantify-draws", type=int, default=200, help="r-space null directions")
+  p.add_argument("--boundary-draws", type=int, default=16, help="r-space null paths per search")
+  p.add_argument("--cka-perm", type=int, default=200, help="within-class permutations of the CKA null")
+  args = p.parse_args()
+  seeds = [int(s) for s in args.seeds.split(",")]
+  os.makedirs(args.workdir, exist_ok=True)
+  t_all = time.time()
+  per_seed = []
+  for seed in seeds:
+    wd = os.path.join(args.workdir, f"seed{seed}")
+    t_demo = run_demo(wd, seed)
+    res = measure_seed(wd, seed, args)
+    res["demo_seconds"] = t_demo
+    per_seed.append(res)
+    print(f"seed {seed}: " + ", ".join(f"{k} {res[k]:.3f}" for k in KEYS if res.get(k) is not None), flush=True)
+  out = {k: [r.get(k) for r in per_seed] for k in per_seed[0] if k != "w_null"}
+  out["w_null"] = {k: [r["w_null"].get(k) for r in per_seed] for k in per_seed[0]["w_null"]}
+  out.update(seeds=seeds, q=args.q, truth_null_below=truth.NULL_BELOW,
+             truth_selective_above=truth.SELECTIVE_ABOVE, seconds=time.time() - t_all)
+  io.write_json(args.json, out)
+  for k in KEYS:
+    v = [x for x in out[k] if x is not None]
+    print(f"{k:28s} " + " ".join(f"{x:.3f}" for x in v) + (f"   mean {np.mean(v):.3f} min {np.min(v):.3f}" if v else ""))
+  print(f"w-null side by side: fdr_selective {out['w_null']['fdr_selective']}, "
+        f"superposed_fraction_random {out['w_null']['superposed_fraction_random']}")
+  print(f"total {out['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,186 @@
+"""Statistical calls: permutation p-values with a tail fit, false-discovery control, intervals.
+
+Every "selective", "superposed", "significant" or "changes across the boundary" the
+pipeline prints is made here, the same way:
+
+  p-value     a permutation p against null draws that share the tested statistic's
+              geometry (`lis_jax.analysis.nulls`): p = (1 + #{null >= x}) / (1 + R).
+              Where fewer than `min_exceed` null draws reach x, that p is limited by
+              the draws (it cannot go below 1 / (1 + R)), so the tail beyond x is
+              estimated instead by a generalized Pareto distribution fitted to the
+              `n_tail` largest null draws (Knijnenburg et al. 2009, Bioinformatics
+              25:i161): p = (n_tail + 1) / (R + 1) * GPD.sf(x - t), t the threshold
+              between the tail and the rest. The fit is Zhang & Stephens' (2009,
+              Technometrics 51:316) estimator; its shape is clamped at 0 (no lighter
+              than an exponential tail: a fitted bounded tail would give p = 0 beyond
+              its end, which no finite null supports).
+  family      the tests a table makes together (unit x concept; pair x concept; per
+              class, unit x concept) are corrected together by Benjamini-Hochberg
+              (q-values, `bh_qvalues`; Storey's pi0-adjusted variant in
+              `storey_qvalues`): calling every test with q <= level controls the
+              false-discovery rate at `level` for independent or positively dependent
+              tests.
+  fraction    a population fraction (units superposed, selective) is shown with its
+              Clopper-Pearson interval (`proportion_ci`) next to the same fraction on
+              null directions.
+
+All functions are numpy (scipy for the GPD survival function and the beta quantiles);
+NaN p-values (an undefined statistic) are left out of a family and stay NaN.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import special
+from scipy import stats as sps
+
+MIN_EXCEED = 10  # below this many null draws >= x, the tail fit replaces the count
+MIN_TAIL = 10  # fewest tail draws a GPD is fitted to; fewer null draws: counts only
+
+
+def bh_qvalues(p: np.ndarray) -> np.ndarray:
+  """Benjamini-Hochberg q-values over one family: every finite entry of p (any shape).
+
+  q_(i) = min_{j >= i} m p_(j) / j over the sorted p, capped at 1 (statsmodels'
+  multipletests(method='fdr_bh')[1]). NaN entries are not tests: they stay NaN and do
+  not count in m.
+  """
+  p = np.asarray(p, np.float64)
+  q = np.full(p.shape, np.nan)
+  ok = np.isfinite(p)
+  x = p[ok]
+  m = x.size
+  if m == 0:
+    return q
+  order = np.argsort(x, kind="stable")
+  ranked = x[order] * m / np.arange(1, m + 1)
+  mono = np.minimum.accumulate(ranked[::-1])[::-1]
+  out = np.empty(m)
+  out[order] = np.minimum(mono, 1.0)
+  q[ok] = out
+  return q
+
+
+def storey_pi0(p: np.ndarray, lam: float = 0.5) -> float:
+  """Storey's estimate of the share of true nulls: #{p > lam} / ((1 - lam) m), at most 1."""
+  x = np.asarray(p, np.float64)
+  x = x[np.isfinite(x)]
+  if x.size == 0:
+    return 1.0
+  return float(min(1.0, np.sum(x > lam) / ((1.0 - lam) * x.size)))
+
+
+def storey_qvalues(p: np.ndarray, lam: float = 0.5) -> np.ndarray:
+  """Storey's q-values: pi0 x the BH q-values (less conservative where many tests are non-null)."""
+  return storey_pi0(p, lam) * bh_qvalues(p)
+
+
+def gpd_fit(y: np.ndarray) -> tuple[float, float]:
+  """Generalized Pareto fit to excesses y > 0 (Zhang & Stephens 2009).
+
+  Args:
+    y: [n] excesses over a threshold (n >= 2, some > 0).
+  Returns:
+    (shape xi, scale sigma) in scipy.stats.genpareto's parametrisation (c = xi), the
+    shape clamped at 0 (then sigma = mean(y), the exponential MLE).
+  """
+  x = np.sort(np.asarray(y, np.float64))
+  n = x.size
+  if n < 2 or x[-1] <= 0:
+    return 0.0, float(max(np.mean(x), 1e-300)) if n else 1.0
+  m = 20 + int(np.sqrt(n))
+  x_star = x[max(int(np.floor(n / 4 + 0.5)) - 1, 0)]
+  x_star = x_star if x_star > 0 else np.mean(x)
+  j = np.arange(1, m + 1)
+  b = 1.0 / x[-1] + (1.0 - np.sqrt(m / (j - 0.5))) / (3.0 * x_star)  # [m] candidate theta
+  with np.errstate(divide="ignore", invalid="ignore"):
+    k = -np.mean(np.log1p(-b[:, None] * x[None]), axis=1)  # [m]
+    ll = n * (np.log(b / k) + k - 1.0)
+  ok = np.isfinite(ll)
+  if not ok.any():
+    return 0.0, float(np.mean(x))
+  ll = np.where(ok, ll, -np.inf)
+  wts = np.exp(ll - special.logsumexp(ll))  # = 1 / sum_i exp(ll_i - ll_j), without overflow
+  theta = float(np.sum(np.where(ok, b, 0.0) * wts))
+  k_hat = -float(np.mean(np.log1p(-theta * x)))
+  xi = -k_hat
+  if not np.isfinite(xi) or xi <= 0 or theta == 0:
+    return 0.0, float(np.mean(x))
+  return xi, float(k_hat / theta)
+
+
+def _tail_p(x: np.ndarray, null_sorted: np.ndarray, n_tail: int) -> np.ndarray:
+  """GPD tail p of x [k] against one column's sorted finite null draws [R]."""
+  r = null_sorted.size
+  t = 0.5 * (null_sorted[r - n_tail] + null_sorted[r - n_tail - 1])
+  xi, sigma = gpd_fit(null_sorted[r - n_tail:] - t)
+  sf = sps.genpareto.sf(np.maximum(x - t, 0.0), xi, scale=max(sigma, 1e-300))
+  return (n_tail + 1.0) / (r + 1.0) * sf
+
+
+def tail_pvalues(stat: np.ndarray, null: np.ndarray, *, rng: np.random.Generator | None = None,
+                 min_exceed: int = MIN_EXCEED, tail_fraction: float = 0.25) -> np.ndarray:
+  """One-sided permutation p-values (large = extreme) with a GPD tail where draws are few.
+
+  Args:
+    stat: [K, F] statistics of K tests in each of F columns (a column = one null
+      distribution, e.g. one concept).
+    null: [R, F] null draws of the same statistic (NaN = missing draw, left out).
+    rng: with a Generator, ties are broken at random (p exactly uniform under the null
+      for discrete statistics); without, ties count as exceedances (conservative).
+    min_exceed: below this many exceedances the GPD tail p replaces the count's p.
+    tail_fraction: share of a column's draws the GPD is fitted to (at least MIN_TAIL;
+      no fit with fewer than MIN_TAIL + 1 draws).
+  Returns:
+    [K, F] p in (0, 1]; NaN where stat is NaN or a column has no draws.
+  """
+  stat = np.asarray(stat, np.float64)
+  null = np.asarray(null, np.float64)
+  out = np.full(stat.shape, np.nan)
+  for f in range(stat.shape[1]):
+    col = np.sort(null[:, f][np.isfinite(null[:, f])])
+    r = col.size
+    x = stat[:, f]
+    ok = np.isfinite(x)
+    if r == 0 or not ok.any():
+      continue
+    above = r - np.searchsorted(col, x[ok], side="right")
+    ties = np.searchsorted(col, x[ok], side="right") - np.searchsorted(col, x[ok], side="left")
+    if rng is None:
+      p = (1.0 + above + ties) / (1.0 + r)
+    else:
+      p = (above + rng.uniform(size=above.size) * (ties + 1.0)) / (1.0 + r)
+    n_tail = max(MIN_TAIL, int(tail_fraction * r))
+    few = above + ties < min_exceed
+    if few.any() and r > n_tail and col[-1] > col[r - n_tail - 1]:
+      p[few] = _tail_p(x[ok][few], col, n_tail)
+    out[ok, f] = p
+  return out
+
+
+def loo_pvalues(null: np.ndarray, **kwargs) -> np.ndarray:
+  """[R, F] p-value of each null draw tested against the other R - 1 (leave one out):
+  the false-positive rate of a call on the null itself (`tail_pvalues` kwargs)."""
+  null = np.asarray(null, np.float64)
+  r = null.shape[0]
+  out = np.empty(null.shape)
+  for i in range(r):
+    out[i] = tail_pvalues(null[i:i + 1], np.delete(null, i, axis=0), **kwargs)[0]
+  return out
+
+
+def proportion_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+  """Clopper-Pearson interval of a proportion k / n ((nan, nan) for n = 0)."""
+  if n <= 0:
+    return float("nan"), float("nan")
+  a = (1.0 - level) / 2
+  lo = 0.0 if k == 0 else float(sps.beta.ppf(a, k, n - k + 1))
+  hi = 1.0 if k == n else float(sps.beta.ppf(1 - a, k + 1, n - k))
+  return lo, hi
+
+
+def fraction(flags: np.ndarray, level: float = 0.95) -> dict:
+  """{'fraction', 'k', 'n', 'ci_low', 'ci_high'} of a boolean array's True share."""
+  f = np.asarray(flags, bool).reshape(-1)
+  k, n = int(f.sum()), int(f.size)
+  lo, hi = proportion_ci(k, n, level)
+  return {"fraction": k / n if n else float("nan"), "k": k, "n": n, "ci_low": lo, "ci_high": hi}
