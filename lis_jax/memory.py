@@ -266,7 +266,8 @@ def choose_batch(fn: Callable[..., Any], rows: Any, max_batch: int, *args: Any, 
   """
   limit = SAFETY * budget.bytes
   max_batch = max(multiple, int(max_batch) // multiple * multiple)
-  key = (call, str(jax.tree_util.tree_map(lambda x: (np.shape(x)[1:], str(x.dtype)), rows)),
+  statics = repr(sorted(fn.keywords.items())) if isinstance(fn, functools.partial) else id(fn)
+  key = (call, statics, str(jax.tree_util.tree_map(lambda x: (np.shape(x)[1:], str(x.dtype)), rows)),
          str([(np.shape(x), str(x.dtype)) for x in jax.tree_util.tree_leaves(args)
               if hasattr(x, "dtype")]), budget.bytes, max_batch, multiple)
   if key in _CHOICES:
