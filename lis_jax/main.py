@@ -2,6 +2,7 @@
 
   python -m lis_jax.main --config=configs/linear.py --workdir=DIR
   python -m lis_jax.main --config=configs/linear.py --workdir=DIR --config.sweep.units=0,1,2
+  python -m lis_jax.main --config=configs/linear.py --workdir=DIR --plan   # cost before the run
 
 Several processes (README, "Multi-process runs"): every process runs this same command
 with its own process id; on TPU pod slices and under SLURM, `--distributed` lets JAX
@@ -37,6 +38,9 @@ _NUM_PROCESSES = flags.DEFINE_integer(
 _PROCESS_ID = flags.DEFINE_integer(
     "process_id", None, f"Multi-process: this process's id in [0, num_processes) (else "
     f"${distribute.ENV_PROCESS_ID}).")
+_PLAN = flags.DEFINE_bool(
+    "plan", False, "Print the plan (per stage: images, FLOPs, peak memory of its largest call at "
+    "the batch the memory budget allows, estimated time) and exit; refuses a stage that cannot fit.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Multi-process with JAX's cluster auto-detection (TPU pod slices, "
     "SLURM, Open MPI) when no coordinator/processes/id are given.")
@@ -91,6 +95,18 @@ def _config_load_failed(argv: list[str], e: Exception) -> None:
   _fail(f"cannot load the config file {path}: {type(cause).__name__}: {cause}")
 
 
+def _print_plan(config, workdir: str) -> None:
+  """--plan: the plan of config.stages for the configured models and this device's memory."""
+  from lis_jax import memory, plan   # Local: only --plan needs them.
+  G, clf = pipeline.load_models(config, workdir)
+  budget = memory.config_budget(config)
+  plans = plan.make(config, G, clf, budget)
+  print(plan.table(plans, budget), flush=True)
+  refused = plan.refusal(plans)
+  if refused:
+    _fail(refused)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -98,6 +114,9 @@ def main(argv):
   try:
     distribute.initialize(distribute.process_setup(
         _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value))
+    if _PLAN.value:
+      _print_plan(_CONFIG.value, _WORKDIR.value)
+      return
     pipeline.run(_CONFIG.value, _WORKDIR.value)
   except (errors.PipelineError, io.CheckpointError, io.CorruptFileError, io.WorkdirBusy,
           distribute.DistributedError) as e:

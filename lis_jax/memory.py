@@ -46,6 +46,10 @@ MiB = 1 << 20
 SAFETY = 0.8
 # Probe batch sizes for the linear model (the smaller is also the "does one row fit" check).
 PROBES = (1, 4)
+# A chosen batch whose line-predicted need is under this fraction of the limit is taken
+# without compiling it (the line's error stays well inside the rest); above it, it is
+# compiled and checked.
+TRUST = 0.5
 # How often the chosen batch is re-checked (and shrunk) against a compile at that size.
 MAX_REFINE = 4
 
@@ -157,6 +161,7 @@ class CallMemory:
   alias: int
   rows: int  # bytes of the batch argument (the rest of `argument` is resident already)
   flops: float
+  predicted: bool = False  # from the line through two compiled sizes (temp holds the need)
 
   @property
   def need(self) -> int:
@@ -247,6 +252,7 @@ def _fail(stage: str, call: str, batch: int, need: int, budget: Budget, setting:
 
 
 _CHOICES: dict = {}
+_ANALYSES: dict = {}
 
 
 def choose_batch(fn: Callable[..., Any], rows: Any, max_batch: int, *args: Any, budget: Budget,
@@ -272,8 +278,15 @@ def choose_batch(fn: Callable[..., Any], rows: Any, max_batch: int, *args: Any, 
               if hasattr(x, "dtype")]), budget.bytes, max_batch, multiple)
   if key in _CHOICES:
     return _CHOICES[key]
+  analysed = _ANALYSES.setdefault(key[:3], {})   # per function and shapes, any max_batch
+
+  def at(b: int) -> CallMemory:
+    if b not in analysed:
+      analysed[b] = analyse(fn, args, rows, b)
+    return analysed[b]
+
   probes = sorted({min(max_batch, p * multiple) for p in PROBES})
-  mems = [analyse(fn, args, rows, b) for b in probes]
+  mems = [at(b) for b in probes]
   if mems[0].need > limit:
     raise _fail(stage, call, probes[0], mems[0].need, budget, setting)
   model = LinearModel.through(mems[0], mems[-1])
@@ -281,8 +294,13 @@ def choose_batch(fn: Callable[..., Any], rows: Any, max_batch: int, *args: Any, 
   b = min(max_batch, model.largest(limit))
   for _ in range(MAX_REFINE):
     b = max(multiple, b // multiple * multiple)
+    if b not in by_batch and model.at(b) <= TRUST * limit:
+      by_batch[b] = dataclasses.replace(mems[-1], batch=b, temp=int(model.at(b)), output=0, rows=0,
+                                        alias=0, flops=mems[-1].flops / mems[-1].batch * b,
+                                        predicted=True)
+      break
     if b not in by_batch:
-      by_batch[b] = analyse(fn, args, rows, b)
+      by_batch[b] = at(b)
     if by_batch[b].need <= limit or b == multiple:
       break
     b = int(b * limit / by_batch[b].need)  # the line under-predicted: scale down and recheck
