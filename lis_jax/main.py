@@ -96,12 +96,16 @@ def _config_load_failed(argv: list[str], e: Exception) -> None:
 
 
 def _print_plan(config, workdir: str) -> None:
-  """--plan: the plan of config.stages for the configured models and this device's memory."""
-  from lis_jax import memory, plan   # Local: only --plan needs them.
+  """The plan of config.stages for the configured models and this device's memory (first
+  lines of a run, unless config.plan_at_start is False; all of --plan). Every process
+  computes it (the same refusal everywhere); process 0 prints it."""
+  import jax
+  from lis_jax import memory, plan
   G, clf = pipeline.load_models(config, workdir)
   budget = memory.config_budget(config)
   plans = plan.make(config, G, clf, budget)
-  print(plan.table(plans, budget), flush=True)
+  if jax.process_index() == 0:
+    print(plan.table(plans, budget), flush=True)
   refused = plan.refusal(plans)
   if refused:
     _fail(refused)
@@ -117,6 +121,13 @@ def main(argv):
     if _PLAN.value:
       _print_plan(_CONFIG.value, _WORKDIR.value)
       return
+    if _CONFIG.value.get("plan_at_start", True):
+      try:
+        _print_plan(_CONFIG.value, _WORKDIR.value)
+      except (errors.PipelineError, io.CheckpointError, io.CorruptFileError):
+        raise
+      except Exception as e:  # A model the plan cannot analyse must not stop the run itself.
+        print(f"plan unavailable ({type(e).__name__}: {' '.join(str(e).split())[:200]})", flush=True)
     pipeline.run(_CONFIG.value, _WORKDIR.value)
   except (errors.PipelineError, io.CheckpointError, io.CorruptFileError, io.WorkdirBusy,
           distribute.DistributedError) as e:
