@@ -134,6 +134,13 @@ def main(argv):
     _fail(str(e))
   except OSError as e:
     _fail(io.describe_os_error(e))
+  except Exception as e:  # XLA's RESOURCE_EXHAUSTED where no stage call turned it into a line
+    from lis_jax import memory
+    if not memory.is_oom(e):
+      raise
+    _fail(f"out of memory ({str(e).strip().splitlines()[0][:200]}); lower the batch sizes of the "
+          f"stage that was running (its config section) or set config.memory_gb, and run again: "
+          f"finished work is kept")
 
 
 if __name__ == "__main__":

@@ -52,3 +52,17 @@ def test_main_plan_flag(tmp_path):
   assert r.returncode == 0, r.stderr[-2000:]
   assert r.stdout.startswith("plan (memory budget") and "counterfactual" in r.stdout
   assert not any(tmp_path.iterdir())   # a plan writes nothing
+
+
+def test_a_run_prints_the_plan_first_and_refuses_what_cannot_fit(tmp_path):
+  base = [sys.executable, "-m", "lis_jax.main", "--config=configs/tiny.py",
+          "--config.stages=paired_data,link"]
+  r = subprocess.run(base + [f"--workdir={tmp_path / 'ok'}"], capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert r.stdout.startswith("plan (memory budget")
+  assert (tmp_path / "ok" / "link").is_dir()
+  r = subprocess.run(base + [f"--workdir={tmp_path / 'no'}", "--config.memory_gb=0.000001"],
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 1
+  assert r.stderr.strip().splitlines()[-1].startswith("error: paired_data: synthesise+classify needs")
+  assert not (tmp_path / "no" / "paired_data").exists()   # refused before any stage ran
