@@ -1,4 +1,5 @@
 """Few-shot part segmentation: IoU against the built-in world's truth, checkpoints, label dirs."""
+import functools
 import json
 
 import jax
@@ -152,8 +153,12 @@ def test_predict_batches_follow_the_memory_budget(world):
   G, seg, ws_te, _ = world
   from lis_jax import memory
   want = segment.predict_labels(seg, G, ws_te[:10], batch_size=10)
-  one = segment.predict_labels(seg, G, ws_te[:10], batch_size=10,
-                               budget=memory.Budget(1 << 20, "test"))   # 1 MiB: a few images a call
-  np.testing.assert_array_equal(one, want)
+  fn = functools.partial(segment._predict, layers=seg.layers, size=seg.resolution,
+                         num_parts=seg.num_parts, head_size=seg.size)
+  model = memory.choose_batch(fn, np.asarray(ws_te[:10]), 10, G, seg.params, call="t", setting="t",
+                              budget=memory.Budget(64 * memory.GiB, "test")).model
+  tiny = memory.Budget(int(model.at(3) / memory.SAFETY), "test")   # three images a call
+  few = segment.predict_labels(seg, G, ws_te[:10], batch_size=10, budget=tiny)
+  np.testing.assert_array_equal(few, want)
   with pytest.raises(memory.PipelineError, match="lower quantify.batch_size"):
     segment.predict_labels(seg, G, ws_te[:10], budget=memory.Budget(1000, "test"))

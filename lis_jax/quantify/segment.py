@@ -181,7 +181,8 @@ def head_logits(params: Mapping[str, Any], feats: Mapping[str, jax.Array], layer
 
   The first convolution is a sum over input channels, so it runs layer by layer on each
   layer's upsampled, standardised features with that layer's slice of the kernel; only
-  one layer is upsampled at a time.
+  one layer is upsampled at a time. When the layers have fewer channels in all than the
+  convolution has outputs, the (then smaller) stack is built instead.
 
   Args:
     params: {'head', 'feat_mean' [C], 'feat_std' [C]} (C = the layers' channels, in order).
@@ -189,6 +190,11 @@ def head_logits(params: Mapping[str, Any], feats: Mapping[str, jax.Array], layer
     layers: the order of the layers in the stack.
     size: the side the features are upsampled to.
   """
+  if params["feat_mean"].shape[0] <= HEAD_CHANNELS[head_size][0]:
+    # Fewer feature channels than the first convolution's outputs: the stack is the
+    # smaller intermediate (its per-layer partial sums would be larger).
+    return apply_head(params, jnp.concatenate([upsample(feats[n], size) for n in layers], -1),
+                      num_parts, head_size)
   conv0 = params["head"]["conv0"]
   d = HEAD_DILATIONS[head_size][0]
   acc, c0 = None, 0
