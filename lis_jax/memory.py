@@ -354,7 +354,7 @@ def map_batches(fn: Callable[..., Any], rows: Any, max_batch: int, *args: Any, b
     return batching.map_batches(fn, rows, choice.batch, *args)
 
 
-@functools.lru_cache(maxsize=None)
 def default_budget() -> Budget:
-  """The first local device's budget, measured once per process (no override)."""
+  """The first local device's budget now (no override): measured at each call, since the
+  memory in use grows as models load and programs compile."""
   return device_budget()
