@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for configs/
 from configs import linear  # noqa: E402
-from lis_jax import classifiers, generators, images, io, linking, pipeline
+from lis_jax import classifiers, context, generators, images, io, linking, pipeline
 from lis_jax.generators import stylegan_xl
 
 
@@ -65,7 +65,7 @@ def main():
 
   G = stylegan_xl.random_generator(args.arch, jax.random.PRNGKey(0))
   clf = classifiers.load(args.classifier)
-  pipeline.load_models = lambda config, workdir: (G, clf)   # the benchmark's own models
+  context.load_models = lambda config, workdir: (G, clf)   # the benchmark's own models
   classes = (1, 2)
   root = tempfile.mkdtemp(prefix="bench_sweep-")
 

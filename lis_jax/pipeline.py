@@ -1,9 +1,11 @@
-"""The runner and the run context: `config.stages` run in order over one workdir.
+"""The runner: `config.stages` run in order over one workdir.
 
 A stage is a `stages.base.Stage` object in `lis_jax/stages/<name>.py`, registered by an
 import line in `lis_jax/stages/__init__.py` (docs/architecture.md). `run` builds one
-`RunContext` (config sections merged over each stage's defaults and validated once,
-models loaded once and lazily, named random streams) and calls each stage's `run(ctx)`.
+`context.RunContext` (config sections merged over each stage's defaults and validated
+once, models loaded once and lazily, named random streams) and calls each stage's
+`run(ctx)`. Only `lis_jax.main` (and tests) import this module; it names no particular
+stage: a stage's own checks come with it (`Stage.check`).
 Before a stage runs, the runner checks that the stages it `requires` ran (earlier in this
 run, or in the workdir with the same config) and records the stage's fingerprint (its
 own section, the top-level fields it `uses` and its requirements' fingerprints) in
@@ -21,223 +23,20 @@ Errors a user can fix (bad config, bad input, incompatible workdir) are raised a
 """
 from __future__ import annotations
 
-import hashlib
-import importlib
-import json
 import os
+import shutil
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import ml_collections
-import numpy as np
 
 from lis_jax import distribute
 from lis_jax import io
-from lis_jax import validate
-from lis_jax.errors import PipelineError, check_finite, maybe_interrupt, require  # noqa: F401 (moved; re-exported until callers move)
-from lis_jax.spec import CLASS_GROUPS, as_tuple, parse_classes, parse_stages, parse_units  # noqa: F401
-
-# Each stage records its fingerprint here (inside its own output directory).
-STAGE_CONFIG_FILE = "config.json"
-# Version of the workdir layout, recorded in every fingerprint. Layout 1 (before the
-# stage objects) had a `fit_link` stage and integer-tagged random streams.
-LAYOUT = 2
-# Stage names of earlier layouts -> their names now.
-RENAMED = {"fit_link": "link"}
-
-def resolve(spec: str) -> Callable[..., Any]:
-  """Imports "module:function" (a custom model named in the config) and returns it."""
-  module, fn = spec.split(":")
-  return getattr(importlib.import_module(module), fn)
-
-
-# ----------------------------------------------------------------------------- random streams
-
-
-def stream_key(seed: int, stream: str, *indices: int) -> Any:
-  """The PRNG key of `indices` in the named stream `stream` of root seed `seed`.
-
-  The stream's name is hashed (sha256, stable across runs and machines) into two 31-bit
-  words folded into the root key, then each index is folded in order; distinct names
-  give independent streams (no integer tags to collide). Pure: `stream_key(s, n, i, j)`
-  == `fold_in(fold_in(stream_key(s, n), i), j)`, so jitted code may fold indices itself.
-  """
-  import jax
-  digest = hashlib.sha256(stream.encode()).digest()
-  key = jax.random.PRNGKey(seed)
-  for k in range(2):
-    key = jax.random.fold_in(key, int.from_bytes(digest[4 * k:4 * k + 4], "little") & 0x7FFFFFFF)
-  for i in indices:
-    key = jax.random.fold_in(key, i)
-  return key
-
-
-# ----------------------------------------------------------------------------- run context
-
-
-class RunContext:
-  """What every stage of one run shares.
-
-  config: the full config, each stage's section merged over its `default_config()`;
-    cfg(name) is that section.
-  workdir: the run's directory; out_dir(name) a stage's output directory.
-  G, clf: the generator and classifier, loaded once on first use.
-  classes: [K] int32 class ids of `config.classes`, parsed once.
-  mesh: the 1-D data mesh over this process's devices (all devices with one process).
-  process_index, process_count, is_main, my_items(n), barrier(name), log, progress:
-    multi-process runs (lis_jax/distribute.py; `stages.base.Stage.merge`).
-  key(stream, *indices): a named random stream (`stream_key`).
-  result(name): that stage's `load(workdir)`, cached.
-  """
-
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
-               registry: Mapping[str, Any] | None = None):
-    self.registry = dict(registry if registry is not None else _default_registry())
-    self.config = ml_collections.ConfigDict(config.to_dict())   # an unlocked copy
-    for name, st in self.registry.items():   # every section complete and checked, once
-      self.config[name] = _merge_section(config, st)
-    self.workdir = workdir
-    self._models = None
-    self._classes = None
-    self._mesh = None
-    self._results: dict[str, Any] = {}
-    self.items_done = 0   # work items this process was given (stages with a merge)
-    self._hashes: dict[str, str] = {}
-
-  def cfg(self, name: str) -> ml_collections.ConfigDict:
-    """Stage `name`'s config section: `config.<name>` over its `default_config()`."""
-    return self.config[name]
-
-  def out_dir(self, name: str) -> str:
-    """workdir/<name>/ (not created)."""
-    return os.path.join(self.workdir, name)
-
-  def _load_models(self):
-    if self._models is None:
-      self._models = load_models(self.config, self.workdir)
-    return self._models
-
-  @property
-  def G(self):
-    return self._load_models()[0]
-
-  @property
-  def clf(self):
-    return self._load_models()[1]
-
-  @property
-  def classes(self) -> np.ndarray:
-    if self._classes is None:
-      self._classes = parse_classes(self.config.classes, self.clf.num_classes)
-    return self._classes
-
-  @property
-  def mesh(self):
-    """The 1-D data mesh over this process's devices (all devices with one process)."""
-    if self._mesh is None:
-      self._mesh = distribute.data_mesh()
-    return self._mesh
-
-  # Multi-process runs (lis_jax/distribute.py): a stage with a `merge` runs in every process.
-  @property
-  def process_index(self) -> int:
-    return distribute.process_index()
-
-  @property
-  def process_count(self) -> int:
-    return distribute.process_count()
-
-  @property
-  def is_main(self) -> bool:
-    """True in process 0: it logs, shows progress bars, runs merges and unsplit stages."""
-    return distribute.is_main()
-
-  def my_items(self, n: int) -> np.ndarray:
-    """This process's share of work items 0..n-1 (all of them with one process).
-
-    Items must be numbered independently of the number of processes and devices, and
-    each written to its own file, so that a run resumed with another number of
-    processes finds every finished item.
-    """
-    return distribute.my_items(n)
-
-  def barrier(self, name: str) -> None:
-    """Waits for every process (every process must pass the same barriers in order)."""
-    distribute.barrier(name)
-
-  def log(self, message: str) -> None:
-    """Prints from process 0 only."""
-    distribute.log(message)
-
-  def progress(self, *args, **kwargs):
-    """A tqdm progress bar shown by process 0 only."""
-    return distribute.progress(*args, **kwargs)
-
-  def key(self, stream: str, *indices: int):
-    """The PRNG key of `indices` in the named stream (see `stream_key`)."""
-    return stream_key(int(self.config.seed), stream, *indices)
-
-  def result(self, name: str) -> Any:
-    """Stage `name`'s typed result, loaded once per run (PipelineError if it has not run)."""
-    if name not in self._results:
-      self._results[name] = self.registry[name].load(self.workdir)
-    return self._results[name]
-
-  def forget(self, name: str) -> None:
-    """Drops the cached result of `name` (the runner calls it after `name` runs)."""
-    self._results.pop(name, None)
-
-  def fingerprint(self, name: str) -> dict:
-    """What stage `name`'s outputs depend on: its section (less `ignores`), the top-level
-    fields it `uses` and, recursively, the fingerprints of the stages it `requires`."""
-    st = self.registry[name]
-    own = {k: v for k, v in self.cfg(name).to_dict().items() if k not in st.ignores}
-    fp = {"layout": LAYOUT, name: own, **{u: self.uses_value(u) for u in st.uses}}
-    if st.requires:
-      fp["requires"] = {r: self.fingerprint(r) for r in st.requires}
-    return config_to_dict(fp)
-
-  def uses_value(self, field: str) -> Any:
-    """A top-level field as fingerprints record it: the models by content, not by path."""
-    if field in ("generator", "classifier"):
-      return {"params_sha256": self.model_sha256(field)}
-    return self.config.get(field)
-
-  def model_sha256(self, what: str) -> str:
-    """sha256 of the generator's or classifier's weights (`io.tree_sha256`), once per run.
-
-    A converted checkpoint's hash comes from its meta.json cache (`io.params_sha256`,
-    no loading); a built-in or "module:function" model is hashed once loaded.
-    """
-    if what not in self._hashes:
-      spec = self.config[what]
-      path = resolve_path(self.workdir, spec)
-      if os.path.isfile(os.path.join(path, io.META_FILE)):
-        self._hashes[what] = io.params_sha256(path)
-      else:
-        self._hashes[what] = io.tree_sha256(self.G if what == "generator" else self.clf)
-    return self._hashes[what]
-
-
-def _default_registry():
-  from lis_jax import stages  # Local: stages import this module.
-  return stages.REGISTRY
-
-
-def _merge_section(config: ml_collections.ConfigDict, stage: Any) -> ml_collections.ConfigDict:
-  """`stage.default_config()` updated with `config.<name>`; unknown keys are an error."""
-  section = stage.default_config()
-  if stage.name in config and config[stage.name] is not None:
-    given = config[stage.name]
-    unknown = sorted(set(given.keys()) - set(section.keys()))
-    if unknown:
-      raise PipelineError(f"config.{stage.name} has unknown field(s) {unknown}; known: "
-                          f"{', '.join(sorted(section.keys()))}")
-    try:
-      section.update(given)
-    except (TypeError, ValueError) as e:   # ConfigDict refuses a value of another type
-      raise PipelineError(f"config.{stage.name}: {e}") from None
-  return section
+from lis_jax import stages
+from lis_jax.context import (LAYOUT, STAGE_CONFIG_FILE, RunContext, check_stage_config,
+                             config_diff, config_to_dict, read_stage_config, shown_diffs)
+from lis_jax.errors import PipelineError
+from lis_jax.spec import parse_stages
 
 
 def run(config: ml_collections.ConfigDict, workdir: str,
@@ -256,25 +55,21 @@ def run(config: ml_collections.ConfigDict, workdir: str,
       problem a stage reports.
   """
   names = parse_stages(config.stages)
-  ctx = RunContext(config, workdir, registry)
-  try:
-    validate.check(ctx.config, names)
-  except ValueError as e:
-    raise PipelineError(str(e)) from None
+  ctx = RunContext(config, workdir, stages.REGISTRY if registry is None else registry)
+  ctx.validate(names)   # values, before anything runs
   _check_names(names, ctx.registry)
   check_workdir(workdir, names)
   os.makedirs(workdir, exist_ok=True)
   with _workdir_lock(workdir):
     for i, name in enumerate(names):
-      for req in ctx.registry[name].requires:
+      for req in ctx.requires(name):
         if req in names[i:]:
           raise PipelineError(f"stage '{name}' requires '{req}': list '{req}' before '{name}' "
                               f"in config.stages")
         if req not in names[:i]:
           check_done(ctx, req, needed_by=name)
-    check_layout(workdir)
-    if "counterfactual" in names:   # needs the classifier's width: checked before any stage runs
-      _validated(validate.check_top_units, ctx.cfg("counterfactual").top_units, ctx.clf.feature_dim)
+    check_layout(workdir, ctx.registry)
+    ctx.check_stages(names)   # each stage's own check (some need the models)
     if ctx.is_main:
       io.write_json(os.path.join(workdir, "last_config.json"), config_to_dict(config))
     t_run = time.time()
@@ -286,13 +81,6 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     if ctx.process_count > 1:
       distribute.process_line(f"stages {', '.join(names)}", ctx.items_done, time.time() - t_run)
   return ctx
-
-
-def _validated(check: Callable[..., None], *args: Any) -> None:
-  try:
-    check(*args)
-  except ValueError as e:
-    raise PipelineError(str(e)) from None
 
 
 def _workdir_lock(workdir: str):
@@ -355,7 +143,6 @@ def _owner(ctx: RunContext, path: str) -> str | None:
 
 def remove_corrupt(path: str) -> None:
   """Deletes a corrupt output (file or checkpoint directory) so its stage recomputes it."""
-  import shutil
   if os.path.basename(path) in (io.PARAMS_DIR, io.META_FILE):   # inside a checkpoint dir
     path = os.path.dirname(path)
   if os.path.isdir(path):
@@ -377,10 +164,10 @@ def check_workdir(workdir: str, names: Sequence[str]) -> None:
 
 
 def _check_names(names: Sequence[str], registry: Mapping[str, Any]) -> None:
-  renamed = [n for n in names if n in RENAMED]
+  renamed = [n for n in names if n in stages.RENAMED]
   if renamed:
     raise PipelineError(f"stage(s) {renamed} are now called "
-                        f"{[RENAMED[n] for n in renamed]}: update config.stages")
+                        f"{[stages.RENAMED[n] for n in renamed]}: update config.stages")
   unknown = [s for s in names if s not in registry]
   if unknown:
     raise PipelineError(f"unknown stage(s) {unknown}; known: {', '.join(registry)}")
@@ -392,10 +179,10 @@ def check_done(ctx: RunContext, name: str, needed_by: str) -> None:
   if not os.path.exists(path):
     raise PipelineError(f"stage '{needed_by}' requires '{name}', which has not run in "
                         f"{ctx.workdir}: add '{name}' to config.stages")
-  diffs = _diff(_read_stage_config(path), ctx.fingerprint(name))
+  diffs = config_diff(read_stage_config(path), ctx.fingerprint(name))
   if diffs:
     raise PipelineError(f"stage '{needed_by}' requires '{name}', but {ctx.out_dir(name)} was "
-                        f"written by a different config ({_shown(diffs)}): add '{name}' to "
+                        f"written by a different config ({shown_diffs(diffs)}): add '{name}' to "
                         f"config.stages with a fresh --workdir")
   try:
     ctx.result(name)
@@ -411,154 +198,17 @@ def mark_done(config: ml_collections.ConfigDict, workdir: str, name: str,
               registry: Mapping[str, Any] | None = None) -> None:
   """Records that stage `name`'s outputs in `workdir` were made with `config`, as the
   runner does; for tests and benchmarks that build a stage's outputs themselves."""
-  ctx = RunContext(config, workdir, registry)
+  ctx = RunContext(config, workdir, stages.REGISTRY if registry is None else registry)
   os.makedirs(ctx.out_dir(name), exist_ok=True)
   io.write_json(os.path.join(ctx.out_dir(name), STAGE_CONFIG_FILE), ctx.fingerprint(name))
 
 
-def check_layout(workdir: str) -> None:
+def check_layout(workdir: str, registry: Mapping[str, Any]) -> None:
   """Refuses a workdir written by an earlier layout of lis_jax (one line naming the fix)."""
-  old = [d for d in ("paired_data", "link", "sweep", "counterfactual", "quantify")
+  old = [d for d in registry
          if os.path.exists(os.path.join(workdir, d, STAGE_CONFIG_FILE))
-         and _read_stage_config(os.path.join(workdir, d, STAGE_CONFIG_FILE)).get("layout") != LAYOUT]
+         and read_stage_config(os.path.join(workdir, d, STAGE_CONFIG_FILE)).get("layout") != LAYOUT]
   if old:
     raise PipelineError(f"{workdir} was written by an earlier version of lis_jax (layout 1: "
                         f"stage fit_link, integer random streams; found {', '.join(old)}/); "
                         f"use a fresh --workdir or delete those directories")
-
-
-# ----------------------------------------------------------------------------- helpers for stages
-
-
-def config_to_dict(config: Any) -> Any:
-  """A JSON-friendly plain copy of a ConfigDict (tuples become lists)."""
-  if isinstance(config, (ml_collections.ConfigDict, ml_collections.FrozenConfigDict)):
-    config = config.to_dict()
-  return json.loads(json.dumps(config, default=io._json_default))
-
-
-def check_stage_config(out_dir: str, fingerprint: Mapping[str, Any], write: bool = True) -> None:
-  """Records `fingerprint` in `out_dir`, or checks it against the one recorded there.
-
-  The runner calls this before a stage runs, with its fingerprint (`RunContext.fingerprint`).
-  A workdir filled by a different config is refused instead of being silently mixed
-  with new outputs.
-
-  With `write=False` (processes other than 0) it only checks.
-
-  Raises:
-    PipelineError: `out_dir` holds outputs of a different config; names the fields.
-  """
-  fingerprint = config_to_dict(dict(fingerprint))
-  path = os.path.join(out_dir, STAGE_CONFIG_FILE)
-  outputs = _outputs(out_dir)
-  if not os.path.exists(path):
-    if outputs:
-      raise PipelineError(
-          f"{out_dir} holds outputs ({outputs[0]}, ...) but no {STAGE_CONFIG_FILE}, so they "
-          f"cannot be matched to a config; delete {out_dir} (or use a fresh --workdir)")
-    os.makedirs(out_dir, exist_ok=True)
-    if not write:   # processes other than 0 only check; process 0 records it
-      return
-    _remove_stale_temps(out_dir)
-    if io.create_json(path, fingerprint):   # atomic: written whole, before any output
-      return
-  old = _read_stage_config(path)
-  diffs = _diff(old, fingerprint)
-  if diffs and not outputs:   # nothing made with the old config: record the new one
-    if write:
-      io.write_json(path, fingerprint)
-    return
-  if diffs:
-    weights = " (the model weights changed)" if any("params_sha256" in d for d in diffs) else ""
-    raise PipelineError(
-        f"{out_dir} was written by a different config{weights} ({_shown(diffs)}); use a fresh "
-        f"--workdir or delete {out_dir}")
-
-
-def _remove_stale_temps(out_dir: str) -> None:
-  """Temp files of a config.json creation that a killed run left (the run holds the
-  workdir lock, so no other writer's temp file can be among them)."""
-  for n in os.listdir(out_dir):
-    if n.startswith(f".{STAGE_CONFIG_FILE}.new-"):
-      try:
-        os.remove(os.path.join(out_dir, n))
-      except FileNotFoundError:
-        pass
-
-
-def _read_stage_config(path: str) -> dict:
-  """A stage's config.json; PipelineError (one line) if it is empty or not JSON."""
-  try:
-    old = io.read_json_checked(path)
-  except io.CorruptFileError as e:
-    raise PipelineError(f"{e}: the config its outputs were made with is unknown; delete "
-                        f"{os.path.dirname(path)} (or use a fresh --workdir)") from None
-  if not isinstance(old, dict):
-    raise PipelineError(f"{path} is not a stage config (a JSON object); delete "
-                        f"{os.path.dirname(path)} (or use a fresh --workdir)")
-  return old
-
-
-def _outputs(out_dir: str) -> list[str]:
-  """The entries of a stage directory other than its config.json and temp files."""
-  if not os.path.isdir(out_dir):
-    return []
-  return sorted(n for n in os.listdir(out_dir)
-                if n != STAGE_CONFIG_FILE and not n.startswith(f".{STAGE_CONFIG_FILE}."))
-
-
-def _shown(diffs: list[str]) -> str:
-  return "; ".join(diffs[:4]) + (f"; ... {len(diffs)} differences" if len(diffs) > 4 else "")
-
-
-def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
-  if isinstance(old, dict) and isinstance(new, dict):
-    out = []
-    for k in sorted(set(old) | set(new)):
-      out += _diff(old.get(k, "<absent>"), new.get(k, "<absent>"), f"{prefix}{k}.")
-    return out
-  return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
-
-
-def resolve_path(workdir: str, path: str) -> str:
-  """`path` if absolute or a built-in name, else relative to `workdir` when it exists there."""
-  if os.path.isabs(path):
-    return path
-  inside = os.path.join(workdir, path)
-  return inside if os.path.exists(inside) or os.sep in path else path
-
-
-# ----------------------------------------------------------------------------- models
-
-
-def load_models(config: ml_collections.ConfigDict, workdir: str):
-  """Loads `(G, clf)` named by `config.generator` / `config.classifier`.
-
-  Each is a built-in name, a converted checkpoint directory (relative paths are taken
-  inside `workdir`), or "module:function" returning the object (custom models, tests).
-
-  Raises:
-    PipelineError: a checkpoint directory is missing (names the converter command from
-      `config.checkpoint_hints`), or G and clf disagree on the number of classes.
-  """
-  from lis_jax import classifiers, generators  # Local: keeps `import lis_jax.pipeline` light.
-
-  hints = config.get("checkpoint_hints", {}) or {}
-  out = []
-  for what, registry in (("generator", generators), ("classifier", classifiers)):
-    spec = config[what]
-    if ":" in spec and not os.path.exists(spec):
-      out.append(resolve(spec)())
-      continue
-    path = resolve_path(workdir, spec)
-    if path not in registry.BUILTINS and not os.path.exists(path):
-      hint = hints.get(what)
-      how = f"; convert it first: {hint.format(path=path)}" if hint else ""
-      raise PipelineError(f"{what} checkpoint not found: {path}{how}")
-    out.append(registry.load(path))
-  G, clf = out
-  if G.num_classes != clf.num_classes:
-    raise PipelineError(f"generator has {G.num_classes} classes but classifier has "
-                        f"{clf.num_classes}: they must share the label space")
-  return G, clf

@@ -24,9 +24,9 @@ def run_until(monkeypatch, config, workdir: str, point: str) -> None:
       raise Interrupted(point)
     real(stage, done)
 
-  monkeypatch.setattr(pipeline, "maybe_interrupt", hook)
+  monkeypatch.setattr(errors, "maybe_interrupt", hook)
   try:
     with pytest.raises(Interrupted):
       pipeline.run(config, workdir)
   finally:
-    monkeypatch.setattr(pipeline, "maybe_interrupt", real)
+    monkeypatch.setattr(errors, "maybe_interrupt", real)

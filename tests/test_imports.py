@@ -11,9 +11,9 @@ import sys
 from conftest import ROOT
 
 PKG = pathlib.Path(ROOT) / "lis_jax"
-# Deferred imports allowed to close a cycle, with the reason. The runner reaches the
-# stage registry only when a run starts (stages import pipeline for PipelineError).
-ALLOWED_DEFERRED = {("lis_jax.pipeline", "lis_jax.stages")}
+# Deferred imports allowed to close a cycle, with the reason (none: the runner imports
+# the stages, which import lis_jax.context and libraries, never the runner).
+ALLOWED_DEFERRED: set[tuple[str, str]] = set()
 
 
 def _modules() -> dict[str, pathlib.Path]:
@@ -98,3 +98,51 @@ def test_importing_every_stage_needs_no_torch():
           "assert 'torch' not in sys.modules, 'torch imported'")
   out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
+
+
+# The layering (docs/architecture.md): the runner is imported by `main` alone, a stage
+# module imports libraries and lis_jax.context, never another stage or the runner.
+RUNNER = "lis_jax.pipeline"
+RUNNER_IMPORTERS = {"lis_jax.main"}
+MAX_RUNNER_LINES = 450   # the issue's bound: the runner orders stages, nothing else
+
+
+def _stage_modules(mods) -> set[str]:
+  return {m for m in mods if m.startswith("lis_jax.stages.") and m != "lis_jax.stages.base"}
+
+
+def test_no_stage_imports_another_stage_or_the_runner():
+  mods = _modules()
+  edges = _edges(mods)
+  stage_mods = _stage_modules(mods)
+  assert {"lis_jax.stages.quantify", "lis_jax.stages.boundary"} <= stage_mods   # the parser sees them
+  bad = sorted((m, t) for m in stage_mods for t, _ in edges[m]
+               if t in stage_mods or t == RUNNER or t == "lis_jax.stages")
+  assert not bad, f"stage modules importing a stage or the runner: {bad}"
+
+
+def test_only_main_imports_the_runner():
+  edges = _edges(_modules())
+  importers = {m for m, out in edges.items() if any(t == RUNNER for t, _ in out)}
+  assert importers == RUNNER_IMPORTERS, importers
+
+
+def test_runner_is_short():
+  n = len((PKG / "pipeline.py").read_text().splitlines())
+  assert n < MAX_RUNNER_LINES, f"lis_jax/pipeline.py has {n} lines (< {MAX_RUNNER_LINES} wanted)"
+
+
+def test_layering_checker_finds_a_planted_stage_import(tmp_path, monkeypatch):
+  """The rule above, on a planted package: a stage importing another stage is reported."""
+  pkg = tmp_path / "lis_jax"
+  (pkg / "stages").mkdir(parents=True)
+  (pkg / "__init__.py").write_text("")
+  (pkg / "stages" / "__init__.py").write_text("from lis_jax.stages import a, b\n")
+  (pkg / "stages" / "a.py").write_text("def f():\n  from lis_jax.stages import b  # local\n")
+  (pkg / "stages" / "b.py").write_text("from lis_jax import pipeline\n")
+  (pkg / "pipeline.py").write_text("from lis_jax import stages\n")
+  monkeypatch.setattr(sys.modules[__name__], "PKG", pkg)
+  edges = _edges(_modules())
+  assert ("lis_jax.stages.b", True) in edges["lis_jax.stages.a"]
+  assert ("lis_jax.pipeline", False) in edges["lis_jax.stages.b"]
+  assert _cycle(edges) is not None   # pipeline -> stages -> b -> pipeline

@@ -34,7 +34,8 @@ def _config():
   cfg.invariances.update(dict(n_blocks=2, hidden=16, depth=1, embed_dim=4, embed_hidden=16,
                               epochs=4, save_every=2, warmup_steps=2, n_conditions=6,
                               samples_per_condition=3, conditions_per_block=2, n_mix=2,
-                              render_batch_size=8))
+                              render_batch_size=8,
+                              part_metric_train=0))   # no quantify here: no part metrics to read out
   return cfg
 
 

@@ -11,14 +11,14 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT))  # configs/ is not an installed package.
 from configs import tiny  # noqa: E402
-from lis_jax import errors, images, pipeline  # noqa: E402
+from lis_jax import errors, images, stages  # noqa: E402
 from lis_jax.label import export, layout  # noqa: E402
 
 
 def _ctx(workdir, **flat):
   config = tiny.get_config()
   config.update_from_flattened_dict(flat)
-  return pipeline.RunContext(config, str(workdir))
+  return stages.context(config, str(workdir))
 
 
 def test_export_is_seeded_resumable_and_refuses_another_config(tmp_path):

@@ -14,7 +14,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT))  # configs/ is not an installed package.
 from configs import linear, tiny  # noqa: E402
-from lis_jax import pipeline  # noqa: E402
+from lis_jax import stages as lis_stages  # noqa: E402
 from lis_jax.label import export, importer, layout, masks, suggest  # noqa: E402
 
 N_PER_CLASS = 4
@@ -35,7 +35,7 @@ def _disc(size, k):
 
 def test_linear_stages_stop_at_quantify_then_label_and_finish(tmp_path):
   stages = linear.get_config().stages
-  assert stages[-2:] == ("quantify", "report"), stages
+  assert "quantify" in stages and stages[-1] == "report", stages
   work = tmp_path / "w"
   common = ["--config=configs/tiny.py", f"--workdir={work}"]
   run_args = common + ["--config.stages=" + ",".join(stages)]
@@ -56,7 +56,7 @@ def test_linear_stages_stop_at_quantify_then_label_and_finish(tmp_path):
   # The walkthrough, in this process (the CLIs are thin: tests/test_label_import.py runs one).
   config = tiny.get_config()
   config.stages = stages
-  ctx = pipeline.RunContext(config, str(work))
+  ctx = lis_stages.context(config, str(work))
   assert export.export(ctx, N_PER_CLASS) == d
   meta = layout.read_export(d)
   names = meta["names"]

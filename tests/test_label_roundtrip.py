@@ -11,7 +11,7 @@ from PIL import Image
 from skimage import measure
 
 from configs import demo
-from lis_jax import generators, images, io, pipeline
+from lis_jax import generators, images, io, stages
 from lis_jax.label import export, importer, layout, masks
 from lis_jax.quantify import segment
 from lis_jax.stages import quantify
@@ -64,7 +64,7 @@ def _polygons(labels, part_names):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("work"))
-  ctx = pipeline.RunContext(_config("seg_labels/shapes"), workdir)
+  ctx = stages.context(_config("seg_labels/shapes"), workdir)
   d = export.export(ctx, N_PER_CLASS, batch_size=40)
   return ctx.config, workdir, d, ctx.G
 
@@ -115,5 +115,5 @@ def test_round_trip_matches_ground_truth_iou(exported, tmp_path):
 
 def _segmenter_eval(config, workdir):
   """Trains the quantify stage's segmenter as the stage does; its held-out evaluation."""
-  quantify.segmenter(pipeline.RunContext(config, workdir))
+  quantify.segmenter(stages.context(config, workdir))
   return io.read_json(os.path.join(workdir, "quantify", "segmenter_eval.json"))

@@ -13,7 +13,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT))  # configs/ is not an installed package.
 from configs import tiny  # noqa: E402
-from lis_jax import errors, io, pipeline, stages  # noqa: E402
+from lis_jax import context, errors, io, pipeline, stages  # noqa: E402
 from lis_jax.stages.base import Stage  # noqa: E402
 
 
@@ -83,10 +83,10 @@ def test_runner_checks_requirements_before_running(tmp_path, registry):
 
 def test_fingerprint_is_own_section_uses_and_requirements(registry):
   reg, _ = registry
-  ctx = pipeline.RunContext(_config(("a", "b"), a={"start": 3}), "/nonexistent", reg)
-  fa = {"layout": pipeline.LAYOUT, "a": {"start": 3}, "seed": 0}   # batch_size is ignored
+  ctx = context.RunContext(_config(("a", "b"), a={"start": 3}), "/nonexistent", reg)
+  fa = {"layout": context.LAYOUT, "a": {"start": 3}, "seed": 0}   # batch_size is ignored
   assert ctx.fingerprint("a") == fa
-  assert ctx.fingerprint("b") == {"layout": pipeline.LAYOUT, "b": {"start": 1}, "seed": 0,
+  assert ctx.fingerprint("b") == {"layout": context.LAYOUT, "b": {"start": 1}, "seed": 0,
                                   "requires": {"a": fa}}
 
 
@@ -111,11 +111,11 @@ def test_old_stage_name_and_old_layout_get_one_line_errors(tmp_path):
 
 
 def test_stream_key_folds_name_then_indices():
-  k = pipeline.stream_key(7, "counterfactual")
-  np.testing.assert_array_equal(pipeline.stream_key(7, "counterfactual", 3, 4),
+  k = context.stream_key(7, "counterfactual")
+  np.testing.assert_array_equal(context.stream_key(7, "counterfactual", 3, 4),
                                 jax.random.fold_in(jax.random.fold_in(k, 3), 4))
-  assert not np.array_equal(k, pipeline.stream_key(7, "quantify"))
-  assert not np.array_equal(k, pipeline.stream_key(8, "counterfactual"))
+  assert not np.array_equal(k, context.stream_key(7, "quantify"))
+  assert not np.array_equal(k, context.stream_key(8, "counterfactual"))
 
 
 def _fold(keys, idx):
@@ -138,7 +138,7 @@ def test_named_streams_never_share_a_key():
   n_pairs = n_classes * (n_classes - 1)
   n_searches = -(-n_pairs * cf.samples_per_pair // cf.batch_size) * cf.batch_size   # padded batches
   n_rows = n_classes * p.n_per_class
-  base = lambda name: pipeline.stream_key(seed, name)[None]
+  base = lambda name: context.stream_key(seed, name)[None]
   used = {
       # paired_data: latent i of class c (stages/paired_data.py: latents).
       "paired_data": _fold(_fold(base("paired_data"), np.arange(n_classes)), np.arange(n_tries)),

@@ -11,7 +11,7 @@ from ml_collections import ConfigDict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lis_jax import errors, generators, images, io, linking, pipeline, spec  # noqa: E402
+from lis_jax import context, errors, generators, images, io, linking, pipeline, spec  # noqa: E402
 from lis_jax.stages import counterfactual as counterfactuals  # noqa: E402
 from lis_jax.stages import paired_data, sweep as sweeps  # noqa: E402
 from tests import tiny_models  # noqa: E402
@@ -68,7 +68,7 @@ def test_paired_data_keeps_first_correct_samples_of_each_stream(tmp_path, models
   pipeline.run(cfg, str(tmp_path))
   data = paired_data.load(str(tmp_path))
   data = {k: getattr(data, k) for k in ("cls", "seed_index", "logits", "w", "ws")}
-  key = pipeline.stream_key(cfg.seed, "paired_data")
+  key = context.stream_key(cfg.seed, "paired_data")
   for c in (0, 4):
     stream = np.arange(200, dtype=np.int32)
     _, _, logits = paired_data._generate(G, clf, key, jnp.full((200,), c, jnp.int32), stream, psi=0.7)
@@ -252,20 +252,20 @@ def test_parse_units_ranges():
 
 
 def test_incompatible_workdir_is_refused(tmp_path):
-  pipeline.check_stage_config(str(tmp_path), {"psi": 0.7, "link": {"kind": "ols"}})
-  pipeline.check_stage_config(str(tmp_path), {"psi": 0.7, "link": {"kind": "ols"}})   # same: fine
+  context.check_stage_config(str(tmp_path), {"psi": 0.7, "link": {"kind": "ols"}})
+  context.check_stage_config(str(tmp_path), {"psi": 0.7, "link": {"kind": "ols"}})   # same: fine
   # Nothing made with the first config yet: a corrected config replaces it.
-  pipeline.check_stage_config(str(tmp_path), {"psi": 0.5, "link": {"kind": "ols"}})
+  context.check_stage_config(str(tmp_path), {"psi": 0.5, "link": {"kind": "ols"}})
   (tmp_path / "block_00000.npz").write_bytes(b"an output made with psi 0.5")
   with pytest.raises(errors.PipelineError, match=r"link.kind: 'ols' -> 'ridge'"):
-    pipeline.check_stage_config(str(tmp_path), {"psi": 0.5, "link": {"kind": "ridge"}})
+    context.check_stage_config(str(tmp_path), {"psi": 0.5, "link": {"kind": "ridge"}})
 
 
 def test_missing_checkpoint_names_the_converter(tmp_path):
   sys.path.insert(0, _root())
   from configs import linear
   with pytest.raises(errors.PipelineError, match="python -m converters.stylegan_xl --pkl imagenet256.pkl"):
-    pipeline.load_models(linear.get_config(), str(tmp_path))
+    context.load_models(linear.get_config(), str(tmp_path))
 
 
 def test_nan_paired_data_stops_the_link(tmp_path, models):
@@ -295,7 +295,7 @@ OLS_TOL = dict(rtol=1e-3, atol=1e-4)
 
 def test_link_and_sweep_stages_depend_only_on_their_inputs(tmp_path, models):
   """The link and sweep stages draw no random numbers (OLS): given the paired data, the
-  link is scikit-learn's LinearRegression on the seeded split, and every sweep w is the
+  link is scikit-learn's LinearRegression on the split seeded from its stream, and every sweep w is the
   link of the start r with the unit set to linspace(min, max) of its paired-data values."""
   from sklearn.linear_model import LinearRegression
   from sklearn.metrics import r2_score
@@ -309,7 +309,8 @@ def test_link_and_sweep_stages_depend_only_on_their_inputs(tmp_path, models):
   pipeline.run(cfg, str(tmp_path))
   data = paired_data.load(str(tmp_path))
   res = link_stage.load(str(tmp_path))
-  perm = np.random.default_rng(cfg.seed).permutation(data.r.shape[0])
+  # the split's generator is seeded from the run's stream 'link.split' (docs/architecture.md)
+  perm = np.random.default_rng(context.stream_seed(cfg.seed, "link.split")).permutation(data.r.shape[0])
   np.testing.assert_array_equal(res.test, np.sort(perm[:12]))      # 20% of 60 pairs
   sk = LinearRegression().fit(data.r[res.train].astype(np.float64), data.w[res.train])
   np.testing.assert_allclose(res.link.params["A"], sk.coef_.T, **OLS_TOL)

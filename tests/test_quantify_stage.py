@@ -12,9 +12,9 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT))  # configs/ is not an installed package.
 from configs import demo  # noqa: E402
-from lis_jax import blocks, errors, generators, io, pipeline  # noqa: E402
+from lis_jax import blocks, errors, generators, io, pipeline, stages  # noqa: E402
 from lis_jax.generators import shapes  # noqa: E402
-from lis_jax.quantify import segment, selectivity  # noqa: E402
+from lis_jax.quantify import measuring, segment, selectivity  # noqa: E402
 from lis_jax.stages import quantify as stage, sweep  # noqa: E402
 from tests import interrupt  # noqa: E402
 
@@ -96,7 +96,7 @@ def test_stage_resumes_after_a_crash_and_matches_a_clean_run(tmp_path, monkeypat
     pipeline.run(config, crashed)
 
   # The report section renders cards from these outputs.
-  html = stage.section(pipeline.RunContext(small_config(), clean))
+  html = stage.section(stages.context(small_config(), clean))
   assert "Unit cards" in html and "precision@" in html and "mean IoU" in html
 
 
@@ -152,9 +152,9 @@ def test_measure_compiles_once_for_any_number_of_images():
   seg = segment.fit(G, ws[:2], labels, names, layers="all", size="XS", key=key, epochs=1, batch_size=1,
                     lr=1e-3, weight_decay=0.0, lr_step_epochs=1, lr_gamma=1.0)
   w = np.asarray(ws[:, 0])
-  before = stage._measure._cache_size()
+  before = measuring._measure._cache_size()   # the measuring library's jitted core
   small = stage.measure(G, seg, w[:5], batch_size=8, max_components=2)
   big = stage.measure(G, seg, w, batch_size=8, max_components=2)  # two batches, the last padded
-  assert stage._measure._cache_size() == before + 1
+  assert measuring._measure._cache_size() == before + 1
   assert big["area"].shape == (13, len(names)) and big["ell_width"].shape == (13, len(names), 2)
   np.testing.assert_allclose(big["area"][:5], small["area"], rtol=1e-6)

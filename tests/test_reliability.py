@@ -91,7 +91,7 @@ import shutil  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from lis_jax import errors, io, pipeline  # noqa: E402
+from lis_jax import context, errors, io, pipeline, stages  # noqa: E402
 
 TINY_MODELS = {"generator": "tests.tiny_models:generator", "classifier": "tests.tiny_models:classifier",
                "classes": "0,2,4", "sweep.units": "0:5"}
@@ -432,8 +432,8 @@ def test_checkpoint_swapped_between_kill_and_resume_is_refused(tmp_path):
   with pytest.raises(errors.PipelineError, match=r"the model weights changed.*generator\.params_sha256"):
     pipeline.run(cfg, str(work))
   _save_sgxl_tiny(ckpt, seed=0)
-  fingerprint = pipeline.RunContext(cfg, str(work)).fingerprint("paired_data")
-  pipeline.check_stage_config(str(work / "paired_data"), fingerprint)   # accepted: no error
+  fingerprint = stages.context(cfg, str(work)).fingerprint("paired_data")
+  context.check_stage_config(str(work / "paired_data"), fingerprint)   # accepted: no error
 
 
 def test_segmenter_counts_as_done_only_with_its_evaluation(tmp_path):

@@ -5,9 +5,12 @@
                                   [--format=auto|indexed|rgb|labelme|cvat] [--colours=FILE]
   python -m lis_jax.label suggest --config=configs/linear.py --workdir=DIR [--folds=3]
 
-The label directory is config.quantify.labels (relative: inside the workdir). Problems
-the user can fix print one `error: ...` line (naming the file) and exit 1.
+The label directory is config.quantify.labels (relative: inside the workdir). The config
+is validated as a run validates it, and each command holds the workdir's lock (a command
+while a run, or another command, holds it is refused). Problems the user can fix print
+one `error: ...` line (naming the file) and exit 1.
 """
+import os
 import sys
 
 from absl import app
@@ -16,7 +19,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from lis_jax import io
-from lis_jax import errors, pipeline
+from lis_jax import errors
 from lis_jax.quantify.segment import SegmentationError
 
 COMMANDS = ("export", "import", "suggest")
@@ -35,8 +38,18 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def run(command: str) -> None:
-  from lis_jax.label import export, importer, layout, suggest  # after flag parsing: fast --help
-  ctx = pipeline.RunContext(_CONFIG.value, _WORKDIR.value)  # the pipeline's models and config
+  from lis_jax import stages  # after flag parsing: fast --help
+  ctx = stages.context(_CONFIG.value, _WORKDIR.value)  # the pipeline's models and config
+  ctx.validate(("quantify",))   # the values a run would refuse, refused here too
+  if os.path.exists(ctx.workdir) and not os.path.isdir(ctx.workdir):
+    raise errors.PipelineError(f"--workdir {ctx.workdir} is a file, not a directory")
+  os.makedirs(ctx.workdir, exist_ok=True)
+  with io.workdir_lock(ctx.workdir):   # io.WorkdirBusy while a run holds it
+    _command(command, ctx)
+
+
+def _command(command: str, ctx) -> None:
+  from lis_jax.label import export, importer, layout, suggest
   d = layout.label_dir(ctx.cfg("quantify").labels, ctx.workdir)
   if command == "export":
     export.export(ctx, _N.value, _BATCH.value)
@@ -65,8 +78,12 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   try:
     run(argv[1])
-  except (errors.PipelineError, io.CheckpointError, SegmentationError) as e:
-    print(f"error: {e}", file=sys.stderr)
+  except (errors.PipelineError, io.CheckpointError, io.CorruptFileError, io.WorkdirBusy,
+          SegmentationError) as e:
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    sys.exit(1)
+  except OSError as e:
+    print(f"error: {io.describe_os_error(e)}", file=sys.stderr)
     sys.exit(1)
 
 

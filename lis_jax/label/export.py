@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from lis_jax import errors, images, io, pipeline, spec
+from lis_jax import context, errors, images, io, spec
 from lis_jax.generators import base
 from lis_jax.label import layout, page
 
@@ -42,8 +42,8 @@ def starting_parts(config: ml_collections.ConfigDict, G: Any, classes: np.ndarra
   """The world's own parts, a class group's list, or background + a placeholder."""
   if isinstance(G, base.GroundTruthWorld):
     return tuple(G.part_names)
-  spec = config.classes
-  group = spec if isinstance(spec, str) and spec in GROUP_PARTS else next(
+  given = config.classes   # not `spec`: that is the module
+  group = given if isinstance(given, str) and given in GROUP_PARTS else next(
       (g for g, ids in spec.CLASS_GROUPS.items() if sorted(ids) == sorted(classes.tolist())), None)
   return GROUP_PARTS.get(group, PLACEHOLDER_PARTS)
 
@@ -65,7 +65,7 @@ def _write(path: str, data: bytes) -> None:
     f.write(data)
 
 
-def export(ctx: pipeline.RunContext, n: int, batch_size: int = 16) -> layout.LabelDir:
+def export(ctx: context.RunContext, n: int, batch_size: int = 16) -> layout.LabelDir:
   """Writes n images per class of config.classes into config.quantify.labels (resumable).
 
   Models come from the run context (the pipeline's loader). Returns the label directory.
@@ -78,8 +78,8 @@ def export(ctx: pipeline.RunContext, n: int, batch_size: int = 16) -> layout.Lab
   d = layout.label_dir(c.labels, ctx.workdir)
   G, classes, config = ctx.G, ctx.classes, ctx.config
   res = int(c.resolution or G.resolution)
-  pipeline.check_stage_config(d.root, {"generator": config.generator, "classes": classes.tolist(),
-                                       "psi": config.psi, "seed": config.seed, "resolution": res})
+  context.check_stage_config(d.root, {"generator": config.generator, "classes": classes.tolist(),
+                                      "psi": config.psi, "seed": config.seed, "resolution": res})
   names = names_in_order(classes, n)
   todo = [(i, int(k)) for i in range(n) for k in classes
           if not os.path.exists(d.w(layout.image_name(i, int(k))))]

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from lis_jax import errors, io, pipeline
+from lis_jax import context, errors, io
 from lis_jax.label import export, layout, masks
 from lis_jax.quantify import segment
 
@@ -48,7 +48,7 @@ def held_out_iou(G: Any, ws: jax.Array, labels: np.ndarray, part_names, c, folds
           "mean_iou": float(np.nanmean(iou)), "folds": k, "n_images": m}
 
 
-def suggest(ctx: pipeline.RunContext, folds: int = 3) -> dict:
+def suggest(ctx: context.RunContext, folds: int = 3) -> dict:
   """Evaluates, trains, writes suggestions and the page; returns the held-out IoU dict
   (`held_out_iou`) with 'n_suggested' added."""
   c = ctx.cfg("quantify")

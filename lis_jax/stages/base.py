@@ -3,13 +3,14 @@
 A stage module `lis_jax/stages/<name>.py` defines `STAGE = Stage(name="<name>", ...)`;
 `lis_jax/stages/__init__.py` imports it (one line) into `REGISTRY`. The runner
 (`lis_jax.pipeline.run`) checks `requires`, records each stage's fingerprint in
-`workdir/<name>/config.json` and calls `run(ctx)` with a `pipeline.RunContext`.
+`workdir/<name>/config.json` and calls `run(ctx)` with a `context.RunContext`. A stage
+module imports libraries and `lis_jax.context`, never another stage or the runner.
 Recipes: docs/architecture.md.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import ml_collections
 
@@ -25,7 +26,7 @@ class Stage:
     same config.
   default_config: () -> ConfigDict, the only home of its section's defaults; the run's
     `config.<name>` is merged over it (unknown keys are an error).
-  run: (ctx: pipeline.RunContext) -> None; writes workdir/<name>/ atomically, resumable.
+  run: (ctx: context.RunContext) -> None; writes workdir/<name>/ atomically, resumable.
   load: (workdir) -> its typed result (a dataclass); raises PipelineError if it has not run.
   uses: top-level config fields its outputs depend on ('generator', 'classifier',
     'classes', 'psi', 'seed'); part of its fingerprint.
@@ -39,6 +40,13 @@ class Stage:
     process 0 alone and writes what spans all items (manifest, index, summary). Without
     `merge`, `run` runs in process 0 alone while the others wait. With one process: `run`,
     then `merge`.
+  requires_when: (its config section) -> more stages it requires under that config (a
+    stage that reads another's outputs only for some settings); part of `requires`
+    wherever the runner and the fingerprint read it (`requirements`).
+  rules: field -> rule (lis_jax/validate.py's kinds: bounds, choices) of its section,
+    defined beside its `default_config()`; checked before anything runs.
+  check: (ctx) -> None, run before any stage of a run that lists it runs; raises
+    PipelineError for a value that can only be checked with the models loaded.
   """
   name: str
   requires: tuple[str, ...]
@@ -50,3 +58,11 @@ class Stage:
   ignores: tuple[str, ...] = ()
   summary: Callable[[Any], dict | None] | None = None
   merge: Callable[[Any], None] | None = None
+  check: Callable[[Any], None] | None = None
+  requires_when: Callable[[ml_collections.ConfigDict], tuple[str, ...]] | None = None
+  rules: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
+
+  def requirements(self, section: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """`requires`, plus what `requires_when(section)` adds under this config section."""
+    extra = self.requires_when(section) if self.requires_when is not None else ()
+    return tuple(self.requires) + tuple(r for r in extra if r not in self.requires)

@@ -43,11 +43,14 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from lis_jax import blocks, distribute, errors, generators, images, io, page
+from lis_jax import blocks, distribute, errors, images, io, page
 from lis_jax.analysis import boundary as lib
 from lis_jax.generators.base import GroundTruthWorld
 from lis_jax.quantify import selectivity
-from lis_jax.stages import counterfactual, quantify
+from lis_jax.analysis.counterfactual import image_logits
+from lis_jax.analysis.readout import decode_factors
+from lis_jax.quantify import measuring
+from lis_jax import validate as V
 from lis_jax.stages.base import Stage
 
 NAME = "boundary"
@@ -69,6 +72,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.strips = 4  # searches shown as image strips in the report
   c.pairs_shown = 8  # pairs shown in the report's bar charts
   return c
+
+
+# Values a run accepts (lis_jax/validate.py's rule kinds), checked before anything runs.
+RULES = {
+    "n_grid": V.int_at_least(2), "n_iter": V.nonneg_int(), "n_points": V.int_at_least(2),
+    "null_draws": V.pos_int(), "batch_size": V.pos_int(), "measure_batch": V.pos_int(),
+    "n_boot": V.pos_int(), "level": V.unit_open(), "alpha": V.unit_open(),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,18 +121,13 @@ def load(workdir: str) -> BoundaryResult:
 @functools.partial(jax.jit, static_argnames=("n_grid", "n_iter"))
 def _crossings(G, clf, link, r, shift, origin, target, *, n_grid, n_iter):
   def predict(t, rows):
-    return counterfactual.image_logits(G, clf, link, r[rows] - t[:, None] * shift[rows]).argmax(-1)
+    return image_logits(G, clf, link, r[rows] - t[:, None] * shift[rows]).argmax(-1)
   return lib.crossings(predict, origin, target, n_grid=n_grid, n_iter=n_iter)
 
 
 @jax.jit
 def _path(link, r, shift, t):
   return lib.path_w(link, r, shift, t)
-
-
-@jax.jit
-def _decode(G, w):
-  return G.decode_factors(generators.broadcast_ws(w, G.num_ws))
 
 
 def _batch(ctx, c, seg, link, cf: dict, ids: np.ndarray, batch: int) -> dict:
@@ -144,8 +150,8 @@ def _batch(ctx, c, seg, link, cf: dict, ids: np.ndarray, batch: int) -> dict:
   first = lib.first_copies(t_pts)  # [B, T']: repeated points are measured once
   unique = (first == np.arange(t_n)).reshape(-1)
   qc = ctx.cfg("quantify")
-  m = quantify.measure(G, seg, np.concatenate([w_pts.reshape(-1, d)[unique], nul.reshape(-1, d)]),
-                       c.measure_batch, qc.max_components, entropy=quantify.uses_entropy(qc))
+  m = measuring.measure(G, seg, np.concatenate([w_pts.reshape(-1, d)[unique], nul.reshape(-1, d)]),
+                        c.measure_batch, qc.max_components, entropy=measuring.uses_entropy(qc))
   out = {k: arr[k] for k in ("search", "origin", "target")}
   out.update({k: res[k] for k in ("t_leave", "t_reach", "width", "leave_found", "reach_found", "pred_grid")})
   out["t_points"] = t_pts
@@ -156,8 +162,8 @@ def _batch(ctx, c, seg, link, cf: dict, ids: np.ndarray, batch: int) -> dict:
     out[f"pt.{k}"] = v[:n_u][src]
     out[f"null.{k}"] = v[n_u:].reshape(b, c.null_draws, *v.shape[1:])
   if isinstance(G, GroundTruthWorld):
-    f0, _ = _decode(G, jnp.asarray(w_start))
-    f1, _ = _decode(G, jnp.asarray(w_cross))
+    f0, _ = decode_factors(G, jnp.asarray(w_start))
+    f1, _ = decode_factors(G, jnp.asarray(w_cross))
     ch = lib.factor_changes({k: np.asarray(v) for k, v in f0.items()}, {k: np.asarray(v) for k, v in f1.items()},
                             G.factor_ranges, G.circular_factors)
     out["truth_factors"] = np.asarray(list(ch))
@@ -169,13 +175,10 @@ def run(ctx) -> None:
   """Stage entry: all searches batch by batch (resumable), then the pair statistics."""
   from lis_jax.quantify import segment
   c = ctx.cfg(NAME)
-  if c.n_grid < 2 or c.n_iter < 0 or c.n_points < 2 or c.null_draws < 1 or c.batch_size < 1:
-    raise errors.PipelineError("boundary: n_grid and n_points must be >= 2, n_iter >= 0, "
-                                 "null_draws and batch_size >= 1")
   cf = ctx.result("counterfactual").arrays
   link = ctx.result("link").link
   try:
-    seg = quantify.segmenter(ctx)
+    seg = ctx.result("quantify").segmenter()   # trained by the quantify stage (required)
   except segment.SegmentationError as e:
     raise errors.PipelineError(str(e)) from None
   store = _store(ctx.workdir)
@@ -188,7 +191,7 @@ def run(ctx) -> None:
     errors.check_finite(f"boundary batch {b} areas", out["pt.area"])
     errors.maybe_interrupt(NAME, b + 1)
     store.write(b, **out)
-  summarise(ctx, quantify.measured_parts(seg))
+  summarise(ctx, measuring.measured_parts(seg))
 
 
 # ----------------------------------------------------------------------------- summary
@@ -201,7 +204,7 @@ def _concat(batches: list[dict]) -> dict:
 def changes(arrays: dict, sources: dict[str, str] = selectivity.CONCEPT_SOURCES
             ) -> tuple[np.ndarray, np.ndarray]:
   """(deltas [B, P, M] start -> crossing, null deltas [B, R, P, M]) from the batches'
-  metrics, read with the concept set `sources` (quantify's: `quantify.concept_sources`)."""
+  metrics, read with the concept set `sources` (quantify's: `measuring.concept_sources`)."""
   pts = selectivity.concept_values({k[3:]: v for k, v in arrays.items() if k.startswith("pt.")},
                                    sources)  # [B, T', P, M']
   null = selectivity.concept_values({k[5:]: v for k, v in arrays.items() if k.startswith("null.")},
@@ -218,9 +221,9 @@ def summarise(ctx, parts) -> None:
   out_dir = ctx.out_dir(NAME)
   batches = load_batches(ctx.workdir)
   a = _concat(batches)
-  deltas, null_d = changes(a, quantify.concept_sources(ctx))
+  deltas, null_d = changes(a, measuring.concept_sources(ctx.cfg("quantify")))
   metrics = list(selectivity.CONCEPT_METRICS)
-  pairs, stats = lib.pair_statistics(deltas, null_d, a["origin"], a["target"], seed=int(ctx.config.seed),
+  pairs, stats = lib.pair_statistics(deltas, null_d, a["origin"], a["target"], seed=ctx.seed(f"{NAME}.statistics"),
                                      n_boot=c.n_boot, level=c.level, alpha=c.alpha)
   rows = []
   for i, (o, t) in enumerate(pairs):
@@ -384,4 +387,5 @@ def summary(ctx) -> dict | None:
 
 STAGE = Stage(name=NAME, requires=("counterfactual", "quantify"), default_config=default_config, run=run,
               load=load, uses=("seed",), section=section, summary=summary,
-              ignores=("measure_batch", "strips", "pairs_shown"))  # batch_size: batch files partition the searches
+              ignores=("measure_batch", "strips", "pairs_shown"),  # batch_size: batch files partition the searches
+              rules=RULES)

@@ -32,6 +32,8 @@ from lis_jax import io
 from lis_jax import page
 from lis_jax import errors, generators
 from lis_jax.generators.base import GroundTruthWorld
+from lis_jax.analysis.counterfactual import image_logits
+from lis_jax import validate as V
 from lis_jax.stages.base import Stage
 
 NAME = "counterfactual"
@@ -56,6 +58,15 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+# Values a run accepts (lis_jax/validate.py's rule kinds), checked before anything runs;
+# top_units is also checked against the classifier's width (`check`).
+RULES = {
+    "samples_per_pair": V.pos_int(), "lr": V.pos_float(), "max_steps": V.pos_int(),
+    "check_every": V.pos_int(), "w_origin": V.any_float(), "w_cos": V.any_float(),
+    "batch_size": V.pos_int(), "compact_rows": V.nonneg_int(), "top_units": V.pos_int(),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class CounterfactualResult:
   """All searches (results.npz) and their summary (summary.json).
@@ -77,12 +88,6 @@ def _cos(a: jax.Array, b: jax.Array) -> jax.Array:
   """Row-wise cosine similarity of [B, K] arrays (torch's eps convention)."""
   den = jnp.maximum(jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1), 1e-8)
   return (a * b).sum(-1) / den
-
-
-def image_logits(G: Any, clf: Any, link: Any, r_shifted: jax.Array) -> jax.Array:
-  """The classifier's logits [B, C] on the image generated from link(relu(r_shifted)) [B, D]."""
-  ws = generators.broadcast_ws(link(jax.nn.relu(r_shifted)), G.num_ws)
-  return clf(clf.preprocess(G.synthesis(ws)))
 
 
 def search_loss(G: Any, clf: Any, link: Any, r: jax.Array, shift: jax.Array, origin: jax.Array,
@@ -399,7 +404,16 @@ def summary(ctx) -> dict | None:
   return ctx.result(NAME).summary
 
 
+def check(ctx) -> None:
+  """top_units must be at most the classifier's number of units (checked before any stage runs)."""
+  try:
+    V.check_top_units(ctx.cfg(NAME).top_units, ctx.clf.feature_dim)
+  except ValueError as e:
+    raise errors.PipelineError(str(e)) from None
+
+
 STAGE = Stage(name=NAME, requires=("link",), default_config=default_config, run=run, load=load,
               uses=("classes", "seed"), section=section, summary=summary,
               ignores=("save_png", "compact_rows"),   # batch_size: which searches share a file
-              merge=merge)
+              merge=merge, check=check,
+              rules=RULES)

@@ -45,10 +45,11 @@ from lis_jax import distribute
 from lis_jax import flows
 from lis_jax import images
 from lis_jax import io
-from lis_jax import linking
 from lis_jax import page
 from lis_jax import errors, generators
 from lis_jax.generators.base import GroundTruthWorld
+from lis_jax.analysis.readout import decode_factors, readout_r2
+from lis_jax.quantify import measuring
 from lis_jax.stages.base import Stage
 
 NAME = "invariances"
@@ -91,19 +92,26 @@ def default_config() -> ml_collections.ConfigDict:
 @dataclasses.dataclass(frozen=True)
 class InvariancesResult:
   """The stage's outputs: the trained flow (with its base), the baseline, summary.json,
-  the sample blocks (dicts as in the module docstring, concatenated) and mixing.npz."""
+  the sample blocks (dicts as in the module docstring, concatenated) and mixing.npz.
+
+  The link is the link stage's: `flow` and `baseline` are loaded without it (their
+  base's `link` is None); `with_link(ctx.result("link").link)` gives the usable pair."""
   flow: flows.Flow
   baseline: flows.GaussianBaseline
   summary: dict
   samples: dict
   mixing: dict
 
+  def with_link(self, link) -> tuple[flows.Flow, flows.GaussianBaseline]:
+    """(flow, baseline) that sample and score: the stored ones with the link in their base."""
+    baseline = self.baseline.replace(link=link)
+    return (self.flow.replace(base=baseline) if self.flow.base is not None else self.flow), baseline
+
 
 def load(workdir: str) -> InvariancesResult:
   out_dir = os.path.join(workdir, NAME)
   summary = io.read_json(errors.require(os.path.join(out_dir, "summary.json"), NAME))
-  link = linking.load(os.path.join(workdir, "link", "model"))
-  baseline = _load_baseline(out_dir, link)
+  baseline = _load_baseline(out_dir, None)   # the link stage's link: InvariancesResult.with_link
   flow = flows.load(os.path.join(out_dir, "flow"), base=baseline if summary["refine_baseline"] else None)
   mixing = io.load_npz(os.path.join(out_dir, "mixing.npz"), finite=False)
   return InvariancesResult(flow=flow, baseline=baseline, summary=summary,
@@ -132,31 +140,6 @@ def r_consistency(r: np.ndarray, r_prime: np.ndarray, pred: np.ndarray, pred_pri
   cos = cosine(r_prime, np.asarray(r)[:, None])
   return {"median_cos": float(np.median(cos)), "mean_cos": float(cos.mean()),
           "agreement": float((np.asarray(pred_prime) == np.asarray(pred)[:, None]).mean())}
-
-
-def readout_r2(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray,
-               alpha: float = 0.0) -> np.ndarray:
-  """Held-out R^2 of a linear read-out (with intercept) of each column of y from x.
-
-  x: [N, D] inputs, y: [N, F] targets; fitted on rows `train`, scored on rows `test`.
-  alpha: 0: least squares. > 0: ridge on x standardised over the train rows, penalty
-    alpha * n_train ||coef||^2 (scikit-learn's Ridge(alpha * n_train) on those inputs), for
-    read-outs from fewer rows than dimensions.
-  Returns [F] (1 - SS_res / SS_tot on the test rows).
-  """
-  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-  if alpha > 0:
-    mu, sd = x[train].mean(0), x[train].std(0)
-    xs = (x - mu) / np.where(sd > 0, sd, 1.0)
-    ym = y[train].mean(0)
-    gram = xs[train].T @ xs[train] + alpha * len(train) * np.eye(x.shape[1])
-    pred = xs[test] @ np.linalg.solve(gram, xs[train].T @ (y[train] - ym)) + ym
-  else:
-    x1 = np.concatenate([x, np.ones((len(x), 1))], -1)
-    pred = x1[test] @ np.linalg.lstsq(x1[train], y[train], rcond=None)[0]
-  res = ((y[test] - pred) ** 2).sum(0)
-  tot = ((y[test] - y[test].mean(0)) ** 2).sum(0)
-  return 1.0 - res / np.maximum(tot, 1e-12)
 
 
 def factor_std(x: np.ndarray, axis: int, periods: np.ndarray | None = None) -> np.ndarray:
@@ -319,14 +302,9 @@ def _mixing(ctx, out_dir: str, flow, data, conds: np.ndarray) -> dict:
   return io.load_npz(path, finite=False)
 
 
-@jax.jit
-def _decode(G, w):
-  return G.decode_factors(generators.broadcast_ws(w, G.num_ws))
-
-
 def _factor_values(G, w: np.ndarray) -> tuple[list[str], np.ndarray]:
   """The true factors of w [..., w_dim] on a ground-truth world: names, values [..., F]."""
-  factors, _ = _decode(G, np.asarray(w, np.float32).reshape(-1, w.shape[-1]))
+  factors, _ = decode_factors(G, np.asarray(w, np.float32).reshape(-1, w.shape[-1]))
   names = list(factors)
   vals = np.stack([np.asarray(factors[n], np.float64) for n in names], -1)
   return names, vals.reshape(*w.shape[:-1], len(names))
@@ -346,18 +324,23 @@ def _concepts(ctx, flow, base, data, lk) -> dict | None:
   return {n: {src: float(r2[src][i]) for src in r2} for i, n in enumerate(names)}
 
 
-def _part_metric_values(ctx, data, rows: np.ndarray) -> tuple[list[str], np.ndarray] | None:
+def _part_metric_values(ctx, data, rows: np.ndarray) -> tuple[list[str], np.ndarray]:
   """quantify's part metrics ('<part>.<metric>') of the images of paired-data `rows`,
-  measured with quantify's segmenter; None when quantify has not trained one."""
-  seg_dir = os.path.join(ctx.workdir, "quantify", "segmenter")
-  if not os.path.exists(os.path.join(seg_dir, io.META_FILE)):
-    return None
-  from lis_jax.quantify import segment
-  from lis_jax.stages import quantify
-  seg = segment.load(seg_dir)
-  vals = quantify.measure_concepts(ctx, seg, data.w[rows], ctx.cfg(NAME).render_batch_size)   # [n, P, M']
-  names = [f"{p}.{k}" for p in quantify.measured_parts(seg) for k in quantify.concept_sources(ctx)]
+  measured with quantify's segmenter (quantify is then required: `_requires_when`)."""
+  seg = ctx.result("quantify").segmenter()
+  qc = ctx.cfg("quantify")
+  vals = measuring.measure_concepts(ctx.G, seg, data.w[rows], ctx.cfg(NAME).render_batch_size, qc)   # [n, P, M']
+  names = [f"{p}.{k}" for p in measuring.measured_parts(seg) for k in measuring.concept_sources(qc)]
   return names, vals.reshape(len(rows), -1)
+
+
+def _uses_part_metrics(c) -> bool:
+  return c.part_metric_train > 0 and c.part_metric_test > 0
+
+
+def _requires_when(c) -> tuple[str, ...]:
+  """The part-metric read-outs measure with quantify's segmenter: quantify is required."""
+  return ("quantify",) if _uses_part_metrics(c) else ()
 
 
 def _spaced(rows: np.ndarray, n: int) -> np.ndarray:
@@ -368,14 +351,11 @@ def _spaced(rows: np.ndarray, n: int) -> np.ndarray:
 def _part_concepts(ctx, flow, data, lk) -> dict | None:
   """Held-out R^2 of each part metric read out from r and from the flow's v."""
   c = ctx.cfg(NAME)
-  if c.part_metric_train <= 0 or c.part_metric_test <= 0:
+  if not _uses_part_metrics(c):
     return None
   train, test = _spaced(lk.train, c.part_metric_train), _spaced(lk.test, c.part_metric_test)
   rows = np.concatenate([train, test])
-  got = _part_metric_values(ctx, data, rows)
-  if got is None:
-    return None
-  names, y = got
+  names, y = _part_metric_values(ctx, data, rows)
   v = map_sharded(_forward, (data.w[rows], data.r[rows]), c.render_batch_size, ctx.mesh, flow)
   tr, te = np.arange(train.size), np.arange(train.size, rows.size)
   keep = y[tr].std(0) > 0          # a metric constant over the train images cannot be read out
@@ -568,4 +548,4 @@ def summary(ctx) -> dict | None:
 
 STAGE = Stage(name=NAME, requires=("paired_data", "link"), default_config=default_config, run=run,
               load=load, uses=("seed",), section=section, summary=summary,
-              ignores=("render_batch_size", "grid_rows"))
+              ignores=("render_batch_size", "grid_rows"), requires_when=_requires_when)

@@ -19,8 +19,10 @@ import numpy as np
 from lis_jax import page
 from lis_jax import io
 from lis_jax import linking
-from lis_jax import errors, generators
+from lis_jax import errors
 from lis_jax.generators.base import GroundTruthWorld
+from lis_jax import validate as V
+from lis_jax.analysis.readout import decode_factors, readout_r2
 from lis_jax.stages.base import Stage
 
 NAME = "link"
@@ -43,6 +45,15 @@ def default_config() -> ml_collections.ConfigDict:
   c.holdout_fraction = 0.1  # held-out pairs for MSE / R^2
   c.cycle_samples = 256  # held-out samples for r -> w -> image -> r' (0: skip)
   return c
+
+
+# Values a run accepts (lis_jax/validate.py's rule kinds), checked before anything runs.
+RULES = {
+    "alpha": V.nonneg_float(), "l1_ratio": V.unit_closed(), "jitter": V.nonneg_float(),
+    "max_iter": V.pos_int(), "tol": V.pos_float(), "epochs": V.pos_int(), "batch_size": V.pos_int(),
+    "learning_rate": V.pos_float(), "holdout_fraction": V.unit_open(),
+    "cycle_samples": V.nonneg_int(),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,18 +122,10 @@ def factor_readout(G: GroundTruthWorld, w: np.ndarray, r: np.ndarray, train: np.
   Says which factors the classifier's representation carries at all: those it does not
   carry cannot be reached by the link either.
   """
-  factors, _ = _decode(G, generators.broadcast_ws(jnp.asarray(w), G.num_ws))
+  factors, _ = decode_factors(G, jnp.asarray(w))
   y = np.stack([np.asarray(v, np.float64) for v in factors.values()], -1)  # [N, F]
-  x = np.concatenate([r.astype(np.float64), np.ones((len(y), 1))], -1)
-  coef = np.linalg.lstsq(x[train], y[train], rcond=None)[0]
-  res = ((y[test] - x[test] @ coef) ** 2).sum(0)
-  tot = ((y[test] - y[test].mean(0)) ** 2).sum(0)
-  return {n: float(1 - res[i] / max(tot[i], 1e-12)) for i, n in enumerate(factors)}
-
-
-@jax.jit
-def _decode(G, ws):
-  return G.decode_factors(ws)
+  r2 = readout_r2(r, y, train, test)   # least squares with an intercept
+  return {n: float(r2[i]) for i, n in enumerate(factors)}
 
 
 def run(ctx) -> None:
@@ -136,7 +139,7 @@ def run(ctx) -> None:
   data = ctx.result("paired_data")
   for k in ("r", "w"):
     errors.check_finite(f"paired data {k}", getattr(data, k))
-  train, test = split(data.r.shape[0], c.holdout_fraction, int(ctx.config.seed))
+  train, test = split(data.r.shape[0], c.holdout_fraction, ctx.seed(f"{NAME}.split"))
   link = linking.fit(c, data.r[train], data.w[train], ctx.key(NAME))
   predict = jax.jit(lambda link, r: link(r))
   metrics = {"kind": link.kind, "n_train": int(train.size), "n_test": int(test.size),
@@ -209,4 +212,5 @@ def summary(ctx) -> dict | None:
 
 
 STAGE = Stage(name=NAME, requires=("paired_data",), default_config=default_config, run=run,
-              load=load, uses=("seed",), section=section, summary=summary)
+              load=load, uses=("seed",), section=section, summary=summary,
+              rules=RULES)

@@ -23,6 +23,7 @@ import numpy as np
 from lis_jax import distribute
 from lis_jax import io
 from lis_jax import errors
+from lis_jax import validate as V
 from lis_jax.stages.base import Stage
 
 NAME = "paired_data"
@@ -40,6 +41,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.shard_size = 512  # tried latents per shard file (resume granularity)
   c.max_tries_factor = 20.0  # give up on a class after this many x n tries
   return c
+
+
+# Values a run accepts (lis_jax/validate.py's rule kinds), checked before anything runs.
+RULES = {
+    "n_per_class": V.pos_int(), "batch_size": V.pos_int(), "shard_size": V.pos_int(),
+    "max_tries_factor": ("float", 1.0, None),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,4 +324,5 @@ def load(workdir: str) -> PairedData:
 
 STAGE = Stage(name=NAME, requires=(), default_config=default_config, run=run, load=load,
               uses=("generator", "classifier", "classes", "psi", "seed"),
-              ignores=("batch_size", "max_tries_factor"), merge=merge)
+              ignores=("batch_size", "max_tries_factor"), merge=merge,
+              rules=RULES)

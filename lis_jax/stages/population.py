@@ -36,7 +36,7 @@ import numpy as np
 from lis_jax import errors, io, page
 from lis_jax.analysis import classwise, rsa, superposition
 from lis_jax.generators.base import GroundTruthWorld
-from lis_jax.quantify import selectivity
+from lis_jax.quantify import measuring, selectivity
 from lis_jax.stages.base import Stage
 
 NAME = "population"
@@ -109,7 +109,7 @@ def semantic_order(ctx, c, pd, split) -> tuple[dict, dict]:
   from lis_jax import linking
   items = held_out_items(pd.cls, split.test, c.n_items)
   r, w, cls = pd.r[items], pd.w[items], pd.cls[items]
-  rng = np.random.default_rng(int(ctx.config.seed))
+  rng = ctx.rng(f"{NAME}.rsa")   # the RSA permutations
   pooled = rsa.compare(r, w, cls, metric=c.metric, k=c.k, n_perm=c.n_perm, rng=rng)
   per_class = {}
   for k in np.unique(cls):
@@ -140,19 +140,19 @@ def semantic_order(ctx, c, pd, split) -> tuple[dict, dict]:
 
 def class_wise(ctx, c, pd, parts: list[str]) -> tuple[list[dict], list[dict]] | None:
   """(summary rows, selective rows) per start-sample class, or None if samples differ per block."""
-  from lis_jax.stages import quantify
   blocks = ctx.result("quantify").blocks()
   samples = blocks[0]["samples"]
   if any(not np.array_equal(b["samples"], samples) for b in blocks):
     return None
-  null = quantify.load_null(ctx.out_dir("quantify"))
-  units, deltas, lengths, null_d, null_len = quantify.deltas_from_blocks(
-      blocks, null, quantify.concept_sources(ctx))
-  opts = dict(n_boot=c.n_boot, **quantify.statistics_options(ctx.cfg("quantify")))
+  null = ctx.result("quantify").null()
+  qc = ctx.cfg("quantify")
+  units, deltas, lengths, null_d, null_len = measuring.deltas_from_blocks(
+      blocks, null, measuring.concept_sources(qc))
+  opts = dict(n_boot=c.n_boot, **measuring.statistics_options(qc))
   per = classwise.statistics(deltas, lengths, null_d, null_len, pd.cls[samples],
-                             seed=int(ctx.config.seed), **opts)
+                             seed=ctx.seed(f"{NAME}.classwise"), **opts)
   pooled = selectivity.shared_null_statistics(deltas, lengths, null_d, null_len,
-                                              seed=int(ctx.config.seed), **opts)
+                                              seed=ctx.seed(f"{NAME}.classwise"), **opts)
   rows = []
   for k, st in per.items():
     for r in selectivity.table_rows(st, units, parts):

@@ -36,61 +36,74 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import html
 import os
 import time
-from typing import Mapping
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lis_jax import batching
 from lis_jax import blocks
 from lis_jax import images
 from lis_jax import io
 from lis_jax import page
 from lis_jax import errors, generators
 from lis_jax.generators.base import GroundTruthWorld
-from lis_jax.quantify import metrics, segment, selectivity
-from lis_jax.stages import sweep
+from lis_jax import sweeps
+from lis_jax.quantify import segment, selectivity
+from lis_jax.quantify.measuring import (deltas_from_blocks, measure, measured_parts, null_ws,  # noqa: F401
+                                       rank_correlation, statistics_options, truth_check, uses_entropy)
+from lis_jax import validate as V
 from lis_jax.stages.base import Stage
 
 NAME = "quantify"
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """The quantify stage's settings, sized for the built-in world on a CPU (configs/linear.py
-  sets the reference's)."""
+  """The quantify stage's settings: the reference's (the paper's) segmenter and measures."""
   c = ml_collections.ConfigDict()
-  c.labels = "ground_truth"  # labelled-mask dir (segment.py docstring) or 'ground_truth' (built-in world)
-  c.n_labelled = 16  # labelled images the head is trained on (the reference: 10-30)
-  c.n_heldout = 64  # held-out images for the IoU (ground truth; a label dir uses what is left)
-  c.resolution = 0  # side of the segmented, measured images (the reference: 128); 0: G's own
-  c.layers = "all"  # synthesis-feature layers: 'all', 'every_other' (the reference) or names
-  c.head = "XS"  # head size: XS, S (the reference), M, L
-  c.epochs = 40  # passes over the labelled images
+  c.labels = "seg_labels/dogs"  # labelled-mask dir in the workdir (made by python -m lis_jax.label
+  #   export / import; segment.py docstring) or 'ground_truth' (the built-in world's own masks)
+  c.n_labelled = 20  # labelled images the head is trained on (the reference: 10-30)
+  c.n_heldout = 0  # held-out images for the IoU: ground-truth worlds only (a label dir holds out what is left)
+  c.resolution = 128  # side of the segmented, measured images; 0: G's own
+  c.layers = "every_other"  # synthesis-feature layers: 'all', 'every_other' (the reference) or names
+  c.head = "S"  # head size: XS, S (the reference's FewShotCNN), M, L
+  c.epochs = 100  # passes over the labelled images (reference training: Adam, one image per step)
   c.train_batch = 1  # images per step (1: the reference)
-  c.lr = 3e-3  # Adam learning rate (the reference: 1e-3 for 100 epochs)
+  c.lr = 1e-3  # Adam learning rate
   c.weight_decay = 1e-3  # L2 added to the gradient (torch Adam's weight_decay)
-  c.lr_step_epochs = 30  # lr x lr_gamma every this many epochs
+  c.lr_step_epochs = 50  # lr x lr_gamma every this many epochs (torch StepLR)
   c.lr_gamma = 0.1
-  c.samples_per_unit = 8  # start samples per unit measured (of the sweep's), spread over classes
+  c.samples_per_unit = 10  # start samples per unit measured (of the sweep's), spread over classes
   c.null_draws = 59  # random directions of the null, each applied to every start sample, shared by all units
-  c.concepts = "calibrated"  # metrics per concept: 'calibrated' or 'reference' (selectivity.CONCEPT_SETS)
+  c.concepts = "reference"  # metrics per concept: 'reference' (the paper's) or 'calibrated' (README)
   c.rank_by = "mean"  # units ranked by |average change| ('mean', the reference's) or 'effect' (vs the null)
-  c.average = "median"  # average of a unit's changes over its start samples: 'median' or 'mean' (the reference)
+  c.average = "mean"  # average of a unit's changes over its start samples: 'mean' (the reference) or 'median'
   c.null_per_length = False  # True: compare changes per unit of sweep length with the null's
   c.max_components = 3  # ellipse slots per part (largest components)
-  c.batch_size = 64  # images per segment-and-measure call
+  c.batch_size = 32  # images per segment-and-measure call
   c.n_boot = 1000  # bootstrap resamples
   c.level = 0.95  # bootstrap interval coverage
   c.alpha = 0.05  # null p-value threshold for 'selective'
-  c.top_k = 5  # units listed per concept; also k of precision@k
-  c.cards = 6  # unit cards in the report
+  c.top_k = 10  # units listed per concept; also k of precision@k
+  c.cards = 8  # unit cards in the report
   return c
+
+
+# Values a run accepts (lis_jax/validate.py's rule kinds), checked before anything runs.
+RULES = {
+    "n_labelled": V.pos_int(), "n_heldout": V.nonneg_int(), "resolution": V.nonneg_int(),
+    "epochs": V.pos_int(), "train_batch": V.pos_int(), "lr": V.pos_float(),
+    "weight_decay": V.nonneg_float(), "lr_step_epochs": V.pos_int(), "lr_gamma": V.pos_float(),
+    "samples_per_unit": V.int_at_least(2), "null_draws": V.int_at_least(2),
+    "max_components": V.pos_int(), "batch_size": V.pos_int(), "n_boot": V.pos_int(),
+    "level": V.unit_open(), "alpha": V.unit_open(), "top_k": V.pos_int(), "cards": V.nonneg_int(),
+    "rank_by": V.choice("mean", "effect"), "average": V.choice("mean", "median"),
+    "concepts": V.choice(*selectivity.CONCEPT_SETS),
+}
 
 
 # ----------------------------------------------------------------------------- segmenter
@@ -160,93 +173,9 @@ def _segmenter_done(out_dir: str, ckpt: str) -> bool:
 # ----------------------------------------------------------------------------- measuring
 
 
-@functools.partial(jax.jit, static_argnames=("layers", "resolution", "num_parts", "head_size",
-                                             "max_components", "entropy", "truth"))
-def _measure(G, seg_params, w, *, layers, resolution, num_parts, head_size, max_components,
-             entropy, truth):
-  """w [B, w_dim] -> part metrics of G's image over the segmenter's parts + the object.
-
-  Parts: the segmenter's without the background, then `metrics.OBJECT_PART`; with `truth`
-  (a GroundTruthWorld), the same again from the world's true masks (2 (P + 1) parts in
-  all; the costly per-image work, e.g. the entropy image, is shared).
-  """
-  ws = generators.broadcast_ws(w, G.num_ws)
-  img = segment.resize_images(G.synthesis(ws), resolution)  # [B, R, R, 3]
-  logits = segment.apply_head(seg_params, segment.feature_stack(G, ws, layers, resolution),
-                              num_parts, head_size)
-  masks = metrics.with_object(jax.nn.one_hot(jnp.argmax(logits, -1), num_parts)[..., 1:])
-  if truth:
-    true = segment.resize_images(G.ground_truth(ws)["masks"], resolution)  # [B, R, R, num_parts]
-    true = jax.nn.one_hot(jnp.argmax(true, -1), true.shape[-1])[..., 1:]
-    masks = jnp.concatenate([masks, metrics.with_object(true)], -1)
-  return metrics.part_metrics(img, masks, max_components=max_components, entropy=entropy)
-
-
-def measure(G, seg: segment.Segmenter, w: np.ndarray, batch_size: int, max_components: int,
-            entropy: bool = True, truth: bool = False) -> dict:
-  """Part metrics of the images of w [N, w_dim], in fixed-size batches (one compile).
-
-  Returns metrics.part_metrics' dict over the segmenter's parts and the object ([N, P + 1]
-  or [N, P + 1, K]); with `truth`, also 'true.<metric>' from the world's true masks.
-  """
-  fn = functools.partial(_measure, layers=seg.layers, resolution=seg.resolution,
-                         num_parts=seg.num_parts, head_size=seg.size, max_components=max_components,
-                         entropy=entropy, truth=truth)
-  m = batching.map_batches(fn, np.asarray(w, np.float32), batch_size, G, seg.params)
-  if not truth:
-    return m
-  p = seg.num_parts  # P + 1 measured parts per mask source
-  return {**{k: v[:, :p] for k, v in m.items()}, **{f"true.{k}": v[:, p:] for k, v in m.items()}}
-
-
-def null_ws(w_start: np.ndarray, lengths: np.ndarray, draws: int, key: jax.Array
-            ) -> tuple[np.ndarray, np.ndarray]:
-  """End points of the null: random directions in w, each applied to every start sample.
-
-  Args:
-    w_start: [S, w_dim] the start samples' own w (link(r)).
-    lengths: [U] the units' sweep lengths; each direction takes one of them at random,
-      so the null's lengths follow the units'.
-    draws: R directions.
-    key: PRNG key (the same key gives the same directions and lengths).
-  Returns:
-    ends [R, S, w_dim] = w_start + length_r d_r / |d_r| (d_r ~ N(0, I)), lengths [R].
-  """
-  kd, kl = jax.random.split(key)
-  d = np.asarray(jax.random.normal(kd, (draws, w_start.shape[-1])), np.float64)
-  d /= np.linalg.norm(d, axis=-1, keepdims=True)
-  length = np.asarray(lengths, np.float64)[np.asarray(jax.random.randint(kl, (draws,), 0, len(lengths)))]
-  return (w_start[None] + length[:, None, None] * d[:, None]).astype(np.float32), length
-
-
-def uses_entropy(c) -> bool:
-  """Whether quantify section `c`'s concept set reads the (costly) local entropy."""
-  return "entropy_mean" in selectivity.concept_sources(c.concepts).values()
-
-
-def measured_parts(seg: segment.Segmenter) -> list[str]:
-  """The parts `measure` reports, in order: the segmenter's without the background, then
-  the object (the union of the parts)."""
-  return list(seg.part_names[1:]) + [metrics.OBJECT_PART]
-
-
-def measure_concepts(ctx, seg: segment.Segmenter, w: np.ndarray, batch_size: int) -> np.ndarray:
-  """[N, P + 1, M'] concept values of the images of w [N, w_dim], read with the run's
-  quantify settings (its concept set, its components), as quantify itself reads them;
-  M' = len(concept_sources(ctx)). Other stages measure images through this."""
-  c = ctx.cfg(NAME)
-  m = measure(ctx.G, seg, w, batch_size, c.max_components, entropy=uses_entropy(c))
-  return selectivity.concept_values(m, concept_sources(ctx))
-
-
-def concept_sources(ctx) -> dict[str, str]:
-  """The run's concept set (quantify.concepts): concept -> metric key."""
-  return selectivity.concept_sources(ctx.cfg(NAME).concepts)
-
-
 def _quantify_block(c, G, seg, blk) -> dict:
   w = blk["w"]  # [U, S, T, w_dim]
-  pick = sweep.pick_starts(blk["cls"], c.samples_per_unit)
+  pick = sweeps.pick_starts(blk["cls"], c.samples_per_unit)
   w = w[:, pick]  # [U, S', T, w_dim]
   u_n, s_n, _, d = w.shape
   ends = w[:, :, [0, -1]].reshape(-1, d)  # [U * S' * 2, w_dim]
@@ -273,7 +202,7 @@ def _quantify_null(c, G, seg, sweep_blocks: list[dict], key: jax.Array) -> dict:
   sweep w over all units and steps: its own w up to the units' offsets from their mean),
   so the null needs nothing but the sweep's blocks.
   """
-  pick = sweep.pick_starts(sweep_blocks[0]["cls"], c.samples_per_unit)
+  pick = sweeps.pick_starts(sweep_blocks[0]["cls"], c.samples_per_unit)
   w_start = np.mean([b["w"][:, pick].mean((0, 2)) for b in sweep_blocks], axis=0)  # [S', w_dim]
   w_start = w_start.astype(np.float32)
   lengths = np.concatenate([np.linalg.norm(b["w"][:, 0, -1] - b["w"][:, 0, 0], axis=-1)
@@ -287,85 +216,6 @@ def _quantify_null(c, G, seg, sweep_blocks: list[dict], key: jax.Array) -> dict:
     out[f"start.{k}"] = v[:s_n]
     out[f"end.{k}"] = v[s_n:].reshape(c.null_draws, s_n, *v.shape[1:])
   return out
-
-
-def deltas_from_blocks(blocks: list[dict], null: dict, sources: dict, masks: str = "segmenter"):
-  """Concept changes of the units' sweeps and of the null's random directions.
-
-  Args:
-    blocks: quantify blocks (`load_blocks`); null: the null's outputs (`load_null`).
-    sources: the concept set (`selectivity.concept_sources`).
-    masks: 'segmenter' or 'true' (the world's true masks; built-in world only).
-  Returns:
-    units [U], deltas [U, S', P, M], lengths [U], null deltas [R, S', P, M], null lengths [R].
-  """
-  pre = "" if masks == "segmenter" else "true."
-  vals = lambda d, prefix: selectivity.concept_values(
-      {k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix) and "." not in k[len(prefix):]},
-      sources)
-  units = np.concatenate([b["units"] for b in blocks])
-  lengths = np.concatenate([b["length"] for b in blocks])
-  first = np.concatenate([vals(b, f"first.{pre}") for b in blocks])  # [U, S', P, M']
-  last = np.concatenate([vals(b, f"last.{pre}") for b in blocks])
-  deltas = selectivity.sweep_changes(first, last, sources)
-  end = vals(null, f"end.{pre}")  # [R, S', P, M']
-  start = np.broadcast_to(vals(null, f"start.{pre}")[None], end.shape).copy()
-  return units, deltas, lengths, selectivity.sweep_changes(start, end, sources), null["length"]
-
-
-def truth_check(stats: dict, units: np.ndarray, part_names: list[str], truth: np.ndarray,
-                factor_names: list[str], k: int, factor_concepts: Mapping[str, tuple[str, str]],
-                score: str = "mean") -> dict | None:
-  """Built-in world: does the measured concept find the units that move the true factor?
-
-  Per factor of `factor_concepts` (factor -> (part, metric); the world's) whose part is measured:
-  precision@k = |the top-k selective units for its concept (by `stats['rank']`)
-  intersected with the top-k units by |true factor change|| / (number found, <= k); and
-  the Spearman correlation over all units of |stats[score]| (the ranking score) with
-  |true factor change| (robust where many units move a factor about equally).
-
-  Args:
-    stats: `selectivity.*_statistics` output ([U, P, M] arrays: selective, rank, score).
-    units: [U] unit ids; part_names: the P parts.
-    truth: [U, F] mean true change of each factor (fraction of its range).
-    factor_names: the F factors.
-    k: precision@k.
-  Returns:
-    {k, chance, per_factor: {factor: {part, metric, found, true_top, precision,
-    spearman}}, mean_precision, mean_spearman}.
-  """
-  k_eff = min(k, units.size)
-  out = {}
-  for factor, (part, metric) in factor_concepts.items():
-    if factor not in factor_names or part not in part_names:
-      continue
-    p, m = part_names.index(part), selectivity.CONCEPT_METRICS.index(metric)
-    true = np.abs(truth[:, factor_names.index(factor)])
-    moved = units[np.argsort(-true, kind="stable")[:k_eff]]
-    sel = np.flatnonzero(stats["selective"][:, p, m])
-    found = units[sel[np.argsort(stats["rank"][sel, p, m], kind="stable")]][:k_eff].tolist()
-    hits = len(set(found) & set(moved.tolist()))
-    out[factor] = {"part": part, "metric": metric, "found": [int(u) for u in found],
-                   "true_top": [int(u) for u in moved],
-                   "precision": hits / len(found) if found else None,
-                   "spearman": rank_correlation(np.abs(stats[score][:, p, m]), true)}
-  vals = [v["precision"] for v in out.values() if v["precision"] is not None]
-  rhos = [v["spearman"] for v in out.values() if v["spearman"] is not None]
-  return {"k": k_eff, "chance": k_eff / units.size, "per_factor": out,
-          "mean_precision": float(np.mean(vals)) if vals else None,
-          "mean_spearman": float(np.mean(rhos)) if rhos else None}
-
-
-def rank_correlation(a: np.ndarray, b: np.ndarray) -> float | None:
-  """Spearman's rank correlation of a and b over the entries where both are finite."""
-  ok = np.isfinite(a) & np.isfinite(b)
-  if ok.sum() < 3:
-    return None
-  ra = np.argsort(np.argsort(a[ok])).astype(float)
-  rb = np.argsort(np.argsort(b[ok])).astype(float)
-  if ra.std() == 0 or rb.std() == 0:
-    return None
-  return float(np.corrcoef(ra, rb)[0, 1])
 
 
 # ----------------------------------------------------------------------------- stage
@@ -383,12 +233,6 @@ def load_null(out_dir: str) -> dict:
 def run(ctx) -> None:
   """Quantifies every sweep block into `workdir/quantify/` (resumable)."""
   c = ctx.cfg(NAME)
-  if (c.samples_per_unit < 2 or c.null_draws < 2 or c.batch_size < 1 or c.n_labelled < 1
-      or c.rank_by not in ("mean", "effect") or c.average not in ("mean", "median")
-      or c.concepts not in selectivity.CONCEPT_SETS):
-    raise errors.PipelineError("quantify: samples_per_unit and null_draws must be >= 2, batch_size "
-                                 "and n_labelled >= 1, rank_by 'mean' or 'effect', average 'mean' or "
-                                 f"'median', concepts one of {', '.join(selectivity.CONCEPT_SETS)}")
   out_dir = ctx.out_dir(NAME)
   sweep_blocks = list(ctx.result("sweep").blocks())
   G = ctx.G
@@ -427,12 +271,6 @@ def merge(ctx) -> None:
   summarise(ctx, seg)
 
 
-def statistics_options(c) -> dict:
-  """shared_null_statistics' options from quantify section `c` (seed and n_boot aside)."""
-  return dict(level=c.level, alpha=c.alpha, rank_by=c.rank_by, average=c.average,
-              per_length=c.null_per_length)
-
-
 def _statistics(c, deltas, lengths, null_d, null_len, seed: int) -> dict:
   return selectivity.shared_null_statistics(deltas, lengths, null_d, null_len, seed=seed, n_boot=c.n_boot,
                                             **statistics_options(c))
@@ -448,7 +286,7 @@ def summarise(ctx, seg: segment.Segmenter) -> None:
   """selectivity.csv, top_units.csv and truth_check.json from all quantify blocks and the null."""
   c = ctx.cfg(NAME)
   out_dir = ctx.out_dir(NAME)
-  seed = int(ctx.config.seed)
+  seed = ctx.seed(f"{NAME}.statistics")   # bootstrap and permutations (segmenter and true masks alike)
   blks, null = list(_store(out_dir).blocks(ctx.result("sweep").n_blocks)), load_null(out_dir)
   sources = selectivity.concept_sources(c.concepts)
   parts = measured_parts(seg)
@@ -498,7 +336,12 @@ class QuantifyResult:
     return list(_store(self.directory).blocks(self.n_blocks))
 
   def segmenter(self) -> segment.Segmenter:
+    """The trained part segmenter (other stages measure with it)."""
     return segment.load(os.path.join(self.directory, "segmenter"))
+
+  def null(self) -> dict:
+    """The random-direction null shared by all units (null.npz; `load_null`)."""
+    return load_null(self.directory)
 
 
 def _typed(r: dict) -> dict:
@@ -651,4 +494,5 @@ def summary(ctx) -> dict | None:
 
 STAGE = Stage(name=NAME, requires=("sweep",), default_config=default_config, run=run, load=load,
               uses=("classes", "psi", "seed"), section=section, summary=summary,
-              ignores=("batch_size", "cards"), merge=merge)
+              ignores=("batch_size", "cards"), merge=merge,
+              rules=RULES)

@@ -34,6 +34,9 @@ from lis_jax import io
 from lis_jax import page
 from lis_jax import errors, generators, spec
 from lis_jax.generators.base import GroundTruthWorld
+from lis_jax.analysis.readout import decode_factors
+from lis_jax.sweeps import pick_starts
+from lis_jax import validate as V
 from lis_jax.stages.base import Stage
 
 NAME = "sweep"
@@ -57,6 +60,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.store_logits = False  # store logits [U, S, T, C] (large)
   c.save_png = True  # PNG strips per (unit, sample)
   return c
+
+
+# Values a run accepts (lis_jax/validate.py's rule kinds), checked before anything runs.
+RULES = {
+    "samples_per_class": V.pos_int(), "n_steps": V.int_at_least(2), "k_std": V.pos_float(),
+    "units_per_block": V.pos_int(), "batch_size": V.pos_int(),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,18 +101,6 @@ FINITE = ("w", "values")
 def store(directory: str) -> blocks.BlockStore:
   """The sweep's block store (`block_<b:05d>.npz`)."""
   return blocks.BlockStore(directory, finite=FINITE)
-
-
-def pick_starts(cls: np.ndarray, n: int) -> np.ndarray:
-  """The start-sample picker: indices of n samples spread over the classes (round robin
-  over classes, each class's first samples first), sorted. Used by every consumer of
-  the sweep (quantify, the report) so they look at the same samples."""
-  rank = np.zeros(cls.size, int)
-  for c in np.unique(cls):
-    idx = np.flatnonzero(cls == c)
-    rank[idx] = np.arange(idx.size)
-  order = np.lexsort((np.arange(cls.size), rank))
-  return np.sort(order[:min(n, cls.size)])
 
 
 def unit_trajectories(r_start: jax.Array, units: jax.Array, values: jax.Array) -> jax.Array:
@@ -226,7 +224,7 @@ def factor_deltas(G: GroundTruthWorld, w: np.ndarray) -> tuple[np.ndarray, list[
   """
   u_n, s_n, _, d = w.shape
   ends = jnp.asarray(w[:, :, [0, -1]].reshape(-1, d))
-  factors, cw = _decode(G, generators.broadcast_ws(ends, G.num_ws))
+  factors, cw = decode_factors(G, ends)
   names = list(factors)
   out = []
   for n in names:
@@ -239,11 +237,6 @@ def factor_deltas(G: GroundTruthWorld, w: np.ndarray) -> tuple[np.ndarray, list[
   cw = np.asarray(cw).reshape(u_n, s_n, 2, -1)
   class_tv = 0.5 * np.abs(cw[:, :, 1] - cw[:, :, 0]).sum(-1).mean(1)
   return np.stack(out, -1), names, class_tv
-
-
-@jax.jit
-def _decode(G, ws):
-  return G.decode_factors(ws)
 
 
 def unit_analysis(G: Any, host: dict, values: np.ndarray, units: np.ndarray) -> dict[str, np.ndarray]:
@@ -562,4 +555,5 @@ def summary(ctx) -> dict | None:
 
 STAGE = Stage(name=NAME, requires=("link",), default_config=default_config, run=run, load=load,
               uses=("classes",), section=section, summary=summary, ignores=("batch_size",),
-              merge=merge)
+              merge=merge,
+              rules=RULES)

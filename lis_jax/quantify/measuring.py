@@ -1,0 +1,190 @@
+"""Measuring a generator's images by parts: the computations of the quantify stage that
+other stages share (boundary, population, invariances measure images and read changes
+the same way quantify does).
+
+`measure` segments images of w with a trained `segment.Segmenter` and returns the part
+metrics (`metrics.part_metrics`); `null_ws` draws the random-direction null; the
+`deltas_from_blocks` / `truth_check` pair turns quantify's stored measurements into
+concept changes and checks them against a world's ground truth. Settings come as the
+quantify config section `c` (lis_jax/stages/quantify.py, `default_config`).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lis_jax import batching
+from lis_jax import generators
+from lis_jax.quantify import metrics, segment, selectivity
+
+
+@functools.partial(jax.jit, static_argnames=("layers", "resolution", "num_parts", "head_size",
+                                             "max_components", "entropy", "truth"))
+def _measure(G, seg_params, w, *, layers, resolution, num_parts, head_size, max_components,
+             entropy, truth):
+  """w [B, w_dim] -> part metrics of G's image over the segmenter's parts + the object.
+
+  Parts: the segmenter's without the background, then `metrics.OBJECT_PART`; with `truth`
+  (a GroundTruthWorld), the same again from the world's true masks (2 (P + 1) parts in
+  all; the costly per-image work, e.g. the entropy image, is shared).
+  """
+  ws = generators.broadcast_ws(w, G.num_ws)
+  img = segment.resize_images(G.synthesis(ws), resolution)  # [B, R, R, 3]
+  logits = segment.apply_head(seg_params, segment.feature_stack(G, ws, layers, resolution),
+                              num_parts, head_size)
+  masks = metrics.with_object(jax.nn.one_hot(jnp.argmax(logits, -1), num_parts)[..., 1:])
+  if truth:
+    true = segment.resize_images(G.ground_truth(ws)["masks"], resolution)  # [B, R, R, num_parts]
+    true = jax.nn.one_hot(jnp.argmax(true, -1), true.shape[-1])[..., 1:]
+    masks = jnp.concatenate([masks, metrics.with_object(true)], -1)
+  return metrics.part_metrics(img, masks, max_components=max_components, entropy=entropy)
+
+
+def measure(G, seg: segment.Segmenter, w: np.ndarray, batch_size: int, max_components: int,
+            entropy: bool = True, truth: bool = False) -> dict:
+  """Part metrics of the images of w [N, w_dim], in fixed-size batches (one compile).
+
+  Returns metrics.part_metrics' dict over the segmenter's parts and the object ([N, P + 1]
+  or [N, P + 1, K]); with `truth`, also 'true.<metric>' from the world's true masks.
+  """
+  fn = functools.partial(_measure, layers=seg.layers, resolution=seg.resolution,
+                         num_parts=seg.num_parts, head_size=seg.size, max_components=max_components,
+                         entropy=entropy, truth=truth)
+  m = batching.map_batches(fn, np.asarray(w, np.float32), batch_size, G, seg.params)
+  if not truth:
+    return m
+  p = seg.num_parts  # P + 1 measured parts per mask source
+  return {**{k: v[:, :p] for k, v in m.items()}, **{f"true.{k}": v[:, p:] for k, v in m.items()}}
+
+
+def null_ws(w_start: np.ndarray, lengths: np.ndarray, draws: int, key: jax.Array
+            ) -> tuple[np.ndarray, np.ndarray]:
+  """End points of the null: random directions in w, each applied to every start sample.
+
+  Args:
+    w_start: [S, w_dim] the start samples' own w (link(r)).
+    lengths: [U] the units' sweep lengths; each direction takes one of them at random,
+      so the null's lengths follow the units'.
+    draws: R directions.
+    key: PRNG key (the same key gives the same directions and lengths).
+  Returns:
+    ends [R, S, w_dim] = w_start + length_r d_r / |d_r| (d_r ~ N(0, I)), lengths [R].
+  """
+  kd, kl = jax.random.split(key)
+  d = np.asarray(jax.random.normal(kd, (draws, w_start.shape[-1])), np.float64)
+  d /= np.linalg.norm(d, axis=-1, keepdims=True)
+  length = np.asarray(lengths, np.float64)[np.asarray(jax.random.randint(kl, (draws,), 0, len(lengths)))]
+  return (w_start[None] + length[:, None, None] * d[:, None]).astype(np.float32), length
+
+
+def uses_entropy(c) -> bool:
+  """Whether quantify section `c`'s concept set reads the (costly) local entropy."""
+  return "entropy_mean" in selectivity.concept_sources(c.concepts).values()
+
+
+def measured_parts(seg: segment.Segmenter) -> list[str]:
+  """The parts `measure` reports, in order: the segmenter's without the background, then
+  the object (the union of the parts)."""
+  return list(seg.part_names[1:]) + [metrics.OBJECT_PART]
+
+
+def measure_concepts(G, seg: segment.Segmenter, w: np.ndarray, batch_size: int, c) -> np.ndarray:
+  """[N, P + 1, M'] concept values of the images of w [N, w_dim], read with quantify
+  section `c`'s settings (its concept set, its components), as the quantify stage reads
+  them; M' = len(concept_sources(c)). Other stages measure images through this."""
+  m = measure(G, seg, w, batch_size, c.max_components, entropy=uses_entropy(c))
+  return selectivity.concept_values(m, concept_sources(c))
+
+
+def concept_sources(c) -> dict[str, str]:
+  """Quantify section `c`'s concept set (quantify.concepts): concept -> metric key."""
+  return selectivity.concept_sources(c.concepts)
+
+
+def deltas_from_blocks(blocks: list[dict], null: dict, sources: dict, masks: str = "segmenter"):
+  """Concept changes of the units' sweeps and of the null's random directions.
+
+  Args:
+    blocks: quantify blocks (`load_blocks`); null: the null's outputs (`load_null`).
+    sources: the concept set (`selectivity.concept_sources`).
+    masks: 'segmenter' or 'true' (the world's true masks; built-in world only).
+  Returns:
+    units [U], deltas [U, S', P, M], lengths [U], null deltas [R, S', P, M], null lengths [R].
+  """
+  pre = "" if masks == "segmenter" else "true."
+  vals = lambda d, prefix: selectivity.concept_values(
+      {k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix) and "." not in k[len(prefix):]},
+      sources)
+  units = np.concatenate([b["units"] for b in blocks])
+  lengths = np.concatenate([b["length"] for b in blocks])
+  first = np.concatenate([vals(b, f"first.{pre}") for b in blocks])  # [U, S', P, M']
+  last = np.concatenate([vals(b, f"last.{pre}") for b in blocks])
+  deltas = selectivity.sweep_changes(first, last, sources)
+  end = vals(null, f"end.{pre}")  # [R, S', P, M']
+  start = np.broadcast_to(vals(null, f"start.{pre}")[None], end.shape).copy()
+  return units, deltas, lengths, selectivity.sweep_changes(start, end, sources), null["length"]
+
+
+def truth_check(stats: dict, units: np.ndarray, part_names: list[str], truth: np.ndarray,
+                factor_names: list[str], k: int, factor_concepts: Mapping[str, tuple[str, str]],
+                score: str = "mean") -> dict | None:
+  """Built-in world: does the measured concept find the units that move the true factor?
+
+  Per factor of `factor_concepts` (factor -> (part, metric); the world's) whose part is measured:
+  precision@k = |the top-k selective units for its concept (by `stats['rank']`)
+  intersected with the top-k units by |true factor change|| / (number found, <= k); and
+  the Spearman correlation over all units of |stats[score]| (the ranking score) with
+  |true factor change| (robust where many units move a factor about equally).
+
+  Args:
+    stats: `selectivity.*_statistics` output ([U, P, M] arrays: selective, rank, score).
+    units: [U] unit ids; part_names: the P parts.
+    truth: [U, F] mean true change of each factor (fraction of its range).
+    factor_names: the F factors.
+    k: precision@k.
+  Returns:
+    {k, chance, per_factor: {factor: {part, metric, found, true_top, precision,
+    spearman}}, mean_precision, mean_spearman}.
+  """
+  k_eff = min(k, units.size)
+  out = {}
+  for factor, (part, metric) in factor_concepts.items():
+    if factor not in factor_names or part not in part_names:
+      continue
+    p, m = part_names.index(part), selectivity.CONCEPT_METRICS.index(metric)
+    true = np.abs(truth[:, factor_names.index(factor)])
+    moved = units[np.argsort(-true, kind="stable")[:k_eff]]
+    sel = np.flatnonzero(stats["selective"][:, p, m])
+    found = units[sel[np.argsort(stats["rank"][sel, p, m], kind="stable")]][:k_eff].tolist()
+    hits = len(set(found) & set(moved.tolist()))
+    out[factor] = {"part": part, "metric": metric, "found": [int(u) for u in found],
+                   "true_top": [int(u) for u in moved],
+                   "precision": hits / len(found) if found else None,
+                   "spearman": rank_correlation(np.abs(stats[score][:, p, m]), true)}
+  vals = [v["precision"] for v in out.values() if v["precision"] is not None]
+  rhos = [v["spearman"] for v in out.values() if v["spearman"] is not None]
+  return {"k": k_eff, "chance": k_eff / units.size, "per_factor": out,
+          "mean_precision": float(np.mean(vals)) if vals else None,
+          "mean_spearman": float(np.mean(rhos)) if rhos else None}
+
+
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> float | None:
+  """Spearman's rank correlation of a and b over the entries where both are finite."""
+  ok = np.isfinite(a) & np.isfinite(b)
+  if ok.sum() < 3:
+    return None
+  ra = np.argsort(np.argsort(a[ok])).astype(float)
+  rb = np.argsort(np.argsort(b[ok])).astype(float)
+  if ra.std() == 0 or rb.std() == 0:
+    return None
+  return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def statistics_options(c) -> dict:
+  """shared_null_statistics' options from quantify section `c` (seed and n_boot aside)."""
+  return dict(level=c.level, alpha=c.alpha, rank_by=c.rank_by, average=c.average,
+              per_length=c.null_per_length)
