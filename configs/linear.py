@@ -34,4 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
   })
   config.classes = "dogs"  # a class group (dogs, fungi, birds, cars) or ids '232,254'
   config.psi = 0.7  # truncation toward the class's w_avg
+  # Memory (README "Memory and the plan"): batch sizes are maxima, lowered to fit.
+  config.memory_gb = 0.0  # the memory budget in GiB; 0: the device's free memory
+  config.plan_at_start = True  # the first lines of a run: its plan (images, FLOPs, memory, time)
   return config

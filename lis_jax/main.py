@@ -100,8 +100,8 @@ def _print_plan(config, workdir: str) -> None:
   lines of a run, unless config.plan_at_start is False; all of --plan). Every process
   computes it (the same refusal everywhere); process 0 prints it."""
   import jax
-  from lis_jax import memory, plan
-  G, clf = pipeline.load_models(config, workdir)
+  from lis_jax import context, memory, plan
+  G, clf = context.load_models(config, workdir)
   budget = memory.config_budget(config)
   plans = plan.make(config, G, clf, budget)
   if jax.process_index() == 0:

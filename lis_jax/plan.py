@@ -149,8 +149,7 @@ def _synthesise_classify(G, clf, w):
 def _segment_measure_fn(qc, G) -> tuple[Callable, Any]:
   """The quantify stage's segment-and-measure call and stand-in segmenter parameters (the
   head's shapes; zeros: the cost does not depend on the values)."""
-  from lis_jax.quantify import segment   # Local: the plan needs it only when a stage segments.
-  from lis_jax.stages import quantify
+  from lis_jax.quantify import measuring, segment   # Local: only when a stage segments.
   names = list(jax.eval_shape(G.synthesis_features, jnp.zeros((1, G.num_ws, G.w_dim))).keys())
   layers = segment.select_layers(names, qc.layers)
   shapes = jax.eval_shape(G.synthesis_features, jnp.zeros((1, G.num_ws, G.w_dim)))
@@ -160,9 +159,9 @@ def _segment_measure_fn(qc, G) -> tuple[Callable, Any]:
       jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, channels)))["params"])
   params = {"head": jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), head),
             "feat_mean": jnp.zeros((channels,)), "feat_std": jnp.ones((channels,))}
-  fn = functools.partial(quantify._measure, layers=layers, resolution=qc.resolution or G.resolution,
+  fn = functools.partial(measuring._measure, layers=layers, resolution=qc.resolution or G.resolution,
                          num_parts=num_parts, head_size=qc.head, max_components=qc.max_components,
-                         entropy=quantify.uses_entropy(qc), truth=False)
+                         entropy=measuring.uses_entropy(qc), truth=False)
   return (lambda G, clf, params, w: fn(G, params, w)), params
 
 

@@ -61,6 +61,7 @@ def choice(*values: str) -> Rule:
 # Top-level fields (every stage reads them).
 TOP_RULES: dict[str, Rule] = {
     "psi": ("float", 0.0, _INF),
+    "memory_gb": ("float", 0.0, _INF),   # 0: measure the device's memory (lis_jax/memory.py)
 }
 
 

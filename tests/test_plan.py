@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from lis_jax import memory, pipeline, plan
+from lis_jax import context, memory, plan
 
 
 FLOPS_PER_CALL_SHARE = 0.05
@@ -15,7 +15,7 @@ FLOPS_PER_CALL_SHARE = 0.05
 @pytest.fixture(scope="module")
 def models():
   config = tiny.get_config()
-  return config, *pipeline.load_models(config, "/nonexistent")
+  return config, *context.load_models(config, "/nonexistent")
 
 
 def test_counts_batches_and_flops(models):
@@ -56,7 +56,7 @@ def test_main_plan_flag(tmp_path):
 
 def test_a_run_prints_the_plan_first_and_refuses_what_cannot_fit(tmp_path):
   base = [sys.executable, "-m", "lis_jax.main", "--config=configs/tiny.py",
-          "--config.stages=paired_data,link"]
+          "--config.stages=paired_data,link", "--config.plan_at_start=True"]
   r = subprocess.run(base + [f"--workdir={tmp_path / 'ok'}"], capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-2000:]
   assert r.stdout.startswith("plan (memory budget")
