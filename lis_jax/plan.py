@@ -44,6 +44,7 @@ class Work:
   settings: Mapping[str, tuple[str, int]]  # call kind -> (config field, its value: the max batch)
   upper_bound: bool = False
   note: str = ""
+  fixed: bool = False  # the batch partitions output files: it runs as configured, or not at all
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +89,8 @@ def work_counterfactual(s, d: Dims) -> Work:
   checks = searches * (-(-c.max_steps // c.check_every))
   return Work({"synthesise+classify": checks}, {"synthesise+classify": ("counterfactual.batch_size",
                                                                          c.batch_size)},
-              upper_bound=True, note=f"{searches} searches, each checked until it succeeds")
+              upper_bound=True, note=f"{searches} searches, each checked until it succeeds",
+              fixed=True)
 
 
 def work_quantify(s, d: Dims) -> Work:
@@ -105,6 +107,7 @@ def work_boundary(s, d: Dims) -> Work:
                "segment+measure": searches * (c.n_points + 2) * (1 + c.null_draws)},
               {"synthesise+classify": ("boundary.batch_size", c.batch_size),
                "segment+measure": ("boundary.measure_batch", c.measure_batch)}, upper_bound=True)
+# (boundary.batch_size partitions its files too, but its classify calls are a small share.)
 
 
 def work_invariances(s, d: Dims) -> Work:
@@ -224,13 +227,17 @@ class Planner:
       return fn, (self.G, self.clf, params)
     return {"synthesise": _synthesise, "synthesise+classify": _synthesise_classify}[kind], (self.G, self.clf)
 
-  def call(self, stage: str, kind: str, setting: str, max_batch: int, images: int) -> CallPlan:
+  def call(self, stage: str, kind: str, setting: str, max_batch: int, images: int,
+           fixed: bool = False) -> CallPlan:
     key = (kind, setting, max_batch)
     if key not in self._calls:
       fn, args = self._fn(kind)
       rows = jax.ShapeDtypeStruct((max(1, max_batch), self.G.w_dim), jnp.float32)
       choice = memory.choose_batch(fn, rows, max(1, max_batch), *args, budget=self.budget,
                                    call=kind, setting=setting, stage=stage)
+      if fixed and choice.batch < max_batch:   # it would run at max_batch, which does not fit
+        raise memory._fail(stage, kind, max_batch, int(choice.model.at(max_batch)), self.budget,
+                           setting)
       per_image = choice.memory.flops / choice.batch
       seconds = self._time(fn, args, choice) if self.time_probe else float("nan")
       self._calls[key] = (choice, per_image, seconds)
@@ -255,7 +262,7 @@ class Planner:
       for kind, n in work.images.items():
         if n > 0:
           setting, max_batch = work.settings[kind]
-          calls.append(self.call(name, kind, setting, max_batch, n))
+          calls.append(self.call(name, kind, setting, max_batch, n, fixed=work.fixed))
     except PipelineError as e:
       return StagePlan(name, work, tuple(calls), refused=str(e))
     return StagePlan(name, work, tuple(calls))
