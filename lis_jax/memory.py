@@ -40,9 +40,9 @@ MiB = 1 << 20
 # Fraction of the budget a call may plan to use. XLA's analysis counts the buffers of one
 # call, not the allocator's fragmentation, the runtime's own buffers, the host copies of
 # inputs and results, or Python's arrays around the call; the rest is that headroom.
-# Measured (benchmarks/real_size.py, 'mid' generator at 64 px under `ulimit -v 8G`): the
-# process's peak RSS exceeded the largest call's analysed need by the model's resident
-# parameters plus < 10% of the budget.
+# Not enough under an address-space cap: benchmarks/real_size.py (reduced-width 256-px
+# generator, `prlimit --as=8G`, budget 7.2 GiB) aborted with std::bad_alloc in a call
+# analysed at 5.0 GiB (README, "Memory and the plan"); virtual reservations are not counted.
 SAFETY = 0.8
 # Probe batch sizes for the linear model (the smaller is also the "does one row fit" check).
 PROBES = (1, 4)
