@@ -1,7 +1,7 @@
 """The paper's study at its real size: what it costs, and a run that fits 8 GB.
 
   python -m benchmarks.real_size estimate
-  prlimit --as=$((8 << 30)) python -m benchmarks.real_size run --workdir=/tmp/real_size
+  MALLOC_ARENA_MAX=2 prlimit --as=$((8 << 30)) python -m benchmarks.real_size run --workdir=/tmp/real_size
 
 `estimate`: the plan (lis_jax/plan.py) of the full paper study, configs/linear.py with every
 count at its paper value, for the released architectures (StyleGAN-XL ImageNet-256:
@@ -50,6 +50,9 @@ COUNTS = {
     "quantify.n_labelled": 3, "quantify.epochs": 3, "quantify.samples_per_unit": 2,
     "quantify.null_draws": 3, "quantify.cards": 1,
     "link.cycle_samples": 4,
+    "invariances.n_conditions": 2, "invariances.samples_per_condition": 2, "invariances.n_mix": 2,
+    "invariances.part_metric_train": 4, "invariances.part_metric_test": 2, "invariances.epochs": 1,
+    "population.n_items": 8,
 }
 
 
