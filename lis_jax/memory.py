@@ -348,7 +348,8 @@ def map_batches(fn: Callable[..., Any], rows: Any, max_batch: int, *args: Any, b
   n = jax.tree_util.tree_leaves(rows)[0].shape[0]
   if n == 0:   # nothing to size (batching.map_batches' own behaviour for no rows)
     return batching.map_batches(fn, rows, max_batch, *args)
-  choice = choose_batch(fn, rows, min(max_batch, max(n, 1)), *args, budget=budget, call=call,
+  # Not clipped to n: one batch size (one compile) whatever the number of rows.
+  choice = choose_batch(fn, rows, max_batch, *args, budget=budget, call=call,
                         setting=setting, stage=stage)
   if log and choice.batch < choice.max_batch:
     log(choice.line())
