@@ -36,4 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.psi = 0.7  # truncation toward the class's w_avg
   config.feature_layer = "reference"  # r: the reference's children()[:-1] output ('penultimate')
   config.quantize = True  # classify the reference's 8-bit image (straight-through gradient)
+  # Memory (README "Memory and the plan"): batch sizes are maxima, lowered to fit.
+  config.memory_gb = 0.0  # the memory budget in GiB; 0: the device's free memory
+  config.plan_at_start = True  # the first lines of a run: its plan (images, FLOPs, memory, time)
   return config

@@ -44,4 +44,5 @@ def get_config():
   config.quantify.null_draws = 4  # random directions of the null (quantify needs >= 2)
   config.quantify.batch_size = 16
   config.quantify.n_boot = 50
+  config.plan_at_start = False  # the tests run many short runs; `--plan` still prints it
   return config

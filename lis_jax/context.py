@@ -131,6 +131,13 @@ class RunContext:
     return self._classes
 
   @property
+  def budget(self):
+    """The memory budget of this process's device now (lis_jax/memory.py; config.memory_gb
+    overrides it): what batch sizes are chosen against."""
+    from lis_jax import memory   # Local: the context stays light to import.
+    return memory.config_budget(self.config)
+
+  @property
   def mesh(self):
     """The 1-D data mesh over this process's devices (all devices with one process)."""
     if self._mesh is None:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
-from lis_jax import batching
+from lis_jax import memory
 from lis_jax import io
 
 
@@ -25,10 +25,15 @@ def to_uint8(img):
   return jnp.clip((img + 1) * (255 / 2.0), 0, 255).astype(jnp.uint8)
 
 
-def render(G, w: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def render(G, w: np.ndarray, batch_size: int = 256, budget: memory.Budget | None = None,
+           setting: str = "report.batch_size") -> np.ndarray:
   """w [N, w_dim] -> uint8 images [N, H, W, 3] (one w broadcast over G's ws), in
-  fixed-size batches (one compile)."""
-  return batching.map_batches(_render, np.asarray(w, np.float32), batch_size, G)
+  fixed-size batches (one compile) of at most `batch_size`: fewer when the memory budget
+  (default: the device's; lis_jax/memory.py) holds fewer. `setting` is named when even
+  one image does not fit."""
+  return memory.map_batches(_render, np.asarray(w, np.float32), batch_size, G,
+                            budget=budget or memory.default_budget(), call="render",
+                            setting=setting)
 
 
 @jax.jit

@@ -2,6 +2,7 @@
 
   python -m lis_jax.main --config=configs/linear.py --workdir=DIR
   python -m lis_jax.main --config=configs/linear.py --workdir=DIR --config.sweep.units=0,1,2
+  python -m lis_jax.main --config=configs/linear.py --workdir=DIR --plan   # cost before the run
 
 Several processes (README, "Multi-process runs"): every process runs this same command
 with its own process id; on TPU pod slices and under SLURM, `--distributed` lets JAX
@@ -43,6 +44,9 @@ _NUM_PROCESSES = flags.DEFINE_integer(
 _PROCESS_ID = flags.DEFINE_integer(
     "process_id", None, f"Multi-process: this process's id in [0, num_processes) (else "
     f"${distribute.ENV_PROCESS_ID}).")
+_PLAN = flags.DEFINE_bool(
+    "plan", False, "Print the plan (per stage: images, FLOPs, peak memory of its largest call at "
+    "the batch the memory budget allows, estimated time) and exit; refuses a stage that cannot fit.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Multi-process with JAX's cluster auto-detection (TPU pod slices, "
     "SLURM, Open MPI) when no coordinator/processes/id are given.")
@@ -163,6 +167,22 @@ def _code_sha256() -> str:
   return h.hexdigest()
 
 
+def _print_plan(config, workdir: str) -> None:
+  """The plan of config.stages for the configured models and this device's memory (first
+  lines of a run, unless config.plan_at_start is False; all of --plan). Every process
+  computes it (the same refusal everywhere); process 0 prints it."""
+  import jax
+  from lis_jax import context, memory, plan
+  G, clf = context.load_models(config, workdir)
+  budget = memory.config_budget(config)
+  plans = plan.make(config, G, clf, budget)
+  if jax.process_index() == 0:
+    print(plan.table(plans, budget), flush=True)
+  refused = plan.refusal(plans)
+  if refused:
+    _fail(refused)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -175,6 +195,16 @@ def main(argv):
         timeouts)
     if distribute.process_count() > 1:
       distribute.agree(startup_fields(_CONFIG.value, _WORKDIR.value), "the run's setup")
+    if _PLAN.value:
+      _print_plan(_CONFIG.value, _WORKDIR.value)
+      return
+    if _CONFIG.value.get("plan_at_start", True):
+      try:
+        _print_plan(_CONFIG.value, _WORKDIR.value)
+      except (errors.PipelineError, io.CheckpointError, io.CorruptFileError):
+        raise
+      except Exception as e:  # A model the plan cannot analyse must not stop the run itself.
+        print(f"plan unavailable ({type(e).__name__}: {' '.join(str(e).split())[:200]})", flush=True)
     pipeline.run(_CONFIG.value, _WORKDIR.value)
   except distribute.DistributedError as e:
     _fail(str(e), abandon=e.abandon)
@@ -183,6 +213,11 @@ def main(argv):
   except OSError as e:
     _fail(io.describe_os_error(e))
   except Exception as e:   # a bug: the traceback is shown, and the other processes stop too
+    from lis_jax import memory
+    if memory.is_oom(e):   # XLA's RESOURCE_EXHAUSTED where no stage call turned it into a line
+      _fail(f"out of memory ({str(e).strip().splitlines()[0][:200]}); lower the batch sizes of the "
+            f"stage that was running (its config section) or set config.memory_gb, and run again: "
+            f"finished work is kept")
     _tell_peers(f"{type(e).__name__}: {e}")
     raise
 

@@ -63,6 +63,7 @@ TOP_RULES: dict[str, Rule] = {
     "psi": ("float", 0.0, _INF),
     "feature_layer": ("choice", ("penultimate", "reference"), None),
     "quantize": ("bool", None, None),
+    "memory_gb": ("float", 0.0, _INF),   # 0: measure the device's memory (lis_jax/memory.py)
 }
 
 

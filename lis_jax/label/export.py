@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from lis_jax import context, errors, images, io, spec
+from lis_jax import context, errors, images, io, memory, spec
 from lis_jax.generators import base
 from lis_jax.label import layout, masks, page
 
@@ -73,6 +73,11 @@ def _generate(G, key, cls, idx, psi, small):
   return ws, images.to_uint8(img), images.to_uint8(segment.resize_images(img, small))
 
 
+def _generate_rows(G, key, psi, rows, small):
+  """`_generate` with (classes, indices) as one batch of rows (memory.choose_batch's form)."""
+  return _generate(G, key, rows[0], rows[1], psi, small)
+
+
 def _write(path: str, data: bytes) -> None:
   with io.atomic_file(path, "wb") as f:
     f.write(data)
@@ -100,6 +105,11 @@ def export(ctx: context.RunContext, n: int, batch_size: int = 16) -> layout.Labe
           if not os.path.exists(d.w(layout.image_name(i, int(k))))]
   key = ctx.key("label")
   batch_size = max(1, min(batch_size, len(todo)))  # fixed shapes; no padding past the work
+  if todo:   # the most images per call that fit the memory (the same images at any batch)
+    batch_size = memory.choose_batch(
+        functools.partial(_generate_rows, small=res), (jax.ShapeDtypeStruct((batch_size,), np.int32),) * 2,
+        batch_size, G, key, jnp.float32(config.psi), budget=ctx.budget, call="export",
+        setting="--batch_size", stage="label export").batch
   for s in tqdm(range(0, len(todo), batch_size), desc="[label] export", unit="batch",
                 disable=not todo):
     chunk = todo[s:s + batch_size]

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lis_jax import batching
 from lis_jax import generators
+from lis_jax import memory
 from lis_jax.quantify import metrics, segment, selectivity
 
 
@@ -34,8 +34,8 @@ def _measure(G, seg_params, w, *, layers, resolution, num_parts, head_size, max_
   """
   ws = generators.broadcast_ws(w, G.num_ws)
   img = segment.resize_images(G.synthesis(ws), resolution)  # [B, R, R, 3]
-  logits = segment.apply_head(seg_params, segment.feature_stack(G, ws, layers, resolution),
-                              num_parts, head_size)
+  logits = segment.head_logits(seg_params, segment.layer_features(G, ws, layers), layers,
+                               resolution, num_parts, head_size)
   masks = metrics.with_object(jax.nn.one_hot(jnp.argmax(logits, -1), num_parts)[..., 1:])
   if truth:
     true = segment.resize_images(G.ground_truth(ws)["masks"], resolution)  # [B, R, R, num_parts]
@@ -45,8 +45,11 @@ def _measure(G, seg_params, w, *, layers, resolution, num_parts, head_size, max_
 
 
 def measure(G, seg: segment.Segmenter, w: np.ndarray, batch_size: int, max_components: int,
-            entropy: bool = True, truth: bool = False) -> dict:
-  """Part metrics of the images of w [N, w_dim], in fixed-size batches (one compile).
+            entropy: bool = True, truth: bool = False, setting: str = "quantify.batch_size",
+            budget: memory.Budget | None = None) -> dict:
+  """Part metrics of the images of w [N, w_dim], in fixed-size batches (one compile) of at
+  most `batch_size`: fewer when the memory budget (default: the device's) holds fewer;
+  `setting` is the config field named when even one image does not fit.
 
   Returns metrics.part_metrics' dict over the segmenter's parts and the object ([N, P + 1]
   or [N, P + 1, K]); with `truth`, also 'true.<metric>' from the world's true masks.
@@ -54,7 +57,9 @@ def measure(G, seg: segment.Segmenter, w: np.ndarray, batch_size: int, max_compo
   fn = functools.partial(_measure, layers=seg.layers, resolution=seg.resolution,
                          num_parts=seg.num_parts, head_size=seg.size, max_components=max_components,
                          entropy=entropy, truth=truth)
-  m = batching.map_batches(fn, np.asarray(w, np.float32), batch_size, G, seg.params)
+  m = memory.map_batches(fn, np.asarray(w, np.float32), batch_size, G, seg.params,
+                         budget=budget or memory.default_budget(), call="segment+measure",
+                         setting=setting, stage=setting.split(".")[0])
   if not truth:
     return m
   p = seg.num_parts  # P + 1 measured parts per mask source
@@ -92,11 +97,12 @@ def measured_parts(seg: segment.Segmenter) -> list[str]:
   return list(seg.part_names[1:]) + [metrics.OBJECT_PART]
 
 
-def measure_concepts(G, seg: segment.Segmenter, w: np.ndarray, batch_size: int, c) -> np.ndarray:
+def measure_concepts(G, seg: segment.Segmenter, w: np.ndarray, batch_size: int, c,
+                     setting: str = "quantify.batch_size") -> np.ndarray:
   """[N, P + 1, M'] concept values of the images of w [N, w_dim], read with quantify
   section `c`'s settings (its concept set, its components), as the quantify stage reads
   them; M' = len(concept_sources(c)). Other stages measure images through this."""
-  m = measure(G, seg, w, batch_size, c.max_components, entropy=uses_entropy(c))
+  m = measure(G, seg, w, batch_size, c.max_components, entropy=uses_entropy(c), setting=setting)
   return selectivity.concept_values(m, concept_sources(c))
 
 

@@ -9,6 +9,14 @@ logits; it is trained with Adam (lr 1e-3, L2 weight decay 1e-3 as torch's Adam a
 it, learning rate x0.1 every 50 epochs) and cross entropy on a handful of labelled
 masks, one image per step.
 
+The feature stack is never materialised: the head's first convolution is linear in its
+input channels, so it is applied layer by layer (`head_logits`: each layer's features
+upsampled, standardised and convolved with its slice of the kernel, the results summed),
+and only the selected layers' features at their own resolution are kept
+(`layer_features`). `feature_stack` + `apply_head` is the reference path (the
+concatenated stack, as the reference builds it), used by tests to check the fast one.
+Batches of the segmenter's calls come from the memory budget (lis_jax/memory.py).
+
 Two additions: the features are standardised per channel with the mean / std of the
 training features (stored with the head), which makes one learning rate fit layers of
 very different scales; and training can use minibatches of several images.
@@ -35,8 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lis_jax import batching
 from lis_jax import io
+from lis_jax import memory
 from lis_jax.generators.base import GroundTruthWorld
 
 CHECKPOINT_KIND = "part_segmenter"
@@ -67,15 +75,20 @@ class FewShotHead(nn.Module):
   Attributes:
     num_parts: output classes (background included).
     size: 'XS', 'S', 'M' or 'L' (see HEAD_DILATIONS / HEAD_CHANNELS).
+    start: the first convolution applied (1: the head after its first convolution and
+      LeakyReLU, for `head_logits`, which applies that one layer by layer).
   """
   num_parts: int
   size: str = "S"
+  start: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     dilations = HEAD_DILATIONS[self.size]
     widths = HEAD_CHANNELS[self.size] + (self.num_parts,)
     for i, (d, c) in enumerate(zip(dilations, widths)):
+      if i < self.start:
+        continue
       x = nn.Conv(c, (3, 3), kernel_dilation=(d, d), padding=[(d, d), (d, d)], name=f"conv{i}")(x)
       if i < len(widths) - 1:
         x = nn.leaky_relu(x, 0.2)
@@ -145,6 +158,84 @@ def apply_head(params: Mapping[str, Any], feats: jax.Array, num_parts: int, size
   return FewShotHead(num_parts, size).apply({"params": params["head"]}, x)
 
 
+def layer_features(G: Any, ws: jax.Array, layers: Sequence[str]) -> dict:
+  """The selected layers' synthesis features at their own resolution.
+
+  Args:
+    G: generator; ws: [N, num_ws, w_dim]; layers: names of `G.synthesis_features` entries.
+  Returns:
+    {name: [N, h, w, C] float32} for the names in `layers`.
+  """
+  feats = G.synthesis_features(ws)
+  return {name: feats[name].astype(jnp.float32) for name in layers}
+
+
+def upsample(f: jax.Array, size: int) -> jax.Array:
+  """[N, h, w, C] -> [N, size, size, C], nearest (as `feature_stack`)."""
+  return jax.image.resize(f, (f.shape[0], size, size, f.shape[-1]), "nearest")
+
+
+def head_logits(params: Mapping[str, Any], feats: Mapping[str, jax.Array], layers: Sequence[str],
+                size: int, num_parts: int, head_size: str) -> jax.Array:
+  """`apply_head(params, feature_stack(...))` without the stack: part logits [N, size, size, P].
+
+  The first convolution is a sum over input channels, so it runs layer by layer on each
+  layer's upsampled, standardised features with that layer's slice of the kernel; only
+  one layer is upsampled at a time. When the layers have fewer channels in all than the
+  convolution has outputs, the (then smaller) stack is built instead.
+
+  Args:
+    params: {'head', 'feat_mean' [C], 'feat_std' [C]} (C = the layers' channels, in order).
+    feats: `layer_features(G, ws, layers)`: {name: [N, h, w, C_l]}.
+    layers: the order of the layers in the stack.
+    size: the side the features are upsampled to.
+  """
+  if params["feat_mean"].shape[0] <= HEAD_CHANNELS[head_size][0]:
+    # Fewer feature channels than the first convolution's outputs: the stack is the
+    # smaller intermediate (its per-layer partial sums would be larger).
+    return apply_head(params, jnp.concatenate([upsample(feats[n], size) for n in layers], -1),
+                      num_parts, head_size)
+  conv0 = params["head"]["conv0"]
+  d = HEAD_DILATIONS[head_size][0]
+  acc, c0 = None, 0
+  for name in layers:
+    f = upsample(feats[name], size)
+    c = f.shape[-1]
+    x = (f - params["feat_mean"][c0:c0 + c]) / params["feat_std"][c0:c0 + c]
+    y = jax.lax.conv_general_dilated(x, conv0["kernel"][:, :, c0:c0 + c], (1, 1), [(d, d), (d, d)],
+                                     rhs_dilation=(d, d), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    acc, c0 = (y if acc is None else acc + y), c0 + c
+  x = nn.leaky_relu(acc + conv0["bias"], 0.2)
+  rest = {k: v for k, v in params["head"].items() if k != "conv0"}
+  return FewShotHead(num_parts, head_size, start=1).apply({"params": rest}, x)
+
+
+def feature_moments(feats: Mapping[str, np.ndarray], layers: Sequence[str], size: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel mean and std [C] of the upsampled features, one layer and image at a time.
+
+  Equals `feature_stack(...).mean((0, 1, 2))` / `.std((0, 1, 2))` (two passes, sums in
+  float64) without the stack.
+  """
+  means, stds = [], []
+  for name in layers:
+    f = feats[name]
+    n = f.shape[0] * size * size
+    s = sum(np.asarray(_channel_sum(f[i:i + 1], size), np.float64) for i in range(f.shape[0]))
+    mean = (s / n).astype(np.float32)
+    ss = sum(np.asarray(_channel_sum(f[i:i + 1], size, mean), np.float64) for i in range(f.shape[0]))
+    means.append(mean)
+    stds.append(np.sqrt(ss / n).astype(np.float32))
+  return np.concatenate(means), np.concatenate(stds)
+
+
+@functools.partial(jax.jit, static_argnames=("size",))
+def _channel_sum(f, size, centre=None):
+  """Per-channel sum over pixels of upsample(f) [C], or of its squared deviation from centre."""
+  u = upsample(jnp.asarray(f), size)
+  return (u if centre is None else jnp.square(u - centre)).sum((0, 1, 2))
+
+
 # ----------------------------------------------------------------------------- segmenter
 
 
@@ -168,8 +259,8 @@ class Segmenter:
 
   def logits(self, G: Any, ws: jax.Array) -> jax.Array:
     """ws [N, num_ws, w_dim] -> part logits [N, H, W, P] (call under jit)."""
-    feats = feature_stack(G, ws, self.layers, self.resolution)
-    return apply_head(self.params, feats, self.num_parts, self.size)
+    return head_logits(self.params, layer_features(G, ws, self.layers), self.layers,
+                       self.resolution, self.num_parts, self.size)
 
   def __call__(self, G: Any, ws: jax.Array) -> jax.Array:
     return jax.nn.softmax(self.logits(G, ws), axis=-1)
@@ -192,13 +283,16 @@ def load(ckpt_dir: str) -> Segmenter:
   return Segmenter(params, meta)
 
 
-def train(feats: np.ndarray, labels: np.ndarray, *, num_parts: int, size: str, key: jax.Array,
-          epochs: int = 100, batch_size: int = 1, lr: float = 1e-3, weight_decay: float = 1e-3,
-          lr_step_epochs: int = 50, lr_gamma: float = 0.1) -> tuple[dict, np.ndarray]:
+def train(feats: np.ndarray | Mapping[str, np.ndarray], labels: np.ndarray, *, num_parts: int,
+          size: str, key: jax.Array, epochs: int = 100, batch_size: int = 1, lr: float = 1e-3,
+          weight_decay: float = 1e-3, lr_step_epochs: int = 50, lr_gamma: float = 0.1,
+          layers: Sequence[str] = ()) -> tuple[dict, np.ndarray]:
   """Trains a FewShotHead on features and label maps (the reference's recipe by default).
 
   Args:
-    feats: [M, H, W, C] feature stacks of the labelled images.
+    feats: [M, H, W, C] feature stacks of the labelled images; or, with `layers`, their
+      `layer_features` {name: [M, h, w, C_l]} (upsampled to H x W one layer at a time
+      inside each step: the stack is never built).
     labels: [M, H, W] int labels in [0, num_parts).
     num_parts: P, output classes.
     size: head size ('XS', 'S', 'M', 'L').
@@ -207,26 +301,40 @@ def train(feats: np.ndarray, labels: np.ndarray, *, num_parts: int, size: str, k
     batch_size: images per step (1 = the reference).
     lr, weight_decay: Adam learning rate and L2 penalty (added to the gradient, as torch).
     lr_step_epochs, lr_gamma: learning rate times lr_gamma every lr_step_epochs epochs.
+    layers: the order of the layers in the stack, when `feats` is a dict.
   Returns:
     params {'head', 'feat_mean' [C], 'feat_std' [C]} (numpy leaves), and the mean
     training loss of each epoch [epochs].
   """
-  feats = np.asarray(feats, np.float32)
   labels = np.asarray(labels, np.int32)
-  m = feats.shape[0]
-  if labels.shape != feats.shape[:3]:
-    raise SegmentationError(f"labels {labels.shape} do not match features {feats.shape[:3]}")
+  res = labels.shape[-1]
+  if layers:   # Layer by layer: standardisation and the first convolution inside the step.
+    x_all = {name: jnp.asarray(feats[name], jnp.float32) for name in layers}
+    mean, std = feature_moments(x_all, layers, res)
+    std = std + 1e-6
+    shape = (x_all[layers[0]].shape[0], res, res, int(mean.shape[0]))
+    stats = (jnp.asarray(mean), jnp.asarray(std))
+    logits_fn = lambda p, x: head_logits({"head": p, "feat_mean": stats[0], "feat_std": stats[1]},
+                                         x, layers, res, num_parts, size)
+  else:
+    feats = np.asarray(feats, np.float32)
+    shape = feats.shape
+    mean = feats.mean((0, 1, 2))
+    std = feats.std((0, 1, 2)) + 1e-6
+    x_all = jnp.asarray((feats - mean) / std)
+    logits_fn = lambda p, x: model.apply({"params": p}, x)
+  m = shape[0]
+  if labels.shape != shape[:3]:
+    raise SegmentationError(f"labels {labels.shape} do not match features {shape[:3]}")
   if labels.min() < 0 or labels.max() >= num_parts:
     raise SegmentationError(f"labels must lie in [0, {num_parts}), got [{labels.min()}, {labels.max()}]")
   batch_size = max(1, min(batch_size, m))
-  mean = feats.mean((0, 1, 2))
-  std = feats.std((0, 1, 2)) + 1e-6
-  x_all = jnp.asarray((feats - mean) / std)
   y_all = jnp.asarray(labels)
   steps_per_epoch = m // batch_size
   model = FewShotHead(num_parts, size)
   init_key, shuffle_key = jax.random.split(key)
-  head = model.init(init_key, x_all[:1])["params"]
+  # The kernels' shapes depend on the channels only: the same draws as on a full image.
+  head = model.init(init_key, jnp.zeros((1, 8, 8, shape[-1]), jnp.float32))["params"]
   schedule = optax.exponential_decay(lr, transition_steps=lr_step_epochs * steps_per_epoch,
                                      decay_rate=lr_gamma, staircase=True)
   tx = optax.chain(optax.add_decayed_weights(weight_decay), optax.scale_by_adam(),
@@ -234,14 +342,15 @@ def train(feats: np.ndarray, labels: np.ndarray, *, num_parts: int, size: str, k
   opt_state = tx.init(head)
 
   def loss_fn(p, x, y):
-    logits = model.apply({"params": p}, x)
+    logits = logits_fn(p, x)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
   # A Python loop over jitted steps: on XLA:CPU, convolutions inside lax.scan run ~30x
   # slower than the same step called from Python.
   @jax.jit
   def step(p, s, idx, x_all, y_all):  # Data as arguments: never baked in as constants.
-    loss, g = jax.value_and_grad(loss_fn)(p, x_all[idx], y_all[idx])
+    x = jax.tree_util.tree_map(lambda a: a[idx], x_all)
+    loss, g = jax.value_and_grad(loss_fn)(p, x, y_all[idx])
     upd, s = tx.update(g, s, p)
     return optax.apply_updates(p, upd), s, loss
 
@@ -354,37 +463,51 @@ def sample_ws(G: Any, classes: np.ndarray, n: int, psi: float, key: jax.Array) -
 
 def fit(G: Any, ws_train: jax.Array, labels_train: np.ndarray, part_names: Sequence[str], *,
         layers: Any, size: str, key: jax.Array, epochs: int, batch_size: int, lr: float,
-        weight_decay: float, lr_step_epochs: int, lr_gamma: float) -> Segmenter:
-  """Features of the labelled ws, a trained head, wrapped as a Segmenter."""
+        weight_decay: float, lr_step_epochs: int, lr_gamma: float,
+        budget: memory.Budget | None = None) -> Segmenter:
+  """Features of the labelled ws (each layer at its own resolution), a trained head, wrapped
+  as a Segmenter. budget: the memory the feature calls may use (default: the device's)."""
   names = list(jax.eval_shape(G.synthesis_features, ws_train[:1]).keys())
   layers = select_layers(names, layers)
   res = int(labels_train.shape[-1])
-  feats = np.asarray(_features_jit(G, ws_train, layers, res))
+  fn = functools.partial(_features_jit, layers=layers)
+  feats = memory.map_batches(fn, np.asarray(ws_train), int(ws_train.shape[0]), G,
+                             budget=budget or memory.default_budget(), call="segmenter features",
+                             setting="quantify.layers", stage="quantify")
   params, _ = train(feats, labels_train, num_parts=len(part_names), size=size, key=key, epochs=epochs,
-                 batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                 lr_step_epochs=lr_step_epochs, lr_gamma=lr_gamma)
+                    batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                    lr_step_epochs=lr_step_epochs, lr_gamma=lr_gamma, layers=layers)
   meta = {"layers": list(layers), "size": size, "resolution": res, "part_names": list(part_names),
-          "in_channels": int(feats.shape[-1]), "n_labelled": int(feats.shape[0]),
+          "in_channels": int(params["feat_mean"].shape[0]), "n_labelled": int(labels_train.shape[0]),
           "epochs": epochs, "batch_size": batch_size}
   return Segmenter(params, meta)
 
 
-@functools.partial(jax.jit, static_argnames=("layers", "size"))
-def _features_jit(G, ws, layers, size):
-  return feature_stack(G, ws, layers, size)
+@functools.partial(jax.jit, static_argnames=("layers",))
+def _features_jit(G, ws, layers):
+  return layer_features(G, ws, layers)
 
 
 @functools.partial(jax.jit, static_argnames=("layers", "size", "num_parts", "head_size"))
 def _predict(G, params, ws, layers, size, num_parts, head_size):
-  feats = feature_stack(G, ws, layers, size)
-  return jnp.argmax(apply_head(params, feats, num_parts, head_size), -1).astype(jnp.int32)
+  logits = head_logits(params, layer_features(G, ws, layers), layers, size, num_parts, head_size)
+  return jnp.argmax(logits, -1).astype(jnp.int32)
 
 
-def predict_labels(seg: Segmenter, G: Any, ws: jax.Array, batch_size: int = 32) -> np.ndarray:
-  """Argmax part labels [N, H, W] int32 for `G.synthesis(ws)`, in fixed-size batches."""
+def predict_labels(seg: Segmenter, G: Any, ws: jax.Array, batch_size: int = 32,
+                   budget: memory.Budget | None = None, setting: str = "quantify.batch_size"
+                   ) -> np.ndarray:
+  """Argmax part labels [N, H, W] int32 for `G.synthesis(ws)`, in fixed-size batches.
+
+  batch_size: the most images per call; fewer when the memory budget (default: the
+  device's, lis_jax/memory.py) holds fewer. setting: the config field named when even
+  one image does not fit.
+  """
   fn = functools.partial(_predict, layers=seg.layers, size=seg.resolution, num_parts=seg.num_parts,
                          head_size=seg.size)
-  return batching.map_batches(fn, np.asarray(ws), batch_size, G, seg.params)
+  return memory.map_batches(fn, np.asarray(ws), batch_size, G, seg.params,
+                            budget=budget or memory.default_budget(), call="segmenter predict",
+                            setting=setting, stage="quantify")
 
 
 def evaluate(seg: Segmenter, G: Any, ws: jax.Array, labels: np.ndarray) -> dict:

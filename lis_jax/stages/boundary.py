@@ -206,7 +206,8 @@ def _batch(ctx, c, seg, link, cf: dict, ids: np.ndarray, batch: int) -> dict:
   unique = (first == np.arange(t_n)).reshape(-1)
   qc = ctx.cfg("quantify")
   m = measuring.measure(G, seg, np.concatenate([w_pts.reshape(-1, d)[unique], nul.reshape(-1, d)]),
-                        c.measure_batch, qc.max_components, entropy=measuring.uses_entropy(qc))
+                        c.measure_batch, qc.max_components, entropy=measuring.uses_entropy(qc),
+                        setting="boundary.measure_batch")
   out = {k: arr[k] for k in ("search", "origin", "target")}
   out.update({k: res[k] for k in ("t_leave", "t_reach", "width", "leave_found", "reach_found", "pred_grid")})
   out["t_points"] = t_pts

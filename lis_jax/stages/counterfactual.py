@@ -28,6 +28,7 @@ import numpy as np
 from lis_jax import blocks
 from lis_jax import distribute
 from lis_jax import images
+from lis_jax import memory
 from lis_jax import io
 from lis_jax import page
 from lis_jax import errors, generators
@@ -273,11 +274,12 @@ def run(ctx) -> None:
     active = np.arange(batch) < ids.size
     shift0 = initial_shift(key, jnp.asarray(pad["search"]), clf.feature_dim)
     ins = distribute.shard_batch((pad["r"], pad["origin"], pad["target"], shift0, active), mesh)
-    res = _search(G_r, clf_r, link_r, *ins, **statics)
-    errors.check_finite(f"counterfactual batch {b} shift", res["shift"])
-    w_b, r_b = distribute.shard_batch((pad["w_before"], pad["r"]), mesh)
-    post = _outcome(G_r, clf_r, link_r, w_b, r_b, res["shift"], top_units=c.top_units)
-    host = {k: np.asarray(v)[:ids.size] for k, v in {**res, **post}.items()}
+    with memory.guard(NAME, "search", batch, "counterfactual.batch_size"):
+      res = _search(G_r, clf_r, link_r, *ins, **statics)
+      errors.check_finite(f"counterfactual batch {b} shift", res["shift"])
+      w_b, r_b = distribute.shard_batch((pad["w_before"], pad["r"]), mesh)
+      post = _outcome(G_r, clf_r, link_r, w_b, r_b, res["shift"], top_units=c.top_units)
+      host = {k: np.asarray(v)[:ids.size] for k, v in {**res, **post}.items()}
     arrays.update(host)
     if c.save_png:
       for i, s in enumerate(ids):

@@ -331,7 +331,8 @@ def _part_metric_values(ctx, data, rows: np.ndarray) -> tuple[list[str], np.ndar
   measured with quantify's segmenter (quantify is then required: `_requires_when`)."""
   seg = ctx.result("quantify").segmenter()
   qc = ctx.cfg("quantify")
-  vals = measuring.measure_concepts(ctx.G, seg, data.w[rows], ctx.cfg(NAME).render_batch_size, qc)   # [n, P, M']
+  vals = measuring.measure_concepts(ctx.G, seg, data.w[rows], ctx.cfg(NAME).render_batch_size, qc,
+                                    setting="invariances.render_batch_size")   # [n, P, M']
   names = [f"{p}.{k}" for p in measuring.measured_parts(seg) for k in measuring.concept_sources(qc)]
   return names, vals.reshape(len(rows), -1)
 

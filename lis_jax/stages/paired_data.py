@@ -12,6 +12,7 @@ Outputs: WORKSPACE.md, section `paired_data/`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from typing import Any
@@ -22,6 +23,7 @@ import numpy as np
 
 from lis_jax import distribute
 from lis_jax import io
+from lis_jax import memory
 from lis_jax import errors
 from lis_jax import validate as V
 from lis_jax.stages.base import Stage
@@ -101,6 +103,20 @@ def generate(G: Any, clf: Any, key: jax.Array, cls: jax.Array, index: jax.Array,
 _generate = jax.jit(generate, static_argnames=("psi",))
 
 
+def _generate_rows(G, clf, key, rows, psi):
+  """`_generate` with (cls, index) as one batch of rows (memory.choose_batch's form)."""
+  return _generate(G, clf, key, rows[0], rows[1], psi=psi)
+
+
+def fitting_batch(ctx, G, clf, key, max_batch: int) -> int:
+  """The largest batch <= max_batch (a multiple of the device count) that fits the memory."""
+  rows = (jax.ShapeDtypeStruct((max_batch,), np.int32),) * 2
+  return memory.choose_batch(functools.partial(_generate_rows, psi=ctx.config.psi), rows, max_batch,
+                             G, clf, key, budget=ctx.budget, call="generate",
+                             setting="paired_data.batch_size", stage=NAME,
+                             multiple=distribute.round_up(1, ctx.mesh)).batch
+
+
 def _shard_name(c: int, k: int) -> str:
   return f"shard_c{c:04d}_{k:05d}.npz"
 
@@ -166,8 +182,9 @@ def run(ctx) -> None:
 
   mesh = ctx.mesh
   batch = distribute.round_up(p.batch_size, mesh)
-  G_r, clf_r = distribute.replicate((G, clf), mesh)
   key = ctx.key(NAME)
+  batch = fitting_batch(ctx, G, clf, key, batch)
+  G_r, clf_r = distribute.replicate((G, clf), mesh)
   me, count = ctx.process_index, ctx.process_count
   cache: dict[str, int] = {}
   # Chunk k of the i-th class belongs to process (k + i) % count: balanced over the classes.
@@ -187,8 +204,9 @@ def run(ctx) -> None:
         before = [_kept(out_dir, _shard_name(c, j), cache) for j in range(k)]
         if sum(p.shard_size if n is None else n for n in before) >= p.n_per_class:
           return False   # chunks of other processes may suffice: decide once they exist
-        arrays = generate_chunk(G_r, clf_r, key, c, k * p.shard_size, p.shard_size, batch,
-                                ctx.config.psi, mesh)
+        with memory.guard(NAME, "generate", batch, "paired_data.batch_size"):
+          arrays = generate_chunk(G_r, clf_r, key, c, k * p.shard_size, p.shard_size, batch,
+                                  ctx.config.psi, mesh)
         n_img += p.shard_size
         pred = arrays["logits"].argmax(-1)
         keep = (pred == c) if p.keep_only_correct else np.ones_like(pred, bool)

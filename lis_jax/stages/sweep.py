@@ -34,6 +34,7 @@ from lis_jax import blocks
 from lis_jax import distribute
 from lis_jax import images
 from lis_jax import io
+from lis_jax import memory
 from lis_jax import page
 from lis_jax import errors, generators, spec
 from lis_jax.generators.base import GroundTruthWorld
@@ -163,15 +164,7 @@ def sweep_block(G: Any, clf: Any, link: Any, r_start: jax.Array, units: jax.Arra
     chunks = jax.lax.with_sharding_constraint(
         chunks, NamedSharding(mesh, PartitionSpec(None, distribute.DATA_AXIS, None)))
 
-  def process(wb):
-    img = G.synthesis(generators.broadcast_ws(wb, G.num_ws))  # [B, H, W, 3]
-    out = {"img": images.to_uint8(img)}
-    if reclassify:
-      r = clf.features(clf.preprocess(img))                 # [B, D]
-      out.update(r_prime=r, logits=clf.head(r))
-    return out
-
-  res = jax.lax.map(process, chunks)
+  res = jax.lax.map(lambda wb: sweep_chunk(G, clf, wb, reclassify=reclassify), chunks)
   res = jax.tree_util.tree_map(lambda x: x.reshape(-1, *x.shape[2:])[:m].reshape(U, S, T, *x.shape[2:]), res)
   out = {"w": w, "img": res["img"]}
   if reclassify:
@@ -186,6 +179,16 @@ def sweep_block(G: Any, clf: Any, link: Any, r_start: jax.Array, units: jax.Arra
 
 
 _sweep_block = jax.jit(sweep_block, static_argnames=("batch_size", "reclassify", "mesh"))
+
+
+def sweep_chunk(G: Any, clf: Any, wb: jax.Array, *, reclassify: bool) -> dict:
+  """One synthesis call of a block: w [B, w_dim] -> img uint8 [B, H, W, 3] (+ r_prime, logits)."""
+  img = G.synthesis(generators.broadcast_ws(wb, G.num_ws))  # [B, H, W, 3]
+  out = {"img": images.to_uint8(img)}
+  if reclassify:
+    r = clf.features(clf.preprocess(img))                 # [B, D]
+    out.update(r_prime=r, logits=clf.head(r))
+  return out
 
 
 def sweep_values(r: np.ndarray, units: np.ndarray, n_steps: int, mode: str = "minmax",
@@ -341,6 +344,10 @@ def run(ctx) -> None:
 
   mesh = ctx.mesh
   batch = distribute.round_up(c.batch_size, mesh)
+  batch = memory.choose_batch(functools.partial(sweep_chunk, reclassify=c.reclassify),
+                              jax.ShapeDtypeStruct((batch, G.w_dim), np.float32), batch, G, clf,
+                              budget=ctx.budget, call="synthesis", setting="sweep.batch_size",
+                              stage=NAME, multiple=distribute.round_up(1, mesh)).batch
   G_r, clf_r, link_r, r_start_d, cls_d = distribute.replicate((G, clf, link, r_start, cls_start), mesh)
   blocks_ = store(out_dir)
   mine = ctx.my_items(n_blocks)   # this process's blocks (all of them with one process)
@@ -356,7 +363,8 @@ def run(ctx) -> None:
 
   t0, done = time.time(), 0
   with ctx.progress(total=mine.size, initial=mine.size - len(todo), unit="block", desc="sweep") as bar, \
-      concurrent.futures.ThreadPoolExecutor(1) as pool:
+      concurrent.futures.ThreadPoolExecutor(1) as pool, \
+      memory.guard(NAME, "synthesis", batch, "sweep.batch_size"):
     pending = None
     writing = None
     for b in todo + [None]:
