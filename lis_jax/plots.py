@@ -235,3 +235,34 @@ def image_strips(rows: Sequence[tuple[str, Sequence[tuple[str, np.ndarray]]]]):
         ax.set_ylabel(label, fontsize=6)
   fig.tight_layout()
   return fig
+
+
+def motion_strips(rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]],
+                  parts: Sequence[str], gain: float = 3.0):
+  """Sweep strips with one arrow per part and step: the part's motion to the next image.
+
+  rows: (label, images [T, H, W, 3] in [0, 1], centroids [T-1, P, 2], displacements
+  [T-1, P, 2]) per sweep; (x, y) pixels of the image, as `analysis.motion.part_motion`
+  gives them. Image t carries the arrows of the step t -> t+1, from each part's centroid
+  along `gain` x its mean displacement (NaN: the part is absent, no arrow).
+  """
+  n = max(len(rows), 1)
+  t, h, w = rows[0][1].shape[:3] if rows else (1, 1, 1)
+  fig, axes = plt.subplots(n, 1, figsize=(min(FIG_WIDTH, 1.3 * t), 1.3 * n + 0.4), squeeze=False)
+  for ax, (label, img, cen, disp) in zip(axes[:, 0], rows):
+    ax.imshow(np.clip(np.concatenate(list(img), axis=1), 0, 1), interpolation="nearest")
+    for step in range(cen.shape[0]):
+      for p in range(cen.shape[1]):
+        c, d = cen[step, p], disp[step, p] * gain
+        if np.isfinite(c).all() and np.isfinite(d).all():
+          ax.annotate("", xy=(c[0] + d[0] + step * w, c[1] + d[1]), xytext=(c[0] + step * w, c[1]),
+                      arrowprops=dict(arrowstyle="->", color=PART_COLOURS[p % len(PART_COLOURS)], lw=1.2))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_ylabel(label, fontsize=7)
+  if rows:
+    handles = [plt.Line2D([], [], color=PART_COLOURS[p % len(PART_COLOURS)], lw=1.5) for p in range(len(parts))]
+    fig.legend(handles, list(parts), loc="lower center", ncol=len(parts), fontsize=7, frameon=False)
+  fig.suptitle(f"part motion along the sweep (arrows x{gain:g}: to the next image)", fontsize=8)
+  fig.tight_layout(rect=(0, 0.06, 1, 1))
+  return fig

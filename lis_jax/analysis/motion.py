@@ -138,8 +138,7 @@ def dense_flow(f1: jnp.ndarray, f2: jnp.ndarray, levels: int = LEVELS, iters: in
     a, b = pyr[lvl]
     if flow.shape[1:3] != a.shape[1:3]:                                # upsample x2
       flow = 2.0 * jax.image.resize(flow, (n,) + a.shape[1:3] + (2,), "linear")
-    for _ in range(iters):
-      flow = _lk_update(a, b, flow, sigma)
+    flow = jax.lax.fori_loop(0, iters, lambda _, f: _lk_update(a, b, f, sigma), flow)  # one compiled body
   return flow
 
 
@@ -255,6 +254,91 @@ def consecutive_motion(G, ws: jnp.ndarray, masks: jnp.ndarray, features: str = F
   flow = upsample_flow(flow, masks.shape[2])
   out = {"flow": flow, **part_motion(flow, pair(masks[:, :-1]))}
   return {k: v.reshape((s, t - 1) + v.shape[1:]) for k, v in out.items()}
+
+
+OBJECT = "object"   # the union of the parts (1 - background), measured like a part
+
+
+def with_object(masks: jnp.ndarray) -> jnp.ndarray:
+  """Background-first part weights [N, H, W, P] -> [N, H, W, P]: the parts without the
+  background, then the object (1 - background weight)."""
+  return jnp.concatenate([masks[..., 1:], 1.0 - masks[..., :1]], -1)
+
+
+def sweep_motion(G, w: jnp.ndarray, masks_fn, features: str = FEATURES, **flow_kw) -> dict:
+  """Part motion between consecutive images of sweeps (call under jit; batched over sweeps).
+
+  Args:
+    G: a generator. w: [B, T, w_dim] one w per image (broadcast over G's ws).
+    masks_fn: ws [N, num_ws, w_dim] -> [N, r, r, P] background-first part weights of the
+      images (a segmenter's probabilities, the world's masks); resized to the image.
+    features, **flow_kw: see `sweep_features`, `dense_flow`.
+  Returns:
+    `part_motion`'s fields [B, T-1, P(, ...)] in pixels of the image, P = the parts without
+    the background, then OBJECT; and 'centroid_last' [B, P, 2]: each part's centroid in
+    the last image (for the centroid-shift baseline).
+  """
+  b, t, d = w.shape
+  ws = jnp.broadcast_to(w.reshape(b * t, 1, d), (b * t, G.num_ws, d))
+  m = with_object(masks_fn(ws).astype(jnp.float32))                      # [BT, r, r, P]
+  if m.shape[1] != G.resolution:
+    m = jax.image.resize(m, (m.shape[0], G.resolution, G.resolution, m.shape[-1]), "linear")
+  names = features.split("+")
+  rest = "+".join(n for n in names if n != "masks")
+  f = [m] if "masks" in names else []
+  f = jnp.concatenate(f + ([sweep_features(G, ws, rest)] if rest else []), -1)   # [BT, R, R, C]
+  f, m = f.reshape((b, t) + f.shape[1:]), m.reshape((b, t) + m.shape[1:])
+  pair = lambda x: x.reshape((b * (t - 1),) + x.shape[2:])
+  flow = dense_flow(pair(f[:, :-1]), pair(f[:, 1:]), **flow_kw)
+  out = {k: v.reshape((b, t - 1) + v.shape[1:]) for k, v in part_motion(flow, pair(m[:, :-1])).items()}
+  last = m[:, -1]                                                        # [B, R, R, P]
+  out["centroid_last"] = (jnp.einsum("nhwp,hwi->npi", last, pixel_grid(G.resolution, G.resolution))
+                          / jnp.maximum(last.sum((1, 2)), 1e-9)[..., None])
+  return out
+
+
+def sweep_totals(out: dict) -> dict[str, np.ndarray]:
+  """Per sweep and part, the motion from the first to the last image.
+
+  Args: `sweep_motion`'s output ([B, T-1, P] fields, numpy or jax).
+  Returns numpy: 'displacement' [B, P, 2] (sum of the consecutive mean displacements,
+  pixels), 'rotation' [B, P] (sum, radians), 'scale' [B, P] (product), 'centroid_shift'
+  [B, P, 2] (the part's centroid, last minus first image); NaN where the part is missing
+  (under 3 pixels of weight) in some image but the last.
+  """
+  d = np.asarray(out["displacement"], np.float64)
+  return {"displacement": d.sum(1), "rotation": np.asarray(out["rotation"], np.float64).sum(1),
+          "scale": np.prod(np.asarray(out["scale"], np.float64), axis=1),
+          "centroid_shift": (np.asarray(out["centroid_last"], np.float64)
+                             - np.asarray(out["centroid"], np.float64)[:, 0])}
+
+
+POSE_FACTORS = ("pos_x", "pos_y", "rotation", "scale")
+
+
+def true_pose_change(G, w: np.ndarray) -> dict[str, np.ndarray] | None:
+  """The object's true motion from the first to the last image of sweeps, on a world whose
+  factors include POSE_FACTORS (the built-in 'shapes'; None elsewhere).
+
+  Args: w [B, T, w_dim]. Returns 'displacement' [B, 2] pixels (the pose centre's shift),
+  'rotation' [B] radians, 'scale' [B] (ratio last / first), 'class_change' [B] (total
+  variation between the class weights of the first and last image, 0..1: above ~0.1 the
+  object's shape morphs, and an affine fit measures that deformation as well as the pose).
+  """
+  if not hasattr(G, "decode_factors") or not set(POSE_FACTORS) <= set(getattr(G, "factor_ranges", {})):
+    return None
+  ends = np.asarray(w)[:, [0, -1]]                                       # [B, 2, w_dim]
+  b, d = ends.shape[0], ends.shape[-1]
+  ws = jnp.broadcast_to(jnp.asarray(ends.reshape(2 * b, 1, d)), (2 * b, G.num_ws, d))
+  f, cw = G.decode_factors(ws)
+  f = {k: np.asarray(f[k], np.float64).reshape(b, 2) for k in POSE_FACTORS}
+  cw = np.asarray(cw, np.float64).reshape(b, 2, -1)
+  half = G.resolution / 2                                                # [-1, 1] -> pixels
+  return {"displacement": np.stack([f["pos_x"][:, 1] - f["pos_x"][:, 0],
+                                    f["pos_y"][:, 1] - f["pos_y"][:, 0]], -1) * half,
+          "rotation": f["rotation"][:, 1] - f["rotation"][:, 0],
+          "scale": f["scale"][:, 1] / f["scale"][:, 0],
+          "class_change": 0.5 * np.abs(cw[:, 1] - cw[:, 0]).sum(-1)}
 
 
 def pose_flow(pose1: dict, pose2: dict, resolution: int) -> jnp.ndarray:
