@@ -4,7 +4,8 @@ Sweeps of the 'shapes' world that move one pose factor (pos_x: translation; rota
 scale) over `--steps` images, the other factors fixed at random values; each pair of
 consecutive images has a known true flow (`motion.pose_flow` of the decoded poses). Per
 part (the world's masks of frame 1, > 0.5), the mean end-point error in pixels of:
-  flow      the dense flow (`motion.dense_flow` on --features)
+  flow      the dense flow (`motion.dense_flow` on --features; 'masks': the world's part
+            masks, as the motion stage matches them by default)
   affine    the flow of the part's affine fit (`motion.part_motion`)
   centroid  today's measure: every pixel of the part moves by its mask centroid's shift
   phasecorr a classical baseline: the translation found by phase correlation (numpy FFT,
@@ -12,7 +13,7 @@ part (the world's masks of frame 1, > 0.5), the mean end-point error in pixels o
 and the affine fit's error in rotation (degrees) and scale (ratio) against the truth.
 
 Usage:
-  python benchmarks/bench_motion.py --n 16 --steps 5 --features image,L2_64
+  python benchmarks/bench_motion.py --n 16 --steps 5 --features image,masks,L2_64
 """
 import argparse
 import time

@@ -235,6 +235,15 @@ def sweep_features(G, ws: jnp.ndarray, features: str = FEATURES) -> jnp.ndarray:
   return jnp.concatenate(out, -1)
 
 
+def flow_features(G, ws: jnp.ndarray, masks: jnp.ndarray, features: str) -> jnp.ndarray:
+  """`sweep_features`, where the name 'masks' stands for the part weights `masks`
+  [N, R, R, P'] of the images (at the image size): [N, R, R, C]."""
+  names = features.split("+")
+  rest = "+".join(n for n in names if n != "masks")
+  f = [masks] if "masks" in names else []
+  return jnp.concatenate(f + ([sweep_features(G, ws, rest)] if rest else []), -1)
+
+
 def consecutive_motion(G, ws: jnp.ndarray, masks: jnp.ndarray, features: str = FEATURES,
                        **flow_kw) -> dict[str, jnp.ndarray]:
   """Flow and part motion between consecutive images of sweeps.
@@ -242,12 +251,14 @@ def consecutive_motion(G, ws: jnp.ndarray, masks: jnp.ndarray, features: str = F
   Args:
     G: a generator. ws: [S, T, num_ws, w_dim] S sweeps of T steps.
     masks: [S, T, R, R, P] part masks (a segmenter's or the world's) of every image.
-    features: see `sweep_features`. **flow_kw: `dense_flow` settings.
+    features: see `sweep_features`; 'masks' (alone or joined by '+'): the masks themselves
+      (the parts without the background, and the object). **flow_kw: `dense_flow` settings.
   Returns:
     'flow' [S, T-1, R, R, 2] and the `part_motion` fields with leading [S, T-1].
   """
   s, t = ws.shape[:2]
-  f = sweep_features(G, ws.reshape((s * t,) + ws.shape[2:]), features)
+  m = masks.reshape((s * t,) + masks.shape[2:])
+  f = flow_features(G, ws.reshape((s * t,) + ws.shape[2:]), with_object(m), features)
   f = f.reshape((s, t) + f.shape[1:])
   pair = lambda x: x.reshape((s * (t - 1),) + x.shape[2:])
   flow = dense_flow(pair(f[:, :-1]), pair(f[:, 1:]), **flow_kw)
@@ -283,10 +294,7 @@ def sweep_motion(G, w: jnp.ndarray, masks_fn, features: str = FEATURES, **flow_k
   m = with_object(masks_fn(ws).astype(jnp.float32))                      # [BT, r, r, P]
   if m.shape[1] != G.resolution:
     m = jax.image.resize(m, (m.shape[0], G.resolution, G.resolution, m.shape[-1]), "linear")
-  names = features.split("+")
-  rest = "+".join(n for n in names if n != "masks")
-  f = [m] if "masks" in names else []
-  f = jnp.concatenate(f + ([sweep_features(G, ws, rest)] if rest else []), -1)   # [BT, R, R, C]
+  f = flow_features(G, ws, m, features)                                  # [BT, R, R, C]
   f, m = f.reshape((b, t) + f.shape[1:]), m.reshape((b, t) + m.shape[1:])
   pair = lambda x: x.reshape((b * (t - 1),) + x.shape[2:])
   flow = dense_flow(pair(f[:, :-1]), pair(f[:, 1:]), **flow_kw)
