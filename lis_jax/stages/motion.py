@@ -271,5 +271,5 @@ def summary(ctx) -> dict | None:
 
 
 STAGE = Stage(name=NAME, requires=("sweep",), default_config=default_config, run=run, load=load,
-              uses=("seed",), section=section, summary=summary, ignores=("batch_size",),
+              section=section, summary=summary, ignores=("batch_size",),
               requires_when=requires_when, rules=RULES)
