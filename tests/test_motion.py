@@ -146,3 +146,14 @@ def test_motion_stage_on_rigid_sweeps_beats_the_centroid_shift(world, tmp_path):
   html = motion_stage.section(ctx)
   assert "Motion of parts" in html and "<img" in html
   assert os.path.exists(tmp_path / "report" / "motion.png")
+
+
+def test_motion_stage_refuses_an_unknown_feature_layer_in_one_line(world, tmp_path):
+  from lis_jax import errors
+  from lis_jax.stages import motion as motion_stage, sweep
+  res = sweep.SweepResult(directory=str(tmp_path / "sweep"), rows=np.array([0]), cls=np.array([0]),
+                          r_start=np.zeros((1, 1)), units=[], n_blocks=1)
+  ctx = _Ctx(str(tmp_path), world, res)
+  ctx.cfg("motion").features = "masks+L9"
+  with pytest.raises(errors.PipelineError, match="motion.features='masks\\+L9'.*not 'image' nor a synthesis layer"):
+    motion_stage.run(ctx)

@@ -104,6 +104,10 @@ def run(ctx) -> None:
   pick = pick_starts(sw.cls, c.samples_per_unit)
   fn = jax.jit(lambda G, params, w: motion.sweep_motion(G, w, functools.partial(masks_fn, params),
                                                          c.features))
+  try:   # a wrong layer name in motion.features: one line, before any work
+    jax.eval_shape(fn, G, params, jax.ShapeDtypeStruct((1, 2, G.w_dim), np.float32))
+  except ValueError as e:
+    raise errors.PipelineError(f"motion.features={c.features!r}: {e}") from None
   store = _store(out_dir)
   t0 = time.time()
   todo = set(store.todo(sw.n_blocks))
