@@ -62,6 +62,10 @@ def get_config():
   config.invariances.part_metric_train = 0  # no part-metric read-out: quantify's measures cost
   config.invariances.part_metric_test = 0  # 0.1-0.4 s per image on 2 cores (factors are read out)
 
+  # motion: the world's own part masks (quantify's segmenter learns them from these too);
+  # the segmenter's would cost ~4 s per block of 32 sweeps on 2 cores (README, motion)
+  config.motion.masks = "ground_truth"
+
   config.boundary.n_points = 2  # path measured at t = 0 and 1 and at both crossings
   config.boundary.batch_size = 56  # 112 searches -> 2 batches
   return config
