@@ -33,7 +33,8 @@ def _run_notebook() -> dict:
   NotebookClient(nb, timeout=TIMEOUT_S, kernel_name="python3",
                  resources={"metadata": {"path": str(ROOT)}}).execute()
   text = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.output_type == "stream")
-  return json.loads(text.split("RESULT=", 1)[1])
+  figures = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+  return {**json.loads(text.split("RESULT=", 1)[1]), "figures": figures}
 
 
 def _true_pose(G, w: np.ndarray) -> dict:
@@ -55,6 +56,8 @@ def test_notebook_is_stored_without_outputs():
 
 def test_notebook_runs_and_its_part_motion_follows_the_world_truth():
   res = _run_notebook()
+  # visualize_unit (its strip and its bars), the motion arrows, visualize_different_units
+  assert res["figures"] >= 4, res["figures"]
   G = generators.load("shapes")
   w = np.asarray(res["sweep_w"], np.float32)                   # [B, T, w_dim]
   assert w.ndim == 3 and w.shape[0] >= 3, w.shape               # enough sweeps to judge
