@@ -242,13 +242,12 @@ def section(ctx) -> str | None:
   rows = [(f"unit {u}", *strips[u]) for u in [r["unit"] for r in top] if u in strips]
   fig = plots.motion_strips(rows, parts)
   png = plots.save(fig, ctx.out_dir("report"), "motion")
-  by_unit = {}
-  for r in res.rows:
-    by_unit.setdefault(r["unit"], {})[r["part"]] = r
-  cols = ["unit"] + [f"{p}: dx, dy px / rot deg / scale" for p in parts]
-  cell = lambda r: ("n/a" if not np.isfinite(r["displacement"]) else
-                    f"{r['dx']:+.1f}, {r['dy']:+.1f} / {r['rotation_deg']:+.1f} / {r['scale']:.3f}")
-  table = page.table(cols, [(u, *[cell(by_unit[u][p]) for p in parts]) for u in [r["unit"] for r in top]])
+  order = {u: k for k, u in enumerate(r["unit"] for r in top)}
+  shown = sorted((r for r in res.rows if r["unit"] in order), key=lambda r: (order[r["unit"]], parts.index(r["part"])))
+  fmt = lambda x, f: "n/a" if not np.isfinite(x) else format(x, f)
+  table = page.table(["unit", "part", "dx px", "dy px", "rotation deg", "scale", "samples"],
+                     [(r["unit"], r["part"], fmt(r["dx"], "+.2f"), fmt(r["dy"], "+.2f"),
+                       fmt(r["rotation_deg"], "+.1f"), fmt(r["scale"], ".3f"), r["n_samples"]) for r in shown])
   t = res.summary.get("truth")
   truth = "" if not t or not t["sweeps"] else (
       f"<p>Against the world's true pose change, over the {t['sweeps']} of {t['all_sweeps']} sweeps that keep "
