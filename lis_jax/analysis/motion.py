@@ -26,6 +26,12 @@ bench_motion.py): its synthesis layers carry the absolute pixel position (a posi
 encoding, as StyleGAN-XL's Fourier input layer does too), which does not move with the
 object and pulls the flow toward zero (translation EPE 0.96 px on 2.3 px steps with
 'L2_64' alone, 0.2 px with the image). `FEATURES = 'image'` is the default for that reason.
+A unit's sweep, though, also changes colours and the background, which breaks brightness
+constancy; there the part masks themselves are matched ('masks' in `sweep_motion` and
+`consecutive_motion`; the motion stage's default, README "Dense motion of parts").
+3. `sweep_motion` does both for batches of sweeps under one jit (images, masks, flow, fits);
+`sweep_totals` sums them from the first to the last image; `true_pose_change` is the
+built-in world's truth for them.
 
 Conventions: flow [N, H, W, 2] in pixels, (dx, dy) with x to the right and y down; the
 pixel p of frame 1 moves to p + flow[p] in frame 2. Validation against the built-in
