@@ -143,6 +143,12 @@ def test_motion_stage_on_rigid_sweeps_beats_the_centroid_shift(world, tmp_path):
   assert t["displacement_err_px"] <= STAGE_DISPLACEMENT_PX, t
   assert t["rotation_err_deg"] < t["centroid_rotation_err_deg"], t
   assert t["scale_err"] < t["centroid_scale_err"], t
+  # the stage's truth (decoded factors) is the rendered world's (G.ground_truth)
+  blk = out.blocks()[1]                                          # the rotation sweeps
+  w = np.asarray(bench_motion.sweeps(world, "rotation", 4, 4, seed=1))[:, [0, -1]]    # [4, 2, num_ws, w_dim]
+  f = world.ground_truth(jnp.asarray(w.reshape((-1,) + w.shape[2:])))["factors"]
+  rot = np.asarray(f["rotation"]).reshape(4, 2)
+  np.testing.assert_allclose(blk["true_rotation"].ravel(), rot[:, 1] - rot[:, 0], atol=1e-5)
   html = motion_stage.section(ctx)
   assert "Motion of parts" in html and "<img" in html
   assert os.path.exists(tmp_path / "report" / "motion.png")
