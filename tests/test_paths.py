@@ -109,8 +109,12 @@ def test_pair_frames_put_the_class_means_at_progress_zero_and_one():
     for c, want in ((o, 0.0), (t, 1.0)):
       assert float((mu[c] - f["origin_mean"][i]) @ f["axis"][i]) == pytest.approx(want, abs=1e-5)
   np.testing.assert_allclose(f["components"][0], f["components"][1])  # one fit per unordered pair
+  from sklearn.decomposition import PCA
   both = x[(cls == 0) | (cls == 1)]
-  np.testing.assert_allclose(f["mean"][0], both.mean(0), rtol=1e-6)
+  ref = PCA(2).fit(both)   # the pooled-scatter covariance is the union's own
+  np.testing.assert_allclose(f["mean"][0], ref.mean_, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(np.abs(np.sum(f["components"][0] * ref.components_, 1)), 1.0, atol=1e-6)
+  np.testing.assert_allclose(f["explained"][0], ref.explained_variance_ratio_, rtol=1e-5)
 
 
 def test_relevant_units_count_as_the_reference_does():
@@ -222,3 +226,26 @@ def test_the_true_class_difference_transfers_on_the_built_in_world_and_a_random_
   assert np.all(st["rate"] >= 0.9), st["rate"]
   assert np.all(st["rate_null"] <= 0.1), st["rate_null"]
   assert np.all(st["transfers"]) and np.all(st["ci_low"] > st["null_high"])
+
+
+def test_the_paths_plots_render(tmp_path):
+  from PIL import Image
+  from lis_jax import plots
+  rng = np.random.default_rng(6)
+  ts = paths.t_grid(5, 2)
+  p = rng.uniform(size=(10, ts.size))
+  figs = {
+      "probs": plots.path_probabilities(ts, {"image": {"p_target": p, "p_origin": 1 - p},
+                                             "r": {"p_target": p, "p_origin": 1 - p}}),
+      "traj": plots.path_trajectories([{"title": "a > b, r", "cloud": rng.normal(size=(40, 2)),
+                                        "cloud_origin": np.arange(40) < 20, "one": 4,
+                                        "lines": {"r path": rng.normal(size=(2, ts.size, 2)),
+                                                  "re-encoded r": rng.normal(size=(2, ts.size, 2))}}] * 3),
+      "units": plots.relevant_units([5, 9, 2], [12, 7, 3], 1.5, [True, True, False], "units"),
+      "transfer": plots.transfer_rates(["a > b", "b > a"], np.array([0.9, 0.2]), np.array([0.8, 0.1]),
+                                       np.array([0.95, 0.35]), np.array([0.0, 0.1]), np.array([0.0, 0.03]),
+                                       np.array([0.1, 0.25]), [True, False])}
+  for name, fig in figs.items():
+    png = plots.save(fig, str(tmp_path), name)
+    assert Image.open(tmp_path / f"{name}.png").size[0] <= plots.FIG_WIDTH * plots.DPI + 50
+    assert png == (tmp_path / f"{name}.png").read_bytes()

@@ -66,36 +66,46 @@ def project(x: jax.Array, frame: Mapping[str, jax.Array]) -> tuple[jax.Array, ja
   return pc, prog
 
 
-def readout(image_fn: Callable, head: Callable, r: jax.Array, shift: jax.Array, origin: jax.Array,
-            target: jax.Array, ts: jax.Array, frame_r: Mapping[str, jax.Array],
-            frame_w: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-  """Probabilities and trajectories along B paths r - t s at T values of t (jit it).
+def readout_at(image_fn: Callable, head: Callable, r: jax.Array, shift: jax.Array, origin: jax.Array,
+               target: jax.Array, t: jax.Array, frame_r: Mapping[str, jax.Array],
+               frame_w: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  """Probabilities and trajectory points of B paths r - t s at one t (jit it; t a traced scalar).
 
   Args:
     image_fn: r_shifted [B, D] -> (w [B, w_dim], features [B, D], logits [B, C]) of the image
       generated from w = link(relu(r_shifted)) (features: the classifier's re-encoded r).
     head: r [B, D] -> logits [B, C] (the classifier's last layer).
-    r, shift: [B, D]; origin, target: [B] class ids; ts: [T].
+    r, shift: [B, D]; origin, target: [B] class ids; t: scalar.
     frame_r, frame_w: the searches' pair frames in r and in w (see `project`).
   Returns:
-    [B, T] arrays: p_target, p_origin, pred (image), p_target_r, p_origin_r, pred_r (head on
+    [B] arrays: p_target, p_origin, pred (image), p_target_r, p_origin_r, pred_r (head on
     relu(r - t s)), prog_r, prog_img, prog_w (`project`'s progress of relu(r - t s), of the
-    re-encoded r, of w); [B, T, N_PC]: pc_r, pc_img, pc_w.
+    re-encoded r, of w); [B, N_PC]: pc_r, pc_img, pc_w.
   """
-  def one(t):
-    rt = jax.nn.relu(r - t * shift)
-    w, feats, logits = image_fn(r - t * shift)
-    p = jax.nn.softmax(logits, -1)
-    lr = head(rt)
-    pr = jax.nn.softmax(lr, -1)
-    pc_r, prog_r = project(rt, frame_r)
-    pc_i, prog_i = project(feats, frame_r)
-    pc_w, prog_w = project(w, frame_w)
-    return {"p_target": _pick(p, target), "p_origin": _pick(p, origin), "pred": jnp.argmax(logits, -1),
-            "p_target_r": _pick(pr, target), "p_origin_r": _pick(pr, origin), "pred_r": jnp.argmax(lr, -1),
-            "pc_r": pc_r, "pc_img": pc_i, "pc_w": pc_w, "prog_r": prog_r, "prog_img": prog_i, "prog_w": prog_w}
-  out = jax.lax.map(one, ts)  # [T, B, ...]
+  rt = jax.nn.relu(r - t * shift)
+  w, feats, logits = image_fn(r - t * shift)
+  p = jax.nn.softmax(logits, -1)
+  lr = head(rt)
+  pr = jax.nn.softmax(lr, -1)
+  pc_r, prog_r = project(rt, frame_r)
+  pc_i, prog_i = project(feats, frame_r)
+  pc_w, prog_w = project(w, frame_w)
+  return {"p_target": _pick(p, target), "p_origin": _pick(p, origin), "pred": jnp.argmax(logits, -1),
+          "p_target_r": _pick(pr, target), "p_origin_r": _pick(pr, origin), "pred_r": jnp.argmax(lr, -1),
+          "pc_r": pc_r, "pc_img": pc_i, "pc_w": pc_w, "prog_r": prog_r, "prog_img": prog_i, "prog_w": prog_w}
+
+
+def readout(image_fn: Callable, head: Callable, r: jax.Array, shift: jax.Array, origin: jax.Array,
+            target: jax.Array, ts: jax.Array, frame_r: Mapping[str, jax.Array],
+            frame_w: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  """`readout_at` at every t of ts [T] (lax.map: B images at a time) -> its arrays as [B, T(, N_PC)]."""
+  out = jax.lax.map(lambda t: readout_at(image_fn, head, r, shift, origin, target, t, frame_r, frame_w), ts)
   return {k: jnp.moveaxis(v, 0, 1) for k, v in out.items()}
+
+
+def stack_points(points: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  """`readout_at` outputs at T values of t -> `readout`'s [B, T(, N_PC)] arrays."""
+  return {k: np.stack([np.asarray(p[k]) for p in points], 1) for k in points[0]}
 
 
 def first_above(p: np.ndarray, ts: np.ndarray, level: float = 0.5) -> np.ndarray:
@@ -147,6 +157,18 @@ def probability_summary(p_target: np.ndarray, p_origin: np.ndarray, pred: np.nda
 # ----------------------------------------------------------------------------- (c)
 
 
+def _top_components(cov: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+  """Covariances [..., D, D] -> (components [..., n, D], explained variance ratio [..., n]):
+  eigenvectors of the n largest eigenvalues, each signed so that its largest-|.| coordinate
+  is positive."""
+  val, vec = np.linalg.eigh(cov)
+  val, vec = val[..., ::-1][..., :n], np.swapaxes(vec[..., ::-1][..., :n], -1, -2)
+  big = np.take_along_axis(vec, np.argmax(np.abs(vec), -1)[..., None], -1)
+  vec = vec * np.where(big < 0, -1.0, 1.0)
+  total = np.maximum(np.trace(cov, axis1=-2, axis2=-1)[..., None], 1e-300)   # the sum of the eigenvalues
+  return vec, np.clip(val, 0, None) / total
+
+
 def pca(x: np.ndarray, n: int = N_PC) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Principal components of x [N, D] (float64, from the covariance's eigenvectors).
 
@@ -155,40 +177,43 @@ def pca(x: np.ndarray, n: int = N_PC) -> tuple[np.ndarray, np.ndarray, np.ndarra
   x = np.asarray(x, np.float64)
   mean = x.mean(0)
   xc = x - mean
-  cov = xc.T @ xc / max(x.shape[0] - 1, 1)
-  val, vec = np.linalg.eigh(cov)
-  order = np.argsort(val)[::-1][:n]
-  comps = vec[:, order].T
-  sign = np.sign(comps[np.arange(comps.shape[0]), np.argmax(np.abs(comps), 1)])
-  comps = comps * np.where(sign == 0, 1.0, sign)[:, None]
-  total = max(float(np.sum(np.clip(val, 0, None))), 1e-300)
-  return mean, comps, np.clip(val[order], 0, None) / total
+  comps, evr = _top_components(xc.T @ xc / max(x.shape[0] - 1, 1), n)
+  return mean, comps, evr
 
 
 def pair_frames(x: np.ndarray, cls: np.ndarray, pairs: Sequence[tuple[int, int]], n: int = N_PC) -> dict:
-  """Per ordered pair (origin, target): the PCA of the rows of both classes in x [N, D]
-  (one fit per unordered pair), the origin class's mean and the progress axis
-  (mu_target - mu_origin) / |mu_target - mu_origin|^2.
+  """Per ordered pair (origin, target): the PCA of the rows of both classes in x [N, D], the
+  origin class's mean and the progress axis (mu_target - mu_origin) / |mu_target - mu_origin|^2.
+
+  Each class's mean and scatter matrix are formed once (float64); a pair's covariance is
+  (S_o + S_t + n_o n_t / (n_o + n_t) d d^T) / (n_o + n_t - 1), d = mu_o - mu_t (the pooled
+  scatter of the two classes' rows), and all pairs' eigenproblems are solved in one call.
 
   Returns arrays [n_pairs, ...]: mean, components [.., n, D], explained [.., n], origin_mean, axis.
   """
   x = np.asarray(x, np.float64)
   cls = np.asarray(cls)
-  fits, means = {}, {}
-  out = {k: [] for k in ("mean", "components", "explained", "origin_mean", "axis")}
-  for o, t in pairs:
-    key = (min(o, t), max(o, t))
-    if key not in fits:
-      fits[key] = pca(x[(cls == o) | (cls == t)], n)
-    for c in (o, t):
-      if c not in means:
-        means[c] = x[cls == c].mean(0)
-    d = means[t] - means[o]
-    for k, v in zip(("mean", "components", "explained"), fits[key]):
-      out[k].append(v)
-    out["origin_mean"].append(means[o])
-    out["axis"].append(d / max(float(d @ d), 1e-300))
-  return {k: np.stack(v).astype(np.float32) for k, v in out.items()}
+  used = sorted({c for p in pairs for c in p})
+  cnt, mu, scat = {}, {}, {}
+  for c in used:
+    xc = x[cls == c]
+    cnt[c], mu[c] = xc.shape[0], xc.mean(0)
+    scat[c] = (xc - mu[c]).T @ (xc - mu[c])
+  o, t = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+  n_o, n_t = np.array([cnt[c] for c in o], np.float64), np.array([cnt[c] for c in t], np.float64)
+  m_o, m_t = np.stack([mu[c] for c in o]), np.stack([mu[c] for c in t])
+  d = m_o - m_t
+  sets = sorted({(min(a, b), max(a, b)) for a, b in pairs})   # (o, t) and (t, o) share one fit
+  cov = []
+  for a, b in sets:
+    e = mu[a] - mu[b]
+    cov.append((scat[a] + scat[b] + cnt[a] * cnt[b] / (cnt[a] + cnt[b]) * np.outer(e, e)) / (cnt[a] + cnt[b] - 1))
+  comps, evr = _top_components(np.stack(cov), n)
+  which = np.array([sets.index((min(a, b), max(a, b))) for a, b in pairs])
+  comps, evr = comps[which], evr[which]
+  out = {"mean": (n_o[:, None] * m_o + n_t[:, None] * m_t) / (n_o + n_t)[:, None], "components": comps,
+         "explained": evr, "origin_mean": m_o, "axis": -d / np.maximum(np.sum(d * d, -1, keepdims=True), 1e-300)}
+  return {k: v.astype(np.float32) for k, v in out.items()}
 
 
 # ----------------------------------------------------------------------------- (d)
@@ -262,15 +287,15 @@ def transfer_inputs(r_new: np.ndarray, shift: np.ndarray, directions: np.ndarray
   return np.stack([r_new - shift[:, None], r_new - norm * directions]).astype(np.float32)
 
 
-def classify_rows(predict: Callable, x: np.ndarray, batch: int) -> np.ndarray:
-  """predict (jitted: [batch, D] -> [batch] int) on the rows of x [..., D], in batches of a
-  fixed size (the last padded with copies of the first row: one compilation)."""
+def classify_rows(predict: Callable, x: np.ndarray, batch: int, extra: tuple[int, ...] = ()) -> np.ndarray:
+  """predict (jitted: [batch, D] -> [batch, *extra]) on the rows of x [..., D], in batches of a
+  fixed size (the last padded with copies of the first row: one compilation) -> [..., *extra]."""
   flat = np.asarray(x, np.float32).reshape(-1, x.shape[-1])
   n = flat.shape[0]
   m = -(-n // batch) * batch
   pad = np.concatenate([flat, np.repeat(flat[:1], m - n, 0)]) if m > n else flat
   out = np.concatenate([np.asarray(predict(jnp.asarray(pad[i:i + batch]))) for i in range(0, m, batch)])
-  return out[:n].reshape(x.shape[:-1])
+  return out[:n].reshape(x.shape[:-1] + tuple(extra))
 
 
 def wilson(k: np.ndarray, n: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
