@@ -332,6 +332,6 @@ def transfer_rates(labels: Sequence[str], rate: np.ndarray, low: np.ndarray, hig
   ax.set_xticklabels(labels, fontsize=5 if n > 24 else 7, rotation=90)
   ax.set_ylim(-0.02, 1.1)
   ax.set_ylabel("classified as target")
-  ax.legend(frameon=False, fontsize=7, loc="center right")
+  ax.legend(frameon=False, fontsize=7, ncol=2, loc="lower left", bbox_to_anchor=(0.0, 1.04))
   fig.tight_layout()
   return fig

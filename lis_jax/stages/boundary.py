@@ -395,9 +395,10 @@ def _paths_summary(ctx, c, a: dict) -> dict:
                                             a["target"], ts)}
   one = int(np.argmin(np.abs(ts - 1.0)))
   fr = load_frames(ctx.workdir)
-  out["trajectories"] = {
-      "progress_at_1": {k: float(np.mean(a[f"path.prog_{k}"][:, one])) for k in ("r", "img", "w")},
-      "progress_at_0": {k: float(np.mean(a[f"path.prog_{k}"][:, 0])) for k in ("r", "img", "w")},
+  q = lambda x: [float(v) for v in np.quantile(x, [0.25, 0.5, 0.75])]  # heavy-tailed: searches that ran long
+  out["trajectories"] = {                                                # overshoot far (median and quartiles)
+      "progress_at_1": {k: q(a[f"path.prog_{k}"][:, one]) for k in ("r", "img", "w")},
+      "progress_at_0": {k: q(a[f"path.prog_{k}"][:, 0]) for k in ("r", "img", "w")},
       "explained_2pc": {sp: float(np.mean(fr[sp]["explained"].sum(1))) for sp in ("r", "w")}}
   cf = ctx.result("counterfactual").arrays
   eff = paths_lib.effective_shifts(cf["r"][a["search"]], cf["shift"][a["search"]])
@@ -595,6 +596,10 @@ def _trajectory_panels(ctx, c, a: dict, pair_ids: list[int]) -> list[dict]:
   return panels
 
 
+def _quart(q: list) -> str:
+  return f"{q[1]:.2f} ({q[0]:.2f}-{q[2]:.2f})"
+
+
 def _paths_section(ctx, c, s: dict, out_dir: str) -> list[str]:
   """HTML of (a)-(e) (README "Along the paths")."""
   from lis_jax import plots
@@ -629,9 +634,10 @@ def _paths_section(ctx, c, s: dict, out_dir: str) -> list[str]:
       f"<p><b>Trajectories.</b> Per pair, a PCA of the paired data of both classes (r and w; the first two "
       f"components hold {tj['explained_2pc']['r']:.0%} and {tj['explained_2pc']['w']:.0%} of the variance, "
       f"mean over pairs; pc_traj_counterfactual.py). How far along the line from the origin class's mean (0) to "
-      f"the target's (1) the path's end at t = 1 lies, mean over paths: <b>{tj['progress_at_1']['r']:.2f}</b> in "
-      f"r (from {tj['progress_at_0']['r']:.2f} at t = 0), {tj['progress_at_1']['img']:.2f} for the classifier's "
-      f"own r of the generated image (the reference's 'rcycled'), {tj['progress_at_1']['w']:.2f} in w.</p>")
+      f"the target's (1) the path's end at t = 1 lies, median over paths (quartiles): "
+      f"<b>{_quart(tj['progress_at_1']['r'])}</b> in r (from {tj['progress_at_0']['r'][1]:.2f} at t = 0), "
+      f"{_quart(tj['progress_at_1']['img'])} for the classifier's own r of the generated image (the reference's "
+      f"'rcycled'), {_quart(tj['progress_at_1']['w'])} in w.</p>")
   show = _show_pairs(s, c.paths_shown)
   if show:
     png = plots.save(plots.path_trajectories(_trajectory_panels(ctx, c, a, show)), out_dir, "boundary_trajectories")
@@ -761,7 +767,7 @@ def summary(ctx) -> dict | None:
   if "paths" in s:
     ps = s["paths"]
     out.update({"path_p_target_at_1": ps["image"]["p_target_at_1"], "path_p_target_end": ps["image"].get("p_target_end"),
-                "path_progress_at_1_r": ps["trajectories"]["progress_at_1"]["r"],
+                "path_progress_at_1_r": ps["trajectories"]["progress_at_1"]["r"][1],
                 "relevant_units_recurring": ps["relevant_units"]["n_recurring"],
                 "transfer_rate": ps["transfer"]["mean_rate"], "transfer_rate_null": ps["transfer"]["mean_rate_null"],
                 "transfer_pairs_beating_null": ps["transfer"]["n_transfers"]})
