@@ -402,14 +402,15 @@ def _paths_summary(ctx, c, a: dict) -> dict:
       "explained_2pc": {sp: float(np.mean(fr[sp]["explained"].sum(1))) for sp in ("r", "w")}}
   cf = ctx.result("counterfactual").arrays
   eff = paths_lib.effective_shifts(cf["r"][a["search"]], cf["shift"][a["search"]])
-  top = paths_lib.relevant_units(eff, c.relevant_k)
   d = eff.shape[1]
+  k = min(c.relevant_k, d)   # a classifier narrower than relevant_k: every unit
+  top = paths_lib.relevant_units(eff, k)
   counts = paths_lib.unit_counts(top, d)[0]
-  rec = paths_lib.recurrence(counts, top.shape[0], c.relevant_k, d)
+  rec = paths_lib.recurrence(counts, top.shape[0], k, d)
   order = np.argsort(-counts, kind="stable")[:20]
   by_target = paths_lib.unit_counts(top, d, a["target"], int(a["target"].max()) + 1)
   out["relevant_units"] = {
-      "k": c.relevant_k, "n_searches": int(top.shape[0]), "expected": float(rec["expected"]),
+      "k": k, "n_searches": int(top.shape[0]), "expected": float(rec["expected"]),
       "units": order.tolist(), "counts": counts[order].tolist(), "p_adj": rec["p_adj"][order].tolist(),
       "n_recurring": int(np.sum(rec["p_adj"] <= c.alpha)), "alpha": c.alpha,
       "top10_share": float(counts[order[:10]].sum() / max(counts.sum(), 1)),
