@@ -622,7 +622,8 @@ def _paths_section(ctx, c, s: dict, out_dir: str) -> list[str]:
          f"itself (what the search optimised): p(target) {rr['p_target_at_1']:.2f} at t = 1."
          + (f" <b>Past the counterfactual</b>, p(target) at t = {im['t_end']:g} holds or rises on "
             f"{im['past_holds']:.0%} of the paths; of those classified as the target at t = 1, "
-            f"{_fmt(im['past_still_target'], 2)} still are at t = {im['t_end']:g}." if "past_holds" in im else "")
+            + (f"{im['past_still_target']:.0%}" if im["past_still_target"] is not None else "n/a")
+            + f" still are at t = {im['t_end']:g}." if "past_holds" in im else "")
          + "</p>"]
   png = plots.save(plots.path_probabilities(ts, {
       "classifier on the generated image": {"p_target": a["path.p_target"], "p_origin": a["path.p_origin"]},
@@ -666,8 +667,8 @@ def _paths_section(ctx, c, s: dict, out_dir: str) -> list[str]:
         f"class (paired data no search started from): their regenerated image is classified as the target for "
         f"<b>{tr['mean_rate']:.0%}</b> of them (mean over {tr['n_pairs']} pairs; the head on the shifted r: "
         f"{tr['mean_rate_r']:.0%}), against {tr['mean_rate_null']:.0%} for a random shift of the same norm on the "
-        f"same samples. The transfer beats the null for <b>{tr['n_transfers']}</b> pairs ({html.escape(tr['test'])}, "
-        f"q &lt;= {tr['q_level']}; intervals: Wilson, {tr['level']:.0%}).</p>")
+        f"same samples. The transfer beats the null for <b>{tr['n_transfers']} of {tr['n_pairs']}</b> pairs (test: "
+        f"{html.escape(tr['test'])}; q &lt;= {tr['q_level']}; intervals: Wilson, {tr['level']:.0%}).</p>")
     rows = [p for p in tr["pairs"] if p["n"] > 0]
     key = lambda v: np.array([p[v] for p in rows], np.float64)
     png = plots.save(plots.transfer_rates([f"{_class_name(G, p['origin'])} > {_class_name(G, p['target'])}" for p in rows],
