@@ -584,7 +584,7 @@ def _trajectory_panels(ctx, c, a: dict, pair_ids: list[int]) -> list[dict]:
   panels = []
   for i in pair_ids:
     o, t = fr["pairs"][i]
-    rows = np.concatenate([np.flatnonzero(data.cls == o)[:300], np.flatnonzero(data.cls == t)[:300]])
+    rows = np.concatenate([np.flatnonzero(data.cls == o)[:200], np.flatnonzero(data.cls == t)[:200]])
     mine = (a["origin"] == o) & (a["target"] == t)
     title = f"{_class_name(G, o)} > {_class_name(G, t)}"
     for sp, x, lines in (("r", data.r, {"r path": a["path.pc_r"][mine], "re-encoded r": a["path.pc_img"][mine]}),
