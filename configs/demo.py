@@ -68,4 +68,5 @@ def get_config():
 
   config.boundary.n_points = 2  # path measured at t = 0 and 1 and at both crossings
   config.boundary.batch_size = 56  # 112 searches -> 2 batches
+  config.boundary.transfer_samples = 16  # new samples per pair for the transferred mean shift (56 pairs)
   return config

@@ -266,3 +266,103 @@ def motion_strips(rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]]
   fig.suptitle(f"part motion along the sweep (arrows x{gain:g}: to the next image)", fontsize=8)
   fig.tight_layout(rect=(0, 0.06, 1, 1))
   return fig
+
+
+def path_probabilities(t: np.ndarray, curves: Mapping[str, Mapping[str, np.ndarray]]):
+  """p(target) and p(origin) along the counterfactual paths, one panel per domain.
+
+  t: [T] (t = 1 is the counterfactual; beyond it the path continues); curves: {panel title:
+  {'p_target': [B, T], 'p_origin': [B, T]}}: the median over paths and the 25-75% band.
+  """
+  n = len(curves)
+  fig, axes = plt.subplots(1, n, figsize=(min(4.2 * n, FIG_WIDTH), 2.8), squeeze=False)
+  for ax, (title, c) in zip(axes[0], curves.items()):
+    for key, col, lab in (("p_target", "#e41a1c", "p(target)"), ("p_origin", "#377eb8", "p(origin)")):
+      q = np.quantile(np.asarray(c[key]), [0.25, 0.5, 0.75], axis=0)
+      ax.fill_between(t, q[0], q[2], color=col, alpha=0.2, lw=0)
+      ax.plot(t, q[1], color=col, label=lab)
+    ax.axvline(1.0, color="k", ls="--", lw=0.8)
+    ax.set_xlabel("t (1: the counterfactual)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=9)
+    ax.legend(frameon=False, fontsize=7)
+  axes[0, 0].set_ylabel("softmax probability")
+  fig.tight_layout()
+  return fig
+
+
+def path_trajectories(panels: Sequence[Mapping]):
+  """Paths in the first two PCs of their pair's classes (pc_traj_counterfactual.py), r and w.
+
+  panels: dicts with title, cloud [N, 2], cloud_origin [N] bool (origin-class points; the
+  rest are the target's), lines {label: [S, T, 2]} (one line per search; its t = 1 point
+  marked with an x), xlabel, ylabel.
+  """
+  n = len(panels)
+  cols = min(n, 4)
+  rows = -(-n // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(FIG_WIDTH, 2.6 * rows), squeeze=False)
+  styles = (("#000000", "-"), ("#e6ab02", "--"), ("#4daf4a", ":"))
+  for k in range(rows * cols):
+    ax = axes.flat[k]
+    if k >= n:
+      ax.axis("off")
+      continue
+    p = panels[k]
+    cloud, is_o = np.asarray(p["cloud"]), np.asarray(p["cloud_origin"], bool)
+    ax.scatter(*cloud[is_o].T, s=3, c="#377eb8", alpha=0.3, lw=0, label="origin class")
+    ax.scatter(*cloud[~is_o].T, s=3, c="#e41a1c", alpha=0.3, lw=0, label="target class")
+    for (lab, lines), (col, ls) in zip(p["lines"].items(), styles):
+      for j, line in enumerate(np.asarray(lines)):
+        ax.plot(line[:, 0], line[:, 1], color=col, ls=ls, lw=1, label=lab if j == 0 else None)
+        ax.plot(*line[0], "o", color=col, ms=3)
+        if "one" in p:
+          ax.plot(*line[p["one"]], "x", color=col, ms=5)
+    ax.set_title(p["title"], fontsize=8)
+    ax.set_xlabel(p.get("xlabel", "PC1"), fontsize=7)
+    ax.set_ylabel(p.get("ylabel", "PC2"), fontsize=7)
+    ax.tick_params(labelsize=6)
+    if k == 0:
+      ax.legend(frameon=False, fontsize=6)
+  fig.tight_layout()
+  return fig
+
+
+def relevant_units(units: Sequence[int], counts: Sequence[int], expected: float, recurring: Sequence[bool],
+                   title: str):
+  """Bars: how often each unit is among a search's most shifted (transition_relevant_units.py),
+  the chance level (uniformly random units) as a line; recurring units in red."""
+  fig, ax = plt.subplots(figsize=(FIG_WIDTH, 2.6))
+  x = np.arange(len(units))
+  ax.bar(x, counts, color=["#e41a1c" if s else "#999999" for s in recurring])
+  ax.axhline(expected, color="k", ls="--", lw=0.8, label=f"chance ({expected:.2g})")
+  ax.set_xticks(x)
+  ax.set_xticklabels([str(u) for u in units], fontsize=6, rotation=90)
+  ax.set_xlabel("unit")
+  ax.set_ylabel("searches")
+  ax.set_title(title, fontsize=9)
+  ax.legend(frameon=False, fontsize=7)
+  fig.tight_layout()
+  return fig
+
+
+def transfer_rates(labels: Sequence[str], rate: np.ndarray, low: np.ndarray, high: np.ndarray,
+                   rate_null: np.ndarray, null_low: np.ndarray, null_high: np.ndarray, called: np.ndarray):
+  """Per pair, the transferred mean shift's success rate (interval) beside its null's."""
+  n = len(labels)
+  fig, ax = plt.subplots(figsize=(FIG_WIDTH, 2.8))
+  x = np.arange(n)
+  for xs, r, lo, hi, col, lab in ((x - 0.15, rate, low, high, "#e41a1c", "mean shift"),
+                                  (x + 0.15, rate_null, null_low, null_high, "#999999", "random shift, same norm")):
+    r = np.asarray(r, np.float64)
+    err = np.stack([np.nan_to_num(r - lo), np.nan_to_num(hi - r)]).clip(0)
+    ax.errorbar(xs, r, yerr=err, fmt="o", ms=3, color=col, capsize=1.5, lw=0.8, label=lab)
+  for i in np.flatnonzero(np.asarray(called, bool)):
+    ax.text(i, 1.04, "*", ha="center", fontsize=8)
+  ax.set_xticks(x)
+  ax.set_xticklabels(labels, fontsize=5 if n > 24 else 7, rotation=90)
+  ax.set_ylim(-0.02, 1.1)
+  ax.set_ylabel("classified as target")
+  ax.legend(frameon=False, fontsize=7, ncol=2, loc="lower left", bbox_to_anchor=(0.0, 1.04))
+  fig.tight_layout()
+  return fig

@@ -31,7 +31,15 @@ Outputs (workdir/boundary/, atomic; layout: WORKSPACE.md):
   pairs.csv               one row per pair x part x metric: origin, target, part, metric,
                           mean, ci_low, ci_high, n, null_rms, effect, p_null, selective, rank
   summary.json            crossings found, per pair top concepts, the relation to the
-                          most shifted units, validation (built-in world)
+                          most shifted units, validation (built-in world); 'paths': the
+                          paths' analyses below
+  frames.npz, transfer.npz  the paths' PCA frames and the transferred mean shifts
+
+The paths' analyses (the reference's src/counterfactual_analysis/, math in
+lis_jax.analysis.paths): p(target), p(origin) along each path and past t = 1
+('path.*' batch keys), the paths in the first two PCs of their pair's classes, the units
+each search shifts most counted across searches, and each pair's mean shift transferred to
+new origin-class samples against a random shift of the same norm.
 """
 from __future__ import annotations
 
@@ -39,7 +47,7 @@ import dataclasses
 import functools
 import html
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -47,13 +55,14 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from lis_jax import blocks, distribute, errors, images, io, page
+from lis_jax import blocks, distribute, errors, generators, images, io, page
 from lis_jax.analysis import boundary as lib
 from lis_jax.generators.base import GroundTruthWorld
 from lis_jax.quantify import selectivity
 from lis_jax.analysis.counterfactual import image_logits
 from lis_jax.analysis.readout import decode_factors
 from lis_jax.analysis import nulls, truth as truth_lib
+from lis_jax.analysis import paths as paths_lib
 from lis_jax.quantify import measuring
 from lis_jax import validate as V
 from lis_jax.stages.base import Stage
@@ -78,6 +87,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.top_k = 3  # concepts listed per pair
   c.strips = 4  # searches shown as image strips in the report
   c.pairs_shown = 8  # pairs shown in the report's bar charts
+  # The reference's analyses of the paths (lis_jax.analysis.paths; README "Along the paths").
+  c.p_points = 11  # t values on [0, 1] (0 and 1 included) where p(target), p(origin) are read
+  c.p_past = 5  # further steps of the same size past t = 1 (the reference's add_steps): here t up to 1.5
+  c.relevant_k = 10  # units per search counted as its relevant units (transition_relevant_units.py: 10)
+  c.transfer_samples = 64  # new origin-class samples (paired rows no search started from) per pair
+  c.paths_shown = 4  # pairs whose PCA trajectories the report draws
   return c
 
 
@@ -94,6 +109,8 @@ RULES = {
     "measure_batch": ("int", 1, 65536),
     "n_boot": ("int", 1, 1_000_000), "level": V.unit_open(), "alpha": V.unit_open(),
     "top_k": ("int", 1, 1000), "strips": V.nonneg_int(), "pairs_shown": V.nonneg_int(),
+    "p_points": V.int_at_least(2), "p_past": V.nonneg_int(), "relevant_k": V.pos_int(),
+    "transfer_samples": V.pos_int(), "paths_shown": V.nonneg_int(),
 }
 
 
@@ -115,7 +132,8 @@ def _store(workdir: str) -> blocks.BlockStore:
 
 
 # Arrays of a batch that are never NaN (the others are NaN only where documented).
-_FINITE = ("search", "origin", "target", "width", "pred_grid", "pt.area", "null.area")
+_FINITE = ("search", "origin", "target", "width", "pred_grid", "pt.area", "null.area") + (
+    "path.p_target", "path.p_origin", "path.pc_r", "path.pc_w")
 
 
 def check_batch(path: str, b: dict) -> None:
@@ -242,13 +260,183 @@ def run(ctx) -> None:
   n = cf["search"].size
   n_batches = -(-n // batch)
   drop_bad_batches(ctx.workdir, n_batches)
+  frames = _paths_frames(ctx, cf)
   for b in tqdm(store.todo(n_batches), unit="batch", desc=NAME):
     ids = np.arange(b * batch, min(n, (b + 1) * batch))
     out = _batch(ctx, c, seg, link, cf, ids, batch)
+    out.update(_paths_batch(ctx, c, link, cf, ids, batch, frames))
     errors.check_finite(f"boundary batch {b} areas", out["pt.area"])
     errors.maybe_interrupt(NAME, b + 1)
     store.write(b, **out)
+  _transfer(ctx, c, link, cf)
   summarise(ctx, measuring.measured_parts(seg))
+
+
+# ----------------------------------------------------------------------------- the paths' analyses
+# (lis_jax.analysis.paths: p along the path and past it, PCA trajectories, relevant units,
+# the transferred mean shift)
+
+
+def _pairs_of(cf: dict) -> list[tuple[int, int]]:
+  return lib.group_by_pair(np.asarray(cf["origin"]), np.asarray(cf["target"]))[0]
+
+
+def _paths_frames(ctx, cf: dict) -> dict:
+  """Per pair of the searches, its PCA frames in r and w (paired data of both classes);
+  written to frames.npz for the report. {'pairs': [(o, t)], 'r': {...}, 'w': {...}}."""
+  data = ctx.result("paired_data")
+  pairs = _pairs_of(cf)
+  frames = {"pairs": pairs, "r": paths_lib.pair_frames(data.r, data.cls, pairs),
+            "w": paths_lib.pair_frames(data.w, data.cls, pairs)}
+  io.save_npz(os.path.join(ctx.out_dir(NAME), "frames.npz"), pairs=np.asarray(pairs, np.int32),
+              **{f"{sp}.{k}": v for sp in ("r", "w") for k, v in frames[sp].items()})
+  return frames
+
+
+def load_frames(workdir: str) -> dict:
+  """frames.npz as `_paths_frames` returns it."""
+  f = io.load_npz(os.path.join(workdir, NAME, "frames.npz"))
+  return {"pairs": [tuple(int(v) for v in p) for p in f["pairs"]],
+          **{sp: {k.split(".", 1)[1]: v for k, v in f.items() if k.startswith(sp + ".")} for sp in ("r", "w")}}
+
+
+@jax.jit
+def _readout_at(G, clf, link, r, shift, origin, target, t, frame_r, frame_w):
+  """paths_lib.readout_at with the models bound; one compilation serves every t of every
+  batch and the transfer's predictions (`_transfer`), as its shapes are the batch's."""
+  def image_fn(rs):
+    w = link(jax.nn.relu(rs))
+    feats = clf.features(clf.preprocess(G.synthesis(generators.broadcast_ws(w, G.num_ws))))
+    return w, feats, clf.head(feats)
+  return paths_lib.readout_at(image_fn, clf.head, r, shift, origin, target, t, frame_r, frame_w)
+
+
+def _sharded_readout(ctx, link, batch: int, arrays: list, frames: list) -> Callable:
+  """t -> _readout_at's outputs (numpy) for `arrays` (r, shift, origin, target) and `frames`
+  (r, w; [B', ...] per row), padded to `batch` rows and sharded over ctx.mesh."""
+  pad = jax.tree_util.tree_map(lambda x: distribute.pad_batch(x, batch), (arrays, frames))
+  G_r, clf_r, link_r = distribute.replicate((ctx.G, ctx.clf, link), ctx.mesh)
+  (r, shift, origin, target), (f_r, f_w) = distribute.shard_batch(pad, ctx.mesh)
+  return lambda t: {k: np.asarray(v) for k, v in _readout_at(G_r, clf_r, link_r, r, shift, origin, target,
+                                                              jnp.float32(t), f_r, f_w).items()}
+
+
+def _paths_batch(ctx, c, link, cf: dict, ids: np.ndarray, batch: int, frames: dict) -> dict:
+  """(a)-(c) for searches `ids`: 'path.<key>' arrays of paths_lib.readout [B, T(, N_PC)]."""
+  pair_idx = {p: i for i, p in enumerate(frames["pairs"])}
+  which = np.array([pair_idx[(int(o), int(t))] for o, t in zip(cf["origin"][ids], cf["target"][ids])])
+  arrays = [cf[k][ids] for k in ("r", "shift", "origin", "target")]
+  fr = [{k: v[which] for k, v in frames[sp].items() if k != "explained"} for sp in ("r", "w")]
+  at = _sharded_readout(ctx, link, batch, arrays, fr)
+  out = paths_lib.stack_points([at(t) for t in paths_lib.t_grid(c.p_points, c.p_past)])
+  return {f"path.{k}": v[:ids.size] for k, v in out.items()}
+
+
+def _transfer_path(workdir: str) -> str:
+  return os.path.join(workdir, NAME, "transfer.npz")
+
+
+def _transfer(ctx, c, link, cf: dict) -> None:
+  """(e): each pair's mean effective shift (over its successful searches) applied to
+  `transfer_samples` new origin-class samples (paired rows no search started from, in
+  paired-data order), and a null shift of the same norm in a random direction per sample
+  (stream boundary.transfer, indices origin, target). Writes transfer.npz (existence =
+  done): origin, target [P]; n_searches [P]; shift_norm [P]; rows, valid [P, S];
+  pred, pred_r [2, P, S] (0: the shift, 1: its null; image / head on relu(r) predictions)."""
+  path = _transfer_path(ctx.workdir)
+  if os.path.exists(path):
+    try:
+      io.load_npz(path)
+      return
+    except io.CorruptFileError as e:
+      print(f"[{NAME}] {' '.join(str(e).split())[:300]}; recomputing it", flush=True)
+  data = ctx.result("paired_data")
+  pairs = _pairs_of(cf)
+  eff = paths_lib.effective_shifts(cf["r"], cf["shift"])
+  shifts, n_used = paths_lib.mean_shifts(eff, cf["origin"], cf["target"], cf["success"].astype(bool), pairs)
+  searched = np.zeros(data.cls.size, bool)
+  searched[cf["sample"]] = True
+  s_n, d = c.transfer_samples, data.r.shape[1]
+  rows = np.full((len(pairs), s_n), -1)
+  dirs = np.zeros((len(pairs), s_n, d))
+  for i, (o, t) in enumerate(pairs):
+    fresh = np.flatnonzero((data.cls == o) & ~searched)[:s_n]
+    rows[i, :fresh.size] = fresh
+    dirs[i] = nulls.unit_directions(ctx.key(f"{NAME}.transfer", o, t), s_n, d)
+  valid = (rows >= 0) & np.isfinite(shifts).all(1)[:, None]
+  x = paths_lib.transfer_inputs(data.r[np.maximum(rows, 0)], np.nan_to_num(shifts), dirs)  # [2, P, S, D]
+  batch = distribute.round_up(c.batch_size, ctx.mesh)
+  frames = load_frames(ctx.workdir)
+  fr = [{k: np.zeros((batch,) + v.shape[1:], v.dtype) for k, v in frames[sp].items() if k != "explained"}
+        for sp in ("r", "w")]   # the projections are not used here
+  zero, cls0 = np.zeros((batch, d), np.float32), np.zeros(batch, np.int32)
+
+  def predict(rs):  # [batch, D] -> (image, head) predictions on relu(rs), through _readout_at at t = 0
+    o = _sharded_readout(ctx, link, batch, [np.asarray(rs), zero, cls0, cls0], fr)(0.0)
+    return np.stack([o["pred"], o["pred_r"]], -1)
+  both = paths_lib.classify_rows(predict, x, batch, extra=(2,))
+  pred, pred_r = both[..., 0], both[..., 1]
+  io.save_npz(path, origin=np.array([p[0] for p in pairs], np.int32), target=np.array([p[1] for p in pairs], np.int32),
+              n_searches=n_used, shift_norm=np.linalg.norm(np.nan_to_num(shifts), axis=1), rows=rows, valid=valid,
+              pred=pred.astype(np.int32), pred_r=pred_r.astype(np.int32))
+
+
+def load_transfer(workdir: str) -> dict:
+  return io.load_npz(_transfer_path(workdir))
+
+
+def _paths_summary(ctx, c, a: dict) -> dict:
+  """summary.json['paths']: (a)-(e) in numbers (README "Along the paths")."""
+  ts = paths_lib.t_grid(c.p_points, c.p_past)
+  out = {"image": paths_lib.probability_summary(a["path.p_target"], a["path.p_origin"], a["path.pred"],
+                                                a["target"], ts),
+         "r": paths_lib.probability_summary(a["path.p_target_r"], a["path.p_origin_r"],
+                                            a["path.pred_r"],
+                                            a["target"], ts)}
+  one = int(np.argmin(np.abs(ts - 1.0)))
+  fr = load_frames(ctx.workdir)
+  q = lambda x: [float(v) for v in np.quantile(x, [0.25, 0.5, 0.75])]  # heavy-tailed: searches that ran long
+  out["trajectories"] = {                                                # overshoot far (median and quartiles)
+      "progress_at_1": {k: q(a[f"path.prog_{k}"][:, one]) for k in ("r", "img", "w")},
+      "progress_at_0": {k: q(a[f"path.prog_{k}"][:, 0]) for k in ("r", "img", "w")},
+      "explained_2pc": {sp: float(np.mean(fr[sp]["explained"].sum(1))) for sp in ("r", "w")}}
+  cf = ctx.result("counterfactual").arrays
+  eff = paths_lib.effective_shifts(cf["r"][a["search"]], cf["shift"][a["search"]])
+  d = eff.shape[1]
+  k = min(c.relevant_k, d)   # a classifier narrower than relevant_k: every unit
+  top = paths_lib.relevant_units(eff, k)
+  counts = paths_lib.unit_counts(top, d)[0]
+  rec = paths_lib.recurrence(counts, top.shape[0], k, d)
+  order = np.argsort(-counts, kind="stable")[:20]
+  by_target = paths_lib.unit_counts(top, d, a["target"], int(a["target"].max()) + 1)
+  out["relevant_units"] = {
+      "k": k, "n_searches": int(top.shape[0]), "expected": float(rec["expected"]),
+      "units": order.tolist(), "counts": counts[order].tolist(), "p_adj": rec["p_adj"][order].tolist(),
+      "n_recurring": int(np.sum(rec["p_adj"] <= c.alpha)), "alpha": c.alpha,
+      "top10_share": float(counts[order[:10]].sum() / max(counts.sum(), 1)),
+      "per_target": {int(t): np.argsort(-by_target[t], kind="stable")[:5].tolist()
+                     for t in np.unique(a["target"])}}
+  tr = load_transfer(ctx.workdir)
+  tgt = tr["target"][:, None]
+  st = paths_lib.transfer_statistics(tr["pred"][0] == tgt, tr["pred"][1] == tgt, tr["valid"], level=c.level,
+                                     q_level=c.q_level)
+  st_r = paths_lib.transfer_statistics(tr["pred_r"][0] == tgt, tr["pred_r"][1] == tgt, tr["valid"],
+                                       level=c.level, q_level=c.q_level)
+  ok = st["n"] > 0
+  out["transfer"] = {
+      "samples": c.transfer_samples, "n_pairs": int(ok.sum()), "level": c.level, "q_level": c.q_level,
+      "test": "one-sided exact McNemar (shift vs null on the same samples), BH over pairs",
+      "mean_rate": float(np.mean(st["rate"][ok])) if ok.any() else None,
+      "mean_rate_null": float(np.mean(st["rate_null"][ok])) if ok.any() else None,
+      "mean_rate_r": float(np.mean(st_r["rate"][ok])) if ok.any() else None,
+      "mean_rate_null_r": float(np.mean(st_r["rate_null"][ok])) if ok.any() else None,
+      "n_transfers": int(np.sum(st["transfers"])),
+      "pairs": [{"origin": int(o), "target": int(t), "n_searches": int(ns), "shift_norm": float(sn),
+                 **{k: (bool(v[i]) if k == "transfers" else int(v[i]) if k in ("n", "k", "k_null") else float(v[i]))
+                    for k, v in st.items()}, "rate_r": float(st_r["rate"][i])}
+                for i, (o, t, ns, sn) in enumerate(zip(tr["origin"], tr["target"], tr["n_searches"],
+                                                       tr["shift_norm"]))]}
+  return out
 
 
 # ----------------------------------------------------------------------------- summary
@@ -321,6 +509,7 @@ def summarise(ctx, parts) -> None:
     summary["calls"]["vs_truth"] = {**truth_lib.rates(stats["selective"], status),
                                     "null_below": truth_lib.NULL_BELOW,
                                     "selective_above": truth_lib.SELECTIVE_ABOVE}
+  summary["paths"] = _paths_summary(ctx, c, a)
   io.write_json(os.path.join(out_dir, "summary.json"), summary)
   v = summary.get("validation")
   cl = summary["calls"]
@@ -385,6 +574,112 @@ def _strip_rows(ctx, c, batches) -> list:
   return rows
 
 
+def _trajectory_panels(ctx, c, a: dict, pair_ids: list[int]) -> list[dict]:
+  """Per shown pair: its r panel (the path relu(r - t s) and the re-encoded r) and w panel."""
+  fr = load_frames(ctx.workdir)
+  data = ctx.result("paired_data")
+  G = ctx.G
+  ts = paths_lib.t_grid(c.p_points, c.p_past)
+  one = int(np.argmin(np.abs(ts - 1.0)))
+  panels = []
+  for i in pair_ids:
+    o, t = fr["pairs"][i]
+    rows = np.concatenate([np.flatnonzero(data.cls == o)[:200], np.flatnonzero(data.cls == t)[:200]])
+    mine = (a["origin"] == o) & (a["target"] == t)
+    title = f"{_class_name(G, o)} > {_class_name(G, t)}"
+    for sp, x, lines in (("r", data.r, {"r path": a["path.pc_r"][mine], "re-encoded r": a["path.pc_img"][mine]}),
+                         ("w", data.w, {"w path": a["path.pc_w"][mine]})):
+      f = fr[sp]
+      cloud = (x[rows] - f["mean"][i]) @ f["components"][i].T
+      ev = f["explained"][i]
+      panels.append({"title": f"{title}, {sp}", "cloud": cloud, "cloud_origin": data.cls[rows] == o,
+                     "lines": lines, "one": one, "xlabel": f"PC1 ({ev[0]:.0%})", "ylabel": f"PC2 ({ev[1]:.0%})"})
+  return panels
+
+
+def _quart(q: list) -> str:
+  return f"{q[1]:.2f} ({q[0]:.2f}-{q[2]:.2f})"
+
+
+def _paths_section(ctx, c, s: dict, out_dir: str) -> list[str]:
+  """HTML of (a)-(e) (README "Along the paths")."""
+  from lis_jax import plots
+  ps = s.get("paths")
+  if not ps:
+    return []
+  G = ctx.G
+  a = _concat(load_batches(ctx.workdir))
+  ts = paths_lib.t_grid(c.p_points, c.p_past)
+  im, rr = ps["image"], ps["r"]
+  out = ["<h3>Along the paths</h3>",
+         f"<p><b>Probabilities.</b> The classifier's softmax on the image of each path point, at {ts.size} "
+         f"values of t from 0 to {ts[-1]:g} (the reference's image_sampling_rshift.py, its add_steps past the "
+         f"counterfactual at t = 1). Mean over the {s['n_searches']} paths: p(target) {im['p_target_at_0']:.2f} "
+         f"at t = 0, <b>{im['p_target_at_1']:.2f}</b> at t = 1"
+         + (f", {im['p_target_end']:.2f} at t = {im['t_end']:g}" if "p_target_end" in im else "")
+         + f"; p(origin) {im['p_origin_at_0']:.2f} -> {im['p_origin_at_1']:.2f}. p(target) reaches 1/2 by t = 1 on "
+         f"{im['reach50']:.0%} of the paths (median t {_fmt(im['t50_median'], 2)}). The head on relu(r - t shift) "
+         f"itself (what the search optimised): p(target) {rr['p_target_at_1']:.2f} at t = 1."
+         + (f" <b>Past the counterfactual</b>, p(target) at t = {im['t_end']:g} holds or rises on "
+            f"{im['past_holds']:.0%} of the paths; of those classified as the target at t = 1, "
+            + (f"{im['past_still_target']:.0%}" if im["past_still_target"] is not None else "n/a")
+            + f" still are at t = {im['t_end']:g}." if "past_holds" in im else "")
+         + "</p>"]
+  png = plots.save(plots.path_probabilities(ts, {
+      "classifier on the generated image": {"p_target": a["path.p_target"], "p_origin": a["path.p_origin"]},
+      "head on relu(r - t shift)": {"p_target": a["path.p_target_r"], "p_origin": a["path.p_origin_r"]}}),
+      out_dir, "boundary_path_probabilities")
+  out.append(plots.img_tag(png, "p(target) and p(origin) along the paths: median and 25-75% band; dashed: t = 1",
+                           "boundary_path_probabilities"))
+  tj = ps["trajectories"]
+  out.append(
+      f"<p><b>Trajectories.</b> Per pair, a PCA of the paired data of both classes (r and w; the first two "
+      f"components hold {tj['explained_2pc']['r']:.0%} and {tj['explained_2pc']['w']:.0%} of the variance, "
+      f"mean over pairs; pc_traj_counterfactual.py). How far along the line from the origin class's mean (0) to "
+      f"the target's (1) the path's end at t = 1 lies, median over paths (quartiles): "
+      f"<b>{_quart(tj['progress_at_1']['r'])}</b> in r (from {tj['progress_at_0']['r'][1]:.2f} at t = 0), "
+      f"{_quart(tj['progress_at_1']['img'])} for the classifier's own r of the generated image (the reference's "
+      f"'rcycled'), {_quart(tj['progress_at_1']['w'])} in w.</p>")
+  show = _show_pairs(s, c.paths_shown)
+  if show:
+    png = plots.save(plots.path_trajectories(_trajectory_panels(ctx, c, a, show)), out_dir, "boundary_trajectories")
+    out.append(plots.img_tag(png, "Paths in the first two PCs of their pair's classes (o: t = 0, x: t = 1)",
+                             "boundary_trajectories"))
+  ru = ps["relevant_units"]
+  out.append(
+      f"<p><b>Relevant units.</b> Each search's {ru['k']} units with the largest |r - relu(r - shift)| "
+      f"(transition_relevant_units.py), counted over the {ru['n_searches']} searches: the 10 most frequent take "
+      f"{ru['top10_share']:.0%} of the slots; unit {ru['units'][0]} is among a search's top {ru['k']} "
+      f"{ru['counts'][0]} times (chance {ru['expected']:.2g}). <b>{ru['n_recurring']}</b> units recur more often "
+      f"than if each search picked its units at random (binomial tail, Bonferroni over all units, "
+      f"p &lt;= {ru['alpha']}).</p>")
+  png = plots.save(plots.relevant_units(ru["units"], ru["counts"], ru["expected"],
+                                        [p <= ru["alpha"] for p in ru["p_adj"]],
+                                        f"the {len(ru['units'])} units most often among a search's top {ru['k']}"),
+                   out_dir, "boundary_relevant_units")
+  out.append(plots.img_tag(png, "Relevant units across searches (red: recurring beyond chance)",
+                           "boundary_relevant_units"))
+  tr = ps["transfer"]
+  if tr["n_pairs"]:
+    out.append(
+        f"<p><b>Transferring a pair's mean shift.</b> Each pair's mean of r - relu(r - shift) over its successful "
+        f"searches (shift_opt.py's use_avg_shift_over_samples) applied to {tr['samples']} new samples of the origin "
+        f"class (paired data no search started from): their regenerated image is classified as the target for "
+        f"<b>{tr['mean_rate']:.0%}</b> of them (mean over {tr['n_pairs']} pairs; the head on the shifted r: "
+        f"{tr['mean_rate_r']:.0%}), against {tr['mean_rate_null']:.0%} for a random shift of the same norm on the "
+        f"same samples. The transfer beats the null for <b>{tr['n_transfers']} of {tr['n_pairs']}</b> pairs (test: "
+        f"{html.escape(tr['test'])}; q &lt;= {tr['q_level']}; intervals: Wilson, {tr['level']:.0%}).</p>")
+    rows = [p for p in tr["pairs"] if p["n"] > 0]
+    key = lambda v: np.array([p[v] for p in rows], np.float64)
+    png = plots.save(plots.transfer_rates([f"{_class_name(G, p['origin'])} > {_class_name(G, p['target'])}" for p in rows],
+                                          key("rate"), key("ci_low"), key("ci_high"), key("rate_null"),
+                                          key("null_low"), key("null_high"), [p["transfers"] for p in rows]),
+                     out_dir, "boundary_transfer")
+    out.append(plots.img_tag(png, "Success of the transferred mean shift per pair vs a random shift of the same "
+                             "norm (Wilson intervals; *: q <= q_level)", "boundary_transfer"))
+  return out
+
+
 def section(ctx) -> str | None:
   """HTML: crossings, the concepts that change per pair (bars, strips), validation, shifted units."""
   from lis_jax import plots
@@ -446,6 +741,7 @@ def section(ctx) -> str | None:
     png = plots.save(plots.image_strips(rows), out_dir, "boundary_strips")
     parts.append(plots.img_tag(png, "From w_before through the path's start and both crossings to w_after",
                                "boundary_strips"))
+  parts.extend(_paths_section(ctx, c, s, out_dir))
   table_rows = []
   per_pair = {(p["origin"], p["target"]): p for p in (v["per_pair"] if v else [])}
   for p in s["pairs"]:
@@ -470,10 +766,17 @@ def summary(ctx) -> dict | None:
   out["shifted_units_baseline"] = s["shifted_units"]["baseline"]
   if "validation" in s:
     out.update({f"validation_{k}": s["validation"][k] for k in ("mean_spearman", "share_right_top", "chance")})
+  if "paths" in s:
+    ps = s["paths"]
+    out.update({"path_p_target_at_1": ps["image"]["p_target_at_1"], "path_p_target_end": ps["image"].get("p_target_end"),
+                "path_progress_at_1_r": ps["trajectories"]["progress_at_1"]["r"][1],
+                "relevant_units_recurring": ps["relevant_units"]["n_recurring"],
+                "transfer_rate": ps["transfer"]["mean_rate"], "transfer_rate_null": ps["transfer"]["mean_rate_null"],
+                "transfer_pairs_beating_null": ps["transfer"]["n_transfers"]})
   return out
 
 
 STAGE = Stage(name=NAME, requires=("counterfactual", "quantify"), default_config=default_config, run=run,
               load=load, uses=("seed",), section=section, summary=summary,
-              ignores=("measure_batch", "strips", "pairs_shown"),  # batch_size: batch files partition the searches
+              ignores=("measure_batch", "strips", "pairs_shown", "paths_shown"),  # batch_size: batch files partition the searches
               rules=RULES)
