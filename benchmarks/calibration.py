@@ -49,7 +49,8 @@ from lis_jax.stages import link as link_stage  # noqa: E402
 
 STAGES = "paired_data,link,sweep,counterfactual,quantify,boundary,population"
 DEMO_OVERRIDES = []  # extra --config overrides of the demo runs
-KEYS = ("fdr_selective", "power_selective", "superposed_fraction_random", "superposed_fraction_units",
+KEYS = ("fdr_selective", "power_selective", "fdr_changes", "power_changes", "oracle_beyond_random_calls",
+        "superposed_fraction_random", "superposed_fraction_units",
         "cka_debiased_independent", "cka_debiased_null_q95", "boundary_fpr_uncorrected", "boundary_fdr",
         "boundary_spearman", "boundary_right_top", "precision_at_5", "spearman")
 
@@ -88,6 +89,19 @@ def quantify_null(G, seg, qc, link, sres, ranges, draws: int, key) -> dict:
   return out
 
 
+def null_truth(G, link, sres, ranges, draws: int, key) -> dict:
+  """[R, F] the r-space null directions' mean true factor change (quantify_null's draws)."""
+  from lis_jax.analysis.readout import decode_factors
+  pick = sweep.pick_starts(sres.cls, 8)
+  w_start, ends, _ = nulls.rspace_ends(link, sres.r_start[pick], ranges, draws, key)
+  f0, _ = decode_factors(G, jax.numpy.asarray(w_start))
+  f1, _ = decode_factors(G, jax.numpy.asarray(ends.reshape(-1, ends.shape[-1])))
+  ch = blib.factor_changes({k: np.tile(np.asarray(v), draws) for k, v in f0.items()},
+                           {k: np.asarray(v) for k, v in f1.items()}, G.factor_ranges, G.circular_factors)
+  return {"truth_delta": np.stack([v.reshape(draws, -1).mean(1) for v in ch.values()], -1),
+          "truth_factors": np.asarray(list(ch))}
+
+
 def boundary_null(G, seg, qc, link, cf, a, draws: int, key) -> dict:
   """null.<m> [B, R, P] at the ends of r-space null paths of the boundary's searches."""
   ids = a["search"]
@@ -121,7 +135,10 @@ def quantify_figures(wd, G, qc, stats_fn, blks, null, parts, q_level) -> dict:
   metrics = list(selectivity.CONCEPT_METRICS)
   status = truth.labels(t, names, G.factor_concepts, parts, metrics)
   r = truth.rates(st["selective"], status)
-  check = quantify.truth_check(st, units, parts, t, names, qc.top_k, G.factor_concepts, score=qc.rank_by)
+  check = quantify.truth_check({**st, "selective": st["changes"]}, units, parts, t, names, qc.top_k,
+                               G.factor_concepts, score=qc.rank_by)
+  beyond = quantify.truth_check(st, units, parts, t, names, qc.top_k, G.factor_concepts, score=qc.rank_by)
+  rc = truth.rates(st["changes"], status)
   ranked = quantify.truth_check({**st, "selective": np.ones_like(st["selective"])}, units, parts, t, names,
                                 qc.top_k, G.factor_concepts, score=qc.rank_by)
   nc = selectivity.null_calls(null_d, null_len, seed=0, alpha=qc.alpha, q_level=q_level,
@@ -132,6 +149,8 @@ def quantify_figures(wd, G, qc, stats_fn, blks, null, parts, q_level) -> dict:
     sup_unc = superposition.analyse({**st, "selective": st["p_null"] <= qc.alpha}, units, parts, metrics,
                                     null_selective=nc["p_null"] <= qc.alpha)
   return {"fdr_selective": r["fdr"], "power_selective": r["power"], "n_called": r["n_called"],
+          "fdr_changes": rc["fdr"], "power_changes": rc["power"], "n_changes_called": rc["n_called"],
+          "n_changes_all": int(np.sum(st["changes"])), "precision_at_5_selective": beyond["mean_precision"],
           "n_true_selective": r["n_true_selective"], "n_true_null": r["n_true_null"],
           "n_selective_all": int(np.sum(st["selective"])), "n_tests": int(np.sum(np.isfinite(st["p_null"]))),
           "fdr_uncorrected_p05": p_unc["fdr"], "power_uncorrected_p05": p_unc["power"],
@@ -198,10 +217,17 @@ def measure_seed(wd: str, seed: int, args) -> dict:
 
   def stats_fn(deltas, lengths, null_d, null_len):
     return selectivity.shared_null_statistics(deltas, lengths, null_d, null_len, seed=seed, n_boot=qc.n_boot,
-                                              q_level=args.q, **quantify.statistics_options(qc))
+                                              q_level=args.q, min_effect=qc.min_effect,
+                                              **quantify.statistics_options(qc))
 
   out = {"measure_seconds": t_measure}
   out.update(quantify_figures(wd, G, qc, stats_fn, blks, rnull, parts, args.q))
+  nt = null_truth(G, link, sres, ranges, args.quantify_draws, jax.random.fold_in(root, 0))
+  t_units = np.concatenate([b["truth_delta"] for b in blks])
+  names = [str(n) for n in blks[0]["truth_factors"]]
+  orc = truth.oracle_beyond_random(t_units, nt["truth_delta"], names, list(G.factor_concepts), args.q)
+  out.update(oracle_beyond_random_calls=orc["n_calls"], oracle_beyond_random_tests=orc["n_tests"],
+             oracle_beyond_random_min_p=orc["min_p"], oracle_beyond_random_share_p05=orc["share_p05"])
   wnull = quantify.load_null(os.path.join(wd, "quantify"))
   out["w_null"] = quantify_figures(wd, G, qc, stats_fn, blks, wnull, parts, args.q)
   out.update(planted_cka(seed, args.cka_perm))
