@@ -96,7 +96,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.min_effect = 0.5  # 'changes': mean change > min_effect x the null's RMS change (one-sided t over start samples, BH at q_level)
   c.concepts = "reference"  # metrics per concept: 'reference' (the paper's) or 'calibrated' (README)
   c.rank_by = "mean"  # units ranked by |average change| ('mean', the reference's) or 'effect' (vs the null)
-  c.average = "mean"  # average of a unit's changes over its start samples: 'mean' (the reference) or 'median'
+  c.average = "mean"  # average of a unit's changes over its start samples: 'mean' (the reference), 'median' or 'hl' (Hodges-Lehmann)
   c.null_per_length = False  # True: compare changes per unit of sweep length with the null's
   c.max_components = 3  # ellipse slots per part (largest components)
   c.batch_size = 32  # images per segment-and-measure call
@@ -117,7 +117,7 @@ RULES = {
     "max_components": V.pos_int(), "batch_size": V.pos_int(), "n_boot": V.pos_int(),
     "level": V.unit_open(), "alpha": V.unit_open(), "q_level": V.unit_open(), "min_effect": V.nonneg_float(),
     "null_space": V.choice("r", "w"), "top_k": V.pos_int(), "cards": V.nonneg_int(),
-    "rank_by": V.choice("mean", "effect"), "average": V.choice("mean", "median"),
+    "rank_by": V.choice("mean", "effect"), "average": V.choice(*selectivity.AVERAGES),
     "concepts": V.choice(*selectivity.CONCEPT_SETS),
     "head": V.choice(*segment.HEAD_DILATIONS),
 }
@@ -337,9 +337,10 @@ def merge(ctx) -> None:
   io.write_json(path, manifest)
 
 
-def _statistics(c, deltas, lengths, null_d, null_len, seed: int) -> dict:
+def _statistics(c, deltas, lengths, null_d, null_len, seed: int, intervals: bool = True) -> dict:
   return selectivity.shared_null_statistics(deltas, lengths, null_d, null_len, seed=seed, n_boot=c.n_boot,
-                                            q_level=c.q_level, min_effect=c.min_effect, **statistics_options(c))
+                                            q_level=c.q_level, min_effect=c.min_effect, intervals=intervals,
+                                            **statistics_options(c))
 
 
 def _store(directory: str) -> blocks.BlockStore:
@@ -388,7 +389,7 @@ def summarise(ctx, seg: segment.Segmenter) -> None:
   found_by = lambda st: {**st, "selective": st["changes"]}
   check = truth_check(found_by(stats), units, parts, truth, names, c.top_k, concepts, score=c.rank_by)
   _, t_deltas, t_len, t_null, t_null_len = deltas_from_blocks(blks, null, sources, "true")
-  t_stats = _statistics(c, t_deltas, t_len, t_null, t_null_len, seed)
+  t_stats = _statistics(c, t_deltas, t_len, t_null, t_null_len, seed, intervals=False)  # calls and ranks only
   check["true_masks"] = truth_check(found_by(t_stats), units, parts, truth, names, c.top_k, concepts,
                                     score=c.rank_by)
   status = truth_lib.labels(truth, names, concepts, parts, list(selectivity.CONCEPT_METRICS))
