@@ -10,7 +10,11 @@ a second run reuses it), then this script measures:
                directions from the same 8 start samples, measured by the run's
                segmenter), the units' statistics against it with BH q-values, and the
                calls (q <= --q) against the truth (analysis.truth): fdr_selective,
-               power_selective; precision@5 and Spearman as quantify's truth_check;
+               power_selective ('selective': beyond random directions), fdr_changes,
+               power_changes ('changes': beyond quantify.min_effect x the null's RMS;
+               also at the min_effect values of SENSITIVITY); the oracle (the units'
+               true factor changes against the null directions': truth.oracle_beyond_random);
+               precision@5 and Spearman as quantify's truth_check;
                the same against the run's isotropic-w null side by side (`w_null`).
   superposition  the units' calls and the null directions' calls (leave one out, the
                same BH family size rule) labelled by analysis.superposition's rule:
@@ -168,6 +172,30 @@ def quantify_figures(wd, G, qc, stats_fn, blks, null, parts, q_level) -> dict:
           "superposed_fraction_random_p05": sup_unc["superposed_null"]["fraction"]}
 
 
+SENSITIVITY = (0.0, 0.25, 0.5, 1.0)  # quantify.min_effect values the 'changes' call is also scored at
+
+
+def changes_sensitivity(G, qc, blks, null, parts, seed, q_level) -> dict:
+  """{min_effect: {fdr, power, n_called}} of the 'changes' call against the truth (0: a
+  plain two-sided test of no change, whose false discoveries show why a smallest effect
+  of interest is needed: measured concepts move a little with every factor)."""
+  sources = selectivity.concept_sources(qc.concepts)
+  _, deltas, lengths, null_d, null_len = quantify.deltas_from_blocks(blks, null, sources)
+  t = np.concatenate([b["truth_delta"] for b in blks])
+  status = truth.labels(t, [str(n) for n in blks[0]["truth_factors"]], G.factor_concepts, parts,
+                        list(selectivity.CONCEPT_METRICS))
+  out = {}
+  for me in SENSITIVITY:
+    st = selectivity.shared_null_statistics(deltas, lengths, null_d, null_len, seed=seed, q_level=q_level,
+                                            min_effect=me, intervals=False, **quantify.statistics_options(qc))
+    if me == 0.0:  # two-sided: H0 mean change = 0
+      st["changes"] = calls.bh_qvalues(np.minimum(2 * st["p_change"], 1.0)) <= q_level
+    r = truth.rates(st["changes"], status)
+    out[str(me)] = {"fdr": r["fdr"], "power": r["power"], "n_called": r["n_called"],
+                    "n_changes_all": int(np.sum(st["changes"]))}
+  return out
+
+
 def boundary_figures(G, a, batch0, null_arrays, sources, parts, seed, q_level) -> dict:
   arrays = {**{k: v for k, v in a.items() if k.startswith("pt.")}, **null_arrays}
   deltas, null_d = bstage.changes(arrays, sources)
@@ -222,6 +250,7 @@ def measure_seed(wd: str, seed: int, args) -> dict:
 
   out = {"measure_seconds": t_measure}
   out.update(quantify_figures(wd, G, qc, stats_fn, blks, rnull, parts, args.q))
+  out["changes_by_min_effect"] = changes_sensitivity(G, qc, blks, rnull, parts, seed, args.q)
   nt = null_truth(G, link, sres, ranges, args.quantify_draws, jax.random.fold_in(root, 0))
   t_units = np.concatenate([b["truth_delta"] for b in blks])
   names = [str(n) for n in blks[0]["truth_factors"]]
@@ -265,6 +294,10 @@ def main():
   for k in KEYS:
     v = [x for x in out[k] if x is not None]
     print(f"{k:28s} " + " ".join(f"{x:.3f}" for x in v) + (f"   mean {np.mean(v):.3f} min {np.min(v):.3f}" if v else ""))
+  for me in SENSITIVITY:
+    v = [r["changes_by_min_effect"][str(me)] for r in per_seed]
+    print(f"changes at min_effect {me}: FDR " + " ".join(f"{x['fdr']:.3f}" for x in v)
+          + ", power " + " ".join(f"{x['power']:.3f}" for x in v))
   print(f"w-null side by side: fdr_selective {out['w_null']['fdr_selective']}, "
         f"superposed_fraction_random {out['w_null']['superposed_fraction_random']}")
   print(f"total {out['seconds']:.0f} s")
