@@ -93,10 +93,10 @@ def quantify_null(G, seg, qc, link, sres, ranges, draws: int, key) -> dict:
   return out
 
 
-def null_truth(G, link, sres, ranges, draws: int, key) -> dict:
+def null_truth(G, link, sres, ranges, draws: int, key, samples: int) -> dict:
   """[R, F] the r-space null directions' mean true factor change (quantify_null's draws)."""
   from lis_jax.analysis.readout import decode_factors
-  pick = sweep.pick_starts(sres.cls, 8)
+  pick = sweep.pick_starts(sres.cls, samples)
   w_start, ends, _ = nulls.rspace_ends(link, sres.r_start[pick], ranges, draws, key)
   f0, _ = decode_factors(G, jax.numpy.asarray(w_start))
   f1, _ = decode_factors(G, jax.numpy.asarray(ends.reshape(-1, ends.shape[-1])))
@@ -251,9 +251,12 @@ def measure_seed(wd: str, seed: int, args) -> dict:
   out = {"measure_seconds": t_measure}
   out.update(quantify_figures(wd, G, qc, stats_fn, blks, rnull, parts, args.q))
   out["changes_by_min_effect"] = changes_sensitivity(G, qc, blks, rnull, parts, seed, args.q)
-  nt = null_truth(G, link, sres, ranges, args.quantify_draws, jax.random.fold_in(root, 0))
-  t_units = np.concatenate([b["truth_delta"] for b in blks])
-  names = [str(n) for n in blks[0]["truth_factors"]]
+  nt = null_truth(G, link, sres, ranges, args.quantify_draws, jax.random.fold_in(root, 0), qc.samples_per_unit)
+  # the units' true changes over the same 8 start samples as the null's (the sweep's truth_delta
+  # averages all 32, which would shrink the units' extremes and favour the null)
+  t8 = [sweep.factor_deltas(G, b["w"][:, sweep.pick_starts(b["cls"], qc.samples_per_unit)]) for b in sweep_blocks]
+  t_units, names = np.concatenate([x[0] for x in t8]), [str(n) for n in t8[0][1]]
+  assert names == [str(n) for n in nt["truth_factors"]]
   orc = truth.oracle_beyond_random(t_units, nt["truth_delta"], names, list(G.factor_concepts), args.q)
   out.update(oracle_beyond_random_calls=orc["n_calls"], oracle_beyond_random_tests=orc["n_tests"],
              oracle_beyond_random_min_p=orc["min_p"], oracle_beyond_random_share_p05=orc["share_p05"])
