@@ -10,7 +10,11 @@ a second run reuses it), then this script measures:
                directions from the same 8 start samples, measured by the run's
                segmenter), the units' statistics against it with BH q-values, and the
                calls (q <= --q) against the truth (analysis.truth): fdr_selective,
-               power_selective; precision@5 and Spearman as quantify's truth_check;
+               power_selective ('selective': beyond random directions), fdr_changes,
+               power_changes ('changes': beyond quantify.min_effect x the null's RMS;
+               also at the min_effect values of SENSITIVITY); the oracle (the units'
+               true factor changes against the null directions': truth.oracle_beyond_random);
+               precision@5 and Spearman as quantify's truth_check;
                the same against the run's isotropic-w null side by side (`w_null`).
   superposition  the units' calls and the null directions' calls (leave one out, the
                same BH family size rule) labelled by analysis.superposition's rule:
@@ -49,7 +53,8 @@ from lis_jax.stages import link as link_stage  # noqa: E402
 
 STAGES = "paired_data,link,sweep,counterfactual,quantify,boundary,population"
 DEMO_OVERRIDES = []  # extra --config overrides of the demo runs
-KEYS = ("fdr_selective", "power_selective", "superposed_fraction_random", "superposed_fraction_units",
+KEYS = ("fdr_selective", "power_selective", "fdr_changes", "power_changes", "oracle_beyond_random_calls",
+        "superposed_fraction_random", "superposed_fraction_units",
         "cka_debiased_independent", "cka_debiased_null_q95", "boundary_fpr_uncorrected", "boundary_fdr",
         "boundary_spearman", "boundary_right_top", "precision_at_5", "spearman")
 
@@ -88,6 +93,19 @@ def quantify_null(G, seg, qc, link, sres, ranges, draws: int, key) -> dict:
   return out
 
 
+def null_truth(G, link, sres, ranges, draws: int, key, samples: int) -> dict:
+  """[R, F] the r-space null directions' mean true factor change (quantify_null's draws)."""
+  from lis_jax.analysis.readout import decode_factors
+  pick = sweep.pick_starts(sres.cls, samples)
+  w_start, ends, _ = nulls.rspace_ends(link, sres.r_start[pick], ranges, draws, key)
+  f0, _ = decode_factors(G, jax.numpy.asarray(w_start))
+  f1, _ = decode_factors(G, jax.numpy.asarray(ends.reshape(-1, ends.shape[-1])))
+  ch = blib.factor_changes({k: np.tile(np.asarray(v), draws) for k, v in f0.items()},
+                           {k: np.asarray(v) for k, v in f1.items()}, G.factor_ranges, G.circular_factors)
+  return {"truth_delta": np.stack([v.reshape(draws, -1).mean(1) for v in ch.values()], -1),
+          "truth_factors": np.asarray(list(ch))}
+
+
 def boundary_null(G, seg, qc, link, cf, a, draws: int, key) -> dict:
   """null.<m> [B, R, P] at the ends of r-space null paths of the boundary's searches."""
   ids = a["search"]
@@ -121,7 +139,10 @@ def quantify_figures(wd, G, qc, stats_fn, blks, null, parts, q_level) -> dict:
   metrics = list(selectivity.CONCEPT_METRICS)
   status = truth.labels(t, names, G.factor_concepts, parts, metrics)
   r = truth.rates(st["selective"], status)
-  check = quantify.truth_check(st, units, parts, t, names, qc.top_k, G.factor_concepts, score=qc.rank_by)
+  check = quantify.truth_check({**st, "selective": st["changes"]}, units, parts, t, names, qc.top_k,
+                               G.factor_concepts, score=qc.rank_by)
+  beyond = quantify.truth_check(st, units, parts, t, names, qc.top_k, G.factor_concepts, score=qc.rank_by)
+  rc = truth.rates(st["changes"], status)
   ranked = quantify.truth_check({**st, "selective": np.ones_like(st["selective"])}, units, parts, t, names,
                                 qc.top_k, G.factor_concepts, score=qc.rank_by)
   nc = selectivity.null_calls(null_d, null_len, seed=0, alpha=qc.alpha, q_level=q_level,
@@ -132,6 +153,8 @@ def quantify_figures(wd, G, qc, stats_fn, blks, null, parts, q_level) -> dict:
     sup_unc = superposition.analyse({**st, "selective": st["p_null"] <= qc.alpha}, units, parts, metrics,
                                     null_selective=nc["p_null"] <= qc.alpha)
   return {"fdr_selective": r["fdr"], "power_selective": r["power"], "n_called": r["n_called"],
+          "fdr_changes": rc["fdr"], "power_changes": rc["power"], "n_changes_called": rc["n_called"],
+          "n_changes_all": int(np.sum(st["changes"])), "precision_at_5_selective": beyond["mean_precision"],
           "n_true_selective": r["n_true_selective"], "n_true_null": r["n_true_null"],
           "n_selective_all": int(np.sum(st["selective"])), "n_tests": int(np.sum(np.isfinite(st["p_null"]))),
           "fdr_uncorrected_p05": p_unc["fdr"], "power_uncorrected_p05": p_unc["power"],
@@ -147,6 +170,30 @@ def quantify_figures(wd, G, qc, stats_fn, blks, null, parts, q_level) -> dict:
           "null_draws": int(null_d.shape[0]),
           "superposed_fraction_units_p05": sup_unc["superposed_units"]["fraction"],
           "superposed_fraction_random_p05": sup_unc["superposed_null"]["fraction"]}
+
+
+SENSITIVITY = (0.0, 0.25, 0.5, 1.0)  # quantify.min_effect values the 'changes' call is also scored at
+
+
+def changes_sensitivity(G, qc, blks, null, parts, seed, q_level) -> dict:
+  """{min_effect: {fdr, power, n_called}} of the 'changes' call against the truth (0: a
+  plain two-sided test of no change, whose false discoveries show why a smallest effect
+  of interest is needed: measured concepts move a little with every factor)."""
+  sources = selectivity.concept_sources(qc.concepts)
+  _, deltas, lengths, null_d, null_len = quantify.deltas_from_blocks(blks, null, sources)
+  t = np.concatenate([b["truth_delta"] for b in blks])
+  status = truth.labels(t, [str(n) for n in blks[0]["truth_factors"]], G.factor_concepts, parts,
+                        list(selectivity.CONCEPT_METRICS))
+  out = {}
+  for me in SENSITIVITY:
+    st = selectivity.shared_null_statistics(deltas, lengths, null_d, null_len, seed=seed, q_level=q_level,
+                                            min_effect=me, intervals=False, **quantify.statistics_options(qc))
+    if me == 0.0:  # two-sided: H0 mean change = 0
+      st["changes"] = calls.bh_qvalues(np.minimum(2 * st["p_change"], 1.0)) <= q_level
+    r = truth.rates(st["changes"], status)
+    out[str(me)] = {"fdr": r["fdr"], "power": r["power"], "n_called": r["n_called"],
+                    "n_changes_all": int(np.sum(st["changes"]))}
+  return out
 
 
 def boundary_figures(G, a, batch0, null_arrays, sources, parts, seed, q_level) -> dict:
@@ -198,10 +245,21 @@ def measure_seed(wd: str, seed: int, args) -> dict:
 
   def stats_fn(deltas, lengths, null_d, null_len):
     return selectivity.shared_null_statistics(deltas, lengths, null_d, null_len, seed=seed, n_boot=qc.n_boot,
-                                              q_level=args.q, **quantify.statistics_options(qc))
+                                              q_level=args.q, min_effect=qc.min_effect,
+                                              **quantify.statistics_options(qc))
 
   out = {"measure_seconds": t_measure}
   out.update(quantify_figures(wd, G, qc, stats_fn, blks, rnull, parts, args.q))
+  out["changes_by_min_effect"] = changes_sensitivity(G, qc, blks, rnull, parts, seed, args.q)
+  nt = null_truth(G, link, sres, ranges, args.quantify_draws, jax.random.fold_in(root, 0), qc.samples_per_unit)
+  # the units' true changes over the same 8 start samples as the null's (the sweep's truth_delta
+  # averages all 32, which would shrink the units' extremes and favour the null)
+  t8 = [sweep.factor_deltas(G, b["w"][:, sweep.pick_starts(b["cls"], qc.samples_per_unit)]) for b in sweep_blocks]
+  t_units, names = np.concatenate([x[0] for x in t8]), [str(n) for n in t8[0][1]]
+  assert names == [str(n) for n in nt["truth_factors"]]
+  orc = truth.oracle_beyond_random(t_units, nt["truth_delta"], names, list(G.factor_concepts), args.q)
+  out.update(oracle_beyond_random_calls=orc["n_calls"], oracle_beyond_random_tests=orc["n_tests"],
+             oracle_beyond_random_min_p=orc["min_p"], oracle_beyond_random_share_p05=orc["share_p05"])
   wnull = quantify.load_null(os.path.join(wd, "quantify"))
   out["w_null"] = quantify_figures(wd, G, qc, stats_fn, blks, wnull, parts, args.q)
   out.update(planted_cka(seed, args.cka_perm))
@@ -239,6 +297,10 @@ def main():
   for k in KEYS:
     v = [x for x in out[k] if x is not None]
     print(f"{k:28s} " + " ".join(f"{x:.3f}" for x in v) + (f"   mean {np.mean(v):.3f} min {np.min(v):.3f}" if v else ""))
+  for me in SENSITIVITY:
+    v = [r["changes_by_min_effect"][str(me)] for r in per_seed]
+    print(f"changes at min_effect {me}: FDR " + " ".join(f"{x['fdr']:.3f}" for x in v)
+          + ", power " + " ".join(f"{x['power']:.3f}" for x in v))
   print(f"w-null side by side: fdr_selective {out['w_null']['fdr_selective']}, "
         f"superposed_fraction_random {out['w_null']['superposed_fraction_random']}")
   print(f"total {out['seconds']:.0f} s")

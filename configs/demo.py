@@ -46,7 +46,7 @@ def get_config():
   config.quantify.lr_step_epochs = 30
   config.quantify.samples_per_unit = 8  # of the 32 start samples, one per class
   config.quantify.concepts = "calibrated"  # metrics that track the world's factors (README)
-  config.quantify.average = "median"  # of a unit's changes over its start samples (the paper: mean)
+  config.quantify.average = "hl"  # Hodges-Lehmann of a unit's changes over its start samples (the paper: mean; README)
   config.quantify.batch_size = 64
   config.quantify.top_k = 5
   config.quantify.cards = 6

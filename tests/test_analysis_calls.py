@@ -200,3 +200,68 @@ def test_truth_labels_and_rates_closed_form():
   r = truth.rates(called, lab)
   assert r["fdr"] == pytest.approx(1 / 3) and r["power"] == pytest.approx(2 / 2)
   assert (r["n_true_null"], r["n_true_selective"]) == (2, 2)
+
+
+def test_min_effect_pvalues_match_scipy_t_test_at_zero():
+  """delta0 = 0: twice the one-sided p is scipy's two-sided one-sample t-test."""
+  rng = np.random.default_rng(11)
+  x = rng.normal(0.3, 1.0, size=(8, 40))
+  x[0, :5] = np.nan  # missing samples are left out
+  p = calls.min_effect_pvalues(x, 0.0)
+  want = sps.ttest_1samp(x, 0.0, nan_policy="omit").pvalue
+  np.testing.assert_allclose(2 * p, np.asarray(want), atol=1e-10)
+  assert np.isnan(calls.min_effect_pvalues(np.array([[1.0], [np.nan], [np.nan]]), 0.0)).all()  # n < 3
+
+
+# At the null's boundary |mu| = delta0 the rejection rate at 0.05 is 0.05 (the far side adds
+# P(T < -t - 2 delta0 sqrt(n) / sd) ~ 1e-4 here); 40000 tests: binomial sd 0.0011, bound 4 sd.
+LEVEL_TOL = 0.0045
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_min_effect_pvalues_have_their_level_on_the_boundary_and_less_inside(sign):
+  rng = np.random.default_rng(12)
+  delta0 = 0.5
+  edge = calls.min_effect_pvalues(rng.normal(sign * delta0, 1.0, size=(8, 40000)), delta0)
+  assert np.mean(edge <= 0.05) == pytest.approx(0.05, abs=LEVEL_TOL)
+  inside = calls.min_effect_pvalues(rng.normal(0.0, 1.0, size=(8, 40000)), delta0)
+  assert np.mean(inside <= 0.05) < 0.01  # |mu| well inside the null: rarely called
+  far = calls.min_effect_pvalues(rng.normal(sign * 3.0, 1.0, size=(8, 1000)), delta0)
+  assert np.mean(far <= 0.05) > 0.99  # 2.5 sd beyond delta0 with 8 samples: t ~ 7
+
+
+def test_changes_call_finds_planted_changes_that_random_directions_match():
+  """Units that move a concept as much as random directions do: 'selective' (beyond the
+  random directions) has nothing to find, 'changes' (beyond min_effect x the null's RMS)
+  finds the units whose change is large and consistent and leaves the still ones."""
+  rng = np.random.default_rng(13)
+  u, s, p_, m_, r = 64, 8, 2, len(selectivity.CONCEPT_METRICS), 200
+  dir_u = rng.normal(size=(u, 1, p_, m_))  # each unit's (and null direction's) own mean change
+  still = np.zeros((u, p_, m_), bool)
+  still.reshape(-1)[rng.choice(still.size, 300, replace=False)] = True
+  dir_u[:, 0][still] = 0.0
+  deltas = dir_u + 0.1 * rng.normal(size=(u, s, p_, m_))
+  null = rng.normal(size=(r, 1, p_, m_)) + 0.1 * rng.normal(size=(r, s, p_, m_))
+  st = selectivity.shared_null_statistics(deltas, np.ones(u), null, np.ones(r), seed=0, n_boot=50,
+                                          q_level=0.1, min_effect=0.5, average="mean")
+  ok = np.isfinite(st["p_change"])
+  np.testing.assert_allclose(st["q_change"][ok], multipletests(st["p_change"][ok], method="fdr_bh")[1],
+                             atol=ROUNDOFF)
+  assert np.sum(st["selective"]) <= 3  # the units are random directions: BH finds (almost) nothing
+  big = np.abs(dir_u[:, 0]) > 1.0  # twice min_effect x null RMS (~1): t ~ 14 with 8 samples
+  assert np.all(st["changes"][big])
+  assert not np.any(st["changes"][still])  # truly no change: never called
+  small = (np.abs(dir_u[:, 0]) < 0.4) & ~still  # below min_effect x RMS: not a change of interest
+  assert np.mean(st["changes"][small]) < 0.05
+
+
+def test_oracle_beyond_random_calls_nothing_when_items_are_random_directions():
+  rng = np.random.default_rng(14)
+  names = ["a", "b", "c"]
+  null = rng.normal(size=(200, 3))
+  same = truth.oracle_beyond_random(rng.normal(size=(128, 3)), null, names, ["a", "b"])
+  assert same["n_tests"] == 256 and same["n_calls"] == 0
+  items = rng.normal(size=(128, 3))
+  items[:10, 0] = 8.0  # 8 sd beyond the null: the GPD tail gives p far below BH's 0.1 x 10 / 256
+  far = truth.oracle_beyond_random(items, null, names, ["a", "b"])
+  assert far["n_calls"] >= 10 and far["min_p"] < 1e-4

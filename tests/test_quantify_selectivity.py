@@ -164,3 +164,20 @@ def test_selective_fires_at_about_alpha_on_random_direction_sweeps():
                   np.arange(START_SAMPLES)[None]]  # [F, S, P, M]
   old = selectivity.unit_statistics(fake, old_null, seed=0, n_boot=200, alpha=ALPHA)
   assert old["selective"][ok].mean() > 2 * ALPHA
+
+
+def test_fast_nanmedian_and_hodges_lehmann_match_their_definitions():
+  rng = np.random.default_rng(21)
+  x = rng.normal(size=(8, 6, 5))
+  x[rng.uniform(size=x.shape) < 0.25] = np.nan
+  x[:, 0, 0] = np.nan  # an all-missing column stays NaN
+  with np.errstate(invalid="ignore"), pytest.warns(RuntimeWarning):
+    want = np.nanmedian(x, axis=0)
+  np.testing.assert_allclose(selectivity._average(x, "median", 0), want, equal_nan=True, atol=1e-15)
+  hl = selectivity._average(x, "hl", 0)
+  for a in range(1, 6):
+    for b in range(5):
+      v = x[:, a, b][np.isfinite(x[:, a, b])]
+      walsh = [(v[i] + v[j]) / 2 for i in range(v.size) for j in range(i, v.size)]
+      assert hl[a, b] == pytest.approx(np.median(walsh), abs=1e-15)
+  assert np.isnan(hl[0, 0])

@@ -20,6 +20,10 @@ pipeline prints is made here, the same way:
               `storey_qvalues`): calling every test with q <= level controls the
               false-discovery rate at `level` for independent or positively dependent
               tests.
+  size        `min_effect_pvalues`: a one-sided t-test across samples (e.g. a unit's
+              start samples) that a change exceeds a smallest effect of interest
+              (H0 |mu| <= delta0), for calls about the size of a change rather than its
+              rank among null draws.
   fraction    a population fraction (units superposed, selective) is shown with its
               Clopper-Pearson interval (`proportion_ci`) next to the same fraction on
               null directions.
@@ -28,6 +32,8 @@ All functions are numpy (scipy for the GPD survival function and the beta quanti
 NaN p-values (an undefined statistic) are left out of a family and stay NaN.
 """
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 from scipy import special
@@ -155,6 +161,35 @@ def tail_pvalues(stat: np.ndarray, null: np.ndarray, *, rng: np.random.Generator
       p[few] = _tail_p(x[ok][few], col, n_tail)
     out[ok, f] = p
   return out
+
+
+def min_effect_pvalues(x: np.ndarray, delta0: np.ndarray, min_n: int = 3) -> np.ndarray:
+  """One-sided t-test that a mean's size exceeds a smallest effect of interest.
+
+  Null hypothesis |mu| <= delta0 (the change is smaller than delta0 in either direction),
+  alternative |mu| > delta0; statistic t = (|mean| - delta0) / (sd / sqrt(n)) over the
+  samples (sd with n - 1), p = P(T_{n-1} >= t). At the null's boundary |mu| = delta0 the
+  test has level alpha (the far side's contribution is negligible), inside it less, so
+  p is valid (conservative) for every |mu| <= delta0; delta0 = 0 gives half the
+  two-sided t-test's p (use `2 p` there).
+
+  Args:
+    x: [S, ...] samples (NaN = missing), e.g. a unit's changes over its start samples.
+    delta0: [...] (broadcast) the smallest change of interest, >= 0.
+    min_n: fewer finite samples give NaN (no test).
+  Returns:
+    [...] p in [0, 1]; NaN where fewer than min_n samples or delta0 is NaN.
+  """
+  x = np.asarray(x, np.float64)
+  n = np.sum(np.isfinite(x), axis=0)
+  with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)
+    mean = np.nanmean(x, axis=0)
+    se = np.nanstd(x, axis=0, ddof=1) / np.sqrt(n)
+    excess = np.abs(mean) - np.asarray(delta0, np.float64)
+    t = np.where(se > 0, excess / np.where(se > 0, se, 1.0), np.where(excess > 0, np.inf, -np.inf))
+    p = sps.t.sf(t, np.maximum(n - 1, 1))
+  return np.where((n >= min_n) & np.isfinite(excess), p, np.nan)
 
 
 def loo_pvalues(null: np.ndarray, **kwargs) -> np.ndarray:

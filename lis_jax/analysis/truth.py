@@ -94,3 +94,26 @@ def superposition_truth(truth: np.ndarray, factor_names: Sequence[str], threshol
   item moves two or more)."""
   del factor_names
   return np.sum(np.abs(np.asarray(truth)) > threshold, axis=1)
+
+
+def oracle_beyond_random(truth: np.ndarray, null_truth: np.ndarray, factor_names: Sequence[str],
+                         factors: Sequence[str], q_level: float = 0.1) -> dict:
+  """The best any 'beyond random directions' call could do: each item's TRUE change of a
+  factor tested against the true changes of the null's random directions (the
+  permutation p with a GPD tail, `calls.tail_pvalues`), BH over item x factor.
+
+  If this oracle calls nothing, no measured statistic can: the items do not move the
+  factors more than the null's directions do, whatever the measurement.
+
+  Args:
+    truth: [N, F] items' mean true change (fraction of range); null_truth: [R, F] the
+      null directions'; factor_names: the F columns; factors: those tested.
+  Returns:
+    {'n_calls', 'n_tests', 'min_p', 'share_p05' (items x factors with p <= 0.05)}.
+  """
+  from lis_jax.analysis import calls  # Local: truth is otherwise free of the calls' scipy use.
+  idx = [list(factor_names).index(f) for f in factors if f in factor_names]
+  p = calls.tail_pvalues(np.abs(np.asarray(truth)[:, idx]), np.abs(np.asarray(null_truth)[:, idx]))
+  q = calls.bh_qvalues(p)
+  return {"n_calls": int(np.sum(q <= q_level)), "n_tests": int(np.sum(np.isfinite(p))),
+          "min_p": float(np.nanmin(p)), "share_p05": float(np.nanmean(p <= 0.05))}

@@ -158,8 +158,8 @@ def class_wise(ctx, c, pd, parts: list[str]) -> tuple[list[dict], list[dict]] | 
   null_count = classwise.null_counts(null_d, null_len, pd.cls[samples], len(units),
                                      seed=ctx.seed(f"{NAME}.classwise"), alpha=qc.alpha, q_level=qc.q_level,
                                      average=qc.average, per_length=qc.null_per_length)
-  pooled = selectivity.shared_null_statistics(deltas, lengths, null_d, null_len,
-                                              seed=ctx.seed(f"{NAME}.classwise"), **opts)
+  pooled = selectivity.shared_null_statistics(deltas, lengths, null_d, null_len,  # calls and ranks only
+                                              seed=ctx.seed(f"{NAME}.classwise"), intervals=False, **opts)
   rows = []
   for k, st in per.items():
     for r in selectivity.table_rows(st, units, parts):

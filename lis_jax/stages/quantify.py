@@ -7,8 +7,10 @@ random directions with the units' geometry (the null: `null_space` 'r', random r
 directions with the units' swept ranges through the link; 'w', isotropic in w). The
 changes give, per unit and concept (part x metric), a mean with a bootstrap interval, a
 null p-value, a Benjamini-Hochberg q-value over the unit x concept table and a rank
-(`selectivity`); 'selective' is q <= `q_level`. On a generator that knows its factors (the built-in world), the units
-found selective for a concept are compared with the units that truly move the matching
+(`selectivity`); 'selective' is q <= `q_level`; a second call, 'changes', tests whether the
+change exceeds `min_effect` x the null's RMS change (a one-sided t-test across the start
+samples, BH over the same table). On a generator that knows its factors (the built-in world), the
+top-ranked units whose change of a concept is called ('changes') are compared with the units that truly move the matching
 factor (precision@k; the factor -> concept table is the world's `factor_concepts`, the
 true factor changes are the sweep's `truth_delta`).
 
@@ -29,11 +31,15 @@ Outputs (`workdir/quantify/`, all written atomically):
                          the world's true masks) and, with ground truth, the sweep's
                          truth_delta [U, F] and truth_factors [F]; existence = block done; checksummed
   manifest.json          n_blocks (every block must be there to summarise), parts, null draws
-  selectivity.csv        one row per unit x part x metric (selectivity.TABLE_COLUMNS: p_null, q_null)
+  selectivity.csv        one row per unit x part x metric (selectivity.UNIT_TABLE_COLUMNS: p_null,
+                         q_null, selective (beyond random directions); p_change, q_change,
+                         changes (the change exceeds min_effect x the null's RMS))
   calls.json             selective count, tests, the same calls on the null directions
-                         (leave one out) and their p <= alpha rate, null space and draws
+                         (leave one out) and their p <= alpha rate, null space and draws;
+                         n_changes and min_effect (the second call)
   top_units.csv          the top `quantify.top_k` selective units per concept
-  truth_check.json       built-in world only: precision@k and Spearman per factor, with the
+  truth_check.json       built-in world only: precision@k (of the top-ranked units whose
+                         change is called, 'changes') and Spearman per factor, with the
                          segmenter's and the true masks, chance level, false-positive rate,
                          and the calls' false-discovery rate and power (analysis.truth)
 """
@@ -87,9 +93,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.null_draws = 200  # random directions of the null, each applied to every start sample, shared by all units
   c.null_space = "r"  # 'r': directions in r-space with the units' swept ranges, through the link (analysis.nulls); 'w': isotropic in w (the earlier null)
   c.q_level = 0.1  # 'selective': Benjamini-Hochberg q <= q_level over the unit x concept table (FDR control)
+  c.min_effect = 0.5  # 'changes': mean change > min_effect x the null's RMS change (one-sided t over start samples, BH at q_level)
   c.concepts = "reference"  # metrics per concept: 'reference' (the paper's) or 'calibrated' (README)
   c.rank_by = "mean"  # units ranked by |average change| ('mean', the reference's) or 'effect' (vs the null)
-  c.average = "mean"  # average of a unit's changes over its start samples: 'mean' (the reference) or 'median'
+  c.average = "mean"  # average of a unit's changes over its start samples: 'mean' (the reference), 'median' or 'hl' (Hodges-Lehmann)
   c.null_per_length = False  # True: compare changes per unit of sweep length with the null's
   c.max_components = 3  # ellipse slots per part (largest components)
   c.batch_size = 32  # images per segment-and-measure call
@@ -108,9 +115,9 @@ RULES = {
     "weight_decay": V.nonneg_float(), "lr_step_epochs": V.pos_int(), "lr_gamma": V.pos_float(),
     "samples_per_unit": V.int_at_least(2), "null_draws": V.int_at_least(2),
     "max_components": V.pos_int(), "batch_size": V.pos_int(), "n_boot": V.pos_int(),
-    "level": V.unit_open(), "alpha": V.unit_open(), "q_level": V.unit_open(),
+    "level": V.unit_open(), "alpha": V.unit_open(), "q_level": V.unit_open(), "min_effect": V.nonneg_float(),
     "null_space": V.choice("r", "w"), "top_k": V.pos_int(), "cards": V.nonneg_int(),
-    "rank_by": V.choice("mean", "effect"), "average": V.choice("mean", "median"),
+    "rank_by": V.choice("mean", "effect"), "average": V.choice(*selectivity.AVERAGES),
     "concepts": V.choice(*selectivity.CONCEPT_SETS),
     "head": V.choice(*segment.HEAD_DILATIONS),
 }
@@ -330,9 +337,10 @@ def merge(ctx) -> None:
   io.write_json(path, manifest)
 
 
-def _statistics(c, deltas, lengths, null_d, null_len, seed: int) -> dict:
+def _statistics(c, deltas, lengths, null_d, null_len, seed: int, intervals: bool = True) -> dict:
   return selectivity.shared_null_statistics(deltas, lengths, null_d, null_len, seed=seed, n_boot=c.n_boot,
-                                            q_level=c.q_level, **statistics_options(c))
+                                            q_level=c.q_level, min_effect=c.min_effect, intervals=intervals,
+                                            **statistics_options(c))
 
 
 def _store(directory: str) -> blocks.BlockStore:
@@ -352,14 +360,15 @@ def summarise(ctx, seg: segment.Segmenter) -> None:
   units, deltas, lengths, null_d, null_len = deltas_from_blocks(blks, null, sources)
   stats = _statistics(c, deltas, lengths, null_d, null_len, seed)
   rows = selectivity.table_rows(stats, units, parts)
-  selectivity.write_csv(os.path.join(out_dir, "selectivity.csv"), rows, selectivity.TABLE_COLUMNS)
+  selectivity.write_csv(os.path.join(out_dir, "selectivity.csv"), rows, selectivity.UNIT_TABLE_COLUMNS)
   top = selectivity.top_units(rows, c.top_k)
   selectivity.write_csv(os.path.join(out_dir, "top_units.csv"),
-                        [r for concept in sorted(top) for r in top[concept]], selectivity.TABLE_COLUMNS)
+                        [r for concept in sorted(top) for r in top[concept]], selectivity.UNIT_TABLE_COLUMNS)
   nc = selectivity.null_calls(null_d, null_len, seed=seed, alpha=c.alpha, q_level=c.q_level,
                               average=c.average, per_length=c.null_per_length)
   fpr = nc["fpr"]
-  calls_summary = {"n_selective": int(np.sum(stats["selective"])),
+  calls_summary = {"n_selective": int(np.sum(stats["selective"])), "n_changes": int(np.sum(stats["changes"])),
+                   "min_effect": c.min_effect,
                    "n_tests": int(np.sum(np.isfinite(stats["p_null"]))),
                    "n_selective_null": int(np.sum(nc["selective"])), "null_draws": int(null_d.shape[0]),
                    "null_space": c.null_space, "q_level": c.q_level, "alpha": c.alpha,
@@ -368,20 +377,26 @@ def summarise(ctx, seg: segment.Segmenter) -> None:
   print(f"[quantify] selective (BH q <= {c.q_level} over {calls_summary['n_tests']} unit x concept "
         f"tests): {calls_summary['n_selective']} units x concepts; on the {null_d.shape[0]} null "
         f"directions ({c.null_space}-space): {calls_summary['n_selective_null']}; p <= {c.alpha} on "
-        f"the null: {fpr:.3f}", flush=True)
+        f"the null: {fpr:.3f}; changes by more than {c.min_effect} x the null's RMS (BH q <= {c.q_level}): "
+        f"{calls_summary['n_changes']}", flush=True)
   if not isinstance(ctx.G, GroundTruthWorld) or "truth_delta" not in blks[0]:
     return
   truth = np.concatenate([b["truth_delta"] for b in blks])  # [U, F]
   names = [str(n) for n in blks[0]["truth_factors"]]
   concepts = ctx.G.factor_concepts
-  check = truth_check(stats, units, parts, truth, names, c.top_k, concepts, score=c.rank_by)
+  # precision@k lists the top-ranked units whose change is called ('changes'): on the built-in
+  # world no unit stands out from random directions ('selective' calls nothing; README).
+  found_by = lambda st: {**st, "selective": st["changes"]}
+  check = truth_check(found_by(stats), units, parts, truth, names, c.top_k, concepts, score=c.rank_by)
   _, t_deltas, t_len, t_null, t_null_len = deltas_from_blocks(blks, null, sources, "true")
-  t_stats = _statistics(c, t_deltas, t_len, t_null, t_null_len, seed)
-  check["true_masks"] = truth_check(t_stats, units, parts, truth, names, c.top_k, concepts, score=c.rank_by)
+  t_stats = _statistics(c, t_deltas, t_len, t_null, t_null_len, seed, intervals=False)  # calls and ranks only
+  check["true_masks"] = truth_check(found_by(t_stats), units, parts, truth, names, c.top_k, concepts,
+                                    score=c.rank_by)
   status = truth_lib.labels(truth, names, concepts, parts, list(selectivity.CONCEPT_METRICS))
   check["calls_vs_truth"] = {**truth_lib.rates(stats["selective"], status),
                              "null_below": truth_lib.NULL_BELOW, "selective_above": truth_lib.SELECTIVE_ABOVE,
-                             "uncorrected": truth_lib.rates(stats["p_null"] <= c.alpha, status)}
+                             "uncorrected": truth_lib.rates(stats["p_null"] <= c.alpha, status),
+                             "changes": truth_lib.rates(stats["changes"], status), "min_effect": c.min_effect}
   check.update(false_positive_rate=fpr, alpha=c.alpha, concepts=c.concepts, rank_by=c.rank_by,
                average=c.average, null_per_length=c.null_per_length, q_level=c.q_level,
                null_space=c.null_space, samples_per_unit=c.samples_per_unit, null_draws=c.null_draws)
@@ -422,7 +437,8 @@ def _typed(r: dict) -> dict:
   return {**r, "unit": int(r["unit"]), "effect": float(r["effect"]), "mean": float(r["mean"]),
           "ci_low": float(r["ci_low"]), "ci_high": float(r["ci_high"]),
           "p_null": float(r["p_null"]), "q_null": float(r.get("q_null") or "nan"), "rank": int(r["rank"]),
-          "selective": r["selective"] == "True"}
+          "selective": r["selective"] == "True", "p_change": float(r.get("p_change") or "nan"),
+          "q_change": float(r.get("q_change") or "nan"), "changes": r.get("changes") == "True"}
 
 
 def load(workdir: str) -> QuantifyResult:
@@ -496,7 +512,8 @@ def section(ctx) -> str | None:
     tm = ch.get("true_masks") or {"per_factor": {}}
     fpr = ch.get("false_positive_rate")
     parts.append(f"<h3>Check against the ground truth: precision@{ch['k']}</h3><p>For each factor of "
-                 f"the built-in world, the top-{ch['k']} units found selective for the concept that "
+                 f"the built-in world, the top-{ch['k']} units whose change of the concept that shows it "
+                 f"is called ('changes') "
                  f"shows it, against the {ch['k']} units whose sweeps truly move that factor most, "
                  f"measured with the segmenter's masks and with the world's true masks (which "
                  f"separates segmentation error from the measurement design). "
@@ -527,6 +544,12 @@ def section(ctx) -> str | None:
                f"directions {'in r-space with the units&#x27; swept ranges, through the link' if c.null_space == 'r' else 'in w'}"
                f" (a generalized Pareto tail where few null directions reach the unit).{beside} "
                f"Full table with p and q: <code>quantify/selectivity.csv</code>.</p>")
+  n_ch = sum(r.get("changes", False) for r in rows)
+  parts.append(f"<p><b>{n_ch} of {len(rows)}</b> unit x concept pairs <i>change</i> the concept: the mean "
+               f"change over the start samples exceeds {c.min_effect} x the null directions' RMS change "
+               f"(one-sided t-test across start samples, Benjamini-Hochberg q &lt;= {c.q_level} over the "
+               f"table; columns p_change, q_change). 'Selective' asks more: that the unit moves the "
+               f"concept more than random directions with its geometry do.</p>")
   if ch and ch.get("calls_vs_truth"):
     tv = ch["calls_vs_truth"]
     parts.append(f"<p>Against the world's truth (a unit x concept pair is truly null when its factor "
@@ -534,7 +557,9 @@ def section(ctx) -> str | None:
                  f"{tv['selective_above']:.0%}): false-discovery rate of the calls <b>{fmt(tv['fdr'])}</b> "
                  f"({tv['n_called']} calls on decided pairs), power <b>{fmt(tv['power'])}</b> of "
                  f"{tv['n_true_selective']} truly selective pairs; uncorrected p &lt;= {c.alpha}: FDR "
-                 f"{fmt(tv['uncorrected']['fdr'])}, power {fmt(tv['uncorrected']['power'])}.</p>")
+                 f"{fmt(tv['uncorrected']['fdr'])}, power {fmt(tv['uncorrected']['power'])}"
+                 + (f"; 'changes': FDR <b>{fmt(tv['changes']['fdr'])}</b>, power <b>{fmt(tv['changes']['power'])}</b>"
+                    if "changes" in tv else "") + ".</p>")
   top = selectivity.top_units(rows, 3)
   parts.append(page.table(["part", "metric", "top selective units (mean change)"],
                           [[p, m, ", ".join(f"{r['unit']} ({r['mean']:+.3g})" for r in lst)]
