@@ -25,6 +25,7 @@ from lis_jax import images
 from lis_jax import io
 from lis_jax import lpips
 from lis_jax import context
+from lis_jax import spec
 from lis_jax.invert import photos
 from lis_jax.invert import projector as proj
 
@@ -76,22 +77,12 @@ def check_fingerprint(out_dir: str, fp: dict) -> None:
   if io.create_json(path, fp):
     return
   old = io.read_json_checked(path, "invert config")
-  flat_old, flat_new = _flat(old), _flat(fp)
+  flat_old, flat_new = spec.flat_dict(old), spec.flat_dict(fp)
   diffs = [f"{k}: {flat_old.get(k)!r} -> {flat_new.get(k)!r}"
            for k in sorted(set(flat_old) | set(flat_new)) if flat_old.get(k) != flat_new.get(k)]
   if diffs:
     raise errors.PipelineError(f"{out_dir} was written by a different config ({'; '.join(diffs[:3])}); "
                                "use another --workdir or delete that directory")
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
 
 
 def is_done(out_dir: str, key: str, sha: str) -> bool:
