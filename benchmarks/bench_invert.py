@@ -122,6 +122,7 @@ def main():
   ap.add_argument("--steps", type=int, default=1000)
   ap.add_argument("--conditions", default=",".join(CONDITIONS))
   ap.add_argument("--restarts", type=int, default=1, help="starts per image (lowest loss kept)")
+  ap.add_argument("--refine", type=int, default=10, help="Levenberg-Marquardt steps after Adam")
   ap.add_argument("--timing", action="store_true")
   ap.add_argument("--timing_steps", type=int, default=100)
   args = ap.parse_args()
@@ -135,9 +136,9 @@ def main():
   u8 = images.to_uint8(np.asarray(G.synthesis(ws)))
   cfg = projector.default_config()
   cfg.update(num_steps=args.steps, lpips_weight=0.0, batch_size=min(args.n * args.restarts, 64),
-             restarts=args.restarts)
+             restarts=args.restarts, refine_steps=args.refine)
   print(f"shapes world 64 px, {args.n} images (psi 0.7), {args.steps} steps, "
-        f"{args.restarts} start(s) per image, loss: MSE; "
+        f"{args.restarts} start(s) per image, {args.refine} LM steps, loss: MSE; "
         f"LPIPS: random VGG16/8; backend {jax.default_backend()}")
   rows = []
   for kind in args.conditions.split(","):
