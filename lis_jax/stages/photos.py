@@ -127,8 +127,6 @@ def run(ctx) -> None:
   if c.renders:
     explain.write_renders(G, folder, c.renders, ctx.key("photos.renders"), float(ctx.config.psi),
                           c.degrade, ctx.rng("photos.degrade"), ctx.classes)
-  if not os.path.isdir(folder):
-    raise errors.PipelineError(f"photos.images: {folder} is not a directory")
   settings = _settings(c, ctx.seed("photos.invert"))
   P, _ = cli.load_lpips(str(settings.lpips), ctx.workdir, int(settings.seed))
   inv_dir = os.path.join(out_dir, "invert")
@@ -163,26 +161,26 @@ def _explain(ctx, c, inv: dict, folder: str) -> dict:
   n = w.shape[0]
   a["origin"] = pred_recon
   a["target"] = _targets(str(c.targets), pred_recon, np.asarray(ctx.classes))
-  truth = explain.read_truth(folder)
-  known = truth is not None and all(f in truth for f in a["files"])
-  starts = [w] + ([np.stack([truth[f][0] for f in a["files"]]).astype(np.float32)] if known else [])
-  ws = np.concatenate(starts)
+  truth = explain.read_truth(folder) or {}
+  known = np.array([i for i, f in enumerate(a["files"]) if f in truth], np.int64)
+  ws = np.concatenate([w] + [np.stack([truth[a["files"][i]][0] for i in known]).astype(np.float32)]
+                      if known.size else [w])
+  rows = np.concatenate([np.arange(n), known])    # each start's photo
   r = np.asarray(explain.representation(G, clf, ws))
   shift0 = np.asarray(jax.vmap(lambda i: jax.random.uniform(
       jax.random.fold_in(ctx.key(NAME), i), (clf.feature_dim,)))(np.arange(n)))
   top = min(int(c.top_units), clf.feature_dim)
-  rep = len(starts)
   res = explain.counterfactuals(
-      G, clf, link, ws, r, np.tile(a["origin"], rep), np.tile(a["target"], rep),
-      np.tile(shift0, (rep, 1)), batch=int(c.search_batch), top_units=top,
-      **{f: c[f] for f in SEARCH_FIELDS})
+      G, clf, link, ws, r, a["origin"][rows], a["target"][rows], shift0[rows],
+      batch=int(c.search_batch), top_units=top, **{f: c[f] for f in SEARCH_FIELDS})
   a.update(success=res["success"][:n], steps=res["steps"][:n], w_after=res["w_after"][:n],
            after=res["img_after"][:n],
-           p_target=res["probs_after"][np.arange(n), a["target"]][:n].astype(np.float32),
+           p_target=res["probs_after"][np.arange(n), a["target"]].astype(np.float32),
            top_units=res["top_units"][:n], top_shift=res["top_shift"][:n])
-  if known:
-    a.update(w_true=ws[n:], success_true=res["success"][n:], top_units_true=res["top_units"][n:],
-             unit_overlap=explain.overlap(res["top_units"][:n], res["top_units"][n:]))
+  if known.size:
+    a.update(truth_rows=known, w_true=ws[n:], success_true=res["success"][n:],
+             top_units_true=res["top_units"][n:],
+             unit_overlap=explain.overlap(res["top_units"][known], res["top_units"][n:]))
   k = min(int(c.sweep_units), top)
   if k:
     strips = explain.unit_sweeps(G, link, r[:n], a["top_units"][:, :k], data.r.min(0),
@@ -203,10 +201,12 @@ def _summary(a: dict, inv: dict) -> dict:
              match_rate=inv["match_rate"], flagged=inv["flagged"], refused=inv["refused"],
              success_rate=float(a["success"].mean()), validation=None)
   if "w_true" in a:
-    both = a["success"] & a["success_true"]
+    inv = a["success"][a["truth_rows"]]
+    both = inv & a["success_true"]
     out["validation"] = dict(
-        success_inverted=float(a["success"].mean()), success_true=float(a["success_true"].mean()),
-        same_outcome=float((a["success"] == a["success_true"]).mean()),
+        n=int(inv.size), success_inverted=float(inv.mean()),
+        success_true=float(a["success_true"].mean()),
+        same_outcome=float((inv == a["success_true"]).mean()),
         both_reached=float(both.mean()),
         unit_overlap_mean=float(a["unit_overlap"].mean()),
         top_units=int(a["top_units"].shape[1]))
@@ -251,8 +251,8 @@ def section(ctx) -> str | None:
   refused = "".join(f"<li>{page.escape(f)}: {page.escape(r)}</li>" for f, r in s["refused"].items())
   val = s.get("validation")
   val_html = "" if not val else (
-      f"<p>Validation (the photos are renders of known w): the counterfactual reaches its "
-      f"target from {val['success_inverted']:.2f} of the inverted w and {val['success_true']:.2f} "
+      f"<p>Validation ({val['n']} photos are renders of known w): the counterfactual reaches its "
+      f"target from {val['success_inverted']:.2f} of their inverted w and {val['success_true']:.2f} "
       f"of the true w (same outcome for {val['same_outcome']:.2f}); the {val['top_units']} most "
       f"shifted units overlap by {val['unit_overlap_mean']:.2f} (Jaccard, mean).</p>")
   return ("<h2>Photos: inversion and counterfactuals</h2>"
@@ -274,8 +274,13 @@ def summary(ctx) -> dict | None:
 
 
 def check(ctx) -> None:
-  """The counterfactual's rule: r must be a ReLU output (link(relu(r - s)))."""
-  if ctx.cfg(NAME).images and not getattr(ctx.clf, "features_nonnegative", True):
+  """The folder exists (unless the stage writes it), and the counterfactual's rule: r
+  must be a ReLU output (link(relu(r - s)))."""
+  c = ctx.cfg(NAME)
+  folder = context.resolve_path(ctx.workdir, c.images) if c.images else ""
+  if c.images and not c.renders and not os.path.isdir(folder):
+    raise errors.PipelineError(f"photos.images: {folder} is not a directory")
+  if c.images and not getattr(ctx.clf, "features_nonnegative", True):
     raise errors.PipelineError(
         f"photos: {ctx.clf.arch}'s feature_layer='{ctx.clf.feature_layer}' r can be negative; "
         f"use --config.feature_layer=penultimate for this classifier")
