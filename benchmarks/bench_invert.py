@@ -22,40 +22,20 @@ reported LPIPS is a seeded random VGG16 at 1/8 width). Printed per condition:
 from __future__ import annotations
 
 import argparse
-import io as _io
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 
 from lis_jax import classifiers, generators, images, lpips
-from lis_jax.invert import projector
+from lis_jax.invert import explain, projector
+from lis_jax.invert.explain import degrade
 
-JPEG_QUALITY = 75
-NOISE_SIGMA = 4 / 255  # in [0, 1] units
-CONDITIONS = ("clean", "jpeg", "noise", "shift", "all")
+CONDITIONS = explain.DEGRADATIONS
 # A reconstruction further than this from its photo is stuck in a local minimum (measured
 # on the clean set: converged 42-52 dB, one stuck at 13.5 dB; degraded photos: about 35 dB).
 STUCK_PSNR_DB = 25.0
-
-
-def degrade(u8: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
-  """uint8 [N, H, W, 3] -> the degraded uint8 images."""
-  out = []
-  for im in u8:
-    if kind in ("shift", "all"):
-      d = 2 if kind == "shift" else 1
-      im = np.pad(im, ((d, 0), (d, 0), (0, 0)), mode="edge")[:im.shape[0], :im.shape[1]]
-    if kind in ("noise", "all"):
-      im = np.clip(im + rng.normal(0, NOISE_SIGMA * 255, im.shape), 0, 255).round().astype(np.uint8)
-    if kind in ("jpeg", "all"):
-      buf = _io.BytesIO()
-      Image.fromarray(im).save(buf, format="JPEG", quality=JPEG_QUALITY)
-      im = np.asarray(Image.open(buf).convert("RGB"))
-    out.append(im)
-  return np.stack(out)
 
 
 def correlation(a: np.ndarray, b: np.ndarray, circular: bool) -> float:

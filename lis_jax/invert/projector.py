@@ -64,7 +64,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.restarts = 1                   # starts per image, the lowest final loss kept (reference: 1)
   c.restart_spread = 1.0           # restart r >= 1 starts at w_avg + spread * w_std * u, u a
                                    # random unit direction
-  c.refine_steps = 0               # Levenberg-Marquardt steps after Adam (0: the reference)
+  c.refine_steps = 0               # Levenberg-Marquardt steps after Adam (0: the reference;
+                                   # with restarts: on the kept run only)
   c.refine_damping = 1e-3          # LM's initial damping (times the mean curvature)
   c.refine_directions = 16         # w directions per vectorised Gauss-Newton product
   return c
@@ -394,8 +395,11 @@ def project(G, clf, P, targets: np.ndarray, *, key: jax.Array,
     noise_key = jax.random.fold_in(key, 0)
     keys = jax.vmap(lambda i: jax.random.fold_in(noise_key, i))(jnp.arange(n))
   n_restarts = int(config.restarts)
-  if n_restarts > 1:
-    return _best_of_restarts(G, clf, P, targets, steps, keys, config, stats, progress, n_restarts)
+  if n_restarts > 1:   # Adam from every start; the refinement only on the kept run
+    coarse = config.copy_and_resolve_references()
+    coarse.refine_steps = 0
+    res = _best_of_restarts(G, clf, P, targets, steps, keys, coarse, stats, progress, n_restarts)
+    return _refined(G, clf, P, targets, res, steps > 0, config)
   out = []
   for s0 in range(0, n, bs):
     m = min(bs, n - s0)
@@ -404,6 +408,27 @@ def project(G, clf, P, targets: np.ndarray, *, key: jax.Array,
     dirs = None if start_dirs is None else start_dirs[rows]
     res = project_batch(G, clf, P, targets[rows], nb, keys[rows], config, stats, progress, dirs)
     out.append(res[:m])
+  return Projection(**{f.name: np.concatenate([getattr(r, f.name) for r in out])
+                       for f in dataclasses.fields(Projection)})
+
+
+def _refined(G, clf, P, targets, res: Projection, active, config) -> Projection:
+  """`res` after `config.refine_steps` LM steps (`refine`), batch by batch (padded)."""
+  if int(config.refine_steps) < 1:
+    return res
+  n, bs = targets.shape[0], int(config.batch_size)
+  out = []
+  for s0 in range(0, n, bs):
+    m = min(bs, n - s0)
+    rows = np.minimum(np.arange(s0, s0 + bs), s0 + m - 1)
+    act = jnp.asarray(np.where(np.arange(s0, s0 + bs) < s0 + m, active[rows], False))
+    target = jnp.asarray(targets[rows])
+    w, loss = refine(G, P, jnp.asarray(res.w[rows]), target, _target_features(P, target), act,
+                     config)
+    lp, psnr, pp, pr = (np.asarray(a) for a in _evaluate(G, clf, P, w, target))
+    out.append(Projection(w=np.asarray(w), loss=np.asarray(loss), lpips=lp, psnr=psnr,
+                          steps=res.steps[rows], pred_photo=pp, pred_recon=pr,
+                          match=pp == pr)[:m])
   return Projection(**{f.name: np.concatenate([getattr(r, f.name) for r in out])
                        for f in dataclasses.fields(Projection)})
 
