@@ -79,7 +79,32 @@ def run_condition(G, clf, P, kind, w_true, classes, u8, cfg, rng):
               psnr_clean=float(psnr(recon, clean).mean()), lpips=float(res.lpips.mean()),
               lpips_clean=float(lp_clean.mean()), match=float(res.match.mean()),
               class_kept=float((res.pred_recon == classes).mean()),
-              steps=float(res.steps.mean()))
+              steps=float(res.steps.mean()), w_inv=res.w)
+
+
+def counterfactual_check(G, clf, link, w_true, w_inv, classes, top_units=10, **search):
+  """The counterfactual from each inverted w vs from its true w: the same origin (the
+  photo's class), target (the next class) and start shift, the search of the pipeline's
+  counterfactual stage. Returns success rates, the share with the same outcome, and the
+  Jaccard overlap of the top_units units the search moved most (|shift - start shift|),
+  with its chance level."""
+  n = w_true.shape[0]
+  ws = np.concatenate([w_true, w_inv]).astype(np.float32)
+  r = np.asarray(explain.representation(G, clf, ws))
+  origin = np.tile(classes, 2).astype(np.int32)
+  target = ((origin + 1) % G.num_classes).astype(np.int32)
+  shift0 = np.asarray(jax.random.uniform(jax.random.key(3), (n, clf.feature_dim)))
+  res = explain.counterfactuals(G, clf, link, ws, r, origin, target, np.tile(shift0, (2, 1)),
+                                batch=2 * n, top_units=top_units, **search)
+  ok_t, ok_i = res["success"][:n], res["success"][n:]
+  moved = explain.moved_units(res["shift"], np.tile(shift0, (2, 1)), top_units)
+  jac = explain.overlap(moved[:n], moved[n:])
+  d, k = clf.feature_dim, top_units
+  inter = k * k / d     # chance: two random k-sets of d units
+  return dict(success_true=float(ok_t.mean()), success_inverted=float(ok_i.mean()),
+              same_outcome=float((ok_t == ok_i).mean()), both=float((ok_t & ok_i).mean()),
+              overlap=float(jac.mean()), overlap_both=float(jac[ok_t & ok_i].mean()),
+              chance=inter / (2 * k - inter))
 
 
 def timing(G, clf, P, photos, steps: int) -> tuple[float, float]:
@@ -104,6 +129,9 @@ def main():
   ap.add_argument("--restarts", type=int, default=1, help="starts per image (lowest loss kept)")
   ap.add_argument("--refine", type=int, default=10, help="Levenberg-Marquardt steps after Adam")
   ap.add_argument("--timing", action="store_true")
+  ap.add_argument("--link_workdir", default=None,
+                  help="a demo workdir: also compare counterfactuals from inverted vs true w "
+                       "with its link")
   ap.add_argument("--timing_steps", type=int, default=100)
   args = ap.parse_args()
   G = generators.load("shapes")
@@ -134,6 +162,19 @@ def main():
   print("\nper-factor correlation | " + " | ".join(r["kind"] for r in rows))
   for k in names:
     print(f"{k:16s} " + " ".join(f"{r['cors'][k]:6.3f}" for r in rows))
+  if args.link_workdir:
+    from lis_jax import stages   # pylint: disable=import-outside-toplevel
+    link = stages.REGISTRY["link"].load(args.link_workdir).link
+    search = dict(lr=0.5, max_steps=1000, check_every=1, w_origin=0.6, w_cos=10.0,
+                  mode="reference")   # the demo's counterfactual settings
+    print("\ncounterfactual from the inverted w vs the true w (target: the next class; "
+          "demo link and search settings):")
+    for r in rows:
+      c = counterfactual_check(G, clf, link, w_true, r["w_inv"], classes, **search)
+      print(f"{r['kind']:6s} target reached from true w {c['success_true']:.3f}, from inverted "
+            f"w {c['success_inverted']:.3f}; same outcome {c['same_outcome']:.3f}; the 10 units "
+            f"moved most overlap (Jaccard) {c['overlap']:.3f}, {c['overlap_both']:.3f} where "
+            f"both reached (chance {c['chance']:.3f})", flush=True)
   if args.timing:
     photos = u8[:16].astype(np.float32) / 127.5 - 1
     together, alone = timing(G, clf, P, photos, args.timing_steps)

@@ -115,7 +115,7 @@ def test_validation_and_sweeps_against_the_true_w(run):
   assert sorted(a["files"][rows].tolist()) == sorted(truth) and v["n"] == 3   # not turned.jpg
   np.testing.assert_array_equal(a["w_true"], np.stack([truth[f][0] for f in a["files"][rows]]))
   jac = [len(set(x) & set(y)) / len(set(x) | set(y))
-         for x, y in zip(a["top_units"][rows].tolist(), a["top_units_true"].tolist())]
+         for x, y in zip(a["moved_units"].tolist(), a["moved_units_true"].tolist())]
   np.testing.assert_allclose(a["unit_overlap"], jac)
   assert v["unit_overlap_mean"] == pytest.approx(np.mean(jac))
   assert v["same_outcome"] == pytest.approx(np.mean(a["success"][rows] == a["success_true"]))
@@ -145,6 +145,8 @@ def test_renders_truth_and_overlap(tmp_path):
     img = np.asarray(Image.open(tmp_path / n))
     np.testing.assert_array_equal(img, images.render(G, truth[n][0][None])[0])
     assert truth[n][1] == i
+  moved = explain.moved_units(np.array([[0.5, 0.9, 0.1, 0.3]]), np.array([[0.5, 0.2, 0.4, 0.3]]), 2)
+  assert moved.tolist() == [[1, 2]]   # |shift - start| = 0, 0.7, 0.3, 0
   np.testing.assert_allclose(explain.overlap(np.array([[1, 2, 3], [4, 5, 6]]),
                                              np.array([[3, 2, 9], [7, 8, 9]])), [0.5, 0.0])
 

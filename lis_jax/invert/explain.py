@@ -156,6 +156,12 @@ def unit_sweeps(G: Any, link: Any, r: np.ndarray, units: np.ndarray, lo: np.ndar
                                   jnp.asarray(values, jnp.float32)))
 
 
+def moved_units(shift: np.ndarray, shift0: np.ndarray, k: int) -> np.ndarray:
+  """[N, k] the units the search moved most, by |shift - shift0| (the start shift is shared
+  by the searches compared, so |shift| alone would compare mostly the start)."""
+  return np.argsort(-np.abs(shift - shift0), axis=1, kind="stable")[:, :k]
+
+
 def overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   """Per row, |A & B| / |A | B| of the unit sets a[i], b[i] [N, k] (Jaccard)."""
   return np.array([len(set(x) & set(y)) / max(len(set(x) | set(y)), 1)

@@ -176,11 +176,13 @@ def _explain(ctx, c, inv: dict, folder: str) -> dict:
   a.update(success=res["success"][:n], steps=res["steps"][:n], w_after=res["w_after"][:n],
            after=res["img_after"][:n],
            p_target=res["probs_after"][np.arange(n), a["target"]].astype(np.float32),
-           top_units=res["top_units"][:n], top_shift=res["top_shift"][:n])
+           top_units=res["top_units"][:n], top_shift=res["top_shift"][:n],
+           r_dim=np.int32(clf.feature_dim))
   if known.size:
+    moved = explain.moved_units(res["shift"], shift0[rows], top)
     a.update(truth_rows=known, w_true=ws[n:], success_true=res["success"][n:],
-             top_units_true=res["top_units"][n:],
-             unit_overlap=explain.overlap(res["top_units"][known], res["top_units"][n:]))
+             moved_units=moved[known], moved_units_true=moved[n:],
+             unit_overlap=explain.overlap(moved[known], moved[n:]))
   k = min(int(c.sweep_units), top)
   if k:
     strips = explain.unit_sweeps(G, link, r[:n], a["top_units"][:, :k], data.r.min(0),
@@ -196,6 +198,13 @@ def _strip(sweeps: np.ndarray) -> np.ndarray:
   return np.concatenate([images.row(list(s)) for s in sweeps], axis=0)
 
 
+def _chance(a: dict) -> float:
+  """Jaccard of two random k-sets of the D units (k = top_units): k^2/D / (2k - k^2/D)."""
+  k, d = a["top_units"].shape[1], int(a["r_dim"])
+  inter = k * k / d
+  return float(inter / (2 * k - inter))
+
+
 def _summary(a: dict, inv: dict) -> dict:
   out = dict(n=int(a["w"].shape[0]), mean_lpips=inv["mean_lpips"], mean_psnr=inv["mean_psnr"],
              match_rate=inv["match_rate"], flagged=inv["flagged"], refused=inv["refused"],
@@ -209,7 +218,7 @@ def _summary(a: dict, inv: dict) -> dict:
         same_outcome=float((inv == a["success_true"]).mean()),
         both_reached=float(both.mean()),
         unit_overlap_mean=float(a["unit_overlap"].mean()),
-        top_units=int(a["top_units"].shape[1]))
+        top_units=int(a["top_units"].shape[1]), chance_overlap=_chance(a))
   return out
 
 
@@ -253,8 +262,9 @@ def section(ctx) -> str | None:
   val_html = "" if not val else (
       f"<p>Validation ({val['n']} photos are renders of known w): the counterfactual reaches its "
       f"target from {val['success_inverted']:.2f} of their inverted w and {val['success_true']:.2f} "
-      f"of the true w (same outcome for {val['same_outcome']:.2f}); the {val['top_units']} most "
-      f"shifted units overlap by {val['unit_overlap_mean']:.2f} (Jaccard, mean).</p>")
+      f"of the true w (same outcome for {val['same_outcome']:.2f}); the {val['top_units']} units "
+      f"the two searches moved most overlap by {val['unit_overlap_mean']:.2f} (Jaccard, mean; "
+      f"chance {val['chance_overlap']:.2f}).</p>")
   return ("<h2>Photos: inversion and counterfactuals</h2>"
           f"<p><b>{s['n']} photos</b> inverted into W: mean LPIPS {s['mean_lpips']}, PSNR "
           f"{s['mean_psnr']} dB; the classifier gives {len(s['flagged'])} reconstruction(s) "
