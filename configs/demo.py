@@ -69,10 +69,10 @@ def get_config():
   # WORKDIR/photos_in, inverted and explained (README "Real photographs"; about 20 s)
   config.photos.images = "photos_in"
   config.photos.renders = 4
-  config.photos.num_steps = 150
-  config.photos.refine_steps = 3
+  config.photos.num_steps = 100
+  config.photos.refine_steps = 2
   config.photos.batch_size = 4  # (padding rows cost as much as photos)
-  config.photos.w_avg_samples = 1000
+  config.photos.w_avg_samples = 500
   config.photos.lpips = "random"  # ImageNet VGG features say nothing about this world
   config.photos.lpips_weight = 0.0
   config.photos.max_steps = 500  # counterfactual search: 8 rows (4 from the inverted w,
