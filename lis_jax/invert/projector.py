@@ -416,7 +416,8 @@ def _refined(G, clf, P, targets, res: Projection, active, config) -> Projection:
   """`res` after `config.refine_steps` LM steps (`refine`), batch by batch (padded)."""
   if int(config.refine_steps) < 1:
     return res
-  n, bs = targets.shape[0], int(config.batch_size)
+  n = targets.shape[0]
+  bs = min(int(config.batch_size), n)   # the restarts' batch can exceed the photos
   out = []
   for s0 in range(0, n, bs):
     m = min(bs, n - s0)

@@ -32,7 +32,7 @@ from lis_jax import page
 from lis_jax import errors
 from lis_jax.generators.base import GroundTruthWorld
 from lis_jax.analysis.counterfactual import (  # noqa: F401  (search, outcome: the library's)
-    _outcome, _search, initial_shift, outcome, search, search_loss)
+    _outcome, _search, image_logits, initial_shift, outcome, search, search_loss)
 from lis_jax import validate as V
 from lis_jax.stages.base import Stage
 
