@@ -66,7 +66,7 @@ def get_config():
   config.boundary.batch_size = 56  # 112 searches -> 2 batches
 
   # photos: 4 degraded renders of the world (JPEG + noise + 1 px shift) written into
-  # WORKDIR/photos_in, inverted and explained (README "Real photographs"; about 20 s)
+  # WORKDIR/photos_in, inverted and explained (README "Real photographs")
   config.photos.images = "photos_in"
   config.photos.renders = 4
   config.photos.num_steps = 100
