@@ -1,6 +1,7 @@
 """Inversion on the built-in world: how well W projection recovers known w and factors.
 
-    python benchmarks/bench_invert.py [--n 32] [--steps 1000] [--restarts 1] [--timing]
+    python benchmarks/bench_invert.py [--n 32] [--steps 1000] [--restarts 1] [--refine 10]
+        [--conditions clean,all] [--link_workdir DEMO_WORKDIR] [--timing]
 
 Images are rendered by the `shapes` world (64 px, the demo's) from known w (psi 0.7, the
 pipeline's truncation, n / 8 per class), then degraded as a photo would be: JPEG (quality
@@ -16,6 +17,9 @@ reported LPIPS is a seeded random VGG16 at 1/8 width). Printed per condition:
 - the share of reconstructions the classifier gives the photo's class;
 - the images stuck in a local minimum (reconstruction < STUCK_PSNR_DB from its photo)
   and the mean factor correlation over the others.
+`--link_workdir`: with a finished demo workdir's link, the counterfactual from each
+inverted w vs from its true w (same origin, target = the next class, start shift): target
+reached, same outcome, Jaccard overlap of the 10 units moved most, and its chance level.
 `--timing`: seconds per image of 16 images projected together vs one at a time
 (`--timing_steps` steps each, compile excluded).
 """
