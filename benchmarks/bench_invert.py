@@ -1,6 +1,7 @@
 """Inversion on the built-in world: how well W projection recovers known w and factors.
 
-    python benchmarks/bench_invert.py [--n 32] [--steps 1000] [--restarts 1] [--timing]
+    python benchmarks/bench_invert.py [--n 32] [--steps 1000] [--restarts 1] [--refine 10]
+        [--conditions clean,all] [--link_workdir DEMO_WORKDIR] [--timing]
 
 Images are rendered by the `shapes` world (64 px, the demo's) from known w (psi 0.7, the
 pipeline's truncation, n / 8 per class), then degraded as a photo would be: JPEG (quality
@@ -16,46 +17,29 @@ reported LPIPS is a seeded random VGG16 at 1/8 width). Printed per condition:
 - the share of reconstructions the classifier gives the photo's class;
 - the images stuck in a local minimum (reconstruction < STUCK_PSNR_DB from its photo)
   and the mean factor correlation over the others.
+`--link_workdir`: with a finished demo workdir's link, the counterfactual from each
+inverted w vs from its true w (same origin, target = the next class, start shift): target
+reached, same outcome, Jaccard overlap of the 10 units moved most, and its chance level.
 `--timing`: seconds per image of 16 images projected together vs one at a time
 (`--timing_steps` steps each, compile excluded).
 """
 from __future__ import annotations
 
 import argparse
-import io as _io
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 
 from lis_jax import classifiers, generators, images, lpips
-from lis_jax.invert import projector
+from lis_jax.invert import explain, projector
+from lis_jax.invert.explain import degrade
 
-JPEG_QUALITY = 75
-NOISE_SIGMA = 4 / 255  # in [0, 1] units
-CONDITIONS = ("clean", "jpeg", "noise", "shift", "all")
+CONDITIONS = explain.DEGRADATIONS
 # A reconstruction further than this from its photo is stuck in a local minimum (measured
 # on the clean set: converged 42-52 dB, one stuck at 13.5 dB; degraded photos: about 35 dB).
 STUCK_PSNR_DB = 25.0
-
-
-def degrade(u8: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
-  """uint8 [N, H, W, 3] -> the degraded uint8 images."""
-  out = []
-  for im in u8:
-    if kind in ("shift", "all"):
-      d = 2 if kind == "shift" else 1
-      im = np.pad(im, ((d, 0), (d, 0), (0, 0)), mode="edge")[:im.shape[0], :im.shape[1]]
-    if kind in ("noise", "all"):
-      im = np.clip(im + rng.normal(0, NOISE_SIGMA * 255, im.shape), 0, 255).round().astype(np.uint8)
-    if kind in ("jpeg", "all"):
-      buf = _io.BytesIO()
-      Image.fromarray(im).save(buf, format="JPEG", quality=JPEG_QUALITY)
-      im = np.asarray(Image.open(buf).convert("RGB"))
-    out.append(im)
-  return np.stack(out)
 
 
 def correlation(a: np.ndarray, b: np.ndarray, circular: bool) -> float:
@@ -99,7 +83,32 @@ def run_condition(G, clf, P, kind, w_true, classes, u8, cfg, rng):
               psnr_clean=float(psnr(recon, clean).mean()), lpips=float(res.lpips.mean()),
               lpips_clean=float(lp_clean.mean()), match=float(res.match.mean()),
               class_kept=float((res.pred_recon == classes).mean()),
-              steps=float(res.steps.mean()))
+              steps=float(res.steps.mean()), w_inv=res.w)
+
+
+def counterfactual_check(G, clf, link, w_true, w_inv, classes, top_units=10, **search):
+  """The counterfactual from each inverted w vs from its true w: the same origin (the
+  photo's class), target (the next class) and start shift, the search of the pipeline's
+  counterfactual stage. Returns success rates, the share with the same outcome, and the
+  Jaccard overlap of the top_units units the search moved most (|shift - start shift|),
+  with its chance level."""
+  n = w_true.shape[0]
+  ws = np.concatenate([w_true, w_inv]).astype(np.float32)
+  r = np.asarray(explain.representation(G, clf, ws))
+  origin = np.tile(classes, 2).astype(np.int32)
+  target = ((origin + 1) % G.num_classes).astype(np.int32)
+  shift0 = np.asarray(jax.random.uniform(jax.random.key(3), (n, clf.feature_dim)))
+  res = explain.counterfactuals(G, clf, link, ws, r, origin, target, np.tile(shift0, (2, 1)),
+                                batch=2 * n, top_units=top_units, **search)
+  ok_t, ok_i = res["success"][:n], res["success"][n:]
+  moved = explain.moved_units(res["shift"], np.tile(shift0, (2, 1)), top_units)
+  jac = explain.overlap(moved[:n], moved[n:])
+  d, k = clf.feature_dim, top_units
+  inter = k * k / d     # chance: two random k-sets of d units
+  return dict(success_true=float(ok_t.mean()), success_inverted=float(ok_i.mean()),
+              same_outcome=float((ok_t == ok_i).mean()), both=float((ok_t & ok_i).mean()),
+              overlap=float(jac.mean()), overlap_both=float(jac[ok_t & ok_i].mean()),
+              chance=inter / (2 * k - inter))
 
 
 def timing(G, clf, P, photos, steps: int) -> tuple[float, float]:
@@ -122,7 +131,11 @@ def main():
   ap.add_argument("--steps", type=int, default=1000)
   ap.add_argument("--conditions", default=",".join(CONDITIONS))
   ap.add_argument("--restarts", type=int, default=1, help="starts per image (lowest loss kept)")
+  ap.add_argument("--refine", type=int, default=10, help="Levenberg-Marquardt steps after Adam")
   ap.add_argument("--timing", action="store_true")
+  ap.add_argument("--link_workdir", default=None,
+                  help="a demo workdir: also compare counterfactuals from inverted vs true w "
+                       "with its link")
   ap.add_argument("--timing_steps", type=int, default=100)
   args = ap.parse_args()
   G = generators.load("shapes")
@@ -135,9 +148,9 @@ def main():
   u8 = images.to_uint8(np.asarray(G.synthesis(ws)))
   cfg = projector.default_config()
   cfg.update(num_steps=args.steps, lpips_weight=0.0, batch_size=min(args.n * args.restarts, 64),
-             restarts=args.restarts)
+             restarts=args.restarts, refine_steps=args.refine)
   print(f"shapes world 64 px, {args.n} images (psi 0.7), {args.steps} steps, "
-        f"{args.restarts} start(s) per image, loss: MSE; "
+        f"{args.restarts} start(s) per image, {args.refine} LM steps, loss: MSE; "
         f"LPIPS: random VGG16/8; backend {jax.default_backend()}")
   rows = []
   for kind in args.conditions.split(","):
@@ -153,6 +166,19 @@ def main():
   print("\nper-factor correlation | " + " | ".join(r["kind"] for r in rows))
   for k in names:
     print(f"{k:16s} " + " ".join(f"{r['cors'][k]:6.3f}" for r in rows))
+  if args.link_workdir:
+    from lis_jax import stages   # pylint: disable=import-outside-toplevel
+    link = stages.REGISTRY["link"].load(args.link_workdir).link
+    search = dict(lr=0.5, max_steps=1000, check_every=1, w_origin=0.6, w_cos=10.0,
+                  mode="reference")   # the demo's counterfactual settings
+    print("\ncounterfactual from the inverted w vs the true w (target: the next class; "
+          "demo link and search settings):")
+    for r in rows:
+      c = counterfactual_check(G, clf, link, w_true, r["w_inv"], classes, **search)
+      print(f"{r['kind']:6s} target reached from true w {c['success_true']:.3f}, from inverted "
+            f"w {c['success_inverted']:.3f}; same outcome {c['same_outcome']:.3f}; the 10 units "
+            f"moved most overlap (Jaccard) {c['overlap']:.3f}, {c['overlap_both']:.3f} where "
+            f"both reached (chance {c['chance']:.3f})", flush=True)
   if args.timing:
     photos = u8[:16].astype(np.float32) / 127.5 - 1
     together, alone = timing(G, clf, P, photos, args.timing_steps)

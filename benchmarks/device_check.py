@@ -12,6 +12,10 @@ Measures, with random weights (nothing to download):
                 link, vmapped blocks, re-classification, PNG strips, npz blocks, index)
                 images/s against bare jitted synthesis of the same images in the same batches
   counterfactual  64 searches in one batched while_loop against 64 one at a time (B = 1)
+  invert        W projection (lis_jax.invert) of 16 images together against one at a time:
+                seconds per image for the same Adam steps (loss MSE + LPIPS on a random
+                VGG16 at 1/8 width; --small: MSE only), compile and class statistics
+                excluded (issue 25: >= 5x on a GPU)
   memory        peak device memory (`memory_stats()['peak_bytes_in_use']`; on CPU, which
                 has none, the process's peak resident memory instead, labelled so)
 `--small` runs every part on the tiny random models ('tiny' StyleGAN-XL preset 32 px,
@@ -43,7 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for configs/
-from lis_jax import classifiers, generators, linking, pipeline  # noqa: E402
+from lis_jax import classifiers, generators, linking, lpips, pipeline  # noqa: E402
+from lis_jax.invert import projector  # noqa: E402
 from lis_jax.stages import counterfactual as counterfactuals  # noqa: E402
 from lis_jax.generators import stylegan_xl  # noqa: E402
 
@@ -53,10 +58,12 @@ PSI = 0.7  # truncation of the pipeline (DESIGN.md)
 SIZES: dict[str, dict[str, Any]] = {
     "full": dict(arch="full", classifier="resnet50", batches=(32, 16, 64), iters=5,
                  clf_batch=64, sweep_units=8, sweep_units_per_block=4, sweep_samples=4,
-                 sweep_batch=32, cf_n=64, cf_max_steps=20, cf_check_every=1, budget_s=450.0),
+                 sweep_batch=32, cf_n=64, cf_max_steps=20, cf_check_every=1, inv_n=16,
+                 inv_steps=20, inv_w_avg_samples=1000, inv_lpips_weight=1.0, budget_s=450.0),
     "small": dict(arch="tiny", classifier="tiny-resnet-random", batches=(4,), iters=2,
                   clf_batch=8, sweep_units=4, sweep_units_per_block=2, sweep_samples=2,
-                  sweep_batch=8, cf_n=64, cf_max_steps=4, cf_check_every=2, budget_s=300.0),
+                  sweep_batch=8, cf_n=64, cf_max_steps=4, cf_check_every=2, inv_n=4,
+                  inv_steps=4, inv_w_avg_samples=64, inv_lpips_weight=0.0, budget_s=300.0),
 }
 # Built-in names under which the runner finds this script's random models.
 GENERATOR_NAME, CLASSIFIER_NAME = "device-check-generator", "device-check-classifier"
@@ -215,6 +222,36 @@ def bench_counterfactual(G, clf, size: dict) -> dict:
   return out
 
 
+def bench_invert(G, clf, size: dict) -> dict:
+  """inv_n images projected together (one batch) vs one at a time, inv_steps Adam steps
+  each (no early stop); per image, after compiling and computing the class statistics."""
+  n, steps, key = size["inv_n"], size["inv_steps"], jax.random.PRNGKey(6)
+  z = jax.random.normal(key, (n, G.z_dim))
+  c = jax.random.randint(jax.random.PRNGKey(7), (n,), 0, G.c_dim)
+  ws = jax.jit(lambda G, z, c: G.mapping(z, c, psi=PSI))(G, z, c)
+  img = np.clip(np.asarray(jax.jit(lambda G, ws: G.synthesis(ws))(G, ws)), -1, 1)
+  P = lpips.random_lpips(jax.random.PRNGKey(8), width_divisor=8)
+  cfg = projector.default_config()
+  cfg.update(num_steps=steps, w_avg_samples=size["inv_w_avg_samples"],
+             lpips_weight=size["inv_lpips_weight"],
+             plateau_patience=10 ** 6, chunk_steps=min(steps, 25))
+  stats = projector.StatsCache(G, cfg.w_avg_samples, jax.random.PRNGKey(9))
+  out = {"images": n, "steps": steps, "lpips_weight": size["inv_lpips_weight"]}
+  for name, bs in (("batched", n), ("one_at_a_time", 1)):
+    cfg.batch_size = bs
+    project = lambda k: projector.project(G, clf, P, img, key=key, config=cfg, num_steps=k,
+                                          stats=stats)
+    t = time.perf_counter()
+    project(1)   # compiles; the class statistics of every image's start
+    out[f"{name}_compile_and_first_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    res = project(steps)
+    out[f"{name}_s_per_image"] = (time.perf_counter() - t) / n
+    out[f"{name}_psnr_mean"] = float(res.psnr.mean())
+  out["speedup_batched"] = out["one_at_a_time_s_per_image"] / out["batched_s_per_image"]
+  return out
+
+
 def run(size_name: str, budget_s: float | None = None) -> dict:
   """All parts in order of importance within the budget; returns the JSON-ready results."""
   size = SIZES[size_name]
@@ -288,6 +325,7 @@ def run(size_name: str, budget_s: float | None = None) -> dict:
   finally:
     shutil.rmtree(root, ignore_errors=True)
   part("counterfactual", lambda: bench_counterfactual(G, clf, size), 2 * expected["synthesis"])
+  part("invert", lambda: bench_invert(G, clf, size), 2 * expected["synthesis"])
   for batch in rest:
     synthesis("float32", batch)
     synthesis("bfloat16", batch)

@@ -69,4 +69,18 @@ def get_config():
   config.boundary.n_points = 2  # path measured at t = 0 and 1 and at both crossings
   config.boundary.batch_size = 56  # 112 searches -> 2 batches
   config.boundary.transfer_samples = 16  # new samples per pair for the transferred mean shift (56 pairs)
+
+  # photos: 4 degraded renders of the world (JPEG + noise + 1 px shift) written into
+  # WORKDIR/photos_in, inverted and explained (README "Real photographs")
+  config.photos.images = "photos_in"
+  config.photos.renders = 4
+  config.photos.num_steps = 100
+  config.photos.refine_steps = 2
+  config.photos.batch_size = 4  # (padding rows cost as much as photos)
+  config.photos.w_avg_samples = 500
+  config.photos.lpips = "random"  # ImageNet VGG features say nothing about this world
+  config.photos.lpips_weight = 0.0
+  config.photos.max_steps = 500  # counterfactual search: 8 rows (4 from the inverted w,
+  config.photos.check_every = 10  # 4 from the true w), image check every 10 steps
+  config.photos.search_batch = 8
   return config

@@ -130,10 +130,27 @@ def work_report(s, d: Dims) -> Work:
 
 # Per stage: its work from the merged config sections. A stage added later gives its own
 # here (or, after the layering step, as a Stage hook; see README "Memory and the plan").
+def work_photos(s, d: Dims) -> Work:
+  """The demo's own renders (photos.renders): a folder's photos are not known beforehand.
+  An Adam step counts as 3 syntheses (forward and backward); the refinement's w_dim
+  products per step are not counted."""
+  c = s["photos"]
+  n = int(c.renders) if c.images else 0
+  steps = n * 3 * c.restarts * c.num_steps
+  checks = 2 * n * (-(-c.max_steps // c.check_every))
+  note = (f"{n} rendered photos; a folder's own photos are not counted" if c.images
+          else "photos.images is empty: nothing to do")
+  return Work({"synthesise": steps, "synthesise+classify": checks},
+              {"synthesise": ("photos.batch_size", c.batch_size),
+               "synthesise+classify": ("photos.search_batch", c.search_batch)},
+              upper_bound=True, note=note)
+
+
 WORK: dict[str, Callable[[Mapping[str, Any], Dims], Work]] = {
     "paired_data": work_paired_data, "link": work_link, "sweep": work_sweep,
     "counterfactual": work_counterfactual, "quantify": work_quantify, "boundary": work_boundary,
     "invariances": work_invariances, "population": work_population, "report": work_report,
+    "photos": work_photos,
 }
 
 

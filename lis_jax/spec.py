@@ -103,3 +103,14 @@ def parse_stages(stages: str | Sequence[str]) -> list[str]:
 
 def as_tuple(x: Any) -> Sequence:
   return tuple(x) if isinstance(x, (list, tuple)) else (x,)
+
+
+def flat_dict(d: dict, prefix: str = "") -> dict:
+  """A nested dict (a config's `to_dict()`, a JSON record) as {"a.b.c": value}."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flat_dict(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out

@@ -12,17 +12,7 @@ from conftest import ROOT
 
 sys.path.insert(0, ROOT)
 from configs import demo, linear  # noqa: E402
-from lis_jax import errors, stages, validate  # noqa: E402
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
+from lis_jax import errors, spec, stages, validate  # noqa: E402
 
 
 def _assigned(path: str) -> set[str]:
@@ -39,7 +29,7 @@ def _assigned(path: str) -> set[str]:
 
 
 def _diff(a: dict, b: dict) -> set[str]:
-  fa, fb = _flat(a), _flat(b)
+  fa, fb = spec.flat_dict(a), spec.flat_dict(b)
   return {k for k in set(fa) | set(fb) if fa.get(k, "<absent>") != fb.get(k, "<absent>")}
 
 

@@ -25,6 +25,7 @@ from lis_jax import images
 from lis_jax import io
 from lis_jax import lpips
 from lis_jax import context
+from lis_jax import spec
 from lis_jax.invert import photos
 from lis_jax.invert import projector as proj
 
@@ -76,22 +77,12 @@ def check_fingerprint(out_dir: str, fp: dict) -> None:
   if io.create_json(path, fp):
     return
   old = io.read_json_checked(path, "invert config")
-  flat_old, flat_new = _flat(old), _flat(fp)
+  flat_old, flat_new = spec.flat_dict(old), spec.flat_dict(fp)
   diffs = [f"{k}: {flat_old.get(k)!r} -> {flat_new.get(k)!r}"
            for k in sorted(set(flat_old) | set(flat_new)) if flat_old.get(k) != flat_new.get(k)]
   if diffs:
     raise errors.PipelineError(f"{out_dir} was written by a different config ({'; '.join(diffs[:3])}); "
                                "use another --workdir or delete that directory")
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
 
 
 def is_done(out_dir: str, key: str, sha: str) -> bool:
@@ -120,37 +111,45 @@ def run(config, settings, workdir: str, images_dir: str) -> int:
     out_dir = os.path.join(workdir, OUT)
     os.makedirs(out_dir, exist_ok=True)
     check_fingerprint(out_dir, fingerprint(config, settings, G, lpips_id))
-    files = photos.list_photos(images_dir)
-    refused: dict[str, str] = {}
-    todo = []
-    for path in files:
-      key = photos.photo_key(path)
-      try:
-        sha = photos.file_sha256(path)
-      except OSError as e:
-        refused[_display(path)] = f"cannot read: {e.strerror or e}"
-        print(f"refused {_display(path)}: {refused[_display(path)]}", file=sys.stderr)
-        continue
-      if not is_done(out_dir, key, sha):
-        todo.append((path, key, sha))
-    print(f"{len(files)} files in {images_dir}: {len(files) - len(todo) - len(refused)} done "
-          f"before, {len(todo)} to read and invert", file=sys.stderr)
-    stats = proj.StatsCache(G, int(settings.w_avg_samples),
-                            jax.random.fold_in(jax.random.key(int(settings.seed)), 1))
-    bar = tqdm(total=len(todo), desc="invert", unit="photo", file=sys.stderr)
-    for batch in _batches(todo, G.resolution, settings, refused, bar):
-      _invert_batch(G, clf, P, batch, settings, stats, out_dir, bar)
-    bar.close()
-    summary = _summary(out_dir, files, refused)
-    io.write_json(os.path.join(out_dir, "summary.json"), summary)
+    summary = invert_folder(G, clf, P, settings, images_dir, out_dir)
   print(f"inverted {summary['n_done']} photos into {out_dir}: mean LPIPS {summary['mean_lpips']}, "
         f"PSNR {summary['mean_psnr']} dB; {summary['n_flagged']} flagged (reconstruction "
         f"classified differently)", file=sys.stderr)
-  if refused:
-    print(f"error: {len(refused)} of {len(files)} files refused (listed above); the others "
-          f"were processed", file=sys.stderr)
+  if summary["refused"]:
+    print(f"error: {len(summary['refused'])} of {summary['n_files']} files refused (listed "
+          f"above); the others were processed", file=sys.stderr)
     return 1
   return 0
+
+
+def invert_folder(G, clf, P, settings, images_dir: str, out_dir: str) -> dict:
+  """Inverts the photos of `images_dir` not done yet in `out_dir` (layout above); refuses
+  bad files with one line each on stderr; writes and returns summary.json's dict.
+  Shared by the command line and the `photos` stage."""
+  files = photos.list_photos(images_dir)
+  refused: dict[str, str] = {}
+  todo = []
+  for path in files:
+    key = photos.photo_key(path)
+    try:
+      sha = photos.file_sha256(path)
+    except OSError as e:
+      refused[_display(path)] = f"cannot read: {e.strerror or e}"
+      print(f"refused {_display(path)}: {refused[_display(path)]}", file=sys.stderr)
+      continue
+    if not is_done(out_dir, key, sha):
+      todo.append((path, key, sha))
+  print(f"{len(files)} files in {images_dir}: {len(files) - len(todo) - len(refused)} done "
+        f"before, {len(todo)} to read and invert", file=sys.stderr)
+  stats = proj.StatsCache(G, int(settings.w_avg_samples),
+                          jax.random.fold_in(jax.random.key(int(settings.seed)), 1))
+  bar = tqdm(total=len(todo), desc="invert", unit="photo", file=sys.stderr)
+  for batch in _batches(todo, G.resolution, settings, refused, bar):
+    _invert_batch(G, clf, P, batch, settings, stats, out_dir, bar)
+  bar.close()
+  summary = _summary(out_dir, files, refused)
+  io.write_json(os.path.join(out_dir, "summary.json"), summary)
+  return summary
 
 
 def _batches(todo, resolution: int, settings, refused: dict, bar) -> Iterator[list]:
@@ -191,15 +190,16 @@ def _invert_batch(G, clf, P, batch, settings, stats, out_dir: str, bar) -> None:
 
 
 def _summary(out_dir: str, files: list[str], refused: dict) -> dict:
-  rows = []
+  rows, keys = [], []
   for path in files:
     try:
       meta = io.read_json(os.path.join(out_dir, f"{photos.photo_key(path)}.json"))
     except (OSError, ValueError):
       continue
     rows.append(meta)
+    keys.append(photos.photo_key(path))
   mean = lambda k: round(float(np.mean([r[k] for r in rows])), 4) if rows else None
   flagged = [r["file"] for r in rows if not r["match"]]
   return dict(n_files=len(files), n_done=len(rows), mean_lpips=mean("lpips"),
               mean_psnr=mean("psnr"), match_rate=mean("match"), n_flagged=len(flagged),
-              flagged=flagged, refused=refused)
+              flagged=flagged, refused=refused, keys=keys)

@@ -64,6 +64,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.restarts = 1                   # starts per image, the lowest final loss kept (reference: 1)
   c.restart_spread = 1.0           # restart r >= 1 starts at w_avg + spread * w_std * u, u a
                                    # random unit direction
+  c.refine_steps = 0               # Levenberg-Marquardt steps after Adam (0: the reference;
+                                   # with restarts: on the kept run only)
+  c.refine_damping = 1e-3          # LM's initial damping (times the mean curvature)
+  c.refine_directions = 16         # w directions per vectorised Gauss-Newton product
   return c
 
 
@@ -245,6 +249,59 @@ def _run_chunk(G, P, state, target, target_feats, num_steps, w_std, key, s: _Sch
   return state
 
 
+# ----------------------------------------------------------------------------- refinement
+
+
+def refine(G, P, w, target, target_feats, active, config) -> tuple[jax.Array, jax.Array]:
+  """`config.refine_steps` Levenberg-Marquardt steps from w [B, w_dim] (rows not `active`
+  [B] are left as they are) -> (w, loss [B]).
+
+  Each step solves (J^T J + lam * mean(diag J^T J) I) d = -J^T r for the pixel residual
+  r = synth(w) - target of each image (J: its Jacobian in w, built from vector products
+  with reverse mode only, so generators whose ops define only a VJP work too) and keeps
+  w + d when it lowers the full noise-free loss (LPIPS and MSE as weighted in `config`);
+  lam is divided by 3 on success and multiplied by 4 otherwise, per image. Adam ends
+  where the loss is flat in the directions the image hardly shows; Gauss-Newton steps
+  are scaled by the curvature and converge there too.
+  """
+  s = _Schedule.of(config)
+  lam = jnp.full(w.shape[:1], float(config.refine_damping), jnp.float32)
+  loss = _loss(G, P, w, target, target_feats, s)
+  for _ in range(int(config.refine_steps)):
+    w, loss, lam = _lm_step(G, P, w, loss, lam, target, target_feats, active, s,
+                            int(config.refine_directions))
+  return w, loss
+
+
+def gauss_newton(G, w, target, directions: int) -> tuple[jax.Array, jax.Array]:
+  """J^T J [B, w_dim, w_dim] and J^T r [B, w_dim] of r = synth(w) - target per image.
+
+  J v comes from differentiating the (linear) VJP, so only reverse mode is needed;
+  `directions` columns of J^T J are computed together."""
+  x, f_vjp = jax.vjp(lambda v: _synth(G, v), w)
+  jt = lambda u: f_vjp(u)[0]                    # [B, H, W, 3] -> [B, w_dim]
+  _, jt_vjp = jax.vjp(jt, jnp.zeros_like(x))
+  col = lambda e: jt(jt_vjp(jnp.broadcast_to(e, w.shape))[0])   # [w_dim] -> [B, w_dim]
+  eye = jnp.eye(w.shape[1], dtype=w.dtype)
+  cols = jax.lax.map(col, eye, batch_size=min(directions, w.shape[1]))  # [w_dim, B, w_dim]
+  return jnp.transpose(cols, (1, 2, 0)), jt(x - target)
+
+
+@functools.partial(jax.jit, static_argnames=("s", "directions"))
+def _lm_step(G, P, w, loss, lam, target, target_feats, active, s: _Schedule, directions: int):
+  jtj, jtr = gauss_newton(G, w, target, directions)
+  jtj = 0.5 * (jtj + jnp.swapaxes(jtj, 1, 2))
+  scale = jnp.maximum(jnp.trace(jtj, axis1=1, axis2=2) / w.shape[1], 1e-12)
+  eye = jnp.eye(w.shape[1], dtype=w.dtype)
+  a = jtj + (lam * scale)[:, None, None] * eye
+  d = -jnp.linalg.solve(a, jtr[..., None])[..., 0]
+  cand = w + d
+  new_loss = _loss(G, P, cand, target, target_feats, s)
+  ok = active & jnp.isfinite(new_loss) & (new_loss < loss)
+  return (jnp.where(ok[:, None], cand, w), jnp.where(ok, new_loss, loss),
+          jnp.where(ok, lam / 3, jnp.minimum(lam * 4, 1e6)))
+
+
 @jax.jit
 def _evaluate(G, clf, P, w, target):
   """Noise-free reconstruction of w [N, w_dim] -> (lpips, psnr, pred_photo, pred_recon)."""
@@ -291,8 +348,11 @@ def project_batch(G, clf, P, targets: np.ndarray, num_steps: np.ndarray, keys: j
     if progress is not None and done > reported:
       progress(done - reported)
     reported = done
-  lp, psnr, pp, pr = (np.asarray(a) for a in _evaluate(G, clf, P, state["w"], target))
-  return Projection(w=np.asarray(state["w"]), loss=np.asarray(state["loss"]), lpips=lp,
+  w, loss = state["w"], state["loss"]
+  if int(config.refine_steps) > 0:
+    w, loss = refine(G, P, w, target, feats, num_steps > 0, config)
+  lp, psnr, pp, pr = (np.asarray(a) for a in _evaluate(G, clf, P, w, target))
+  return Projection(w=np.asarray(w), loss=np.asarray(loss), lpips=lp,
                     psnr=psnr, steps=np.asarray(state["step"]), pred_photo=pp,
                     pred_recon=pr, match=pp == pr)
 
@@ -335,8 +395,11 @@ def project(G, clf, P, targets: np.ndarray, *, key: jax.Array,
     noise_key = jax.random.fold_in(key, 0)
     keys = jax.vmap(lambda i: jax.random.fold_in(noise_key, i))(jnp.arange(n))
   n_restarts = int(config.restarts)
-  if n_restarts > 1:
-    return _best_of_restarts(G, clf, P, targets, steps, keys, config, stats, progress, n_restarts)
+  if n_restarts > 1:   # Adam from every start; the refinement only on the kept run
+    coarse = config.copy_and_resolve_references()
+    coarse.refine_steps = 0
+    res = _best_of_restarts(G, clf, P, targets, steps, keys, coarse, stats, progress, n_restarts)
+    return _refined(G, clf, P, targets, res, steps > 0, config)
   out = []
   for s0 in range(0, n, bs):
     m = min(bs, n - s0)
@@ -345,6 +408,28 @@ def project(G, clf, P, targets: np.ndarray, *, key: jax.Array,
     dirs = None if start_dirs is None else start_dirs[rows]
     res = project_batch(G, clf, P, targets[rows], nb, keys[rows], config, stats, progress, dirs)
     out.append(res[:m])
+  return Projection(**{f.name: np.concatenate([getattr(r, f.name) for r in out])
+                       for f in dataclasses.fields(Projection)})
+
+
+def _refined(G, clf, P, targets, res: Projection, active, config) -> Projection:
+  """`res` after `config.refine_steps` LM steps (`refine`), batch by batch (padded)."""
+  if int(config.refine_steps) < 1:
+    return res
+  n = targets.shape[0]
+  bs = min(int(config.batch_size), n)   # the restarts' batch can exceed the photos
+  out = []
+  for s0 in range(0, n, bs):
+    m = min(bs, n - s0)
+    rows = np.minimum(np.arange(s0, s0 + bs), s0 + m - 1)
+    act = jnp.asarray(np.where(np.arange(s0, s0 + bs) < s0 + m, active[rows], False))
+    target = jnp.asarray(targets[rows])
+    w, loss = refine(G, P, jnp.asarray(res.w[rows]), target, _target_features(P, target), act,
+                     config)
+    lp, psnr, pp, pr = (np.asarray(a) for a in _evaluate(G, clf, P, w, target))
+    out.append(Projection(w=np.asarray(w), loss=np.asarray(loss), lpips=lp, psnr=psnr,
+                          steps=res.steps[rows], pred_photo=pp, pred_recon=pr,
+                          match=pp == pr)[:m])
   return Projection(**{f.name: np.concatenate([getattr(r, f.name) for r in out])
                        for f in dataclasses.fields(Projection)})
 

@@ -11,11 +11,12 @@ from lis_jax.stages import boundary
 from lis_jax.stages import population
 from lis_jax.stages import invariances
 from lis_jax.stages import motion
+from lis_jax.stages import photos
 from lis_jax.stages import report
 
 REGISTRY: dict[str, Stage] = {m.STAGE.name: m.STAGE for m in (
     paired_data, link, sweep, counterfactual, quantify, boundary, population,
-    invariances, motion, report)}
+    invariances, motion, photos, report)}
 
 # Stage names of earlier layouts -> their names now (the runner refuses the old names).
 RENAMED = {"fit_link": "link"}
