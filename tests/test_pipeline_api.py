@@ -93,7 +93,7 @@ def test_fingerprint_is_own_section_uses_and_requirements(registry):
 def test_new_stage_is_one_import_line():
   assert list(stages.REGISTRY) == ["paired_data", "link", "sweep", "counterfactual", "quantify",
                                    "boundary", "population", "invariances",
-                                   "motion", "report"]
+                                   "motion", "photos", "report"]
   for name, st in stages.REGISTRY.items():
     assert st.name == name and st.run.__module__ == f"lis_jax.stages.{name}"
     assert all(r in stages.REGISTRY for r in st.requires)
