@@ -176,7 +176,6 @@ def initialize(setup: ProcessSetup, timeouts: Timeouts = Timeouts()) -> None:
     DistributedError: one line, in every process, within `timeouts.connect`.
   """
   global _timeouts
-  cpu_collective_deadlines(timeouts)
   if setup.mode == "single":
     return
   _timeouts = timeouts
@@ -200,29 +199,6 @@ def initialize(setup: ProcessSetup, timeouts: Timeouts = Timeouts()) -> None:
     raise DistributedError(f"{who}: jax.distributed did not start "
                            f"({_first_line(e)}) within --connect_timeout={timeouts.connect} s",
                            abandon=True) from None
-
-
-# XLA:CPU's in-process collectives (e.g. an all-gather GSPMD inserts in a batch split over a
-# process's CPU devices) abort the process (SIGABRT, "Termination timeout for `all gather
-# ...` of 40 seconds exceeded") when one device's thread has not joined within 40 s: a
-# 4-device demo at load 10-16 on 2 cores did (README, "Reproducibility"). Raised to the
-# barrier deadline (never below XLA's 40 s), the warning ("may be stuck", XLA: 20 s) to a
-# tenth of it.
-_CPU_COLLECTIVE_FLAGS = ("xla_cpu_collective_call_terminate_timeout_seconds",
-                         "xla_cpu_collective_call_warn_stuck_timeout_seconds")
-
-
-def cpu_collective_deadlines(timeouts: Timeouts, environ: dict | None = None) -> None:
-  """Adds XLA:CPU's collective deadlines (`_CPU_COLLECTIVE_FLAGS`: timeouts.barrier, at least
-  40 s, and a tenth of it, at least 20 s, for the warning) to $XLA_FLAGS, keeping any the user set there. Has effect
-  only before JAX's backends start (as `initialize`, first thing in lis_jax.main)."""
-  env = os.environ if environ is None else environ
-  flags = env.get("XLA_FLAGS", "")
-  values = (max(timeouts.barrier, 40), max(timeouts.barrier // 10, 20))
-  extra = [f"--{name}={v}" for name, v in zip(_CPU_COLLECTIVE_FLAGS, values)
-           if f"--{name}=" not in flags]
-  if extra:
-    env["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
 
 
 def _first_line(e: BaseException) -> str:
