@@ -21,7 +21,6 @@ import os
 import sys
 from typing import Any, Sequence
 
-import jax
 import numpy as np
 
 from converters import outdir
@@ -70,9 +69,7 @@ def convert(vgg_source: Any, lin_path: str | None = None) -> tuple[dict, dict]:
 
 def save(out_dir: str, tree: dict, meta: dict, force: bool = False) -> None:
   """Writes the checkpoint atomically (rules of `converters.outdir`)."""
-  replace = outdir.check_out(out_dir, KIND, force)
-  tree = jax.tree_util.tree_map(np.ascontiguousarray, tree)
-  outdir.write_checkpoint(out_dir, tree, meta, overwrite=replace)
+  tvc.write_tree(out_dir, tree, meta, KIND, force)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

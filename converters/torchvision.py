@@ -409,10 +409,16 @@ def save(out_dir: str, variables: dict, meta: dict, force: bool = False) -> None
   anything else raises outdir.OutDirError and nothing is changed; a failed write
   (no space, permission) raises outdir.WriteError.
   """
-  replace = outdir.check_out(out_dir, KIND, force)
+  write_tree(out_dir, variables, meta, KIND, force)
+
+
+def write_tree(out_dir: str, tree: dict, meta: dict, kind: str, force: bool = False) -> None:
+  """Writes `tree` (numpy leaves) and `meta` as a checkpoint of converter `kind`
+  (atomically; the rules of `converters.outdir`). Shared with converters.lpips."""
+  replace = outdir.check_out(out_dir, kind, force)
   # Materialise the transposed views: Orbax writes C-contiguous arrays ~2x faster.
-  variables = jax.tree_util.tree_map(np.ascontiguousarray, variables)
-  outdir.write_checkpoint(out_dir, variables, meta, overwrite=replace)
+  tree = jax.tree_util.tree_map(np.ascontiguousarray, tree)
+  outdir.write_checkpoint(out_dir, tree, meta, overwrite=replace)
 
 
 # ----------------------------------------------------------------------------- command line

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -81,11 +82,29 @@ def _cmd(workdir, *flags):
           *flags]
 
 
-def run_single(workdir, devices: int, cache) -> subprocess.CompletedProcess:
-  out = subprocess.run(_cmd(workdir), cwd=ROOT, env=_env(devices, cache), capture_output=True,
-                       text=True, timeout=900)
-  assert out.returncode == 0, out.stderr[-3000:]
-  return out
+def jax_cache(tmp_path_factory) -> pathlib.Path:
+  """One persistent compilation cache for the runs of configs/tiny.py in this pytest session
+  (this file's and tests/test_multiprocess_faults.py's): runs with the same devices per
+  process compile the same programs, so the later ones load them."""
+  return tmp_path_factory.getbasetemp() / "jax_cache_tiny"
+
+
+def popen_logged(cmd, env) -> subprocess.Popen:
+  """A process whose stdout and stderr go to temporary files (`wait_all` reads them): runs
+  awaited together never block on a full pipe."""
+  out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+  p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=err, text=True)
+  p.logs = (out, err)
+  return p
+
+
+def start_single(workdir, devices: int, cache) -> subprocess.Popen:
+  return popen_logged(_cmd(workdir), _env(devices, cache))
+
+
+def run_single(workdir, devices: int, cache) -> None:
+  [(rc, _, err)] = wait_all([start_single(workdir, devices, cache)])
+  assert rc == 0, err[-3000:]
 
 
 def launch(workdir, n: int, devices: int, cache, kill_after: dict | None = None) -> list[subprocess.Popen]:
@@ -94,24 +113,51 @@ def launch(workdir, n: int, devices: int, cache, kill_after: dict | None = None)
   procs = []
   for pid in range(n):
     flags = (f"--coordinator_address=localhost:{port}", f"--num_processes={n}", f"--process_id={pid}")
-    procs.append(subprocess.Popen(
-        _cmd(workdir, *flags), cwd=ROOT, env=_env(devices, cache, (kill_after or {}).get(pid)),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    procs.append(popen_logged(_cmd(workdir, *flags), _env(devices, cache, (kill_after or {}).get(pid))))
   return procs
 
 
 def wait_all(procs, timeout=900) -> list[tuple[int, str, str]]:
+  """(return code, stdout, stderr) of each process; all are killed after `timeout` s."""
   deadline = time.time() + timeout
-  outs = []
-  for p in procs:
-    try:
-      o, e = p.communicate(timeout=max(1, deadline - time.time()))
-    except subprocess.TimeoutExpired:
-      for q in procs:
-        q.kill()
-      raise
-    outs.append((p.returncode, o, e))
+  try:
+    for p in procs:
+      p.wait(timeout=max(1, deadline - time.time()))
+  except subprocess.TimeoutExpired:
+    for q in procs:
+      q.kill()
+    raise
+  return [(p.returncode, *read_logs(p)) for p in procs]
+
+
+def read_logs(p: subprocess.Popen) -> tuple[str, str]:
+  """stdout and stderr of an ended `popen_logged` process."""
+  texts = []
+  for f in p.logs:
+    f.seek(0)
+    texts.append(f.read())
+    f.close()
+  return tuple(texts)
+
+
+# A port picked free may be taken by another program before process 0 binds it (process 0
+# then stops at once with one line saying so): the run is started again on another port,
+# at most this many times in all.
+PORT_TRIES = 3
+
+
+def run_processes(workdir, n: int, devices: int, cache) -> list[tuple[int, str, str]]:
+  """(return code, stdout, stderr) of the n processes of one uninterrupted run (`launch`)."""
+  for _ in range(PORT_TRIES):
+    outs = wait_all(launch(workdir, n, devices, cache))
+    if not port_taken(outs):
+      break
   return outs
+
+
+def port_taken(outs) -> bool:
+  """Did the run stop at start-up because its coordinator port was taken meanwhile?"""
+  return any(rc != 0 and "is in use on this host" in err for rc, _, err in outs)
 
 
 def _files(d: pathlib.Path) -> list[pathlib.Path]:
@@ -232,11 +278,15 @@ def _json_close(a, b, where):
 def runs(tmp_path_factory):
   """Workdirs of the uninterrupted runs: 1 device, 4 devices, 2 processes x 2 devices."""
   root = tmp_path_factory.mktemp("multiprocess")
-  cache = root / "jax_cache"
+  cache = jax_cache(tmp_path_factory)
   out = {"root": root, "cache": cache}
-  run_single(root / "one_device", 1, cache)
-  run_single(root / "four_devices", 4, cache)
-  outs = wait_all(launch(root / "two_by_two", 2, 2, cache))
+  # The three runs at once: they share no files, and most of each is single-threaded
+  # start-up and compilation.
+  singles = {name: start_single(root / name, d, cache) for name, d in (("one_device", 1),
+                                                                      ("four_devices", 4))}
+  outs = run_processes(root / "two_by_two", 2, 2, cache)
+  for name, (rc, _, err) in zip(singles, wait_all(list(singles.values()))):
+    assert rc == 0, (name, err[-3000:])
   for pid, (rc, _, err) in enumerate(outs):
     assert rc == 0, (pid, err[-3000:])
   out["logs"] = outs
@@ -258,14 +308,17 @@ def test_two_processes_four_devices_and_one_device_write_the_same_results(runs):
 
 def test_killed_process_then_one_process_finishes_the_same(runs):
   work, cache = runs["root"] / "killed", runs["cache"]
-  procs = launch(work, 2, 2, cache, kill_after={1: "paired_data:2"})
-  try:
-    procs[1].wait(timeout=900)
-  finally:
-    if procs[0].poll() is None:   # its peer is gone: the survivor would wait at the next barrier
-      procs[0].send_signal(signal.SIGKILL)
-    wait_all(procs)
-  assert procs[1].returncode == -signal.SIGKILL
+  for _ in range(PORT_TRIES):
+    procs = launch(work, 2, 2, cache, kill_after={1: "paired_data:2"})
+    try:
+      procs[1].wait(timeout=900)
+    finally:
+      if procs[0].poll() is None:   # its peer is gone: the survivor would wait at the next barrier
+        procs[0].send_signal(signal.SIGKILL)
+      outs = wait_all(procs)
+    if not port_taken(outs):
+      break
+  assert procs[1].returncode == -signal.SIGKILL, outs[1][2][-3000:]
   shards = sorted(p.name for p in (work / "paired_data").glob("shard_*.npz"))
   assert shards and not (work / "paired_data" / "manifest.json").exists(), shards
   run_single(work, 2, cache)
