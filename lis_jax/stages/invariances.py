@@ -211,7 +211,10 @@ def map_sharded(fn: Callable[..., Any], rows: tuple, batch_size: int, mesh, *arg
   fixed-size padded batches, one compile), each batch split over the mesh's devices and
   `args` (models) replicated."""
   args = distribute.replicate(args, mesh)
-  call = lambda *a: fn(*a[:-1], *distribute.shard_batch(a[-1], mesh))
+  # Each batch is waited for before the next is sent: with several sharded batches in flight,
+  # XLA:CPU's in-process all-gathers of different batches wait on each other's device threads
+  # (a 4-device demo deadlocked here under load; README "Reproducibility").
+  call = lambda *a: jax.block_until_ready(fn(*a[:-1], *distribute.shard_batch(a[-1], mesh)))
   return batching.map_batches(call, tuple(rows), distribute.round_up(batch_size, mesh), *args)
 
 
