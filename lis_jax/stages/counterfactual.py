@@ -198,6 +198,16 @@ _search = jax.jit(search, static_argnames=("lr", "max_steps", "check_every", "w_
 _outcome = jax.jit(outcome, static_argnames=("top_units",))
 
 
+@functools.partial(jax.jit, static_argnames=("top_units", "lr", "max_steps", "check_every", "w_origin",
+                                             "w_cos", "mode", "compact_rows"))
+def _search_outcome(G, clf, link, rows, *, top_units, **statics):
+  """`search` then `outcome` on rows (r, origin, target, shift0, active, w_before): one
+  chunk of a batch file's searches (memory.map_chunks' form)."""
+  r, origin, target, shift0, active, w_before = rows
+  res = search(G, clf, link, r, origin, target, shift0, active, **statics)
+  return {**res, **outcome(G, clf, link, w_before, r, res["shift"], top_units=top_units)}
+
+
 def initial_shift(key: jax.Array, search_ids: jax.Array, dim: int) -> jax.Array:
   """Uniform [0, 1) start shifts [B, dim], a pure function of (key, search id);
   key: the stage's stream key `ctx.key("counterfactual")`."""
@@ -270,16 +280,16 @@ def run(ctx) -> None:
     rows = todo_plan["sample"][ids]
     arrays = {"search": ids, "sample": rows, "origin": todo_plan["origin"][ids],
               "target": todo_plan["target"][ids], "r": data.r[rows], "w_before": data.w[rows]}
-    pad = {k: distribute.pad_batch(v, batch) for k, v in arrays.items()}
-    active = np.arange(batch) < ids.size
-    shift0 = initial_shift(key, jnp.asarray(pad["search"]), clf.feature_dim)
-    ins = distribute.shard_batch((pad["r"], pad["origin"], pad["target"], shift0, active), mesh)
-    with memory.guard(NAME, "search", batch, "counterfactual.batch_size"):
-      res = _search(G_r, clf_r, link_r, *ins, **statics)
-      errors.check_finite(f"counterfactual batch {b} shift", res["shift"])
-      w_b, r_b = distribute.shard_batch((pad["w_before"], pad["r"]), mesh)
-      post = _outcome(G_r, clf_r, link_r, w_b, r_b, res["shift"], top_units=c.top_units)
-      host = {k: np.asarray(v)[:ids.size] for k, v in {**res, **post}.items()}
+    shift0 = np.asarray(initial_shift(key, jnp.asarray(ids), clf.feature_dim))
+    rows_in = (arrays["r"], arrays["origin"], arrays["target"], shift0, np.ones(ids.size, bool),
+               arrays["w_before"])
+    # The file's searches run in chunks the memory budget allows (searches are independent).
+    host = memory.map_chunks(functools.partial(_search_outcome, top_units=c.top_units, **statics),
+                             rows_in, batch, G_r, clf_r, link_r, budget=ctx.budget, call="search",
+                             setting="counterfactual.batch_size", stage=NAME,
+                             multiple=distribute.round_up(1, mesh),
+                             place=lambda x: distribute.shard_batch(x, mesh))
+    errors.check_finite(f"counterfactual batch {b} shift", host["shift"])
     arrays.update(host)
     if c.save_png:
       for i, s in enumerate(ids):
