@@ -61,7 +61,7 @@ COUNTS = {
 FULL_COUNTS = {
     "classes": "232,254",
     "paired_data.n_per_class": 4, "paired_data.keep_only_correct": False,
-    "link.cycle_samples": 2, "link.holdout_fraction": 0.25,   # 2 held-out pairs for invariances
+    "link.cycle_samples": 2, "link.holdout_fraction": 0.5,   # 4 held-out pairs: invariances needs 2 x n_mix
     "sweep.units": "0", "sweep.samples_per_class": 1,
     "counterfactual.pairs": "232>254", "counterfactual.samples_per_pair": 1,
     "counterfactual.max_steps": 1,
@@ -69,7 +69,7 @@ FULL_COUNTS = {
     "quantify.null_draws": 2, "quantify.cards": 1, "quantify.n_boot": 50,
     "boundary.n_grid": 2, "boundary.n_iter": 1, "boundary.n_points": 2, "boundary.null_draws": 2,
     "boundary.strips": 1, "boundary.pairs_shown": 1, "boundary.n_boot": 50,
-    "invariances.n_conditions": 2, "invariances.samples_per_condition": 2, "invariances.n_mix": 1,
+    "invariances.n_conditions": 2, "invariances.samples_per_condition": 2, "invariances.n_mix": 2,
     "invariances.part_metric_train": 4, "invariances.part_metric_test": 2, "invariances.epochs": 1,
     "population.n_items": 8, "population.n_boot": 50, "population.n_perm": 50,
     "report.n_top": 1, "report.n_bottom": 1, "report.strip_samples": 1, "report.n_counterfactuals": 1,

@@ -9,7 +9,7 @@ its calls are one of a few kinds (`CALLS`): 'synthesise+classify' (an image and 
 classifier's r and logits from a w: paired data, sweeps, counterfactual checks, boundary
 bisection), 'segment+measure' (an image, its part segmentation and metrics: quantify,
 boundary, invariances), 'synthesise' (rendering) and 'search step' (the gradient of the
-logits through classifier and generator: a counterfactual search's step). Each kind is compiled at the batch
+logits through classifier and generator: a counterfactual search's step in 'image' mode). Each kind is compiled at the batch
 its stage's setting allows (the largest that fits `memory.SAFETY` x the budget), its FLOPs
 per image read from XLA's cost analysis and its seconds per image timed once at the
 smallest batch. A stage whose call does not fit even at batch 1 is refused, with the
@@ -88,12 +88,12 @@ def work_counterfactual(s, d: Dims) -> Work:
   c = s["counterfactual"]
   searches = _pairs(c, d) * c.samples_per_pair
   checks = searches * (-(-c.max_steps // c.check_every))
-  steps = searches * c.max_steps
-  return Work({"search step": steps, "synthesise+classify": checks},
-              {"search step": ("counterfactual.batch_size", c.batch_size),
-               "synthesise+classify": ("counterfactual.batch_size", c.batch_size)},
-              upper_bound=True, note=f"{searches} searches: a gradient step each step, checked until "
-                                     "it succeeds (a batch file's searches run in chunks that fit)")
+  images = {"synthesise+classify": checks}
+  if c.mode == "image":   # the gradient through the image ('reference': through the head only)
+    images["search step"] = searches * c.max_steps
+  return Work(images, {k: ("counterfactual.batch_size", c.batch_size) for k in images},
+              upper_bound=True, note=f"{searches} searches, each checked until it succeeds (a batch "
+                                     "file's searches run in chunks that fit)")
 
 
 def work_quantify(s, d: Dims) -> Work:
@@ -153,8 +153,9 @@ def _synthesise_classify(G, clf, w):
 
 
 def _search_step(G, clf, w):
-  """A counterfactual search's step: the gradient of the logits through classifier and
-  generator (the search differentiates its loss in r through the link, w, the image)."""
+  """A counterfactual search's step in 'image' mode: the gradient of the logits through
+  classifier and generator (the search differentiates its loss in r through the link, w,
+  the image; 'reference' mode differentiates the classifier's head only)."""
   return jax.grad(lambda v: clf.head(clf.features(clf.preprocess(_synthesise(G, clf, v)))).sum())(w)
 
 
