@@ -56,6 +56,26 @@ COUNTS = {
 }
 
 
+# The counts of the `full` part: the smallest each stage accepts. A random classifier is
+# never right, so every sample is kept (keep_only_correct off, as in configs/tiny.py).
+FULL_COUNTS = {
+    "classes": "232,254",
+    "paired_data.n_per_class": 4, "paired_data.keep_only_correct": False,
+    "link.cycle_samples": 2, "link.holdout_fraction": 0.5,   # 4 held-out pairs: invariances needs 2 x n_mix
+    "sweep.units": "0", "sweep.samples_per_class": 1,
+    "counterfactual.pairs": "232>254", "counterfactual.samples_per_pair": 1,
+    "counterfactual.max_steps": 1,
+    "quantify.n_labelled": 2, "quantify.epochs": 1, "quantify.samples_per_unit": 2,
+    "quantify.null_draws": 2, "quantify.cards": 1, "quantify.n_boot": 50,
+    "boundary.n_grid": 2, "boundary.n_iter": 1, "boundary.n_points": 2, "boundary.null_draws": 2,
+    "boundary.strips": 1, "boundary.pairs_shown": 1, "boundary.n_boot": 50,
+    "invariances.n_conditions": 2, "invariances.samples_per_condition": 2, "invariances.n_mix": 2,
+    "invariances.part_metric_train": 4, "invariances.part_metric_test": 2, "invariances.epochs": 1,
+    "population.n_items": 8, "population.n_boot": 50, "population.n_perm": 50,
+    "report.n_top": 1, "report.n_bottom": 1, "report.strip_samples": 1, "report.n_counterfactuals": 1,
+}
+
+
 def _config(path: str = "configs/linear.py"):
   s = importlib.util.spec_from_file_location("config", path)
   m = importlib.util.module_from_spec(s)
@@ -78,6 +98,13 @@ def classifier_():
   module = archs.module_for("resnet50")
   return classifier.Classifier.create(module, classifier.random_variables(module, jax.random.PRNGKey(1)),
                                       "resnet50")
+
+
+@functools.lru_cache(maxsize=None)
+def full_generator():
+  """The released StyleGAN-XL ImageNet-256 architecture (233M parameters) with seeded
+  random weights ("module:function")."""
+  return stylegan_xl.random_generator(stylegan_xl.build_spec(**FULL), jax.random.PRNGKey(3))
 
 
 def abstract_full_generator():
@@ -170,45 +197,88 @@ def synthetic_labels(workdir: str, G, n: int, res: int, seed: int = 0) -> str:
   return "seg_labels/dogs"
 
 
-def run(workdir: str) -> None:
-  from lis_jax import pipeline   # the runner (this benchmark plays main's part)
+def _vm_hwm_reset() -> None:
+  """Resets this process's peak resident size (VmHWM) to its current one (Linux)."""
+  try:
+    with open("/proc/self/clear_refs", "w") as f:
+      f.write("5")
+  except OSError:
+    pass
+
+
+def _vm_hwm() -> float:
+  with open("/proc/self/status") as f:
+    return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:")) / memory.GiB
+
+
+def run(workdir: str, full: bool = False, generator_ref: str = "", classifier_ref: str = "",
+        with_plan: bool = True) -> None:
+  """configs/linear.py's stages, one at a time (time, batches, peaks per stage).
+
+  full: the released architectures with FULL_COUNTS (generator_ref / classifier_ref: a
+  converted checkpoint or "module:function"; default: seeded random weights), else the
+  reduced-width network with COUNTS.
+  """
+  from lis_jax import pipeline, context   # the runner (this benchmark plays main's part)
   config = _config()
-  config.generator = "benchmarks.real_size:generator"
-  config.classifier = "benchmarks.real_size:classifier_"
-  for k, v in COUNTS.items():
+  config.generator = generator_ref or ("benchmarks.real_size:full_generator" if full
+                                       else "benchmarks.real_size:generator")
+  config.classifier = classifier_ref or "benchmarks.real_size:classifier_"
+  config.plan_at_start = False   # printed below, before the stages
+  for k, v in (FULL_COUNTS if full else COUNTS).items():
     section, _, field = k.rpartition(".")
     (config[section] if section else config)[field] = v
   os.makedirs(workdir, exist_ok=True)
-  G = generator()
+  G, clf = context.load_models(config, workdir)
   config.quantify.labels = synthetic_labels(workdir, G, config.quantify.n_labelled,
                                             config.quantify.resolution)
   budget = memory.config_budget(config)
   soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-  print(f"budget {budget}; address-space cap "
-        f"{'none' if soft == resource.RLIM_INFINITY else f'{soft / memory.GiB:.1f} GiB'}", flush=True)
-  t = time.time()
-  plans = plan.make(config, G, classifier_(), budget)
-  print(plan.table(plans, budget), flush=True)
-  print(f"(plan: {time.time() - t:.0f} s)", flush=True)
-  t = time.time()
+  print(f"{'full-size' if full else 'reduced-width'} run; budget {budget}; address-space cap "
+        f"{'none' if soft == resource.RLIM_INFINITY else f'{soft / memory.GiB:.1f} GiB'}; "
+        f"load {os.getloadavg()[0]:.1f}", flush=True)
+  if with_plan:
+    t = time.time()
+    plans = plan.make(config, G, clf, budget)
+    print(plan.table(plans, budget), flush=True)
+    print(f"(plan: {time.time() - t:.0f} s)", flush=True)
   status = "completed"
-  try:
-    pipeline.run(config, workdir)
-  except Exception as e:   # report the line a user would see, then the calls so far
-    status = f"stopped: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
-  print(f"\nrun {status} in {time.time() - t:.0f} s; each call's batch and analysed peak:")
-  for choice in memory._CHOICES.values():
-    print("  " + choice.line())
-  print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB; "
-        f"budget {budget}")
+  for name in tuple(config.stages):
+    config.stages = (name,)
+    seen = set(memory._CHOICES)
+    memory.MEASURED.clear()
+    _vm_hwm_reset()
+    t = time.time()
+    try:
+      pipeline.run(config, workdir)
+    except Exception as e:   # report the line a user would see, then the calls so far
+      status = f"stopped in {name}: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
+    print(f"\n[{name}] {time.time() - t:.0f} s, peak RSS {_vm_hwm():.2f} GiB, load "
+          f"{os.getloadavg()[0]:.1f}", flush=True)
+    for k, choice in memory._CHOICES.items():
+      if k not in seen:
+        print("  chosen   " + choice.line(), flush=True)
+    for m in memory.MEASURED.values():
+      print("  measured " + m.line(), flush=True)
+    if status != "completed":
+      break
+  print(f"\nrun {status}; peak RSS of the process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} "
+        f"GiB; budget {budget}", flush=True)
 
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("part", choices=("estimate", "run"))
+  p.add_argument("part", choices=("estimate", "run", "full"))
   p.add_argument("--workdir", default="/tmp/lis_jax_real_size")
+  p.add_argument("--generator", default="", help="full: a converted checkpoint (default: random weights)")
+  p.add_argument("--classifier", default="", help="a converted checkpoint (default: random ResNet-50)")
+  p.add_argument("--no-plan", action="store_true", help="skip the plan before the stages")
   a = p.parse_args()
-  estimate() if a.part == "estimate" else run(a.workdir)
+  if a.part == "estimate":
+    estimate()
+  else:
+    run(a.workdir, full=a.part == "full", generator_ref=a.generator, classifier_ref=a.classifier,
+        with_plan=not a.no_plan)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,17 @@ What a call needs (`CallMemory.need`): its temporaries, its outputs and its batc
 rows, less buffers XLA aliases (donated inputs reused as outputs); the other arguments
 (the models' parameters, passed unchanged to every call) are resident already and count
 in the budget as memory in use.
+
+XLA's analysis is not what the process really takes on a CPU: the runtime's scratch
+buffers and the allocator's reservations come on top, and an address-space limit
+(`ulimit -v`) counts reserved pages never touched (measured: a 256-px synthesis takes
+2.1x its analysed bytes of address space and 1.0x of resident memory; a matmul chain
+2.0x of both). So on a host budget (`Budget.host`) `choose_batch` runs each call once at
+the smallest probe batch (zeros in, not kept), samples the process's resident size and
+address space while it runs (`PeakSampler`), and divides the budget by the measured
+ratio (`BatchChoice.factor`, at least 1) before choosing the batch. Calls that fit even
+at `PLAUSIBLE` x their analysed need are not run. Every `map_batches` records the peak it
+really reached (`MEASURED`), which benchmarks/real_size.py prints beside the budget.
 """
 from __future__ import annotations
 
@@ -27,22 +38,24 @@ import dataclasses
 import functools
 import os
 import resource
+import threading
+import time
 from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
 
 from lis_jax import batching
+from lis_jax.distribute import pad_batch
 from lis_jax.errors import PipelineError
 
 GiB = 1 << 30
 MiB = 1 << 20
-# Fraction of the budget a call may plan to use. XLA's analysis counts the buffers of one
-# call, not the allocator's fragmentation, the runtime's own buffers, the host copies of
-# inputs and results, or Python's arrays around the call; the rest is that headroom.
-# Not enough under an address-space cap: benchmarks/real_size.py (reduced-width 256-px
-# generator, `prlimit --as=8G`, budget 7.2 GiB) aborted with std::bad_alloc in a call
-# analysed at 5.0 GiB (README, "Memory and the plan"); virtual reservations are not counted.
+# Fraction of the budget a call may plan to use (after the measured ratio, below): the
+# allocator's fragmentation, the host copies of inputs and results, and Python's arrays
+# around the call are the rest. The ratio alone was missing before: under `prlimit --as=8G`
+# (budget 7.2 GiB) a call analysed at 5.0 GiB aborted with std::bad_alloc: it reserves
+# 2.1x that in address space (README, "Memory and the plan").
 SAFETY = 0.8
 # Probe batch sizes for the linear model (the smaller is also the "does one row fit" check).
 PROBES = (1, 4)
@@ -52,6 +65,16 @@ PROBES = (1, 4)
 TRUST = 0.5
 # How often the chosen batch is re-checked (and shrunk) against a compile at that size.
 MAX_REFINE = 4
+# A call is run and measured only if this many times its analysed need at the configured
+# batch would not fit (the largest ratio measured so far is 2.1: module docstring).
+PLAUSIBLE = 3.0
+# Bytes of a measured peak that do not grow with the batch (thread-local arenas, the
+# runtime's buffers): measured 8-28 MiB resident and ~10-25 MiB of address space on a
+# 256-px synthesis at batch 1, 4 and 8; not counted in the ratio, and kept out of the
+# budget when a call measured more than its analysis.
+MEASURE_SLACK = 64 * MiB
+# How often `PeakSampler` reads /proc/self/status (a read takes ~20 us).
+SAMPLE_S = 0.005
 
 
 # ----------------------------------------------------------------------------- budget
@@ -62,6 +85,8 @@ class Budget:
   """Bytes a process may allocate on its device, and where the number came from."""
   bytes: int
   source: str
+  host: bool = False  # host memory (CPU backend): calls are measured, not only analysed
+  virtual: bool = False  # an address-space limit: measured in address space, not resident
 
   def __str__(self) -> str:
     return f"{self.bytes / GiB:.1f} GiB ({self.source})"
@@ -97,6 +122,8 @@ def _address_space_left() -> int | None:
 
 
 def _cgroup_left(root: str = "/sys/fs/cgroup") -> int | None:
+  """memory.max less memory.current (cgroup v2), else this process's cgroup v1 memory
+  controller's limit_in_bytes less usage_in_bytes (None: no limit found)."""
   try:
     with open(os.path.join(root, "memory.max")) as f:
       limit = f.read().strip()
@@ -105,6 +132,21 @@ def _cgroup_left(root: str = "/sys/fs/cgroup") -> int | None:
     with open(os.path.join(root, "memory.current")) as f:
       return max(0, int(limit) - int(f.read().strip()))
   except (OSError, ValueError):
+    return _cgroup_v1_left(root)
+
+
+def _cgroup_v1_left(root: str, proc: str = "/proc/self/cgroup") -> int | None:
+  try:
+    with open(proc) as f:
+      rel = next(line.strip().split(":", 2)[2] for line in f if ":memory:" in line)
+    d = os.path.join(root, "memory", rel.lstrip("/"))
+    with open(os.path.join(d, "memory.limit_in_bytes")) as f:
+      limit = int(f.read().strip())
+    if limit >= 1 << 60:   # v1 spells "no limit" as a huge number
+      return None
+    with open(os.path.join(d, "memory.usage_in_bytes")) as f:
+      return max(0, limit - int(f.read().strip()))
+  except (OSError, ValueError, StopIteration, IndexError):
     return None
 
 
@@ -116,9 +158,9 @@ def host_budget() -> Budget:
                                (_cgroup_left(), "cgroup memory.max"))
            if b is not None]
   if not found:
-    return Budget(8 * GiB, "unknown host memory: assumed 8 GiB (set config.memory_gb)")
+    return Budget(8 * GiB, "unknown host memory: assumed 8 GiB (set config.memory_gb)", host=True)
   b, s = min(found)
-  return Budget(int(b), s)
+  return Budget(int(b), s, host=True, virtual=s.startswith("ulimit"))
 
 
 def device_budget(memory_gb: float = 0.0, device: Any = None) -> Budget:
@@ -128,9 +170,9 @@ def device_budget(memory_gb: float = 0.0, device: Any = None) -> Budget:
     memory_gb: an override in GiB (config.memory_gb); <= 0: measure.
     device: a jax Device.
   """
-  if memory_gb and memory_gb > 0:
-    return Budget(int(memory_gb * GiB), "config.memory_gb")
   device = device or jax.local_devices()[0]
+  if memory_gb and memory_gb > 0:
+    return Budget(int(memory_gb * GiB), "config.memory_gb", host=device.platform == "cpu")
   stats = None
   try:
     stats = device.memory_stats()
@@ -142,10 +184,103 @@ def device_budget(memory_gb: float = 0.0, device: Any = None) -> Budget:
   return host_budget()
 
 
+# The running config's memory_gb (set by `config_budget`): the override `default_budget`
+# applies to the library calls a stage makes without passing its budget.
+_RUN_GB = 0.0
+
+
 def config_budget(config: Any) -> Budget:
-  """`device_budget` with the override `config.memory_gb` when the config has it."""
+  """`device_budget` with the override `config.memory_gb` when the config has it; the
+  override also becomes `default_budget`'s for the rest of the process."""
+  global _RUN_GB
   gb = float(config.get("memory_gb", 0) or 0) if hasattr(config, "get") else 0.0
+  _RUN_GB = gb
   return device_budget(gb)
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def _status(path: str = "/proc/self/status") -> tuple[int, int]:
+  """(resident bytes, address-space bytes) of this process now ((0, 0) if unknown)."""
+  rss = vm = 0
+  try:
+    with open(path) as f:
+      for line in f:
+        if line.startswith("VmRSS:"):
+          rss = int(line.split()[1]) * 1024
+        elif line.startswith("VmSize:"):
+          vm = int(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  return rss, vm
+
+
+class PeakSampler:
+  """Samples this process's resident size and address space every SAMPLE_S seconds while
+  the block runs; `.rss` and `.vm`: the growth of each over its value at the start."""
+
+  def __enter__(self) -> "PeakSampler":
+    self._base = _status()
+    self._peak = list(self._base)
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, daemon=True)
+    self._thread.start()
+    return self
+
+  def _run(self) -> None:
+    while not self._stop.is_set():
+      self._take()
+      time.sleep(SAMPLE_S)
+
+  def _take(self) -> None:
+    now = _status()
+    self._peak = [max(p, n) for p, n in zip(self._peak, now)]
+
+  def __exit__(self, *exc: Any) -> None:
+    self._stop.set()
+    self._thread.join()
+    self._take()
+
+  @property
+  def rss(self) -> int:
+    return max(0, self._peak[0] - self._base[0])
+
+  @property
+  def vm(self) -> int:
+    return max(0, self._peak[1] - self._base[1])
+
+  def grown(self, budget: "Budget") -> int:
+    """The growth in the budget's measure (address space under `ulimit -v`, else resident)."""
+    return self.vm if budget.virtual else self.rss
+
+
+@dataclasses.dataclass(frozen=True)
+class Measured:
+  """One call's analysed need against what the process really grew by while it ran."""
+  call: str
+  batch: int
+  analysed: int
+  rss: int
+  vm: int
+  budget: "Budget"
+
+  def line(self) -> str:
+    grown = self.vm if self.budget.virtual else self.rss
+    return (f"{self.call}: batch {self.batch}, analysed {self.analysed / MiB:.0f} MiB, measured "
+            f"{self.rss / MiB:.0f} MiB resident / {self.vm / MiB:.0f} MiB address space "
+            f"({grown / max(1, self.budget.bytes):.0%} of the budget {self.budget})")
+
+
+# The largest measured peak of each call (by name) in this process: benchmarks print them.
+MEASURED: dict = {}
+
+
+def _record(call: str, batch: int, analysed: int, sampler: PeakSampler, budget: "Budget") -> None:
+  old = MEASURED.get(call)
+  new = Measured(call, batch, analysed, sampler.rss, sampler.vm, budget)
+  if old is None or sampler.grown(budget) >= (old.vm if budget.virtual else old.rss):
+    MEASURED[call] = new
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -237,10 +372,17 @@ class BatchChoice:
   memory: CallMemory
   budget: Budget
   model: LinearModel
+  factor: float = 1.0  # measured bytes per analysed byte (1: not measured, or no more)
+
+  @property
+  def peak(self) -> int:
+    """The bytes this call is expected to take: analysed need x measured factor."""
+    return int(self.memory.need * self.factor)
 
   def line(self) -> str:
+    ratio = f" x measured {self.factor:.2f}" if self.factor > 1 else ""
     return (f"{self.call}: batch {self.batch} (max {self.max_batch}), peak "
-            f"{self.memory.need / MiB:.0f} MiB of {SAFETY:.0%} x {self.budget}")
+            f"{self.memory.need / MiB:.0f} MiB analysed{ratio} of {SAFETY:.0%} x {self.budget}")
 
 
 def _fail(stage: str, call: str, batch: int, need: int, budget: Budget, setting: str) -> PipelineError:
@@ -251,8 +393,31 @@ def _fail(stage: str, call: str, batch: int, need: int, budget: Budget, setting:
       f"(or set config.memory_gb if the budget is wrong)")
 
 
+def _concrete(args: tuple) -> bool:
+  return all(not isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree_util.tree_leaves(args))
+
+
+def measure(fn: Callable[..., Any], args: tuple, rows: Any, batch: int, budget: Budget,
+            call: str) -> PeakSampler:
+  """Runs `fn(*args, zeros at batch)` (bool rows: True) once (compiled, results copied to the host and
+  dropped) and returns the sampler of that run."""
+  c = compiled(fn, args, rows, batch)
+  zeros = jax.tree_util.tree_map(   # bools True: an `active` mask keeps a search loop running
+      lambda x: (np.ones if x.dtype == bool else np.zeros)((batch,) + tuple(np.shape(x)[1:]), x.dtype),
+      _abstract_rows(rows, batch))
+  with PeakSampler() as s:
+    jax.tree_util.tree_map(np.asarray, c(*args, zeros))
+  return s
+
+
+def measured_factor(need: int, grown: int) -> float:
+  """Measured bytes per analysed byte, the fixed MEASURE_SLACK aside (at least 1)."""
+  return max(1.0, (grown - MEASURE_SLACK) / max(1, need))
+
+
 _CHOICES: dict = {}
 _ANALYSES: dict = {}
+_FACTORS: dict = {}   # measured factor per function and shapes
 
 
 def choose_batch(fn: Callable[..., Any], rows: Any, max_batch: int, *args: Any, budget: Budget,
@@ -268,6 +433,9 @@ def choose_batch(fn: Callable[..., Any], rows: Any, max_batch: int, *args: Any, 
     multiple: batches are multiples of this (the device count of a sharded call).
   Raises:
     PipelineError: the smallest batch does not fit.
+  On a host budget (`budget.host`) with concrete `args`, a call that could need more than
+  the budget (PLAUSIBLE x its analysed need at max_batch) is run once at the smallest
+  probe and the limit divided by the measured factor (module docstring).
   Results are cached per (call, shapes, budget, max_batch): one analysis per run and call.
   """
   limit = SAFETY * budget.bytes
@@ -287,9 +455,18 @@ def choose_batch(fn: Callable[..., Any], rows: Any, max_batch: int, *args: Any, 
 
   probes = sorted({min(max_batch, p * multiple) for p in PROBES})
   mems = [at(b) for b in probes]
-  if mems[0].need > limit:
-    raise _fail(stage, call, probes[0], mems[0].need, budget, setting)
   model = LinearModel.through(mems[0], mems[-1])
+  factor = 1.0
+  if budget.host and _concrete(args) and PLAUSIBLE * model.at(max_batch) > limit:
+    if key[:3] not in _FACTORS:
+      s = measure(fn, args, rows, probes[0], budget, call)
+      _record(call, probes[0], mems[0].need, s, budget)
+      _FACTORS[key[:3]] = measured_factor(mems[0].need, s.grown(budget))
+    factor = _FACTORS[key[:3]]
+    if factor > 1:   # (the slack was measured in excess of the analysis: it is kept out too)
+      limit = max(0.0, limit - MEASURE_SLACK) / factor
+  if mems[0].need > limit:
+    raise _fail(stage, call, probes[0], int(mems[0].need * factor), budget, setting)
   by_batch = {m.batch: m for m in mems}
   b = min(max_batch, model.largest(limit))
   for _ in range(MAX_REFINE):
@@ -306,8 +483,9 @@ def choose_batch(fn: Callable[..., Any], rows: Any, max_batch: int, *args: Any, 
     b = int(b * limit / by_batch[b].need)  # the line under-predicted: scale down and recheck
   m = by_batch[b]
   if m.need > limit:
-    raise _fail(stage, call, b, m.need, budget, setting)
-  choice = BatchChoice(call=call, batch=b, max_batch=max_batch, memory=m, budget=budget, model=model)
+    raise _fail(stage, call, b, int(m.need * factor), budget, setting)
+  choice = BatchChoice(call=call, batch=b, max_batch=max_batch, memory=m, budget=budget, model=model,
+                       factor=factor)
   _CHOICES[key] = choice
   return choice
 
@@ -354,10 +532,44 @@ def map_batches(fn: Callable[..., Any], rows: Any, max_batch: int, *args: Any, b
   if log and choice.batch < choice.max_batch:
     log(choice.line())
   with guard(stage, call, choice.batch, setting):
-    return batching.map_batches(fn, rows, choice.batch, *args)
+    if not budget.host:
+      return batching.map_batches(fn, rows, choice.batch, *args)
+    with PeakSampler() as s:
+      out = batching.map_batches(fn, rows, choice.batch, *args)
+  _record(call, choice.batch, choice.memory.need, s, budget)
+  return out
+
+
+def map_chunks(fn: Callable[..., Any], rows: Any, max_batch: int, *args: Any, budget: Budget,
+               call: str, setting: str, stage: str = "", multiple: int = 1,
+               place: Callable[[Any], Any] | None = None) -> Any:
+  """`fn(*args, rows)` for rows that one output file holds together (a counterfactual or
+  boundary batch): run in chunks of the batch the budget allows (<= max_batch, a multiple
+  of `multiple`), each padded to it and put on the devices by `place`
+  (`distribute.shard_batch`); the numpy results concatenated in row order. With memory
+  for all rows it is one call at max_batch, as before budgets.
+  """
+  n = jax.tree_util.tree_leaves(rows)[0].shape[0]
+  place = place or (lambda x: x)
+  if n == 0:   # nothing to size (batching.map_batches' own behaviour for no rows)
+    return batching.map_batches(lambda *a: fn(*a[:-1], place(a[-1])), rows, max_batch, *args)
+  choice = choose_batch(fn, rows, max_batch, *args, budget=budget, call=call, setting=setting,
+                        stage=stage, multiple=multiple)
+  b = choice.batch
+  out = []
+  with guard(stage, call, b, setting), PeakSampler() as s:
+    for start in range(0, n, b):
+      m = min(b, n - start)
+      chunk = jax.tree_util.tree_map(lambda x: pad_batch(np.asarray(x)[start:start + m], b), rows)
+      out.append((m, fn(*args, place(chunk))))
+    res = [jax.tree_util.tree_map(lambda x: np.asarray(x)[:m], r) for m, r in out]
+  if budget.host:
+    _record(call, b, choice.memory.need, s, budget)
+  return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *res)
 
 
 def default_budget() -> Budget:
-  """The first local device's budget now (no override): measured at each call, since the
-  memory in use grows as models load and programs compile."""
-  return device_budget()
+  """The first local device's budget now (the running config's memory_gb if set, see
+  `config_budget`): measured at each call, since the memory in use grows as models load
+  and programs compile."""
+  return device_budget(_RUN_GB)

@@ -8,7 +8,8 @@ A stage's work is counted from its config section (`WORK[name](sections, dims) -
 its calls are one of a few kinds (`CALLS`): 'synthesise+classify' (an image and the
 classifier's r and logits from a w: paired data, sweeps, counterfactual checks, boundary
 bisection), 'segment+measure' (an image, its part segmentation and metrics: quantify,
-boundary, invariances) and 'synthesise' (rendering). Each kind is compiled at the batch
+boundary, invariances), 'synthesise' (rendering) and 'search step' (the gradient of the
+logits through classifier and generator: a counterfactual search's step in 'image' mode). Each kind is compiled at the batch
 its stage's setting allows (the largest that fits `memory.SAFETY` x the budget), its FLOPs
 per image read from XLA's cost analysis and its seconds per image timed once at the
 smallest batch. A stage whose call does not fit even at batch 1 is refused, with the
@@ -87,10 +88,12 @@ def work_counterfactual(s, d: Dims) -> Work:
   c = s["counterfactual"]
   searches = _pairs(c, d) * c.samples_per_pair
   checks = searches * (-(-c.max_steps // c.check_every))
-  return Work({"synthesise+classify": checks}, {"synthesise+classify": ("counterfactual.batch_size",
-                                                                         c.batch_size)},
-              upper_bound=True, note=f"{searches} searches, each checked until it succeeds",
-              fixed=True)
+  images = {"synthesise+classify": checks}
+  if c.mode == "image":   # the gradient through the image ('reference': through the head only)
+    images["search step"] = searches * c.max_steps
+  return Work(images, {k: ("counterfactual.batch_size", c.batch_size) for k in images},
+              upper_bound=True, note=f"{searches} searches, each checked until it succeeds (a batch "
+                                     "file's searches run in chunks that fit)")
 
 
 def work_quantify(s, d: Dims) -> Work:
@@ -107,7 +110,7 @@ def work_boundary(s, d: Dims) -> Work:
                "segment+measure": searches * (c.n_points + 2) * (1 + c.null_draws)},
               {"synthesise+classify": ("boundary.batch_size", c.batch_size),
                "segment+measure": ("boundary.measure_batch", c.measure_batch)}, upper_bound=True)
-# (boundary.batch_size partitions its files too, but its classify calls are a small share.)
+# (boundary.batch_size partitions its files; its searches run in chunks that fit.)
 
 
 def work_invariances(s, d: Dims) -> Work:
@@ -166,6 +169,13 @@ def _synthesise_classify(G, clf, w):
   return r, clf.head(r)
 
 
+def _search_step(G, clf, w):
+  """A counterfactual search's step in 'image' mode: the gradient of the logits through
+  classifier and generator (the search differentiates its loss in r through the link, w,
+  the image; 'reference' mode differentiates the classifier's head only)."""
+  return jax.grad(lambda v: clf.head(clf.features(clf.preprocess(_synthesise(G, clf, v)))).sum())(w)
+
+
 def _segment_measure_fn(qc, G) -> tuple[Callable, Any]:
   """The quantify stage's segment-and-measure call and stand-in segmenter parameters (the
   head's shapes; zeros: the cost does not depend on the values)."""
@@ -221,7 +231,7 @@ class StagePlan:
 
   @property
   def peak(self) -> int:
-    return max((c.choice.memory.need for c in self.calls), default=0)
+    return max((c.choice.peak for c in self.calls), default=0)
 
 
 class Planner:
@@ -242,7 +252,8 @@ class Planner:
     if kind == "segment+measure":
       fn, params = _segment_measure_fn(self.sections["quantify"], self.G)
       return fn, (self.G, self.clf, params)
-    return {"synthesise": _synthesise, "synthesise+classify": _synthesise_classify}[kind], (self.G, self.clf)
+    return {"synthesise": _synthesise, "synthesise+classify": _synthesise_classify,
+            "search step": _search_step}[kind], (self.G, self.clf)
 
   def call(self, stage: str, kind: str, setting: str, max_batch: int, images: int,
            fixed: bool = False) -> CallPlan:
@@ -347,13 +358,14 @@ def table(plans: Sequence[StagePlan], budget: memory.Budget) -> str:
       bound = "<=" if p.work.upper_bound else ""
       rows.append(f"{p.stage:<15} {c.kind:<20} {bound + str(c.images):>10} {_si(c.flops):>10} "
                   f"{f'{c.choice.batch}/{c.choice.max_batch}':>11} "
-                  f"{c.choice.memory.need / memory.MiB:>7.0f} MiB {_duration(c.seconds):>9}")
+                  f"{c.choice.peak / memory.MiB:>7.0f} MiB {_duration(c.seconds):>9}")
   ok = [p for p in plans if not p.refused]
   rows.append(f"{'total':<15} {'':<20} {'':>10} {_si(sum(p.flops for p in ok)):>10} {'':>11} "
               f"{max((p.peak for p in ok), default=0) / memory.MiB:>7.0f} MiB "
               f"{_duration(sum(p.seconds for p in ok)):>9}")
   rows.append("batch: chosen / configured maximum; peak: the largest call's new memory at that batch "
-              "(XLA's analysis); time: images x a measured probe's seconds per image")
+              "(XLA's analysis, x the measured ratio on a host budget); time: images x a measured probe's "
+              "seconds per image")
   return "\n".join(rows)
 
 

@@ -68,7 +68,7 @@ def r2_histogram(r2: np.ndarray, title: str = "held-out R^2 per w dimension"):
 def cluster_order(x: np.ndarray) -> np.ndarray:
   """Row order of x [N, F] by average-linkage hierarchical clustering (correlation distance)."""
   from scipy.cluster import hierarchy
-  if x.shape[0] < 3:
+  if x.shape[0] < 3 or x.shape[1] < 2:   # one column: no correlation distance at all
     return np.arange(x.shape[0])
   z = np.nan_to_num(x)
   z = z + 1e-9 * np.arange(z.shape[1])  # constant rows have no correlation distance

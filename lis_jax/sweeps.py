@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lis_jax import batching
+from lis_jax import memory
 
 REFERENCE_SEED = 136   # kaschube-lab/LinkingInStyle src/tune_units.py: get_rs_for_tuning(gen_seed=136)
 
@@ -52,5 +52,7 @@ def reference_starts(G: Any, clf: Any, classes: np.ndarray, per_class: int, psi:
   z = reference_latents(per_class, G.z_dim, seed)
   cls = np.repeat(np.asarray(classes, np.int32), per_class)
   rows = {"z": np.tile(z, (len(classes), 1)), "cls": cls}
-  r = batching.map_batches(_start_r, rows, batch_size, G, clf, jnp.float32(psi))
+  r = memory.map_batches(_start_r, rows, batch_size, G, clf, jnp.float32(psi),
+                         budget=memory.default_budget(), call="start samples",
+                         setting="sweep.batch_size")
   return np.asarray(r, np.float32), cls

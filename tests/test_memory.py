@@ -1,4 +1,6 @@
 """Memory budgets and batch sizes from XLA's memory analysis (lis_jax/memory.py)."""
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -100,3 +102,113 @@ def test_out_of_memory_at_run_time_is_one_line():
   with pytest.raises(ZeroDivisionError):   # other errors pass through unchanged
     with memory.guard("quantify", "measure", 7, "quantify.batch_size"):
       1 / 0
+
+
+# Largest difference, relative to an array's largest magnitude, between a pipeline run at
+# the configured batches and one whose budget forces smaller ones (tiny models, CPU):
+# XLA's kernels may sum in another order at another batch size. Measured 3e-7 on logits
+# (float32 rounding: 6e-5 on ~200) and 8.2e-6 on the counterfactual's softmax
+# probabilities (a logit error of 6e-5 moves a probability by up to 6e-5 of itself);
+# 12x that for other CPUs' kernels.
+RUN_RTOL = 1e-4
+
+
+def _npz_files(d):
+  return sorted(p.relative_to(d) for p in d.rglob("*.npz") if "params" not in p.relative_to(d).parts)
+
+
+def test_a_tiny_budget_across_stages_shrinks_batches_same_outputs(tmp_path):
+  """configs/tiny.py's stages on tiny models: with ample memory every call runs at its
+  configured batch; with a budget that holds little more than one row of the largest call,
+  the budgeted calls run at smaller batches (memory._CHOICES) and every output file holds
+  the same values."""
+  from lis_jax import pipeline
+  from tests.test_pipeline_e2e import _tiny_models_config
+  memory._CHOICES.clear()
+  ample = _tiny_models_config(memory_gb=64.0)
+  pipeline.run(ample, str(tmp_path / "ample"))
+  big = {c.call: c for c in memory._CHOICES.values()}
+  assert all(c.batch == c.max_batch for c in big.values()), [c.line() for c in big.values()]
+  # The budget: the largest call's need at batch 2 (its analysed line), at SAFETY.
+  need2 = max(c.model.at(2) for c in big.values())
+  gb = need2 / memory.SAFETY / memory.GiB
+  memory._CHOICES.clear()
+  try:
+    pipeline.run(_tiny_models_config(memory_gb=gb), str(tmp_path / "tiny"))
+  finally:
+    memory.config_budget(ample)   # the process default back to ample for later tests
+  small = {c.call: c for c in memory._CHOICES.values()}
+  shrunk = {k for k, c in small.items() if c.batch < c.max_batch}
+  assert {"generate", "search"} <= shrunk, [c.line() for c in small.values()]
+  assert all(c.peak <= memory.SAFETY * c.budget.bytes for c in small.values())
+  files = _npz_files(tmp_path / "ample")
+  assert files == _npz_files(tmp_path / "tiny") and files
+  worst = (0.0, "")
+  for rel in files:
+    a, b = np.load(tmp_path / "ample" / rel), np.load(tmp_path / "tiny" / rel)
+    assert a.files == b.files
+    for k in a.files:
+      if k.startswith("__"):   # the file's checksum: of the bytes, which differ by rounding
+        continue
+      if np.issubdtype(a[k].dtype, np.floating):
+        scale = max(1.0, float(np.max(np.abs(a[k]), initial=0.0)))
+        np.testing.assert_allclose(a[k], b[k], atol=RUN_RTOL * scale, rtol=0, err_msg=f"{rel}:{k}")
+        worst = max(worst, (float(np.max(np.abs(a[k] - b[k]), initial=0.0)) / scale, f"{rel}:{k}"))
+      else:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=f"{rel}:{k}")
+  print(f"largest relative difference {worst[0]:.3g} ({worst[1]}); shrunk: {sorted(shrunk)}")
+
+
+def test_peak_sampler_sees_an_allocation():
+  with memory.PeakSampler() as s:
+    a = np.ones(64 * memory.MiB // 8)   # 64 MiB, touched
+    time.sleep(20 * memory.SAMPLE_S)
+    del a
+  assert s.rss >= 60 * memory.MiB and s.vm >= 60 * memory.MiB
+
+
+def test_measured_factor_and_the_limit_it_sets(world, monkeypatch):
+  assert memory.measured_factor(100 * memory.MiB, 10 * memory.MiB) == 1.0   # never below 1
+  assert memory.measured_factor(100 * memory.MiB, 264 * memory.MiB) == pytest.approx(2.0)
+  G, ws = world
+
+  monkeypatch.setattr(memory, "MEASURE_SLACK", 0)
+
+  class Grown:   # a call measured at twice its analysed need
+    def __init__(self, need):
+      self.rss = self.vm = 2 * need
+
+    def grown(self, budget):
+      return self.vm
+
+  calls = []
+
+  def fake_measure(fn, args, rows, batch, budget, call):
+    calls.append(batch)
+    return Grown(memory.analyse(fn, args, rows, batch).need)
+
+  monkeypatch.setattr(memory, "measure", fake_measure)
+  model = memory.choose_batch(_synth, ws, 8, G, budget=memory.Budget(64 * memory.GiB, "test"),
+                              call="synthesis", setting="x.batch_size").model
+  bytes_ = int(model.at(6) / memory.SAFETY)
+  analysed_only = memory.choose_batch(_synth, ws, 8, G, budget=memory.Budget(bytes_, "test"),
+                                      call="synthesis", setting="x.batch_size")
+  host = memory.Budget(2 * bytes_, "test", host=True, virtual=True)
+  measured = memory.choose_batch(_synth, ws, 8, G, budget=host, call="synthesis, measured",
+                                 setting="x.batch_size")
+  assert calls == [1]   # run once, at the smallest probe
+  assert measured.factor == pytest.approx(2.0)
+  # Twice the budget at twice the measured bytes: the batch the analysis alone gives.
+  assert measured.batch == analysed_only.batch < 8
+  assert measured.peak <= memory.SAFETY * host.bytes
+
+
+def test_cgroup_v1_limit(tmp_path):
+  (tmp_path / "cgroup").write_text("4:memory:/job/1\n3:cpu:/\n")
+  d = tmp_path / "memory" / "job" / "1"
+  d.mkdir(parents=True)
+  (d / "memory.limit_in_bytes").write_text("1000\n")
+  (d / "memory.usage_in_bytes").write_text("300\n")
+  assert memory._cgroup_v1_left(str(tmp_path), str(tmp_path / "cgroup")) == 700
+  (d / "memory.limit_in_bytes").write_text(f"{1 << 62}\n")   # v1's "no limit"
+  assert memory._cgroup_v1_left(str(tmp_path), str(tmp_path / "cgroup")) is None

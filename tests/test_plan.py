@@ -24,10 +24,17 @@ def test_counts_batches_and_flops(models):
                                          time_probe=False)}
   assert list(plans) == ["paired_data", "link", "sweep", "counterfactual"]
   # Counts by hand from configs/tiny.py: 3 classes x 48 kept samples; 6 units x 3 classes
-  # x 2 samples x 3 steps; 6 ordered pairs x 2 searches x 20 / 5 checks (at most).
+  # x 2 samples x 3 steps; 6 ordered pairs x 2 searches x 20 / 5 checks (at most); in
+  # 'image' mode also 20 gradient steps through the image per search.
   assert plans["paired_data"].calls[0].images == 3 * 48
   assert plans["sweep"].calls[0].images == 6 * 3 * 2 * 3
+  assert [c.kind for c in plans["counterfactual"].calls] == ["synthesise+classify"]
   assert plans["counterfactual"].calls[0].images == 6 * 2 * 4 and plans["counterfactual"].work.upper_bound
+  dims = plan.Dims(n_classes=3, feature_dim=clf.feature_dim)
+  image = plan.merged_sections(config)
+  image["counterfactual"].mode = "image"   # merged_sections: fresh copies
+  work = plan.WORK["counterfactual"](image, dims)
+  assert work.images == {"synthesise+classify": 6 * 2 * 4, "search step": 6 * 2 * 20}
   sweep = plans["sweep"].calls[0]
   assert sweep.choice.batch == 8 and sweep.setting == "sweep.batch_size"   # ample memory: the max
   # FLOPs = images x XLA's per-image count of the same call at batch 1 (the plan counts at

@@ -55,3 +55,9 @@ def test_saved_figures_are_byte_identical_across_saves(tmp_path):
     plots.save(fig, str(tmp_path / d), "fig")
     got.append(((tmp_path / d / "fig.svg").read_bytes(), (tmp_path / d / "fig.png").read_bytes()))
   assert got[0] == got[1]
+
+
+def test_cluster_order_of_one_column_is_the_given_order():
+  # One unit's effects per concept (a run with sweep.units=0): no correlation distance.
+  x = np.arange(5, dtype=float)[:, None]
+  assert list(plots.cluster_order(x)) == [0, 1, 2, 3, 4]

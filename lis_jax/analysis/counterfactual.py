@@ -144,6 +144,16 @@ _search = jax.jit(search, static_argnames=("lr", "max_steps", "check_every", "w_
 _outcome = jax.jit(outcome, static_argnames=("top_units",))
 
 
+@functools.partial(jax.jit, static_argnames=("top_units", "lr", "max_steps", "check_every", "w_origin",
+                                             "w_cos", "mode", "compact_rows"))
+def _search_outcome(G, clf, link, rows, *, top_units, **statics):
+  """`search` then `outcome` on rows (r, origin, target, shift0, active, w_before): one
+  chunk of a batch file's searches (memory.map_chunks' form)."""
+  r, origin, target, shift0, active, w_before = rows
+  res = search(G, clf, link, r, origin, target, shift0, active, **statics)
+  return {**res, **outcome(G, clf, link, w_before, r, res["shift"], top_units=top_units)}
+
+
 def initial_shift(key: jax.Array, search_ids: jax.Array, dim: int) -> jax.Array:
   """Uniform [0, 1) start shifts [B, dim], a pure function of (key, search id);
   key: the stage's stream key `ctx.key("counterfactual")`."""

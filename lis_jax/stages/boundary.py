@@ -55,7 +55,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from lis_jax import blocks, distribute, errors, generators, images, io, page
+from lis_jax import blocks, distribute, errors, generators, images, io, memory, page
 from lis_jax.analysis import boundary as lib
 from lis_jax.generators.base import GroundTruthWorld
 from lis_jax.quantify import selectivity
@@ -193,6 +193,12 @@ def _crossings(G, clf, link, r, shift, origin, target, *, n_grid, n_iter):
   return lib.crossings(predict, origin, target, n_grid=n_grid, n_iter=n_iter)
 
 
+@functools.partial(jax.jit, static_argnames=("n_grid", "n_iter"))
+def _crossings_rows(G, clf, link, rows, *, n_grid, n_iter):
+  """`_crossings` on rows (r, shift, origin, target) (memory.map_chunks' form)."""
+  return _crossings(G, clf, link, *rows, n_grid=n_grid, n_iter=n_iter)
+
+
 @jax.jit
 def _path(link, r, shift, t):
   return lib.path_w(link, r, shift, t)
@@ -202,11 +208,14 @@ def _batch(ctx, c, seg, link, cf: dict, ids: np.ndarray, batch: int) -> dict:
   """Crossings, measured path points, null ends and true changes of searches `ids`."""
   G, clf, mesh = ctx.G, ctx.clf, ctx.mesh
   arr = {k: cf[k][ids] for k in ("search", "origin", "target", "r", "shift")}
-  pad = {k: distribute.pad_batch(v, batch) for k, v in arr.items()}
   G_r, clf_r, link_r = distribute.replicate((G, clf, link), mesh)
-  ins = distribute.shard_batch((pad["r"], pad["shift"], pad["origin"], pad["target"]), mesh)
-  res = _crossings(G_r, clf_r, link_r, *ins, n_grid=c.n_grid, n_iter=c.n_iter)
-  res = {k: np.asarray(v)[:ids.size] for k, v in res.items()}
+  # The file's searches in chunks the memory budget allows (memory.map_chunks).
+  res = memory.map_chunks(functools.partial(_crossings_rows, n_grid=c.n_grid, n_iter=c.n_iter),
+                          tuple(arr[k] for k in ("r", "shift", "origin", "target")), batch,
+                          G_r, clf_r, link_r, budget=ctx.budget, call="crossings",
+                          setting="boundary.batch_size", stage=NAME,
+                          multiple=distribute.round_up(1, mesh),
+                          place=lambda x: distribute.shard_batch(x, mesh))
   t_pts = lib.path_points(res["t_leave"], res["t_reach"], c.n_points)  # [B, T']
   b, t_n = t_pts.shape
   w_pts = np.asarray(_path(link, jnp.repeat(jnp.asarray(arr["r"]), t_n, 0),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -32,7 +33,7 @@ from lis_jax import page
 from lis_jax import errors
 from lis_jax.generators.base import GroundTruthWorld
 from lis_jax.analysis.counterfactual import (  # noqa: F401  (search, outcome: the library's)
-    _outcome, _search, image_logits, initial_shift, outcome, search, search_loss)
+    _outcome, _search, _search_outcome, image_logits, initial_shift, outcome, search, search_loss)
 from lis_jax import validate as V
 from lis_jax.stages.base import Stage
 
@@ -145,16 +146,16 @@ def run(ctx) -> None:
     rows = todo_plan["sample"][ids]
     arrays = {"search": ids, "sample": rows, "origin": todo_plan["origin"][ids],
               "target": todo_plan["target"][ids], "r": data.r[rows], "w_before": data.w[rows]}
-    pad = {k: distribute.pad_batch(v, batch) for k, v in arrays.items()}
-    active = np.arange(batch) < ids.size
-    shift0 = initial_shift(key, jnp.asarray(pad["search"]), clf.feature_dim)
-    ins = distribute.shard_batch((pad["r"], pad["origin"], pad["target"], shift0, active), mesh)
-    with memory.guard(NAME, "search", batch, "counterfactual.batch_size"):
-      res = _search(G_r, clf_r, link_r, *ins, **statics)
-      errors.check_finite(f"counterfactual batch {b} shift", res["shift"])
-      w_b, r_b = distribute.shard_batch((pad["w_before"], pad["r"]), mesh)
-      post = _outcome(G_r, clf_r, link_r, w_b, r_b, res["shift"], top_units=c.top_units)
-      host = {k: np.asarray(v)[:ids.size] for k, v in {**res, **post}.items()}
+    shift0 = np.asarray(initial_shift(key, jnp.asarray(ids), clf.feature_dim))
+    rows_in = (arrays["r"], arrays["origin"], arrays["target"], shift0, np.ones(ids.size, bool),
+               arrays["w_before"])
+    # The file's searches run in chunks the memory budget allows (searches are independent).
+    host = memory.map_chunks(functools.partial(_search_outcome, top_units=c.top_units, **statics),
+                             rows_in, batch, G_r, clf_r, link_r, budget=ctx.budget, call="search",
+                             setting="counterfactual.batch_size", stage=NAME,
+                             multiple=distribute.round_up(1, mesh),
+                             place=lambda x: distribute.shard_batch(x, mesh))
+    errors.check_finite(f"counterfactual batch {b} shift", host["shift"])
     arrays.update(host)
     if c.save_png:
       for i, s in enumerate(ids):

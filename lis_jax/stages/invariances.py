@@ -30,6 +30,7 @@ Outputs (`workdir/invariances/`, every file atomic; WORKSPACE.md):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any, Callable
 
@@ -39,12 +40,12 @@ import ml_collections
 import numpy as np
 import scipy.stats
 
-from lis_jax import batching
 from lis_jax import blocks
 from lis_jax import distribute
 from lis_jax import flows
 from lis_jax import images
 from lis_jax import io
+from lis_jax import memory
 from lis_jax import page
 from lis_jax import errors, generators
 from lis_jax.generators.base import GroundTruthWorld
@@ -207,15 +208,24 @@ def _nll(model, w, r):
 
 
 def map_sharded(fn: Callable[..., Any], rows: tuple, batch_size: int, mesh, *args: Any) -> Any:
-  """fn(*args, *batch) over the tuple of [N, ...] arrays `rows` (`batching.map_batches`:
+  """fn(*args, *batch) over the tuple of [N, ...] arrays `rows` (`memory.map_chunks`:
   fixed-size padded batches, one compile), each batch split over the mesh's devices and
   `args` (models) replicated."""
   args = distribute.replicate(args, mesh)
-  # Each batch is waited for before the next is sent: with several sharded batches in flight,
-  # XLA:CPU's in-process all-gathers of different batches wait on each other's device threads
-  # (a 4-device demo deadlocked here under load; README "Reproducibility").
-  call = lambda *a: jax.block_until_ready(fn(*a[:-1], *distribute.shard_batch(a[-1], mesh)))
-  return batching.map_batches(call, tuple(rows), distribute.round_up(batch_size, mesh), *args)
+  # At most batch_size rows per call: fewer when the memory budget holds fewer (memory.map_chunks).
+  return memory.map_chunks(functools.partial(_unpacked, fn=fn), tuple(rows),
+                           distribute.round_up(batch_size, mesh), *args,
+                           budget=memory.default_budget(), call=f"{NAME} {getattr(fn, '__name__', 'call')}",
+                           setting="invariances.render_batch_size", stage=NAME,
+                           multiple=distribute.round_up(1, mesh),
+                           place=lambda x: distribute.shard_batch(x, mesh))
+
+
+def _unpacked(*a, fn):
+  """fn(*args, *rows) from map_chunks' fn(*args, rows), waited for before the next chunk is
+  sent: with several sharded chunks in flight, XLA:CPU's in-process all-gathers of different
+  chunks wait on each other's device threads (a 4-device demo deadlocked here under load)."""
+  return jax.block_until_ready(fn(*a[:-1], *a[-1]))
 
 
 # ----------------------------------------------------------------------------- stage
