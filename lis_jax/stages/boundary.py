@@ -320,11 +320,12 @@ def _readout_at(G, clf, link, r, shift, origin, target, t, frame_r, frame_w):
   return paths_lib.readout_at(image_fn, clf.head, r, shift, origin, target, t, frame_r, frame_w)
 
 
-def _sharded_readout(ctx, link, batch: int, arrays: list, frames: list) -> Callable:
+def _sharded_readout(ctx, models: tuple, batch: int, arrays: list, frames: list) -> Callable:
   """t -> _readout_at's outputs (numpy) for `arrays` (r, shift, origin, target) and `frames`
-  (r, w; [B', ...] per row), padded to `batch` rows and sharded over ctx.mesh."""
+  (r, w; [B', ...] per row), padded to `batch` rows and sharded over ctx.mesh; models: (G, clf,
+  link) replicated over it."""
   pad = jax.tree_util.tree_map(lambda x: distribute.pad_batch(x, batch), (arrays, frames))
-  G_r, clf_r, link_r = distribute.replicate((ctx.G, ctx.clf, link), ctx.mesh)
+  G_r, clf_r, link_r = models
   (r, shift, origin, target), (f_r, f_w) = distribute.shard_batch(pad, ctx.mesh)
   return lambda t: {k: np.asarray(v) for k, v in _readout_at(G_r, clf_r, link_r, r, shift, origin, target,
                                                               jnp.float32(t), f_r, f_w).items()}
@@ -336,7 +337,7 @@ def _paths_batch(ctx, c, link, cf: dict, ids: np.ndarray, batch: int, frames: di
   which = np.array([pair_idx[(int(o), int(t))] for o, t in zip(cf["origin"][ids], cf["target"][ids])])
   arrays = [cf[k][ids] for k in ("r", "shift", "origin", "target")]
   fr = [{k: v[which] for k, v in frames[sp].items() if k != "explained"} for sp in ("r", "w")]
-  at = _sharded_readout(ctx, link, batch, arrays, fr)
+  at = _sharded_readout(ctx, distribute.replicate((ctx.G, ctx.clf, link), ctx.mesh), batch, arrays, fr)
   out = paths_lib.stack_points([at(t) for t in paths_lib.t_grid(c.p_points, c.p_past)])
   return {f"path.{k}": v[:ids.size] for k, v in out.items()}
 
@@ -379,9 +380,10 @@ def _transfer(ctx, c, link, cf: dict) -> None:
   fr = [{k: np.zeros((batch,) + v.shape[1:], v.dtype) for k, v in frames[sp].items() if k != "explained"}
         for sp in ("r", "w")]   # the projections are not used here
   zero, cls0 = np.zeros((batch, d), np.float32), np.zeros(batch, np.int32)
+  models = distribute.replicate((ctx.G, ctx.clf, link), ctx.mesh)
 
   def predict(rs):  # [batch, D] -> (image, head) predictions on relu(rs), through _readout_at at t = 0
-    o = _sharded_readout(ctx, link, batch, [np.asarray(rs), zero, cls0, cls0], fr)(0.0)
+    o = _sharded_readout(ctx, models, batch, [np.asarray(rs), zero, cls0, cls0], fr)(0.0)
     return np.stack([o["pred"], o["pred_r"]], -1)
   both = paths_lib.classify_rows(predict, x, batch, extra=(2,))
   pred, pred_r = both[..., 0], both[..., 1]
