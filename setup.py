@@ -29,6 +29,7 @@ EXTRAS_REQUIRE = {
         # browser tests; 4.38: newer releases need a certifi the registry may lack
         "selenium==4.38.0",
         "statsmodels==0.15.0",  # tests/test_analysis_calls.py: BH against multipletests
+        "pytest-xdist",  # scripts/test.sh runs the suite on 2 worker processes (README, "Tests")
         # More test dependencies go here, one a line; then refresh constraints.txt.
     ],
     # lpips==0.1.4 (tests/test_lpips.py, converters/lpips.py) is installed by scripts/test.sh
