@@ -31,6 +31,7 @@ EXTRAS_REQUIRE = {
         "statsmodels==0.15.0",  # tests/test_analysis_calls.py: BH against multipletests
         # tests/test_notebook.py: runs notebooks/linking_in_style.ipynb in a fresh kernel
         "nbclient", "nbformat", "ipykernel",
+        "pytest-xdist",  # scripts/test.sh runs the suite on 2 worker processes (README, "Tests")
         # More test dependencies go here, one a line; then refresh constraints.txt.
     ],
     # lpips==0.1.4 (tests/test_lpips.py, converters/lpips.py) is installed by scripts/test.sh

@@ -12,4 +12,6 @@ fi
 python -m pip install -q -c constraints.txt -e ".[test]"
 # lpips without its torchvision requirement (see setup.py).
 python -m pip install -q --no-deps lpips==0.1.4
-python -m pytest -q tests "$@"
+# Two worker processes (pytest-xdist), whole files per worker so a file's shared fixtures are
+# built once; tests/conftest.py gives the session a fresh JAX compilation cache (README, "Tests").
+python -m pytest -q -n 2 --dist loadfile tests "$@"

@@ -1,11 +1,82 @@
-"""Shared test settings: where the reference fixtures live."""
+"""Shared test settings: where the reference fixtures live, and one compilation cache per session.
+
+The suite compiles the same XLA programs many times: the same tiny models and stages in many
+tests, and in the `python -m lis_jax.main` subprocesses that tests start. JAX's persistent
+compilation cache turns each repeat into a load. The cache lives in a fresh temporary folder made
+when the session starts (so a fresh clone starts with it empty) and removed when it ends; it is
+set in this process and, through the environment, in every subprocess a test starts (a test that
+passes its own JAX_COMPILATION_CACHE_DIR keeps it). Nothing outside the pytest session sees it.
+A cached program is the compiled program itself, so results are bit-identical with or without it
+(LIS_JAX_TEST_NO_COMPILE_CACHE=1 runs the suite without it, to check).
+"""
+import os
 import pathlib
+import shutil
+import tempfile
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # ../shared/fixtures beside the project root (CI clones with shared/ beside it).
 FIXTURES = ROOT.parent / "shared" / "fixtures"
+
+NO_CACHE_ENV = "LIS_JAX_TEST_NO_COMPILE_CACHE"
+_SESSION_ENV = "LIS_JAX_TEST_SESSION_CACHE"   # the controller's folder, for pytest-xdist workers
+_CACHE_ENV = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+              "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", _SESSION_ENV)
+_session_cache = {}
+
+
+def pytest_configure(config):
+  """Before any test module imports JAX: the session's cache, here and for subprocesses.
+
+  Under pytest-xdist each worker has its own folder inside the controller's (JAX writes a
+  cache entry in place, so two processes compiling the same program at once should not
+  share one): its tests and their subprocesses share it.
+  """
+  if os.environ.get(NO_CACHE_ENV) == "1":
+    return
+  worker_of = os.environ.get(_SESSION_ENV) if hasattr(config, "workerinput") else None
+  cache = tempfile.mkdtemp(prefix="lis_jax_test_jax_cache_", dir=worker_of)
+  _session_cache.update(dir=cache, saved={k: os.environ.get(k) for k in _CACHE_ENV})
+  # Every compilation is cached (by default JAX caches only those over 1 s).
+  os.environ.update({"JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"})
+  if worker_of is None:
+    os.environ[_SESSION_ENV] = cache
+  import jax  # noqa: PLC0415  (after the environment: JAX reads it at import)
+  jax.config.update("jax_compilation_cache_dir", cache)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+  """The cache goes with the session; the environment is as it was."""
+  if not _session_cache:
+    return
+  for k, v in _session_cache["saved"].items():
+    if v is None:
+      os.environ.pop(k, None)
+    else:
+      os.environ[k] = v
+  shutil.rmtree(_session_cache.pop("dir"), ignore_errors=True)
+
+
+# The longest test files (minutes of the suite alone), longest first. Under pytest-xdist
+# (scripts/test.sh: `-n 2 --dist loadfile`) whole files go to the workers in collection order,
+# the first ones dealt in turn, so these start first and no long file is left to run alone at
+# the end. The two multi-process files alternate with others, so they land on one worker and
+# never run at the same time.
+SLOW_FIRST = ("test_multiprocess_faults.py", "test_demo.py", "test_multiprocess.py", "test_label_pipeline.py",
+              "test_reliability.py", "test_pipeline_e2e.py", "test_device_check.py", "test_quantify_segment.py",
+              "test_classifiers.py", "test_train_shapes_classifier.py", "test_label_roundtrip.py")
+
+
+def pytest_collection_modifyitems(config, items):
+  """Under pytest-xdist: SLOW_FIRST's files first (a stable sort: each file keeps its order)."""
+  if hasattr(config, "workerinput"):
+    rank = {name: k for k, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 @pytest.fixture(scope="session")

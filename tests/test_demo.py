@@ -48,12 +48,16 @@ def reduced_config():
   config.quantify.n_heldout = 8
   config.quantify.samples_per_unit = 2
   config.quantify.cards = 2
+  # The null's size sets only the p-values' resolution; these tests check the outputs' shapes,
+  # that the report shows them and that a resumed stage matches a clean one, not the calls.
+  config.quantify.null_draws = 20  # (demo: 200) the shared null: 20 x 2 start samples rendered, measured
   config.invariances.update(dict(n_blocks=2, hidden=32, epochs=2, n_conditions=8,  # 24 held-out pairs
                                  samples_per_condition=3, conditions_per_block=8, n_mix=2))
   config.boundary.batch_size = 16  # 56 searches -> 4 batches (resumption is tested between them)
   config.boundary.n_grid = 3
   config.boundary.n_iter = 4
   config.boundary.n_points = 2
+  config.boundary.null_draws = 4  # (demo: 16) null paths per search: 56 x 4 measured images, not 56 x 16
   config.boundary.n_boot = 200
   config.population.n_items = 48
   config.population.n_perm = 200
