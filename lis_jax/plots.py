@@ -179,21 +179,24 @@ def rsa_matrices(mats: Mapping[str, np.ndarray], cls: np.ndarray, title: str):
   return fig
 
 
+def _panel_grid(n: int, per_row: int, row_height: float, pad: float = 0.0):
+  """A figure of n panels, per_row to a row (the unused ones blanked): (fig, [n axes])."""
+  cols = min(n, per_row)
+  rows = -(-n // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(FIG_WIDTH, row_height * rows + pad), squeeze=False)
+  for ax in axes.flat[n:]:
+    ax.axis("off")
+  return fig, list(axes.flat[:n])
+
+
 def boundary_bars(pair_labels: Sequence[str], tops: Sequence[Sequence[Mapping]], per_row: int = 4):
   """Per pair, horizontal bars of its top concepts' effects (mean change / null rms) with intervals.
 
   tops: per pair, dicts with part, metric, mean, ci_low, ci_high, selective and null_rms
   (bars are divided by it, so concepts of different units share an axis; 1 if absent).
   """
-  n = len(pair_labels)
-  cols = min(n, per_row)
-  rows = -(-n // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(FIG_WIDTH, 1.6 * rows + 0.4), squeeze=False)
-  for k in range(rows * cols):
-    ax = axes.flat[k]
-    if k >= n:
-      ax.axis("off")
-      continue
+  fig, panels = _panel_grid(len(pair_labels), per_row, 1.6, pad=0.4)
+  for k, ax in enumerate(panels):
     lst = tops[k]
     y = np.arange(len(lst))[::-1]
     scale = np.array([c["null_rms"] if c.get("null_rms") else 1.0 for c in lst])  # effect units
@@ -298,17 +301,9 @@ def path_trajectories(panels: Sequence[Mapping]):
   rest are the target's), lines {label: [S, T, 2]} (one line per search; its t = 1 point
   marked with an x), xlabel, ylabel.
   """
-  n = len(panels)
-  cols = min(n, 4)
-  rows = -(-n // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(FIG_WIDTH, 2.6 * rows), squeeze=False)
+  fig, axes = _panel_grid(len(panels), 4, 2.6)
   styles = (("#000000", "-"), ("#e6ab02", "--"), ("#4daf4a", ":"))
-  for k in range(rows * cols):
-    ax = axes.flat[k]
-    if k >= n:
-      ax.axis("off")
-      continue
-    p = panels[k]
+  for k, (ax, p) in enumerate(zip(axes, panels)):
     cloud, is_o = np.asarray(p["cloud"]), np.asarray(p["cloud_origin"], bool)
     ax.scatter(*cloud[is_o].T, s=3, c="#377eb8", alpha=0.3, lw=0, label="origin class")
     ax.scatter(*cloud[~is_o].T, s=3, c="#e41a1c", alpha=0.3, lw=0, label="target class")
