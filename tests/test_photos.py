@@ -185,3 +185,10 @@ def test_missing_folder_is_refused_before_anything_runs(tmp_path):
   ctx = stages.context(c, str(tmp_path))
   with pytest.raises(errors.PipelineError, match="photos.images: .*absent is not a directory"):
     ctx.check_stages(["photos"])
+
+
+def test_a_relative_folder_is_inside_the_workdir_even_before_it_exists(tmp_path):
+  from lis_jax.stages import photos
+  work = str(tmp_path / "run")
+  assert photos.photo_folder(work, "photos_in") == os.path.join(work, "photos_in")
+  assert photos.photo_folder(work, str(tmp_path / "mine")) == str(tmp_path / "mine")

@@ -19,7 +19,6 @@ import jax
 import ml_collections
 import numpy as np
 
-from lis_jax import context
 from lis_jax import errors
 from lis_jax import images
 from lis_jax import io
@@ -114,6 +113,12 @@ def _targets(spec: str, pred: np.ndarray, classes: np.ndarray) -> np.ndarray:
   return np.full(pred.shape, t, np.int32)
 
 
+def photo_folder(workdir: str, images: str) -> str:
+  """`photos.images` as a path: absolute as given, relative inside the workdir (also before
+  the stage has written it: the demo's renders never land in the current directory)."""
+  return images if os.path.isabs(images) else os.path.join(workdir, images)
+
+
 def run(ctx) -> None:
   c = ctx.cfg(NAME)
   out_dir = ctx.out_dir(NAME)
@@ -122,7 +127,7 @@ def run(ctx) -> None:
     io.write_json(os.path.join(out_dir, "summary.json"), {"n": 0, "images": ""})
     io.save_npz(os.path.join(out_dir, "results.npz"), files=np.zeros((0,), "U1"))
     return
-  folder = context.resolve_path(ctx.workdir, c.images)
+  folder = photo_folder(ctx.workdir, c.images)
   G, clf = ctx.G, ctx.clf
   if c.renders:
     explain.write_renders(G, folder, c.renders, ctx.key("photos.renders"), float(ctx.config.psi),
@@ -287,7 +292,7 @@ def check(ctx) -> None:
   """The folder exists (unless the stage writes it), and the counterfactual's rule: r
   must be a ReLU output (link(relu(r - s)))."""
   c = ctx.cfg(NAME)
-  folder = context.resolve_path(ctx.workdir, c.images) if c.images else ""
+  folder = photo_folder(ctx.workdir, c.images) if c.images else ""
   if c.images and not c.renders and not os.path.isdir(folder):
     raise errors.PipelineError(f"photos.images: {folder} is not a directory")
   if c.images and not getattr(ctx.clf, "features_nonnegative", True):
