@@ -145,3 +145,38 @@ def test_shifted_unit_relation():
 def test_first_copies_marks_repeated_points():
   t = np.array([[0.0, 1.0, 0.3, 0.3], [0.0, 1.0, 1.0, 1.0], [0.0, 1.0, 0.2, 0.4]])
   np.testing.assert_array_equal(boundary.first_copies(t), [[0, 1, 2, 2], [0, 1, 1, 1], [0, 1, 2, 3]])
+
+
+def test_validation_on_the_null_paths_scale_and_fidelity():
+  """The truth is put on the effect's scale (the null paths' RMS of the true change), and a
+  factor whose concept does not follow it on the null paths is left out."""
+  rng = np.random.default_rng(4)
+  origin, target, deltas, null = _planted_searches(rng)
+  _, stats = boundary.pair_statistics(deltas, null, origin, target, seed=0, n_boot=100)
+  b, r = null.shape[:2]
+  p_area, p_lum = (PARTS.index("body"), METRICS.index("area")), (PARTS.index("top"), METRICS.index("luminance"))
+  # The null paths' true changes: scale follows body area exactly; top_lum is pure noise
+  # against top luminance (its concept does not measure it on random paths).
+  null_truth = {"scale": null[:, :, p_area[0], p_area[1]] * 0.5,
+                "top_lum": rng.normal(size=(b, r)) * 0.1}
+  fc = {"scale": ("body", "area"), "top_lum": ("top", "luminance")}
+  fid = boundary.concept_fidelity(null, null_truth, list(PARTS), list(METRICS), fc)
+  assert fid["scale"] == pytest.approx(1.0) and abs(fid["top_lum"]) < 0.2
+  truth = {"scale": np.where(origin == 0, 0.3, 0.0), "top_lum": np.where(origin == 1, -0.2, 0.0)}
+  res = boundary.validate(stats, truth, origin, target, list(PARTS), list(METRICS), fc,
+                          null_truth=null_truth, null_deltas=null)
+  assert res["left_out"] == ["top_lum"] and res["factors"] == ["scale"] and res["chance"] == 1.0
+  # Without the measured null paths nothing is left out; the scale is still the null's.
+  res = boundary.validate(stats, truth, origin, target, list(PARTS), list(METRICS), fc, null_truth=null_truth)
+  assert res["left_out"] == [] and res["truth_scale"] == "null paths"
+  # Dividing by the null RMS reorders factors whose random paths move them unequally: the
+  # raw truth (0.3 vs 0.2 of range) favours scale, but scale's null paths move it 10x as far.
+  big = {"scale": null_truth["scale"] * 0 + 3.0, "top_lum": null_truth["top_lum"] * 0 + 0.1}
+  const = {"scale": np.full(origin.size, 0.3), "top_lum": np.full(origin.size, 0.2)}
+  fc2 = {**fc, "pos_x": ("body", "centre_x")}
+  const["pos_x"] = np.full(origin.size, 0.0)
+  big["pos_x"] = np.full((b, r), 1.0)
+  raw = boundary.validate(stats, const, origin, target, list(PARTS), list(METRICS), fc2)
+  scaled = boundary.validate(stats, const, origin, target, list(PARTS), list(METRICS), fc2, null_truth=big)
+  assert all(p["top_true"] == "scale" for p in raw["per_pair"])
+  assert all(p["top_true"] == "top_lum" for p in scaled["per_pair"])

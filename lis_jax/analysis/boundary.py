@@ -315,39 +315,93 @@ def factor_changes(factors_start: Mapping[str, np.ndarray], factors_end: Mapping
   return out
 
 
+MIN_FIDELITY = 0.5  # validate: a factor is compared when its concept follows it on the null paths (Pearson r >= this)
+# Measured on the demo's seeds 0-2 (benchmarks/calibration.py, 'boundary_fidelity'): object
+# angle vs rotation r -0.14 to -0.04 (a whole object's orientation is its class's shape,
+# undefined across a class change), body contrast vs stripe_contrast 0.53-0.56, object area
+# vs scale 0.67-0.75, the rest 0.84-0.99: 0.5 keeps every concept that tracks its factor.
+
+
+def concept_fidelity(null_deltas: np.ndarray, null_truth: Mapping[str, np.ndarray], parts: Sequence[str],
+                     metrics: Sequence[str], factor_concepts: Mapping[str, tuple[str, str]]) -> dict[str, float]:
+  """How well each factor's concept measures it on random paths: {factor: Pearson r}.
+
+  Args:
+    null_deltas: [B, R, P, M] measured concept changes along the null paths.
+    null_truth: {factor: [B, R]} the same paths' true factor changes (fraction of range).
+  Returns:
+    {factor: r over the defined (search, draw) entries} (NaN with fewer than 3).
+  """
+  out = {}
+  for f, (part, metric) in factor_concepts.items():
+    if f not in null_truth or part not in parts or metric not in metrics:
+      continue
+    x = np.asarray(null_deltas[:, :, parts.index(part), metrics.index(metric)], np.float64).ravel()
+    y = np.asarray(null_truth[f], np.float64).ravel()
+    ok = np.isfinite(x) & np.isfinite(y)
+    out[f] = float(np.corrcoef(x[ok], y[ok])[0, 1]) if ok.sum() >= 3 and x[ok].std() > 0 and y[ok].std() > 0 \
+        else float("nan")
+  return out
+
+
 def validate(stats: Mapping[str, np.ndarray], true_change: Mapping[str, np.ndarray], origin: np.ndarray,
              target: np.ndarray, parts: Sequence[str], metrics: Sequence[str],
-             factor_concepts: Mapping[str, tuple[str, str]]) -> dict:
+             factor_concepts: Mapping[str, tuple[str, str]], null_truth: Mapping[str, np.ndarray] | None = None,
+             null_deltas: np.ndarray | None = None, min_fidelity: float = MIN_FIDELITY) -> dict:
   """Measured concept changes against the world's true factor changes, per pair.
 
   Per pair: the Spearman correlation, over the factors of `factor_concepts` (factor ->
-  the (part, metric) concept that shows it), of |effect| of the concept with |mean true
-  change| of the factor; and whether the concept with the largest |effect| is the one
-  of the factor that truly changes most.
+  the (part, metric) concept that shows it), of |effect| of the concept (its mean change
+  / the null paths' RMS) with the factor's |mean true change|; and whether the concept
+  with the largest |effect| is the one of the factor that truly changes most.
+
+  With the null paths' true changes (`null_truth`), the truth is put on the effect's scale:
+  |mean true change| / the RMS of the same mean over the pair's null paths (both sides
+  then say how far beyond random paths the pair moves; raw fractions of a factor's range
+  are not comparable across factors: random paths move some factors twice as far as
+  others). With `null_deltas` too, only the factors whose concept follows them on the
+  null paths (`concept_fidelity` >= min_fidelity) are compared: a concept that does not
+  measure its factor there (a whole object's orientation across a class change) has no
+  rank to validate; the left-out factors and every factor's fidelity are returned.
 
   Args:
     stats: pair_statistics output ([n_pairs, P, M]); true_change: {factor: [B]} per search.
     origin, target: [B] (the same searches, to group them as pair_statistics does).
+    null_truth: {factor: [B, R]} true changes along each search's null paths (optional).
+    null_deltas: [B, R, P, M] the null paths' measured changes (optional, with null_truth).
   Returns:
     per_pair: [{origin, target, spearman, top_measured, top_true, right}], mean_spearman,
-    share_right_top, chance (1 / number of factors compared), factors.
+    share_right_top, chance (1 / number of factors compared), factors, left_out, fidelity.
   """
   pairs, idx = group_by_pair(np.asarray(origin), np.asarray(target))
   factors = [f for f in factor_concepts if f in true_change]
+  fidelity = {}
+  if null_truth is not None and null_deltas is not None:
+    fidelity = concept_fidelity(null_deltas, null_truth, parts, metrics, factor_concepts)
+  left_out = [f for f in factors if f in fidelity and not fidelity[f] >= min_fidelity]
+  factors = [f for f in factors if f not in left_out]
   eff = np.asarray(stats["effect"], np.float64)
   per_pair = []
   for i, (o, t) in enumerate(pairs):
     measured = np.array([abs(eff[i, parts.index(factor_concepts[f][0]), metrics.index(factor_concepts[f][1])])
                          for f in factors])
     truth = np.array([abs(np.nanmean(_take(np.asarray(true_change[f]), idx[i]))) for f in factors])
-    ok = np.isfinite(measured)
+    if null_truth is not None:
+      rows = idx[i][idx[i] >= 0]
+      with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        rms = np.array([np.sqrt(np.nanmean(np.asarray(null_truth[f], np.float64)[rows] ** 2) / rows.size)
+                        for f in factors])
+      truth = np.where(rms > 0, truth / np.where(rms > 0, rms, 1.0), np.nan)
+    ok = np.isfinite(measured) & np.isfinite(truth)
     rho = rsa.spearman(measured[ok], truth[ok]) if ok.sum() >= 3 else float("nan")
     top_m = factors[int(np.argmax(np.where(ok, measured, -1.0)))]
-    top_t = factors[int(np.argmax(truth))]
+    top_t = factors[int(np.argmax(np.where(ok, truth, -1.0)))]
     per_pair.append({"origin": int(o), "target": int(t), "spearman": rho, "top_measured": top_m,
                      "top_true": top_t, "right": top_m == top_t})
   rhos = np.array([p["spearman"] for p in per_pair])
-  return {"per_pair": per_pair, "factors": factors,
+  return {"per_pair": per_pair, "factors": factors, "left_out": left_out, "fidelity": fidelity,
+          "min_fidelity": min_fidelity, "truth_scale": "null paths" if null_truth is not None else "range",
           "mean_spearman": float(np.nanmean(rhos)) if np.isfinite(rhos).any() else float("nan"),
           "share_right_top": float(np.mean([p["right"] for p in per_pair])),
           "chance": 1.0 / len(factors) if factors else float("nan")}

@@ -27,7 +27,8 @@ Outputs (workdir/boundary/, atomic; layout: WORKSPACE.md):
                           [B, n_points + 2, P(, K)] part metrics at those points;
                           'null.<metric>' [B, R, P(, K)]; with ground truth
                           truth_change [B, F] (factor change start -> crossing, fraction
-                          of range) and truth_factors [F]
+                          of range), truth_factors [F] and null_truth_change [B, R, F]
+                          (along the null paths: the validation's scale)
   pairs.csv               one row per pair x part x metric: origin, target, part, metric,
                           mean, ci_low, ci_high, n, null_rms, effect, p_null, selective, rank
   summary.json            crossings found, per pair top concepts, the relation to the
@@ -251,6 +252,11 @@ def _batch(ctx, c, seg, link, cf: dict, ids: np.ndarray, batch: int) -> dict:
                             G.factor_ranges, G.circular_factors)
     out["truth_factors"] = np.asarray(list(ch))
     out["truth_change"] = np.stack(list(ch.values()), -1)
+    r_n = nul.shape[1]  # the null paths' true changes: the validation's scale (lib.validate)
+    fn, _ = decode_factors(G, jnp.asarray(nul.reshape(-1, d)))
+    chn = lib.factor_changes({k: np.repeat(np.asarray(v), r_n) for k, v in f0.items()},
+                             {k: np.asarray(v) for k, v in fn.items()}, G.factor_ranges, G.circular_factors)
+    out["null_truth_change"] = np.stack([chn[k].reshape(b, r_n) for k in ch], -1)  # [B, R, F]
   return out
 
 
@@ -512,8 +518,10 @@ def summarise(ctx, parts) -> None:
   if "truth_change" in a:
     names = [str(x) for x in batches[0]["truth_factors"]]
     truth = {n: a["truth_change"][:, i] for i, n in enumerate(names)}
+    null_truth = ({n: a["null_truth_change"][..., i] for i, n in enumerate(names)}
+                  if "null_truth_change" in a else None)  # absent in batches from before it
     summary["validation"] = lib.validate(stats, truth, a["origin"], a["target"], list(parts), metrics,
-                                         ctx.G.factor_concepts)
+                                         ctx.G.factor_concepts, null_truth=null_truth, null_deltas=null_d)
     _, idx = lib.group_by_pair(a["origin"], a["target"])
     pair_truth = np.stack([np.nanmean(lib.take_rows(a["truth_change"], row), axis=0) for row in idx])
     status = truth_lib.labels(pair_truth, names, ctx.G.factor_concepts, list(parts), metrics)
@@ -729,13 +737,21 @@ def section(ctx) -> str | None:
                     f"power {_fmt(cl['vs_truth']['power'], 2)}." if cl.get("vs_truth") else "") + "</p>")
   v = s.get("validation")
   if v:
+    fid = v.get("fidelity") or {}
     parts.append(
         f"<h3>Check against the ground truth</h3><p>The world's own factors, decoded from w at the path's "
         f"start and at the crossing, say what truly changed. Per pair, the Spearman correlation over the "
         f"{len(v['factors'])} factors that a concept shows ({', '.join(v['factors'])}) of measured |effect| "
-        f"and true |change|: <b>mean {_fmt(v['mean_spearman'], 2)}</b>. The concept that changes most is the "
+        f"and true |change|"
+        + (" (over the RMS of the same change along the null paths, the effect's own scale)"
+           if v.get("truth_scale") == "null paths" else "")
+        + f": <b>mean {_fmt(v['mean_spearman'], 2)}</b>. The concept that changes most is the "
         f"one of the factor that truly changes most in <b>{v['share_right_top']:.0%}</b> of the pairs "
-        f"(chance {v['chance']:.0%}).</p>")
+        f"(chance {v['chance']:.0%})."
+        + (f" Left out: {', '.join(f'{f} (r {_fmt(fid.get(f), 2)})' for f in v['left_out'])}"
+           f", whose concept does not follow the factor on the null paths (Pearson r of the concept's change "
+           f"with the factor's true change below {v['min_fidelity']})." if v.get("left_out") else "")
+        + "</p>")
   rel = s["shifted_units"]
   parts.append(
       f"<h3>The most shifted units</h3><p>Of the units the counterfactual shifts most, "
