@@ -57,7 +57,7 @@ KEYS = ("fdr_selective", "power_selective", "fdr_beyond_random", "power_beyond_r
         "superposed_fraction_random", "superposed_fraction_units",
         "cka_debiased_independent", "cka_debiased_null_q95", "boundary_fpr_uncorrected", "boundary_fdr",
         "boundary_spearman", "boundary_right_top", "precision_at_5", "spearman", "precision_at_5_all_starts",
-        "spearman_all_starts", "boundary_spearman_range_scale_all", "boundary_right_top_range_scale_all")
+        "spearman_all_starts", "precision_at_5_within_se", "boundary_spearman_range_scale_all", "boundary_right_top_range_scale_all")
 
 
 def run_demo(workdir: str, seed: int) -> float:
@@ -147,7 +147,23 @@ def planted_cka(seed: int, n_perm: int) -> dict:
           "cka_biased_independent": rsa.linear_cka(x, y)}
 
 
-def quantify_figures(wd, G, qc, stats_fn, blks, null, parts, q_level, t, names) -> dict:
+def per_start_changes(G, sweep_blocks, samples: int) -> np.ndarray:
+  """[U, S', F] each unit's true factor change per measured start sample (fraction of range;
+  factors in sweep.factor_deltas' order)."""
+  from lis_jax.analysis.readout import decode_factors
+  out = []
+  for b in sweep_blocks:
+    w = b["w"][:, sweep.pick_starts(b["cls"], samples)]
+    u, s_n, _, d = w.shape
+    f, _ = decode_factors(G, jax.numpy.asarray(w[:, :, [0, -1]].reshape(-1, d)))
+    f = {k: np.asarray(v).reshape(u, s_n, 2) for k, v in f.items()}
+    ch = blib.factor_changes({k: v[..., 0] for k, v in f.items()}, {k: v[..., 1] for k, v in f.items()},
+                             G.factor_ranges, G.circular_factors)
+    out.append(np.stack(list(ch.values()), -1))
+  return np.concatenate(out)
+
+
+def quantify_figures(wd, G, qc, stats_fn, blks, null, parts, q_level, t, names, per_start=None) -> dict:
   """FDR / power of the calls, precision@5 and Spearman, superposition, for one null.
 
   t [U, F]: the units' true factor changes over the start samples quantify measured
@@ -176,6 +192,13 @@ def quantify_figures(wd, G, qc, stats_fn, blks, null, parts, q_level, t, names) 
   with np.errstate(invalid="ignore"):  # the same rule with uncorrected calls (p <= alpha), for contrast
     sup_unc = superposition.analyse({**st, "selective": st["p_null"] <= qc.alpha}, units, parts, metrics,
                                     null_selective=nc["p_null"] <= qc.alpha)
+  within = {}
+  if per_start is not None:  # precision@k with the truth's top k known to its standard error
+    pos = {int(u): i for i, u in enumerate(units)}
+    for f, v in check["per_factor"].items():
+      within[f] = truth.precision_within_se([pos[u] for u in v["found"]], per_start[:, :, names.index(f)],
+                                            check["k"])
+  vals = [p for p, _ in within.values() if p is not None]
   # 'selective' as the issue defines it (q <= level; truly selective = the true factor change)
   # is the 'changes' call; the beyond-random-directions call is reported under its own name.
   return {"fdr_selective": rc["fdr"], "power_selective": rc["power"], "n_called": rc["n_called"],
@@ -190,6 +213,9 @@ def quantify_figures(wd, G, qc, stats_fn, blks, null, parts, q_level, t, names) 
           "precision_at_5": check["mean_precision"], "spearman": check["mean_spearman"],
           "precision_at_5_all_starts": check_all["mean_precision"], "spearman_all_starts": check_all["mean_spearman"],
           "spearman_per_factor": {f: v["spearman"] for f, v in check["per_factor"].items()},
+          "precision_at_5_within_se": float(np.mean(vals)) if vals else None,
+          "precision_at_5_within_se_per_factor": {f: p for f, (p, _) in within.items()},
+          "within_se_top_sizes": {f: n for f, (_, n) in within.items()},
           "precision_at_5_ranked": ranked["mean_precision"],
           "precision_at_5_per_factor": {f: v["precision"] for f, v in check["per_factor"].items()},
           "superposed_fraction_units": sup["superposed_units"]["fraction"],
@@ -286,9 +312,11 @@ def measure_seed(wd: str, seed: int, args) -> dict:
   # units' extremes against the null's, measured from the same 8 samples).
   t8 = [sweep.factor_deltas(G, b["w"][:, sweep.pick_starts(b["cls"], qc.samples_per_unit)]) for b in sweep_blocks]
   t_units, names = np.concatenate([x[0] for x in t8]), [str(n) for n in t8[0][1]]
+  per_start = per_start_changes(G, sweep_blocks, qc.samples_per_unit)
+  np.testing.assert_allclose(per_start.mean(1), t_units, atol=1e-5)
   assert np.array_equal(np.concatenate([b["units"] for b in sweep_blocks]), np.concatenate([b["units"] for b in blks]))
   out = {"measure_seconds": t_measure}
-  out.update(quantify_figures(wd, G, qc, stats_fn, blks, rnull, parts, args.q, t_units, names))
+  out.update(quantify_figures(wd, G, qc, stats_fn, blks, rnull, parts, args.q, t_units, names, per_start))
   out["changes_by_min_effect"] = changes_sensitivity(G, qc, blks, rnull, parts, seed, args.q, t_units, names)
   nt = null_truth(G, link, sres, ranges, args.quantify_draws, jax.random.fold_in(root, 0), qc.samples_per_unit)
   assert names == [str(n) for n in nt["truth_factors"]]

@@ -265,3 +265,18 @@ def test_oracle_beyond_random_calls_nothing_when_items_are_random_directions():
   items[:10, 0] = 8.0  # 8 sd beyond the null: the GPD tail gives p far below BH's 0.1 x 10 / 256
   far = truth.oracle_beyond_random(items, null, names, ["a", "b"])
   assert far["n_calls"] >= 10 and far["min_p"] < 1e-4
+
+
+def test_precision_within_se_counts_units_within_the_kth_units_standard_error():
+  # Closed form: 4 units x 4 starts; |means| 1.0, 0.9, 0.5, 0.49 with per-unit SDs known.
+  per_start = np.array([[1.0, 1.0, 1.0, 1.0],
+                        [0.8, 1.0, 0.8, 1.0],    # mean 0.9, sd 0.11547, se 0.057735
+                        [0.3, 0.7, 0.3, 0.7],    # mean 0.5, sd 0.23094, se 0.11547
+                        [-0.49, -0.49, -0.49, -0.49]])  # |mean| 0.49: within 0.5 - se
+  sd = np.std(per_start[2], ddof=1) / 2.0
+  assert sd == pytest.approx(0.11547, abs=1e-5)
+  # k = 3: the 3rd is unit 2 (0.5, se 0.115): unit 3 (0.49) counts, so a call listing 3 over 2 is right.
+  assert truth.precision_within_se([0, 1, 3], per_start, 3) == (1.0, 4)
+  # k = 2: the 2nd is unit 1 (0.9, se 0.058): units 2 and 3 are far below it.
+  assert truth.precision_within_se([0, 2], per_start, 2) == (0.5, 2)
+  assert truth.precision_within_se([], per_start, 2) == (None, 2)

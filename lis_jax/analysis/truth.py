@@ -117,3 +117,30 @@ def oracle_beyond_random(truth: np.ndarray, null_truth: np.ndarray, factor_names
   q = calls.bh_qvalues(p)
   return {"n_calls": int(np.sum(q <= q_level)), "n_tests": int(np.sum(np.isfinite(p))),
           "min_p": float(np.nanmin(p)), "share_p05": float(np.nanmean(p <= 0.05))}
+
+
+def precision_within_se(found: Sequence[int], per_start: np.ndarray, k: int) -> tuple[float | None, int]:
+  """precision@k where the truth's own top k is only known to its sampling error.
+
+  The true top k of units ranked by |mean change over start samples| is itself an estimate:
+  on the built-in world the 5th and 6th units often differ by less than 0.01 of the
+  factor's range while a unit's change varies by 0.1-0.2 from start to start. A found unit
+  counts as a hit when its |mean true change| is at least the k-th largest minus that
+  k-th unit's standard error over its start samples.
+
+  Args:
+    found: indices (rows of per_start) of the units a call ranks first (at most k used).
+    per_start: [U, S] the true change of one factor per unit and start sample.
+    k: the k of precision@k.
+  Returns:
+    (precision or None without found units, number of units that count as top k: its
+    chance level is that number / U).
+  """
+  x = np.asarray(per_start, np.float64)
+  t = np.abs(np.nanmean(x, axis=1))
+  n = np.sum(np.isfinite(x), axis=1)
+  se = np.nanstd(x, axis=1, ddof=1) / np.sqrt(np.maximum(n, 1))
+  kth = np.argsort(-t, kind="stable")[min(k, t.size) - 1]
+  relevant = t >= t[kth] - se[kth]
+  f = list(found)[:k]
+  return (float(np.mean(relevant[f])) if f else None), int(relevant.sum())
