@@ -9,13 +9,19 @@ a second run reuses it), then this script measures:
   quantify     the r-space null (lis_jax.analysis.nulls.rspace_ends, `--quantify-draws`
                directions from the same 8 start samples, measured by the run's
                segmenter), the units' statistics against it with BH q-values, and the
-               calls (q <= --q) against the truth (analysis.truth): fdr_selective,
-               power_selective ('selective': beyond random directions), fdr_changes,
-               power_changes ('changes': beyond quantify.min_effect x the null's RMS;
-               also at the min_effect values of SENSITIVITY); the oracle (the units'
-               true factor changes against the null directions': truth.oracle_beyond_random);
-               precision@5 and Spearman as quantify's truth_check;
-               the same against the run's isotropic-w null side by side (`w_null`).
+               calls (q <= --q) against the truth (analysis.truth; a unit's truth is its
+               true change over the start samples quantify measured): fdr_selective,
+               power_selective (the issue's 'selective', q <= level scored against the
+               true factor change: quantify's 'changes' call, beyond quantify.min_effect x
+               the null's RMS; also at the min_effect values of SENSITIVITY; fdr_changes
+               and power_changes are the same numbers), fdr_beyond_random,
+               power_beyond_random (quantify's 'selective' column: beyond random
+               directions); the oracle (the units' true factor changes against the null
+               directions': truth.oracle_beyond_random); precision@5 and Spearman as
+               quantify's truth_check (also against the sweep's truth over all its start
+               samples, '_all_starts', and precision_at_5_within_se:
+               truth.precision_within_se); the same against the run's isotropic-w null
+               side by side (`w_null`).
   superposition  the units' calls and the null directions' calls (leave one out, the
                same BH family size rule) labelled by analysis.superposition's rule:
                superposed_fraction_units, superposed_fraction_random (+ intervals).
@@ -27,7 +33,10 @@ a second run reuses it), then this script measures:
                over pair x concept: boundary_fpr_uncorrected (null paths tested as
                pairs, p <= 0.05), boundary_fdr (calls at q <= --q on the real pairs
                against the truth of the pairs' mean true factor change),
-               boundary_spearman and boundary_right_top (boundary.validate).
+               boundary_spearman and boundary_right_top (boundary.validate with the null
+               paths' true changes: the truth over their RMS, factors whose concept
+               follows them on the null paths; boundary_fidelity, boundary_left_out;
+               '_range_scale_all': the earlier definition, raw truth, every factor).
 
 Prints one line per figure and writes them as JSON: each key a list, one value per seed.
 """
