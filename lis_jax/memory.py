@@ -1,8 +1,11 @@
 """Memory budgets, and batch sizes chosen from XLA's compiled memory analysis.
 
 A configured batch size is a maximum, never a promise. Before a jitted function runs over
-many rows, `choose_batch` compiles it at two probe batch sizes, reads XLA's memory analysis
-(`jitted.lower(...).compile().memory_analysis()`: argument, output, temporary bytes), fits
+many rows, `choose_batch` compiles it at the configured batch and reads XLA's memory
+analysis (`jitted.lower(...).compile().memory_analysis()`: argument, output, temporary
+bytes); if even `PLAUSIBLE` times that fits the budget, that batch is taken (and the
+compilation is the one the call's runs use: a jitted function is lowered as itself, so
+jax's cache finds it). Otherwise it compiles the call at two probe batch sizes, fits
 a line in the batch size, and takes the largest batch <= the configured maximum whose
 predicted need stays under `SAFETY` x the budget (checked by compiling at that batch). A
 function whose batch of 1 does not fit raises a one-line `PipelineError` naming the stage,
