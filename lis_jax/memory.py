@@ -1,8 +1,11 @@
 """Memory budgets, and batch sizes chosen from XLA's compiled memory analysis.
 
 A configured batch size is a maximum, never a promise. Before a jitted function runs over
-many rows, `choose_batch` compiles it at two probe batch sizes, reads XLA's memory analysis
-(`jitted.lower(...).compile().memory_analysis()`: argument, output, temporary bytes), fits
+many rows, `choose_batch` compiles it at the configured batch and reads XLA's memory
+analysis (`jitted.lower(...).compile().memory_analysis()`: argument, output, temporary
+bytes); if even `PLAUSIBLE` times that fits the budget, that batch is taken (and the
+compilation is the one the call's runs use: a jitted function is lowered as itself, so
+jax's cache finds it). Otherwise it compiles the call at two probe batch sizes, fits
 a line in the batch size, and takes the largest batch <= the configured maximum whose
 predicted need stays under `SAFETY` x the budget (checked by compiling at that batch). A
 function whose batch of 1 does not fit raises a one-line `PipelineError` naming the stage,
@@ -297,6 +300,7 @@ class CallMemory:
   rows: int  # bytes of the batch argument (the rest of `argument` is resident already)
   flops: float
   predicted: bool = False  # from the line through two compiled sizes (temp holds the need)
+  collectives: bool = False  # sharded over several CPU devices, with cross-device collectives
 
   @property
   def need(self) -> int:
@@ -305,9 +309,12 @@ class CallMemory:
 
 
 def _abstract_rows(rows: Any, batch: int) -> Any:
+  """rows' leaves as ShapeDtypeStructs of `batch` rows (a ShapeDtypeStruct leaf's sharding kept)."""
   return jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct((batch,) + tuple(np.shape(x)[1:]), np.asarray(x).dtype
-                                     if not hasattr(x, "dtype") else x.dtype), rows)
+                                     if not hasattr(x, "dtype") else x.dtype,
+                                     sharding=x.sharding if isinstance(x, jax.ShapeDtypeStruct)
+                                     else None), rows)
 
 
 def _nbytes(tree: Any) -> int:
@@ -315,9 +322,25 @@ def _nbytes(tree: Any) -> int:
                  for x in jax.tree_util.tree_leaves(tree) if hasattr(x, "dtype")))
 
 
+def _lowerable(fn: Callable[..., Any]) -> tuple[Any, tuple, dict]:
+  """(a jitted function, its leading args, its keyword args) that `fn(*args, rows)` calls.
+
+  A jitted function, or a functools.partial of one with keyword (static) arguments, is
+  lowered as itself: its compilation is then the one its own calls find in jax's cache
+  (`jax.jit(fn)` around it would be compiled again at the first real call)."""
+  if hasattr(fn, "lower"):
+    return fn, (), {}
+  if isinstance(fn, functools.partial) and hasattr(fn.func, "lower"):
+    return fn.func, tuple(fn.args), dict(fn.keywords)
+  return jax.jit(fn), (), {}
+
+
 def compiled(fn: Callable[..., Any], args: tuple, rows: Any, batch: int) -> Any:
-  """`jax.jit(fn).lower(*args, rows at batch).compile()` (rows only by shape)."""
-  return jax.jit(fn).lower(*args, _abstract_rows(rows, batch)).compile()
+  """`jax.jit(fn).lower(*args, rows at batch).compile()` (rows only by shape; a
+  ShapeDtypeStruct leaf's sharding is kept). A jitted `fn` (or a partial of one) is lowered as itself, so
+  that its calls at this batch reuse this compilation."""
+  f, lead, kw = _lowerable(fn)
+  return f.lower(*lead, *args, _abstract_rows(rows, batch), **kw).compile()
 
 
 def analyse(fn: Callable[..., Any], args: tuple, rows: Any, batch: int) -> CallMemory:
@@ -337,7 +360,31 @@ def analyse(fn: Callable[..., Any], args: tuple, rows: Any, batch: int) -> CallM
                     argument=int(m.argument_size_in_bytes), output=int(m.output_size_in_bytes),
                     alias=int(m.alias_size_in_bytes),
                     rows=_nbytes(_abstract_rows(rows, batch)),
-                    flops=float((cost or {}).get("flops", 0.0)))
+                    flops=float((cost or {}).get("flops", 0.0)),
+                    collectives=_multi_cpu(rows) and _has_collectives(c))
+
+
+# HLO ops that exchange data between devices.
+_COLLECTIVES = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter",
+                "collective-broadcast")
+
+
+def _multi_cpu(rows: Any) -> bool:
+  """Whether rows (ShapeDtypeStructs from `map_chunks`) are placed over several CPU devices."""
+  for x in jax.tree_util.tree_leaves(rows):
+    sh = getattr(x, "sharding", None) if isinstance(x, jax.ShapeDtypeStruct) else None
+    if sh is not None and len(sh.device_set) > 1 and next(iter(sh.device_set)).platform == "cpu":
+      return True
+  return False
+
+
+def _has_collectives(c: Any) -> bool:
+  """Whether a compiled call's optimised HLO exchanges data between devices."""
+  try:
+    text = c.as_text()
+  except Exception:  # an executable without text: assume it may (waiting is only slower)
+    return True
+  return any(op in text for op in _COLLECTIVES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -365,14 +412,22 @@ class LinearModel:
 
 @dataclasses.dataclass(frozen=True)
 class BatchChoice:
-  """The batch a call runs at, its analysed memory there and the budget it fits."""
+  """The batch a call runs at, its analysed memory there and the budget it fits.
+
+  `model` (the line through the probes) is fitted when first read where the call fit at
+  its configured batch without it (`choose_batch`'s first compile)."""
   call: str
   batch: int
   max_batch: int
   memory: CallMemory
   budget: Budget
-  model: LinearModel
+  fit: Callable[[], LinearModel] = dataclasses.field(repr=False, compare=False)
   factor: float = 1.0  # measured bytes per analysed byte (1: not measured, or no more)
+
+  @functools.cached_property
+  def model(self) -> LinearModel:
+    """need(b) as a line through the probe batches (compiled on first use if not yet)."""
+    return self.fit()
 
   @property
   def peak(self) -> int:
@@ -405,6 +460,9 @@ def measure(fn: Callable[..., Any], args: tuple, rows: Any, batch: int, budget: 
   zeros = jax.tree_util.tree_map(   # bools True: an `active` mask keeps a search loop running
       lambda x: (np.ones if x.dtype == bool else np.zeros)((batch,) + tuple(np.shape(x)[1:]), x.dtype),
       _abstract_rows(rows, batch))
+  zeros = jax.tree_util.tree_map(   # placed as the call expects (`map_chunks`' sharded rows)
+      lambda z, x: jax.device_put(z, x.sharding) if isinstance(x, jax.ShapeDtypeStruct) and x.sharding
+      is not None else z, zeros, rows)
   with PeakSampler() as s:
     jax.tree_util.tree_map(np.asarray, c(*args, zeros))
   return s
@@ -421,7 +479,8 @@ _FACTORS: dict = {}   # measured factor per function and shapes
 
 
 def choose_batch(fn: Callable[..., Any], rows: Any, max_batch: int, *args: Any, budget: Budget,
-                 call: str, setting: str, stage: str = "", multiple: int = 1) -> BatchChoice:
+                 call: str, setting: str, stage: str = "", multiple: int = 1,
+                 first_at_max: bool = True) -> BatchChoice:
   """The largest batch <= max_batch (a multiple of `multiple`) whose compiled need fits.
 
   Args:
@@ -431,6 +490,9 @@ def choose_batch(fn: Callable[..., Any], rows: Any, max_batch: int, *args: Any, 
     call, setting, stage: named in the error when even the smallest batch does not fit
       (`setting`: the config field to lower, e.g. 'quantify.resolution').
     multiple: batches are multiples of this (the device count of a sharded call).
+    first_at_max: compile at max_batch first and take it if it fits PLAUSIBLE times over
+      (one compile, which the call's runs reuse); False: the probes first (the plan, which
+      sizes one call at several max_batch, predicts each from their line).
   Raises:
     PipelineError: the smallest batch does not fit.
   On a host budget (`budget.host`) with concrete `args`, a call that could need more than
@@ -454,6 +516,16 @@ def choose_batch(fn: Callable[..., Any], rows: Any, max_batch: int, *args: Any, 
     return analysed[b]
 
   probes = sorted({min(max_batch, p * multiple) for p in PROBES})
+  fit = lambda: LinearModel.through(at(probes[0]), at(probes[-1]))
+  # First the configured batch itself: the batch the call runs at when it fits with room to
+  # spare (even PLAUSIBLE x its need: nothing to measure), then compiled once, not three times
+  # (the probes are only compiled if `model` is read). jax's cache keeps the compilation
+  # for the call's own runs (`compiled`).
+  if first_at_max and PLAUSIBLE * at(max_batch).need <= limit:
+    choice = BatchChoice(call=call, batch=max_batch, max_batch=max_batch, memory=at(max_batch),
+                         budget=budget, fit=fit)
+    _CHOICES[key] = choice
+    return choice
   mems = [at(b) for b in probes]
   model = LinearModel.through(mems[0], mems[-1])
   factor = 1.0
@@ -484,8 +556,8 @@ def choose_batch(fn: Callable[..., Any], rows: Any, max_batch: int, *args: Any, 
   m = by_batch[b]
   if m.need > limit:
     raise _fail(stage, call, b, int(m.need * factor), budget, setting)
-  choice = BatchChoice(call=call, batch=b, max_batch=max_batch, memory=m, budget=budget, model=model,
-                       factor=factor)
+  choice = BatchChoice(call=call, batch=b, max_batch=max_batch, memory=m, budget=budget,
+                       fit=lambda: model, factor=factor)
   _CHOICES[key] = choice
   return choice
 
@@ -550,22 +622,39 @@ def map_chunks(fn: Callable[..., Any], rows: Any, max_batch: int, *args: Any, bu
   for all rows it is one call at max_batch, as before budgets.
   """
   n = jax.tree_util.tree_leaves(rows)[0].shape[0]
-  place = place or (lambda x: x)
   if n == 0:   # nothing to size (batching.map_batches' own behaviour for no rows)
-    return batching.map_batches(lambda *a: fn(*a[:-1], place(a[-1])), rows, max_batch, *args)
-  choice = choose_batch(fn, rows, max_batch, *args, budget=budget, call=call, setting=setting,
-                        stage=stage, multiple=multiple)
+    return batching.map_batches(lambda *a: fn(*a[:-1], (place or (lambda x: x))(a[-1])), rows,
+                                max_batch, *args)
+  choice = choose_batch(fn, _placed(rows, place, multiple), max_batch, *args, budget=budget, call=call,
+                        setting=setting, stage=stage, multiple=multiple)
+  place = place or (lambda x: x)
   b = choice.batch
+  # XLA:CPU runs a sharded call's collectives on the devices' threads: with several such
+  # calls in flight their all-gathers waited on each other (a 4-device demo deadlocked), so
+  # a chunk whose call exchanges data between CPU devices is waited for before the next.
+  wait = jax.block_until_ready if choice.memory.collectives else (lambda x: x)
   out = []
   with guard(stage, call, b, setting), PeakSampler() as s:
     for start in range(0, n, b):
       m = min(b, n - start)
       chunk = jax.tree_util.tree_map(lambda x: pad_batch(np.asarray(x)[start:start + m], b), rows)
-      out.append((m, fn(*args, place(chunk))))
+      out.append((m, wait(fn(*args, place(chunk)))))
     res = [jax.tree_util.tree_map(lambda x: np.asarray(x)[:m], r) for m, r in out]
   if budget.host:
     _record(call, b, choice.memory.need, s, budget)
   return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *res)
+
+
+def _placed(rows: Any, place: Callable[[Any], Any] | None, multiple: int) -> Any:
+  """rows as ShapeDtypeStructs with the sharding `place` gives a chunk (read from `multiple`
+  placed rows), so that the sized call is compiled as it will run (once: `compiled`);
+  rows unchanged without `place`."""
+  if place is None:
+    return rows
+  probe = place(jax.tree_util.tree_map(lambda x: pad_batch(np.asarray(x)[:1], multiple), rows))
+  return jax.tree_util.tree_map(
+      lambda x, p: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=getattr(p, "sharding", None)),
+      rows, probe)
 
 
 def default_budget() -> Budget:

@@ -247,13 +247,19 @@ class Planner:
     self.G, self.clf, self.sections, self.budget = G, clf, sections, budget
     self.time_probe = time_probe
     self._calls: dict = {}
+    self._fns: dict = {}
 
   def _fn(self, kind: str) -> tuple[Callable, tuple]:
-    if kind == "segment+measure":
-      fn, params = _segment_measure_fn(self.sections["quantify"], self.G)
-      return fn, (self.G, self.clf, params)
-    return {"synthesise": _synthesise, "synthesise+classify": _synthesise_classify,
-            "search step": _search_step}[kind], (self.G, self.clf)
+    """The call of a kind and its leading args: one function per kind, so that every stage's
+    setting of that kind is sized from the same compiled probes."""
+    if kind not in self._fns:
+      if kind == "segment+measure":
+        fn, params = _segment_measure_fn(self.sections["quantify"], self.G)
+        self._fns[kind] = fn, (self.G, self.clf, params)
+      else:
+        self._fns[kind] = ({"synthesise": _synthesise, "synthesise+classify": _synthesise_classify,
+                            "search step": _search_step}[kind], (self.G, self.clf))
+    return self._fns[kind]
 
   def call(self, stage: str, kind: str, setting: str, max_batch: int, images: int,
            fixed: bool = False) -> CallPlan:
@@ -262,7 +268,7 @@ class Planner:
       fn, args = self._fn(kind)
       rows = jax.ShapeDtypeStruct((max(1, max_batch), self.G.w_dim), jnp.float32)
       choice = memory.choose_batch(fn, rows, max(1, max_batch), *args, budget=self.budget,
-                                   call=kind, setting=setting, stage=stage)
+                                   call=kind, setting=setting, stage=stage, first_at_max=False)
       if fixed and choice.batch < max_batch:   # it would run at max_batch, which does not fit
         raise memory._fail(stage, kind, max_batch, int(choice.model.at(max_batch)), self.budget,
                            setting)

@@ -212,3 +212,50 @@ def test_cgroup_v1_limit(tmp_path):
   assert memory._cgroup_v1_left(str(tmp_path), str(tmp_path / "cgroup")) == 700
   (d / "memory.limit_in_bytes").write_text(f"{1 << 62}\n")   # v1's "no limit"
   assert memory._cgroup_v1_left(str(tmp_path), str(tmp_path / "cgroup")) is None
+
+
+_CHUNKS_SCRIPT = r"""
+import json
+import jax, jax.numpy as jnp, numpy as np
+from lis_jax import distribute, memory
+mesh = distribute.data_mesh()
+waits = []
+real = jax.block_until_ready
+jax.block_until_ready = lambda x: (waits.append(1), real(x))[1]
+x = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)
+run = lambda fn: memory.map_chunks(fn, x, 8, budget=memory.Budget(64 * memory.GiB, "test"),
+                                   call=fn.__name__, setting="t", multiple=4,
+                                   place=lambda c: distribute.shard_batch(c, mesh))
+rowwise = jax.jit(lambda rows: rows * 2.0)
+rowwise.__name__ = "rowwise"
+mixing = jax.jit(lambda rows: rows - rows.mean(0))   # a batch mean: an all-reduce over devices
+mixing.__name__ = "mixing"
+out = {"devices": len(jax.devices())}
+out["rowwise_ok"] = bool(np.array_equal(run(rowwise), 2 * x))
+out["rowwise_waits"] = len(waits)
+got = run(mixing)
+want = np.concatenate([c - c.mean(0) for c in np.split(x, 5)])
+out["mixing_ok"] = bool(np.allclose(got, want, rtol=0, atol=1e-5))
+out["mixing_waits"] = len(waits) - out["rowwise_waits"]
+print("RESULT", json.dumps(out))
+"""
+
+
+def test_map_chunks_waits_for_chunks_with_collectives_on_cpu_devices():
+  """On 4 forced host devices, map_chunks waits for each sharded chunk whose call exchanges
+  data between the devices (several such chunks in flight deadlocked XLA:CPU's collectives:
+  the invariances stage under load), and only for those."""
+  import os
+  import subprocess
+  import sys
+  from conftest import ROOT
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", _CHUNKS_SCRIPT], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  import json
+  res = json.loads(out.stdout.split("RESULT", 1)[1])
+  assert res["devices"] == 4, res
+  assert res["rowwise_ok"] and res["mixing_ok"], res
+  assert res["rowwise_waits"] == 0, res   # row-wise over the shards: no collectives, no waiting
+  assert res["mixing_waits"] == 5, res    # 40 rows in 5 chunks of 8, each waited for

@@ -139,6 +139,44 @@ def test_components_match_scipy_label(connectivity):
   np.testing.assert_array_equal(np.asarray(ell["area"]), areas)
 
 
+def _spiral(n: int) -> np.ndarray:
+  """[n, n] a one-pixel-wide square spiral (walls 2 px apart): one component whose path
+  from end to end is ~n^2 / 2 pixels long, with vertical and horizontal runs."""
+  m = np.zeros((n, n), bool)
+  y, x, dy, dx, length = n // 2, n // 2, 0, 1, 1
+  while True:
+    for _ in range(2):
+      for _ in range(length):
+        if not (0 <= y < n and 0 <= x < n):
+          return m
+        m[y, x] = True
+        y, x = y + dy, x + dx
+      dy, dx = dx, -dy
+    length += 2
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_components_of_long_winding_and_diagonal_shapes_match_scipy(connectivity):
+  """Components the row runs do not span (a spiral, diagonal chains, nested rings) get the
+  labels scipy's do, each the smallest flat index of its component."""
+  n = 31
+  diag = np.zeros((n, n), bool)
+  diag[np.arange(n), np.arange(n)] = True   # 8-connected only
+  diag[np.arange(n - 4), np.arange(4, n)] = True
+  rings = np.zeros((n, n), bool)
+  for r in (3, 7, 11, 15):
+    rings[15 - r:16 + r, 15 - r] = rings[15 - r:16 + r, 15 + r] = True
+    rings[15 - r, 15 - r:16 + r] = rings[15 + r, 15 - r:16 + r] = True
+  structure = scipy.ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
+  for mask in (_spiral(n), diag, rings, _spiral(n).T[::-1]):
+    want, k = scipy.ndimage.label(mask, structure)
+    got = np.asarray(metrics.label_components(jnp.asarray(mask), connectivity))
+    flat = np.arange(mask.size).reshape(mask.shape)
+    smallest = {c: flat[want == c].min() for c in range(1, k + 1)}
+    np.testing.assert_array_equal(got, np.where(mask, np.vectorize(lambda c: smallest.get(c, 0))(want),
+                                                mask.size))
+
+
 def test_two_discs_are_two_components_largest_first():
   mask = _ellipse(20, 20, 8, 8, 0) | _ellipse(65, 70, 15, 12, 40)
   ell = metrics.component_ellipses(jnp.asarray(mask), max_components=3)
