@@ -181,7 +181,8 @@ def run(ctx) -> None:
       return
 
   mesh = ctx.mesh
-  batch = distribute.round_up(p.batch_size, mesh)
+  # A shard (shard_size latents, the same for every chunk) smaller than a batch is one batch.
+  batch = distribute.round_up(min(p.batch_size, p.shard_size), mesh)
   key = ctx.key(NAME)
   batch = fitting_batch(ctx, G, clf, key, batch)
   G_r, clf_r = distribute.replicate((G, clf), mesh)
