@@ -212,3 +212,26 @@ def test_cgroup_v1_limit(tmp_path):
   assert memory._cgroup_v1_left(str(tmp_path), str(tmp_path / "cgroup")) == 700
   (d / "memory.limit_in_bytes").write_text(f"{1 << 62}\n")   # v1's "no limit"
   assert memory._cgroup_v1_left(str(tmp_path), str(tmp_path / "cgroup")) is None
+
+
+@pytest.mark.parametrize("pad_flops, sizes", [(np.inf, {8}), (0.0, {8, 3})])
+def test_a_costly_last_batch_pads_only_to_its_rows(monkeypatch, pad_flops, sizes):
+  # 19 rows at batch 8: the last 3 are padded to 8 (one compile) unless the 5 padded rows'
+  # work (2 d k FLOPs each, XLA's cost analysis: the closed form above) is over PAD_FLOPS.
+  monkeypatch.setattr(memory, "PAD_FLOPS", pad_flops)
+  padded = []   # the size each batch was padded to, as the maps call pad_batch
+
+  def record(x, size):
+    padded.append(size)
+    return batching_pad(x, size)
+  batching_pad = batching.pad_batch
+  monkeypatch.setattr(batching, "pad_batch", record)
+  monkeypatch.setattr(memory, "pad_batch", record)
+  W = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
+  x = np.random.default_rng(1).normal(size=(19, 16)).astype(np.float32)
+  budget = memory.Budget(64 * memory.GiB, "test")
+  for i, m in enumerate((memory.map_batches, memory.map_chunks)):
+    padded.clear()
+    got = m(jax.jit(_matmul), x, 8, W, budget=budget, call=f"matmul{i}", setting="x.batch_size")
+    np.testing.assert_allclose(got, x @ W, rtol=1e-5)   # float32 dots of 16 terms
+    assert set(padded) == sizes and len(padded) == 3
