@@ -382,7 +382,7 @@ def run(ctx) -> None:
         writing = pool.submit(_write_block, blocks_, pb, host, meta, c)
         done += 1
         bar.update(1)
-        bar.set_postfix(img_s=f"{done * n_img / max(time.time() - t0, 1e-9):.1f}")
+        bar.set_postfix(img_s=f"{done * n_img / max(time.time() - t0, 1e-9):.3g}")
       pending = nxt
     if writing is not None:
       writing.result()
