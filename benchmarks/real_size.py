@@ -63,14 +63,17 @@ COUNTS = {
 FULL_COUNTS = {
     "classes": "232,254",
     "paired_data.n_per_class": 4, "paired_data.keep_only_correct": False,
+    "paired_data.shard_size": 4,   # latents tried per shard file: 4, not 512, when all are kept
     "link.cycle_samples": 2, "link.holdout_fraction": 0.5,   # 4 held-out pairs: invariances needs 2 x n_mix
-    "sweep.units": "0", "sweep.samples_per_class": 1,
+    "sweep.units": "0", "sweep.samples_per_class": 1, "sweep.n_steps": 3,
     "counterfactual.pairs": "232>254", "counterfactual.samples_per_pair": 1,
     "counterfactual.max_steps": 1,
     "quantify.n_labelled": 2, "quantify.epochs": 1, "quantify.samples_per_unit": 2,
     "quantify.null_draws": 2, "quantify.cards": 1, "quantify.n_boot": 50,
-    "boundary.n_grid": 2, "boundary.n_iter": 1, "boundary.n_points": 2, "boundary.null_draws": 2,
+    "boundary.n_grid": 2, "boundary.n_iter": 1, "boundary.n_points": 2, "boundary.null_draws": 1,
     "boundary.strips": 1, "boundary.pairs_shown": 1, "boundary.n_boot": 50,
+    "boundary.p_points": 2, "boundary.p_past": 1, "boundary.transfer_samples": 2,
+    "boundary.paths_shown": 1, "motion.samples_per_unit": 1,
     "invariances.n_conditions": 2, "invariances.samples_per_condition": 2, "invariances.n_mix": 2,
     "invariances.part_metric_train": 4, "invariances.part_metric_test": 2, "invariances.epochs": 1,
     "population.n_items": 8, "population.n_boot": 50, "population.n_perm": 50,

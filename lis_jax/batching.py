@@ -13,7 +13,8 @@ import numpy as np
 from lis_jax.distribute import pad_batch
 
 
-def map_batches(fn: Callable[..., Any], rows: Any, batch_size: int, *args: Any) -> Any:
+def map_batches(fn: Callable[..., Any], rows: Any, batch_size: int, *args: Any,
+                tail: Callable[[int], int] | None = None) -> Any:
   """fn(*args, batch) over `rows` in batches of exactly `batch_size` rows.
 
   Args:
@@ -21,6 +22,9 @@ def map_batches(fn: Callable[..., Any], rows: Any, batch_size: int, *args: Any) 
     rows: a pytree of [N, ...] arrays (the same N), split along axis 0.
     batch_size: rows per call; the last batch is padded to it.
     *args: passed unchanged before the batch (models, params).
+    tail: the padded size of a last batch of m < batch_size rows (default: batch_size,
+      one compile; `memory.tail_size` pads less where the padding's work costs more than
+      a compile).
   Returns:
     the pytree of [N, ...] numpy results, in row order.
   """
@@ -29,7 +33,8 @@ def map_batches(fn: Callable[..., Any], rows: Any, batch_size: int, *args: Any) 
   out = []
   for s in range(0, n, batch_size):
     m = min(batch_size, n - s)
-    batch = jax.tree_util.tree_map(lambda x: pad_batch(np.asarray(x)[s:s + m], batch_size), rows)
+    size = batch_size if (tail is None or m == batch_size) else tail(m)
+    batch = jax.tree_util.tree_map(lambda x: pad_batch(np.asarray(x)[s:s + m], size), rows)
     out.append((m, fn(*args, batch)))   # dispatched asynchronously
   res = [jax.tree_util.tree_map(lambda x: np.asarray(x)[:m], r) for m, r in out]
   return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *res)

@@ -78,6 +78,14 @@ PLAUSIBLE = 3.0
 MEASURE_SLACK = 64 * MiB
 # How often `PeakSampler` reads /proc/self/status (a read takes ~20 us).
 SAMPLE_S = 0.005
+# A partial last batch is padded to the full batch (one compile for any row count) unless
+# the padding's work is above this many FLOPs; then only to the next multiple of the device
+# count (one more compile). 1 TFLOP is ~10 s of this 2-core CPU at its measured ~100 GFLOP/s,
+# more than compiling our calls takes here; one 256-px StyleGAN-XL synthesis is 3.07 TFLOP
+# (XLA's cost analysis), so at the paper's size a search file or a sweep of 4 images pads
+# to 4, not to 64 (60 wasted syntheses, ~35 min on this CPU); the demo world's calls
+# (MFLOPs per row) keep their single compile.
+PAD_FLOPS = 1e12
 
 
 # ----------------------------------------------------------------------------- budget
@@ -440,6 +448,18 @@ class BatchChoice:
             f"{self.memory.need / MiB:.0f} MiB analysed{ratio} of {SAFETY:.0%} x {self.budget}")
 
 
+def tail_size(choice: BatchChoice, multiple: int = 1) -> Callable[[int], int]:
+  """The padded size of a last batch of m rows (`batching.map_batches(tail=...)`): the
+  chosen batch, or the next multiple of `multiple` when the padding's work (XLA's FLOPs per
+  row of this call) is above PAD_FLOPS."""
+  per_row = choice.memory.flops / max(choice.memory.batch, 1)
+
+  def size(m: int) -> int:
+    small = -(-m // multiple) * multiple
+    return small if (choice.batch - small) * per_row > PAD_FLOPS else choice.batch
+  return size
+
+
 def _fail(stage: str, call: str, batch: int, need: int, budget: Budget, setting: str) -> PipelineError:
   where = f"{stage}: " if stage else ""
   return PipelineError(
@@ -598,16 +618,18 @@ def map_batches(fn: Callable[..., Any], rows: Any, max_batch: int, *args: Any, b
   n = jax.tree_util.tree_leaves(rows)[0].shape[0]
   if n == 0:   # nothing to size (batching.map_batches' own behaviour for no rows)
     return batching.map_batches(fn, rows, max_batch, *args)
-  # Not clipped to n: one batch size (one compile) whatever the number of rows.
+  # Not clipped to n: one batch size (one compile) whatever the number of rows, unless
+  # the padding costs more than a compile (PAD_FLOPS).
   choice = choose_batch(fn, rows, max_batch, *args, budget=budget, call=call,
                         setting=setting, stage=stage)
   if log and choice.batch < choice.max_batch:
     log(choice.line())
+  tail = tail_size(choice)
   with guard(stage, call, choice.batch, setting):
     if not budget.host:
-      return batching.map_batches(fn, rows, choice.batch, *args)
+      return batching.map_batches(fn, rows, choice.batch, *args, tail=tail)
     with PeakSampler() as s:
-      out = batching.map_batches(fn, rows, choice.batch, *args)
+      out = batching.map_batches(fn, rows, choice.batch, *args, tail=tail)
   _record(call, choice.batch, choice.memory.need, s, budget)
   return out
 
@@ -633,11 +655,13 @@ def map_chunks(fn: Callable[..., Any], rows: Any, max_batch: int, *args: Any, bu
   # calls in flight their all-gathers waited on each other (a 4-device demo deadlocked), so
   # a chunk whose call exchanges data between CPU devices is waited for before the next.
   wait = jax.block_until_ready if choice.memory.collectives else (lambda x: x)
+  tail = tail_size(choice, multiple)
   out = []
   with guard(stage, call, b, setting), PeakSampler() as s:
     for start in range(0, n, b):
       m = min(b, n - start)
-      chunk = jax.tree_util.tree_map(lambda x: pad_batch(np.asarray(x)[start:start + m], b), rows)
+      size = b if m == b else tail(m)
+      chunk = jax.tree_util.tree_map(lambda x: pad_batch(np.asarray(x)[start:start + m], size), rows)
       out.append((m, wait(fn(*args, place(chunk)))))
     res = [jax.tree_util.tree_map(lambda x: np.asarray(x)[:m], r) for m, r in out]
   if budget.host:

@@ -106,7 +106,9 @@ def work_quantify(s, d: Dims) -> Work:
 def work_boundary(s, d: Dims) -> Work:
   c, cf = s["boundary"], s["counterfactual"]
   searches = _pairs(cf, d) * cf.samples_per_pair
-  return Work({"synthesise+classify": searches * (c.n_grid + 2 * c.n_iter),
+  paths = searches * (c.p_points + c.p_past)          # p(target) along and past each path
+  transfer = _pairs(cf, d) * c.transfer_samples * 2    # the mean shift and its null on new samples
+  return Work({"synthesise+classify": searches * (c.n_grid + 2 * c.n_iter) + paths + transfer,
                "segment+measure": searches * (c.n_points + 2) * (1 + c.null_draws)},
               {"synthesise+classify": ("boundary.batch_size", c.batch_size),
                "segment+measure": ("boundary.measure_batch", c.measure_batch)}, upper_bound=True)
@@ -133,6 +135,16 @@ def work_report(s, d: Dims) -> Work:
 
 # Per stage: its work from the merged config sections. A stage added later gives its own
 # here (or, after the layering step, as a Stage hook; see README "Memory and the plan").
+def work_motion(s, d: Dims) -> Work:
+  """Each unit's sweeps from `samples_per_unit` of its starts, rendered again (segmented too
+  with the segmenter's masks; 'ground_truth': the world's)."""
+  c, sw = s["motion"], s["sweep"]
+  n = _n_units(sw, d) * min(c.samples_per_unit, d.n_classes * sw.samples_per_class) * sw.n_steps
+  kind = "segment+measure" if c.masks == "segmenter" else "synthesise"
+  return Work({kind: n}, {kind: ("motion.batch_size", c.batch_size * sw.n_steps)},
+              note="motion.batch_size counts sweeps (of sweep.n_steps images)")
+
+
 def work_photos(s, d: Dims) -> Work:
   """The demo's own renders (photos.renders): a folder's photos are not known beforehand.
   An Adam step counts as 3 syntheses (forward and backward); the refinement's w_dim
@@ -153,7 +165,7 @@ WORK: dict[str, Callable[[Mapping[str, Any], Dims], Work]] = {
     "paired_data": work_paired_data, "link": work_link, "sweep": work_sweep,
     "counterfactual": work_counterfactual, "quantify": work_quantify, "boundary": work_boundary,
     "invariances": work_invariances, "population": work_population, "report": work_report,
-    "photos": work_photos,
+    "motion": work_motion, "photos": work_photos,
 }
 
 

@@ -259,3 +259,26 @@ def test_map_chunks_waits_for_chunks_with_collectives_on_cpu_devices():
   assert res["rowwise_ok"] and res["mixing_ok"], res
   assert res["rowwise_waits"] == 0, res   # row-wise over the shards: no collectives, no waiting
   assert res["mixing_waits"] == 5, res    # 40 rows in 5 chunks of 8, each waited for
+
+
+@pytest.mark.parametrize("pad_flops, sizes", [(np.inf, {8}), (0.0, {8, 3})])
+def test_a_costly_last_batch_pads_only_to_its_rows(monkeypatch, pad_flops, sizes):
+  # 19 rows at batch 8: the last 3 are padded to 8 (one compile) unless the 5 padded rows'
+  # work (2 d k FLOPs each, XLA's cost analysis: the closed form above) is over PAD_FLOPS.
+  monkeypatch.setattr(memory, "PAD_FLOPS", pad_flops)
+  padded = []   # the size each batch was padded to, as the maps call pad_batch
+
+  def record(x, size):
+    padded.append(size)
+    return batching_pad(x, size)
+  batching_pad = batching.pad_batch
+  monkeypatch.setattr(batching, "pad_batch", record)
+  monkeypatch.setattr(memory, "pad_batch", record)
+  W = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
+  x = np.random.default_rng(1).normal(size=(19, 16)).astype(np.float32)
+  budget = memory.Budget(64 * memory.GiB, "test")
+  for i, m in enumerate((memory.map_batches, memory.map_chunks)):
+    padded.clear()
+    got = m(jax.jit(_matmul), x, 8, W, budget=budget, call=f"matmul{i}", setting="x.batch_size")
+    np.testing.assert_allclose(got, x @ W, rtol=1e-5)   # float32 dots of 16 terms
+    assert set(padded) == sizes and len(padded) == 3

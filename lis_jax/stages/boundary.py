@@ -279,7 +279,8 @@ def run(ctx) -> None:
   for b in tqdm(store.todo(n_batches), unit="batch", desc=NAME):
     ids = np.arange(b * batch, min(n, (b + 1) * batch))
     out = _batch(ctx, c, seg, link, cf, ids, batch)
-    out.update(_paths_batch(ctx, c, link, cf, ids, batch, frames))
+    # (padded to the file's searches, not to a batch of 64 (_transfer: the same))
+    out.update(_paths_batch(ctx, c, link, cf, ids, min(batch, distribute.round_up(ids.size, ctx.mesh)), frames))
     errors.check_finite(f"boundary batch {b} areas", out["pt.area"])
     errors.maybe_interrupt(NAME, b + 1)
     store.write(b, **out)
@@ -381,7 +382,7 @@ def _transfer(ctx, c, link, cf: dict) -> None:
     dirs[i] = nulls.unit_directions(ctx.key(f"{NAME}.transfer", o, t), s_n, d)
   valid = (rows >= 0) & np.isfinite(shifts).all(1)[:, None]
   x = paths_lib.transfer_inputs(data.r[np.maximum(rows, 0)], np.nan_to_num(shifts), dirs)  # [2, P, S, D]
-  batch = distribute.round_up(c.batch_size, ctx.mesh)
+  batch = distribute.round_up(min(c.batch_size, x[..., 0].size), ctx.mesh)
   frames = load_frames(ctx.workdir)
   fr = [{k: np.zeros((batch,) + v.shape[1:], v.dtype) for k, v in frames[sp].items() if k != "explained"}
         for sp in ("r", "w")]   # the projections are not used here

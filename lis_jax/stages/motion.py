@@ -118,7 +118,7 @@ def run(ctx) -> None:
     u_n, s_n = w.shape[:2]
     flat = w.reshape((u_n * s_n,) + w.shape[2:])
     with memory.guard(NAME, "motion", c.batch_size, "motion.batch_size"):   # OOM: one line
-      out = batching.map_batches(fn, flat, c.batch_size, G, params)      # one compile
+      out = batching.map_batches(fn, flat, min(c.batch_size, flat.shape[0]), G, params)   # one compile
     errors.check_finite(f"motion block {b} weight", out["weight"])
     arrays = {k: out[k].reshape((u_n, s_n) + out[k].shape[1:]) for k in ARRAYS}
     arrays["centroid_last"] = out["centroid_last"].reshape((u_n, s_n) + out["centroid_last"].shape[1:])

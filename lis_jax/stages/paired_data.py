@@ -181,7 +181,8 @@ def run(ctx) -> None:
       return
 
   mesh = ctx.mesh
-  batch = distribute.round_up(p.batch_size, mesh)
+  # A shard (shard_size latents, the same for every chunk) smaller than a batch is one batch.
+  batch = distribute.round_up(min(p.batch_size, p.shard_size), mesh)
   key = ctx.key(NAME)
   batch = fitting_batch(ctx, G, clf, key, batch)
   G_r, clf_r = distribute.replicate((G, clf), mesh)
@@ -216,7 +217,7 @@ def run(ctx) -> None:
         io.save_npz(os.path.join(out_dir, name), **shard)
         written += 1
         errors.maybe_interrupt(NAME, written)
-        bar.set_postfix(img_s=f"{n_img / max(time.time() - t0, 1e-9):.1f}")
+        bar.set_postfix(img_s=f"{n_img / max(time.time() - t0, 1e-9):.3g}")   # 3 digits: 0.0179 at full size on a CPU, 55.2 on the world
       next_k[c] = k + count
 
   pending = classes.tolist()

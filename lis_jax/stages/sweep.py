@@ -331,7 +331,7 @@ def run(ctx) -> None:
   rows, r_start, cls_start = starts(ctx, c, data)
   values, stats = sweep_values(r_start if c.range == "starts_minmax" else data.r, units,
                                c.n_steps, c.range, c.k_std)
-  U = c.units_per_block
+  U = min(c.units_per_block, units.size)   # fewer units than a block: no padded units to synthesise
   n_blocks = -(-units.size // U)
   if ctx.is_main:   # the same in every process: process 0 writes them
     io.save_npz(os.path.join(out_dir, "samples.npz"), rows=rows, cls=cls_start, r=r_start,
@@ -343,7 +343,8 @@ def run(ctx) -> None:
         wr.writerow([int(u)] + [repr(float(stats[k][i])) for k in ("min", "max", "mean", "std")])
 
   mesh = ctx.mesh
-  batch = distribute.round_up(c.batch_size, mesh)
+  # A block's images (constant over blocks) fewer than a batch: the batch is the block.
+  batch = distribute.round_up(min(c.batch_size, U * rows.size * c.n_steps), mesh)
   batch = memory.choose_batch(functools.partial(sweep_chunk, reclassify=c.reclassify),
                               jax.ShapeDtypeStruct((batch, G.w_dim), np.float32), batch, G, clf,
                               budget=ctx.budget, call="synthesis", setting="sweep.batch_size",
@@ -381,7 +382,7 @@ def run(ctx) -> None:
         writing = pool.submit(_write_block, blocks_, pb, host, meta, c)
         done += 1
         bar.update(1)
-        bar.set_postfix(img_s=f"{done * n_img / max(time.time() - t0, 1e-9):.1f}")
+        bar.set_postfix(img_s=f"{done * n_img / max(time.time() - t0, 1e-9):.3g}")
       pending = nxt
     if writing is not None:
       writing.result()
