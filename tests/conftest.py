@@ -91,6 +91,16 @@ SLOW_FIRST = ("test_multiprocess_faults.py", "test_demo.py", "test_multiprocess.
               "test_classifiers.py", "test_train_shapes_classifier.py", "test_label_roundtrip.py")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session):
+  """pytest-xdist's controller: deal the files in SLOW_FIRST's order. By default (its
+  --loadscope-reorder) it deals files with the most tests first, which left the few-test
+  multi-process files and test_label_pipeline.py to the end of the suite (seen in a full run:
+  test_multiprocess.py's fixture and test_label_pipeline.py ran last, on one worker)."""
+  if not hasattr(session.config, "workerinput") and hasattr(session.config.option, "loadscopereorder"):
+    session.config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(config, items):
   """Under pytest-xdist: SLOW_FIRST's files first (a stable sort: each file keeps its order)."""
   if hasattr(config, "workerinput"):
