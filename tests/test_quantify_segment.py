@@ -129,6 +129,9 @@ def test_layerwise_head_equals_the_stack(world):
   np.testing.assert_array_equal(segment.predict_labels(seg, G, ws), np.asarray(jnp.argmax(stack, -1)))
 
 
+HISTORY_RTOL = 3e-4
+
+
 def test_layerwise_training_equals_training_on_the_stack(world):
   """train(layer_features, layers=...) == train(feature_stack): same moments, same head."""
   G, seg, ws_te, _ = world
@@ -144,7 +147,9 @@ def test_layerwise_training_equals_training_on_the_stack(world):
   s64 = stack.astype(np.float64)
   np.testing.assert_allclose(p_new["feat_mean"], s64.mean((0, 1, 2)), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(p_new["feat_std"], s64.std((0, 1, 2)) + 1e-6, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(h_new, h_ref, rtol=1e-4)
+  # The two paths' loss histories: within 1e-4 relative compiled optimized; 1.79e-4 compiled
+  # without most optimizations, as the suite compiles (tests/conftest.py; measured 2026-12-06).
+  np.testing.assert_allclose(h_new, h_ref, rtol=HISTORY_RTOL)
   flat = lambda p: np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(p["head"])])
   np.testing.assert_allclose(flat(p_new), flat(p_ref), atol=TRAINED_PARAM_ATOL)
 
