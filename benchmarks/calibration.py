@@ -116,13 +116,19 @@ def null_truth(G, link, sres, ranges, draws: int, key, samples: int) -> dict:
           "truth_factors": np.asarray(list(ch))}
 
 
-def boundary_null(G, seg, qc, link, cf, a, draws: int, key) -> dict:
-  """null.<m> [B, R, P] at the ends of r-space null paths of the boundary's searches."""
+def _null_path_ends(link, cf, a, draws: int, key) -> tuple[np.ndarray, np.ndarray]:
+  """(rows of the boundary's searches in the counterfactual arrays [B], the ends of their
+  r-space null paths [B, R, w_dim])."""
   ids = a["search"]
   pos = {int(s): i for i, s in enumerate(cf["search"])}
   rows = np.array([pos[int(s)] for s in ids])
   t_c = blib.crossing_t(a["t_leave"], a["t_reach"])
-  ends = nulls.boundary_ends(link, cf["r"][rows], cf["shift"][rows], t_c, key, ids, draws)
+  return rows, nulls.boundary_ends(link, cf["r"][rows], cf["shift"][rows], t_c, key, ids, draws)
+
+
+def boundary_null(G, seg, qc, link, cf, a, draws: int, key) -> dict:
+  """null.<m> [B, R, P] at the ends of r-space null paths of the boundary's searches."""
+  _, ends = _null_path_ends(link, cf, a, draws, key)
   b, r, d = ends.shape
   m = quantify.measure(G, seg, ends.reshape(-1, d), qc.batch_size, qc.max_components,
                        quantify.uses_entropy(qc))
@@ -132,11 +138,7 @@ def boundary_null(G, seg, qc, link, cf, a, draws: int, key) -> dict:
 def boundary_null_truth(G, link, cf, a, draws: int, key, names) -> dict:
   """{factor: [B, R]} true factor changes along boundary_null's paths (the same draws)."""
   from lis_jax.analysis.readout import decode_factors
-  ids = a["search"]
-  pos = {int(s): i for i, s in enumerate(cf["search"])}
-  rows = np.array([pos[int(s)] for s in ids])
-  t_c = blib.crossing_t(a["t_leave"], a["t_reach"])
-  ends = nulls.boundary_ends(link, cf["r"][rows], cf["shift"][rows], t_c, key, ids, draws)
+  rows, ends = _null_path_ends(link, cf, a, draws, key)
   b, r, d = ends.shape
   w0 = np.asarray(link(jax.numpy.maximum(jax.numpy.asarray(cf["r"][rows]), 0.0)))  # the path's start (t = 0)
   f0, _ = decode_factors(G, jax.numpy.asarray(w0))
