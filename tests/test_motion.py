@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from benchmarks import bench_motion
-from lis_jax import generators
+from lis_jax import generators, memory
 from lis_jax.analysis import motion
 
 # Issue 24's target for translation (64 px world). Measured with these settings (4 sweeps
@@ -104,7 +104,8 @@ class _Ctx:
 
   def __init__(self, workdir, G, sweep_result):
     from lis_jax.stages import motion as motion_stage, report
-    self.workdir, self.G, self._sweep, self.budget = workdir, G, sweep_result, None
+    self.workdir, self.G, self._sweep = workdir, G, sweep_result
+    self.budget = memory.default_budget()   # the host's, as a run without memory_gb
     self._cfg = {"motion": motion_stage.default_config(), "report": report.default_config()}
     self._cfg["motion"].masks = "ground_truth"
 

@@ -30,7 +30,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from lis_jax import batching, blocks, errors, images, io, memory, page, plots
+from lis_jax import blocks, errors, images, io, memory, page, plots
 from lis_jax import validate as V
 from lis_jax.analysis import motion
 from lis_jax.generators.base import GroundTruthWorld
@@ -117,8 +117,9 @@ def run(ctx) -> None:
     w = blk["w"][:, pick]                                                 # [U, S', T, w_dim]
     u_n, s_n = w.shape[:2]
     flat = w.reshape((u_n * s_n,) + w.shape[2:])
-    with memory.guard(NAME, "motion", c.batch_size, "motion.batch_size"):   # OOM: one line
-      out = batching.map_batches(fn, flat, min(c.batch_size, flat.shape[0]), G, params)   # one compile
+    # sweeps per call from the memory budget (<= motion.batch_size); OOM is one line
+    out = memory.map_batches(fn, flat, min(c.batch_size, flat.shape[0]), G, params, budget=ctx.budget,
+                             call="motion", setting="motion.batch_size", stage=NAME)
     errors.check_finite(f"motion block {b} weight", out["weight"])
     arrays = {k: out[k].reshape((u_n, s_n) + out[k].shape[1:]) for k in ARRAYS}
     arrays["centroid_last"] = out["centroid_last"].reshape((u_n, s_n) + out["centroid_last"].shape[1:])
