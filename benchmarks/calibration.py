@@ -72,6 +72,12 @@ KEYS = ("fdr_selective", "power_selective", "fdr_beyond_random", "power_beyond_r
 def run_demo(workdir: str, seed: int) -> float:
   """The demo's stages into workdir (skipped when done); returns the seconds spent."""
   if os.path.exists(os.path.join(workdir, "population", "summary.json")):
+    from lis_jax.quantify import metrics
+    with np.load(os.path.join(workdir, "quantify", "block_00000.npz")) as f:
+      missing = [k for k in metrics.SCALAR_METRICS if f"first.{k}" not in f.files]
+    if missing:
+      raise SystemExit(f"{workdir} was measured by an older lis_jax (no {', '.join(missing)}): "
+                       f"use a fresh --workdir")
     return 0.0
   t0 = time.time()
   cmd = [sys.executable, "-m", "lis_jax.main", "--config=configs/demo.py", f"--workdir={workdir}",
@@ -81,9 +87,14 @@ def run_demo(workdir: str, seed: int) -> float:
   return time.time() - t0
 
 
-def _measure_cached(path: str, fn):
+def _measure_cached(path: str, fn, prefix: str):
+  """fn()'s arrays, cached at path; a cache without every metric of this version (an older
+  metrics.SCALAR_METRICS) is measured again."""
+  from lis_jax.quantify import metrics
   if io.npz_ok(path, finite=False):
-    return io.load_npz(path, finite=False)
+    out = io.load_npz(path, finite=False)
+    if all(f"{prefix}{k}" in out for k in metrics.SCALAR_METRICS):
+      return out
   out = fn()
   io.save_npz(path, **out)
   return out
@@ -158,22 +169,6 @@ def planted_cka(seed: int, n_perm: int) -> dict:
           "cka_biased_independent": rsa.linear_cka(x, y)}
 
 
-def per_start_changes(G, sweep_blocks, samples: int) -> np.ndarray:
-  """[U, S', F] each unit's true factor change per measured start sample (fraction of range;
-  factors in sweep.factor_deltas' order)."""
-  from lis_jax.analysis.readout import decode_factors
-  out = []
-  for b in sweep_blocks:
-    w = b["w"][:, sweep.pick_starts(b["cls"], samples)]
-    u, s_n, _, d = w.shape
-    f, _ = decode_factors(G, jax.numpy.asarray(w[:, :, [0, -1]].reshape(-1, d)))
-    f = {k: np.asarray(v).reshape(u, s_n, 2) for k, v in f.items()}
-    ch = blib.factor_changes({k: v[..., 0] for k, v in f.items()}, {k: v[..., 1] for k, v in f.items()},
-                             G.factor_ranges, G.circular_factors)
-    out.append(np.stack(list(ch.values()), -1))
-  return np.concatenate(out)
-
-
 def quantify_figures(wd, G, qc, stats_fn, blks, null, parts, q_level, t, names, per_start=None) -> dict:
   """FDR / power of the calls, precision@5 and Spearman, superposition, for one null.
 
@@ -197,7 +192,8 @@ def quantify_figures(wd, G, qc, stats_fn, blks, null, parts, q_level, t, names, 
   ranked = quantify.truth_check({**st, "selective": np.ones_like(st["selective"])}, units, parts, t, names,
                                 qc.top_k, G.factor_concepts, score=qc.rank_by)
   nc = selectivity.null_calls(null_d, null_len, seed=0, alpha=qc.alpha, q_level=q_level,
-                              average=qc.average, per_length=qc.null_per_length)
+                              average=qc.average, per_length=qc.null_per_length,
+                              per_start_scale=qc.per_start_scale)
   sup = superposition.analyse(st, units, parts, metrics, null_selective=nc["selective"])
   p_unc = truth.rates(st["p_null"] <= qc.alpha, status)
   with np.errstate(invalid="ignore"):  # the same rule with uncorrected calls (p <= alpha), for contrast
@@ -304,12 +300,12 @@ def measure_seed(wd: str, seed: int, args) -> dict:
   t0 = time.time()
   rnull = _measure_cached(os.path.join(wd, f"calib_quantify_null_{args.quantify_draws}.npz"),
                           lambda: quantify_null(G, seg, qc, link, sres, ranges, args.quantify_draws,
-                                                jax.random.fold_in(root, 0)))
+                                                jax.random.fold_in(root, 0)), "end.")
   a = bstage._concat(bstage.load_batches(wd))
   cf = counterfactual.load(wd).arrays
   bnull = _measure_cached(os.path.join(wd, f"calib_boundary_null_{args.boundary_draws}.npz"),
                           lambda: boundary_null(G, seg, qc, link, cf, a, args.boundary_draws,
-                                                jax.random.fold_in(root, 1)))
+                                                jax.random.fold_in(root, 1)), "null.")
   t_measure = time.time() - t0
 
   def stats_fn(deltas, lengths, null_d, null_len):
@@ -321,10 +317,15 @@ def measure_seed(wd: str, seed: int, args) -> dict:
   # (quantify measures samples_per_unit of the sweep's; the sweep's truth_delta averages all
   # of them, so its top units are partly the unmeasured samples' and would also shrink the
   # units' extremes against the null's, measured from the same 8 samples).
+  # (quantify's truth_check uses the same truth: measuring.measured_truth.)
+  per_start, names = quantify.measured_truth(G, sweep_blocks, qc.samples_per_unit)
+  stored = [str(n) for n in blks[0]["truth_factors"]]  # the blocks' order (older workdirs: sorted)
+  per_start, names = per_start[..., [names.index(n) for n in stored]], stored
+  t_units = per_start.mean(1)
   t8 = [sweep.factor_deltas(G, b["w"][:, sweep.pick_starts(b["cls"], qc.samples_per_unit)]) for b in sweep_blocks]
-  t_units, names = np.concatenate([x[0] for x in t8]), [str(n) for n in t8[0][1]]
-  per_start = per_start_changes(G, sweep_blocks, qc.samples_per_unit)
-  np.testing.assert_allclose(per_start.mean(1), t_units, atol=1e-5)
+  t8_names = [str(n) for n in t8[0][1]]
+  np.testing.assert_allclose(np.concatenate([x[0] for x in t8])[:, [t8_names.index(n) for n in names]], t_units,
+                             atol=1e-5)  # the sweep's own reading
   assert np.array_equal(np.concatenate([b["units"] for b in sweep_blocks]), np.concatenate([b["units"] for b in blks]))
   out = {"measure_seconds": t_measure}
   out.update(quantify_figures(wd, G, qc, stats_fn, blks, rnull, parts, args.q, t_units, names, per_start))

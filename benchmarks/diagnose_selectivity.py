@@ -18,19 +18,32 @@ true part masks and with the segmenter's, and prints (benchmarks/selectivity_res
 Measurements are cached in `--cache` (delete it to re-measure).
 
   python benchmarks/diagnose_selectivity.py --workdir /tmp/sel_demo
+
+`--calibration DIR` instead reads a finished demo workdir (one of benchmarks/
+calibration.py's seed<N> dirs, which hold its r-space null, or any demo workdir with its
+own quantify null) and prints, per factor of the world's factor -> concept table, why
+the measured concept ranks units differently from the true factor change: precision@5
+and Spearman as the quantify stage computes them, the Pearson r over units of the
+concept's change and the factor's true change at each measured start sample (one per
+class), and the factors that drive the concept's change at each start sample (largest
+standardised least-squares weights of all 20 true factor changes):
+
+  python benchmarks/diagnose_selectivity.py --calibration /tmp/lis_calibration/seed0 --seed 0
 """
 import argparse
 import os
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lis_jax import generators
-from lis_jax.generators import shapes
-from lis_jax.quantify import metrics, segment, selectivity
-from lis_jax.stages import link as link_stage, quantify as stage, sweep as sweep_stage
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/, lis_jax
+from lis_jax import generators  # noqa: E402
+from lis_jax.generators import shapes  # noqa: E402
+from lis_jax.quantify import metrics, segment, selectivity  # noqa: E402
+from lis_jax.stages import link as link_stage, quantify as stage, sweep as sweep_stage  # noqa: E402
 
 ALPHA = 0.05
 K = 5
@@ -262,6 +275,50 @@ def _truth_subset(c, s_n):
   return c["truth"][:, :s_n].mean(1)
 
 
+def calibration_diagnosis(workdir: str, seed: int) -> None:
+  """Per factor: precision@5, Spearman, per-start r and confounders (module docstring)."""
+  from configs import demo
+  G = generators.load("shapes")
+  qc = stage.default_config()
+  qc.update(demo.get_config().quantify)
+  qres = stage.load(workdir)
+  blks = qres.blocks()
+  null_path = os.path.join(workdir, f"calib_quantify_null_{qc.null_draws}.npz")
+  null = np.load(null_path) if os.path.exists(null_path) else stage.load_null(os.path.join(workdir, "quantify"))
+  null = {k: null[k] for k in null.keys()}
+  sources = selectivity.concept_sources(qc.concepts)
+  parts = stage.measured_parts(qres.segmenter())
+  units, deltas, lengths, null_d, null_len = stage.deltas_from_blocks(blks, null, sources)
+  per_start, names = stage.measured_truth(G, sweep_stage.load(workdir).blocks(), qc.samples_per_unit)
+  sw = next(iter(sweep_stage.load(workdir).blocks()))
+  cls = sw["cls"][sweep_stage.pick_starts(sw["cls"], qc.samples_per_unit)]
+  st = selectivity.shared_null_statistics(deltas, lengths, null_d, null_len, seed=seed, n_boot=qc.n_boot,
+                                          q_level=qc.q_level, min_effect=qc.min_effect, intervals=False,
+                                          **stage.statistics_options(qc))
+  check = stage.truth_check({**st, "selective": st["changes"]}, units, parts, per_start.mean(1), names,
+                            qc.top_k, G.factor_concepts, score=qc.rank_by)
+  print(f"{workdir}: precision@{check['k']} {check['mean_precision']:.3f}, Spearman {check['mean_spearman']:.3f} "
+        f"(concepts {qc.concepts}, average {qc.average}); start samples' classes "
+        + " ".join(G.class_names[c] for c in cls))
+  for f, v in check["per_factor"].items():
+    p, m = parts.index(v["part"]), selectivity.CONCEPT_METRICS.index(v["metric"])
+    x, y = deltas[:, :, p, m], per_start[:, :, names.index(f)]
+    rs, drivers = [], {}
+    for s_i in range(x.shape[1]):
+      ok = np.isfinite(x[:, s_i])
+      rs.append(np.corrcoef(x[ok, s_i], y[ok, s_i])[0, 1] if ok.sum() > 2 else np.nan)
+      z = per_start[ok, s_i]
+      z = (z - z.mean(0)) / np.where(z.std(0) > 0, z.std(0), 1.0)
+      xs = (x[ok, s_i] - x[ok, s_i].mean()) / max(x[ok, s_i].std(), 1e-12)
+      beta = np.linalg.lstsq(np.c_[z, np.ones(len(z))], xs, rcond=None)[0][:-1]
+      for j in np.argsort(-np.abs(beta))[:3]:
+        drivers.setdefault(names[j], []).append(float(beta[j]))
+    top = sorted(drivers.items(), key=lambda kv: -len(kv[1]))[:4]
+    print(f"  {f:16s} {v['part']} {v['metric']}: precision {v['precision']}, Spearman {v['spearman']:.2f}, "
+          f"called {int(st['changes'][:, p, m].sum())}; r per start " + " ".join(f"{r:.2f}" for r in rs)
+          + "; drivers " + ", ".join(f"{n} ({len(b)} starts, mean weight {np.mean(b):+.2f})" for n, b in top))
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--workdir", default="/tmp/sel_demo")
@@ -270,7 +327,12 @@ def main():
   p.add_argument("--fake", type=int, default=40)
   p.add_argument("--pairs", type=int, default=128)
   p.add_argument("--cache", default="/tmp/sel_diag_cache.npz")
+  p.add_argument("--calibration", default=None, help="a finished demo workdir: per-factor diagnosis")
+  p.add_argument("--seed", type=int, default=0, help="the workdir's config.seed (--calibration)")
   args = p.parse_args()
+  if args.calibration:
+    calibration_diagnosis(args.calibration, args.seed)
+    return
   if not os.path.exists(args.cache):
     collect(args)
   analyse(args)

@@ -230,3 +230,27 @@ def test_part_metrics_batch_equals_single_and_rejects_bad_shapes():
     np.testing.assert_allclose(np.asarray(batch[k][1]), np.asarray(one[k][0]), rtol=1e-6, err_msg=k)
   with pytest.raises(ValueError, match="masks"):
     metrics.part_metrics(jnp.asarray(imgs), jnp.asarray(masks[:, :16]))
+
+
+def test_elongation_and_interior_brightness_against_regionprops_and_a_drawn_rim():
+  """elongation = 1 - minor / major axis (regionprops' axis lengths); interior_brightness
+  reads the part's eroded mask only (a dark 1 px rim, scipy's binary erosion, is left out);
+  log_area = log(pixel count)."""
+  mask = _ellipse(47.3, 50.6, 25.0, 10.0, 30.0)
+  disk_mask = _ellipse(47.3, 50.6, 20.0, 20.0, 0.0)
+  inner = scipy.ndimage.binary_erosion(mask, structure=np.ones((3, 3)), border_value=0)
+  img = np.full((SIZE, SIZE, 3), -1.0, np.float32)
+  img[mask] = 0.0  # rim: level 127
+  img[inner] = 1.0  # interior: level 255
+  masks = np.stack([mask, disk_mask], -1).astype(np.float32)
+  m = {k: np.asarray(v) for k, v in metrics.image_part_metrics(jnp.asarray(img), jnp.asarray(masks),
+                                                               entropy=False).items()}
+  props = regionprops(mask.astype(int))[0]
+  np.testing.assert_allclose(m["elongation"][0], 1 - props.axis_minor_length / props.axis_major_length,
+                             rtol=REGIONPROPS_RTOL)
+  assert abs(m["elongation"][0] - (1 - 10.0 / 25.0)) < 0.01
+  assert m["elongation"][1] < 0.01  # a disk has no axis
+  np.testing.assert_allclose(m["interior_brightness"][0], 1.0, rtol=FLAT_RTOL)
+  np.testing.assert_allclose(m["log_area"], np.log(masks.sum((0, 1))), rtol=FLAT_RTOL)
+  want_whole = (127 * (mask.sum() - inner.sum()) + 255 * inner.sum()) / mask.sum() / 255
+  np.testing.assert_allclose(m["brightness"][0], want_whole, rtol=FLAT_RTOL)

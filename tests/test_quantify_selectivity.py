@@ -33,6 +33,24 @@ def test_sweep_changes_normalise_like_the_reference():
   np.testing.assert_allclose(d[:, selectivity.CONCEPT_METRICS.index("motion")], 5.0)
 
 
+def test_calibrated_angle_change_is_weighted_by_the_first_steps_elongation():
+  src = selectivity.concept_sources("calibrated")
+  names = list(src)
+  first = np.zeros((3, len(names)))
+  last = np.zeros((3, len(names)))
+  first[:, names.index("angle")] = [170.0, 10.0, 40.0]
+  last[:, names.index("angle")] = [10.0, 170.0, 70.0]
+  first[:, names.index(selectivity.ANGLE_WEIGHT)] = [0.5, 1.0, 0.0]  # a disk (0) has no axis
+  last[:, names.index(selectivity.ANGLE_WEIGHT)] = 0.9  # the first step's weight is used
+  first[:, names.index("luminance")], last[:, names.index("luminance")] = 0.2, 0.5  # interior brightness: 0..1
+  first[:, names.index("area")], last[:, names.index("area")] = np.log(200.0), np.log([400.0, 100.0, 200.0])
+  d = selectivity.sweep_changes(first, last, src)
+  assert d.shape == (3, M)  # the weight is not a concept
+  np.testing.assert_allclose(d[:, selectivity.CONCEPT_METRICS.index("angle")], [10.0, -20.0, 0.0])
+  np.testing.assert_allclose(d[:, selectivity.CONCEPT_METRICS.index("luminance")], 0.3)
+  np.testing.assert_allclose(d[:, AREA], [np.log(2), -np.log(2), 0.0])  # doubling and halving: equal size
+
+
 def test_bootstrap_interval_covers_the_true_mean():
   rng = np.random.default_rng(0)
   true_mean, reps, s = 1.3, 400, 30
@@ -181,3 +199,15 @@ def test_fast_nanmedian_and_hodges_lehmann_match_their_definitions():
       walsh = [(v[i] + v[j]) / 2 for i in range(v.size) for j in range(i, v.size)]
       assert hl[a, b] == pytest.approx(np.median(walsh), abs=1e-15)
   assert np.isnan(hl[0, 0])
+
+
+def test_start_scaled_puts_every_start_sample_on_its_nulls_rms():
+  rng = np.random.default_rng(0)
+  gain = np.array([1.0, 10.0, 0.1])[None, :, None, None]  # three start samples, different scales
+  null = rng.normal(size=(500, 3, 2, M)) * gain
+  units = rng.normal(size=(4, 3, 2, M)) * gain
+  su, sn = selectivity.start_scaled(units, null)
+  np.testing.assert_allclose(np.sqrt(np.mean(sn ** 2, axis=0)), 1.0, rtol=1e-12)
+  np.testing.assert_allclose(su * np.sqrt(np.mean(null ** 2, axis=0))[None], units, rtol=1e-12)
+  zero = np.zeros_like(null)  # a concept that never moves has no scale: NaN, not inf
+  assert np.all(np.isnan(selectivity.start_scaled(units, zero)[0]))

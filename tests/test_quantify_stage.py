@@ -90,6 +90,17 @@ def test_stage_resumes_after_a_crash_and_matches_a_clean_run(tmp_path, monkeypat
   manifest = io.read_json(os.path.join(qdir, "manifest.json"))
   assert manifest["blocks_done"] == [0, 1]
   assert os.path.exists(os.path.join(qdir, "truth_check.json"))
+  # The check scores the true change over the measured start samples (3 of the sweep's 4),
+  # the truth benchmarks/calibration.py uses, not the sweep's all-samples truth_delta.
+  check = io.read_json(os.path.join(qdir, "truth_check.json"))
+  G = generators.load(config.generator)
+  sweep_blocks = list(sweep.load(crashed).blocks())
+  pick = sweep.pick_starts(sweep_blocks[0]["cls"], config.quantify.samples_per_unit)
+  truth = np.concatenate([sweep.factor_deltas(G, b["w"][:, pick])[0] for b in sweep_blocks])
+  names = sweep.factor_deltas(G, sweep_blocks[0]["w"][:, pick])[1]
+  for factor, v in check["per_factor"].items():
+    order = np.argsort(-np.abs(truth[:, names.index(factor)]), kind="stable")
+    assert v["true_top"] == order[:check["k"]].tolist()
 
   # A different quantify config on the same workdir is refused, naming the field.
   config.quantify.null_draws = 5
@@ -137,6 +148,24 @@ def test_truth_check_with_a_planted_truth():
   assert check["per_factor"]["body_lum"]["precision"] == 1.0
   assert check["mean_precision"] == 0.75 and check["chance"] == 2 / 6
   assert check["per_factor"]["pos_x"]["spearman"] == pytest.approx(1.0)
+
+
+def test_measured_truth_is_the_sweeps_reading_of_the_measured_starts():
+  """measuring.measured_truth (per start sample) against the sweep stage's factor_deltas
+  (its own mean over the start samples it is given), on the measured subset and on all."""
+  G = generators.load("shapes")
+  rng = np.random.default_rng(0)
+  cls = np.array([0, 0, 1, 2, 2, 3])
+  start = np.asarray(G.mapping(rng.normal(size=(6, G.z_dim)).astype(np.float32), cls))[:, 0]
+  dirs = rng.normal(size=(3, G.w_dim)) * 2.0  # large: hues wrap
+  w = (start[None, :, None] + dirs[:, None, None] * np.linspace(0, 1, 3)[None, None, :, None]).astype(np.float32)
+  blk = {"w": w, "cls": cls}
+  for n in (4, 6):
+    per_start, names = measuring.measured_truth(G, [blk, blk], n)
+    want, want_names, _ = sweep.factor_deltas(G, w[:, sweep.pick_starts(cls, n)])
+    assert sorted(names) == sorted(want_names) and per_start.shape == (6, n, len(names))
+    got = per_start.mean(1)[:, [names.index(f) for f in want_names]]
+    np.testing.assert_allclose(got, np.concatenate([want, want]), atol=1e-6)
 
 
 def test_pick_starts_spreads_over_classes():

@@ -316,10 +316,11 @@ def factor_changes(factors_start: Mapping[str, np.ndarray], factors_end: Mapping
 
 
 MIN_FIDELITY = 0.5  # validate: a factor is compared when its concept follows it on the null paths (Pearson r >= this)
-# Measured on the demo's seeds 0-2 (benchmarks/calibration.py, 'boundary_fidelity'): object
-# angle vs rotation r -0.14 to -0.04 (a whole object's orientation is its class's shape,
-# undefined across a class change), body contrast vs stripe_contrast 0.53-0.56, object area
-# vs scale 0.67-0.75, the rest 0.84-0.99: 0.5 keeps every concept that tracks its factor.
+# Measured on the demo's seeds 0-2 (benchmarks/calibration.py, 'boundary_fidelity'; the
+# calibrated concepts of issue 19): object angle vs rotation r -0.09 to -0.03 (a whole
+# object's orientation is its class's shape, undefined across a class change), body
+# contrast vs stripe_contrast 0.53-0.56, object area vs scale 0.71-0.78, the rest
+# 0.91-0.99: 0.5 keeps every concept that tracks its factor.
 
 
 def concept_fidelity(null_deltas: np.ndarray, null_truth: Mapping[str, np.ndarray], parts: Sequence[str],

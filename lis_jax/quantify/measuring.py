@@ -19,6 +19,8 @@ import numpy as np
 
 from lis_jax import generators
 from lis_jax import memory
+from lis_jax import sweeps
+from lis_jax.analysis import boundary as boundary_lib
 from lis_jax.quantify import metrics, segment, selectivity
 
 
@@ -135,6 +137,38 @@ def deltas_from_blocks(blocks: list[dict], null: dict, sources: dict, masks: str
   return units, deltas, lengths, selectivity.sweep_changes(start, end, sources), null["length"]
 
 
+def measured_truth(G, sweep_blocks, samples: int) -> tuple[np.ndarray, list[str]]:
+  """The truth of what quantify measures: each unit's true factor change per MEASURED start
+  sample (built-in world only).
+
+  Quantify measures `samples` of the sweep's start samples (`sweeps.pick_starts`, one
+  per class first); the sweep's `truth_delta` averages all of them. Checking measured
+  changes against the all-samples truth would score the units partly on samples that
+  were never measured, so quantify's truth_check and benchmarks/calibration.py both use
+  this one.
+
+  Args:
+    G: a GroundTruthWorld (`decode_factors`, `factor_ranges`, `circular_factors`).
+    sweep_blocks: the sweep's blocks (each with w [U, S, T, w_dim] and cls [S]).
+    samples: quantify.samples_per_unit.
+  Returns:
+    per_start [U_total, S', F]: the change first -> last step of each factor as a fraction
+    of its range (hues wrapped), the F factor names (decode_factors' order, as the sweep's
+    truth_factors). Its mean over axis 1 is the truth [U, F] truth_check takes.
+  """
+  out, names = [], None
+  for b in sweep_blocks:
+    w = np.asarray(b["w"])[:, sweeps.pick_starts(b["cls"], samples)]  # [U, S', T, w_dim]
+    u, s_n, _, d = w.shape
+    f, _ = G.decode_factors(generators.broadcast_ws(jnp.asarray(w[:, :, [0, -1]].reshape(-1, d)), G.num_ws))
+    f = {k: np.asarray(v).reshape(u, s_n, 2) for k, v in f.items()}
+    ch = boundary_lib.factor_changes({k: v[..., 0] for k, v in f.items()}, {k: v[..., 1] for k, v in f.items()},
+                                     G.factor_ranges, G.circular_factors)
+    names = list(ch)
+    out.append(np.stack([ch[n] for n in names], -1))
+  return np.concatenate(out), names
+
+
 def truth_check(stats: dict, units: np.ndarray, part_names: list[str], truth: np.ndarray,
                 factor_names: list[str], k: int, factor_concepts: Mapping[str, tuple[str, str]],
                 score: str = "mean") -> dict | None:
@@ -193,4 +227,4 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float | None:
 def statistics_options(c) -> dict:
   """shared_null_statistics' options from quantify section `c` (seed and n_boot aside)."""
   return dict(level=c.level, alpha=c.alpha, rank_by=c.rank_by, average=c.average,
-              per_length=c.null_per_length)
+              per_length=c.null_per_length, per_start_scale=c.per_start_scale)

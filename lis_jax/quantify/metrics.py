@@ -41,6 +41,21 @@ Added beyond the reference (benchmarks/selectivity_results.md measures why):
                of a neighbouring part (a segmentation error) hardly touches.
   angle        orientation of the whole (soft) part from its second moments, in the
                ellipse convention below (not only its largest component).
+  elongation   1 - minor / major axis of the whole part's second moments (0 for a disk or
+               a square, 0.5 for a 2:1 ellipse): how well `angle` is defined. The moment
+               axis of a near-round part is set by small shape details, so its change
+               says little about a rotation (benchmarks/diagnose_selectivity.py
+               --calibration: object angle vs rotation per start sample, r -0.29..0.50 for
+               the mushroom and the house, 0.51-1.00 for the other classes).
+  log_area     natural log of `area` (NaN for an absent part): a size is multiplicative,
+               so its change is read as a log ratio, on which growing and shrinking by
+               the same factor are equally large (a relative change is bounded at -1
+               when shrinking and unbounded when growing).
+  interior_brightness  brightness over the part's interior (the mask eroded by one pixel,
+               as `contrast`; the mask itself where erosion leaves nothing): a part's
+               colour read away from its boundary, whose pixels mix the neighbours'
+               colours (soft edges, segmentation errors), so a background or
+               neighbouring part's luminance change hardly moves it.
 and an `object` pseudo-part (`with_object`): the union of all foreground parts, whose
 size, position and orientation do not depend on how the parts are told apart.
 
@@ -89,7 +104,7 @@ _OUTSIDE = 256
 # Names of the per-part scalar metrics, [N, P] each.
 SCALAR_METRICS = ("area", "luminance", "entropy_mean", "entropy_std", "entropy_min",
                   "entropy_max", "colour_r", "colour_g", "colour_b", "centre_x", "centre_y",
-                  "brightness", "contrast", "angle")
+                  "brightness", "contrast", "angle", "elongation", "interior_brightness", "log_area")
 # Name of the union-of-parts pseudo-part that `with_object` appends.
 OBJECT_PART = "object"
 # Names of the per-component ellipse fields, [N, P, K] each.
@@ -390,6 +405,9 @@ def image_part_metrics(img: jax.Array, masks: jax.Array, *, max_components: int 
       "brightness": wmean(bright),
       "contrast": contrast,
       "angle": whole["angle"],
+      "elongation": 1.0 - whole["width"] / jnp.where(whole["height"] > 0, whole["height"], jnp.nan),
+      "interior_brightness": jnp.where(n_in > 0, in_mean, jnp.nan),
+      "log_area": jnp.where(ok, jnp.log(safe), jnp.nan),
   }
   ell = jax.vmap(lambda b: component_ellipses(b, max_components, connectivity),
                  in_axes=-1)(binary)  # fields [P, K]

@@ -6,11 +6,17 @@ the change of a concept over the sweep is its value at the last step minus its v
 the first step, normalised as the reference's notebook does (kaschube-lab/LinkingInStyle
 notebooks/LinkingInStyle.ipynb, `get_feat_change_single_unit`):
 
-  area          relative: (last - first) / first, with first = 0 replaced by 1
+  area          relative: (last - first) / first, with first = 0 replaced by 1; read
+                from `log_area` (the calibrated set), the log ratio log(last / first)
   luminance     divided by the largest luminance (85 on the reference's scale); the
                 calibrated set's brightness is already in [0, 1]
   angle         wrapped into [-90, 90) degrees (orientations are mod 180; the reference
-                takes the raw difference)
+                takes the raw difference); in a concept set with an `ANGLE_WEIGHT` source
+                (the calibrated set), times the part's elongation at the first step:
+                a rotation turns an elongated part's axis by the rotation angle, while a
+                near-round part's moment axis is set by shape details and swings
+                whatever the rotation, so its change is given the weight its axis has
+                (0 for a disk)
   motion        distance the part's centre of mass moved, in pixels (>= 0)
   all others    raw difference (entropy in bits, contrast, colour in [0, 1], centre /
                 width / height in pixels, eccentricity)
@@ -94,8 +100,13 @@ CONCEPT_SETS = {
         "height": "ell_height",
     },
 }
-CONCEPT_SETS["calibrated"] = {**CONCEPT_SETS["reference"], "luminance": "brightness",
-                              "texture": "contrast", "angle": "angle"}
+# The calibrated set (issue 19) also reads luminance over the part's interior (away from
+# edge pixels that mix in the background's and neighbours' colours), an area's change as a
+# log ratio (shrinking and growing by one factor are equally large), and weights the angle's
+# change by the part's elongation (`sweep_changes`; ANGLE_WEIGHT is a weight, not a concept).
+ANGLE_WEIGHT = "elongation"
+CONCEPT_SETS["calibrated"] = {**CONCEPT_SETS["reference"], "area": "log_area", "luminance": "interior_brightness",
+                              "texture": "contrast", "angle": "angle", ANGLE_WEIGHT: "elongation"}
 CONCEPT_SOURCES = CONCEPT_SETS["reference"]
 CONCEPT_METRICS = tuple(CONCEPT_SOURCES) + ("motion",)  # The same names in every set.
 TABLE_COLUMNS = ("unit", "part", "metric", "mean", "ci_low", "ci_high", "n", "null_rms", "effect",
@@ -115,7 +126,8 @@ def concept_values(m: Mapping[str, np.ndarray],
                    sources: Mapping[str, str] = CONCEPT_SOURCES) -> np.ndarray:
   """Metrics dict (from metrics.part_metrics, any leading shape) -> [..., P, M'] values.
 
-  M' = len(sources) (motion is derived from two steps in `sweep_changes`).
+  M' = len(sources) (motion is derived from two steps in `sweep_changes`, which also
+  drops an ANGLE_WEIGHT column after using it).
   """
   cols = []
   for src in sources.values():
@@ -137,11 +149,17 @@ def sweep_changes(first: np.ndarray, last: np.ndarray,
   names = list(sources)
   d = last - first
   a = names.index("area")
-  d[..., a] = d[..., a] / np.where(first[..., a] == 0, 1.0, first[..., a])
+  if sources["area"] != "log_area":  # a difference of logs is already the log ratio
+    d[..., a] = d[..., a] / np.where(first[..., a] == 0, 1.0, first[..., a])
   if sources["luminance"] == "luminance":  # the reference's 0..85 scale; brightness is 0..1
     d[..., names.index("luminance")] /= metrics.MAX_LUMINANCE
   g = names.index("angle")
   d[..., g] = (d[..., g] + 90.0) % 180.0 - 90.0
+  if ANGLE_WEIGHT in names:  # the axis's change, weighted by how well the axis is defined
+    k = names.index(ANGLE_WEIGHT)
+    d[..., g] *= first[..., k]
+    d = np.delete(d, k, axis=-1)
+    names.remove(ANGLE_WEIGHT)
   motion = np.hypot(d[..., names.index("centre_x")], d[..., names.index("centre_y")])
   return np.concatenate([d, motion[..., None]], -1)
 
@@ -288,7 +306,7 @@ def shared_null_statistics(deltas: np.ndarray, lengths: np.ndarray, null_deltas:
                            level: float = 0.95, alpha: float = 0.05, rank_by: str = "mean",
                            average: str = "median", per_length: bool = False,
                            q_level: float | None = 0.1, min_effect: float = 0.5,
-                           intervals: bool = True) -> dict[str, np.ndarray]:
+                           intervals: bool = True, per_start_scale: bool = False) -> dict[str, np.ndarray]:
   """Statistics of every (unit, concept) pair against random directions shared by the samples.
 
   A unit's sweep moves every start sample along the same direction in w (the link is
@@ -324,6 +342,9 @@ def shared_null_statistics(deltas: np.ndarray, lengths: np.ndarray, null_deltas:
       same family.
     intervals: False skips the bootstrap (ci_low, ci_high NaN), for checks that only
       read the calls and ranks.
+    per_start_scale: every change first divided by the null's RMS change of the same
+      concept at the same start sample (`start_scaled`); mean, null_rms and the
+      intervals are then in those units.
   Returns:
     dict of [U, P, M] arrays: mean (the average change, median or mean), ci_low,
     ci_high, n, null_rms (null RMS of the average change, at the unit's length with
@@ -335,6 +356,8 @@ def shared_null_statistics(deltas: np.ndarray, lengths: np.ndarray, null_deltas:
     raise ValueError(f"rank_by must be 'mean' or 'effect', got {rank_by!r}")
   if average not in AVERAGES:
     raise ValueError(f"average must be one of {', '.join(AVERAGES)}, got {average!r}")
+  if per_start_scale:
+    deltas, null_deltas = start_scaled(deltas, null_deltas)
   rng = np.random.default_rng(seed)
   out = {k: [] for k in ("mean", "ci_low", "ci_high")}
   if intervals:
@@ -394,9 +417,31 @@ def _null_stat(null_deltas: np.ndarray, null_lengths: np.ndarray, average: str,
     return _average(null_deltas, average, 1) / scale
 
 
+def start_scaled(deltas: np.ndarray, null_deltas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Changes in units of the null's RMS change of the same concept at the same start sample.
+
+  The start samples are different classes, and a concept moves by different amounts per
+  unit of its factor in each (a thin trunk's contrast, a small part's area, a saturated
+  colour's brightness); the random directions' RMS change at a start sample measures that
+  scale. Divided by it, every start sample weighs the same in a unit's average, as every
+  start sample weighs the same in a factor's true mean change. Both arrays get the same
+  divisor, so a unit and a null direction stay exchangeable under the null.
+
+  Args:
+    deltas: [U, S, P, M]; null_deltas: [R, S, P, M].
+  Returns:
+    both divided by the null's RMS over R [S, P, M] (NaN where it is 0 or undefined).
+  """
+  with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+    warnings.simplefilter("ignore", RuntimeWarning)
+    rms = np.sqrt(np.nanmean(null_deltas ** 2, axis=0))
+    rms = np.where(rms > 0, rms, np.nan)[None]
+  return deltas / rms, null_deltas / rms
+
+
 def null_calls(null_deltas: np.ndarray, null_lengths: np.ndarray, *, seed: int, alpha: float = 0.05,
                q_level: float | None = 0.1, average: str = "median",
-               per_length: bool = False) -> dict[str, np.ndarray]:
+               per_length: bool = False, per_start_scale: bool = False) -> dict[str, np.ndarray]:
   """The calls made on the null directions themselves, as if they were units.
 
   Each null direction is tested against the other R - 1 (leave one out) with the units'
@@ -410,6 +455,8 @@ def null_calls(null_deltas: np.ndarray, null_lengths: np.ndarray, *, seed: int, 
      calibrated p), 'fdr_any': 1.0 if any direction is called selective (every call on
      the null is false, so this is the family's false-discovery proportion > 0)}.
   """
+  if per_start_scale:
+    _, null_deltas = start_scaled(null_deltas[:0], null_deltas)
   stat = _null_stat(null_deltas, null_lengths, average, per_length)
   r = stat.shape[0]
   rng = np.random.default_rng(seed)

@@ -157,7 +157,8 @@ def class_wise(ctx, c, pd, parts: list[str]) -> tuple[list[dict], list[dict]] | 
                              seed=ctx.seed(f"{NAME}.classwise"), **opts)
   null_count = classwise.null_counts(null_d, null_len, pd.cls[samples], len(units),
                                      seed=ctx.seed(f"{NAME}.classwise"), alpha=qc.alpha, q_level=qc.q_level,
-                                     average=qc.average, per_length=qc.null_per_length)
+                                     average=qc.average, per_length=qc.null_per_length,
+                                     per_start_scale=qc.per_start_scale)
   pooled = selectivity.shared_null_statistics(deltas, lengths, null_d, null_len,  # calls and ranks only
                                               seed=ctx.seed(f"{NAME}.classwise"), intervals=False, **opts)
   rows = []
@@ -174,7 +175,8 @@ def null_selective(ctx) -> np.ndarray:
   q = ctx.result("quantify")
   _, _, _, null_d, null_len = measuring.deltas_from_blocks(q.blocks(), q.null(), measuring.concept_sources(qc))
   return selectivity.null_calls(null_d, null_len, seed=ctx.seed(f"{NAME}.superposition"), alpha=qc.alpha,
-                                q_level=qc.q_level, average=qc.average, per_length=qc.null_per_length)["selective"]
+                                q_level=qc.q_level, average=qc.average, per_length=qc.null_per_length,
+                                per_start_scale=qc.per_start_scale)["selective"]
 
 
 def run(ctx) -> None:

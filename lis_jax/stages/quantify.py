@@ -12,7 +12,8 @@ change exceeds `min_effect` x the null's RMS change (a one-sided t-test across t
 samples, BH over the same table). On a generator that knows its factors (the built-in world), the
 top-ranked units whose change of a concept is called ('changes') are compared with the units that truly move the matching
 factor (precision@k; the factor -> concept table is the world's `factor_concepts`, the
-true factor changes are the sweep's `truth_delta`).
+true factor changes are those over the start samples quantify measured,
+`measuring.measured_truth`, as benchmarks/calibration.py scores them).
 
 Random streams: `quantify.labelled` (labelled latents), `quantify.init` (the head's
 initialisation), `quantify.null` (the null's random directions and lengths).
@@ -39,7 +40,8 @@ Outputs (`workdir/quantify/`, all written atomically):
                          n_changes and min_effect (the second call)
   top_units.csv          the top `quantify.top_k` selective units per concept
   truth_check.json       built-in world only: precision@k (of the top-ranked units whose
-                         change is called, 'changes') and Spearman per factor, with the
+                         change is called, 'changes', against the true change over the
+                         measured start samples) and Spearman per factor, with the
                          segmenter's and the true masks, chance level, false-positive rate,
                          and the calls' false-discovery rate and power (analysis.truth)
 """
@@ -65,8 +67,8 @@ from lis_jax.generators.base import GroundTruthWorld
 from lis_jax import sweeps
 from lis_jax.analysis import nulls, truth as truth_lib
 from lis_jax.quantify import segment, selectivity
-from lis_jax.quantify.measuring import (deltas_from_blocks, measure, measured_parts, null_ws,  # noqa: F401
-                                       rank_correlation, statistics_options, truth_check, uses_entropy)
+from lis_jax.quantify.measuring import (deltas_from_blocks, measure, measured_parts, measured_truth,  # noqa: F401
+                                       null_ws, rank_correlation, statistics_options, truth_check, uses_entropy)
 from lis_jax import validate as V
 from lis_jax.stages.base import Stage
 
@@ -98,6 +100,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.rank_by = "mean"  # units ranked by |average change| ('mean', the reference's) or 'effect' (vs the null)
   c.average = "mean"  # average of a unit's changes over its start samples: 'mean' (the reference), 'median' or 'hl' (Hodges-Lehmann)
   c.null_per_length = False  # True: compare changes per unit of sweep length with the null's
+  c.per_start_scale = False  # True: each start sample's change over the null's RMS change there (selectivity.start_scaled)
   c.max_components = 3  # ellipse slots per part (largest components)
   c.batch_size = 32  # images per segment-and-measure call
   c.n_boot = 1000  # bootstrap resamples
@@ -365,7 +368,7 @@ def summarise(ctx, seg: segment.Segmenter) -> None:
   selectivity.write_csv(os.path.join(out_dir, "top_units.csv"),
                         [r for concept in sorted(top) for r in top[concept]], selectivity.UNIT_TABLE_COLUMNS)
   nc = selectivity.null_calls(null_d, null_len, seed=seed, alpha=c.alpha, q_level=c.q_level,
-                              average=c.average, per_length=c.null_per_length)
+                              average=c.average, per_length=c.null_per_length, per_start_scale=c.per_start_scale)
   fpr = nc["fpr"]
   calls_summary = {"n_selective": int(np.sum(stats["selective"])), "n_changes": int(np.sum(stats["changes"])),
                    "min_effect": c.min_effect,
@@ -381,8 +384,10 @@ def summarise(ctx, seg: segment.Segmenter) -> None:
         f"{calls_summary['n_changes']}", flush=True)
   if not isinstance(ctx.G, GroundTruthWorld) or "truth_delta" not in blks[0]:
     return
-  truth = np.concatenate([b["truth_delta"] for b in blks])  # [U, F]
-  names = [str(n) for n in blks[0]["truth_factors"]]
+  # The truth of what was measured: the units' true changes over the start samples quantify
+  # measured (the sweep's truth_delta averages all of them), as benchmarks/calibration.py scores.
+  per_start, names = measured_truth(ctx.G, ctx.result("sweep").blocks(), c.samples_per_unit)
+  truth = per_start.mean(1)  # [U, F]
   concepts = ctx.G.factor_concepts
   # precision@k lists the top-ranked units whose change is called ('changes'): on the built-in
   # world no unit stands out from random directions ('selective' calls nothing; README).
@@ -398,8 +403,10 @@ def summarise(ctx, seg: segment.Segmenter) -> None:
                              "uncorrected": truth_lib.rates(stats["p_null"] <= c.alpha, status),
                              "changes": truth_lib.rates(stats["changes"], status), "min_effect": c.min_effect}
   check.update(false_positive_rate=fpr, alpha=c.alpha, concepts=c.concepts, rank_by=c.rank_by,
-               average=c.average, null_per_length=c.null_per_length, q_level=c.q_level,
-               null_space=c.null_space, samples_per_unit=c.samples_per_unit, null_draws=c.null_draws)
+               average=c.average, null_per_length=c.null_per_length, per_start_scale=c.per_start_scale,
+               q_level=c.q_level,
+               null_space=c.null_space, samples_per_unit=c.samples_per_unit, null_draws=c.null_draws,
+               truth="true factor change over the measured start samples (measuring.measured_truth)")
   io.write_json(os.path.join(out_dir, "truth_check.json"), check)
   f = lambda x: "n/a" if x is None else f"{x:.2f}"
   tm = check["true_masks"]
@@ -514,7 +521,8 @@ def section(ctx) -> str | None:
     parts.append(f"<h3>Check against the ground truth: precision@{ch['k']}</h3><p>For each factor of "
                  f"the built-in world, the top-{ch['k']} units whose change of the concept that shows it "
                  f"is called ('changes') "
-                 f"shows it, against the {ch['k']} units whose sweeps truly move that factor most, "
+                 f"shows it, against the {ch['k']} units whose sweeps truly move that factor most "
+                 f"(over the start samples measured), "
                  f"measured with the segmenter's masks and with the world's true masks (which "
                  f"separates segmentation error from the measurement design). "
                  f"<b>Mean precision@{ch['k']}: {fmt(ch['mean_precision'])}</b> (true masks "
