@@ -18,6 +18,17 @@ tolerance of the suite, which holds for other CPUs' kernels too. Measured on tes
 test_stylegan_xl.py, test_flows.py, test_classifiers.py (100 tests, one process, load 6-8): 279 CPU s
 optimized, 228 CPU s not (-18%). LIS_JAX_TEST_OPTIMIZED=1 runs the suite with the optimized build.
 Production runs never see this setting (it lives in the pytest session only).
+
+The exception: files whose tests only start subprocesses that run long (the multi-process runs,
+the device benchmark's smoke run) give those subprocesses the optimized build (`OPTIMIZED_FILES`),
+because there the unoptimized programs' slower execution costs more than their compilation
+saves. Measured per file in one process, `python -m pytest -q -p no:xdist tests/FILE` with and
+without LIS_JAX_TEST_OPTIMIZED=1, CPU s (user + sys, load 4-13, 6 Dec):
+test_multiprocess.py 248 unoptimized vs 213 optimized; benchmarks/device_check.py --small
+(test_device_check.py's one command) 177 vs 76. The other way: test_invert.py 105 vs 135,
+test_label_pipeline.py 66 vs 75, test_quantify_segment.py 56 vs 63 (those stay unoptimized).
+Only subprocesses: the in-process setting is one per worker, because JAX keeps a compiled
+program for the process's life whatever the flag says later.
 """
 import os
 import pathlib
@@ -89,6 +100,23 @@ def pytest_unconfigure(config):
 SLOW_FIRST = ("test_multiprocess_faults.py", "test_demo.py", "test_multiprocess.py", "test_label_pipeline.py",
               "test_reliability.py", "test_pipeline_e2e.py", "test_device_check.py", "test_quantify_segment.py",
               "test_classifiers.py", "test_train_shapes_classifier.py", "test_label_roundtrip.py")
+
+
+# Files whose subprocesses compile with the optimized build (see the module docstring).
+OPTIMIZED_FILES = ("test_multiprocess.py", "test_multiprocess_faults.py", "test_device_check.py")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _optimized_subprocesses(request):
+  """Subprocesses started by an OPTIMIZED_FILES file compile optimized (before its fixtures)."""
+  if request.path.name not in OPTIMIZED_FILES or os.environ.get(_FAST_COMPILE_ENV) != "1":
+    yield
+    return
+  os.environ[_FAST_COMPILE_ENV] = "0"
+  try:
+    yield
+  finally:
+    os.environ[_FAST_COMPILE_ENV] = "1"
 
 
 @pytest.hookimpl(tryfirst=True)
