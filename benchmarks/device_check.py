@@ -62,7 +62,7 @@ SIZES: dict[str, dict[str, Any]] = {
                  inv_steps=20, inv_w_avg_samples=1000, inv_lpips_weight=1.0, budget_s=450.0),
     "small": dict(arch="tiny", classifier="tiny-resnet-random", batches=(4,), iters=2,
                   clf_batch=8, sweep_units=4, sweep_units_per_block=2, sweep_samples=2,
-                  sweep_batch=8, cf_n=64, cf_max_steps=4, cf_check_every=2, inv_n=4,
+                  sweep_batch=8, cf_n=16, cf_max_steps=4, cf_check_every=2, inv_n=4,
                   inv_steps=4, inv_w_avg_samples=64, inv_lpips_weight=0.0, budget_s=300.0),
 }
 # Built-in names under which the runner finds this script's random models.

@@ -63,6 +63,10 @@ def reduced_config():
   config.population.n_perm = 200
   config.population.n_boot = 100
   config.population.compare_links = "ols"  # the MLP side by side runs in the demo itself
+  # photos: the stage runs on its 4 renders; the inversion's quality is tested in test_photos.py
+  config.photos.num_steps = 20  # (demo: 100)
+  config.photos.refine_steps = 1  # (demo: 2)
+  config.photos.w_avg_samples = 100  # (demo: 500)
   return config
 
 
@@ -70,22 +74,24 @@ def reduced_config():
 def reduced_demo(tmp_path_factory):
   """One reduced demo run shared by the tests of this module (its workdir)."""
   workdir = str(tmp_path_factory.mktemp("reduced") / "demo")
-  pipeline.run(reduced_config(), workdir)
+  # The whole run, every stage and the report, loads each model once (the run context's).
+  loads = []
+  with pytest.MonkeyPatch.context() as mp:
+    for module in (generators, classifiers):
+      real = module.load
+      mp.setattr(module, "load", lambda *a, real=real, **k: loads.append(a[0]) or real(*a, **k))
+    pipeline.run(reduced_config(), workdir)
+  _LOADS[workdir] = loads
   return workdir
 
 
-def test_reduced_demo_end_to_end(reduced_demo, monkeypatch):
+_LOADS = {}  # workdir -> the model names the reduced demo run loaded, in order
+
+
+def test_reduced_demo_end_to_end(reduced_demo):
   workdir = reduced_demo
   config = reduced_config()
-  # A fresh report (a new run of the report stage alone) loads each model once.
-  loads = []
-  for module in (generators, classifiers):
-    real = module.load
-    monkeypatch.setattr(module, "load", lambda *a, real=real, **k: loads.append(a[0]) or real(*a, **k))
-  os.remove(os.path.join(workdir, "report", "index.html"))
-  config.stages = ("report",)
-  pipeline.run(config, workdir)
-  assert sorted(loads) == sorted([config.generator, config.classifier])
+  assert sorted(_LOADS[workdir]) == sorted([config.generator, config.classifier])
 
   page = open(os.path.join(workdir, "report", "index.html")).read()
   summary = io.read_json(os.path.join(workdir, "report", "summary.json"))
