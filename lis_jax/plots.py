@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+from matplotlib.layout_engine import PlaceHolderLayoutEngine  # noqa: E402
 import numpy as np  # noqa: E402
 
 FIG_WIDTH = 10.0  # inches: 1000 px at DPI
@@ -28,19 +29,40 @@ def save(fig, out_dir: str, name: str) -> bytes:
   """Writes out_dir/name.png and name.svg (atomically) and closes the figure; returns the PNG bytes."""
   from lis_jax import io
   os.makedirs(out_dir, exist_ok=True)
+  bbox = tight_bbox(fig)
   buf = _io.BytesIO()
-  fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+  fig.savefig(buf, format="png", dpi=DPI, bbox_inches=bbox)
   png = buf.getvalue()
   svg = _io.StringIO()
   # No date and fixed element ids: the same figure gives the same file (resumed runs).
   with matplotlib.rc_context({"svg.hashsalt": "lis_jax"}):
-    fig.savefig(svg, format="svg", bbox_inches="tight", metadata={"Date": None})
+    fig.savefig(svg, format="svg", bbox_inches=bbox, metadata={"Date": None})
   plt.close(fig)
   with io.atomic_file(os.path.join(out_dir, f"{name}.png"), "wb") as f:
     f.write(png)
   with io.atomic_file(os.path.join(out_dir, f"{name}.svg"), "w") as f:
     f.write(svg.getvalue())
   return png
+
+
+def tight_bbox(fig):
+  """The area `savefig(..., bbox_inches="tight")` saves (inches), found once for both files.
+
+  As matplotlib's savefig does it for a PNG at DPI: one layout pass (a draw with rendering
+  disabled), the artists' tight box, padded by rcParams['savefig.pad_inches']. savefig with
+  "tight" repeats that pass per file, so the figure would be laid out twice more; given the
+  box, each file is one draw. The PNG is byte-identical to the "tight" one; the SVG's box
+  differs by the text metrics of the two renderers (well under a pixel).
+
+  A figure laid out by `fig.tight_layout()` keeps a do-nothing layout engine, for which
+  savefig would also lay the figure out before each file: it is dropped here (the layout
+  is done; nothing is added to the figure after this).
+  """
+  if isinstance(fig.get_layout_engine(), PlaceHolderLayoutEngine):
+    fig.set_layout_engine(None)
+  fig.set_dpi(DPI)
+  fig.draw_without_rendering()
+  return fig.get_tightbbox().padded(matplotlib.rcParams["savefig.pad_inches"])
 
 
 def img_tag(png: bytes, alt: str, name: str = "") -> str:
