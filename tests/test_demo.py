@@ -53,20 +53,28 @@ def reduced_config():
   config.quantify.null_draws = 20  # (demo: 200) the shared null: 20 x 2 start samples rendered, measured
   config.invariances.update(dict(n_blocks=2, hidden=32, epochs=2, n_conditions=8,  # 24 held-out pairs
                                  samples_per_condition=3, conditions_per_block=8, n_mix=2))
-  config.boundary.batch_size = 16  # 56 searches -> 4 batches (resumption is tested between them)
+  # 56 searches -> 4 batches of 14 (resumption is tested between them; equal batches: one compile per call)
+  config.boundary.batch_size = 14
   config.boundary.n_grid = 3
   config.boundary.n_iter = 4
   config.boundary.n_points = 2
   config.boundary.null_draws = 4  # (demo: 16) null paths per search: 56 x 4 measured images, not 56 x 16
   config.boundary.n_boot = 200
+  # The paths' analyses at their smallest (computed as in the demo; their numbers are tested in
+  # test_paths.py): t = 0, 1/2, 1 and one step past 1 (demo: 11 + 5 classifier calls per batch),
+  # 2 new samples per pair for the transferred shift (demo: 16; 56 x 2 x 2 rows classified).
+  config.boundary.p_points = 3
+  config.boundary.p_past = 1
+  config.boundary.transfer_samples = 2
   config.population.n_items = 48
   config.population.n_perm = 200
   config.population.n_boot = 100
   config.population.compare_links = "ols"  # the MLP side by side runs in the demo itself
   # photos: the stage runs on its 4 renders; the inversion's quality is tested in test_photos.py
   config.photos.num_steps = 20  # (demo: 100)
-  config.photos.refine_steps = 1  # (demo: 2)
+  config.photos.refine_steps = 0  # (demo: 2; the refinement inside the stage is run by test_photos.py)
   config.photos.w_avg_samples = 100  # (demo: 500)
+  config.photos.max_steps = 100  # (demo: 500) the photos' counterfactual searches
   return config
 
 
