@@ -51,8 +51,9 @@ def tight_bbox(fig):
   As matplotlib's savefig does it for a PNG at DPI: one layout pass (a draw with rendering
   disabled), the artists' tight box, padded by rcParams['savefig.pad_inches']. savefig with
   "tight" repeats that pass per file, so the figure would be laid out twice more; given the
-  box, each file is one draw. The PNG is byte-identical to the "tight" one; the SVG's box
-  differs by the text metrics of the two renderers (well under a pixel).
+  box, each file is one draw. The PNG is byte-identical to the "tight" one; the SVG's size
+  differs from its "tight" one by the two renderers' text metrics (measured on the demo's
+  report: at most 0.52%, inside the box's padding: nothing is cut).
 
   A figure laid out by `fig.tight_layout()` keeps a do-nothing layout engine, for which
   savefig would also lay the figure out before each file: it is dropped here (the layout
