@@ -105,8 +105,11 @@ CONCEPT_SETS = {
 # log ratio (shrinking and growing by one factor are equally large), and weights the angle's
 # change by the part's elongation (`sweep_changes`; ANGLE_WEIGHT is a weight, not a concept).
 ANGLE_WEIGHT = "elongation"
+# Texture is the contrast of the colour channel with the fewest saturated pixels
+# (`channel_contrast`): bright stripes clip at 255 in some channel, and the brightness (the
+# mean of the channels) then loses their peaks, so its contrast fell as the part brightened.
 CONCEPT_SETS["calibrated"] = {**CONCEPT_SETS["reference"], "area": "log_area", "luminance": "interior_brightness",
-                              "texture": "contrast", "angle": "angle", ANGLE_WEIGHT: "elongation"}
+                              "texture": "channel_contrast", "angle": "angle", ANGLE_WEIGHT: "elongation"}
 CONCEPT_SOURCES = CONCEPT_SETS["reference"]
 CONCEPT_METRICS = tuple(CONCEPT_SOURCES) + ("motion",)  # The same names in every set.
 TABLE_COLUMNS = ("unit", "part", "metric", "mean", "ci_low", "ci_high", "n", "null_rms", "effect",
