@@ -61,9 +61,11 @@ Added beyond the reference (benchmarks/selectivity_results.md measures why):
                interior pixels, the brightest of those that tie. A multiplicative texture
                (stripes, shading) has the same contrast in every channel that is not
                clipped, while the mean of the channels (`contrast`) loses the peaks of a
-               channel that clips, so its contrast fell as a bright part brightened
-               (benchmarks/diagnose_selectivity.py --calibration: body contrast's
-               standardised weight on body_lum -0.19 to -0.23 over the demo's seeds).
+               channel that clips, so its contrast fell as a bright part brightened (the
+               demo's seeds 0-2, segmenter masks: the body contrast's change regressed on
+               the 20 true factor changes over units, per start sample, has a mean
+               standardised weight of -0.19 to -0.23 on body_lum; channel_contrast's is
+               below 0.06 on seed 0; tests/test_quantify_world.py pins it).
 and an `object` pseudo-part (`with_object`): the union of all foreground parts, whose
 size, position and orientation do not depend on how the parts are told apart.
 
