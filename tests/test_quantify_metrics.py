@@ -25,6 +25,9 @@ ANGLE_TOL_DEG = 0.5
 REGIONPROPS_RTOL = 1e-4
 # Luminance / colour of a flat patch: float32 weighted sums over the image's pixels.
 FLAT_RTOL = 1e-4
+# Brightness contrast / channel contrast of a striped part whose red channel clips on 42% of
+# its interior: 0.246 / 0.286 = 0.86 (numpy on the same levels).
+CLIPPED_CONTRAST_RATIO = 0.9
 
 SIZE = 96
 
@@ -254,3 +257,29 @@ def test_elongation_and_interior_brightness_against_regionprops_and_a_drawn_rim(
   np.testing.assert_allclose(m["log_area"], np.log(masks.sum((0, 1))), rtol=FLAT_RTOL)
   want_whole = (127 * (mask.sum() - inner.sum()) + 255 * inner.sum()) / mask.sum() / 255
   np.testing.assert_allclose(m["brightness"][0], want_whole, rtol=FLAT_RTOL)
+
+
+def test_channel_contrast_reads_the_least_saturated_channel_of_the_interior():
+  """channel_contrast = std / mean of the levels of the channel with the fewest 0 / 255 pixels
+  over the eroded mask (scipy's binary erosion); a channel that clips at the stripes' peaks
+  flattens the brightness's contrast but not this one."""
+  mask = _ellipse(47.3, 50.6, 30.0, 18.0, 10.0)
+  inner = scipy.ndimage.binary_erosion(mask, structure=np.ones((3, 3)), border_value=0)
+  xx = np.mgrid[:SIZE, :SIZE][1]
+  stripes = 1.0 + 0.4 * np.sin(xx / 3.0)  # multiplicative texture
+  levels = np.zeros((SIZE, SIZE, 3))
+  levels[..., 0] = np.clip(np.floor(230.0 * stripes), 0, 255)  # clips at the peaks
+  levels[..., 1] = np.floor(120.0 * stripes)  # never clips
+  levels[..., 2] = np.floor(60.0 * stripes)  # never clips, darker
+  levels[~mask] = 255.0  # a saturated rim outside the part
+  masks = np.stack([mask, np.zeros_like(mask)], -1).astype(np.float32)
+  m = {k: np.asarray(v) for k, v in metrics.image_part_metrics(jnp.asarray(_levels_to_img(levels)),
+                                                               jnp.asarray(masks), entropy=False).items()}
+  g = levels[..., 1][inner]
+  np.testing.assert_allclose(m["channel_contrast"][0], g.std() / g.mean(), rtol=REGIONPROPS_RTOL)
+  bright = levels.mean(-1)[inner]
+  # The red channel is 255 on 42% of the interior: the brightness's contrast is 0.246 against
+  # the unclipped channels' 0.286.
+  assert m["contrast"][0] < CLIPPED_CONTRAST_RATIO * m["channel_contrast"][0]
+  np.testing.assert_allclose(m["contrast"][0], bright.std() / bright.mean(), rtol=REGIONPROPS_RTOL)
+  assert np.isnan(m["channel_contrast"][1])  # an empty part

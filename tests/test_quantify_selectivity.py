@@ -44,11 +44,29 @@ def test_calibrated_angle_change_is_weighted_by_the_first_steps_elongation():
   last[:, names.index(selectivity.ANGLE_WEIGHT)] = 0.9  # the first step's weight is used
   first[:, names.index("luminance")], last[:, names.index("luminance")] = 0.2, 0.5  # interior brightness: 0..1
   first[:, names.index("area")], last[:, names.index("area")] = np.log(200.0), np.log([400.0, 100.0, 200.0])
+  # the last part is the object: its area change is twice the log ratio of its parts' spread
+  first[:, names.index(selectivity.OBJECT_SIZE)], last[:, names.index(selectivity.OBJECT_SIZE)] = 10.0, 20.0
   d = selectivity.sweep_changes(first, last, src)
-  assert d.shape == (3, M)  # the weight is not a concept
+  assert d.shape == (3, M)  # the weight and the spread are not concepts
   np.testing.assert_allclose(d[:, selectivity.CONCEPT_METRICS.index("angle")], [10.0, -20.0, 0.0])
   np.testing.assert_allclose(d[:, selectivity.CONCEPT_METRICS.index("luminance")], 0.3)
-  np.testing.assert_allclose(d[:, AREA], [np.log(2), -np.log(2), 0.0])  # doubling and halving: equal size
+  np.testing.assert_allclose(d[:, AREA], [np.log(2), -np.log(2), 2 * np.log(2)])  # doubling and halving: equal size
+
+
+def test_part_spread_is_the_rms_distance_of_the_present_parts_centres_in_the_objects_column():
+  nan = np.nan
+  cx = np.array([[0.0, 6.0, nan, 3.0], [0.0, 6.0, 0.0, 2.0], [1.0, nan, nan, 1.0]])  # last column: the object
+  cy = np.array([[0.0, 8.0, nan, 4.0], [0.0, 0.0, 6.0, 2.0], [1.0, nan, nan, 1.0]])
+  sp = selectivity.part_spread(cx, cy)
+  assert np.all(np.isnan(sp[:, :-1]))
+  pts = np.array([[0.0, 0.0], [6.0, 0.0], [0.0, 6.0]])
+  want = np.sqrt(np.mean(np.sum((pts - pts.mean(0)) ** 2, 1)))
+  np.testing.assert_allclose(sp[:, -1], [5.0, want, nan])  # two parts 10 px apart; three; one part: undefined
+  m = {k: np.zeros_like(cx) for k in metrics.SCALAR_METRICS}
+  m.update(centre_x=cx, centre_y=cy, **{f"ell_{k}": np.zeros(cx.shape + (1,)) for k in metrics.ELLIPSE_FIELDS})
+  src = selectivity.concept_sources("calibrated")
+  v = selectivity.concept_values(m, src)
+  np.testing.assert_allclose(v[..., list(src).index(selectivity.OBJECT_SIZE)], sp)
 
 
 def test_bootstrap_interval_covers_the_true_mean():

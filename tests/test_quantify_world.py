@@ -22,6 +22,17 @@ HUE_LUMA_MIN_MEAN = 0.05
 # Contrast (std / mean brightness) barely moves with the part's luminance (8-bit levels,
 # clipping of the stripes' peaks); the reference's entropy moves by tenths of a bit.
 LUM_CONTRAST_TOL = 0.04
+# The contrast of the least-saturated channel (channel_contrast) does not lose the stripes'
+# clipped peaks: its largest |change| with body_lum here is 0.003 (8-bit levels) against the
+# brightness contrast's 0.033.
+LUM_CHANNEL_CONTRAST_TOL = 0.01
+# The object's size from its parts' spread (selectivity.part_spread, twice the log ratio):
+# over these 8 images its mean change with scale is 0.215 against 2 log(scale ratio) 0.226
+# (single images are off by up to 0.08: the centres of parts a few pixels apart at 64 px);
+# a body or top width change moves it by a mean 0.015 / 0.011 against the object log
+# area's 0.085 / 0.064.
+SPREAD_SCALE_MEAN_TOL = 0.03
+SPREAD_WIDTH_RATIO = 0.3
 LUM_ENTROPY_MIN_MAX = 0.3
 # A background luminance change reaches a part's mean brightness through its edge pixels;
 # over the interior the mean |change| is 0.35 of the whole part's (measured here: 0.0058 vs
@@ -111,3 +122,28 @@ def test_interior_brightness_ignores_the_background_where_the_whole_part_does_no
   d_in = np.abs(after["interior_brightness"][:, :3] - before["interior_brightness"][:, :3])
   d_whole = np.abs(after["brightness"][:, :3] - before["brightness"][:, :3])
   assert np.nanmean(d_in) < BG_INTERIOR_RATIO * np.nanmean(d_whole)
+
+
+def test_channel_contrast_follows_stripes_and_not_the_clipping_of_bright_parts(world):
+  before, after, _ = _one_factor_change(world, "stripe_contrast")
+  assert np.all(after["channel_contrast"][:, BODY] > before["channel_contrast"][:, BODY])
+  before, after, _ = _one_factor_change(world, "body_lum")
+  d_chan = np.abs(after["channel_contrast"][:, BODY] - before["channel_contrast"][:, BODY])
+  d_bright = np.abs(after["contrast"][:, BODY] - before["contrast"][:, BODY])
+  assert np.max(d_chan) < LUM_CHANNEL_CONTRAST_TOL < np.max(d_bright)
+
+
+def test_object_size_from_the_parts_spread_follows_scale_and_not_the_parts_widths(world):
+  from lis_jax.quantify import selectivity
+
+  def size_change(before, after):
+    sp = [selectivity.part_spread(m["centre_x"], m["centre_y"])[:, OBJECT] for m in (before, after)]
+    return 2.0 * np.log(sp[1] / sp[0])
+
+  before, after, f = _one_factor_change(world, "scale")
+  want = 2.0 * np.log(f["scale"][1] / f["scale"][0])
+  assert abs(np.mean(size_change(before, after)) - np.mean(want)) < SPREAD_SCALE_MEAN_TOL
+  for name in ("body_width", "top_width"):
+    before, after, _ = _one_factor_change(world, name)
+    d_area = np.abs(after["log_area"][:, OBJECT] - before["log_area"][:, OBJECT])
+    assert np.mean(np.abs(size_change(before, after))) < SPREAD_WIDTH_RATIO * np.mean(d_area), name

@@ -7,7 +7,10 @@ the first step, normalised as the reference's notebook does (kaschube-lab/Linkin
 notebooks/LinkingInStyle.ipynb, `get_feat_change_single_unit`):
 
   area          relative: (last - first) / first, with first = 0 replaced by 1; read
-                from `log_area` (the calibrated set), the log ratio log(last / first)
+                from `log_area` (the calibrated set), the log ratio log(last / first),
+                and the object's (the last part) as twice the log ratio of the spread
+                of its parts' centres (`part_spread`; a part's own size moves the
+                union's area but not where the parts sit)
   luminance     divided by the largest luminance (85 on the reference's scale); the
                 calibrated set's brightness is already in [0, 1]
   angle         wrapped into [-90, 90) degrees (orientations are mod 180; the reference
@@ -105,8 +108,18 @@ CONCEPT_SETS = {
 # log ratio (shrinking and growing by one factor are equally large), and weights the angle's
 # change by the part's elongation (`sweep_changes`; ANGLE_WEIGHT is a weight, not a concept).
 ANGLE_WEIGHT = "elongation"
+# Texture is the contrast of the colour channel with the fewest saturated pixels
+# (`channel_contrast`): bright stripes clip at 255 in some channel, and the brightness (the
+# mean of the channels) then loses their peaks, so its contrast fell as the part brightened.
+# The object's area (the last part, `metrics.OBJECT_PART`) is read from the spread of its
+# parts' centres (OBJECT_SIZE, `part_spread`): a part's width or height changes its own
+# extent and with it the union's area, but not where the parts sit, so the spread moves
+# with the whole object's size alone (`sweep_changes`: twice its log ratio, an area's).
+OBJECT_SIZE = "object_size"
+PART_SPREAD = "part_spread"
 CONCEPT_SETS["calibrated"] = {**CONCEPT_SETS["reference"], "area": "log_area", "luminance": "interior_brightness",
-                              "texture": "contrast", "angle": "angle", ANGLE_WEIGHT: "elongation"}
+                              "texture": "channel_contrast", "angle": "angle", ANGLE_WEIGHT: "elongation",
+                              OBJECT_SIZE: PART_SPREAD}
 CONCEPT_SOURCES = CONCEPT_SETS["reference"]
 CONCEPT_METRICS = tuple(CONCEPT_SOURCES) + ("motion",)  # The same names in every set.
 TABLE_COLUMNS = ("unit", "part", "metric", "mean", "ci_low", "ci_high", "n", "null_rms", "effect",
@@ -127,13 +140,41 @@ def concept_values(m: Mapping[str, np.ndarray],
   """Metrics dict (from metrics.part_metrics, any leading shape) -> [..., P, M'] values.
 
   M' = len(sources) (motion is derived from two steps in `sweep_changes`, which also
-  drops an ANGLE_WEIGHT column after using it).
+  drops an ANGLE_WEIGHT and an OBJECT_SIZE column after using them); a PART_SPREAD source
+  is computed from the parts' centres (`part_spread`).
   """
   cols = []
   for src in sources.values():
+    if src == PART_SPREAD:
+      cols.append(part_spread(m["centre_x"], m["centre_y"]))
+      continue
     x = np.asarray(m[src], np.float64)
     cols.append(x[..., 0] if src.startswith("ell_") else x)  # largest component
   return np.stack(cols, -1)
+
+
+def part_spread(centre_x: np.ndarray, centre_y: np.ndarray) -> np.ndarray:
+  """The spread of the parts' centres, in the object's column.
+
+  Args:
+    centre_x, centre_y: [..., P] centres of mass of the parts, the last column the object
+      (the union of the others, `metrics.with_object`); NaN for an absent part.
+  Returns:
+    [..., P]: in the last column the RMS distance (pixels) of the present parts' centres
+    (all columns but the last) from their mean, NaN with fewer than two present; NaN in
+    the other columns.
+  """
+  x, y = np.asarray(centre_x, np.float64)[..., :-1], np.asarray(centre_y, np.float64)[..., :-1]
+  ok = np.isfinite(x) & np.isfinite(y)
+  n = ok.sum(-1)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    mx = np.where(ok, x, 0.0).sum(-1, keepdims=True) / n[..., None]
+    my = np.where(ok, y, 0.0).sum(-1, keepdims=True) / n[..., None]
+    sq = np.where(ok, (x - mx) ** 2 + (y - my) ** 2, 0.0).sum(-1) / n
+  spread = np.where(n >= 2, np.sqrt(sq), np.nan)
+  out = np.full(np.shape(centre_x), np.nan)
+  out[..., -1] = spread
+  return out
 
 
 def sweep_changes(first: np.ndarray, last: np.ndarray,
@@ -160,6 +201,12 @@ def sweep_changes(first: np.ndarray, last: np.ndarray,
     d[..., g] *= first[..., k]
     d = np.delete(d, k, axis=-1)
     names.remove(ANGLE_WEIGHT)
+  if OBJECT_SIZE in names:  # the object's area: twice the log ratio of its parts' spread
+    k = list(sources).index(OBJECT_SIZE)  # in first / last
+    with np.errstate(invalid="ignore", divide="ignore"):
+      d[..., -1, names.index("area")] = 2.0 * np.log(last[..., -1, k] / first[..., -1, k])
+    d = np.delete(d, names.index(OBJECT_SIZE), axis=-1)
+    names.remove(OBJECT_SIZE)
   motion = np.hypot(d[..., names.index("centre_x")], d[..., names.index("centre_y")])
   return np.concatenate([d, motion[..., None]], -1)
 
