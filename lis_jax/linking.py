@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import scipy.linalg
 
 from lis_jax import io
 from lis_jax import errors, generators
@@ -134,6 +133,7 @@ def fit_linear_info(r: np.ndarray, w: np.ndarray, kind: str = "ols", alpha: floa
       A = _ridge_cholesky(gram, xc.T @ yc, alpha if kind == "ridge" else 0.0,
                           jitter if kind == "ols" else 0.0)
   elif kind == "ols":                                      # LAPACK gelsd: QR, then an SVD
+    import scipy.linalg  # noqa: PLC0415  (local: spares every command's start-up)
     A, _, _, s = scipy.linalg.lstsq(xc, yc, cond=rcond, lapack_driver="gelsd",
                                     overwrite_a=True, overwrite_b=True, check_finite=False)
   else:
@@ -156,6 +156,7 @@ def _centred_svd(xc: np.ndarray, yc: np.ndarray) -> tuple[np.ndarray, np.ndarray
   Returns s [m] (descending), vt [m, D], uty [m, k], m = min(N, D). For N >= D + k the
   QR of [xc | yc] gives R (D x D, same singular values as xc) and Q^T yc without Q.
   """
+  import scipy.linalg  # noqa: PLC0415  (local: spares every command's start-up)
   n, d = xc.shape
   if n >= d + yc.shape[1]:
     aug = np.empty((n, d + yc.shape[1]), order="F")        # LAPACK's order: no copy
@@ -170,6 +171,7 @@ def _centred_svd(xc: np.ndarray, yc: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 def _ridge_cholesky(gram, cross, alpha, jitter):
   """Solves (gram + (alpha + jitter tr(gram)/D) I) A = cross in float64; A [D, w_dim]."""
+  import scipy.linalg  # noqa: PLC0415  (local: spares every command's start-up)
   d = gram.shape[0]
   reg = alpha + jitter * np.trace(gram) / d
   try:

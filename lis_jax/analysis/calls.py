@@ -36,8 +36,9 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy import special
-from scipy import stats as sps
+
+# scipy.stats and scipy.special are imported inside the functions that use them: together they
+# take ~1 s to import, which every command (`python -m lis_jax.main` imports every stage) would pay.
 
 MIN_EXCEED = 10  # below this many null draws >= x, the tail fit replaces the count
 MIN_TAIL = 10  # fewest tail draws a GPD is fitted to; fewer null draws: counts only
@@ -89,6 +90,7 @@ def gpd_fit(y: np.ndarray) -> tuple[float, float]:
     (shape xi, scale sigma) in scipy.stats.genpareto's parametrisation (c = xi), the
     shape clamped at 0 (then sigma = mean(y), the exponential MLE).
   """
+  from scipy import special  # noqa: PLC0415
   x = np.sort(np.asarray(y, np.float64))
   n = x.size
   if n < 2 or x[-1] <= 0:
@@ -116,6 +118,7 @@ def gpd_fit(y: np.ndarray) -> tuple[float, float]:
 
 def _tail_p(x: np.ndarray, null_sorted: np.ndarray, n_tail: int) -> np.ndarray:
   """GPD tail p of x [k] against one column's sorted finite null draws [R]."""
+  from scipy import stats as sps  # noqa: PLC0415
   r = null_sorted.size
   t = 0.5 * (null_sorted[r - n_tail] + null_sorted[r - n_tail - 1])
   xi, sigma = gpd_fit(null_sorted[r - n_tail:] - t)
@@ -180,6 +183,7 @@ def min_effect_pvalues(x: np.ndarray, delta0: np.ndarray, min_n: int = 3) -> np.
   Returns:
     [...] p in [0, 1]; NaN where fewer than min_n samples or delta0 is NaN.
   """
+  from scipy import stats as sps  # noqa: PLC0415
   x = np.asarray(x, np.float64)
   n = np.sum(np.isfinite(x), axis=0)
   with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
@@ -205,6 +209,7 @@ def loo_pvalues(null: np.ndarray, **kwargs) -> np.ndarray:
 
 def proportion_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
   """Clopper-Pearson interval of a proportion k / n ((nan, nan) for n = 0)."""
+  from scipy import stats as sps  # noqa: PLC0415
   if n <= 0:
     return float("nan"), float("nan")
   a = (1.0 - level) / 2

@@ -36,7 +36,6 @@ from typing import Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import stats as sps
 
 N_PC = 2  # principal components the trajectories are drawn in
 
@@ -254,6 +253,9 @@ def recurrence(counts: np.ndarray, n_searches: int, k: int, n_units: int) -> dic
 
   Returns: expected (scalar), p [n_units], p_adj [n_units] (Bonferroni, capped at 1).
   """
+  # Local imports of scipy.stats (here and below): it takes ~1 s to import, which every
+  # command would pay at start-up (`python -m lis_jax.main` imports every stage).
+  from scipy import stats as sps
   counts = np.asarray(counts)
   prob = k / n_units
   p = sps.binom.sf(counts - 1, n_searches, prob)
@@ -302,6 +304,7 @@ def wilson(k: np.ndarray, n: np.ndarray, level: float = 0.95) -> tuple[np.ndarra
   """Wilson score interval of k successes in n trials (arrays; NaN where n = 0)."""
   k = np.asarray(k, np.float64)
   n = np.asarray(n, np.float64)
+  from scipy import stats as sps  # Local: see recurrence's note.
   z = sps.norm.ppf(0.5 + level / 2)
   with np.errstate(invalid="ignore", divide="ignore"):
     p = k / n
@@ -315,6 +318,7 @@ def mcnemar_greater(real: np.ndarray, null: np.ndarray) -> np.ndarray:
   null shift on the same samples? real, null [P, S] bool. Under H0 (equal success
   probability) the discordant samples split Binomial(b + c, 1/2): p = P(X >= b), b = real
   only, c = null only; 1 where no sample is discordant."""
+  from scipy import stats as sps  # Local: see recurrence's note.
   real, null = np.asarray(real, bool), np.asarray(null, bool)
   b = np.sum(real & ~null, -1)
   c = np.sum(~real & null, -1)

@@ -30,7 +30,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from lis_jax import blocks, errors, images, io, memory, page, plots
+from lis_jax import blocks, errors, images, io, memory, page
 from lis_jax import validate as V
 from lis_jax.analysis import motion
 from lis_jax.generators.base import GroundTruthWorld
@@ -241,6 +241,7 @@ def section(ctx) -> str | None:
       img = images.render(ctx.G, sblk["w"][i, s], rc.batch_size).astype(np.float32) / 255   # [T, H, W, 3]
       strips[int(u)] = (img, mblk["centroid"][i, 0], mblk["displacement"][i, 0])
   rows = [(f"unit {u}", *strips[u]) for u in [r["unit"] for r in top] if u in strips]
+  from lis_jax import plots  # noqa: PLC0415  (local: matplotlib takes ~0.5 s to import, which every command would pay)
   fig = plots.motion_strips(rows, parts)
   png = plots.save(fig, ctx.out_dir("report"), "motion")
   order = {u: k for k, u in enumerate(r["unit"] for r in top)}
