@@ -29,6 +29,25 @@ class), and the factors that drive the concept's change at each start sample (la
 standardised least-squares weights of all 20 true factor changes):
 
   python benchmarks/diagnose_selectivity.py --calibration /tmp/lis_calibration/seed0 --seed 0
+
+`--misses` (with `--calibration`) asks of every unit precision@5 lists but the truth does
+not (a miss) whether it is noise or systematic, and prints:
+
+  per miss   its true rank, its gap below the true 5th unit and that gap's standard error
+             over the start samples (the truth's own: 'truth tie' when the gap is within
+             it), the measured change's standard error over the start samples and the
+             pull of the other 19 factors (per start sample, the concept's change
+             regressed on all 20 true factor changes over units; the other factors'
+             share, the unit's minus the true top 5's median), both divided by the slope
+             of the unit's measured average change on its true change (fraction of the
+             factor's range): 'systematic' when that pull exceeds half the gap and half
+             the noise, 'noise' when the gap is within twice the measurement's SE;
+  per factor the fidelity (Pearson r over units of the concept's change and the factor's
+             true change, mean over start samples) and the ceiling: precision@5 of the
+             true changes themselves averaged as quantify averages the measured ones
+             (quantify.average) and by the mean (the truth's own average).
+
+  python benchmarks/diagnose_selectivity.py --calibration /tmp/lis_calibration/seed0 --seed 0 --misses
 """
 import argparse
 import os
@@ -319,6 +338,116 @@ def calibration_diagnosis(workdir: str, seed: int) -> None:
           + "; drivers " + ", ".join(f"{n} ({len(b)} starts, mean weight {np.mean(b):+.2f})" for n, b in top))
 
 
+def _calibration_inputs(workdir: str, seed: int) -> dict:
+  """A finished demo workdir's quantify statistics as the stage computes them, with the truth
+  of its measured start samples: {qc, G, units, parts, deltas [U, S, P, M], per_start
+  [U, S, F], names, st (shared_null_statistics)}."""
+  from configs import demo
+  G = generators.load("shapes")
+  qc = stage.default_config()
+  qc.update(demo.get_config().quantify)
+  qres = stage.load(workdir)
+  null_path = os.path.join(workdir, f"calib_quantify_null_{qc.null_draws}.npz")
+  null = np.load(null_path) if os.path.exists(null_path) else stage.load_null(os.path.join(workdir, "quantify"))
+  null = {k: null[k] for k in null.keys()}
+  blks = qres.blocks()
+  units, deltas, lengths, null_d, null_len = stage.deltas_from_blocks(blks, null, selectivity.concept_sources(qc.concepts))
+  per_start, names = stage.measured_truth(G, sweep_stage.load(workdir).blocks(), qc.samples_per_unit)
+  stored = [str(n) for n in blks[0]["truth_factors"]]
+  per_start, names = per_start[..., [names.index(n) for n in stored]], stored
+  st = selectivity.shared_null_statistics(deltas, lengths, null_d, null_len, seed=seed, n_boot=qc.n_boot,
+                                          q_level=qc.q_level, min_effect=qc.min_effect, intervals=False,
+                                          **stage.statistics_options(qc))
+  return dict(qc=qc, G=G, units=units, parts=stage.measured_parts(qres.segmenter()), deltas=deltas,
+              per_start=per_start, names=names, st=st)
+
+
+def _confound_pull(x: np.ndarray, per_start: np.ndarray, own: int) -> np.ndarray:
+  """[U] the other factors' share of each unit's measured change (mean over start samples).
+
+  x [U, S] the concept's changes; per_start [U, S, F] true factor changes; own: the
+  concept's factor. Per start sample, x over units regressed on all F true changes."""
+  pull = np.full(x.shape, np.nan)
+  for s_i in range(x.shape[1]):
+    ok = np.isfinite(x[:, s_i])
+    y = per_start[:, s_i]
+    beta = np.linalg.lstsq(np.c_[y[ok], np.ones(ok.sum())], x[ok, s_i], rcond=None)[0][:-1]
+    beta[own] = 0.0
+    pull[ok, s_i] = y[ok] @ beta
+  return np.nanmean(pull, axis=1)
+
+
+def _miss_rows(inp: dict, factor: str, v: dict, k: int) -> list[str]:
+  """The lines of one factor's misses (miss_diagnosis)."""
+  p = inp["parts"].index(v["part"])
+  m = selectivity.CONCEPT_METRICS.index(v["metric"])
+  fi = inp["names"].index(factor)
+  units, st = inp["units"], inp["st"]
+  x, tt = inp["deltas"][:, :, p, m], inp["per_start"][:, :, fi]
+  t, t_se = np.abs(tt.mean(1)), tt.std(1, ddof=1) / np.sqrt(tt.shape[1])
+  sign = np.sign(st["mean"][:, p, m])
+  x_se = np.nanstd(x, 1, ddof=1) / np.sqrt(np.sum(np.isfinite(x), 1))
+  ok = np.isfinite(st["mean"][:, p, m])
+  slope = np.polyfit(t[ok], np.abs(st["mean"][ok, p, m]), 1)[0]
+  pull = sign * _confound_pull(x, inp["per_start"], fi)
+  order = np.argsort(-t, kind="stable")
+  kth = order[k - 1]
+  lines = []
+  for u in v["found"]:
+    i = int(np.flatnonzero(units == u)[0])
+    rank = int(np.flatnonzero(order == i)[0]) + 1
+    if rank <= k:
+      continue
+    gap, gap_se = t[kth] - t[i], np.hypot(t_se[i], t_se[kth])
+    noise = np.hypot(x_se[i], x_se[kth]) / slope
+    conf = (pull[i] - np.nanmedian(pull[order[:k]])) / slope
+    kind = ("truth tie" if gap < gap_se else "systematic" if conf > max(gap, noise) / 2
+            else "noise" if gap < 2 * noise else "unexplained")
+    lines.append(f"| {factor} | {u} | {rank} | {gap:.3f} | {gap_se:.3f} | {noise:.3f} | {conf:+.3f} | {kind} |")
+  return lines
+
+
+def _ceiling(inp: dict, average: str) -> float:
+  """precision@k of the true changes themselves, every unit ranked, averaged by `average`."""
+  d = inp["deltas"].copy()
+  for f, (part, metric) in inp["G"].factor_concepts.items():
+    d[:, :, inp["parts"].index(part), selectivity.CONCEPT_METRICS.index(metric)] = \
+        inp["per_start"][:, :, inp["names"].index(f)]
+  mean = selectivity._average(d, average, 1)
+  st = {"selective": np.ones(mean.shape, bool), "rank": selectivity.rank_units(mean), "mean": mean}
+  qc = inp["qc"]
+  return stage.truth_check(st, inp["units"], inp["parts"], inp["per_start"].mean(1), inp["names"], qc.top_k,
+                           inp["G"].factor_concepts)["mean_precision"]
+
+
+def miss_diagnosis(workdir: str, seed: int) -> None:
+  """Per miss of precision@k: noise or systematic; per factor: fidelity (module docstring)."""
+  inp = _calibration_inputs(workdir, seed)
+  qc, st = inp["qc"], inp["st"]
+  check = stage.truth_check({**st, "selective": st["changes"]}, inp["units"], inp["parts"],
+                            inp["per_start"].mean(1), inp["names"], qc.top_k, inp["G"].factor_concepts,
+                            score=qc.rank_by)
+  k = check["k"]
+  print(f"{workdir}: precision@{k} {check['mean_precision']:.3f}, Spearman {check['mean_spearman']:.3f}; "
+        f"ceiling (true changes, {qc.average}) {_ceiling(inp, qc.average):.3f}, (mean) {_ceiling(inp, 'mean'):.3f}")
+  print("| factor | found unit | true rank | gap below true 5th | its SE (truth) | measurement SE | "
+        "other factors' pull | call |")
+  print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+  for f, v in check["per_factor"].items():
+    for line in _miss_rows(inp, f, v, k):
+      print(line)
+  print("| factor | concept | precision | Spearman | fidelity r (mean over starts) | true top not called |")
+  print("| --- | --- | --- | --- | --- | --- |")
+  for f, v in check["per_factor"].items():
+    p, m = inp["parts"].index(v["part"]), selectivity.CONCEPT_METRICS.index(v["metric"])
+    x, y = inp["deltas"][:, :, p, m], inp["per_start"][:, :, inp["names"].index(f)]
+    r = [np.corrcoef(x[ok, s], y[ok, s])[0, 1] for s in range(x.shape[1]) if (ok := np.isfinite(x[:, s])).sum() > 2]
+    pos = [int(np.flatnonzero(inp["units"] == u)[0]) for u in v["true_top"]]
+    uncalled = [u for u, i in zip(v["true_top"], pos) if not st["changes"][i, p, m]]
+    print(f"| {f} | {v['part']} {v['metric']} | {v['precision']} | {v['spearman']:.3f} | {np.mean(r):.3f} | "
+          f"{uncalled or '-'} |")
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--workdir", default="/tmp/sel_demo")
@@ -329,9 +458,10 @@ def main():
   p.add_argument("--cache", default="/tmp/sel_diag_cache.npz")
   p.add_argument("--calibration", default=None, help="a finished demo workdir: per-factor diagnosis")
   p.add_argument("--seed", type=int, default=0, help="the workdir's config.seed (--calibration)")
+  p.add_argument("--misses", action="store_true", help="with --calibration: noise or systematic, per miss")
   args = p.parse_args()
   if args.calibration:
-    calibration_diagnosis(args.calibration, args.seed)
+    (miss_diagnosis if args.misses else calibration_diagnosis)(args.calibration, args.seed)
     return
   if not os.path.exists(args.cache):
     collect(args)
