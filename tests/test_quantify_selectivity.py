@@ -69,39 +69,6 @@ def test_part_spread_is_the_rms_distance_of_the_present_parts_centres_in_the_obj
   np.testing.assert_allclose(v[..., list(src).index(selectivity.OBJECT_SIZE)], sp)
 
 
-def test_part_axis_is_the_direction_from_the_first_parts_centre_to_the_seconds():
-  nan = np.nan
-  cx = np.array([[0.0, 10.0, 5.0, 3.0], [0.0, 0.0, 5.0, 3.0], [0.0, nan, 5.0, 3.0]])  # last column: the object
-  cy = np.array([[0.0, 10.0, 5.0, 3.0], [0.0, -10.0, 5.0, 3.0], [0.0, nan, 5.0, 3.0]])
-  ax = selectivity.part_axis(cx, cy)
-  assert np.all(np.isnan(ax[:, :-1]))
-  np.testing.assert_allclose(ax[:, -1], [45.0, -90.0, nan])  # y down: (10, 10) is 45 deg toward +y; absent: undefined
-
-
-def test_calibrated_object_angle_change_is_the_turn_of_the_part_axis_wrapped_at_180():
-  src = selectivity.concept_sources("calibrated")
-  names = list(src)
-  ang = selectivity.CONCEPT_METRICS.index("angle")
-  p = 4  # body, top, extra, object
-  # the body at the origin, the top 10 px away at 170 deg first, at -170 deg last: a 20 deg turn
-  first_xy = [(0.0, 0.0), (10 * np.cos(np.radians(170)), 10 * np.sin(np.radians(170)))]
-  last_xy = [(0.0, 0.0), (10 * np.cos(np.radians(-170)), 10 * np.sin(np.radians(-170)))]
-
-  def values(xy, moment):
-    m = {k: np.ones((1, p)) for k in metrics.SCALAR_METRICS}
-    m.update(**{f"ell_{k}": np.ones((1, p, 1)) for k in metrics.ELLIPSE_FIELDS})
-    m["centre_x"] = np.array([[xy[0][0], xy[1][0], 5.0, 2.0]])
-    m["centre_y"] = np.array([[xy[0][1], xy[1][1], 5.0, 2.0]])
-    m["angle"] = np.full((1, p), moment)
-    m["elongation"] = np.full((1, p), 0.5)
-    return selectivity.concept_values(m, src)
-
-  d = selectivity.sweep_changes(values(first_xy, 10.0), values(last_xy, 70.0), src)
-  assert selectivity.OBJECT_AXIS in names and d.shape == (1, p, M)  # the axis is read, not a concept
-  np.testing.assert_allclose(d[0, -1, ang], 20.0, atol=1e-9)  # the object: the axis's turn, unweighted
-  np.testing.assert_allclose(d[0, :-1, ang], 30.0)  # the parts: their moment axes' 60 deg, x elongation 0.5
-
-
 def test_bootstrap_interval_covers_the_true_mean():
   rng = np.random.default_rng(0)
   true_mean, reps, s = 1.3, 400, 30

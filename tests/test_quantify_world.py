@@ -45,12 +45,6 @@ CENTRE_TOL_PX = 0.5
 # Whole-object orientation vs rotation: objects are not exact ellipses, so part shapes
 # shift the moment axis a little as the pixel grid turns under them.
 ANGLE_TOL_DEG = 3.0
-# The direction from the body's centre to the top's (selectivity.part_axis, the object's
-# angle in the calibrated set) under a part's width or height change: measured largest turn
-# 2.5 deg (the tree's trunk widened) over the 8 images and the six size factors; the union's
-# moment axis flips by 85 deg when the house's near-square walls widen.
-AXIS_PART_SIZE_TOL_DEG = 4.0
-MOMENT_FLIP_MIN_DEG = 45.0
 
 
 @pytest.fixture(scope="module")
@@ -153,22 +147,3 @@ def test_object_size_from_the_parts_spread_follows_scale_and_not_the_parts_width
     before, after, _ = _one_factor_change(world, name)
     d_area = np.abs(after["log_area"][:, OBJECT] - before["log_area"][:, OBJECT])
     assert np.mean(np.abs(size_change(before, after))) < SPREAD_WIDTH_RATIO * np.mean(d_area), name
-
-
-def _axis_turn(before, after):
-  from lis_jax.quantify import selectivity
-  ax = [selectivity.part_axis(m["centre_x"], m["centre_y"])[:, OBJECT] for m in (before, after)]
-  return (ax[1] - ax[0] + 180.0) % 360.0 - 180.0
-
-
-def test_body_to_top_direction_turns_with_rotation_and_not_with_the_parts_sizes(world):
-  before, after, f = _one_factor_change(world, "rotation")
-  np.testing.assert_allclose(_axis_turn(before, after), np.degrees(f["rotation"][1] - f["rotation"][0]),
-                             atol=ANGLE_TOL_DEG)
-  for part in ("body", "top", "extra"):
-    for size in ("width", "height"):
-      before, after, _ = _one_factor_change(world, f"{part}_{size}")
-      assert np.max(np.abs(_axis_turn(before, after))) < AXIS_PART_SIZE_TOL_DEG, f"{part}_{size}"
-  before, after, _ = _one_factor_change(world, "body_width")
-  moment = (after["angle"][:, OBJECT] - before["angle"][:, OBJECT] + 90.0) % 180.0 - 90.0
-  assert np.max(np.abs(moment)) > MOMENT_FLIP_MIN_DEG  # why the moment axis is not the object's angle

@@ -19,9 +19,7 @@ notebooks/LinkingInStyle.ipynb, `get_feat_change_single_unit`):
                 a rotation turns an elongated part's axis by the rotation angle, while a
                 near-round part's moment axis is set by shape details and swings
                 whatever the rotation, so its change is given the weight its axis has
-                (0 for a disk); the object's (the last part) with an OBJECT_AXIS source
-                is instead the turn of the direction from its first part's centre to
-                its second's (`part_axis`, wrapped into [-180, 180))
+                (0 for a disk)
   motion        distance the part's centre of mass moved, in pixels (>= 0)
   all others    raw difference (entropy in bits, contrast, colour in [0, 1], centre /
                 width / height in pixels, eccentricity)
@@ -119,20 +117,9 @@ ANGLE_WEIGHT = "elongation"
 # with the whole object's size alone (`sweep_changes`: twice its log ratio, an area's).
 OBJECT_SIZE = "object_size"
 PART_SPREAD = "part_spread"
-# The object's angle is read from the direction between its first two parts' centres
-# (OBJECT_AXIS, `part_axis`; on the built-in world the body and the top, the two largest
-# parts of every class): the world turns the object frame by `rotation`, so the vector
-# between two parts' centres turns by exactly that angle however round the object is,
-# while the union's moment axis is set by shape details (a near-round object's swings
-# whatever the rotation, the reason for the elongation weight). On the demo's seeds 0-2
-# (segmenter masks) its change correlates with the true rotation change over units at
-# r 0.91 / 0.84 / 0.86 per start sample (mean over the 8), the weighted moment axis's at
-# 0.61 / 0.73 / 0.64 (benchmarks/diagnose_selectivity.py --misses).
-OBJECT_AXIS = "object_axis"
-PART_AXIS = "part_axis"
 CONCEPT_SETS["calibrated"] = {**CONCEPT_SETS["reference"], "area": "log_area", "luminance": "interior_brightness",
                               "texture": "channel_contrast", "angle": "angle", ANGLE_WEIGHT: "elongation",
-                              OBJECT_SIZE: PART_SPREAD, OBJECT_AXIS: PART_AXIS}
+                              OBJECT_SIZE: PART_SPREAD}
 CONCEPT_SOURCES = CONCEPT_SETS["reference"]
 CONCEPT_METRICS = tuple(CONCEPT_SOURCES) + ("motion",)  # The same names in every set.
 TABLE_COLUMNS = ("unit", "part", "metric", "mean", "ci_low", "ci_high", "n", "null_rms", "effect",
@@ -153,15 +140,13 @@ def concept_values(m: Mapping[str, np.ndarray],
   """Metrics dict (from metrics.part_metrics, any leading shape) -> [..., P, M'] values.
 
   M' = len(sources) (motion is derived from two steps in `sweep_changes`, which also
-  drops an ANGLE_WEIGHT, an OBJECT_SIZE and an OBJECT_AXIS column after using them); a
-  PART_SPREAD or PART_AXIS source is computed from the parts' centres (`part_spread`,
-  `part_axis`).
+  drops an ANGLE_WEIGHT and an OBJECT_SIZE column after using them); a PART_SPREAD source
+  is computed from the parts' centres (`part_spread`).
   """
   cols = []
-  derived = {PART_SPREAD: part_spread, PART_AXIS: part_axis}
   for src in sources.values():
-    if src in derived:
-      cols.append(derived[src](m["centre_x"], m["centre_y"]))
+    if src == PART_SPREAD:
+      cols.append(part_spread(m["centre_x"], m["centre_y"]))
       continue
     x = np.asarray(m[src], np.float64)
     cols.append(x[..., 0] if src.startswith("ell_") else x)  # largest component
@@ -189,23 +174,6 @@ def part_spread(centre_x: np.ndarray, centre_y: np.ndarray) -> np.ndarray:
   spread = np.where(n >= 2, np.sqrt(sq), np.nan)
   out = np.full(np.shape(centre_x), np.nan)
   out[..., -1] = spread
-  return out
-
-
-def part_axis(centre_x: np.ndarray, centre_y: np.ndarray) -> np.ndarray:
-  """The direction from the first part's centre to the second's, in the object's column.
-
-  Args:
-    centre_x, centre_y: [..., P] centres of mass of the parts (pixels; y down), the last
-      column the object (`metrics.with_object`); NaN for an absent part; P >= 3.
-  Returns:
-    [..., P]: in the last column atan2(dy, dx) in degrees, [-180, 180] (from +x toward
-    +y, the sense in which `metrics` angles grow), NaN where either part is absent; NaN in
-    the other columns.
-  """
-  x, y = np.asarray(centre_x, np.float64), np.asarray(centre_y, np.float64)
-  out = np.full(x.shape, np.nan)
-  out[..., -1] = np.degrees(np.arctan2(y[..., 1] - y[..., 0], x[..., 1] - x[..., 0]))
   return out
 
 
@@ -239,11 +207,6 @@ def sweep_changes(first: np.ndarray, last: np.ndarray,
       d[..., -1, names.index("area")] = 2.0 * np.log(last[..., -1, k] / first[..., -1, k])
     d = np.delete(d, names.index(OBJECT_SIZE), axis=-1)
     names.remove(OBJECT_SIZE)
-  if OBJECT_AXIS in names:  # the object's angle: the turn of its first-to-second part direction
-    k = list(sources).index(OBJECT_AXIS)  # in first / last
-    d[..., -1, names.index("angle")] = (last[..., -1, k] - first[..., -1, k] + 180.0) % 360.0 - 180.0
-    d = np.delete(d, names.index(OBJECT_AXIS), axis=-1)
-    names.remove(OBJECT_AXIS)
   motion = np.hypot(d[..., names.index("centre_x")], d[..., names.index("centre_y")])
   return np.concatenate([d, motion[..., None]], -1)
 
