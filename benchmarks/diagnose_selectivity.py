@@ -41,7 +41,8 @@ not (a miss) whether it is noise or systematic, and prints:
              share, the unit's minus the true top 5's median), both divided by the slope
              of the unit's measured average change on its true change (fraction of the
              factor's range): 'systematic' when that pull exceeds half the gap and half
-             the noise, 'noise' when the gap is within twice the measurement's SE;
+             the noise, 'noise' when the gap is within twice the measurement's SE,
+             'unexplained' otherwise (in that order);
   per factor the fidelity (Pearson r over units of the concept's change and the factor's
              true change, mean over start samples) and the ceiling: precision@5 of the
              true changes themselves averaged as quantify averages the measured ones
