@@ -62,8 +62,12 @@ def test_main_plan_flag(tmp_path):
 
 
 def test_a_run_prints_the_plan_first_and_refuses_what_cannot_fit(tmp_path):
+  # 8 pairs per class (tiny's 48 cost seconds of sampling): the test asserts that the plan
+  # comes first and the stages then run, or are refused before any of them, not their numbers
+  # (an underdetermined link only warns).
   base = [sys.executable, "-m", "lis_jax.main", "--config=configs/tiny.py",
-          "--config.stages=paired_data,link", "--config.plan_at_start=True"]
+          "--config.stages=paired_data,link", "--config.plan_at_start=True",
+          "--config.paired_data.n_per_class=8"]
   r = subprocess.run(base + [f"--workdir={tmp_path / 'ok'}"], capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-2000:]
   assert r.stdout.startswith("plan (memory budget")
