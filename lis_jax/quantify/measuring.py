@@ -37,7 +37,7 @@ def _measure(G, seg_params, w, *, layers, resolution, num_parts, head_size, max_
   ws = generators.broadcast_ws(w, G.num_ws)
   img = segment.resize_images(G.synthesis(ws), resolution)  # [B, R, R, 3]
   logits = segment.head_logits(seg_params, segment.layer_features(G, ws, layers), layers,
-                               resolution, num_parts, head_size)
+                               resolution, num_parts, head_size, lowres=True)
   masks = metrics.with_object(jax.nn.one_hot(jnp.argmax(logits, -1), num_parts)[..., 1:])
   if truth:
     true = segment.resize_images(G.ground_truth(ws)["masks"], resolution)  # [B, R, R, num_parts]
