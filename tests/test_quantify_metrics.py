@@ -1,4 +1,5 @@
 """Part metrics against closed forms, scikit-image and scipy."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -124,13 +125,20 @@ def test_ellipse_fit_recovers_drawn_ellipse(phi):
   assert _angle_diff(ell["angle"][0], (180.0 - np.degrees(props.orientation)) % 180.0) < 1e-2
 
 
+# The labelling paths: the backend's own (CPU: scipy through a host callback), the XLA loop
+# (accelerators), and the host function itself.
+LABELLERS = {"default": metrics.label_components, "xla": metrics.label_components_xla,
+             "host": lambda m, c: metrics.label_components_host(np.asarray(m), c)}
+
+
+@pytest.mark.parametrize("path", sorted(LABELLERS))
 @pytest.mark.parametrize("connectivity", [4, 8])
-def test_components_match_scipy_label(connectivity):
+def test_components_match_scipy_label(connectivity, path):
   rng = np.random.default_rng(2)
   mask = scipy.ndimage.gaussian_filter(rng.normal(size=(50, 60)), 1.5) > 0.3
   structure = scipy.ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
   want, n = scipy.ndimage.label(mask, structure)
-  got = np.asarray(metrics.label_components(jnp.asarray(mask), connectivity))
+  got = np.asarray(LABELLERS[path](jnp.asarray(mask), connectivity))
   assert n > 3
   assert np.all((got == mask.size) == ~mask)
   # Same partition: a bijection between scipy's labels and ours on the foreground.
@@ -158,8 +166,9 @@ def _spiral(n: int) -> np.ndarray:
     length += 2
 
 
+@pytest.mark.parametrize("path", sorted(LABELLERS))
 @pytest.mark.parametrize("connectivity", [4, 8])
-def test_components_of_long_winding_and_diagonal_shapes_match_scipy(connectivity):
+def test_components_of_long_winding_and_diagonal_shapes_match_scipy(connectivity, path):
   """Components the row runs do not span (a spiral, diagonal chains, nested rings) get the
   labels scipy's do, each the smallest flat index of its component."""
   n = 31
@@ -173,11 +182,54 @@ def test_components_of_long_winding_and_diagonal_shapes_match_scipy(connectivity
   structure = scipy.ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
   for mask in (_spiral(n), diag, rings, _spiral(n).T[::-1]):
     want, k = scipy.ndimage.label(mask, structure)
-    got = np.asarray(metrics.label_components(jnp.asarray(mask), connectivity))
+    got = np.asarray(LABELLERS[path](jnp.asarray(mask), connectivity))
     flat = np.arange(mask.size).reshape(mask.shape)
     smallest = {c: flat[want == c].min() for c in range(1, k + 1)}
     np.testing.assert_array_equal(got, np.where(mask, np.vectorize(lambda c: smallest.get(c, 0))(want),
                                                 mask.size))
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_batched_labels_under_jit_and_vmap_match_each_mask_alone(connectivity):
+  """The host path labels a whole vmapped batch in one call (masks mapped over images and
+  over a trailing parts axis, as part_metrics does): each mask's labels are its own, the
+  XLA loop's, and scipy's partition."""
+  rng = np.random.default_rng(5)
+  masks = scipy.ndimage.gaussian_filter(rng.normal(size=(3, 40, 50, 4)), (0, 1.5, 1.5, 0)) > 0.3
+  per_mask = lambda f: jax.jit(jax.vmap(jax.vmap(lambda m: f(m, connectivity), in_axes=-1)))(jnp.asarray(masks))
+  got = np.asarray(per_mask(metrics.label_components))   # [3, 4, 40, 50]
+  np.testing.assert_array_equal(got, np.asarray(per_mask(metrics.label_components_xla)))
+  structure = scipy.ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
+  for i in range(3):
+    for p in range(4):
+      want, n = scipy.ndimage.label(masks[i, ..., p], structure)
+      assert n > 1 and len(set(zip(want.ravel().tolist(), got[i, p].ravel().tolist()))) == n + 1
+
+
+@pytest.mark.parametrize("sigma, level", [(0.5, 1.0), (2.0, 0.5)])   # many small specks; few blobs
+def test_component_moments_host_equal_xla_to_the_bit(sigma, level):
+  """The CPU path's moment sums (float64, rounded once) are XLA's float32 segment sums on
+  64 x 64 masks, ties of equal area in the same order, empty slots zero; and the ellipses
+  component_ellipses returns (the backend's path) are the XLA path's."""
+  rng = np.random.default_rng(7)
+  masks = scipy.ndimage.gaussian_filter(rng.normal(size=(6, 64, 64, 4)), (0, sigma, sigma, 0)) > level
+  per_mask = lambda f: jax.jit(jax.vmap(jax.vmap(f, in_axes=-1)))(jnp.asarray(masks))
+  want = np.asarray(per_mask(lambda m: metrics.component_moments_xla(m, 3)))   # [6, 4, 3, 6]
+  got = metrics.component_moments_host(np.moveaxis(masks, -1, 1), 3)
+  np.testing.assert_array_equal(got, want)
+  areas = np.sort([np.bincount(scipy.ndimage.label(masks[0, ..., 0], np.ones((3, 3)))[0].ravel())[1:]])[0][::-1]
+  np.testing.assert_array_equal(got[0, 0, :, 0], np.pad(areas[:3], (0, max(0, 3 - areas.size))))
+  xla = per_mask(lambda m: _xla_ellipses(m, 3))
+  ell = per_mask(lambda m: metrics.component_ellipses(m, 3))
+  for k in metrics.ELLIPSE_FIELDS:
+    np.testing.assert_array_equal(np.asarray(ell[k]), np.asarray(xla[k]))
+
+
+def _xla_ellipses(mask, k):
+  """component_ellipses through the XLA path whatever the backend."""
+  _, _, x0, y0 = metrics._coords(*mask.shape)
+  top = metrics.component_moments_xla(mask, k)
+  return metrics._ellipse_from_moments(*(top[:, i] for i in range(6)), x0, y0)
 
 
 def test_two_discs_are_two_components_largest_first():

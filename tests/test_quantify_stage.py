@@ -188,3 +188,8 @@ def test_measure_compiles_once_for_any_number_of_images():
   assert measuring._measure._cache_size() == before + 1
   assert big["area"].shape == (13, len(names)) and big["ell_width"].shape == (13, len(names), 2)
   np.testing.assert_allclose(big["area"][:5], small["area"], rtol=1e-6)
+  # A repeated w is measured once and its values copied: the rows of w[:5] twice over, in
+  # another order, get exactly the values they got alone.
+  again = stage.measure(G, seg, w[[4, 0, 1, 2, 3, 0, 4]], batch_size=8, max_components=2)
+  for k in small:
+    np.testing.assert_array_equal(again[k], small[k][[4, 0, 1, 2, 3, 0, 4]])

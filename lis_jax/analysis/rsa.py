@@ -75,9 +75,29 @@ def ranks(x: np.ndarray) -> np.ndarray:
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   """Pearson correlation of a [n] with each row of b [..., n]."""
+  return _pearson_centred(_centre_a(a), _centre_b(b))
+
+
+# The permutation loops below hold one side of a correlation fixed: its centring and norm
+# are computed once (`_centre_a` / `_centre_b`), by the same operations `_pearson` runs, so
+# every null value is the same to the bit as before (the norms differ: `np.linalg.norm(a)`
+# is a BLAS dot, the row norms of b a sum of squares).
+def _centre_a(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """_pearson's a side: (a - mean [n], its norm)."""
   a = a - a.mean()
+  return a, np.linalg.norm(a)
+
+
+def _centre_b(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """_pearson's b side: (b - row means [..., n], row norms [...])."""
   b = b - b.mean(-1, keepdims=True)
-  den = np.linalg.norm(a) * np.linalg.norm(b, axis=-1)
+  return b, np.linalg.norm(b, axis=-1)
+
+
+def _pearson_centred(a: tuple, b: tuple) -> np.ndarray:
+  """_pearson from its centred sides (`_centre_a(a)`, `_centre_b(b)`)."""
+  (a, norm_a), (b, norm_b) = a, b
+  den = norm_a * norm_b
   return np.where(den > 0, (b @ a) / np.where(den > 0, den, 1.0), np.nan)
 
 
@@ -129,10 +149,11 @@ def rsa(dx: np.ndarray, dy: np.ndarray, *, n_perm: int = 1000, rng: np.random.Ge
   rank_mat[i, j] = ranks(upper(dy))
   rank_mat = rank_mat + rank_mat.T
   obs = float(_pearson(rx, rank_mat[i, j]))
+  cx = _centre_a(rx)
   null = np.empty(n_perm)
   for k in range(n_perm):
     p = _perm(n, cls, rng)
-    null[k] = _pearson(rx, rank_mat[p][:, p][i, j])
+    null[k] = _pearson_centred(cx, _centre_b(rank_mat[p[i], p[j]]))   # = rank_mat[p][:, p][i, j]
   return {**_null_summary(obs, null, "spearman"), "n_items": int(n),
           "null": "all_items" if cls is None else "within_class"}
 
@@ -140,6 +161,16 @@ def rsa(dx: np.ndarray, dy: np.ndarray, *, n_perm: int = 1000, rng: np.random.Ge
 def _partial(rx: np.ndarray, ry: np.ndarray, rz: np.ndarray) -> float:
   """Partial correlation of rx and ry given rz (1-D arrays; NaN if undefined)."""
   rxy, rxz, ryz = (float(_pearson(a, b)) for a, b in ((rx, ry), (rx, rz), (ry, rz)))
+  den = np.sqrt((1 - rxz ** 2) * (1 - ryz ** 2))
+  return float((rxy - rxz * ryz) / den) if den > 0 else float("nan")
+
+
+def _partial_fixed(cx: tuple, rxz: float, cz: tuple, ry: np.ndarray) -> float:
+  """`_partial(rx, ry, rz)` with rx's a side (cx = _centre_a(rx)), rz's b side
+  (cz = _centre_b(rz)) and their correlation rxz computed once: the same value to the bit."""
+  ry_c = ry - ry.mean()   # (_centre_a and _centre_b centre a 1-D array alike)
+  rxy = float(_pearson_centred(cx, (ry_c, np.linalg.norm(ry_c, axis=-1))))
+  ryz = float(_pearson_centred((ry_c, np.linalg.norm(ry_c)), cz))
   den = np.sqrt((1 - rxz ** 2) * (1 - ryz ** 2))
   return float((rxy - rxz * ryz) / den) if den > 0 else float("nan")
 
@@ -164,10 +195,12 @@ def partial_rsa(dx: np.ndarray, dy: np.ndarray, cls: np.ndarray, *, n_perm: int 
   rank_mat[i, j] = ry
   rank_mat = rank_mat + rank_mat.T
   obs = _partial(rx, ry, rz)
+  cx, cz = _centre_a(rx), _centre_b(rz)
+  rxz = float(_pearson_centred(cx, _centre_b(rz)))
   null = np.empty(n_perm)
   for k in range(n_perm):
     p = within_class_permutation(cls, rng)
-    null[k] = _partial(rx, rank_mat[p][:, p][i, j], rz)
+    null[k] = _partial_fixed(cx, rxz, cz, rank_mat[p[i], p[j]])   # = _partial(rx, ry permuted, rz)
   return {**_null_summary(obs, null, "partial_spearman"), "n_items": int(n)}
 
 
