@@ -634,6 +634,18 @@ def round_up(n: int, mesh: Mesh) -> int:
   return -(-max(n, 1) // k) * k
 
 
+def one_call_at_a_time(mesh: Mesh) -> bool:
+  """Whether calls sharded over `mesh` must be waited for before the next is sent.
+
+  True for a mesh over several CPU devices: XLA:CPU runs a sharded call's collectives (the
+  all-gathers GSPMD inserts) on the devices' threads, and with several such calls in flight
+  they can wait on each other until the 40 s rendezvous deadline aborts the process
+  (SIGABRT; README, "Multi-process runs"). Accelerators queue each device's calls in order.
+  """
+  devices = list(mesh.devices.flat)
+  return len(devices) > 1 and all(d.platform == "cpu" for d in devices)
+
+
 def shard_batch(tree: Any, mesh: Mesh) -> Any:
   """Places every array of `tree` split along axis 0 over the mesh (axis 0 must divide)."""
   def put(x):

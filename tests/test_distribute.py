@@ -26,13 +26,27 @@ key = jax.random.PRNGKey(0)
 out = {}
 meshes = {1: Mesh(np.asarray(jax.devices()[:1]), ("data",)), 4: Mesh(np.asarray(jax.devices()), ("data",))}
 res = {}
+real_generate = paired_data._generate
 for n, mesh in meshes.items():
   G_r, clf_r = distribute.replicate((G, clf), mesh)
-  pd = paired_data.generate_chunk(G_r, clf_r, key, 2, 0, 20, 8, 0.7, mesh)
+  seen = {"prev": [], "ready": []}   # at each call: were the previous call's outputs finished?
+
+  def generate(*a, **k):
+    seen["ready"].append(all(x.is_ready() for x in seen["prev"]))
+    o = real_generate(*a, **k)
+    seen["prev"] = jax.tree_util.tree_leaves(o)
+    return o
+  paired_data._generate = generate
+  pd = paired_data.generate_chunk(G_r, clf_r, key, 2, 0, 20, 8, 0.7, mesh)   # 3 batches of 8
+  paired_data._generate = real_generate
+  out[f"waits_{n}"] = {"one_at_a_time": distribute.one_call_at_a_time(mesh), "ready": seen["ready"][1:]}
   link = linking.Link(params=linking.fit_linear(pd["r"], pd["w"], "ridge"), kind="ridge")
   link_r, r0, cls0 = distribute.replicate((link, pd["r"][:3], pd["cls"][:3]), mesh)
   units, values = np.array([0, 3, 7, 11], np.int32), np.linspace(0, 2, 12, dtype=np.float32).reshape(4, 3)
   sw = sweeps._sweep_block(G_r, clf_r, link_r, r0, units, values, cls0, batch_size=8, reclassify=True, mesh=mesh)
+  compiled = sweeps._sweep_block.lower(G_r, clf_r, link_r, r0, units, values, cls0, batch_size=8,
+                                       reclassify=True, mesh=mesh).compile()
+  out[f"waits_{n}"]["sweep_all_gathers"] = "all-gather" in compiled.as_text()
   m = 8
   order = np.argsort(pd["logits"][:m], axis=-1)   # search from the predicted class to the runner-up
   ins = distribute.shard_batch((pd["r"][:m], order[:, -1].astype(np.int32), order[:, -2].astype(np.int32),
@@ -66,6 +80,12 @@ def test_sharded_equals_single_device():
   res = json.loads(out.stdout.split("RESULT", 1)[1])
   assert res["devices_4"] == {"sweep_img": 4, "cf_shift": 4, "bd_leave": 4}, res   # really spread over 4 devices
   assert 4 <= res["cf_successes"] < 8, res   # both outcomes, and the compacted branch (<= 4 left) runs
+  # Over several CPU devices the sweep's block holds all-gathers (XLA's optimised program), so
+  # sharded calls go one at a time: each paired_data batch is finished before the next is sent
+  # (several in flight deadlocked XLA:CPU's rendezvous; distribute.one_call_at_a_time).
+  assert res["waits_4"]["sweep_all_gathers"] and res["waits_4"]["one_at_a_time"], res
+  assert res["waits_4"]["ready"] == [True, True], res
+  assert not res["waits_1"]["one_at_a_time"], res   # one device: calls stay in flight together
   for k, diff in res["max_abs_diff"].items():
     if k in ("cf_steps", "cf_success", "cfc_steps", "cfc_success", "bd_leave", "bd_reach"):
       assert diff == 0, (k, diff)        # discrete outcomes must agree exactly

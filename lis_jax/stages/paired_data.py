@@ -309,12 +309,15 @@ def _remove(path: str) -> None:
 def generate_chunk(G, clf, key, c: int, start: int, size: int, batch: int, psi: float, mesh) -> dict:
   """Generates tried latents [start, start + size) of class c, in sharded batches."""
   outs = []
+  # Dispatched asynchronously, but over several CPU devices each batch is finished before the
+  # next is sent (distribute.one_call_at_a_time: the call's all-gathers).
+  done_first = jax.block_until_ready if distribute.one_call_at_a_time(mesh) else (lambda x: x)
   for b0 in range(start, start + size, batch):
     n = min(batch, start + size - b0)
     index = distribute.pad_batch(np.arange(b0, b0 + n, dtype=np.int32), batch)
     cls = np.full((batch,), c, np.int32)
     cls, index = distribute.shard_batch((cls, index), mesh)
-    outs.append((n, _generate(G, clf, key, cls, index, psi=psi)))   # Dispatched asynchronously.
+    outs.append((n, done_first(_generate(G, clf, key, cls, index, psi=psi))))
   ws, r, logits = (np.concatenate([np.asarray(res[j])[:n] for n, res in outs]) for j in range(3))
   return {"cls": np.full((size,), c, np.int32),
           "seed_index": np.arange(start, start + size, dtype=np.int32),

@@ -355,12 +355,15 @@ def run(ctx) -> None:
   todo = blocks_.todo(n_blocks, items=mine)
   n_img = U * rows.size * c.n_steps
   call = functools.partial(_sweep_block, batch_size=batch, reclassify=c.reclassify, mesh=mesh)
+  # The next block is computed while the last is written; over several CPU devices a block
+  # is finished before the next is sent (its all-gathers would wait on the next's).
+  done_first = jax.block_until_ready if distribute.one_call_at_a_time(mesh) else (lambda x: x)
 
   def dispatch(b):
     bu = distribute.pad_batch(units[b * U:(b + 1) * U], U)
     bv = distribute.pad_batch(values[b * U:(b + 1) * U], U)
     n_valid = min(U, units.size - b * U)
-    return b, n_valid, call(G_r, clf_r, link_r, r_start_d, bu, bv, cls_d)
+    return b, n_valid, done_first(call(G_r, clf_r, link_r, r_start_d, bu, bv, cls_d))
 
   t0, done = time.time(), 0
   with ctx.progress(total=mine.size, initial=mine.size - len(todo), unit="block", desc="sweep") as bar, \
