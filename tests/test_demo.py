@@ -37,17 +37,26 @@ def reduced_config():
   config.sweep.samples_per_class = 1
   config.sweep.n_steps = 3
   config.sweep.units_per_block = 4
-  config.sweep.batch_size = 32
+  # 8 images per synthesis call here, in the report's renders and in boundary's strips (its own
+  # batch of 8): one compiled render program, and a strip of 3 frames is not padded to 32 or 256.
+  config.sweep.batch_size = 8
   config.counterfactual.samples_per_pair = 1  # 56 searches (all ordered pairs of the 8 classes)
   config.counterfactual.max_steps = 100
   config.counterfactual.check_every = 10
+  # (demo: 14) with 100 steps most searches run to the end, so the compacted check never starts;
+  # 0 also leaves its 3 branches (14, 3, 1 rows) uncompiled. The stage ignores it (same results).
+  config.counterfactual.compact_rows = 0
   config.report.n_top = 2
   config.report.n_bottom = 1
+  config.report.batch_size = 8  # (demo: 256) the page renders 3-frame strips and small grids (sweep.batch_size)
   config.quantify.epochs = 5  # the segmenter's quality is tested in test_quantify_segment.py
   config.quantify.n_labelled = 4
   config.quantify.n_heldout = 8
   config.quantify.samples_per_unit = 2
   config.quantify.cards = 2
+  # Images per segment-and-measure call (calls are padded to it): a block's 4 units x 2 samples
+  # x 2 ends is 16 rows, the null's 2 + 20 x 2 = 42 (demo: 64, mostly padding here).
+  config.quantify.batch_size = 16
   # The null's size sets only the p-values' resolution; these tests check the outputs' shapes,
   # that the report shows them and that a resumed stage matches a clean one, not the calls.
   config.quantify.null_draws = 20  # (demo: 200) the shared null: 20 x 2 start samples rendered, measured
@@ -58,7 +67,10 @@ def reduced_config():
   config.boundary.n_grid = 3
   config.boundary.n_iter = 4
   config.boundary.n_points = 2
-  config.boundary.null_draws = 4  # (demo: 16) null paths per search: 56 x 4 measured images, not 56 x 16
+  # (demo: 16) null paths per search: 56 x 2 measured images, not 56 x 16; 2 is the fewest that
+  # still gives the null paths' own calls (summary 'calls.null_paths')
+  config.boundary.null_draws = 2
+  config.boundary.measure_batch = 16  # (demo: 64) a batch's <= 14 x 4 path points + 14 x 2 null ends, padded to 16s
   config.boundary.n_boot = 200
   # The paths' analyses at their smallest (computed as in the demo; their numbers are tested in
   # test_paths.py): t = 0, 1/2, 1 and one step past 1 (demo: 11 + 5 classifier calls per batch),
