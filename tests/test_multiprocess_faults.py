@@ -172,6 +172,12 @@ def _busy_loops(n: int, seconds: float) -> list[subprocess.Popen]:
 # the stages run, and the stage's directory and item files. sweep: its items are blocks,
 # and the survivor then waits at the barrier after the stage's run.
 KILL_AT, STAGES, ITEMS = "sweep:2", "paired_data,link,sweep", ("sweep", "block_*.npz")
+# The deadline of the run whose process 1 is killed: process 0 waits it out at the sweep's
+# barrier. Process 1 must reach its kill point (its first block) before then, so the deadline
+# also bounds how far it may lag behind process 0: more than 20 s (BARRIER_TIMEOUT) at load
+# 10 (2 busy loops and other jobs on 2 cores, 7 Dec: process 0 stopped at the deadline while
+# process 1 was still working, and then aborted). 45 s leaves twice that.
+LOST_PEER_BARRIER = 45
 
 
 def _items(work: pathlib.Path) -> dict[str, bytes]:
@@ -191,7 +197,8 @@ def test_lost_peer_stops_the_survivor_then_a_rerun_under_load_resumes(tmp_path, 
   common = (f"--config.stages={STAGES}",)
   for _ in range(PORT_TRIES):
     procs = launch(work, [["--process_id=0"], ["--process_id=1"]], _free_port(), cache=cache,
-                   kill_after={1: KILL_AT}, connect_timeout=START_TIMEOUT, common=common)
+                   kill_after={1: KILL_AT}, connect_timeout=START_TIMEOUT, common=common,
+                   barrier_timeout=LOST_PEER_BARRIER)
     outs = finish(procs, 900)
     if not _port_taken(outs):
       break
@@ -201,7 +208,7 @@ def test_lost_peer_stops_the_survivor_then_a_rerun_under_load_resumes(tmp_path, 
   line = _the_error_line(err)
   stage = KILL_AT.split(":")[0]
   assert ("waited" in line and f"barrier '{stage}:run'" in line and "process(es) 1" in line
-          and f"--barrier_timeout={BARRIER_TIMEOUT} s" in line), line
+          and f"--barrier_timeout={LOST_PEER_BARRIER} s" in line), line
   before = _items(work)
   assert before and not (work / stage / "index.csv").exists(), sorted(before)   # not merged
 
