@@ -22,6 +22,7 @@ from lis_jax.label import export, importer, layout, masks, suggest  # noqa: E402
 
 N_PER_CLASS = 4
 N_LABELLED = 6  # of the 3 classes x N_PER_CLASS exported images
+SUGGEST_LAYER = "L1_36_32"  # an early sgxl-tiny synthesis layer (36 px, 32 channels)
 
 
 def _run(module, *args):
@@ -60,6 +61,12 @@ def test_linear_stages_stop_at_quantify_then_label_and_finish(tmp_path):
   config = tiny.get_config()
   config.update_from_flattened_dict(_tiny_run.FLAT)
   config.stages = stages
+  # suggest fits the segmenter 3 times (2 folds, then all labels), compiling each fit's
+  # features, training step and prediction; one early feature layer instead of tiny.py's 8
+  # makes those programs small. What is checked here (the folds, which files are written,
+  # the page) does not depend on the layers (the segmenter's quality:
+  # tests/test_quantify_segment.py).
+  config.quantify.layers = SUGGEST_LAYER
   ctx = lis_stages.context(config, str(work))
   assert export.export(ctx, N_PER_CLASS) == d
   meta = layout.read_export(d)
