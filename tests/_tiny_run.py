@@ -3,9 +3,9 @@ that check what such a run does as a whole (tests/test_pipeline_e2e.py: killed a
 tests/test_label_pipeline.py: linear's stage list stops at quantify).
 
 Every stage still runs in full; only the number of sweep blocks and counterfactual searches
-is smaller (neither test's claim depends on how many there are). The block and batch shapes
-are configs/tiny.py's (units_per_block 2, counterfactual batch_size 8), so each stage
-compiles the programs of a full configs/tiny.py run, and these runs share them through the
+is smaller (neither test's claim depends on how many there are). The block and batch sizes
+are configs/tiny.py's (units_per_block 2, counterfactual batch_size 8), and both tests pass
+the same overrides, so their runs compile the same programs and share them through the
 session's compilation cache (tests/conftest.py).
 """
 
