@@ -2,6 +2,7 @@
 
   python benchmarks/device_check.py --out device_check.json            # one GPU/TPU, < 8 min
   python benchmarks/device_check.py --small --out /tmp/device_check.json  # CPU, tiny models, seconds
+  python benchmarks/device_check.py --smoke --out /tmp/device_check.json  # CPU, the fewest of each
 
 Measures, with random weights (nothing to download):
   synthesis     StyleGAN-XL ImageNet-256 ('full' preset, 233M params) `G.synthesis` images/s,
@@ -20,6 +21,10 @@ Measures, with random weights (nothing to download):
                 has none, the process's peak resident memory instead, labelled so)
 `--small` runs every part on the tiny random models ('tiny' StyleGAN-XL preset 32 px,
 'tiny-resnet-random') with small batches: the same code paths, in seconds, on CPU.
+`--smoke` (tests/test_device_check.py) runs every part of `--small` on the same models at
+the fewest images, iterations and steps that still exercise each part's code path (one
+batch size, one timed iteration, two sweep blocks of one unit, 4 counterfactual searches,
+2 inversions): a check that everything runs and the JSON is complete, not a measurement.
 
 A time budget (`--budget-s`, default 450 s for the full run) keeps the whole command under
 8 minutes: the parts run in order of importance (one float32 and one bfloat16 batch size
@@ -54,7 +59,8 @@ from lis_jax.generators import stylegan_xl  # noqa: E402
 
 PSI = 0.7  # truncation of the pipeline (DESIGN.md)
 
-# Sizes of each part: the full device run and the CPU smoke run (--small).
+# Sizes of each part: the full device run, the CPU run on tiny models (--small) and its
+# smallest version (--smoke: what tests/test_device_check.py runs; its numbers mean little).
 SIZES: dict[str, dict[str, Any]] = {
     "full": dict(arch="full", classifier="resnet50", batches=(32, 16, 64), iters=5,
                  clf_batch=64, sweep_units=8, sweep_units_per_block=4, sweep_samples=4,
@@ -64,6 +70,13 @@ SIZES: dict[str, dict[str, Any]] = {
                   clf_batch=8, sweep_units=4, sweep_units_per_block=2, sweep_samples=2,
                   sweep_batch=8, cf_n=16, cf_max_steps=4, cf_check_every=2, inv_n=4,
                   inv_steps=4, inv_w_avg_samples=64, inv_lpips_weight=0.0, budget_s=300.0),
+    # 'small' at its fewest: two sweep blocks (so 'every block dispatched' still means more
+    # than one), a counterfactual max_steps a multiple of check_every > 1 (the check-every
+    # path of the loop, as 'small'), batched inversion of 2 against one at a time.
+    "smoke": dict(arch="tiny", classifier="tiny-resnet-random", batches=(2,), iters=1,
+                  clf_batch=2, sweep_units=2, sweep_units_per_block=1, sweep_samples=1,
+                  sweep_batch=4, cf_n=4, cf_max_steps=4, cf_check_every=2, inv_n=2,
+                  inv_steps=2, inv_w_avg_samples=16, inv_lpips_weight=0.0, budget_s=300.0),
 }
 # Built-in names under which the runner finds this script's random models.
 GENERATOR_NAME, CLASSIFIER_NAME = "device-check-generator", "device-check-classifier"
@@ -340,12 +353,15 @@ def _log(msg: str) -> None:
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--small", action="store_true", help="tiny models, small batches (CPU, seconds)")
+  which = p.add_mutually_exclusive_group()
+  which.add_argument("--small", action="store_true", help="tiny models, small batches (CPU, seconds)")
+  which.add_argument("--smoke", action="store_true",
+                     help="--small at its fewest images and steps (a test that every part runs)")
   p.add_argument("--out", default="device_check.json", help="JSON results file")
   p.add_argument("--budget-s", type=float, default=None,
-                 help="wall seconds the parts may take (default: 450 full, 300 small)")
+                 help="wall seconds the parts may take (default: 450 full, 300 small and smoke)")
   args = p.parse_args()
-  res = run("small" if args.small else "full", args.budget_s)
+  res = run("small" if args.small else "smoke" if args.smoke else "full", args.budget_s)
   text = json.dumps(res, indent=1, default=float)
   print(text)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

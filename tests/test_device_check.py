@@ -1,4 +1,5 @@
-"""benchmarks/device_check.py --small: every part runs on CPU and the JSON says what it measured."""
+"""benchmarks/device_check.py --smoke (the --small preset at its fewest images and steps):
+every part runs on CPU and the JSON says what it measured."""
 import json
 import os
 import pathlib
@@ -13,18 +14,18 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 BF16_MAX_ABS = 0.25
 
 
-def test_device_check_small_runs_and_writes_json(tmp_path):
+def test_device_check_smoke_runs_and_writes_json(tmp_path):
   out_path = tmp_path / "dc.json"
   env = dict(os.environ)
   env.pop("XLA_FLAGS", None)
-  run = subprocess.run([sys.executable, "benchmarks/device_check.py", "--small", f"--out={out_path}"],
+  run = subprocess.run([sys.executable, "benchmarks/device_check.py", "--smoke", f"--out={out_path}"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert run.returncode == 0, run.stderr[-3000:]
   res = json.loads(out_path.read_text())
   assert res["skipped"] == [], res["skipped"]
   assert res["generator"]["arch"] == "tiny" and res["platform"] == "cpu"
   from benchmarks import device_check
-  size = device_check.SIZES["small"]
+  size = device_check.SIZES["smoke"]
   got = {(s["dtype"], s["batch"]) for s in res["synthesis"]}
   assert got == {(d, b) for d in ("float32", "bfloat16") for b in size["batches"]}
   assert all(s["images_per_s"] > 0 and len(s["seconds"]) == size["iters"] for s in res["synthesis"])

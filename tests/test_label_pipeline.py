@@ -1,7 +1,9 @@
 """configs/linear.py's stage list on the tiny random models (standing in for converted
 StyleGAN-XL and ResNet50 checkpoints): with no labels the run stops at quantify with one
 line naming the commands; then export, labelling, import and suggest on that workdir.
-(That the quantify stage trains on imported labels: tests/test_label_roundtrip.py.)"""
+(That the quantify stage trains on imported labels: tests/test_label_roundtrip.py.)
+The run is tests/_tiny_run.py's shorter one (one sweep block, one counterfactual search per
+class pair): every stage before quantify still runs in full."""
 import json
 import os
 import subprocess
@@ -14,11 +16,13 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT))  # configs/ is not an installed package.
 from configs import linear, tiny  # noqa: E402
+from tests import _tiny_run  # noqa: E402
 from lis_jax import stages as lis_stages  # noqa: E402
 from lis_jax.label import export, importer, layout, masks, suggest  # noqa: E402
 
 N_PER_CLASS = 4
 N_LABELLED = 6  # of the 3 classes x N_PER_CLASS exported images
+SUGGEST_LAYER = "L1_36_32"  # an early sgxl-tiny synthesis layer (36 px, 32 channels)
 
 
 def _run(module, *args):
@@ -38,7 +42,7 @@ def test_linear_stages_stop_at_quantify_then_label_and_finish(tmp_path):
   assert "quantify" in stages and stages[-1] == "report", stages
   work = tmp_path / "w"
   common = ["--config=configs/tiny.py", f"--workdir={work}"]
-  run_args = common + ["--config.stages=" + ",".join(stages)]
+  run_args = common + ["--config.stages=" + ",".join(stages), *_tiny_run.ARGS]
   first = _run("lis_jax.main", *run_args)
   assert first.returncode == 1, first.stderr[-3000:]
   d = layout.LabelDir(str(work / tiny.get_config().quantify.labels))
@@ -55,7 +59,14 @@ def test_linear_stages_stop_at_quantify_then_label_and_finish(tmp_path):
 
   # The walkthrough, in this process (the CLIs are thin: tests/test_label_import.py runs one).
   config = tiny.get_config()
+  config.update_from_flattened_dict(_tiny_run.FLAT)
   config.stages = stages
+  # suggest fits the segmenter 3 times (2 folds, then all labels), compiling each fit's
+  # features, training step and prediction; one early feature layer instead of tiny.py's 8
+  # makes those programs small. What is checked here (the folds, which files are written,
+  # the page) does not depend on the layers (the segmenter's quality:
+  # tests/test_quantify_segment.py).
+  config.quantify.layers = SUGGEST_LAYER
   ctx = lis_stages.context(config, str(work))
   assert export.export(ctx, N_PER_CLASS) == d
   meta = layout.read_export(d)

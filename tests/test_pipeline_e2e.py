@@ -19,22 +19,24 @@ sys.path.insert(0, str(ROOT))
 
 from lis_jax import errors, linking, pipeline  # noqa: E402
 from lis_jax.stages import paired_data  # noqa: E402
-from tests import interrupt  # noqa: E402
+from tests import _tiny_run, interrupt  # noqa: E402
 
 
 def _main(workdir, *overrides, kill_after=None, timeout=600):
-  """`python -m lis_jax.main` on configs/tiny.py. Its compilations go to the session's JAX
-  cache (tests/conftest.py, through the environment): the resumed run reuses the killed run's
-  programs, and both reuse those of the worker's other runs of configs/tiny.py
-  (tests/test_label_pipeline.py's: 127.9 and 133.9 CPU s for the two files in one pytest
-  process with a cache of their own here, 113.6 and 118.4 with the session's).
+  """`python -m lis_jax.main` on configs/tiny.py, shortened as tests/_tiny_run.py says (one
+  sweep block, one counterfactual search per class pair). Its compilations go to the session's
+  JAX cache (tests/conftest.py, through the environment): the resumed run reuses the killed
+  run's programs, and both reuse those of the worker's other runs of configs/tiny.py
+  (tests/test_label_pipeline.py's, shortened the same way; before the shortening: 127.9 and
+  133.9 CPU s for the two files in one pytest process with a cache of their own here, 113.6
+  and 118.4 with the session's).
   """
   env = dict(os.environ)
   env.pop("LIS_JAX_TEST_KILL_AFTER", None)
   if kill_after:
     env["LIS_JAX_TEST_KILL_AFTER"] = kill_after
   cmd = [sys.executable, "-m", "lis_jax.main", "--config=configs/tiny.py", f"--workdir={workdir}",
-         *overrides]
+         *_tiny_run.ARGS, *overrides]
   return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -57,7 +59,7 @@ def test_main_all_stages_sigkill_and_resume(tmp_path):
 
   done = _main(work)
   assert done.returncode == 0, done.stderr[-2000:]
-  cfg = _load_tiny()
+  cfg = _load_tiny(**_tiny_run.FLAT)
   n = cfg.paired_data.n_per_class
   data = paired_data.load(str(work))
   for c in (1, 2, 3):   # keep_only_correct=False: exactly latents 0..n-1 of each class, once
@@ -66,7 +68,7 @@ def test_main_all_stages_sigkill_and_resume(tmp_path):
   with open(work / "sweep" / "index.csv") as f:
     rows = list(csv.DictReader(f))
   keys = {(r["unit"], r["sample"], r["step"]) for r in rows}
-  n_units = 6   # '0:6'
+  n_units = 2   # _tiny_run.SWEEP_UNITS '0:2'
   want = n_units * 3 * cfg.sweep.samples_per_class * cfg.sweep.n_steps
   assert len(rows) == len(keys) == want
   res = np.load(work / "counterfactual" / "results.npz")
