@@ -25,7 +25,7 @@ because there the unoptimized programs' slower execution costs more than their c
 saves. Measured per file in one process, `python -m pytest -q -p no:xdist tests/FILE` with and
 without LIS_JAX_TEST_OPTIMIZED=1, CPU s (user + sys, load 4-13, 6 Dec):
 test_multiprocess.py 248 unoptimized vs 213 optimized; benchmarks/device_check.py --small
-(test_device_check.py's one command) 177 vs 76. The other way: test_invert.py 105 vs 135,
+(test_device_check.py's one command then; --smoke since, the same parts at their fewest) 177 vs 76. The other way: test_invert.py 105 vs 135,
 test_label_pipeline.py 66 vs 75, test_quantify_segment.py 56 vs 63 (those stay unoptimized).
 Only subprocesses: the in-process setting is one per worker, because JAX keeps a compiled
 program for the process's life whatever the flag says later.
