@@ -63,19 +63,34 @@ def make_train_step(G, mod, tx, batch):
   return step
 
 
+# (world_seed, steps, batch, lr, weight_decay) -> (G, module, optimiser, jitted step): a
+# second run in the same process (tests call main() twice) reuses the traced and compiled
+# step instead of building a new jitted closure; the same program, so the same weights.
+_SETUPS = {}
+
+
+def training_setup(args):
+  """(G, module, optax optimiser, jitted train step) for args' world and optimiser, once per process."""
+  static = (args.world_seed, args.steps, args.batch, args.lr, args.weight_decay)
+  if static not in _SETUPS:
+    G = generators.load("shapes", seed=args.world_seed)
+    mod = shapes_resnet.module(G.num_classes)
+    schedule = optax.warmup_cosine_decay_schedule(0.0, args.lr, min(100, args.steps // 10),
+                                                  args.steps)
+    tx = optax.adamw(schedule, weight_decay=args.weight_decay)
+    _SETUPS[static] = (G, mod, tx, make_train_step(G, mod, tx, args.batch))
+  return _SETUPS[static]
+
+
 def train(args) -> dict:
   for name in ("steps", "batch", "eval_n"):
     if getattr(args, name) < 1:
       raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
-  G = generators.load("shapes", seed=args.world_seed)
-  mod = shapes_resnet.module(G.num_classes)
+  G, mod, tx, step = training_setup(args)
   key = jax.random.PRNGKey(args.seed)
   init_key, data_key = jax.random.split(key)
   variables = init_variables(mod, init_key, shapes_resnet.IMAGE_SIZE)
-  schedule = optax.warmup_cosine_decay_schedule(0.0, args.lr, min(100, args.steps // 10), args.steps)
-  tx = optax.adamw(schedule, weight_decay=args.weight_decay)
   opt_state = tx.init(variables["params"])
-  step = make_train_step(G, mod, tx, args.batch)
   t0 = time.time()
   for i in range(args.steps):
     variables, opt_state, loss, acc = step(variables, opt_state, jax.random.fold_in(data_key, i))

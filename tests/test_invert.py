@@ -204,8 +204,10 @@ def test_restarts_keep_the_lowest_loss(world):
   G, clf, P = world
   _, img = _renders(G, 2, seed=21)
   cfg = projector.default_config()
-  # adam_eps 1e-4: restart 0 then follows the single-start run across batch layouts (see above)
-  cfg.update(num_steps=30, w_avg_samples=500, lpips_weight=0.0, batch_size=6, chunk_steps=10,
+  # adam_eps 1e-4: restart 0 then follows the single-start run across batch layouts (see
+  # above). batch_size 3 and chunk_steps 5 as test_each_image_has_its_own_steps...: the same
+  # compiled programs (a batch of 3 rows of 6 restarts, or of 2 images and a pad row).
+  cfg.update(num_steps=30, w_avg_samples=500, lpips_weight=0.0, batch_size=3, chunk_steps=5,
              adam_eps=1e-4)
   one = projector.project(G, clf, P, img, key=jax.random.key(5), config=cfg)
   cfg.restarts = 3
