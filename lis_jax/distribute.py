@@ -634,16 +634,24 @@ def round_up(n: int, mesh: Mesh) -> int:
   return -(-max(n, 1) // k) * k
 
 
-def one_call_at_a_time(mesh: Mesh) -> bool:
-  """Whether calls sharded over `mesh` must be waited for before the next is sent.
+def one_call_at_a_time(devices: Any) -> bool:
+  """Whether calls sharded over `devices` (a mesh, or an iterable of devices) must be waited
+  for before the next is sent.
 
-  True for a mesh over several CPU devices: XLA:CPU runs a sharded call's collectives (the
-  all-gathers GSPMD inserts) on the devices' threads, and with several such calls in flight
-  they can wait on each other until the 40 s rendezvous deadline aborts the process
-  (SIGABRT; README, "Multi-process runs"). Accelerators queue each device's calls in order.
+  True for several CPU devices: XLA:CPU runs a sharded call's collectives (the all-gathers
+  GSPMD inserts) on the devices' threads, and with several such calls in flight they can
+  wait on each other until the 40 s rendezvous deadline aborts the process (SIGABRT;
+  README, "Multi-process runs"). Accelerators queue each device's calls in order.
   """
-  devices = list(mesh.devices.flat)
+  devices = list(devices.devices.flat) if isinstance(devices, Mesh) else list(devices)
   return len(devices) > 1 and all(d.platform == "cpu" for d in devices)
+
+
+def finish_each(mesh: Mesh) -> Any:
+  """x -> x for a caller that sends calls sharded over `mesh` one after another:
+  `jax.block_until_ready` where `one_call_at_a_time(mesh)`, else the identity (the calls
+  stay in flight together)."""
+  return jax.block_until_ready if one_call_at_a_time(mesh) else (lambda x: x)
 
 
 def shard_batch(tree: Any, mesh: Mesh) -> Any:

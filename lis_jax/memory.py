@@ -49,7 +49,7 @@ import jax
 import numpy as np
 
 from lis_jax import batching
-from lis_jax.distribute import pad_batch
+from lis_jax.distribute import one_call_at_a_time, pad_batch
 from lis_jax.errors import PipelineError
 
 GiB = 1 << 30
@@ -381,7 +381,7 @@ def _multi_cpu(rows: Any) -> bool:
   """Whether rows (ShapeDtypeStructs from `map_chunks`) are placed over several CPU devices."""
   for x in jax.tree_util.tree_leaves(rows):
     sh = getattr(x, "sharding", None) if isinstance(x, jax.ShapeDtypeStruct) else None
-    if sh is not None and len(sh.device_set) > 1 and next(iter(sh.device_set)).platform == "cpu":
+    if sh is not None and one_call_at_a_time(sh.device_set):
       return True
   return False
 

@@ -311,7 +311,7 @@ def generate_chunk(G, clf, key, c: int, start: int, size: int, batch: int, psi: 
   outs = []
   # Dispatched asynchronously, but over several CPU devices each batch is finished before the
   # next is sent (distribute.one_call_at_a_time: the call's all-gathers).
-  done_first = jax.block_until_ready if distribute.one_call_at_a_time(mesh) else (lambda x: x)
+  done_first = distribute.finish_each(mesh)
   for b0 in range(start, start + size, batch):
     n = min(batch, start + size - b0)
     index = distribute.pad_batch(np.arange(b0, b0 + n, dtype=np.int32), batch)

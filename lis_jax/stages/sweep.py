@@ -357,7 +357,7 @@ def run(ctx) -> None:
   call = functools.partial(_sweep_block, batch_size=batch, reclassify=c.reclassify, mesh=mesh)
   # The next block is computed while the last is written; over several CPU devices a block
   # is finished before the next is sent (its all-gathers would wait on the next's).
-  done_first = jax.block_until_ready if distribute.one_call_at_a_time(mesh) else (lambda x: x)
+  done_first = distribute.finish_each(mesh)
 
   def dispatch(b):
     bu = distribute.pad_batch(units[b * U:(b + 1) * U], U)
