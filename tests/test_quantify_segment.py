@@ -131,7 +131,13 @@ def test_layerwise_head_equals_the_stack(world):
   np.testing.assert_array_equal(segment.predict_labels(seg, G, ws), np.asarray(jnp.argmax(stack, -1)))
 
 
-HISTORY_RTOL = 3e-4
+# The two paths' mean loss per epoch (3 epochs of Adam, lr 1e-3): float32 rounding only, but
+# it grows with each epoch as the paths' weights part (TRAINED_PARAM_ATOL: Adam steps a weight
+# whose gradient is ~0 either way on rounding). Measured, largest relative difference: Xeon
+# (AVX-512) 1.0e-4 compiled optimized, 1.79e-4 without most optimizations (as the suite compiles,
+# tests/conftest.py; 6 Dec); AMD EPYC (Zen 3, AVX2; 7 Dec) 4.0e-5 / 2.0e-4 / 3.5e-4 after epochs
+# 1 / 2 / 3. Bound: about 3x the largest.
+HISTORY_RTOL = 1e-3
 
 
 def test_layerwise_training_equals_training_on_the_stack(world):
@@ -149,8 +155,6 @@ def test_layerwise_training_equals_training_on_the_stack(world):
   s64 = stack.astype(np.float64)
   np.testing.assert_allclose(p_new["feat_mean"], s64.mean((0, 1, 2)), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(p_new["feat_std"], s64.std((0, 1, 2)) + 1e-6, rtol=1e-5, atol=1e-6)
-  # The two paths' loss histories: within 1e-4 relative compiled optimized; 1.79e-4 compiled
-  # without most optimizations, as the suite compiles (tests/conftest.py; measured 2026-12-06).
   np.testing.assert_allclose(h_new, h_ref, rtol=HISTORY_RTOL)
   flat = lambda p: np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(p["head"])])
   np.testing.assert_allclose(flat(p_new), flat(p_ref), atol=TRAINED_PARAM_ATOL)
