@@ -2,7 +2,8 @@
 
 The same stages run (1) in one process on 1 device, (2) in one process on 4 simulated
 devices, (3) in 2 processes of 2 devices each on localhost; all three write the same
-results, within tolerances measured here and on emulated other CPUs (below). Then a
+results, within tolerances measured on two machines and on emulated other CPUs (below); a
+chaotic search's outcomes are checked in each run against its own inputs. Then a
 2-process run loses one process mid-stage (SIGKILL) and is finished by a single process:
 the final outputs are those of the uninterrupted runs.
 """
