@@ -267,6 +267,8 @@ def boundary_figures(G, a, batch0, null_arrays, null_truth, sources, parts, seed
   val = blib.validate(st, tr, a["origin"], a["target"], parts, metrics, G.factor_concepts,
                       null_truth=null_truth, null_deltas=null_d)
   raw = blib.validate(st, tr, a["origin"], a["target"], parts, metrics, G.factor_concepts)  # the earlier definition
+  bar05 = blib.validate(st, tr, a["origin"], a["target"], parts, metrics, G.factor_concepts,
+                        null_truth=null_truth, null_deltas=null_d, min_fidelity=0.5)  # the earlier fidelity bar
   _, idx = blib.group_by_pair(a["origin"], a["target"])
   pair_truth = np.stack([np.nanmean(blib.take_rows(a["truth_change"], idx[i]), axis=0) for i in range(len(pairs))])
   status = truth.labels(pair_truth, names, G.factor_concepts, parts, metrics)
@@ -279,7 +281,9 @@ def boundary_figures(G, a, batch0, null_arrays, null_truth, sources, parts, seed
           "boundary_chance": val["chance"], "boundary_null_draws": int(null_d.shape[1]),
           "boundary_factors": val["factors"], "boundary_left_out": val["left_out"],
           "boundary_fidelity": val["fidelity"], "boundary_spearman_range_scale_all": raw["mean_spearman"],
-          "boundary_right_top_range_scale_all": raw["share_right_top"]}
+          "boundary_right_top_range_scale_all": raw["share_right_top"],
+          "boundary_spearman_fidelity_05": bar05["mean_spearman"], "boundary_right_top_fidelity_05":
+          bar05["share_right_top"], "boundary_factors_fidelity_05": bar05["factors"]}
 
 
 def measure_seed(wd: str, seed: int, args) -> dict:

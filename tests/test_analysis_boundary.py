@@ -180,3 +180,29 @@ def test_validation_on_the_null_paths_scale_and_fidelity():
   scaled = boundary.validate(stats, const, origin, target, list(PARTS), list(METRICS), fc2, null_truth=big)
   assert all(p["top_true"] == "scale" for p in raw["per_pair"])
   assert all(p["top_true"] == "top_lum" for p in scaled["per_pair"])
+
+
+def test_validation_admits_a_factor_whose_concept_is_more_than_half_its_variance():
+  """The fidelity bar is R^2 = 1/2 (r = sqrt(1/2)): planted true changes t = x + e on the null
+  paths, with var(e) = k var(x), have r = 1 / sqrt(1 + k) with the concept x (closed form):
+  k = 0.5 (r 0.816) is compared, k = 1.5 (r 0.632, the earlier bar 0.5 admitted it) is left out."""
+  rng = np.random.default_rng(5)
+  origin, target, deltas, null = _planted_searches(rng, n_per=40)
+  _, stats = boundary.pair_statistics(deltas, null, origin, target, seed=0, n_boot=100)
+  p_area, p_lum = (PARTS.index("body"), METRICS.index("area")), (PARTS.index("top"), METRICS.index("luminance"))
+  x_area, x_lum = null[:, :, p_area[0], p_area[1]], null[:, :, p_lum[0], p_lum[1]]
+  null_truth = {"scale": x_area + rng.normal(size=x_area.shape) * 0.1 * 0.5 ** 0.5,
+                "top_lum": x_lum + rng.normal(size=x_lum.shape) * 0.1 * 1.5 ** 0.5}
+  fc = {"scale": ("body", "area"), "top_lum": ("top", "luminance")}
+  fid = boundary.concept_fidelity(null, null_truth, list(PARTS), list(METRICS), fc)
+  # 1280 paths each: the sampling sd of r is about (1 - r^2) / sqrt(1280) < 0.02
+  assert fid["scale"] == pytest.approx(1 / 1.5 ** 0.5, abs=0.05)
+  assert fid["top_lum"] == pytest.approx(1 / 2.5 ** 0.5, abs=0.05)
+  truth = {"scale": np.where(origin == 0, 0.3, 0.0), "top_lum": np.where(origin == 1, -0.2, 0.0)}
+  res = boundary.validate(stats, truth, origin, target, list(PARTS), list(METRICS), fc,
+                          null_truth=null_truth, null_deltas=null)
+  assert boundary.MIN_FIDELITY == pytest.approx(0.5 ** 0.5)
+  assert res["factors"] == ["scale"] and res["left_out"] == ["top_lum"]
+  old = boundary.validate(stats, truth, origin, target, list(PARTS), list(METRICS), fc,
+                          null_truth=null_truth, null_deltas=null, min_fidelity=0.5)
+  assert old["factors"] == ["scale", "top_lum"] and old["left_out"] == []

@@ -750,8 +750,10 @@ def section(ctx) -> str | None:
         f"one of the factor that truly changes most in <b>{v['share_right_top']:.0%}</b> of the pairs "
         f"(chance {v['chance']:.0%})."
         + (f" Left out: {', '.join(f'{f} (r {_fmt(fid.get(f), 2)})' for f in v['left_out'])}"
-           f", whose concept does not follow the factor on the null paths (Pearson r of the concept's change "
-           f"with the factor's true change below {v['min_fidelity']})." if v.get("left_out") else "")
+           f", whose concept follows the factor too loosely on the null paths (Pearson r of the concept's change "
+           f"with the factor's true change below {v['min_fidelity']:.2f}: less than "
+           f"{v['min_fidelity'] ** 2:.0%} of the concept's variance is the factor's)."
+           if v.get("left_out") else "")
         + "</p>")
   rel = s["shifted_units"]
   parts.append(
