@@ -323,8 +323,8 @@ MIN_FIDELITY = 0.5 ** 0.5  # validate: a factor is compared when its concept fol
 # stripe_contrast 0.55-0.61 (0.49-0.67), object area (the parts' spread) vs scale 0.44-0.50
 # (0.39-0.54), object angle vs rotation -0.10 to -0.03: no factor within 0.2 of the bar.
 # The earlier bar, r >= 0.5, sat inside scale's interval: on the demo's own null paths scale
-# was 0.491 on an AMD EPYC and above 0.5 on a Xeon, and calibration's seed 2 was 0.4979
-# on one and 0.5012 on the other, so which factors were validated depended on the machine
+# was 0.491 on an AMD EPYC and above 0.5 on a Xeon, and calibration's seed 2 was 0.48 on
+# the Xeon and 0.5012 on the AMD, so which factors were validated depended on the machine
 # (README "Calls and their nulls").
 
 
