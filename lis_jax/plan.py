@@ -11,8 +11,9 @@ bisection), 'segment+measure' (an image, its part segmentation and metrics: quan
 boundary, invariances), 'synthesise' (rendering) and 'search step' (the gradient of the
 logits through classifier and generator: a counterfactual search's step in 'image' mode). Each kind is compiled at the batch
 its stage's setting allows (the largest that fits `memory.SAFETY` x the budget), its FLOPs
-per image read from XLA's cost analysis and its seconds per image timed once at the
-smallest batch. A stage whose call does not fit even at batch 1 is refused, with the
+per image read from XLA's cost analysis and its seconds per image timed once at a small
+probe batch; a kind whose plan function is the stages' own call (`OWN_CALLS`) is compiled
+and timed at the stage's batch instead, a compilation the stage then reuses. A stage whose call does not fit even at batch 1 is refused, with the
 setting to change. Counts are what the settings ask for; where the work depends on the
 data (samples kept, steps until a counterfactual succeeds) the plan counts the most the
 settings allow and marks it with "<=".
@@ -189,14 +190,21 @@ def _search_step(G, clf, w):
 
 
 def _segment_measure_fn(qc, G) -> tuple[Callable, Any]:
-  """The quantify stage's segment-and-measure call and stand-in segmenter parameters (the
-  head's shapes; zeros: the cost does not depend on the values)."""
+  """The quantify stage's segment-and-measure call, `measuring._measure` with the static
+  settings boundary and invariances measure with (truth=False), and stand-in segmenter
+  parameters (zeros of the head's shapes: the cost does not depend on the values).
+
+  It is the stages' own jitted function, so a stage that calls it at the batch the plan
+  compiled it at finds that compilation in jax's cache (`OWN_CALLS`). The parts are the
+  world's own when the segmenter will learn them from its true masks; otherwise a few
+  (the head's last layer only: negligible for memory and time)."""
   from lis_jax.quantify import measuring, segment   # Local: only when a stage segments.
-  names = list(jax.eval_shape(G.synthesis_features, jnp.zeros((1, G.num_ws, G.w_dim))).keys())
-  layers = segment.select_layers(names, qc.layers)
+  from lis_jax.generators.base import GroundTruthWorld   # noqa: PLC0415
   shapes = jax.eval_shape(G.synthesis_features, jnp.zeros((1, G.num_ws, G.w_dim)))
+  layers = segment.select_layers(list(shapes.keys()), qc.layers)
   channels = sum(shapes[n].shape[-1] for n in layers)
-  num_parts = 4  # background + a few parts: the head's last layer only (negligible)
+  world_parts = qc.labels == "ground_truth" and isinstance(G, GroundTruthWorld)
+  num_parts = len(G.part_names) if world_parts else 4   # background + the parts
   head = jax.eval_shape(lambda: segment.FewShotHead(num_parts, qc.head).init(
       jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, channels)))["params"])
   params = {"head": jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), head),
@@ -204,7 +212,14 @@ def _segment_measure_fn(qc, G) -> tuple[Callable, Any]:
   fn = functools.partial(measuring._measure, layers=layers, resolution=qc.resolution or G.resolution,
                          num_parts=num_parts, head_size=qc.head, max_components=qc.max_components,
                          entropy=measuring.uses_entropy(qc), truth=False)
-  return (lambda G, clf, params, w: fn(G, params, w)), params
+  return fn, params
+
+
+# Call kinds whose plan function is the stages' own jitted call: compiled (and timed) at the
+# batch the stage runs at, not at the probes, so the stage reuses the plan's compilation (the
+# demo's segment-and-measure call compiles in ~5 s; with the probes the plan compiled it
+# twice and boundary once more).
+OWN_CALLS = ("segment+measure",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,7 +282,7 @@ class Planner:
     if kind not in self._fns:
       if kind == "segment+measure":
         fn, params = _segment_measure_fn(self.sections["quantify"], self.G)
-        self._fns[kind] = fn, (self.G, self.clf, params)
+        self._fns[kind] = fn, (self.G, params)
       else:
         self._fns[kind] = ({"synthesise": _synthesise, "synthesise+classify": _synthesise_classify,
                             "search step": _search_step}[kind], (self.G, self.clf))
@@ -280,20 +295,21 @@ class Planner:
       fn, args = self._fn(kind)
       rows = jax.ShapeDtypeStruct((max(1, max_batch), self.G.w_dim), jnp.float32)
       choice = memory.choose_batch(fn, rows, max(1, max_batch), *args, budget=self.budget,
-                                   call=kind, setting=setting, stage=stage, first_at_max=False)
+                                   call=kind, setting=setting, stage=stage,
+                                   first_at_max=kind in OWN_CALLS)
       if fixed and choice.batch < max_batch:   # it would run at max_batch, which does not fit
         raise memory._fail(stage, kind, max_batch, int(choice.model.at(max_batch)), self.budget,
                            setting)
       per_image = choice.memory.flops / choice.batch
-      seconds = self._time(fn, args, choice) if self.time_probe else float("nan")
+      seconds = self._time(fn, args, choice, kind in OWN_CALLS) if self.time_probe else float("nan")
       self._calls[key] = (choice, per_image, seconds)
     choice, per_image, seconds = self._calls[key]
     return CallPlan(kind, images, setting, choice, per_image, seconds)
 
-  def _time(self, fn, args, choice: memory.BatchChoice) -> float:
-    """Seconds per image: one call at the larger probe batch (or the chosen one if smaller),
-    timed after a first run."""
-    b = min(memory.PROBES[-1], choice.batch)
+  def _time(self, fn, args, choice: memory.BatchChoice, at_choice: bool = False) -> float:
+    """Seconds per image: one call at the larger probe batch (or the chosen one if smaller;
+    `at_choice`: the chosen one, compiled already), timed after a first run."""
+    b = choice.batch if at_choice else min(memory.PROBES[-1], choice.batch)
     w = jnp.zeros((b, self.G.w_dim), jnp.float32)
     f = memory.compiled(fn, args, w, b)
     jax.block_until_ready(f(*args, w))   # first run: allocation, thread pools

@@ -280,3 +280,56 @@ def test_precision_within_se_counts_units_within_the_kth_units_standard_error():
   # k = 2: the 2nd is unit 1 (0.9, se 0.058): units 2 and 3 are far below it.
   assert truth.precision_within_se([0, 2], per_start, 2) == (0.5, 2)
   assert truth.precision_within_se([], per_start, 2) == (None, 2)
+
+
+def _loo_reference(null, **kwargs):
+  """loo_pvalues as it was: one tail_pvalues call per left-out row."""
+  null = np.asarray(null, np.float64)
+  out = np.empty(null.shape)
+  for i in range(null.shape[0]):
+    out[i] = calls.tail_pvalues(null[i:i + 1], np.delete(null, i, axis=0), **kwargs)[0]
+  return out
+
+
+def _loo_inputs():
+  """Nulls that reach every branch: ties, missing draws, nearly empty columns, heavy tails."""
+  rng = np.random.default_rng(11)
+  normal = rng.normal(size=(200, 12))
+  heavy = np.abs(rng.standard_t(1.5, size=(200, 12)))  # beyond the top draws: the GPD tail
+  tied = np.round(rng.exponential(size=(200, 12)), 1)  # many exact ties, in the tail too
+  tied[:, 0] = 2.0  # a constant column: no tail fit (its top draws are all equal)
+  tied[:, 1] = rng.integers(0, 3, size=200)
+  clip = rng.exponential(size=200)  # its top 20 tied: with n_tail 19, leaving out the 21st
+  tied[:, 2] = np.minimum(clip, np.sort(clip)[-20])  # (not a tied one) leaves no tail to fit
+  holes = rng.normal(size=(200, 14)) ** 3
+  holes[rng.uniform(size=holes.shape) < 0.15] = np.nan
+  for f, k in enumerate([0, 1, 2, 3, 11, 12, 40]):  # columns with k finite draws
+    holes[k:, f] = np.nan
+  holes[5, 7], holes[9, 8], holes[3, 9] = np.inf, -np.inf, np.inf  # non-finite = missing
+  return {"normal": normal, "heavy": heavy, "tied": tied, "holes": holes}
+
+
+@pytest.mark.parametrize("name", ["normal", "heavy", "tied", "holes"])
+@pytest.mark.parametrize("kwargs", [{}, {"min_exceed": 0}, {"min_exceed": 30, "tail_fraction": 0.1}])
+def test_loo_pvalues_equal_the_per_row_loop_bit_for_bit(name, kwargs):
+  null = _loo_inputs()[name]
+  np.testing.assert_array_equal(calls.loo_pvalues(null, **kwargs), _loo_reference(null, **kwargs))
+  rng_new, rng_old = np.random.default_rng(3), np.random.default_rng(3)
+  got = calls.loo_pvalues(null, rng=rng_new, **kwargs)
+  np.testing.assert_array_equal(got, _loo_reference(null, rng=rng_old, **kwargs))
+  assert rng_new.uniform() == rng_old.uniform()  # the same draws were taken from the stream
+  if name == "heavy" and not kwargs:
+    assert np.nanmin(got) < 1 / 200  # the GPD tail was used (the counts stop at 1 / 200)
+
+
+def test_loo_pvalues_draw_like_one_uniform_call_per_entry():
+  # loo_pvalues draws all its uniforms at once where the loop drew them one at a time.
+  a, b = np.random.default_rng(7), np.random.default_rng(7)
+  np.testing.assert_array_equal(a.uniform(size=1000), [b.uniform(size=1)[0] for _ in range(1000)])
+  assert a.uniform() == b.uniform()
+  # A column with fewer than two draws draws nothing.
+  null = np.full((5, 3), np.nan)
+  null[0, 1] = 1.0
+  rng = np.random.default_rng(1)
+  assert np.all(np.isnan(calls.loo_pvalues(null, rng=rng)))
+  assert rng.uniform() == np.random.default_rng(1).uniform()

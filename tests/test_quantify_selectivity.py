@@ -1,4 +1,6 @@
 """Selectivity statistics on synthetic data with known answers."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -229,3 +231,58 @@ def test_start_scaled_puts_every_start_sample_on_its_nulls_rms():
   np.testing.assert_allclose(su * np.sqrt(np.mean(null ** 2, axis=0))[None], units, rtol=1e-12)
   zero = np.zeros_like(null)  # a concept that never moves has no scale: NaN, not inf
   assert np.all(np.isnan(selectivity.start_scaled(units, zero)[0]))
+
+
+def test_fast_nanpercentile_equals_numpys_bit_for_bit():
+  rng = np.random.default_rng(4)
+  x = np.round(rng.normal(size=(1000, 40)), 1)  # ties
+  x[:, 5:10] = rng.normal(size=(1000, 5))
+  x[:, 10] = 3.0
+  x[:, 11] = np.nan  # all missing
+  x[:, 12:22][rng.uniform(size=(1000, 10)) < 0.3] = np.nan  # partly missing
+  x[:7, 22] = np.nan
+  x[0, 23], x[1, 24], x[2, 24] = np.inf, -np.inf, np.inf
+  qs = [[2.5, 97.5], [0.0, 100.0], [5.0, 50.0, 95.0], [0.5, 99.5]]
+  for cols in (slice(None), slice(0, 11), slice(11, 12), slice(12, 22)):  # mixed, clean, empty, holes
+    for q in qs:
+      with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        want = np.nanpercentile(x[:, cols], q, axis=0)
+        got = selectivity._nanpercentile_cols(x[:, cols], q)
+      np.testing.assert_array_equal(got, want)
+
+
+def _bootstrap_reference(x, *, rng, n_boot=1000, level=0.95, average="mean"):
+  """bootstrap_ci as it was: np.nanpercentile over every column."""
+  s = x.shape[0]
+  flat = x.reshape(s, -1).astype(np.float64)
+  if average in ("median", "hl"):
+    boots = selectivity._average(flat[rng.integers(0, s, size=(n_boot, s))], average, 1)
+  else:
+    boots = selectivity._resampled_means(selectivity._resample_counts(rng, n_boot, s, s), flat)
+  q = 100 * (1 - level) / 2
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)
+    mean = selectivity._average(flat, average, 0)
+    low, high = np.nanpercentile(boots, [q, 100 - q], axis=0)
+  shape = x.shape[1:]
+  return mean.reshape(shape), low.reshape(shape), high.reshape(shape)
+
+
+@pytest.mark.parametrize("average", ["mean", "median", "hl"])
+def test_bootstrap_ci_equals_the_nanpercentile_version_bit_for_bit(average):
+  data = np.random.default_rng(9)
+  x = data.normal(size=(8, 4, 13))
+  xt = np.round(x, 1)
+  xt[data.uniform(size=x.shape) < 0.4] = np.nan  # partly missing resamples
+  xt[:, 0, 0] = np.nan  # never present
+  xt[1:, 0, 1] = np.nan  # one sample
+  for arr, level in ((x, 0.95), (xt, 0.95), (xt, 0.9)):
+    rng_new, rng_old = np.random.default_rng(5), np.random.default_rng(5)
+    with warnings.catch_warnings():
+      warnings.simplefilter("error", RuntimeWarning)  # all-NaN columns stay quiet
+      got = selectivity.bootstrap_ci(arr, rng=rng_new, n_boot=300, level=level, average=average)
+    want = _bootstrap_reference(arr, rng=rng_old, n_boot=300, level=level, average=average)
+    for g, w in zip(got, want):
+      np.testing.assert_array_equal(g, w)
+    assert rng_new.uniform() == rng_old.uniform()

@@ -196,14 +196,60 @@ def min_effect_pvalues(x: np.ndarray, delta0: np.ndarray, min_n: int = 3) -> np.
   return np.where((n >= min_n) & np.isfinite(excess), p, np.nan)
 
 
-def loo_pvalues(null: np.ndarray, **kwargs) -> np.ndarray:
-  """[R, F] p-value of each null draw tested against the other R - 1 (leave one out):
-  the false-positive rate of a call on the null itself (`tail_pvalues` kwargs)."""
+def loo_pvalues(null: np.ndarray, *, rng: np.random.Generator | None = None,
+                min_exceed: int = MIN_EXCEED, tail_fraction: float = 0.25) -> np.ndarray:
+  """p-value of each null draw tested against the other R - 1 (leave one out): the
+  false-positive rate of a call on the null itself.
+
+  The same p as `tail_pvalues(null[i:i + 1], np.delete(null, i, axis=0), ...)` row by row,
+  to the bit and with the same draws from rng (row by row, then column by column, one
+  uniform per finite entry of a column with two or more finite draws), but the counts
+  come from one sorted copy of each column: for a finite draw x, the other draws above x
+  are the column's draws above x, its ties the column's draws equal to x less x itself.
+  Only the few entries that take the GPD tail build their leave-one-out column. On a
+  [200, 300] normal null with a Generator: about 3.2 s -> 1.35 s (2 CPU cores), the rest
+  being those ~3000 tail fits (0.4 ms each).
+
+  Args:
+    null: [R, F] null draws (NaN = missing draw: its p is NaN, and it is left out of the
+      others' columns).
+    rng, min_exceed, tail_fraction: as in `tail_pvalues`.
+  Returns:
+    [R, F] p in (0, 1]; NaN where the draw is missing or its column has no other draw.
+  """
   null = np.asarray(null, np.float64)
-  r = null.shape[0]
-  out = np.empty(null.shape)
-  for i in range(r):
-    out[i] = tail_pvalues(null[i:i + 1], np.delete(null, i, axis=0), **kwargs)[0]
+  out = np.full(null.shape, np.nan)
+  finite = np.isfinite(null)
+  n = np.sum(finite, axis=0)  # [F]
+  tested = finite & (n >= 2)  # [R, F] entries with r = n - 1 > 0 other draws
+  u = None
+  if rng is not None and tested.any():
+    # One call draws what the per-row calls drew: boolean indexing fills in row-major order.
+    u = np.zeros(null.shape)
+    u[tested] = rng.uniform(size=int(tested.sum()))
+  for f in np.flatnonzero(n >= 2):
+    ok = finite[:, f]
+    x = null[ok, f]
+    col = np.sort(x)
+    r = int(n[f]) - 1
+    right = np.searchsorted(col, x, side="right")
+    above = n[f] - right
+    ties = right - np.searchsorted(col, x, side="left") - 1
+    if u is None:
+      p = (1.0 + above + ties) / (1.0 + r)
+    else:
+      p = (above + u[ok, f] * (ties + 1.0)) / (1.0 + r)
+    n_tail = max(MIN_TAIL, int(tail_fraction * r))
+    few = np.flatnonzero(above + ties < min_exceed)
+    if few.size and r > n_tail:
+      rows = np.flatnonzero(ok)
+      for j in few:
+        # The leave-one-out column as tail_pvalues builds it: its tail (and the fit) moves with x.
+        others = np.delete(null[:, f], rows[j])
+        loo = np.sort(others[np.isfinite(others)])
+        if loo[-1] > loo[r - n_tail - 1]:
+          p[j] = _tail_p(x[j:j + 1], loo, n_tail)[0]
+    out[ok, f] = p
   return out
 
 

@@ -251,6 +251,28 @@ def _average(x: np.ndarray, average: str, axis: int) -> np.ndarray:
     return _nanmedian(x, axis) if average == "median" else np.nanmean(x, axis)
 
 
+def _nanpercentile_cols(x: np.ndarray, q: Sequence[float]) -> np.ndarray:
+  """np.nanpercentile(x, q, axis=0) to the bit, faster: NaN-free columns go through
+  np.percentile together (nanpercentile applies a Python function per column: 4.8 ms
+  against 1.1 ms on bootstrap_ci's [1000, 52]); only columns with a NaN take nanpercentile.
+
+  Args:
+    x: [B, F] values (NaN = missing).
+    q: [Q] percentiles in [0, 100].
+  Returns:
+    [Q, F] percentiles (NaN for an all-NaN column, with nanpercentile's RuntimeWarning).
+  """
+  # No rows at all: nanpercentile's own answer.
+  clean = ~np.any(np.isnan(x), axis=0) if x.shape[0] else np.zeros(x.shape[1], bool)
+  if clean.all():
+    return np.percentile(x, q, axis=0)
+  out = np.empty((len(q), x.shape[1]))
+  if clean.any():
+    out[:, clean] = np.percentile(x[:, clean], q, axis=0)
+  out[:, ~clean] = np.nanpercentile(x[:, ~clean], q, axis=0)
+  return out
+
+
 def bootstrap_ci(x: np.ndarray, *, rng: np.random.Generator, n_boot: int = 1000,
                  level: float = 0.95, average: str = "mean") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Mean (or median) over axis 0 and its percentile bootstrap interval (NaN-aware).
@@ -274,7 +296,7 @@ def bootstrap_ci(x: np.ndarray, *, rng: np.random.Generator, n_boot: int = 1000,
   with warnings.catch_warnings():  # All-NaN columns (a part never present) give NaN quietly.
     warnings.simplefilter("ignore", RuntimeWarning)
     mean = _average(flat, average, 0)
-    low, high = np.nanpercentile(boots, [q, 100 - q], axis=0)
+    low, high = _nanpercentile_cols(boots, [q, 100 - q])
   shape = x.shape[1:]
   return mean.reshape(shape), low.reshape(shape), high.reshape(shape)
 
