@@ -1,11 +1,13 @@
 """The plan (lis_jax/plan.py, main --plan): counts from the config, the budget's batches, refusals."""
+import logging
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
-from configs import tiny
+from configs import demo, tiny
 from lis_jax import context, memory, plan
 
 
@@ -51,6 +53,33 @@ def test_a_stage_that_cannot_fit_is_refused_naming_its_setting(models):
   assert all(p.refused for p in plans)
   assert plan.refusal(plans).startswith("paired_data: synthesise+classify needs")
   assert "lower paired_data.batch_size" in plan.refusal(plans)
+
+
+def test_the_stages_measuring_call_reuses_the_plans_compilation(models, caplog):
+  # plan.OWN_CALLS: segment+measure is planned as the stages' own jitted call at their
+  # batch, so measuring.measure at that batch compiles no _measure of its own (the demo's
+  # compiles in ~4 s; before, the plan compiled two probes and boundary its own).
+  from lis_jax.quantify import measuring, segment
+  _, G, clf = models
+  sections = plan.merged_sections(demo.get_config())   # its head and concepts
+  planner = plan.Planner(G, clf, sections, memory.Budget(64 * memory.GiB, "test"), time_probe=False)
+  fn, (_, params) = planner._fn("segment+measure")
+  seg = segment.Segmenter(params, {"layers": fn.keywords["layers"], "size": sections["quantify"].head,
+                                   "resolution": fn.keywords["resolution"],
+                                   "part_names": [f"p{i}" for i in range(fn.keywords["num_parts"])]})
+  w = np.random.default_rng(0).normal(size=(11, G.w_dim)).astype(np.float32)
+  compiled = lambda: sum("compilation of jit(_measure)" in r.getMessage() for r in caplog.records)
+  jax.config.update("jax_log_compiles", True)
+  try:
+    with caplog.at_level(logging.WARNING):
+      planner.call("boundary", "segment+measure", "boundary.measure_batch", 8, 11)
+      assert compiled() == 1
+      m = measuring.measure(G, seg, w, 8, sections["quantify"].max_components,
+                            entropy=measuring.uses_entropy(sections["quantify"]))
+      assert compiled() == 1   # the plan's compilation, found in jax's cache
+  finally:
+    jax.config.update("jax_log_compiles", False)
+  assert m["area"].shape == (11, fn.keywords["num_parts"])   # parts but the background, + the object
 
 
 def test_main_plan_flag(tmp_path):
