@@ -333,3 +333,13 @@ def test_loo_pvalues_draw_like_one_uniform_call_per_entry():
   rng = np.random.default_rng(1)
   assert np.all(np.isnan(calls.loo_pvalues(null, rng=rng)))
   assert rng.uniform() == np.random.default_rng(1).uniform()
+
+
+def test_gpd_sf_is_scipys_genpareto_sf_to_the_bit():
+  # The tail p's survival function without scipy.stats' argument handling (calls.gpd_sf).
+  rng = np.random.default_rng(5)
+  for _ in range(300):
+    xi = float(rng.choice([0.0, rng.uniform(0.0, 2.0), rng.uniform(0.0, 1e-6)]))
+    sigma = float(rng.lognormal(0.0, 2.0))
+    y = np.maximum(rng.normal(size=7) * 3.0 * sigma, 0.0)
+    np.testing.assert_array_equal(calls.gpd_sf(y, xi, sigma), sps.genpareto.sf(y, xi, scale=sigma))

@@ -116,13 +116,21 @@ def gpd_fit(y: np.ndarray) -> tuple[float, float]:
   return xi, float(k_hat / theta)
 
 
+def gpd_sf(y: np.ndarray, xi: float, sigma: float) -> np.ndarray:
+  """scipy.stats.genpareto.sf(y, xi, scale=sigma) for y >= 0, xi >= 0, sigma > 0, to the bit:
+  (1 + xi y / sigma)^(-1 / xi) (exp(-y / sigma) at xi = 0) by the special function
+  genpareto's own sf calls, without the distribution's argument handling (0.14 ms a call,
+  this 0.002 ms; the leave-one-out p-values make thousands of calls)."""
+  from scipy import special  # noqa: PLC0415
+  return special.inv_boxcox(-(np.asarray(y, np.float64) / sigma), -xi)
+
+
 def _tail_p(x: np.ndarray, null_sorted: np.ndarray, n_tail: int) -> np.ndarray:
   """GPD tail p of x [k] against one column's sorted finite null draws [R]."""
-  from scipy import stats as sps  # noqa: PLC0415
   r = null_sorted.size
   t = 0.5 * (null_sorted[r - n_tail] + null_sorted[r - n_tail - 1])
-  xi, sigma = gpd_fit(null_sorted[r - n_tail:] - t)
-  sf = sps.genpareto.sf(np.maximum(x - t, 0.0), xi, scale=max(sigma, 1e-300))
+  xi, sigma = gpd_fit(null_sorted[r - n_tail:] - t)   # xi >= 0 (clamped)
+  sf = gpd_sf(np.maximum(x - t, 0.0), xi, max(sigma, 1e-300))
   return (n_tail + 1.0) / (r + 1.0) * sf
 
 
