@@ -13,8 +13,8 @@ logits through classifier and generator: a counterfactual search's step in 'imag
 its stage's setting allows (the largest that fits `memory.SAFETY` x the budget), its FLOPs
 per image read from XLA's cost analysis and its seconds per image timed once at a small
 probe batch; a kind whose plan function is the stages' own call (`OWN_CALLS`) is compiled
-and timed at the stage's batch instead, a compilation the stage then reuses. A stage whose call does not fit even at batch 1 is refused, with the
-setting to change. Counts are what the settings ask for; where the work depends on the
+and timed at the stage's batch instead, a compilation the stage then reuses. A stage whose
+call does not fit even at batch 1 is refused, with the setting to change. Counts are what the settings ask for; where the work depends on the
 data (samples kept, steps until a counterfactual succeeds) the plan counts the most the
 settings allow and marks it with "<=".
 """
@@ -32,7 +32,7 @@ import numpy as np
 from lis_jax import memory
 from lis_jax import spec
 from lis_jax.errors import PipelineError
-from lis_jax.generators.base import broadcast_ws
+from lis_jax.generators.base import GroundTruthWorld, broadcast_ws
 
 
 # ----------------------------------------------------------------------------- work
@@ -199,7 +199,6 @@ def _segment_measure_fn(qc, G) -> tuple[Callable, Any]:
   world's own when the segmenter will learn them from its true masks; otherwise a few
   (the head's last layer only: negligible for memory and time)."""
   from lis_jax.quantify import measuring, segment   # Local: only when a stage segments.
-  from lis_jax.generators.base import GroundTruthWorld   # noqa: PLC0415
   shapes = jax.eval_shape(G.synthesis_features, jnp.zeros((1, G.num_ws, G.w_dim)))
   layers = segment.select_layers(list(shapes.keys()), qc.layers)
   channels = sum(shapes[n].shape[-1] for n in layers)
@@ -217,8 +216,8 @@ def _segment_measure_fn(qc, G) -> tuple[Callable, Any]:
 
 # Call kinds whose plan function is the stages' own jitted call: compiled (and timed) at the
 # batch the stage runs at, not at the probes, so the stage reuses the plan's compilation (the
-# demo's segment-and-measure call compiles in ~5 s; with the probes the plan compiled it
-# twice and boundary once more).
+# demo's segment-and-measure call compiles in ~4 s on 2 CPU cores; with the probes the plan
+# compiled it twice and boundary once more).
 OWN_CALLS = ("segment+measure",)
 
 
