@@ -607,6 +607,27 @@ def guard(stage: str, call: str, batch: int, setting: str) -> Iterator[None]:
         f"config.memory_gb) and run again: finished work is kept") from None
 
 
+# Calls of one map run at once on a CPU, each from its own thread. XLA:CPU runs a small
+# convolution on one core: a jitted stack of six 3x3 convolutions on [16, 64, 64, 32] took
+# 6.5 s for 40 calls one after another (6.9 s of CPU time) and 3.5 s from two threads on
+# this 2-core machine (an AMD EPYC); larger ones (a [64, 64, 64, 128] convolution, a
+# 2048^2 matmul) use both cores already (cpu time 1.9-2x wall). Not for calls that
+# exchange data between CPU devices (`one_call_at_a_time`), nor where two calls' need
+# (PLAUSIBLE x each) would not fit the budget, nor across processes' calls.
+CPU_CALLS_AT_ONCE = 2
+
+
+def calls_at_once(choice: "BatchChoice") -> int:
+  """How many batches of `choice`'s call `map_batches` / `map_chunks` run at once:
+  `CPU_CALLS_AT_ONCE` (at most the cores this process may use) on the CPU backend for a
+  call without cross-device collectives whose expected bytes (`peak`) fit that many times over
+  (PLAUSIBLE x each, as an unmeasured call is taken at max_batch); else 1."""
+  if jax.default_backend() != "cpu" or choice.memory.collectives:
+    return 1
+  k = min(CPU_CALLS_AT_ONCE, len(os.sched_getaffinity(0)))
+  return k if k * PLAUSIBLE * choice.peak <= SAFETY * choice.budget.bytes else 1
+
+
 def map_batches(fn: Callable[..., Any], rows: Any, max_batch: int, *args: Any, budget: Budget,
                 call: str, setting: str, stage: str = "", log: Callable[[str], None] | None = None
                 ) -> Any:
@@ -625,11 +646,12 @@ def map_batches(fn: Callable[..., Any], rows: Any, max_batch: int, *args: Any, b
   if log and choice.batch < choice.max_batch:
     log(choice.line())
   tail = tail_size(choice)
+  workers = calls_at_once(choice)
   with guard(stage, call, choice.batch, setting):
     if not budget.host:
-      return batching.map_batches(fn, rows, choice.batch, *args, tail=tail)
+      return batching.map_batches(fn, rows, choice.batch, *args, tail=tail, workers=workers)
     with PeakSampler() as s:
-      out = batching.map_batches(fn, rows, choice.batch, *args, tail=tail)
+      out = batching.map_batches(fn, rows, choice.batch, *args, tail=tail, workers=workers)
   _record(call, choice.batch, choice.memory.need, s, budget)
   return out
 
@@ -654,19 +676,15 @@ def map_chunks(fn: Callable[..., Any], rows: Any, max_batch: int, *args: Any, bu
   # XLA:CPU runs a sharded call's collectives on the devices' threads: with several such
   # calls in flight their all-gathers waited on each other (a 4-device demo deadlocked), so
   # a chunk whose call exchanges data between CPU devices is waited for before the next.
+  # Other calls run `calls_at_once` chunks at a time.
   wait = jax.block_until_ready if choice.memory.collectives else (lambda x: x)
-  tail = tail_size(choice, multiple)
-  out = []
+  placed = lambda *a: wait(fn(*a[:-1], place(a[-1])))
   with guard(stage, call, b, setting), PeakSampler() as s:
-    for start in range(0, n, b):
-      m = min(b, n - start)
-      size = b if m == b else tail(m)
-      chunk = jax.tree_util.tree_map(lambda x: pad_batch(np.asarray(x)[start:start + m], size), rows)
-      out.append((m, wait(fn(*args, place(chunk)))))
-    res = [jax.tree_util.tree_map(lambda x: np.asarray(x)[:m], r) for m, r in out]
+    out = batching.map_batches(placed, rows, b, *args, tail=tail_size(choice, multiple),
+                               workers=calls_at_once(choice))
   if budget.host:
     _record(call, b, choice.memory.need, s, budget)
-  return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *res)
+  return out
 
 
 def _placed(rows: Any, place: Callable[[Any], Any] | None, multiple: int) -> Any:

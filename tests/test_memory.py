@@ -1,4 +1,5 @@
 """Memory budgets and batch sizes from XLA's memory analysis (lis_jax/memory.py)."""
+import dataclasses
 import time
 
 import jax
@@ -282,3 +283,46 @@ def test_a_costly_last_batch_pads_only_to_its_rows(monkeypatch, pad_flops, sizes
     got = m(jax.jit(_matmul), x, 8, W, budget=budget, call=f"matmul{i}", setting="x.batch_size")
     np.testing.assert_allclose(got, x @ W, rtol=1e-5)   # float32 dots of 16 terms
     assert set(padded) == sizes and len(padded) == 3
+
+
+def test_two_calls_at_once_on_a_cpu_give_the_rows_in_order(monkeypatch):
+  # 37 rows at batch 4 (10 calls, the last padded): the first call alone on the caller's
+  # thread (it compiles), the rest from two worker threads; the rows are x @ W in order.
+  import threading
+  threads = []
+  mm = jax.jit(_matmul)
+
+  def fn(W, rows):
+    threads.append(threading.current_thread().name)
+    return mm(W, rows)
+  W = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
+  x = np.random.default_rng(1).normal(size=(37, 16)).astype(np.float32)
+  one = batching.map_batches(fn, x, 4, W)
+  assert threads == ["MainThread"] * 10
+  threads.clear()
+  two = batching.map_batches(fn, x, 4, W, workers=2)
+  np.testing.assert_array_equal(two, one)   # the same call on the same batches
+  np.testing.assert_allclose(two, x @ W, rtol=1e-5)   # float32 dots of 16 terms
+  assert threads[0] == threading.current_thread().name and len(threads) == 10
+  assert {t.rsplit("_", 1)[0] for t in threads[1:]} == {"lis_jax-batch"}
+
+
+def test_calls_at_once_only_where_safe_and_it_fits(monkeypatch):
+  W = np.ones((16, 4), np.float32)
+  x = np.zeros((8, 16), np.float32)
+  choice = memory.choose_batch(jax.jit(_matmul), x, 8, W, budget=memory.Budget(64 * memory.GiB, "t"),
+                               call="matmul_at_once", setting="t")
+  monkeypatch.setattr(memory.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+  assert memory.calls_at_once(choice) == memory.CPU_CALLS_AT_ONCE == 2   # the CPU backend here
+  monkeypatch.setattr(memory.os, "sched_getaffinity", lambda pid: {0})
+  assert memory.calls_at_once(choice) == 1   # one core: nothing to gain
+  monkeypatch.setattr(memory.os, "sched_getaffinity", lambda pid: {0, 1})
+  collective = dataclasses.replace(choice, memory=dataclasses.replace(choice.memory, collectives=True))
+  assert memory.calls_at_once(collective) == 1   # its all-gathers would wait on each other
+  # two calls' expected bytes, PLAUSIBLE x each, against SAFETY x the budget
+  need = choice.peak * 2 * memory.PLAUSIBLE / memory.SAFETY
+  fits = dataclasses.replace(choice, budget=memory.Budget(int(need) + 8, "t"))
+  tight = dataclasses.replace(choice, budget=memory.Budget(int(need) - 8, "t"))
+  assert memory.calls_at_once(fits) == 2 and memory.calls_at_once(tight) == 1
+  monkeypatch.setattr(memory.jax, "default_backend", lambda: "gpu")
+  assert memory.calls_at_once(choice) == 1   # accelerators queue calls themselves

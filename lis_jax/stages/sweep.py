@@ -345,10 +345,11 @@ def run(ctx) -> None:
   mesh = ctx.mesh
   # A block's images (constant over blocks) fewer than a batch: the batch is the block.
   batch = distribute.round_up(min(c.batch_size, U * rows.size * c.n_steps), mesh)
-  batch = memory.choose_batch(functools.partial(sweep_chunk, reclassify=c.reclassify),
-                              jax.ShapeDtypeStruct((batch, G.w_dim), np.float32), batch, G, clf,
-                              budget=ctx.budget, call="synthesis", setting="sweep.batch_size",
-                              stage=NAME, multiple=distribute.round_up(1, mesh)).batch
+  choice = memory.choose_batch(functools.partial(sweep_chunk, reclassify=c.reclassify),
+                               jax.ShapeDtypeStruct((batch, G.w_dim), np.float32), batch, G, clf,
+                               budget=ctx.budget, call="synthesis", setting="sweep.batch_size",
+                               stage=NAME, multiple=distribute.round_up(1, mesh))
+  batch = choice.batch
   G_r, clf_r, link_r, r_start_d, cls_d = distribute.replicate((G, clf, link, r_start, cls_start), mesh)
   blocks_ = store(out_dir)
   mine = ctx.my_items(n_blocks)   # this process's blocks (all of them with one process)
@@ -356,25 +357,36 @@ def run(ctx) -> None:
   n_img = U * rows.size * c.n_steps
   call = functools.partial(_sweep_block, batch_size=batch, reclassify=c.reclassify, mesh=mesh)
   # The next block is computed while the last is written; over several CPU devices a block
-  # is finished before the next is sent (its all-gathers would wait on the next's).
+  # is finished before the next is sent (its all-gathers would wait on the next's). On a
+  # CPU, two blocks are computed at once from two threads where that is safe and fits
+  # (`memory.calls_at_once`; the first alone: it compiles the call).
   done_first = distribute.finish_each(mesh)
+  at_once = 1 if distribute.one_call_at_a_time(mesh) else memory.calls_at_once(choice)
 
   def dispatch(b):
     bu = distribute.pad_batch(units[b * U:(b + 1) * U], U)
     bv = distribute.pad_batch(values[b * U:(b + 1) * U], U)
     n_valid = min(U, units.size - b * U)
-    return b, n_valid, done_first(call(G_r, clf_r, link_r, r_start_d, bu, bv, cls_d))
+    out = done_first(call(G_r, clf_r, link_r, r_start_d, bu, bv, cls_d))
+    return b, n_valid, (jax.block_until_ready(out) if at_once > 1 else out)
 
   t0, done = time.time(), 0
   with ctx.progress(total=mine.size, initial=mine.size - len(todo), unit="block", desc="sweep") as bar, \
       concurrent.futures.ThreadPoolExecutor(1) as pool, \
+      concurrent.futures.ThreadPoolExecutor(at_once, thread_name_prefix="lis_jax-sweep") as compute, \
       memory.guard(NAME, "synthesis", batch, "sweep.batch_size"):
     pending = None
     writing = None
-    for b in todo + [None]:
-      nxt = dispatch(b) if b is not None else None           # runs while we write the last
+    for i, b in enumerate(todo + [None]):
+      if b is None:
+        nxt = None
+      elif at_once > 1 and i > 0:
+        nxt = compute.submit(dispatch, b)                    # runs beside the last
+      else:
+        nxt = concurrent.futures.Future()
+        nxt.set_result(dispatch(b))                          # runs while we write the last
       if pending is not None:
-        pb, n_valid, out = pending
+        pb, n_valid, out = pending.result()
         host = {k: np.asarray(v)[:n_valid] for k, v in out.items()}
         errors.check_finite(f"sweep block {pb} w", host["w"])
         meta = dict(units=units[pb * U:pb * U + n_valid], samples=rows, cls=cls_start,
