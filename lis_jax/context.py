@@ -13,10 +13,12 @@ config is refused.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import importlib
 import json
 import os
+import threading
 from typing import Any, Callable, Mapping
 
 import ml_collections
@@ -102,6 +104,9 @@ class RunContext:
     self._results: dict[str, Any] = {}
     self.items_done = 0   # work items this process was given (stages with a merge)
     self._hashes: dict[str, str] = {}
+    self.stopping = threading.Event()   # set when the run ends: early work stops (Stage.early)
+    self._early: dict[str, concurrent.futures.Future] = {}
+    self._early_pool: concurrent.futures.ThreadPoolExecutor | None = None
 
   def cfg(self, name: str) -> ml_collections.ConfigDict:
     """Stage `name`'s config section: `config.<name>` over its `default_config()`."""
@@ -192,6 +197,38 @@ class RunContext:
       check = getattr(self.registry.get(name), "check", None)
       if check is not None:
         check(self)
+
+  def start_early(self, names) -> list[str]:
+    """Starts the `early` work of the listed stages on one background thread, in order
+    (the runner calls it; the models are loaded here, on the caller's thread). Returns
+    the stages started."""
+    started = [n for n in names if getattr(self.registry.get(n), "early", None) is not None]
+    if not started:
+      return []
+    self.G, self.clf, self.classes   # noqa: B018  (loaded once, here, not on two threads)
+    self._early_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lis_jax-early")
+    for n in started:
+      self._early[n] = self._early_pool.submit(self.registry[n].early, self)
+    return started
+
+  def early_result(self, name: str) -> Any:
+    """Stage `name`'s early work (`Stage.early`), waited for; None if it was not started,
+    failed (the stage then meets the error itself) or had nothing to do."""
+    fut = self._early.pop(name, None)
+    if fut is None:
+      return None
+    try:
+      return fut.result()
+    except Exception:   # noqa: BLE001  (the stage does the work again and reports its error)
+      return None
+
+  def stop_early(self) -> None:
+    """Stops early work still running (the run is over) and waits for it to stop."""
+    self.stopping.set()
+    if self._early_pool is not None:
+      self._early_pool.shutdown(wait=True, cancel_futures=True)
+      self._early_pool = None
+    self._early.clear()
 
   def key(self, stream: str, *indices: int):
     """The PRNG key of `indices` in the named stream (see `stream_key`)."""

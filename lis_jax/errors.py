@@ -17,6 +17,10 @@ class PipelineError(ValueError):
   """A problem the user can fix: bad config, bad input, incompatible workdir, NaNs."""
 
 
+class Stopped(Exception):
+  """Work started ahead of its stage (`Stage.early`) was stopped: the run ended first."""
+
+
 def check_finite(name: str, x: Any) -> None:
   """Raises PipelineError if the array `x` holds NaN or inf."""
   x = np.asarray(x)

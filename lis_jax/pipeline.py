@@ -75,14 +75,28 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     if ctx.is_main:
       io.write_json(os.path.join(workdir, "last_config.json"), config_to_dict(config))
     t_run = time.time()
-    for name in names:
-      t0 = time.time()
-      ctx.log(f"[lis_jax] stage {name}: start")
-      _run_stage(ctx, name)
-      ctx.log(f"[lis_jax] stage {name}: done in {time.time() - t0:.1f} s")
+    if _early_work_allowed(ctx):
+      ctx.start_early(names)
+    try:
+      for name in names:
+        t0 = time.time()
+        ctx.log(f"[lis_jax] stage {name}: start")
+        _run_stage(ctx, name)
+        ctx.log(f"[lis_jax] stage {name}: done in {time.time() - t0:.1f} s")
+    finally:
+      ctx.stop_early()
     if ctx.process_count > 1:
       distribute.process_line(f"stages {', '.join(names)}", ctx.items_done, time.time() - t_run)
   return ctx
+
+
+def _early_work_allowed(ctx: RunContext) -> bool:
+  """Stages' early work (`Stage.early`) runs beside the earlier stages in a one-process run
+  on one CPU device: XLA:CPU leaves a core idle in much of the run (small convolutions run
+  on one core: README, "Memory and the plan"), and nothing is exchanged between devices or
+  processes that a second thread's calls could hold up."""
+  import jax
+  return ctx.process_count == 1 and jax.default_backend() == "cpu" and jax.device_count() == 1
 
 
 def _remove_leftovers(ctx: RunContext, workdir: str) -> None:

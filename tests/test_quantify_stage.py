@@ -193,3 +193,61 @@ def test_measure_compiles_once_for_any_number_of_images():
   again = stage.measure(G, seg, w[[4, 0, 1, 2, 3, 0, 4]], batch_size=8, max_components=2)
   for k in small:
     np.testing.assert_array_equal(again[k], small[k][[4, 0, 1, 2, 3, 0, 4]])
+
+
+def test_the_segmenter_trained_early_is_the_one_the_stage_trains(tmp_path, monkeypatch, capsys):
+  # One-process CPU runs train the segmenter on a background thread from the start of the
+  # run (Stage.early); the stage takes it: the same checkpoint, bit for bit, and the same
+  # measurements as a run that trains it in the stage.
+  config = small_config()
+  ahead, inline = str(tmp_path / "ahead"), str(tmp_path / "inline")
+  for wd in (ahead, inline):
+    fake_sweep(wd, config)
+  pipeline.run(config, ahead)
+  assert "trained while the earlier stages ran" in capsys.readouterr().out
+  monkeypatch.setattr(pipeline, "_early_work_allowed", lambda ctx: False)
+  pipeline.run(config, inline)
+  assert "trained while the earlier stages ran" not in capsys.readouterr().out
+  a = io.load_checkpoint(os.path.join(ahead, "quantify", "segmenter"))
+  b = io.load_checkpoint(os.path.join(inline, "quantify", "segmenter"))
+  la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+  assert len(la) == len(lb) > 0
+  for x, y in zip(la, lb):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  with open(os.path.join(ahead, "quantify", "selectivity.csv")) as f1, \
+      open(os.path.join(inline, "quantify", "selectivity.csv")) as f2:
+    assert f1.read() == f2.read()
+
+
+def test_early_work_stops_when_the_run_ends(tmp_path, monkeypatch):
+  # A stage before quantify fails while the segmenter trains ahead: the run ends with that
+  # stage's error and the training stops at its next epoch (errors.Stopped), not later.
+  import threading
+  from ml_collections import ConfigDict
+  from lis_jax.stages.base import Stage
+  config = small_config()
+  config.quantify.epochs = 100_000   # hours, were it not stopped
+  config.stages = ("boom", "quantify")
+  fake_sweep(str(tmp_path), config)
+  started, outcome = threading.Event(), []
+  real = segment.train
+
+  def train(*args, **kwargs):
+    started.set()
+    try:
+      return real(*args, **kwargs)
+    except errors.Stopped:
+      outcome.append("stopped")
+      raise
+  monkeypatch.setattr(segment, "train", train)
+
+  def boom(ctx):
+    assert started.wait(300)
+    raise errors.PipelineError("boom")
+  registry = dict(stages.REGISTRY, boom=Stage(name="boom", requires=(), default_config=ConfigDict,
+                                              run=boom, load=lambda workdir: None))
+  with pytest.raises(errors.PipelineError, match="boom"):
+    pipeline.run(config, str(tmp_path), registry=registry)
+  assert outcome == ["stopped"]
+  assert not [t for t in threading.enumerate() if t.name.startswith("lis_jax-early")]
+  assert not os.path.exists(os.path.join(str(tmp_path), "quantify", "segmenter"))   # writes nothing

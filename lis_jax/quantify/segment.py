@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lis_jax import errors
 from lis_jax import io
 from lis_jax import memory
 from lis_jax.generators.base import GroundTruthWorld
@@ -357,7 +358,7 @@ def load(ckpt_dir: str) -> Segmenter:
 def train(feats: np.ndarray | Mapping[str, np.ndarray], labels: np.ndarray, *, num_parts: int,
           size: str, key: jax.Array, epochs: int = 100, batch_size: int = 1, lr: float = 1e-3,
           weight_decay: float = 1e-3, lr_step_epochs: int = 50, lr_gamma: float = 0.1,
-          layers: Sequence[str] = ()) -> tuple[dict, np.ndarray]:
+          layers: Sequence[str] = (), stop: Any = None) -> tuple[dict, np.ndarray]:
   """Trains a FewShotHead on features and label maps (the reference's recipe by default).
 
   Args:
@@ -373,6 +374,8 @@ def train(feats: np.ndarray | Mapping[str, np.ndarray], labels: np.ndarray, *, n
     lr, weight_decay: Adam learning rate and L2 penalty (added to the gradient, as torch).
     lr_step_epochs, lr_gamma: learning rate times lr_gamma every lr_step_epochs epochs.
     layers: the order of the layers in the stack, when `feats` is a dict.
+    stop: a threading.Event; once set, `errors.Stopped` is raised at the next epoch
+      (training started ahead of its stage: `Stage.early`).
   Returns:
     params {'head', 'feat_mean' [C], 'feat_std' [C]} (numpy leaves), and the mean
     training loss of each epoch [epochs].
@@ -427,6 +430,8 @@ def train(feats: np.ndarray | Mapping[str, np.ndarray], labels: np.ndarray, *, n
 
   p, s, history = head, opt_state, []
   for e in range(epochs):
+    if stop is not None and stop.is_set():
+      raise errors.Stopped("segmenter training")
     order = jax.random.permutation(jax.random.fold_in(shuffle_key, e), m)
     losses = []
     for i in range(steps_per_epoch):
@@ -535,9 +540,10 @@ def sample_ws(G: Any, classes: np.ndarray, n: int, psi: float, key: jax.Array) -
 def fit(G: Any, ws_train: jax.Array, labels_train: np.ndarray, part_names: Sequence[str], *,
         layers: Any, size: str, key: jax.Array, epochs: int, batch_size: int, lr: float,
         weight_decay: float, lr_step_epochs: int, lr_gamma: float,
-        budget: memory.Budget | None = None) -> Segmenter:
+        budget: memory.Budget | None = None, stop: Any = None) -> Segmenter:
   """Features of the labelled ws (each layer at its own resolution), a trained head, wrapped
-  as a Segmenter. budget: the memory the feature calls may use (default: the device's)."""
+  as a Segmenter. budget: the memory the feature calls may use (default: the device's);
+  stop: as `train`'s."""
   names = list(jax.eval_shape(G.synthesis_features, ws_train[:1]).keys())
   layers = select_layers(names, layers)
   res = int(labels_train.shape[-1])
@@ -547,7 +553,7 @@ def fit(G: Any, ws_train: jax.Array, labels_train: np.ndarray, part_names: Seque
                              setting="quantify.layers", stage="quantify")
   params, _ = train(feats, labels_train, num_parts=len(part_names), size=size, key=key, epochs=epochs,
                     batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                    lr_step_epochs=lr_step_epochs, lr_gamma=lr_gamma, layers=layers)
+                    lr_step_epochs=lr_step_epochs, lr_gamma=lr_gamma, layers=layers, stop=stop)
   meta = {"layers": list(layers), "size": size, "resolution": res, "part_names": list(part_names),
           "in_channels": int(params["feat_mean"].shape[0]), "n_labelled": int(labels_train.shape[0]),
           "epochs": epochs, "batch_size": batch_size}

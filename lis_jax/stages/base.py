@@ -47,6 +47,13 @@ class Stage:
     defined beside its `default_config()`; checked before anything runs.
   check: (ctx) -> None, run before any stage of a run that lists it runs; raises
     PipelineError for a value that can only be checked with the models loaded.
+  early: (ctx) -> a result or None: work the stage can do before the stages it requires
+    have run (from the models, its config section and its own inputs, never another
+    stage's outputs), which the runner starts on a background thread when the run begins
+    (`pipeline.run`: one process on a CPU, where it uses the core the earlier stages leave
+    idle); the stage takes it with `ctx.early_result(name)` (None: not started, failed or
+    nothing to do; the stage then does the work itself). It writes no file (the stage's
+    fingerprint is not recorded yet) and stops (`errors.Stopped`) once `ctx.stopping` is set.
   """
   name: str
   requires: tuple[str, ...]
@@ -60,6 +67,7 @@ class Stage:
   merge: Callable[[Any], None] | None = None
   check: Callable[[Any], None] | None = None
   requires_when: Callable[[ml_collections.ConfigDict], tuple[str, ...]] | None = None
+  early: Callable[[Any], Any] | None = None
   rules: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
 
   def requirements(self, section: ml_collections.ConfigDict) -> tuple[str, ...]:

@@ -172,23 +172,45 @@ def segmenter(ctx) -> segment.Segmenter:
           f"sha256 {str(trained_on)[:12]} -> {str(labels_sha)[:12]}); training it again and "
           f"measuring every block again", flush=True)
     _forget_measurements(out_dir)
+  early = ctx.early_result(NAME)   # trained while the earlier stages ran (`early`), or None
+  if early is not None and early[1]["labels_sha256"] == labels_sha:
+    seg, ev = early
+  else:
+    seg, ev = _train_segmenter(ctx, c, labels_sha)
+  io.write_json(os.path.join(out_dir, "segmenter_eval.json"), ev)
+  seg.save(ckpt)   # last: the checkpoint existing means its evaluation is recorded too
+  miou = ev["mean_iou"]
+  ahead = " (trained while the earlier stages ran)" if early is not None else ""
+  print(f"[quantify] segmenter: {ev['n_labelled']} labelled images, {ev['train_seconds']:.0f} s"
+        f"{ahead}, held-out mean IoU {'n/a' if miou is None else f'{miou:.3f}'}", flush=True)
+  return seg
+
+
+def _train_segmenter(ctx, c, labels_sha: str | None, stop=None) -> tuple[segment.Segmenter, dict]:
+  """The segmenter trained on the labelled images and its held-out evaluation; writes
+  nothing (`segmenter` saves them). stop: as `segment.train`'s."""
   G = ctx.G
   ws_tr, y_tr, ws_te, y_te, names = _labelled(ctx, c, ctx.key("quantify.labelled"))
   t0 = time.time()
   seg = segment.fit(G, ws_tr, y_tr, names, layers=c.layers, size=c.head, key=ctx.key("quantify.init"),
                     epochs=c.epochs, batch_size=c.train_batch, lr=c.lr, weight_decay=c.weight_decay,
-                    lr_step_epochs=c.lr_step_epochs, lr_gamma=c.lr_gamma)
+                    lr_step_epochs=c.lr_step_epochs, lr_gamma=c.lr_gamma, stop=stop)
   train_s = time.time() - t0
   ev = segment.evaluate(seg, G, ws_te, y_te) if y_te.shape[0] else {"iou": {}, "mean_iou": None,
                                                                      "n_images": 0}
   ev.update(train_seconds=train_s, n_labelled=int(y_tr.shape[0]), labels=c.labels,
             labels_sha256=labels_sha)
-  io.write_json(os.path.join(out_dir, "segmenter_eval.json"), ev)
-  seg.save(ckpt)   # last: the checkpoint existing means its evaluation is recorded too
-  miou = ev["mean_iou"]
-  print(f"[quantify] segmenter: {y_tr.shape[0]} labelled images, {train_s:.0f} s, held-out mean IoU "
-        f"{'n/a' if miou is None else f'{miou:.3f}'}", flush=True)
-  return seg
+  return seg, ev
+
+
+def early(ctx) -> tuple[segment.Segmenter, dict] | None:
+  """The stage's early work (`Stage.early`): the segmenter, trained from the models and the
+  labelled images alone while the sweep and the stages before it run; None when a trained
+  one is on disk already (`segmenter` checks and loads it)."""
+  c = ctx.cfg(NAME)
+  if os.path.exists(os.path.join(ctx.out_dir(NAME), "segmenter", io.META_FILE)):
+    return None
+  return _train_segmenter(ctx, c, _labels_sha256(ctx, c), stop=ctx.stopping)
 
 
 def _labels_sha256(ctx, c) -> str | None:
@@ -634,6 +656,6 @@ def summary(ctx) -> dict | None:
 
 
 STAGE = Stage(name=NAME, requires=("sweep",), default_config=default_config, run=run, load=load,
-              uses=("classes", "psi", "seed"), section=section, summary=summary,
+              early=early, uses=("classes", "psi", "seed"), section=section, summary=summary,
               ignores=("batch_size", "cards"), merge=merge,
               rules=RULES)
