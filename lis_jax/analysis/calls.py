@@ -125,6 +125,20 @@ def gpd_sf(y: np.ndarray, xi: float, sigma: float) -> np.ndarray:
   return special.inv_boxcox(-(np.asarray(y, np.float64) / sigma), -xi)
 
 
+def _count_p(above: np.ndarray, ties: np.ndarray, r: int, u: np.ndarray | None) -> np.ndarray:
+  """The permutation p of statistics with `above` of r null draws above them and `ties`
+  equal: (1 + above + ties) / (1 + r) (ties count as exceedances), or with uniforms u the
+  randomised (above + u (ties + 1)) / (1 + r)."""
+  if u is None:
+    return (1.0 + above + ties) / (1.0 + r)
+  return (above + u * (ties + 1.0)) / (1.0 + r)
+
+
+def _n_tail(r: int, tail_fraction: float) -> int:
+  """Draws of a column of r the GPD tail is fitted to."""
+  return max(MIN_TAIL, int(tail_fraction * r))
+
+
 def _tail_p(x: np.ndarray, null_sorted: np.ndarray, n_tail: int) -> np.ndarray:
   """GPD tail p of x [k] against one column's sorted finite null draws [R]."""
   r = null_sorted.size
@@ -162,11 +176,8 @@ def tail_pvalues(stat: np.ndarray, null: np.ndarray, *, rng: np.random.Generator
       continue
     above = r - np.searchsorted(col, x[ok], side="right")
     ties = np.searchsorted(col, x[ok], side="right") - np.searchsorted(col, x[ok], side="left")
-    if rng is None:
-      p = (1.0 + above + ties) / (1.0 + r)
-    else:
-      p = (above + rng.uniform(size=above.size) * (ties + 1.0)) / (1.0 + r)
-    n_tail = max(MIN_TAIL, int(tail_fraction * r))
+    p = _count_p(above, ties, r, None if rng is None else rng.uniform(size=above.size))
+    n_tail = _n_tail(r, tail_fraction)
     few = above + ties < min_exceed
     if few.any() and r > n_tail and col[-1] > col[r - n_tail - 1]:
       p[few] = _tail_p(x[ok][few], col, n_tail)
@@ -243,11 +254,8 @@ def loo_pvalues(null: np.ndarray, *, rng: np.random.Generator | None = None,
     right = np.searchsorted(col, x, side="right")
     above = n[f] - right
     ties = right - np.searchsorted(col, x, side="left") - 1
-    if u is None:
-      p = (1.0 + above + ties) / (1.0 + r)
-    else:
-      p = (above + u[ok, f] * (ties + 1.0)) / (1.0 + r)
-    n_tail = max(MIN_TAIL, int(tail_fraction * r))
+    p = _count_p(above, ties, r, None if u is None else u[ok, f])
+    n_tail = _n_tail(r, tail_fraction)
     few = np.flatnonzero(above + ties < min_exceed)
     if few.size and r > n_tail:
       rows = np.flatnonzero(ok)
