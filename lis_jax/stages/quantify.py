@@ -203,12 +203,32 @@ def _train_segmenter(ctx, c, labels_sha: str | None, stop=None) -> tuple[segment
   return seg, ev
 
 
+# Early training only where its memory is a small share of the budget: the other stages'
+# calls are sized to memory.SAFETY (80%) of it without knowing of this thread.
+EARLY_SHARE = 0.05
+
+
+def early_bytes(G, c) -> int:
+  """What training the segmenter holds (bytes, float32): the labelled images' feature layers
+  (each at its own resolution) and, per step, the upsampled stack of `train_batch` images
+  at the segmented resolution, 4x over (the stack, the head's activations, their gradients)."""
+  shapes = jax.eval_shape(G.synthesis_features, jnp.zeros((1, G.num_ws, G.w_dim), jnp.float32))
+  layers = segment.select_layers(list(shapes.keys()), c.layers)
+  per_image = sum(int(np.prod(shapes[n].shape)) for n in layers)
+  channels = sum(int(shapes[n].shape[-1]) for n in layers)
+  res = c.resolution or G.resolution
+  return 4 * (c.n_labelled * per_image + 4 * c.train_batch * res * res * channels)
+
+
 def early(ctx) -> tuple[segment.Segmenter, dict] | None:
   """The stage's early work (`Stage.early`): the segmenter, trained from the models and the
   labelled images alone while the sweep and the stages before it run; None when a trained
-  one is on disk already (`segmenter` checks and loads it)."""
+  one is on disk already (`segmenter` checks and loads it) or when training needs more
+  than EARLY_SHARE of the memory budget (`early_bytes`: the stage trains it then)."""
   c = ctx.cfg(NAME)
   if os.path.exists(os.path.join(ctx.out_dir(NAME), "segmenter", io.META_FILE)):
+    return None
+  if early_bytes(ctx.G, c) > EARLY_SHARE * ctx.budget.bytes:
     return None
   return _train_segmenter(ctx, c, _labels_sha256(ctx, c), stop=ctx.stopping)
 
