@@ -617,12 +617,17 @@ def guard(stage: str, call: str, batch: int, setting: str) -> Iterator[None]:
 CPU_CALLS_AT_ONCE = 2
 
 
-def calls_at_once(choice: "BatchChoice") -> int:
+def calls_at_once(choice: "BatchChoice", devices: Any = None) -> int:
   """How many batches of `choice`'s call `map_batches` / `map_chunks` run at once:
   `CPU_CALLS_AT_ONCE` (at most the cores this process may use) on the CPU backend for a
   call without cross-device collectives whose expected bytes (`peak`) fit that many times over
-  (PLAUSIBLE x each, as an unmeasured call is taken at max_batch); else 1."""
+  (PLAUSIBLE x each, as an unmeasured call is taken at max_batch); else 1. `devices` (a
+  mesh or devices) are those a caller shards its own calls over when they are not
+  `choice`'s (the sweep sizes a chunk and sends whole blocks): over several CPU devices,
+  1 (`one_call_at_a_time`)."""
   if jax.default_backend() != "cpu" or choice.memory.collectives:
+    return 1
+  if devices is not None and one_call_at_a_time(devices):
     return 1
   k = min(CPU_CALLS_AT_ONCE, len(os.sched_getaffinity(0)))
   return k if k * PLAUSIBLE * choice.peak <= SAFETY * choice.budget.bytes else 1

@@ -319,6 +319,9 @@ def test_calls_at_once_only_where_safe_and_it_fits(monkeypatch):
   monkeypatch.setattr(memory.os, "sched_getaffinity", lambda pid: {0, 1})
   collective = dataclasses.replace(choice, memory=dataclasses.replace(choice.memory, collectives=True))
   assert memory.calls_at_once(collective) == 1   # its all-gathers would wait on each other
+  cpu = jax.devices("cpu")[0]
+  assert memory.calls_at_once(choice, [cpu]) == 2   # one CPU device: nothing to wait on
+  assert memory.calls_at_once(choice, [cpu, cpu]) == 1   # a caller's calls over two CPU devices
   # two calls' expected bytes, PLAUSIBLE x each, against SAFETY x the budget
   need = choice.peak * 2 * memory.PLAUSIBLE / memory.SAFETY
   fits = dataclasses.replace(choice, budget=memory.Budget(int(need) + 8, "t"))

@@ -361,7 +361,7 @@ def run(ctx) -> None:
   # CPU, two blocks are computed at once from two threads where that is safe and fits
   # (`memory.calls_at_once`; the first alone: it compiles the call).
   done_first = distribute.finish_each(mesh)
-  at_once = 1 if distribute.one_call_at_a_time(mesh) else memory.calls_at_once(choice)
+  at_once = memory.calls_at_once(choice, mesh)
 
   def dispatch(b):
     bu = distribute.pad_batch(units[b * U:(b + 1) * U], U)
