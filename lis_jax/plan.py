@@ -199,9 +199,9 @@ def _segment_measure_fn(qc, G) -> tuple[Callable, Any]:
   world's own when the segmenter will learn them from its true masks; otherwise a few
   (the head's last layer only: negligible for memory and time)."""
   from lis_jax.quantify import measuring, segment   # Local: only when a stage segments.
-  shapes = jax.eval_shape(G.synthesis_features, jnp.zeros((1, G.num_ws, G.w_dim)))
-  layers = segment.select_layers(list(shapes.keys()), qc.layers)
-  channels = sum(shapes[n].shape[-1] for n in layers)
+  shapes = segment.feature_shapes(G, qc.layers)
+  layers = tuple(shapes)
+  channels = sum(s[-1] for s in shapes.values())
   world_parts = qc.labels == "ground_truth" and isinstance(G, GroundTruthWorld)
   num_parts = len(G.part_names) if world_parts else 4   # background + the parts
   head = jax.eval_shape(lambda: segment.FewShotHead(num_parts, qc.head).init(

@@ -136,6 +136,17 @@ def select_layers(names: Sequence[str], spec: Any) -> tuple[str, ...]:
   return wanted
 
 
+def feature_shapes(G: Any, spec: Any) -> dict[str, tuple[int, ...]]:
+  """The shapes of one image's selected synthesis-feature layers ({name: (1, h, w, C)}, in
+  `select_layers`' order), from `jax.eval_shape` (nothing is computed).
+
+  Args:
+    G: generator; spec: as `select_layers`' ('all', 'every_other' or names).
+  """
+  shapes = jax.eval_shape(G.synthesis_features, jnp.zeros((1, G.num_ws, G.w_dim), jnp.float32))
+  return {n: tuple(shapes[n].shape) for n in select_layers(list(shapes.keys()), spec)}
+
+
 def feature_stack(G: Any, ws: jax.Array, layers: Sequence[str], size: int) -> jax.Array:
   """Synthesis features of `layers`, nearest-upsampled to size x size and concatenated.
 

@@ -212,10 +212,9 @@ def early_bytes(G, c) -> int:
   """What training the segmenter holds (bytes, float32): the labelled images' feature layers
   (each at its own resolution) and, per step, the upsampled stack of `train_batch` images
   at the segmented resolution, 4x over (the stack, the head's activations, their gradients)."""
-  shapes = jax.eval_shape(G.synthesis_features, jnp.zeros((1, G.num_ws, G.w_dim), jnp.float32))
-  layers = segment.select_layers(list(shapes.keys()), c.layers)
-  per_image = sum(int(np.prod(shapes[n].shape)) for n in layers)
-  channels = sum(int(shapes[n].shape[-1]) for n in layers)
+  shapes = segment.feature_shapes(G, c.layers)
+  per_image = sum(int(np.prod(s)) for s in shapes.values())
+  channels = sum(s[-1] for s in shapes.values())
   res = c.resolution or G.resolution
   return 4 * (c.n_labelled * per_image + 4 * c.train_batch * res * res * channels)
 
