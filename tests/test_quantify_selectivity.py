@@ -221,6 +221,29 @@ def test_fast_nanmedian_and_hodges_lehmann_match_their_definitions():
   assert np.isnan(hl[0, 0])
 
 
+@pytest.mark.parametrize("n_samples", [1, 2, 7, 16])
+def test_resampled_hodges_lehmann_is_the_median_of_each_resamples_walsh_averages(n_samples):
+  # By definition, resample by resample: the median of the resample's own Walsh averages
+  # (x_i + x_j) / 2, i <= j over its positions, missing values left out.
+  rng = np.random.default_rng(n_samples)
+  x = rng.normal(size=(n_samples, 9))
+  x[:, 1] = np.round(x[:, 1], 0)  # ties
+  x[rng.uniform(size=x.shape) < 0.3] = np.nan
+  x[:, 0] = np.nan  # never present
+  idx = rng.integers(0, n_samples, size=(40, n_samples))
+  got = selectivity._resampled_hl(x, idx)
+  assert got.shape == (40, 9)
+  for b in range(40):
+    for f in range(9):
+      v = x[idx[b], f]
+      walsh = [(v[i] + v[j]) / 2 for i in range(v.size) for j in range(i, v.size)
+               if np.isfinite(v[i]) and np.isfinite(v[j])]
+      if walsh:
+        assert got[b, f] == np.median(walsh)
+      else:
+        assert np.isnan(got[b, f])
+
+
 def test_start_scaled_puts_every_start_sample_on_its_nulls_rms():
   rng = np.random.default_rng(0)
   gain = np.array([1.0, 10.0, 0.1])[None, :, None, None]  # three start samples, different scales

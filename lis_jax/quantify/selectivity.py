@@ -251,6 +251,44 @@ def _average(x: np.ndarray, average: str, axis: int) -> np.ndarray:
     return _nanmedian(x, axis) if average == "median" else np.nanmean(x, axis)
 
 
+def _resampled_hl(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
+  """`_average(x[idx], 'hl', 1)` to the bit, without the resamples' Walsh averages.
+
+  A resample's Walsh averages are the sample's own pairwise averages (x_a + x_c) / 2,
+  a <= c, each counted n_a n_c times (n_a (n_a + 1) / 2 for a = c; n: how often the
+  resample drew each sample): its median is a weighted median over the S (S + 1) / 2
+  pairs, sorted once per column instead of once per resample and column (a unit's
+  [16, 52] changes, 1000 resamples: 0.16 s -> 0.03 s; tests/test_quantify_selectivity.py).
+
+  Args:
+    x: [S, F] samples (NaN = missing); idx: [B, S] each resample's draws (indices into x).
+  Returns:
+    [B, F] each resample's Hodges-Lehmann estimate (NaN where a column has no value).
+  """
+  s, f = x.shape
+  b = idx.shape[0]
+  counts = np.zeros((b, s), np.int64)
+  np.add.at(counts, (np.arange(b)[:, None], idx), 1)
+  a, c = np.triu_indices(s)
+  p = len(a)
+  dt = np.int16 if p < (1 << 15) else np.int64   # a resample has S (S + 1) / 2 Walsh averages
+  weight = np.where(a == c, counts[:, a] * (counts[:, a] + 1) // 2, counts[:, a] * counts[:, c])
+  pairs = (x[a] + x[c]) / 2  # [P, F]
+  order = np.argsort(pairs, axis=0, kind="stable")  # [P, F], NaN pairs last
+  ranked = np.take_along_axis(pairs, order, 0)
+  cum = weight.astype(dt).T[order]  # [P, F, B]: each pair's count, in its column's order ...
+  for i in range(1, p):   # ... summed over the pairs up to it (row by row: numpy's cumsum
+    cum[i] += cum[i - 1]  # along a leading axis of int16 is ~5x slower)
+  valid = np.sum(~np.isnan(pairs), axis=0)  # [F]: the non-NaN pairs come first
+  n = np.where(valid[:, None] > 0, cum[np.maximum(valid - 1, 0), np.arange(f)], 0)  # [F, B]
+  # the k-th smallest (from 0) is the first pair whose running count exceeds k; past the
+  # non-NaN pairs the running count is >= n > k
+  lo = np.count_nonzero(cum <= ((n - 1) // 2).astype(dt), axis=0)
+  hi = np.minimum(np.count_nonzero(cum <= (n // 2).astype(dt), axis=0), p - 1)
+  cols = np.arange(f)[:, None]
+  return np.where(n > 0, (ranked[np.minimum(lo, p - 1), cols] + ranked[hi, cols]) / 2, np.nan).T
+
+
 def _nanpercentile_cols(x: np.ndarray, q: Sequence[float]) -> np.ndarray:
   """np.nanpercentile(x, q, axis=0) to the bit, faster: NaN-free columns go through
   np.percentile together (nanpercentile applies a Python function per column: 4.8 ms
@@ -288,7 +326,9 @@ def bootstrap_ci(x: np.ndarray, *, rng: np.random.Generator, n_boot: int = 1000,
   """
   s = x.shape[0]
   flat = x.reshape(s, -1).astype(np.float64)
-  if average in ("median", "hl"):
+  if average == "hl":
+    boots = _resampled_hl(flat, rng.integers(0, s, size=(n_boot, s)))  # [B, F]
+  elif average == "median":
     boots = _average(flat[rng.integers(0, s, size=(n_boot, s))], average, 1)  # [B, F]
   else:
     boots = _resampled_means(_resample_counts(rng, n_boot, s, s), flat)  # [B, F]
