@@ -6,9 +6,10 @@ Per seed, the demo pipeline (configs/demo.py with --config.seed=SEED, the stages
 population; invariances and report are not needed) runs into WORKDIR/seed<SEED> (kept:
 a second run reuses it), then this script measures:
 
-  quantify     the r-space null (lis_jax.analysis.nulls.rspace_ends, `--quantify-draws`
-               directions from the same 8 start samples, measured by the run's
-               segmenter), the units' statistics against it with BH q-values, and the
+  quantify     the run's own r-space null (quantify's null.npz: lis_jax.analysis.nulls.rspace_ends,
+               quantify.null_draws directions from the start samples quantify measured,
+               measured by the run's segmenter; their true changes drawn again from the
+               stage's key), the units' statistics against it with BH q-values, and the
                calls (q <= --q) against the truth (analysis.truth; a unit's truth is its
                true change over the start samples quantify measured): fdr_selective,
                power_selective (the issue's 'selective', q <= level scored against the
@@ -20,8 +21,9 @@ a second run reuses it), then this script measures:
                directions': truth.oracle_beyond_random); precision@5 and Spearman as
                quantify's truth_check (also against the sweep's truth over all its start
                samples, '_all_starts', and precision_at_5_within_se:
-               truth.precision_within_se); the same against the run's isotropic-w null
-               side by side (`w_null`).
+               truth.precision_within_se); the same against the isotropic-w null
+               (quantify.null_space='w', the earlier null: the same number of directions
+               from the same start samples, measured here) side by side (`w_null`).
   superposition  the units' calls and the null directions' calls (leave one out, the
                same BH family size rule) labelled by analysis.superposition's rule:
                superposed_fraction_units, superposed_fraction_random (+ intervals).
@@ -53,6 +55,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lis_jax import generators, io  # noqa: E402
+from lis_jax.context import stream_key  # noqa: E402
 from lis_jax.analysis import boundary as blib  # noqa: E402
 from lis_jax.analysis import calls, nulls, rsa, superposition, truth  # noqa: E402
 from lis_jax.quantify import selectivity  # noqa: E402
@@ -100,22 +103,9 @@ def _measure_cached(path: str, fn, prefix: str):
   return out
 
 
-def quantify_null(G, seg, qc, link, sres, ranges, draws: int, key) -> dict:
-  """The r-space null in null.npz's layout: start.<m> [S, P], end.<m> [R, S, P], length [R]."""
-  pick = sweep.pick_starts(sres.cls, qc.samples_per_unit)
-  w_start, ends, length = nulls.rspace_ends(link, sres.r_start[pick], ranges, draws, key)
-  s_n, d = w_start.shape
-  m = quantify.measure(G, seg, np.concatenate([w_start, ends.reshape(-1, d)]), qc.batch_size,
-                       qc.max_components, quantify.uses_entropy(qc), truth=True)
-  out = {"samples": sres.rows[pick], "length": length}
-  for k, v in m.items():
-    out[f"start.{k}"] = v[:s_n]
-    out[f"end.{k}"] = v[s_n:].reshape(draws, s_n, *v.shape[1:])
-  return out
-
-
 def null_truth(G, link, sres, ranges, draws: int, key, samples: int) -> dict:
-  """[R, F] the r-space null directions' mean true factor change (quantify_null's draws)."""
+  """[R, F] the r-space null directions' mean true factor change (the quantify stage's null
+  directions when `key` is the stage's: nulls.rspace_ends draws both)."""
   from lis_jax.analysis.readout import decode_factors
   pick = sweep.pick_starts(sres.cls, samples)
   w_start, ends, _ = nulls.rspace_ends(link, sres.r_start[pick], ranges, draws, key)
@@ -302,9 +292,17 @@ def measure_seed(wd: str, seed: int, args) -> dict:
   ranges = np.concatenate([np.abs(b["values"][:, -1] - b["values"][:, 0]) for b in sweep_blocks])
   root = jax.random.PRNGKey(1000 + seed)
   t0 = time.time()
-  rnull = _measure_cached(os.path.join(wd, f"calib_quantify_null_{args.quantify_draws}.npz"),
-                          lambda: quantify_null(G, seg, qc, link, sres, ranges, args.quantify_draws,
-                                                jax.random.fold_in(root, 0)), "end.")
+  if qc.null_space != "r":
+    raise SystemExit(f"the demo's quantify.null_space is {qc.null_space!r}: the figures score the r-space null")
+  null_key = stream_key(seed, "quantify.null")   # the stage's (ctx.key("quantify.null"))
+  rnull = quantify.load_null(os.path.join(wd, "quantify"))   # the run's own r-space null
+  _, _, length = nulls.rspace_ends(link, sres.r_start[sweep.pick_starts(sres.cls, qc.samples_per_unit)], ranges,
+                                   qc.null_draws, null_key)
+  np.testing.assert_array_equal(rnull["length"], length)   # the same directions as null_truth's below
+  qc_w = qc.copy_and_resolve_references()
+  qc_w.null_space = "w"
+  wnull = _measure_cached(os.path.join(wd, f"calib_w_null_{qc.null_draws}.npz"),
+                          lambda: quantify._quantify_null(qc_w, G, seg, sweep_blocks, null_key, None, None), "end.")
   a = bstage._concat(bstage.load_batches(wd))
   cf = counterfactual.load(wd).arrays
   bnull = _measure_cached(os.path.join(wd, f"calib_boundary_null_{args.boundary_draws}.npz"),
@@ -334,12 +332,11 @@ def measure_seed(wd: str, seed: int, args) -> dict:
   out = {"measure_seconds": t_measure}
   out.update(quantify_figures(wd, G, qc, stats_fn, blks, rnull, parts, args.q, t_units, names, per_start))
   out["changes_by_min_effect"] = changes_sensitivity(G, qc, blks, rnull, parts, seed, args.q, t_units, names)
-  nt = null_truth(G, link, sres, ranges, args.quantify_draws, jax.random.fold_in(root, 0), qc.samples_per_unit)
+  nt = null_truth(G, link, sres, ranges, qc.null_draws, null_key, qc.samples_per_unit)
   assert names == [str(n) for n in nt["truth_factors"]]
   orc = truth.oracle_beyond_random(t_units, nt["truth_delta"], names, list(G.factor_concepts), args.q)
   out.update(oracle_beyond_random_calls=orc["n_calls"], oracle_beyond_random_tests=orc["n_tests"],
              oracle_beyond_random_min_p=orc["min_p"], oracle_beyond_random_share_p05=orc["share_p05"])
-  wnull = quantify.load_null(os.path.join(wd, "quantify"))
   out["w_null"] = quantify_figures(wd, G, qc, stats_fn, blks, wnull, parts, args.q, t_units, names)
   out.update(planted_cka(seed, args.cka_perm))
   batch0 = bstage.load_batches(wd)[0]
@@ -356,7 +353,6 @@ def main():
   p.add_argument("--workdir", default="/tmp/lis_calibration", help="cached demo workdirs (one per seed)")
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--q", type=float, default=0.1, help="BH level of the calls")
-  p.add_argument("--quantify-draws", type=int, default=200, help="r-space null directions")
   p.add_argument("--boundary-draws", type=int, default=16, help="r-space null paths per search")
   p.add_argument("--cka-perm", type=int, default=200, help="within-class permutations of the CKA null")
   args = p.parse_args()
