@@ -3,8 +3,9 @@
   python benchmarks/calibration.py --json /tmp/calibration.json [--workdir /tmp/lis_calib]
 
 Per seed, the demo pipeline (configs/demo.py with --config.seed=SEED, the stages up to
-population; invariances and report are not needed) runs into WORKDIR/seed<SEED> (kept:
-a second run reuses it), then this script measures:
+boundary; population, invariances and report enter no figure: the superposition and CKA
+figures are computed here) runs into WORKDIR/seed<SEED> (kept: a second run reuses it),
+then this script measures:
 
   quantify     the run's own r-space null (quantify's null.npz: lis_jax.analysis.nulls.rspace_ends,
                quantify.null_draws directions from the start samples quantify measured,
@@ -63,7 +64,7 @@ from lis_jax.stages import boundary as bstage  # noqa: E402
 from lis_jax.stages import counterfactual, quantify, sweep  # noqa: E402
 from lis_jax.stages import link as link_stage  # noqa: E402
 
-STAGES = "paired_data,link,sweep,counterfactual,quantify,boundary,population"
+STAGES = "paired_data,link,sweep,counterfactual,quantify,boundary"
 DEMO_OVERRIDES = []  # extra --config overrides of the demo runs
 KEYS = ("fdr_selective", "power_selective", "fdr_beyond_random", "power_beyond_random", "oracle_beyond_random_calls",
         "superposed_fraction_random", "superposed_fraction_units",
@@ -74,7 +75,7 @@ KEYS = ("fdr_selective", "power_selective", "fdr_beyond_random", "power_beyond_r
 
 def run_demo(workdir: str, seed: int) -> float:
   """The demo's stages into workdir (skipped when done); returns the seconds spent."""
-  if os.path.exists(os.path.join(workdir, "population", "summary.json")):
+  if os.path.exists(os.path.join(workdir, "boundary", "summary.json")):   # its last stage's last file
     from lis_jax.quantify import metrics
     with np.load(os.path.join(workdir, "quantify", "block_00000.npz")) as f:
       missing = [k for k in metrics.SCALAR_METRICS if f"first.{k}" not in f.files]

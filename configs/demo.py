@@ -45,7 +45,7 @@ def get_config():
   config.quantify.epochs = 40
   config.quantify.lr = 3e-3
   config.quantify.lr_step_epochs = 30
-  config.quantify.samples_per_unit = 8  # of the 32 start samples, one per class
+  config.quantify.samples_per_unit = 16  # of the 32 start samples, two per class (README: precision@5)
   config.quantify.concepts = "calibrated"  # metrics that track the world's factors (README)
   config.quantify.average = "hl"  # Hodges-Lehmann of a unit's changes over its start samples (the paper: mean; README)
   config.quantify.batch_size = 64
