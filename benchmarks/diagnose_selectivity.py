@@ -20,12 +20,12 @@ Measurements are cached in `--cache` (delete it to re-measure).
   python benchmarks/diagnose_selectivity.py --workdir /tmp/sel_demo
 
 `--calibration DIR` instead reads a finished demo workdir (one of benchmarks/
-calibration.py's seed<N> dirs, which hold its r-space null, or any demo workdir with its
-own quantify null) and prints, per factor of the world's factor -> concept table, why
+calibration.py's seed<N> dirs, or any demo workdir; the quantify stage's own null, which
+calibration.py scores too) and prints, per factor of the world's factor -> concept table, why
 the measured concept ranks units differently from the true factor change: precision@5
 and Spearman as the quantify stage computes them, the Pearson r over units of the
-concept's change and the factor's true change at each measured start sample (one per
-class), and the factors that drive the concept's change at each start sample (largest
+concept's change and the factor's true change at each measured start sample (spread
+over the classes), and the factors that drive the concept's change at each start sample (largest
 standardised least-squares weights of all 20 true factor changes):
 
   python benchmarks/diagnose_selectivity.py --calibration /tmp/lis_calibration/seed0 --seed 0
@@ -303,9 +303,7 @@ def calibration_diagnosis(workdir: str, seed: int) -> None:
   qc.update(demo.get_config().quantify)
   qres = stage.load(workdir)
   blks = qres.blocks()
-  null_path = os.path.join(workdir, f"calib_quantify_null_{qc.null_draws}.npz")
-  null = np.load(null_path) if os.path.exists(null_path) else stage.load_null(os.path.join(workdir, "quantify"))
-  null = {k: null[k] for k in null.keys()}
+  null = stage.load_null(os.path.join(workdir, "quantify"))   # the null calibration.py scores
   sources = selectivity.concept_sources(qc.concepts)
   parts = stage.measured_parts(qres.segmenter())
   units, deltas, lengths, null_d, null_len = stage.deltas_from_blocks(blks, null, sources)
@@ -348,9 +346,7 @@ def _calibration_inputs(workdir: str, seed: int) -> dict:
   qc = stage.default_config()
   qc.update(demo.get_config().quantify)
   qres = stage.load(workdir)
-  null_path = os.path.join(workdir, f"calib_quantify_null_{qc.null_draws}.npz")
-  null = np.load(null_path) if os.path.exists(null_path) else stage.load_null(os.path.join(workdir, "quantify"))
-  null = {k: null[k] for k in null.keys()}
+  null = stage.load_null(os.path.join(workdir, "quantify"))   # the null calibration.py scores
   blks = qres.blocks()
   units, deltas, lengths, null_d, null_len = stage.deltas_from_blocks(blks, null, selectivity.concept_sources(qc.concepts))
   per_start, names = stage.measured_truth(G, sweep_stage.load(workdir).blocks(), qc.samples_per_unit)
