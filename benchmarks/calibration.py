@@ -104,12 +104,11 @@ def _measure_cached(path: str, fn, prefix: str):
   return out
 
 
-def null_truth(G, link, sres, ranges, draws: int, key, samples: int) -> dict:
-  """[R, F] the r-space null directions' mean true factor change (the quantify stage's null
-  directions when `key` is the stage's: nulls.rspace_ends draws both)."""
+def null_truth(G, w_start: np.ndarray, ends: np.ndarray) -> dict:
+  """[R, F] the null directions' mean true factor change, from their start samples' w
+  [S, w_dim] and end points [R, S, w_dim] (nulls.rspace_ends, as the quantify stage draws them)."""
   from lis_jax.analysis.readout import decode_factors
-  pick = sweep.pick_starts(sres.cls, samples)
-  w_start, ends, _ = nulls.rspace_ends(link, sres.r_start[pick], ranges, draws, key)
+  draws = ends.shape[0]
   f0, _ = decode_factors(G, jax.numpy.asarray(w_start))
   f1, _ = decode_factors(G, jax.numpy.asarray(ends.reshape(-1, ends.shape[-1])))
   ch = blib.factor_changes({k: np.tile(np.asarray(v), draws) for k, v in f0.items()},
@@ -297,9 +296,9 @@ def measure_seed(wd: str, seed: int, args) -> dict:
     raise SystemExit(f"the demo's quantify.null_space is {qc.null_space!r}: the figures score the r-space null")
   null_key = stream_key(seed, "quantify.null")   # the stage's (ctx.key("quantify.null"))
   rnull = quantify.load_null(os.path.join(wd, "quantify"))   # the run's own r-space null
-  _, _, length = nulls.rspace_ends(link, sres.r_start[sweep.pick_starts(sres.cls, qc.samples_per_unit)], ranges,
-                                   qc.null_draws, null_key)
-  np.testing.assert_array_equal(rnull["length"], length)   # the same directions as null_truth's below
+  null_ends = nulls.rspace_ends(link, sres.r_start[sweep.pick_starts(sres.cls, qc.samples_per_unit)], ranges,
+                               qc.null_draws, null_key)   # the stage's directions, drawn again for their truth
+  np.testing.assert_array_equal(rnull["length"], null_ends[2])
   qc_w = qc.copy_and_resolve_references()
   qc_w.null_space = "w"
   wnull = _measure_cached(os.path.join(wd, f"calib_w_null_{qc.null_draws}.npz"),
@@ -333,7 +332,7 @@ def measure_seed(wd: str, seed: int, args) -> dict:
   out = {"measure_seconds": t_measure}
   out.update(quantify_figures(wd, G, qc, stats_fn, blks, rnull, parts, args.q, t_units, names, per_start))
   out["changes_by_min_effect"] = changes_sensitivity(G, qc, blks, rnull, parts, seed, args.q, t_units, names)
-  nt = null_truth(G, link, sres, ranges, qc.null_draws, null_key, qc.samples_per_unit)
+  nt = null_truth(G, null_ends[0], null_ends[1])
   assert names == [str(n) for n in nt["truth_factors"]]
   orc = truth.oracle_beyond_random(t_units, nt["truth_delta"], names, list(G.factor_concepts), args.q)
   out.update(oracle_beyond_random_calls=orc["n_calls"], oracle_beyond_random_tests=orc["n_tests"],
