@@ -167,13 +167,12 @@ def _code_sha256() -> str:
   return h.hexdigest()
 
 
-def _print_plan(config, workdir: str) -> None:
-  """The plan of config.stages for the configured models and this device's memory (first
-  lines of a run, unless config.plan_at_start is False; all of --plan). Every process
-  computes it (the same refusal everywhere); process 0 prints it."""
+def _print_plan(config, G, clf) -> None:
+  """The plan of config.stages for these models and this device's memory (first lines of a
+  run, unless config.plan_at_start is False; all of --plan). Every process computes it
+  (the same refusal everywhere); process 0 prints it."""
   import jax
-  from lis_jax import context, memory, plan
-  G, clf = context.load_models(config, workdir)
+  from lis_jax import memory, plan
   budget = memory.config_budget(config)
   plans = plan.make(config, G, clf, budget)
   if jax.process_index() == 0:
@@ -181,6 +180,18 @@ def _print_plan(config, workdir: str) -> None:
   refused = plan.refusal(plans)
   if refused:
     _fail(refused)
+
+
+def _plan_at_start(ctx) -> None:
+  """The plan as a run's first lines (`pipeline.run`'s `plan`): with the run's own models,
+  once its checks passed and beside its early work. A stage that cannot fit ends the run
+  before any stage runs; a model the plan cannot analyse does not (one line says so)."""
+  try:
+    _print_plan(ctx.config, ctx.G, ctx.clf)
+  except (errors.PipelineError, io.CheckpointError, io.CorruptFileError):
+    raise
+  except Exception as e:  # A model the plan cannot analyse must not stop the run itself.
+    print(f"plan unavailable ({type(e).__name__}: {' '.join(str(e).split())[:200]})", flush=True)
 
 
 def main(argv):
@@ -196,16 +207,11 @@ def main(argv):
     if distribute.process_count() > 1:
       distribute.agree(startup_fields(_CONFIG.value, _WORKDIR.value), "the run's setup")
     if _PLAN.value:
-      _print_plan(_CONFIG.value, _WORKDIR.value)
+      from lis_jax import context
+      _print_plan(_CONFIG.value, *context.load_models(_CONFIG.value, _WORKDIR.value))
       return
-    if _CONFIG.value.get("plan_at_start", True):
-      try:
-        _print_plan(_CONFIG.value, _WORKDIR.value)
-      except (errors.PipelineError, io.CheckpointError, io.CorruptFileError):
-        raise
-      except Exception as e:  # A model the plan cannot analyse must not stop the run itself.
-        print(f"plan unavailable ({type(e).__name__}: {' '.join(str(e).split())[:200]})", flush=True)
-    pipeline.run(_CONFIG.value, _WORKDIR.value)
+    pipeline.run(_CONFIG.value, _WORKDIR.value,
+                 plan=_plan_at_start if _CONFIG.value.get("plan_at_start", True) else None)
   except distribute.DistributedError as e:
     _fail(str(e), abandon=e.abandon)
   except (errors.PipelineError, io.CheckpointError, io.CorruptFileError, io.WorkdirBusy) as e:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
 
@@ -40,13 +40,18 @@ from lis_jax.spec import parse_stages
 
 
 def run(config: ml_collections.ConfigDict, workdir: str,
-        registry: Mapping[str, Any] | None = None) -> RunContext:
+        registry: Mapping[str, Any] | None = None,
+        plan: Callable[[RunContext], None] | None = None) -> RunContext:
   """Runs `config.stages` in order on `workdir`.
 
   Args:
     config: the full pipeline config (see configs/linear.py for its fields).
     workdir: directory holding checkpoints and every stage's outputs; created if absent.
     registry: stage name -> Stage (default: `lis_jax.stages.REGISTRY`).
+    plan: called with the run's context once its checks passed and its early work started,
+      before the first stage (`lis_jax.main` prints the plan there, with the run's own
+      models, while the early work uses the core the plan's compiling leaves idle); what
+      it raises ends the run before any stage runs.
   Returns:
     the run's context (its models and results stay loaded).
   Raises:
@@ -72,12 +77,14 @@ def run(config: ml_collections.ConfigDict, workdir: str,
           check_done(ctx, req, needed_by=name)
     check_layout(workdir, ctx.registry)
     ctx.check_stages(names)   # each stage's own check (some need the models)
-    if ctx.is_main:
-      io.write_json(os.path.join(workdir, "last_config.json"), config_to_dict(config))
     t_run = time.time()
     if _early_work_allowed(ctx):
       ctx.start_early(names)
     try:
+      if plan is not None:
+        plan(ctx)
+      if ctx.is_main:
+        io.write_json(os.path.join(workdir, "last_config.json"), config_to_dict(config))
       for name in names:
         t0 = time.time()
         ctx.log(f"[lis_jax] stage {name}: start")

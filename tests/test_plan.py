@@ -106,3 +106,26 @@ def test_a_run_prints_the_plan_first_and_refuses_what_cannot_fit(tmp_path):
   assert r.returncode == 1
   assert r.stderr.strip().splitlines()[-1].startswith("error: paired_data: synthesise+classify needs")
   assert not (tmp_path / "no" / "paired_data").exists()   # refused before any stage ran
+
+
+def test_a_run_plans_with_its_own_models_once_its_config_is_checked(tmp_path, monkeypatch, capsys):
+  """The plan at a run's start uses the run's models (each loaded once, not once for the plan
+  and again for the stages) and comes after the config's values are checked: a bad value
+  is one error line before anything is compiled."""
+  from lis_jax import classifiers, generators
+  from tests.test_reliability import assert_one_line, cli
+  loads = []
+  for module in (generators, classifiers):
+    real = module.load
+    monkeypatch.setattr(module, "load", lambda *a, real=real, **k: loads.append(a[0]) or real(*a, **k))
+  base = ["--config=configs/tiny.py", "--config.stages=paired_data", "--config.plan_at_start=True",
+          "--config.paired_data.n_per_class=8"]
+  rc, err = cli(monkeypatch, *base, f"--workdir={tmp_path / 'ok'}")
+  assert rc == 0, err
+  assert capsys.readouterr().out.startswith("plan (memory budget")
+  config = tiny.get_config()
+  assert sorted(loads) == sorted([config.generator, config.classifier])
+  loads.clear()
+  rc, err = cli(monkeypatch, *base, "--config.psi=-1", f"--workdir={tmp_path / 'bad'}")
+  assert_one_line(rc, err, r"config.psi=-1")
+  assert loads == [] and "plan (memory budget" not in capsys.readouterr().out
