@@ -5,9 +5,9 @@
 
 No downloads and no converted checkpoints: the generator is the built-in 'shapes' world
 (8 part-based object classes, known ground truth) and the classifier the shipped
-'shapes-resnet' (128 units). Meant to take under 5 minutes on 2 CPU cores: 3 min 47 s - 4 min 31 s where
-the README first timed it, 6-6 min 20 s on the slower machine of its latest timings
-(README, Quick start). Every stage runs, as in
+'shapes-resnet' (128 units). Meant to take under 5 minutes on 2 CPU cores: 3 min 47 s -
+4 min 31 s where the README first timed it, 6 - 6 min 20 s on the slower machine of its
+latest timings (README, Quick start). Every stage runs, as in
 configs/linear.py; the lines below are all that differs from it: the models, the classes,
 the sizes and the quantify settings (tests/test_configs.py checks that nothing else does).
 """
