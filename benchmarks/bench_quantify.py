@@ -34,7 +34,7 @@ def main():
   p.add_argument("--batch", type=int, default=64)
   p.add_argument("--labelled", type=int, default=20)
   p.add_argument("--epochs", type=int, default=40)
-  p.add_argument("--head", default="XS")
+  p.add_argument("--head", default="XXS", help="head size (the demo's: XXS)")
   p.add_argument("--no-entropy", action="store_true", help="skip the local entropy (quantify.concepts='calibrated')")
   p.add_argument("--truth", action="store_true", help="also measure with the world's true masks")
   args = p.parse_args()

@@ -1,6 +1,7 @@
 """Few-shot part segmentation: IoU against the built-in world's truth, checkpoints, label dirs."""
 import functools
 import json
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -8,15 +9,21 @@ import numpy as np
 import pytest
 from sklearn.metrics import jaccard_score
 
-from lis_jax import generators, io
-from lis_jax.quantify import segment
+from conftest import ROOT
+
+sys.path.insert(0, ROOT)
+from configs import demo  # noqa: E402
+from lis_jax import generators, io  # noqa: E402
+from lis_jax.quantify import segment  # noqa: E402
 
 # The issue's bar: mean IoU >= 0.8 against the truth from <= 20 labelled images.
 MIN_MEAN_IOU = 0.8
 N_LABELLED = 20
-# The demo's recipe (configs/demo.py).
-RECIPE = dict(layers="all", size="XS", epochs=40, batch_size=1, lr=3e-3, weight_decay=1e-3,
-              lr_step_epochs=30, lr_gamma=0.1)
+# The demo's recipe (configs/demo.py: its head, 'XXS' since issue 19's eleventh round).
+_DEMO = demo.get_config().quantify
+RECIPE = dict(layers=_DEMO.layers, size=_DEMO.head, epochs=_DEMO.epochs, batch_size=_DEMO.train_batch,
+              lr=_DEMO.lr, weight_decay=_DEMO.weight_decay, lr_step_epochs=_DEMO.lr_step_epochs,
+              lr_gamma=_DEMO.lr_gamma)
 
 
 @pytest.fixture(scope="module")

@@ -52,15 +52,23 @@ from lis_jax.generators.base import GroundTruthWorld
 
 CHECKPOINT_KIND = "part_segmenter"
 
-# Dilations and hidden widths of the reference's FewShotCNN sizes; 'XS' is a smaller
-# head for the built-in world and CPU demos.
+# Dilations and hidden widths of the reference's FewShotCNN sizes; 'XS' and 'XXS' are
+# smaller heads for the built-in world and CPU demos. 'XXS' (the demo's since issue 19's
+# eleventh round) has XS's dilations, so its receptive field, with narrower layers: the
+# part labels of 64 images at 64 px take 548 ms against XS's 950 ms (median of 5 calls,
+# XLA:CPU, the AMD EPYC's 2 cores; `python benchmarks/bench_quantify.py --head XXS`
+# times the head within the measuring). (32, 16, 16) was 500 ms but its held-out mean IoU on the
+# world of tests/test_quantify_segment.py fell to 0.799, under the bar of 0.8; (32, 32, 16)
+# reaches 0.847 there (README, eleventh round).
 HEAD_DILATIONS = {
+    "XXS": (1, 2, 4, 1),
     "XS": (1, 2, 4, 1),
     "S": (1, 2, 1, 2, 1),
     "M": (1, 2, 4, 1, 2, 4, 1),
     "L": (1, 2, 4, 8, 1, 2, 4, 8, 1),
 }
 HEAD_CHANNELS = {
+    "XXS": (32, 32, 16),
     "XS": (64, 32, 32),
     "S": (128, 64, 64, 32),
     "M": (128, 64, 64, 64, 64, 32),
@@ -77,7 +85,7 @@ class FewShotHead(nn.Module):
 
   Attributes:
     num_parts: output classes (background included).
-    size: 'XS', 'S', 'M' or 'L' (see HEAD_DILATIONS / HEAD_CHANNELS).
+    size: 'XXS', 'XS', 'S', 'M' or 'L' (see HEAD_DILATIONS / HEAD_CHANNELS).
     start: the first convolution applied (1: the head after its first convolution and
       LeakyReLU, for `head_logits`, which applies that one layer by layer).
   """
@@ -378,7 +386,7 @@ def train(feats: np.ndarray | Mapping[str, np.ndarray], labels: np.ndarray, *, n
       inside each step: the stack is never built).
     labels: [M, H, W] int labels in [0, num_parts).
     num_parts: P, output classes.
-    size: head size ('XS', 'S', 'M', 'L').
+    size: head size ('XXS', 'XS', 'S', 'M', 'L').
     key: PRNG key (initialisation and the per-epoch shuffles).
     epochs: passes over the M images.
     batch_size: images per step (1 = the reference).

@@ -84,7 +84,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.n_heldout = 0  # held-out images for the IoU: ground-truth worlds only (a label dir holds out what is left)
   c.resolution = 128  # side of the segmented, measured images; 0: G's own
   c.layers = "every_other"  # synthesis-feature layers: 'all', 'every_other' (the reference) or names
-  c.head = "S"  # head size: XS, S (the reference's FewShotCNN), M, L
+  c.head = "S"  # head size: XXS, XS, S (the reference's FewShotCNN), M, L
   c.epochs = 100  # passes over the labelled images (reference training: Adam, one image per step)
   c.train_batch = 1  # images per step (1: the reference)
   c.lr = 1e-3  # Adam learning rate
