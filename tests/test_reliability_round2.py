@@ -443,7 +443,7 @@ SETTINGS = [
     ("population", "n_boot", 0, "config.population.n_boot=0 must be"),
     ("population", "n_boot", -5, "config.population.n_boot=-5 must be"),
     ("population", "n_perm", 10 ** 8, "config.population.n_perm=100000000 must be"),
-    ("quantify", "head", "XXL", "config.quantify.head='XXL' must be one of XS, S, M, L"),
+    ("quantify", "head", "XXL", "config.quantify.head='XXL' must be one of XXS, XS, S, M, L"),
 ]
 
 
